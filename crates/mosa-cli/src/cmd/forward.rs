@@ -1,0 +1,88 @@
+//! `mosa forward`: a backbone in evaluation mode on a tensor from a safetensors file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use mosa_models::load::{self, HeadPolicy};
+use mosa_models::{presets, weights};
+
+use crate::backend::{self, Backend};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A preset name (see `mosa info`) or a config JSON (ours, timm kwargs, or a DINOv2 `config` block).
+    #[arg(long)]
+    model: String,
+    /// Checkpoint: .safetensors (timm or transformers DINOv2), .npz (original ViT) or .onnx (DINOv2).
+    /// Defaults to the cached weights of the preset, if any.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// safetensors file holding `input`, N×3×H×W float.
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write `tokens`, `pre_logits` and `logits`.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = presets::resolve_model(&args.model)?;
+    let weights_path = match args.weights {
+        Some(p) => p,
+        None => weights::known(&args.model)
+            .ok()
+            .and_then(weights::present)
+            .with_context(|| format!("no --weights given and no cached weights for `{}`", args.model))?,
+    };
+    let sd = load::read_checkpoint(&weights_path)?;
+    if presets::preset(&args.model).is_some() {
+        // A preset takes its class count from the checkpoint's head (none for a backbone).
+        config.num_classes = sd.head_classes().unwrap_or(0);
+    }
+
+    let inputs = load::safetensors::read(&args.input)?;
+    let x = inputs.get("input").with_context(|| format!("{}: no tensor named `input`", args.input.display()))?;
+    if x.shape.len() != 4 || x.shape[1] != config.in_chans {
+        bail!("{}: `input` has shape {:?}; N×{}×H×W is needed", args.input.display(), x.shape, config.in_chans);
+    }
+    if x.shape[2] < config.patch_size || x.shape[3] < config.patch_size {
+        bail!("{}: `input` is {}×{}, smaller than one {}-pixel patch", args.input.display(), x.shape[2], x.shape[3], config.patch_size);
+    }
+    if let Some(i) = x.data.iter().position(|v| !v.is_finite()) {
+        bail!("{}: `input` holds a non-finite value at flat index {i}", args.input.display());
+    }
+
+    let device = backend::device();
+    let model = load::apply(config.init::<Backend>(&device), &config, sd, HeadPolicy::Load)?;
+    let input = Tensor::<Backend, 4>::from_data(TensorData::new(x.data.clone(), x.shape.clone()), &device);
+    let out = model.forward(input);
+
+    let host = |t: TensorData| -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
+        Ok((t.shape.to_vec(), t.to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading back a tensor: {e:?}"))?))
+    };
+    let outputs = [
+        ("tokens", host(out.tokens.into_data())?),
+        ("pre_logits", host(out.pre_logits.into_data())?),
+        ("logits", host(out.logits.into_data())?),
+    ];
+    let tensors: Vec<(String, Vec<usize>, &[f32])> =
+        outputs.iter().map(|(n, (s, d))| (n.to_string(), s.clone(), d.as_slice())).collect();
+    let meta = HashMap::from([
+        ("mosa.model".to_string(), args.model.clone()),
+        ("mosa.weights".to_string(), weights_path.display().to_string()),
+        ("mosa.backend".to_string(), backend::NAME.to_string()),
+    ]);
+    load::safetensors::write_atomic(&args.out, &load::safetensors::serialize(&tensors, Some(meta))?)?;
+    println!(
+        "wrote {} (tokens {:?}, pre_logits {:?}, logits {:?}) on {}",
+        args.out.display(),
+        outputs[0].1.0,
+        outputs[1].1.0,
+        outputs[2].1.0,
+        backend::NAME
+    );
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! One module per `mosa` command.
+
+pub mod forward;
+pub mod info;
+pub mod weights;

@@ -1,0 +1,60 @@
+//! `mosa`: parameter-efficient fine-tuning of vision backbones with sparse adapters.
+
+mod backend;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mosa",
+    version,
+    about = "Parameter-efficient fine-tuning of vision backbones with sparse adapters (MoSA) and sparse-expert merging",
+    after_help = "Coming next: `train`, `eval` (fine-tuning runs), `inspect` (trainable parameters of a method), \
+                  `data check` (dataset validation), `merge` (sparse task experts).\n\
+                  The backend is chosen at build time: --features flex (default), ndarray, wgpu or cuda."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the backend, the device, the model presets and the weights in the cache.
+    Info,
+    /// Run a backbone in evaluation mode on a tensor and write tokens, pre-logits and logits.
+    Forward(cmd::forward::Args),
+    /// Fetch and list pretrained weights.
+    #[command(subcommand)]
+    Weights(cmd::weights::Command),
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one clear line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error: {}{at}; please report it", msg.replace('\n', " "));
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info => cmd::info::run(),
+        Command::Forward(args) => cmd::forward::run(args),
+        Command::Weights(c) => cmd::weights::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The `mosa` binary end to end: help, info, forward against the parity fixtures, and errors
+//! (one line on stderr, exit code ≠ 0, no panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mosa_models::load::{HostTensor, StateDict, safetensors};
+
+fn fixtures() -> PathBuf {
+    let dir = std::env::var_os("MOSA_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
+    assert!(dir.join("README.md").exists(), "parity fixtures not found at {} (set MOSA_FIXTURES)", dir.display());
+    dir
+}
+
+fn mosa(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mosa")).args(args).env("MOSA_CACHE", cache).output().expect("run mosa")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_one_line_error(o: &Output, needles: &[&str]) {
+    assert!(!o.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&o.stdout));
+    let err = stderr(o);
+    assert_eq!(err.trim_end().lines().count(), 1, "error is not one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` not in: {err}");
+    }
+}
+
+fn max_diff(a: &HostTensor, b: &HostTensor) -> f32 {
+    assert_eq!(a.shape, b.shape);
+    a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn help_lists_the_commands_now_and_to_come() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = mosa(&["--help"], tmp.path());
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    for c in ["info", "forward", "weights", "train", "eval", "inspect", "data check", "merge"] {
+        assert!(out.contains(c), "`{c}` not in help:\n{out}");
+    }
+}
+
+#[test]
+fn info_shows_backend_presets_and_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = mosa(&["info"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in ["backend: flex", "device:", "vit-b16", "dinov2-vits14", "85.8M", "missing", &tmp.path().display().to_string()] {
+        assert!(out.contains(needle), "`{needle}` not in:\n{out}");
+    }
+}
+
+fn forward_matches(config: &str, weights: &str, io: &str, pairs: &[(&str, &str)]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let out_path = tmp.path().join("out.safetensors");
+    let io_path = f.join(io);
+    let o = mosa(
+        &[
+            "forward",
+            "--model",
+            f.join(config).to_str().unwrap(),
+            "--weights",
+            f.join(weights).to_str().unwrap(),
+            "--input",
+            io_path.to_str().unwrap(),
+            "--out",
+            out_path.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = safetensors::read(&out_path).unwrap();
+    let want = safetensors::read(&io_path).unwrap();
+    for (g, w) in pairs {
+        let d = max_diff(got.get(g).unwrap(), want.get(w).unwrap());
+        assert!(d <= 1e-4, "{weights}: `{g}` vs `{w}` differ by {d}");
+    }
+}
+
+#[test]
+fn forward_reproduces_timm_vit() {
+    let all = [("tokens", "tokens"), ("pre_logits", "pre_logits"), ("logits", "logits")];
+    forward_matches("vit.json", "vit.safetensors", "vit_io.safetensors", &all);
+    forward_matches("vit.json", "vit_google.npz", "vit_io.safetensors", &all);
+    forward_matches("vit_layerscale_resized.json", "vit_layerscale_resized.safetensors", "vit_layerscale_resized_io.safetensors", &all);
+}
+
+#[test]
+fn forward_reproduces_dinov2_from_onnx() {
+    forward_matches("dinov2.json", "dinov2.onnx", "dinov2_io.safetensors", &[("tokens", "last_hidden_state")]);
+}
+
+#[test]
+fn bad_input_gives_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let cfg = f.join("vit.json");
+    let w = f.join("vit.safetensors");
+    let out = tmp.path().join("out.safetensors");
+    let run = |model: &Path, weights: &Path, input: &Path| {
+        mosa(
+            &["forward", "--model", model.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()],
+            tmp.path(),
+        )
+    };
+    // missing weights file
+    assert_one_line_error(&run(&cfg, &tmp.path().join("none.safetensors"), &f.join("vit_io.safetensors")), &["none.safetensors"]);
+    // unknown model
+    assert_one_line_error(&run(Path::new("vit-zz"), &w, &f.join("vit_io.safetensors")), &["unknown model `vit-zz`", "vit-b16"]);
+    // weights of another model
+    assert_one_line_error(&run(&cfg, &f.join("vit_layerscale_resized.safetensors"), &f.join("vit_io.safetensors")), &["patch_embed.proj.weight", "ls1.gamma"]);
+    // input with one channel
+    let bad = tmp.path().join("bad_input.safetensors");
+    let mut sd = StateDict::new(&bad);
+    sd.insert("input", HostTensor::new(vec![1, 1, 32, 32], vec![0.5; 1024]));
+    safetensors::write(&sd, &bad, None).unwrap();
+    assert_one_line_error(&run(&cfg, &w, &bad), &["bad_input.safetensors", "[1, 1, 32, 32]"]);
+    // input file without `input`
+    assert_one_line_error(&run(&cfg, &w, &w), &["no tensor named `input`"]);
+    assert!(!out.exists(), "no output may be written on failure");
+    // weights fetch from a file that is not the model
+    let fake = tmp.path().join("fake.onnx");
+    std::fs::write(&fake, b"x").unwrap();
+    let o = mosa(&["weights", "fetch", "dinov2-vits14", "--from", fake.to_str().unwrap()], tmp.path());
+    assert_one_line_error(&o, &["fake.onnx", "SHA-256"]);
+}

@@ -1,0 +1,36 @@
+//! Errors of model construction and checkpoint loading. Every variant names the file and,
+//! where one is involved, the tensor.
+
+use std::path::PathBuf;
+
+/// Errors raised while building a model or loading weights into it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file could be read but is not what its extension promises.
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+    /// The checkpoint does not fit the model: every missing, unexpected or mis-shaped tensor is listed.
+    #[error("{path}: checkpoint does not fit the model: {}", problems.join("; "))]
+    Mismatch { path: PathBuf, problems: Vec<String> },
+    /// A model configuration is invalid or unknown.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+    pub(crate) fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Self::Format { path: path.into(), msg: msg.into() }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,207 @@
+//! Named model presets and model specifications: `--model <preset | config.json>`.
+//!
+//! A config JSON may be
+//! - our own [`VitConfig`] (as written by `VitConfig::save`),
+//! - a fixture-style file whose `kwargs` are timm's `VisionTransformer` constructor arguments,
+//! - a file whose `config` block is a transformers `Dinov2Config` (hidden_size, num_hidden_layers, …).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::posembed::Resample;
+use crate::vit::VitConfig;
+
+/// A named preset: name, one-line description, config.
+pub struct Preset {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub config: fn() -> VitConfig,
+}
+
+fn vit(dim: usize, depth: usize, heads: usize, patch: usize) -> VitConfig {
+    VitConfig::new().with_embed_dim(dim).with_depth(depth).with_num_heads(heads).with_patch_size(patch)
+}
+
+/// Every preset, in the order `mosa info` lists them.
+pub const PRESETS: &[Preset] = &[
+    Preset { name: "vit-ti16", description: "ViT-Ti/16 (d 192, 12 blocks, 3 heads)", config: || vit(192, 12, 3, 16) },
+    Preset { name: "vit-s16", description: "ViT-S/16 (d 384, 12 blocks, 6 heads)", config: || vit(384, 12, 6, 16) },
+    Preset {
+        name: "vit-b16",
+        description: "ViT-B/16 (d 768, 12 blocks, 12 heads); ImageNet-21k .npz of the MoSA paper",
+        config: || vit(768, 12, 12, 16),
+    },
+    Preset { name: "vit-l16", description: "ViT-L/16 (d 1024, 24 blocks, 16 heads)", config: || vit(1024, 24, 16, 16) },
+    Preset { name: "vit-h14", description: "ViT-H/14 (d 1280, 32 blocks, 16 heads)", config: || vit(1280, 32, 16, 14) },
+    Preset {
+        name: "dinov2-vits14",
+        description: "DINOv2 ViT-S/14 (d 384, 12 blocks, 6 heads, LayerScale, 37x37 grid); `mosa weights fetch`",
+        config: || vit(384, 12, 6, 14).with_img_size(518).with_init_values(Some(1.0)).with_pos_resample(Resample::Bicubic),
+    },
+];
+
+pub fn preset(name: &str) -> Option<VitConfig> {
+    PRESETS.iter().find(|p| p.name == name).map(|p| (p.config)())
+}
+
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|p| p.name).collect()
+}
+
+/// Resolves `--model`: a preset name, or a path to a config JSON.
+pub fn resolve_model(spec: &str) -> Result<VitConfig> {
+    if let Some(cfg) = preset(spec) {
+        return Ok(cfg);
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        return Err(Error::Config(format!(
+            "unknown model `{spec}`: not a preset ({}) and no such config file",
+            preset_names().join(", ")
+        )));
+    }
+    config_from_json_file(path)
+}
+
+pub fn config_from_json_file(path: &Path) -> Result<VitConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+    config_from_json(&value).map_err(|msg| Error::format(path, msg))
+}
+
+/// Interprets one of the accepted JSON shapes (see the module docs).
+pub fn config_from_json(value: &Value) -> std::result::Result<VitConfig, String> {
+    let cfg = if let Some(kwargs) = value.get("kwargs") {
+        from_timm_kwargs(kwargs)?
+    } else if let Some(hf) = value.get("config") {
+        from_hf_dinov2(hf)?
+    } else {
+        serde_json::from_value::<VitConfig>(value.clone()).map_err(|e| format!("not a mosa ViT config: {e}"))?
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn as_usize(k: &str, v: &Value) -> std::result::Result<usize, String> {
+    // timm accepts an int or an (h, w) pair for sizes; we support square ones.
+    match v {
+        Value::Number(n) => n.as_u64().map(|x| x as usize).ok_or_else(|| format!("`{k}` must be a non-negative integer")),
+        Value::Array(a) if a.len() == 2 && a[0] == a[1] => as_usize(k, &a[0]),
+        _ => Err(format!("`{k}` must be an integer (or a square pair), got {v}")),
+    }
+}
+
+fn as_f64(k: &str, v: &Value) -> std::result::Result<f64, String> {
+    v.as_f64().ok_or_else(|| format!("`{k}` must be a number, got {v}"))
+}
+
+fn as_bool(k: &str, v: &Value) -> std::result::Result<bool, String> {
+    v.as_bool().ok_or_else(|| format!("`{k}` must be true or false, got {v}"))
+}
+
+/// timm `VisionTransformer(**kwargs)` → [`VitConfig`]. Unknown or unsupported arguments are errors,
+/// so that a model we would compute differently is never accepted silently.
+pub fn from_timm_kwargs(kwargs: &Value) -> std::result::Result<VitConfig, String> {
+    let obj = kwargs.as_object().ok_or("`kwargs` must be an object")?;
+    let mut c = VitConfig::new();
+    for (k, v) in obj {
+        match k.as_str() {
+            "img_size" => c.img_size = as_usize(k, v)?,
+            "patch_size" => c.patch_size = as_usize(k, v)?,
+            "in_chans" => c.in_chans = as_usize(k, v)?,
+            "num_classes" => c.num_classes = as_usize(k, v)?,
+            "embed_dim" => c.embed_dim = as_usize(k, v)?,
+            "depth" => c.depth = as_usize(k, v)?,
+            "num_heads" => c.num_heads = as_usize(k, v)?,
+            "mlp_ratio" => c.mlp_ratio = as_f64(k, v)?,
+            "qkv_bias" => c.qkv_bias = as_bool(k, v)?,
+            "init_values" => c.init_values = if v.is_null() { None } else { Some(as_f64(k, v)?) },
+            "drop_rate" => c.drop_rate = as_f64(k, v)?,
+            "pos_drop_rate" => c.pos_drop_rate = as_f64(k, v)?,
+            "proj_drop_rate" => c.proj_drop_rate = as_f64(k, v)?,
+            "attn_drop_rate" => c.attn_drop_rate = as_f64(k, v)?,
+            "drop_path_rate" => c.drop_path_rate = as_f64(k, v)?,
+            // We always accept other input sizes (resampling the grid), as timm does with this flag.
+            "dynamic_img_size" => {
+                as_bool(k, v)?;
+            }
+            "class_token" if v == &Value::Bool(true) => {}
+            "global_pool" if v == "token" => {}
+            "qk_norm" | "no_embed_class" | "reg_tokens" | "pre_norm" | "fc_norm" | "dynamic_img_pad"
+                if v == &Value::Bool(false) || v == &Value::from(0) || v.is_null() => {}
+            _ => return Err(format!("timm argument `{k}` = {v} is not supported")),
+        }
+    }
+    Ok(c)
+}
+
+/// transformers `Dinov2Config` → [`VitConfig`] (backbone only: no head).
+pub fn from_hf_dinov2(cfg: &Value) -> std::result::Result<VitConfig, String> {
+    let obj = cfg.as_object().ok_or("`config` must be an object")?;
+    let mut c = VitConfig::new().with_init_values(Some(1.0)).with_pos_resample(Resample::Bicubic).with_num_classes(0);
+    let mut intermediate = None;
+    for (k, v) in obj {
+        match k.as_str() {
+            "hidden_size" => c.embed_dim = as_usize(k, v)?,
+            "num_hidden_layers" => c.depth = as_usize(k, v)?,
+            "num_attention_heads" => c.num_heads = as_usize(k, v)?,
+            "intermediate_size" => intermediate = Some(as_usize(k, v)?),
+            "mlp_ratio" => c.mlp_ratio = as_f64(k, v)?,
+            "image_size" => c.img_size = as_usize(k, v)?,
+            "patch_size" => c.patch_size = as_usize(k, v)?,
+            "num_channels" => c.in_chans = as_usize(k, v)?,
+            "layer_norm_eps" => c.norm_eps = as_f64(k, v)?,
+            "layerscale_value" => c.init_values = Some(as_f64(k, v)?),
+            "qkv_bias" => c.qkv_bias = as_bool(k, v)?,
+            "drop_path_rate" => c.drop_path_rate = as_f64(k, v)?,
+            "hidden_act" if v == "gelu" => {}
+            "use_swiglu_ffn" if v == &Value::Bool(false) => {}
+            "num_register_tokens" if v == &Value::from(0) => {}
+            "hidden_dropout_prob" | "attention_probs_dropout_prob" | "initializer_range" | "model_type" => {}
+            _ => return Err(format!("Dinov2Config field `{k}` = {v} is not supported")),
+        }
+    }
+    if let Some(i) = intermediate {
+        c.mlp_ratio = i as f64 / c.embed_dim as f64;
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_named_as_documented() {
+        assert_eq!(preset_names(), ["vit-ti16", "vit-s16", "vit-b16", "vit-l16", "vit-h14", "dinov2-vits14"]);
+        for p in PRESETS {
+            (p.config)().validate().unwrap();
+        }
+        let d = preset("dinov2-vits14").unwrap();
+        assert_eq!((d.grid(), d.mlp_hidden(), d.pos_resample), ((37, 37), 1536, Resample::Bicubic));
+        assert_eq!(preset("vit-b16").unwrap().norm_eps, 1e-6);
+    }
+
+    #[test]
+    fn timm_kwargs_map_and_unknown_ones_are_rejected() {
+        let v: Value = serde_json::json!({"embed_dim": 48, "depth": 2, "num_heads": 3, "img_size": 32,
+            "patch_size": 8, "num_classes": 5, "init_values": 1e-5, "dynamic_img_size": true});
+        let c = from_timm_kwargs(&v).unwrap();
+        assert_eq!((c.embed_dim, c.depth, c.num_heads, c.grid(), c.num_classes), (48, 2, 3, (4, 4), 5));
+        assert_eq!(c.init_values, Some(1e-5));
+        let err = from_timm_kwargs(&serde_json::json!({"global_pool": "avg"})).unwrap_err();
+        assert!(err.contains("global_pool"), "{err}");
+        let err = config_from_json(&serde_json::json!({"kwargs": {"embed_dim": 50, "num_heads": 3}})).unwrap_err();
+        assert!(err.contains("divisible"), "{err}");
+    }
+
+    #[test]
+    fn own_config_round_trips() {
+        let c = preset("dinov2-vits14").unwrap();
+        let v = serde_json::to_value(&c).unwrap();
+        let back = config_from_json(&v).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), v);
+    }
+}
