@@ -32,6 +32,7 @@ for p in args.image:
     x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
     imgs.append(x.transpose(2, 0, 1))
 x = np.stack(imgs).astype(np.float32)
+print("input C-contiguous:", x.flags["C_CONTIGUOUS"])
 
 model = onnx.load(args.onnx)
 out_name = "/backbone/layernorm/Add_1_output_0"
@@ -40,7 +41,8 @@ sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionP
 ref = sess.run([out_name], {sess.get_inputs()[0].name: x})[0]
 
 with tempfile.TemporaryDirectory() as d:
-    save_file({"input": x}, os.path.join(d, "in.safetensors"))
+    # safetensors writes the raw buffer: make it C-contiguous first
+    save_file({"input": np.ascontiguousarray(x)}, os.path.join(d, "in.safetensors"))
     subprocess.run([args.mosa, "forward", "--model", "dinov2-vits14", "--input", os.path.join(d, "in.safetensors"),
                     "--out", os.path.join(d, "out.safetensors")], check=True)
     got = load_file(os.path.join(d, "out.safetensors"))["tokens"]

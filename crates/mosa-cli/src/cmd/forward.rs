@@ -26,6 +26,9 @@ pub struct Args {
     /// Where to write `tokens`, `pre_logits` and `logits`.
     #[arg(long)]
     out: PathBuf,
+    /// Also write every block's output as `hidden.N` (before the final norm).
+    #[arg(long)]
+    hidden: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -58,18 +61,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = backend::device();
     let model = load::apply(config.init::<Backend>(&device), &config, sd, HeadPolicy::Load)?;
     let input = Tensor::<Backend, 4>::from_data(TensorData::new(x.data.clone(), x.shape.clone()), &device);
-    let out = model.forward(input);
+    let out = model.forward_with(input, args.hidden);
 
     let host = |t: TensorData| -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
         Ok((t.shape.to_vec(), t.to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading back a tensor: {e:?}"))?))
     };
-    let outputs = [
-        ("tokens", host(out.tokens.into_data())?),
-        ("pre_logits", host(out.pre_logits.into_data())?),
-        ("logits", host(out.logits.into_data())?),
+    let mut outputs = vec![
+        ("tokens".to_string(), host(out.tokens.into_data())?),
+        ("pre_logits".to_string(), host(out.pre_logits.into_data())?),
+        ("logits".to_string(), host(out.logits.into_data())?),
     ];
+    for (i, h) in out.hidden.into_iter().enumerate() {
+        outputs.push((format!("hidden.{i}"), host(h.into_data())?));
+    }
     let tensors: Vec<(String, Vec<usize>, &[f32])> =
-        outputs.iter().map(|(n, (s, d))| (n.to_string(), s.clone(), d.as_slice())).collect();
+        outputs.iter().map(|(n, (s, d))| (n.clone(), s.clone(), d.as_slice())).collect();
     let meta = HashMap::from([
         ("mosa.model".to_string(), args.model.clone()),
         ("mosa.weights".to_string(), weights_path.display().to_string()),
