@@ -56,11 +56,24 @@ pub fn read(path: &Path) -> Result<StateDict> {
     Ok(sd)
 }
 
-/// Reads the `__metadata__` block of a safetensors file.
+/// Reads the `__metadata__` block of a safetensors file (only its header is read).
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
-    Ok(meta.metadata().clone().unwrap_or_default())
+    use std::io::Read;
+    let bad = |msg: String| Error::format(path, format!("not a valid safetensors file: {msg}"));
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(bad(format!("header of {n} bytes")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    let meta = v.get("__metadata__").and_then(|m| m.as_object());
+    Ok(meta
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default())
 }
 
 /// Serialises f32 tensors (name → (shape, values)) with metadata.
@@ -88,6 +101,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    #[cfg(unix)]
+    {
+        // tempfile creates 0600; a result or cache file should be as readable as any other file.
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(path, e))?;
+    }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
@@ -125,5 +144,15 @@ mod tests {
         assert_eq!(back.tensors, sd.tensors);
         assert_eq!(read_metadata(&path).unwrap(), meta);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        }
+        // a truncated file is an error naming it, for data and for metadata alike
+        let cut = dir.path().join("cut.safetensors");
+        std::fs::write(&cut, &std::fs::read(&path).unwrap()[..20]).unwrap();
+        assert!(read(&cut).unwrap_err().to_string().contains("cut.safetensors"));
+        assert!(read_metadata(&cut).unwrap_err().to_string().contains("cut.safetensors"));
     }
 }
