@@ -1,0 +1,106 @@
+//! Bottleneck adapters (AdaptFormer / Pfeiffer / Houlsby): `scale · Up(Dropout(act(Down(LN(x)))))`.
+//! Where an adapter sits (parallel to the MLP, after it, or two per block) is the method's
+//! choice; see [`crate::method`].
+
+use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, relu, silu};
+use serde::{Deserialize, Serialize};
+
+/// Adapter non-linearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Exact (erf) GELU: AdaptFormer / MoSA.
+    #[default]
+    Gelu,
+    /// Pfeiffer.
+    Relu,
+    /// Houlsby in the MoSA code base.
+    Silu,
+}
+
+impl Activation {
+    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Activation::Gelu => gelu(x),
+            Activation::Relu => relu(x),
+            Activation::Silu => silu(x),
+        }
+    }
+}
+
+/// A bottleneck adapter's shape and recipe. Defaults are the MoSA reference (spec §1).
+#[derive(Config, Debug)]
+pub struct AdapterConfig {
+    /// Width of the tokens the adapter reads and writes.
+    pub d_model: usize,
+    /// Bottleneck width.
+    #[config(default = 16)]
+    pub r: usize,
+    /// Output scale `s`.
+    #[config(default = 0.1)]
+    pub scale: f64,
+    #[config(default = "Activation::Gelu")]
+    pub activation: Activation,
+    /// Dropout between the activation and Up.
+    #[config(default = 0.1)]
+    pub dropout: f64,
+    /// Own LayerNorm on the input (AdaptFormer's `adapter_layernorm_option = "in"`).
+    #[config(default = true)]
+    pub layer_norm: bool,
+    /// PyTorch's `nn.LayerNorm` default, which the reference adapter uses.
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+}
+
+impl AdapterConfig {
+    /// Down: kaiming-uniform(a = √5), i.e. U(±1/√d); Up: zeros; biases zero (spec §1).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Adapter<B> {
+        let bound = 1.0 / (self.d_model as f64).sqrt();
+        let mut down = LinearConfig::new(self.d_model, self.r)
+            .with_initializer(Initializer::Uniform { min: -bound, max: bound })
+            .init(device);
+        down.bias = Some(Param::from_tensor(Tensor::zeros([self.r], device)));
+        let up = LinearConfig::new(self.r, self.d_model).with_initializer(Initializer::Zeros).init(device);
+        Adapter {
+            norm: self.layer_norm.then(|| LayerNormConfig::new(self.d_model).with_epsilon(self.norm_eps).init(device)),
+            down,
+            up,
+            dropout: DropoutConfig::new(self.dropout).init(),
+            activation: self.activation,
+            scale: self.scale,
+        }
+    }
+
+    /// Trainable parameters of one adapter: LN 2d + Down (d+1)·r + Up (r+1)·d.
+    pub fn num_params(&self) -> usize {
+        let ln = if self.layer_norm { 2 * self.d_model } else { 0 };
+        ln + (self.d_model + 1) * self.r + (self.r + 1) * self.d_model
+    }
+}
+
+/// A plain bottleneck adapter.
+#[derive(Module, Debug)]
+pub struct Adapter<B: Backend> {
+    pub norm: Option<LayerNorm<B>>,
+    pub down: Linear<B>,
+    pub up: Linear<B>,
+    pub dropout: Dropout,
+    #[module(skip)]
+    pub activation: Activation,
+    #[module(skip)]
+    pub scale: f64,
+}
+
+impl<B: Backend> Adapter<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = match &self.norm {
+            Some(n) => n.forward(x),
+            None => x,
+        };
+        let h = self.dropout.forward(self.activation.apply(self.down.forward(x)));
+        self.up.forward(h) * self.scale
+    }
+}

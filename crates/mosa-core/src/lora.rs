@@ -1,0 +1,127 @@
+//! LoRA on a linear layer: `y = x·W + scaling · dropout(x)·A·B`, `scaling = alpha / r`;
+//! `A` kaiming-uniform (U(±1/√in)), `B` zero (HF PEFT's init). Mergeable into `W`.
+//! MoSA-LoRA splits `A` or `B` into N sparse experts in the same way as [`crate::mosa`].
+
+use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::mosa::Experts;
+use crate::rng::Rng;
+
+#[derive(Config, Debug)]
+pub struct LoraConfig {
+    #[config(default = 8)]
+    pub r: usize,
+    #[config(default = 8.0)]
+    pub alpha: f64,
+    #[config(default = 0.0)]
+    pub dropout: f64,
+}
+
+/// Which LoRA factor MoSA-LoRA splits into experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraSplit {
+    A,
+    /// The factor that starts at zero, like MoSA's Up.
+    #[default]
+    B,
+}
+
+impl std::str::FromStr for LoraSplit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "a" | "A" => Ok(LoraSplit::A),
+            "b" | "B" => Ok(LoraSplit::B),
+            _ => Err(format!("split must be a or b, not `{s}`")),
+        }
+    }
+}
+
+impl LoraConfig {
+    fn factors<B: Backend>(&self, d_in: usize, d_out: usize, device: &B::Device) -> (Linear<B>, Linear<B>) {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let a = LinearConfig::new(d_in, self.r).with_bias(false).with_initializer(Initializer::Uniform { min: -bound, max: bound }).init(device);
+        let b = LinearConfig::new(self.r, d_out).with_bias(false).with_initializer(Initializer::Zeros).init(device);
+        (a, b)
+    }
+
+    pub fn init<B: Backend>(&self, d_in: usize, d_out: usize, device: &B::Device) -> Lora<B> {
+        let (a, b) = self.factors(d_in, d_out, device);
+        Lora { a: a.weight, b: b.weight, dropout: DropoutConfig::new(self.dropout).init(), scaling: self.alpha / self.r as f64 }
+    }
+
+    pub fn init_mosa<B: Backend>(&self, d_in: usize, d_out: usize, experts: usize, split: LoraSplit, rng: &mut Rng, device: &B::Device) -> MosaLora<B> {
+        let (a, b) = self.factors(d_in, d_out, device);
+        let (na, nb) = match split {
+            LoraSplit::A => (experts, 1),
+            LoraSplit::B => (1, experts),
+        };
+        MosaLora {
+            a: Experts::from_linear(a, na, rng, false),
+            b: Experts::from_linear(b, nb, rng, false),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            scaling: self.alpha / self.r as f64,
+        }
+    }
+}
+
+/// A LoRA branch, `[in, r]` and `[r, out]` factors.
+#[derive(Module, Debug)]
+pub struct Lora<B: Backend> {
+    pub a: Param<Tensor<B, 2>>,
+    pub b: Param<Tensor<B, 2>>,
+    pub dropout: Dropout,
+    #[module(skip)]
+    pub scaling: f64,
+}
+
+impl<B: Backend> Lora<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.dropout.forward(x).matmul(self.a.val().unsqueeze()).matmul(self.b.val().unsqueeze()) * self.scaling
+    }
+
+    /// `ΔW = scaling · A·B`, `[in, out]` (the product is merged, never the factors).
+    pub fn delta(&self) -> Tensor<B, 2> {
+        self.a.val().matmul(self.b.val()) * self.scaling
+    }
+}
+
+/// LoRA with one factor split into sparse experts.
+#[derive(Module, Debug)]
+pub struct MosaLora<B: Backend> {
+    pub a: Experts<B>,
+    pub b: Experts<B>,
+    pub dropout: Dropout,
+    #[module(skip)]
+    pub scaling: f64,
+}
+
+impl<B: Backend> MosaLora<B> {
+    pub fn forward(&self, x: Tensor<B, 3>, ea: usize, eb: usize) -> Tensor<B, 3> {
+        self.b.forward(self.a.forward(self.dropout.forward(x), ea), eb) * self.scaling
+    }
+
+    pub fn draw(&self, rng: &mut Rng) -> (usize, usize) {
+        let a = if self.a.len() > 1 { rng.below(self.a.len()) } else { 0 };
+        let b = if self.b.len() > 1 { rng.below(self.b.len()) } else { 0 };
+        (a, b)
+    }
+
+    /// Merged LoRA: the mean of the split factor's experts (mode `add`), as a plain LoRA.
+    pub fn merge(&self) -> Lora<B> {
+        Lora { a: self.a.mean().weight, b: self.b.mean().weight, dropout: self.dropout.clone(), scaling: self.scaling }
+    }
+}
+
+impl<B: AutodiffBackend> MosaLora<B> {
+    pub fn mask_gradients(&self, grads: &mut GradientsParams) {
+        self.a.mask_gradients(grads);
+        self.b.mask_gradients(grads);
+    }
+}

@@ -1,0 +1,223 @@
+//! MoSA: an adapter whose Down and/or Up projection is split into N disjoint sparse experts
+//! (spec `mosa.md` §2–4, as the reference code does it).
+//!
+//! - The N experts of a projection are one stacked parameter `[N, in, out]` (+ biases `[N, out]`,
+//!   not split). A forward pass selects one slice for the whole batch, so unselected experts get a
+//!   zero gradient and AdamW keeps stepping them from their moments, as PyTorch 1.11 did.
+//! - Masks: a seeded, element-wise random partition of each split matrix into N equal quantile
+//!   bins; after backward the stacked gradient is multiplied by the stacked mask once per step.
+//! - All experts start as copies of expert 0; with Up at zero, every Up expert stays exactly zero
+//!   off its mask, and the mean of the experts is the "complete adapter" divided by N.
+//! - `merge` averages the experts (mode `add`) into one plain [`Adapter`]: inference costs exactly
+//!   one adapter.
+
+use burn::module::Param;
+use burn::nn::{Dropout, LayerNorm, Linear};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::module::linear;
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::{Activation, Adapter, AdapterConfig};
+use crate::mask;
+use crate::rng::Rng;
+
+/// Which projection stays dense and shared by all experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Share {
+    /// Dense shared Down, N split Up experts (the reference default).
+    #[default]
+    Down,
+    /// Dense shared Up, N split Down experts.
+    Up,
+    /// Both split.
+    None,
+}
+
+impl std::str::FromStr for Share {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "down" => Ok(Share::Down),
+            "up" => Ok(Share::Up),
+            "none" => Ok(Share::None),
+            _ => Err(format!("share must be down, up or none, not `{s}`")),
+        }
+    }
+}
+
+/// N experts of one projection, stacked; `mask` is `None` for a dense shared projection.
+#[derive(Module, Debug)]
+pub struct Experts<B: Backend> {
+    /// `[n, in, out]`
+    pub weight: Param<Tensor<B, 3>>,
+    /// `[n, out]`; not split (every expert has its full bias). LoRA factors have none.
+    pub bias: Option<Param<Tensor<B, 2>>>,
+    /// `[n, in, out]` 0/1; rebuilt from the seed, never saved.
+    pub mask: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Experts<B> {
+    pub fn len(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Builds `n` copies of `linear` with a random partition mask drawn from `rng` (none if n = 1).
+    /// With `prune`, only the first expert's share is kept and the weight is zeroed elsewhere
+    /// (the reference's "randomly pruned adapter").
+    pub fn from_linear(linear: Linear<B>, n: usize, rng: &mut Rng, prune: bool) -> Self {
+        let w = linear.weight.val();
+        let [i, o] = w.dims();
+        let device = w.device();
+        let groups = if prune { n } else { n.max(1) };
+        let mask = (groups > 1).then(|| {
+            let owner = mask::partition(i * o, groups, rng);
+            let experts = if prune { 1 } else { n };
+            let data: Vec<f32> = (0..experts as u32).flat_map(|e| mask::expert_mask(&owner, e)).collect();
+            Tensor::<B, 3>::from_data(TensorData::new(data, [experts, i, o]), &device)
+        });
+        let n_out = if prune { 1 } else { n };
+        let mut weight = w.unsqueeze::<3>().repeat_dim(0, n_out);
+        if prune {
+            weight = weight * mask.clone().unwrap();
+        }
+        let bias = linear.bias.map(|b| Param::from_tensor(b.val().unsqueeze::<2>().repeat_dim(0, n_out)));
+        Self { weight: Param::from_tensor(weight), bias, mask }
+    }
+
+    /// `x · W_e + b_e` with expert `e`.
+    pub fn forward(&self, x: Tensor<B, 3>, e: usize) -> Tensor<B, 3> {
+        let [n, i, o] = self.weight.dims();
+        debug_assert!(e < n);
+        let w = self.weight.val().slice([e..e + 1, 0..i, 0..o]).reshape([i, o]);
+        let b = self.bias.as_ref().map(|b| b.val().slice([e..e + 1, 0..o]).reshape([o]));
+        linear(x, w, b)
+    }
+
+    /// The weight of expert `e`, `[in, out]`.
+    pub fn expert_weight(&self, e: usize) -> Tensor<B, 2> {
+        let [_, i, o] = self.weight.dims();
+        self.weight.val().slice([e..e + 1, 0..i, 0..o]).reshape([i, o])
+    }
+
+    /// Mean of the experts (merge mode `add`), as a plain linear layer.
+    pub fn mean(&self) -> Linear<B> {
+        let [_, i, o] = self.weight.dims();
+        Linear {
+            weight: Param::from_tensor(self.weight.val().mean_dim(0).reshape([i, o])),
+            bias: self.bias.as_ref().map(|b| Param::from_tensor(b.val().mean_dim(0).reshape([o]))),
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Experts<B> {
+    /// Multiplies the stacked weight gradient by the stacked mask (one op per step).
+    pub fn mask_gradients(&self, grads: &mut GradientsParams) {
+        let Some(mask) = &self.mask else { return };
+        let id = self.weight.id;
+        if let Some(g) = grads.remove::<B::InnerBackend, 3>(id) {
+            grads.register::<B::InnerBackend, 3>(id, g * mask.clone().inner());
+        }
+    }
+}
+
+/// MoSA's configuration.
+#[derive(Config, Debug)]
+pub struct MosaConfig {
+    pub adapter: AdapterConfig,
+    #[config(default = 4)]
+    pub experts: usize,
+    #[config(default = "Share::Down")]
+    pub share: Share,
+}
+
+impl MosaConfig {
+    /// A MoSA adapter whose masks come from `rng` (one stream per block keeps runs reproducible).
+    pub fn init<B: Backend>(&self, rng: &mut Rng, device: &B::Device) -> MosaAdapter<B> {
+        let base = self.adapter.init::<B>(device);
+        let (n_down, n_up) = match self.share {
+            Share::Down => (1, self.experts),
+            Share::Up => (self.experts, 1),
+            Share::None => (self.experts, self.experts),
+        };
+        MosaAdapter {
+            norm: base.norm,
+            down: Experts::from_linear(base.down, n_down, rng, false),
+            up: Experts::from_linear(base.up, n_up, rng, false),
+            dropout: base.dropout,
+            activation: base.activation,
+            scale: base.scale,
+        }
+    }
+
+    /// The reference ablation: one fixed random 1/N of each adapter weight, no mixture.
+    pub fn init_pruned<B: Backend>(&self, rng: &mut Rng, device: &B::Device) -> MosaAdapter<B> {
+        let base = self.adapter.init::<B>(device);
+        MosaAdapter {
+            norm: base.norm,
+            down: Experts::from_linear(base.down, self.experts, rng, true),
+            up: Experts::from_linear(base.up, self.experts, rng, true),
+            dropout: base.dropout,
+            activation: base.activation,
+            scale: base.scale,
+        }
+    }
+}
+
+/// An adapter with expert-split projections.
+#[derive(Module, Debug)]
+pub struct MosaAdapter<B: Backend> {
+    pub norm: Option<LayerNorm<B>>,
+    pub down: Experts<B>,
+    pub up: Experts<B>,
+    pub dropout: Dropout,
+    #[module(skip)]
+    pub activation: Activation,
+    #[module(skip)]
+    pub scale: f64,
+}
+
+impl<B: Backend> MosaAdapter<B> {
+    /// Forward with Down expert `ed` and Up expert `eu`.
+    pub fn forward(&self, x: Tensor<B, 3>, ed: usize, eu: usize) -> Tensor<B, 3> {
+        let x = match &self.norm {
+            Some(n) => n.forward(x),
+            None => x,
+        };
+        let h = self.dropout.forward(self.activation.apply(self.down.forward(x, ed)));
+        self.up.forward(h, eu) * self.scale
+    }
+
+    /// Draws one expert per split projection (independently for Down and Up).
+    pub fn draw(&self, rng: &mut Rng) -> (usize, usize) {
+        let d = if self.down.len() > 1 { rng.below(self.down.len()) } else { 0 };
+        let u = if self.up.len() > 1 { rng.below(self.up.len()) } else { 0 };
+        (d, u)
+    }
+
+    /// Mode `add`: `W = mean_i W_i`, `b = mean_i b_i`, as one plain adapter.
+    pub fn merge(&self) -> Adapter<B> {
+        Adapter {
+            norm: self.norm.clone(),
+            down: self.down.mean(),
+            up: self.up.mean(),
+            dropout: self.dropout.clone(),
+            activation: self.activation,
+            scale: self.scale,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> MosaAdapter<B> {
+    pub fn mask_gradients(&self, grads: &mut GradientsParams) {
+        self.down.mask_gradients(grads);
+        self.up.mask_gradients(grads);
+    }
+}

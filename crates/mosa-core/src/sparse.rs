@@ -1,0 +1,238 @@
+//! Sparse adapters (arXiv 2507.07140, spec `sparse-experts.md` §1): a full-size trainable
+//! `ΔW` on a frozen weight `W0`, used through a binary mask `M` as `W0 + M ⊙ ΔW`.
+//!
+//! The forward pass folds the masked delta into the weight, so it costs one matmul, and the
+//! gradient of `ΔW` is masked by construction. The mask starts all-ones (dense warm-up), is
+//! re-selected every K steps during the first epoch, then frozen: [`SparseSchedule`] says when,
+//! [`select`] computes the masks from per-layer scores.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use serde::{Deserialize, Serialize};
+
+use crate::mask;
+use crate::rng::Rng;
+
+/// How entries are scored for the mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Criterion {
+    /// Connection sensitivity `(∂L/∂ΔW) ⊙ ΔW`, ranked signed, as the reference code does (default).
+    #[default]
+    SensitivitySigned,
+    /// Connection sensitivity ranked by magnitude (SNIP).
+    SensitivityAbs,
+    /// `|∂L/∂ΔW|`.
+    GradMagnitude,
+    /// `|ΔW|`.
+    WeightMagnitude,
+    /// Seeded random.
+    Random,
+}
+
+/// Over which entries the top-k is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// ⌊keep·numel⌋ entries of every targeted matrix (default).
+    #[default]
+    PerLayer,
+    /// ⌊keep·Σ numel⌋ entries over all targeted matrices together.
+    Global,
+    /// Whole `tile × tile` blocks of each matrix, ranked by their summed score:
+    /// ⌊keep·tiles⌋ tiles per matrix.
+    Block { tile: usize },
+}
+
+/// What happens to entries that leave the mask at a re-selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDrop {
+    /// Zero their delta (and optimiser moments): the expert holds only masked entries.
+    #[default]
+    Zero,
+    /// Keep their values (inactive while masked out).
+    Keep,
+}
+
+#[derive(Config, Debug)]
+pub struct SparseConfig {
+    /// Fraction of each targeted matrix kept.
+    #[config(default = 0.05)]
+    pub keep_ratio: f64,
+    #[config(default = "Criterion::SensitivitySigned")]
+    pub criterion: Criterion,
+    #[config(default = "Scope::PerLayer")]
+    pub scope: Scope,
+    /// Re-select every this many steps during the first epoch.
+    #[config(default = 5)]
+    pub reselect_every: usize,
+    /// Dense steps before the first selection (one-shot selection after a warm-up when
+    /// `reselect_every` ≥ the epoch length).
+    #[config(default = 5)]
+    pub warmup_steps: usize,
+    #[config(default = "OnDrop::Zero")]
+    pub on_drop: OnDrop,
+    #[config(default = 3407)]
+    pub seed: u64,
+}
+
+/// The mask schedule: what the training loop does after step `step` (0-based) of epoch `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseAction {
+    /// Nothing to do.
+    Keep,
+    /// Score and re-select the masks now.
+    Reselect,
+}
+
+impl SparseConfig {
+    pub fn action(&self, epoch: usize, step: usize) -> SparseAction {
+        if epoch > 0 || step + 1 < self.warmup_steps {
+            return SparseAction::Keep;
+        }
+        let since = step + 1 - self.warmup_steps;
+        if since % self.reselect_every.max(1) == 0 { SparseAction::Reselect } else { SparseAction::Keep }
+    }
+
+    /// Per-entry scores of one matrix from its delta and gradient (host values).
+    pub fn score(&self, delta: &[f32], grad: &[f32], rng: &mut Rng) -> Vec<f32> {
+        match self.criterion {
+            Criterion::SensitivitySigned => delta.iter().zip(grad).map(|(w, g)| w * g).collect(),
+            Criterion::SensitivityAbs => delta.iter().zip(grad).map(|(w, g)| (w * g).abs()).collect(),
+            Criterion::GradMagnitude => grad.iter().map(|g| g.abs()).collect(),
+            Criterion::WeightMagnitude => delta.iter().map(|w| w.abs()).collect(),
+            Criterion::Random => (0..delta.len()).map(|_| rng.uniform() as f32).collect(),
+        }
+    }
+}
+
+/// Kept flat indices (sorted) for each matrix, given per-matrix scores and shapes `[rows, cols]`.
+pub fn select(cfg: &SparseConfig, scores: &[Vec<f32>], shapes: &[[usize; 2]], rng: &mut Rng) -> Vec<Vec<u32>> {
+    match cfg.scope {
+        Scope::PerLayer => scores.iter().map(|s| mask::topk(s, (cfg.keep_ratio * s.len() as f64) as usize, rng)).collect(),
+        Scope::Global => {
+            let all: Vec<f32> = scores.iter().flatten().copied().collect();
+            let k = (cfg.keep_ratio * all.len() as f64) as usize;
+            let kept = mask::topk(&all, k, rng);
+            let mut out = vec![Vec::new(); scores.len()];
+            let mut offsets = Vec::with_capacity(scores.len());
+            let mut acc = 0u32;
+            for s in scores {
+                offsets.push(acc);
+                acc += s.len() as u32;
+            }
+            for i in kept {
+                let l = offsets.partition_point(|&o| o <= i) - 1;
+                out[l].push(i - offsets[l]);
+            }
+            out
+        }
+        Scope::Block { tile } => scores
+            .iter()
+            .zip(shapes)
+            .map(|(s, &[rows, cols])| {
+                let (tr, tc) = (rows.div_ceil(tile), cols.div_ceil(tile));
+                let mut tile_score = vec![0f32; tr * tc];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        tile_score[(r / tile) * tc + c / tile] += s[r * cols + c];
+                    }
+                }
+                let keep_tiles = mask::topk(&tile_score, (cfg.keep_ratio * (tr * tc) as f64) as usize, rng);
+                let mut idx: Vec<u32> = Vec::new();
+                for t in keep_tiles {
+                    let (br, bc) = (t as usize / tc, t as usize % tc);
+                    for r in br * tile..((br + 1) * tile).min(rows) {
+                        for c in bc * tile..((bc + 1) * tile).min(cols) {
+                            idx.push((r * cols + c) as u32);
+                        }
+                    }
+                }
+                idx.sort_unstable();
+                idx
+            })
+            .collect(),
+    }
+}
+
+/// A masked trainable delta on one frozen `[in, out]` weight.
+#[derive(Module, Debug)]
+pub struct SparseDelta<B: Backend> {
+    /// `[in, out]`, starts at zero.
+    pub delta: Param<Tensor<B, 2>>,
+    /// `[in, out]` 0/1; all ones during the dense warm-up.
+    pub mask: Tensor<B, 2>,
+}
+
+impl<B: Backend> SparseDelta<B> {
+    pub fn new(d_in: usize, d_out: usize, device: &B::Device) -> Self {
+        Self { delta: Param::from_tensor(Tensor::zeros([d_in, d_out], device)), mask: Tensor::ones([d_in, d_out], device) }
+    }
+
+    /// The effective weight `W0 + M ⊙ ΔW`.
+    pub fn apply(&self, w0: Tensor<B, 2>) -> Tensor<B, 2> {
+        w0 + self.delta.val() * self.mask.clone()
+    }
+
+    /// Installs a new mask from kept flat indices; with [`OnDrop::Zero`] the delta is zeroed off it.
+    pub fn set_mask(mut self, kept: &[u32], on_drop: OnDrop) -> Self {
+        let [i, o] = self.mask.dims();
+        let device = self.mask.device();
+        self.mask = Tensor::from_data(TensorData::new(mask::dense(kept, i * o), [i, o]), &device);
+        if on_drop == OnDrop::Zero {
+            let id = self.delta.id;
+            let masked = self.delta.val() * self.mask.clone();
+            self.delta = Param::initialized(id, masked.detach().require_grad());
+        }
+        self
+    }
+
+    /// Number of entries in the mask.
+    pub fn kept(&self) -> usize {
+        self.mask.clone().sum().into_scalar().elem::<f64>() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_is_dense_warmup_then_periodic_in_the_first_epoch_only() {
+        let cfg = SparseConfig::new().with_warmup_steps(3).with_reselect_every(2);
+        let acts: Vec<bool> = (0..9).map(|s| cfg.action(0, s) == SparseAction::Reselect).collect();
+        assert_eq!(acts, [false, false, true, false, true, false, true, false, true]);
+        assert!((0..20).all(|s| cfg.action(1, s) == SparseAction::Keep));
+    }
+
+    #[test]
+    fn per_layer_and_global_budgets_are_exact() {
+        let mut rng = Rng::new(0);
+        let scores: Vec<Vec<f32>> = vec![(0..100).map(|i| (i % 7) as f32).collect(), (0..50).map(|i| (i % 3) as f32 + 10.0).collect()];
+        let shapes = [[10, 10], [5, 10]];
+        let cfg = SparseConfig::new().with_keep_ratio(0.05);
+        let kept = select(&cfg, &scores, &shapes, &mut rng);
+        assert_eq!((kept[0].len(), kept[1].len()), (5, 2));
+        assert!(kept[0].iter().all(|&i| i % 7 == 6), "highest scores first");
+        let glob = select(&cfg.clone().with_scope(Scope::Global), &scores, &shapes, &mut rng);
+        assert_eq!(glob[0].len() + glob[1].len(), 7, "⌊0.05 · 150⌋");
+        assert!(glob[0].is_empty(), "layer 2's scores are all larger");
+        let block = select(&cfg.with_keep_ratio(0.25).with_scope(Scope::Block { tile: 5 }), &scores, &shapes, &mut rng);
+        assert_eq!(block[0].len(), 25, "one of four 5×5 tiles");
+    }
+
+    #[test]
+    fn criteria_score_as_defined() {
+        let mut rng = Rng::new(0);
+        let (w, g) = ([1.0, -2.0, 3.0], [-1.0, -1.0, 0.5]);
+        let s = |c| SparseConfig::new().with_criterion(c).score(&w, &g, &mut Rng::new(0));
+        assert_eq!(s(Criterion::SensitivitySigned), vec![-1.0, 2.0, 1.5]);
+        assert_eq!(s(Criterion::SensitivityAbs), vec![1.0, 2.0, 1.5]);
+        assert_eq!(s(Criterion::GradMagnitude), vec![1.0, 1.0, 0.5]);
+        assert_eq!(s(Criterion::WeightMagnitude), vec![1.0, 2.0, 3.0]);
+        let r = SparseConfig::new().with_criterion(Criterion::Random).score(&w, &g, &mut rng);
+        assert!(r.iter().all(|x| (0.0..1.0).contains(x)));
+    }
+}
