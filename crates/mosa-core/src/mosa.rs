@@ -88,8 +88,8 @@ impl<B: Backend> Experts<B> {
         if prune {
             weight = weight * mask.clone().unwrap();
         }
-        let bias = linear.bias.map(|b| Param::from_tensor(b.val().unsqueeze::<2>().repeat_dim(0, n_out)));
-        Self { weight: Param::from_tensor(weight), bias, mask }
+        let bias = linear.bias.map(|b| Param::from_tensor(b.val().unsqueeze::<2>().repeat_dim(0, n_out).detach()));
+        Self { weight: Param::from_tensor(weight.detach()), bias, mask }
     }
 
     /// `x · W_e + b_e` with expert `e`.
@@ -111,8 +111,8 @@ impl<B: Backend> Experts<B> {
     pub fn mean(&self) -> Linear<B> {
         let [_, i, o] = self.weight.dims();
         Linear {
-            weight: Param::from_tensor(self.weight.val().mean_dim(0).reshape([i, o])),
-            bias: self.bias.as_ref().map(|b| Param::from_tensor(b.val().mean_dim(0).reshape([o]))),
+            weight: Param::from_tensor(self.weight.val().mean_dim(0).reshape([i, o]).detach()),
+            bias: self.bias.as_ref().map(|b| Param::from_tensor(b.val().mean_dim(0).reshape([o]).detach())),
         }
     }
 }

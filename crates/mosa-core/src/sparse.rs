@@ -236,3 +236,28 @@ mod tests {
         assert!(r.iter().all(|x| (0.0..1.0).contains(x)));
     }
 }
+
+/// Scores every delta from its current gradient and installs new masks (one host round trip per
+/// re-selection, which happens only every K steps of the first epoch). Deltas without a gradient
+/// score zero. Returns the deltas in the same order.
+pub fn reselect<B: burn::tensor::backend::AutodiffBackend>(
+    deltas: Vec<SparseDelta<B>>,
+    grads: &burn::optim::GradientsParams,
+    cfg: &SparseConfig,
+    rng: &mut Rng,
+) -> Vec<SparseDelta<B>> {
+    let mut scores = Vec::with_capacity(deltas.len());
+    let mut shapes = Vec::with_capacity(deltas.len());
+    for d in &deltas {
+        let [i, o] = d.delta.dims();
+        let w = d.delta.val().inner().into_data().to_vec::<f32>().unwrap_or_default();
+        let g = grads
+            .get::<B::InnerBackend, 2>(d.delta.id)
+            .map(|g| g.into_data().to_vec::<f32>().unwrap_or_default())
+            .unwrap_or_else(|| vec![0.0; i * o]);
+        scores.push(cfg.score(&w, &g, rng));
+        shapes.push([i, o]);
+    }
+    let kept = select(cfg, &scores, &shapes, rng);
+    deltas.into_iter().zip(kept).map(|(d, k)| d.set_mask(&k, cfg.on_drop)).collect()
+}

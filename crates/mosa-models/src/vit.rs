@@ -14,6 +14,10 @@ use burn::tensor::Distribution;
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::{attention, linear};
 
+use mosa_core::Rng;
+use mosa_core::prompt::Prompts;
+use mosa_core::slot::{AdapterSlot, LinearBranch, Placement, linear_with, merge_linear};
+
 use crate::posembed::{self, Resample};
 
 /// Configuration of a [`VisionTransformer`]; timm's constructor arguments under the same names.
@@ -133,7 +137,9 @@ impl VitConfig {
                     norm1: norm(),
                     attn: Attention {
                         qkv: lin(d, 3 * d, self.qkv_bias),
+                        qkv_branch: None,
                         proj: lin(d, d, true),
+                        proj_branch: None,
                         attn_drop: DropoutConfig::new(self.attn_drop_rate).init(),
                         proj_drop: DropoutConfig::new(self.proj_drop_rate).init(),
                         num_heads: self.num_heads,
@@ -142,10 +148,15 @@ impl VitConfig {
                     norm2: norm(),
                     mlp: Mlp {
                         fc1: lin(d, self.mlp_hidden(), true),
+                        fc1_branch: None,
                         fc2: lin(self.mlp_hidden(), d, true),
+                        fc2_branch: None,
                         drop: DropoutConfig::new(self.proj_drop_rate).init(),
                     },
                     ls2: ls(),
+                    adapter: None,
+                    adapter_attn: None,
+                    adapter_mlp: None,
                     drop_path: dpr,
                 }
             })
@@ -159,6 +170,7 @@ impl VitConfig {
             cls_token: Param::from_tensor(Tensor::random([1, 1, d], Distribution::Normal(0.0, 1e-6), device)),
             pos_embed: Param::from_tensor(Tensor::random([1, 1 + gh * gw, d], Distribution::Normal(0.0, 0.02), device)),
             pos_drop: DropoutConfig::new(self.pos_drop_rate).init(),
+            prompts: None,
             blocks,
             norm: norm(),
             head_drop: DropoutConfig::new(self.drop_rate).init(),
@@ -198,7 +210,10 @@ impl<B: Backend> PatchEmbed<B> {
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     pub qkv: Linear<B>,
+    /// A method's branch on `qkv` (LoRA, MoSA-LoRA, sparse delta).
+    pub qkv_branch: Option<LinearBranch<B>>,
     pub proj: Linear<B>,
+    pub proj_branch: Option<LinearBranch<B>>,
     pub attn_drop: Dropout,
     pub proj_drop: Dropout,
     #[module(skip)]
@@ -206,11 +221,11 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let h = self.num_heads;
         let hd = d / h;
-        let qkv = self.qkv.forward(x).reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let qkv = linear_with(&self.qkv, &self.qkv_branch, x, rng).reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
         let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([b, h, t, hd]));
         let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
         let out = if self.attn_drop.prob > 0.0 && B::ad_enabled(&q.device()) {
@@ -220,7 +235,7 @@ impl<B: Backend> Attention<B> {
             attention(q, k, v, None, None, Default::default())
         };
         let out = out.swap_dims(1, 2).reshape([b, t, d]);
-        self.proj_drop.forward(self.proj.forward(out))
+        self.proj_drop.forward(linear_with(&self.proj, &self.proj_branch, out, rng))
     }
 }
 
@@ -228,14 +243,16 @@ impl<B: Backend> Attention<B> {
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     pub fc1: Linear<B>,
+    pub fc1_branch: Option<LinearBranch<B>>,
     pub fc2: Linear<B>,
+    pub fc2_branch: Option<LinearBranch<B>>,
     pub drop: Dropout,
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.drop.forward(gelu(self.fc1.forward(x)));
-        self.drop.forward(self.fc2.forward(x))
+    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+        let x = self.drop.forward(gelu(linear_with(&self.fc1, &self.fc1_branch, x, rng)));
+        self.drop.forward(linear_with(&self.fc2, &self.fc2_branch, x, rng))
     }
 }
 
@@ -278,16 +295,54 @@ pub struct Block<B: Backend> {
     pub norm2: LayerNorm<B>,
     pub mlp: Mlp<B>,
     pub ls2: Option<LayerScale<B>>,
+    /// Adapter parallel to the MLP, reading the MLP's input stream: `h + MLP(LN2(h)) + A(h)`
+    /// (AdaptFormer / MoSA; the adapter has its own LayerNorm).
+    pub adapter: Option<AdapterSlot<B>>,
+    /// Adapter on the attention output, before the residual: `a + A(a)` (Houlsby).
+    pub adapter_attn: Option<AdapterSlot<B>>,
+    /// Adapter on the MLP output, before the residual: `m + A(m)` (Pfeiffer, Houlsby).
+    pub adapter_mlp: Option<AdapterSlot<B>>,
     #[module(skip)]
     pub drop_path: f64,
 }
 
+fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+    match slot {
+        Some(a) => x.clone() + a.forward(x, rng),
+        None => x,
+    }
+}
+
 impl<B: Backend> Block<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let a = opt_scale(&self.ls1, self.attn.forward(self.norm1.forward(x.clone())));
-        let x = x + drop_path(a, self.drop_path);
-        let m = opt_scale(&self.ls2, self.mlp.forward(self.norm2.forward(x.clone())));
-        x + drop_path(m, self.drop_path)
+    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+        let a = sequential(&self.adapter_attn, self.attn.forward(self.norm1.forward(x.clone()), rng), rng);
+        let h = x + drop_path(opt_scale(&self.ls1, a), self.drop_path);
+        let m = sequential(&self.adapter_mlp, self.mlp.forward(self.norm2.forward(h.clone()), rng), rng);
+        let out = h.clone() + drop_path(opt_scale(&self.ls2, m), self.drop_path);
+        match &self.adapter {
+            Some(slot) => out + slot.forward(h, rng),
+            None => out,
+        }
+    }
+
+    /// Every MoSA slot averaged into a plain adapter and every linear branch folded into its
+    /// base weight: the inference model, costing exactly one plain adapter per slot.
+    pub fn merged(&self) -> Self {
+        let mut b = self.clone();
+        for slot in [&mut b.adapter, &mut b.adapter_attn, &mut b.adapter_mlp].into_iter().flatten() {
+            *slot = slot.merged();
+        }
+        for (lin, branch) in [
+            (&mut b.attn.qkv, &mut b.attn.qkv_branch),
+            (&mut b.attn.proj, &mut b.attn.proj_branch),
+            (&mut b.mlp.fc1, &mut b.mlp.fc1_branch),
+            (&mut b.mlp.fc2, &mut b.mlp.fc2_branch),
+        ] {
+            if let Some(br) = branch.take() {
+                *lin = merge_linear(lin, &br);
+            }
+        }
+        b
     }
 }
 
@@ -311,6 +366,8 @@ pub struct VisionTransformer<B: Backend> {
     pub cls_token: Param<Tensor<B, 3>>,
     pub pos_embed: Param<Tensor<B, 3>>,
     pub pos_drop: Dropout,
+    /// VPT prompt tokens, inserted after the class token.
+    pub prompts: Option<Prompts<B>>,
     pub blocks: Vec<Block<B>>,
     pub norm: LayerNorm<B>,
     pub head_drop: Dropout,
@@ -351,7 +408,7 @@ impl<B: Backend> VisionTransformer<B> {
         let g = img_size / self.patch_embed.patch_size;
         if [g, g] != self.grid {
             let pos = self.pos_embed_for((g, g));
-            self.pos_embed = Param::from_tensor(pos);
+            self.pos_embed = Param::from_tensor(pos.detach());
             self.grid = [g, g];
         }
         self
@@ -378,20 +435,126 @@ impl<B: Backend> VisionTransformer<B> {
         VitOutput { tokens, pre_logits, logits, hidden }
     }
 
-    /// Forward pass; `collect_hidden` keeps every block's output in [`VitOutput::hidden`].
-    pub fn forward_with(&self, x: Tensor<B, 4>, collect_hidden: bool) -> VitOutput<B> {
+    /// Forward pass; `collect_hidden` keeps every block's output in [`VitOutput::hidden`];
+    /// `rng` draws the active experts of MoSA methods (one per block and pass, whole batch).
+    pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> VitOutput<B> {
         let mut x = self.embed(x);
         let mut hidden = Vec::new();
-        for block in &self.blocks {
-            x = block.forward(x);
+        for (l, block) in self.blocks.iter().enumerate() {
+            if let Some(p) = &self.prompts {
+                x = match (l, p.deep()) {
+                    (0, _) => p.insert(x, 0),
+                    (_, true) => p.replace(x, l),
+                    _ => x,
+                };
+            }
+            x = block.forward(x, rng);
             if collect_hidden {
                 hidden.push(x.clone());
             }
         }
+        if let Some(p) = &self.prompts {
+            x = p.remove(x);
+        }
         self.head_forward(x, hidden)
+    }
+
+    /// Forward pass with a fixed expert stream (evaluation uses merged experts and needs none).
+    pub fn forward_with(&self, x: Tensor<B, 4>, collect_hidden: bool) -> VitOutput<B> {
+        self.forward_rng(x, collect_hidden, &mut Rng::new(0))
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> VitOutput<B> {
         self.forward_with(x, false)
+    }
+
+    /// The inference model: MoSA experts averaged, LoRA and sparse deltas folded into weights.
+    pub fn merged(&self) -> Self {
+        let mut m = self.clone();
+        m.blocks = self.blocks.iter().map(Block::merged).collect();
+        m
+    }
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> VisionTransformer<B> {
+    /// Sparse adapters: re-selects every sparse delta's mask from the gradients of the last
+    /// backward pass. The training loop calls this when `SparseConfig::action` says so.
+    pub fn reselect_sparse(mut self, grads: &burn::optim::GradientsParams, cfg: &mosa_core::sparse::SparseConfig, rng: &mut Rng) -> Self {
+        let mut slots: Vec<&mut Option<LinearBranch<B>>> = Vec::new();
+        for b in &mut self.blocks {
+            slots.extend([&mut b.attn.qkv_branch, &mut b.attn.proj_branch, &mut b.mlp.fc1_branch, &mut b.mlp.fc2_branch]);
+        }
+        let mut owners = Vec::new();
+        let mut deltas = Vec::new();
+        for (k, slot) in slots.iter_mut().enumerate() {
+            if let Some(LinearBranch::Sparse(_)) = slot {
+                if let Some(LinearBranch::Sparse(d)) = slot.take() {
+                    owners.push(k);
+                    deltas.push(d);
+                }
+            }
+        }
+        let deltas = mosa_core::sparse::reselect(deltas, grads, cfg, rng);
+        for (k, d) in owners.into_iter().zip(deltas) {
+            *slots[k] = Some(LinearBranch::Sparse(d));
+        }
+        self
+    }
+
+    /// Masks the gradients of every expert-split tensor (call once per step, after backward).
+    pub fn mask_gradients(&self, grads: &mut burn::optim::GradientsParams) {
+        for b in &self.blocks {
+            for slot in [&b.adapter, &b.adapter_attn, &b.adapter_mlp].into_iter().flatten() {
+                slot.mask_gradients(grads);
+            }
+            for br in [&b.attn.qkv_branch, &b.attn.proj_branch, &b.mlp.fc1_branch, &b.mlp.fc2_branch].into_iter().flatten() {
+                br.mask_gradients(grads);
+            }
+        }
+    }
+}
+
+impl<B: Backend> mosa_core::PeftHost<B> for VisionTransformer<B> {
+    fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+    fn width(&self) -> usize {
+        self.embed_dim()
+    }
+    fn patch_size(&self) -> usize {
+        self.patch_embed.patch_size
+    }
+    fn linear_dims(&self, block: usize, name: &str) -> Option<(usize, usize)> {
+        let b = self.blocks.get(block)?;
+        let l = match name {
+            "qkv" => &b.attn.qkv,
+            "proj" => &b.attn.proj,
+            "fc1" => &b.mlp.fc1,
+            "fc2" => &b.mlp.fc2,
+            _ => return None,
+        };
+        let [i, o] = l.weight.dims();
+        Some((i, o))
+    }
+    fn set_adapter(&mut self, block: usize, place: Placement, slot: AdapterSlot<B>) {
+        let b = &mut self.blocks[block];
+        match place {
+            Placement::Parallel => b.adapter = Some(slot),
+            Placement::AfterAttention => b.adapter_attn = Some(slot),
+            Placement::AfterMlp => b.adapter_mlp = Some(slot),
+        }
+    }
+    fn set_linear_branch(&mut self, block: usize, name: &str, branch: LinearBranch<B>) {
+        let b = &mut self.blocks[block];
+        match name {
+            "qkv" => b.attn.qkv_branch = Some(branch),
+            "proj" => b.attn.proj_branch = Some(branch),
+            "fc1" => b.mlp.fc1_branch = Some(branch),
+            "fc2" => b.mlp.fc2_branch = Some(branch),
+            other => panic!("no linear layer `{other}` (checked by linear_dims first)"),
+        }
+    }
+    fn set_prompts(&mut self, prompts: Prompts<B>) {
+        self.prompts = Some(prompts);
     }
 }
