@@ -2,6 +2,7 @@
 
 mod backend;
 mod cmd;
+mod method_args;
 
 use std::process::ExitCode;
 
@@ -12,8 +13,8 @@ use clap::{Parser, Subcommand};
     name = "mosa",
     version,
     about = "Parameter-efficient fine-tuning of vision backbones with sparse adapters (MoSA) and sparse-expert merging",
-    after_help = "Coming next: `train`, `eval` (fine-tuning runs), `inspect` (trainable parameters of a method), \
-                  `data check` (dataset validation), `merge` (sparse task experts).\n\
+    after_help = "Coming next: `train`, `eval` (fine-tuning runs), `data check` (dataset validation), \
+                  `merge` (sparse task experts).\n\
                   The backend is chosen at build time: --features flex (default), ndarray, wgpu or cuda."
 )]
 struct Cli {
@@ -27,6 +28,8 @@ enum Command {
     Info,
     /// Run a backbone in evaluation mode on a tensor and write tokens, pre-logits and logits.
     Forward(cmd::forward::Args),
+    /// Trainable parameters of a tuning method on a backbone, by group, and after merging.
+    Inspect(cmd::inspect::Args),
     /// Fetch and list pretrained weights.
     #[command(subcommand)]
     Weights(cmd::weights::Command),
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info => cmd::info::run(),
         Command::Forward(args) => cmd::forward::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
         Command::Weights(c) => cmd::weights::run(c),
     };
     match result {

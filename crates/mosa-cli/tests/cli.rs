@@ -135,3 +135,20 @@ fn bad_input_gives_one_clear_line() {
     let o = mosa(&["weights", "fetch", "dinov2-vits14", "--from", fake.to_str().unwrap()], tmp.path());
     assert_one_line_error(&o, &["fake.onnx", "SHA-256"]);
 }
+
+#[test]
+fn inspect_reports_the_published_adapter_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (method, r, merged) in [("mosa", "16", "0.323 M"), ("adapter", "64", "1.208 M")] {
+        let o = mosa(&["inspect", "--model", "vit-b16", "--method", method, "--r", r, "--experts", "4", "--share", "down"], tmp.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(&format!("after merging (inference): {merged} added")), "{method} r={r}:\n{out}");
+        assert!(out.contains("| backbone | 0.000 M | 85.799 M |"), "{out}");
+    }
+    // MoSA r=16: Up experts 4·(16·768 + 768) = 52,224 per block → 0.627 M over 12 blocks
+    let o = mosa(&["inspect", "--model", "vit-b16", "--method", "mosa"], tmp.path());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("| experts | 0.627 M | 0.627 M |"));
+    let o = mosa(&["inspect", "--model", "vit-b16", "--method", "lora", "--targets", "qkv,nope"], tmp.path());
+    assert_one_line_error(&o, &["unknown target `nope`"]);
+}

@@ -160,6 +160,33 @@ impl MethodConfig {
     }
 }
 
+/// The group a parameter belongs to, for reporting: `head`, `experts` (the split tensors of
+/// MoSA / MoSA-LoRA), `adapter` (everything else a method adds) or `backbone`.
+pub fn group(cfg: &MethodConfig, path: &str) -> &'static str {
+    if path == "head" || path.starts_with("head.") {
+        return "head";
+    }
+    let split = match cfg.method {
+        MethodKind::Mosa => match cfg.share {
+            Share::Down => path.contains(".Mosa.up."),
+            Share::Up => path.contains(".Mosa.down."),
+            Share::None => path.contains(".Mosa.up.") || path.contains(".Mosa.down."),
+        },
+        MethodKind::MosaLora => match cfg.lora_split {
+            LoraSplit::A => path.contains(".MosaLora.a."),
+            LoraSplit::B => path.contains(".MosaLora.b."),
+        },
+        _ => false,
+    };
+    if split {
+        "experts"
+    } else if path.contains("adapter") || path.contains("_branch") || path.starts_with("prompts") {
+        "adapter"
+    } else {
+        "backbone"
+    }
+}
+
 /// What a backbone exposes so that any method can be injected into it.
 pub trait PeftHost<B: Backend>: Module<B> + Sized {
     fn depth(&self) -> usize;

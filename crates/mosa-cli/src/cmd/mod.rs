@@ -2,4 +2,5 @@
 
 pub mod forward;
 pub mod info;
+pub mod inspect;
 pub mod weights;
