@@ -30,6 +30,9 @@ enum Command {
     Forward(cmd::forward::Args),
     /// Trainable parameters of a tuning method on a backbone, by group, and after merging.
     Inspect(cmd::inspect::Args),
+    /// Time inference or a training step of a preset (random weights).
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
     /// Fetch and list pretrained weights.
     #[command(subcommand)]
     Weights(cmd::weights::Command),
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Info => cmd::info::run(),
         Command::Forward(args) => cmd::forward::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Bench(c) => cmd::bench::run(c),
         Command::Weights(c) => cmd::weights::run(c),
     };
     match result {

@@ -1,5 +1,6 @@
 //! One module per `mosa` command.
 
+pub mod bench;
 pub mod forward;
 pub mod info;
 pub mod inspect;

@@ -1,0 +1,129 @@
+//! `mosa bench forward | step`: seconds per inference batch or per training step of a preset
+//! with random weights (speed does not depend on the values), median of timed iterations after
+//! warm-up, each iteration synchronised by reading its result back.
+
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorData};
+use clap::Subcommand;
+use mosa_core::{Rng, method, params};
+use mosa_models::presets;
+
+use crate::backend::{self, Backend};
+use crate::method_args::MethodArgs;
+
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// A preset name or a config JSON.
+    #[arg(long, default_value = "vit-s16")]
+    model: String,
+    /// Input resolution (square).
+    #[arg(long, default_value_t = 224)]
+    resolution: usize,
+    #[arg(long, default_value_t = 100)]
+    num_classes: usize,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Inference (evaluation mode) throughput.
+    Forward {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
+    /// One training step: forward, cross-entropy, backward through what trains, masked expert
+    /// gradients, AdamW (eps 1e-6, weight decay 0.01). One forward pass per step for every method.
+    Step {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[command(flatten)]
+        method: MethodArgs,
+    },
+}
+
+fn stats(mut t: Vec<f64>) -> (f64, f64, f64) {
+    t.sort_by(f64::total_cmp);
+    (t[t.len() / 2], t[0], t[t.len() - 1])
+}
+
+fn input<BB: burn::tensor::backend::Backend>(batch: usize, res: usize, device: &BB::Device) -> Tensor<BB, 4> {
+    Tensor::random([batch, 3, res, res], Distribution::Normal(0.0, 1.0), device)
+}
+
+fn report(what: &str, c: &Common, batch: usize, times: Vec<f64>) {
+    let (median, min, max) = stats(times);
+    println!("| backend | model | resolution | batch | measure | median s | min s | max s | images/s |");
+    println!("|---|---|---:|---:|---|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {} | {} | {what} | {median:.3} | {min:.3} | {max:.3} | {:.1} |",
+        backend::NAME,
+        c.model,
+        c.resolution,
+        batch,
+        batch as f64 / median
+    );
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    let device = backend::device();
+    match cmd {
+        Command::Forward { common, batch } => {
+            let cfg = presets::resolve_model(&common.model)?.with_num_classes(common.num_classes).with_img_size(common.resolution);
+            let model = cfg.init::<Backend>(&device);
+            let x = input::<Backend>(batch, common.resolution, &device);
+            let mut times = Vec::new();
+            for i in 0..common.warmup + common.iters {
+                let t0 = Instant::now();
+                let logits = model.forward(x.clone()).logits.into_data();
+                std::hint::black_box(logits);
+                if i >= common.warmup {
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+            }
+            report("inference", &common, batch, times);
+        }
+        Command::Step { common, batch, method: margs } => {
+            type AB = Autodiff<Backend>;
+            let cfg = presets::resolve_model(&common.model)?.with_num_classes(common.num_classes).with_img_size(common.resolution);
+            let mc = margs.config()?;
+            let mut model = method::apply(cfg.init::<AB>(&device), &mc, &device).map_err(anyhow::Error::msg)?;
+            let trainable = params::count_trainable(&params::list(&model));
+            let mut optim = AdamWConfig::new().with_epsilon(1e-6).with_weight_decay(0.01).init::<AB, _>();
+            let x = input::<AB>(batch, common.resolution, &device);
+            let labels: Vec<i64> = (0..batch as i64).map(|i| i % common.num_classes as i64).collect();
+            let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
+            let ce = CrossEntropyLossConfig::new().init(&device);
+            let mut rng = Rng::new(mc.seed);
+            let mut times = Vec::new();
+            for i in 0..common.warmup + common.iters {
+                let t0 = Instant::now();
+                let out = model.forward_rng(x.clone(), false, &mut rng);
+                let loss = ce.forward(out.logits, y.clone());
+                let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+                model.mask_gradients(&mut grads);
+                model = optim.step(1e-3, model, grads);
+                // synchronise: the step's result must exist before the clock stops
+                std::hint::black_box(model.head.as_ref().map(|h| h.bias.as_ref().map(|b| b.val().into_data())));
+                if i >= common.warmup {
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+            }
+            report(&format!("train step, {} ({:.3} M trainable)", serde_json::to_value(mc.method)?.as_str().unwrap_or("?"), trainable as f64 / 1e6), &common, batch, times);
+        }
+    }
+    Ok(())
+}
