@@ -2,7 +2,7 @@
 
 use mosa_core::lora::LoraSplit;
 use mosa_core::mosa::Share;
-use mosa_core::sparse::{Criterion, Scope};
+use mosa_core::sparse::{Criterion, Scope, SparseConfig};
 use mosa_core::{MethodConfig, MethodKind};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -89,10 +89,14 @@ impl MethodArgs {
             .with_lora_split(self.lora_split)
             .with_targets(self.targets.clone())
             .with_prompt_tokens(self.prompt_tokens)
-            .with_keep_ratio(self.keep_ratio)
-            .with_criterion(self.criterion)
-            .with_scope(self.scope)
-            .with_reselect_every(self.reselect_every)
+            .with_sparse(
+                SparseConfig::new()
+                    .with_keep_ratio(self.keep_ratio)
+                    .with_criterion(self.criterion)
+                    .with_scope(self.scope)
+                    .with_reselect_every(self.reselect_every)
+                    .with_seed(self.seed),
+            )
             .with_seed(self.seed);
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)

@@ -11,7 +11,7 @@ use crate::params;
 use crate::prompt::PromptConfig;
 use crate::rng::Rng;
 use crate::slot::{AdapterSlot, LinearBranch, Placement};
-use crate::sparse::{Criterion, Scope, SparseConfig, SparseDelta};
+use crate::sparse::{SparseConfig, SparseDelta};
 
 /// Every method mosa implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,14 +92,9 @@ pub struct MethodConfig {
     pub prompt_tokens: usize,
     #[config(default = 0.1)]
     pub prompt_dropout: f64,
-    #[config(default = 0.05)]
-    pub keep_ratio: f64,
-    #[config(default = "Criterion::SensitivitySigned")]
-    pub criterion: Criterion,
-    #[config(default = "Scope::PerLayer")]
-    pub scope: Scope,
-    #[config(default = 5)]
-    pub reselect_every: usize,
+    /// Sparse adapters: budget, criterion, scope and schedule.
+    #[config(default = "SparseConfig::new()")]
+    pub sparse: SparseConfig,
     /// Seed of masks and expert draws.
     #[config(default = 3407)]
     pub seed: u64,
@@ -126,10 +121,6 @@ impl MethodConfig {
         LoraConfig::new().with_r(self.lora_r).with_alpha(self.lora_alpha).with_dropout(self.lora_dropout)
     }
 
-    pub fn sparse(&self) -> SparseConfig {
-        SparseConfig::new().with_keep_ratio(self.keep_ratio).with_criterion(self.criterion).with_scope(self.scope).with_reselect_every(self.reselect_every).with_seed(self.seed)
-    }
-
     pub fn validate(&self) -> Result<(), String> {
         if self.r == 0 || self.lora_r == 0 {
             return Err("bottleneck and LoRA rank must be positive".into());
@@ -137,8 +128,8 @@ impl MethodConfig {
         if self.experts == 0 {
             return Err("experts must be at least 1".into());
         }
-        if !(0.0..=1.0).contains(&self.keep_ratio) {
-            return Err(format!("keep_ratio must be in [0, 1], got {}", self.keep_ratio));
+        if !(0.0..=1.0).contains(&self.sparse.keep_ratio) {
+            return Err(format!("keep_ratio must be in [0, 1], got {}", self.sparse.keep_ratio));
         }
         if let Some(t) = self.targets.iter().find(|t| !LINEAR_TARGETS.contains(&t.as_str())) {
             return Err(format!("unknown target `{t}`; targets: {}", LINEAR_TARGETS.join(", ")));

@@ -193,7 +193,7 @@ fn trained(kind: &str) -> VisionTransformer<B> {
     let mut rng = Rng::new(2);
     for s in 0..3 {
         let (m, grads) = step(model, &mut adam, &mut rng, s);
-        model = if kind == "sparse" && s == 0 { m.reselect_sparse(&grads, &mc.sparse().with_keep_ratio(0.3), &mut rng) } else { m };
+        model = if kind == "sparse" && s == 0 { m.reselect_sparse(&grads, &mc.sparse.clone().with_keep_ratio(0.3), &mut rng) } else { m };
     }
     model.valid()
 }
@@ -268,7 +268,7 @@ fn sparse_masks_are_exact_and_only_masked_entries_train() {
     let mut rng = Rng::new(8);
     // dense warm-up step, then selection from its gradients
     let (model, grads) = step(model, &mut sgd, &mut rng, 0);
-    let model = model.reselect_sparse(&grads, &mc.sparse(), &mut rng);
+    let model = model.reselect_sparse(&grads, &mc.sparse, &mut rng);
     let sparse = |m: &VisionTransformer<AB>| -> Vec<(Vec<f32>, Vec<f32>)> {
         m.blocks
             .iter()
