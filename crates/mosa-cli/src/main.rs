@@ -47,6 +47,10 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
+        if msg.contains("Broken pipe") {
+            // stdout was closed by the reader (`mosa info | head`): stop quietly, as SIGPIPE would.
+            std::process::exit(141);
+        }
         let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error: {}{at}; please report it", msg.replace('\n', " "));
     }));

@@ -152,3 +152,22 @@ fn inspect_reports_the_published_adapter_sizes() {
     let o = mosa(&["inspect", "--model", "vit-b16", "--method", "lora", "--targets", "qkv,nope"], tmp.path());
     assert_one_line_error(&o, &["unknown target `nope`"]);
 }
+
+#[test]
+fn a_closed_stdout_is_not_an_internal_error() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mosa"))
+        .args(["inspect", "--model", "vit-ti16", "--method", "mosa"])
+        .env("MOSA_CACHE", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before mosa writes
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child.wait().unwrap();
+    assert!(!err.contains("internal error"), "{err}");
+}
