@@ -1,0 +1,273 @@
+//! Dataset specifications (`vtab:<root>/<task>`, `fgvc:<root>/<name>`, `folder:<path>`,
+//! `list:<file>`) and what opening one gives: the splits, class count and preprocessing style.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{DataError, Result};
+use crate::list::{Entry, Origin, Split, read_json_split, read_list};
+use crate::registry::{Group, lookup_fgvc, lookup_task};
+
+const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "JPEG"];
+
+/// Which preprocessing a dataset uses (data.md): VTAB-style plain resize, or FGVC-style
+/// resize-shorter + crop (+ flip when training).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Style {
+    Vtab,
+    Fgvc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatasetSpec {
+    Vtab { root: PathBuf, task: String },
+    Fgvc { root: PathBuf, name: String },
+    Folder { path: PathBuf },
+    List { file: PathBuf },
+}
+
+impl std::str::FromStr for DatasetSpec {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        let (kind, rest) = s.split_once(':').ok_or_else(|| {
+            DataError::Spec(format!("dataset `{s}`: expected vtab:<root>/<task>, fgvc:<root>/<name>, folder:<path> or list:<file>"))
+        })?;
+        let p = PathBuf::from(rest.trim_end_matches('/'));
+        let split_last = |p: &Path| -> Result<(PathBuf, String)> {
+            let name = p.file_name().and_then(|n| n.to_str()).ok_or_else(|| DataError::Spec(format!("dataset `{s}`: no task name at the end of the path")))?;
+            Ok((p.parent().map(Path::to_path_buf).unwrap_or_default(), name.to_string()))
+        };
+        match kind {
+            "vtab" => split_last(&p).map(|(root, task)| DatasetSpec::Vtab { root, task }),
+            "fgvc" => split_last(&p).map(|(root, name)| DatasetSpec::Fgvc { root, name }),
+            "folder" => Ok(DatasetSpec::Folder { path: p }),
+            "list" => Ok(DatasetSpec::List { file: p }),
+            other => Err(DataError::Spec(format!("dataset `{s}`: unknown kind `{other}` (vtab, fgvc, folder, list)"))),
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatasetSpec::Vtab { root, task } => write!(f, "vtab:{}", root.join(task).display()),
+            DatasetSpec::Fgvc { root, name } => write!(f, "fgvc:{}", root.join(name).display()),
+            DatasetSpec::Folder { path } => write!(f, "folder:{}", path.display()),
+            DatasetSpec::List { file } => write!(f, "list:{}", file.display()),
+        }
+    }
+}
+
+/// An opened dataset: what training needs (`train`, `val`, `test`) and every list it has.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    pub spec: DatasetSpec,
+    pub style: Style,
+    pub group: Option<Group>,
+    pub num_classes: usize,
+    pub class_names: Option<Vec<String>>,
+    /// The split to train on (VTAB: train800val200; FGVC: train).
+    pub train: Split,
+    pub val: Option<Split>,
+    pub test: Option<Split>,
+    /// Further lists that `data check` reads (VTAB: train800).
+    pub extra: Vec<Split>,
+}
+
+impl Dataset {
+    pub fn open(spec: &DatasetSpec) -> Result<Dataset> {
+        match spec {
+            DatasetSpec::Vtab { root, task } => open_vtab(spec, root, task),
+            DatasetSpec::Fgvc { root, name } => open_fgvc(spec, root, name),
+            DatasetSpec::Folder { path } => open_folder(spec, path),
+            DatasetSpec::List { file } => open_list(spec, file),
+        }
+    }
+
+    /// All splits with their names, training split first.
+    pub fn splits(&self) -> Vec<&Split> {
+        let mut v = vec![&self.train];
+        v.extend(self.extra.iter());
+        v.extend(self.val.iter());
+        v.extend(self.test.iter());
+        v
+    }
+
+    pub fn split(&self, name: &str) -> Option<&Split> {
+        self.splits().into_iter().find(|s| s.name == name)
+    }
+}
+
+fn open_vtab(spec: &DatasetSpec, root: &Path, task: &str) -> Result<Dataset> {
+    let info = lookup_task(task)?;
+    let dir = root.join(task);
+    if !dir.is_dir() {
+        return Err(DataError::file(&dir, "task folder not found"));
+    }
+    let read = |name: &str| read_list(&dir.join(format!("{name}.txt")), &dir, info.num_classes, name);
+    let train = read("train800val200")?;
+    let extra = vec![read("train800")?];
+    let val = read("val200")?;
+    let test = read("test")?;
+    Ok(Dataset {
+        name: info.name.to_string(),
+        spec: spec.clone(),
+        style: Style::Vtab,
+        group: Some(info.group),
+        num_classes: info.num_classes,
+        class_names: read_class_names(&dir, info.num_classes)?,
+        train,
+        val: Some(val),
+        test: Some(test),
+        extra,
+    })
+}
+
+/// Optional `classes.txt` (one name per line, in label order) next to the lists.
+fn read_class_names(dir: &Path, num_classes: usize) -> Result<Option<Vec<String>>> {
+    let p = dir.join("classes.txt");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| DataError::io(&p, e))?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if names.len() != num_classes {
+        return Err(DataError::file(&p, format!("{} class names for {} classes", names.len(), num_classes)));
+    }
+    Ok(Some(names))
+}
+
+fn open_fgvc(spec: &DatasetSpec, root: &Path, name: &str) -> Result<Dataset> {
+    let dir = root.join(name);
+    if !dir.is_dir() {
+        return Err(DataError::file(&dir, "dataset folder not found"));
+    }
+    let info = lookup_fgvc(name);
+    let prefix = info.map(|i| i.prefix).unwrap_or("");
+    let raw: Vec<(String, Vec<(String, i64, usize)>)> = ["train", "val", "test"]
+        .iter()
+        .map(|s| Ok((s.to_string(), read_json_split(&dir.join(format!("{s}.json")))?)))
+        .collect::<Result<_>>()?;
+    // Class ids map to 0..C-1 by sorting the distinct ids (of all splits).
+    let mut ids: Vec<i64> = raw.iter().flat_map(|(_, v)| v.iter().map(|(_, id, _)| *id)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if let Some(i) = info {
+        if ids.len() != i.num_classes {
+            return Err(DataError::file(&dir, format!("{} distinct class ids in train/val/test, {} expects {}", ids.len(), i.name, i.num_classes)));
+        }
+    }
+    let train_ids: std::collections::BTreeSet<i64> = raw[0].1.iter().map(|(_, id, _)| *id).collect();
+    let mut splits = raw.into_iter().map(|(s, v)| {
+        let file = dir.join(format!("{s}.json"));
+        let entries = v
+            .into_iter()
+            .map(|(k, id, line)| Entry {
+                path: dir.join(format!("{prefix}{k}")),
+                label: ids.binary_search(&id).expect("id collected above"),
+                origin: Some(Origin { file: file.clone(), line }),
+            })
+            .collect();
+        Split { name: s, entries }
+    });
+    let (train, val, test) = (splits.next().unwrap(), splits.next().unwrap(), splits.next().unwrap());
+    if let Some(missing) = ids.iter().find(|id| !train_ids.contains(id)) {
+        return Err(DataError::file(dir.join("train.json"), format!("class id {missing} appears in val/test but never in train")));
+    }
+    Ok(Dataset {
+        name: info.map(|i| i.name).unwrap_or(name).to_string(),
+        spec: spec.clone(),
+        style: Style::Fgvc,
+        group: None,
+        num_classes: ids.len(),
+        class_names: None,
+        train,
+        val: Some(val),
+        test: Some(test),
+        extra: vec![],
+    })
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e) || IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| DataError::io(dir, e))?
+        .map(|e| e.map(|e| e.path()).map_err(|e| DataError::io(dir, e)))
+        .collect::<Result<_>>()?;
+    v.sort();
+    Ok(v)
+}
+
+/// `<path>/<class>/*.{jpg,png}`; or, when `<path>/train` exists, `train`/`val`/`test` subfolders
+/// each in that layout with the class names of `train`. Labels follow the sorted class names.
+fn open_folder(spec: &DatasetSpec, path: &Path) -> Result<Dataset> {
+    if !path.is_dir() {
+        return Err(DataError::file(path, "folder not found"));
+    }
+    let split_root = path.join("train").is_dir();
+    let train_dir = if split_root { path.join("train") } else { path.to_path_buf() };
+    let classes: Vec<String> = sorted_dir(&train_dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(String::from))
+        .collect();
+    if classes.is_empty() {
+        return Err(DataError::file(&train_dir, "no class folders (expected <path>/<class>/*.jpg|png)"));
+    }
+    let read_split = |dir: &Path, name: &str| -> Result<Split> {
+        let mut entries = Vec::new();
+        for sub in sorted_dir(dir)?.into_iter().filter(|p| p.is_dir()) {
+            let cname = sub.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let label = classes.iter().position(|c| c == cname).ok_or_else(|| {
+                DataError::file(&sub, format!("class folder `{cname}` does not exist in {}", train_dir.display()))
+            })?;
+            for f in sorted_dir(&sub)?.into_iter().filter(|p| p.is_file() && is_image(p)) {
+                entries.push(Entry { path: f, label, origin: None });
+            }
+        }
+        if entries.is_empty() {
+            return Err(DataError::file(dir, "empty split: no .jpg/.jpeg/.png images in the class folders"));
+        }
+        Ok(Split { name: name.to_string(), entries })
+    };
+    let train = read_split(&train_dir, "train")?;
+    let opt = |n: &str| -> Result<Option<Split>> {
+        let d = path.join(n);
+        if split_root && d.is_dir() { read_split(&d, n).map(Some) } else { Ok(None) }
+    };
+    let (val, test) = (opt("val")?, opt("test")?);
+    Ok(Dataset {
+        name: path.file_name().and_then(|n| n.to_str()).unwrap_or("folder").to_string(),
+        spec: spec.clone(),
+        style: Style::Vtab,
+        group: None,
+        num_classes: classes.len(),
+        class_names: Some(classes),
+        val,
+        test,
+        train,
+        extra: vec![],
+    })
+}
+
+/// An explicit list file; paths relative to its folder; class count = max label + 1.
+fn open_list(spec: &DatasetSpec, file: &Path) -> Result<Dataset> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let split = read_list(file, base, usize::MAX, "list")?;
+    let num_classes = split.entries.iter().map(|e| e.label).max().unwrap_or(0) + 1;
+    Ok(Dataset {
+        name: file.file_stem().and_then(|n| n.to_str()).unwrap_or("list").to_string(),
+        spec: spec.clone(),
+        style: Style::Vtab,
+        group: None,
+        num_classes,
+        class_names: None,
+        train: split,
+        val: None,
+        test: None,
+        extra: vec![],
+    })
+}
