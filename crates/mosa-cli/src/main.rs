@@ -13,8 +13,7 @@ use clap::{Parser, Subcommand};
     name = "mosa",
     version,
     about = "Parameter-efficient fine-tuning of vision backbones with sparse adapters (MoSA) and sparse-expert merging",
-    after_help = "Coming next: `train`, `eval` (fine-tuning runs), `data check` (dataset validation), \
-                  `merge` (sparse task experts).\n\
+    after_help = "Coming next: `train`, `eval` (fine-tuning runs), `merge` (sparse task experts).\n\
                   The backend is chosen at build time: --features flex (default), ndarray, wgpu or cuda."
 )]
 struct Cli {
@@ -36,6 +35,9 @@ enum Command {
     /// Fetch and list pretrained weights.
     #[command(subcommand)]
     Weights(cmd::weights::Command),
+    /// Datasets: `data check <dataset>` reads every list entry and image and reports counts.
+    #[command(subcommand)]
+    Data(cmd::data::Command),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Weights(c) => cmd::weights::run(c),
+        Command::Data(c) => cmd::data::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

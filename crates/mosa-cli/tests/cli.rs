@@ -171,3 +171,39 @@ fn a_closed_stdout_is_not_an_internal_error() {
     child.wait().unwrap();
     assert!(!err.contains("internal error"), "{err}");
 }
+
+#[test]
+fn data_check_counts_and_reports_the_first_bad_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let task = tmp.path().join("kitti");
+    std::fs::create_dir_all(task.join("images")).unwrap();
+    for i in 0..3 {
+        let img = mosa_data::image::Rgb8::new(4, 3, vec![i as u8 * 50; 36]);
+        std::fs::write(task.join(format!("images/{i}.png")), mosa_data::image::encode_png(&img, false)).unwrap();
+    }
+    std::fs::write(task.join("train800.txt"), "images/0.png 0\nimages/1.png 3\n").unwrap();
+    std::fs::write(task.join("val200.txt"), "images/2.png 1\n").unwrap();
+    std::fs::write(task.join("train800val200.txt"), "images/0.png 0\nimages/1.png 3\nimages/2.png 1\n").unwrap();
+    std::fs::write(task.join("test.txt"), "images/2.png 3\nimages/1.png 3\n").unwrap();
+    let spec = format!("vtab:{}", task.display());
+    let o = mosa(&["data", "check", &spec, "--resize", "8"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("| train800val200 | train800 | val200 | test |"), "{out}");
+    assert!(out.contains("| 3 3 | 1 | 1 | 0 | 2 |") && out.contains("| 2 2 | 0 | 0 | 0 | 0 |"), "{out}");
+    assert!(out.contains("| **total** | 3 | 2 | 1 | 2 |"), "{out}");
+    assert!(out.contains("decode + resize to 8"), "{out}");
+
+    // a corrupt image on line 2 of test.txt and a missing one on line 1
+    std::fs::write(task.join("images/1.png"), b"garbage").unwrap();
+    std::fs::write(task.join("test.txt"), "images/9.png 3\nimages/1.png 3\n").unwrap();
+    let o = mosa(&["data", "check", &spec], tmp.path());
+    assert_one_line_error(&o, &["1 problem(s)", "train800val200.txt:2"]);
+    let o = mosa(&["data", "check", &spec, "--all"], tmp.path());
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(e.contains("test.txt:1") && e.contains("test.txt:2") && e.contains("9.png"), "{e}");
+    // a label out of range: kitti has 4 classes
+    std::fs::write(task.join("val200.txt"), "images/2.png 4\n").unwrap();
+    assert_one_line_error(&mosa(&["data", "check", &spec], tmp.path()), &["val200.txt:1", "label 4 out of range"]);
+}

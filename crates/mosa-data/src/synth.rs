@@ -56,14 +56,9 @@ fn draw_shape(img: &mut Rgb8, kind: Kind, cx: f64, cy: f64, r: f64, color: [u8; 
 pub fn shapes_image(task: ShapesTask, size: usize, seed: u64, index: u64) -> (Rgb8, usize) {
     let mut rng = Rng::derive(seed, index);
     let s = size as f64;
-    // light, slightly noisy background
+    // flat light background (flat keeps the committed PNGs small)
     let bg: [u8; 3] = std::array::from_fn(|_| 170 + rng.below(60) as u8);
-    let mut data = Vec::with_capacity(size * size * 3);
-    for _ in 0..size * size {
-        for c in bg {
-            data.push(c.saturating_sub(rng.below(12) as u8));
-        }
-    }
+    let data: Vec<u8> = (0..size * size).flat_map(|_| bg).collect();
     let mut img = Rgb8::new(size, size, data);
     let (count, label) = match task {
         ShapesTask::Count => {
