@@ -12,6 +12,7 @@ pub mod lora;
 pub mod mask;
 pub mod method;
 pub mod mosa;
+pub mod optim;
 pub mod params;
 pub mod prompt;
 pub mod rng;
