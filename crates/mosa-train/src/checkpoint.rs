@@ -1,0 +1,138 @@
+//! Checkpoints and saved models: one safetensors file each, written atomically (temporary file +
+//! rename), so a run directory holds either the previous complete file or the new one.
+//!
+//! A checkpoint holds the trainable parameters (`param/<path>`), the AdamW moments
+//! (`adam.m/<path>`, `adam.v/<path>`) and, in the header metadata, the [`RunState`] (epochs done,
+//! optimiser step, metrics so far, the RNG state). It never holds the frozen backbone.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::EpochMetrics;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunState {
+    pub epochs_done: usize,
+    pub optim_step: u64,
+    pub metrics: Vec<EpochMetrics>,
+    /// The host generator's state after the last completed epoch.
+    pub rng: mosa_core::Rng,
+    /// SHA-256 of the run's `config.json`: a resume must use the same settings.
+    pub config_sha256: String,
+}
+
+pub type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn io(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Checkpoint(format!("{}: {e}", path.display()))
+}
+
+pub fn write_checkpoint(path: &Path, params: &Tensors, adam: &[(String, Vec<f32>, Vec<f32>)], state: &RunState) -> Result<()> {
+    let mut t: Vec<(String, Vec<usize>, &[f32])> = params.iter().map(|(p, s, d)| (format!("param/{p}"), s.clone(), d.as_slice())).collect();
+    for (p, m, v) in adam {
+        t.push((format!("adam.m/{p}"), vec![m.len()], m.as_slice()));
+        t.push((format!("adam.v/{p}"), vec![v.len()], v.as_slice()));
+    }
+    let meta = HashMap::from([("mosa.run_state".to_string(), serde_json::to_string(state).map_err(|e| io(path, e))?)]);
+    let bytes = mosa_models::load::safetensors::serialize(&t, Some(meta)).map_err(|e| io(path, e))?;
+    mosa_models::load::safetensors::write_atomic(path, &bytes).map_err(|e| io(path, e))
+}
+
+pub struct Checkpoint {
+    pub params: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub adam: Vec<(String, Vec<f32>, Vec<f32>)>,
+    pub state: RunState,
+}
+
+fn f32s(path: &Path, name: &str, v: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
+    if v.dtype() != safetensors::Dtype::F32 {
+        return Err(io(path, format!("tensor {name} is {:?}, expected F32", v.dtype())));
+    }
+    Ok(v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(path, format!("not a safetensors file: {e}")))?;
+    let state: RunState = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("mosa.run_state"))
+        .ok_or_else(|| io(path, "no mosa.run_state metadata: not a mosa checkpoint"))
+        .and_then(|s| serde_json::from_str(s).map_err(|e| io(path, e)))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(path, e))?;
+    let mut params = HashMap::new();
+    let mut m: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut v: HashMap<String, Vec<f32>> = HashMap::new();
+    for (name, view) in st.tensors() {
+        let data = f32s(path, &name, &view)?;
+        if let Some(p) = name.strip_prefix("param/") {
+            params.insert(p.to_string(), (view.shape().to_vec(), data));
+        } else if let Some(p) = name.strip_prefix("adam.m/") {
+            m.insert(p.to_string(), data);
+        } else if let Some(p) = name.strip_prefix("adam.v/") {
+            v.insert(p.to_string(), data);
+        }
+    }
+    let mut adam: Vec<_> = m.into_iter().map(|(k, mm)| { let vv = v.remove(&k).unwrap_or_else(|| vec![0.0; mm.len()]); (k, mm, vv) }).collect();
+    adam.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Checkpoint { params, adam, state })
+}
+
+/// The backbone a run was trained on: a saved run refers to it instead of copying it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackboneId {
+    pub model: String,
+    /// The weights file used (None: random initialisation, e.g. tests).
+    pub weights: Option<String>,
+    pub sha256: Option<String>,
+}
+
+/// Saves the method's trainable parameters (not the frozen backbone) with the backbone's identity.
+pub fn write_model(path: &Path, params: &Tensors, backbone: &BackboneId, extra: &[(&str, String)]) -> Result<()> {
+    let t: Vec<(String, Vec<usize>, &[f32])> = params.iter().map(|(p, s, d)| (p.clone(), s.clone(), d.as_slice())).collect();
+    let mut meta = HashMap::from([("mosa.backbone".to_string(), serde_json::to_string(backbone).map_err(|e| io(path, e))?)]);
+    for (k, v) in extra {
+        meta.insert(format!("mosa.{k}"), v.clone());
+    }
+    let bytes = mosa_models::load::safetensors::serialize(&t, Some(meta)).map_err(|e| io(path, e))?;
+    mosa_models::load::safetensors::write_atomic(path, &bytes).map_err(|e| io(path, e))
+}
+
+/// Reads a saved model: trainable parameters by path and its metadata.
+pub fn read_model(path: &Path) -> Result<(HashMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(path, format!("not a safetensors file: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(path, e))?;
+    let mut params = HashMap::new();
+    for (name, view) in st.tensors() {
+        params.insert(name.clone(), (view.shape().to_vec(), f32s(path, &name, &view)?));
+    }
+    Ok((params, meta))
+}
+
+/// SHA-256 of a file, hex.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Writes text atomically.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    mosa_models::load::safetensors::write_atomic(path, text.as_bytes()).map_err(|e| io(path, e))
+}

@@ -1,0 +1,97 @@
+//! The training recipe: every value of spec §5 with its reference default. Read from TOML
+//! (`--config`), then overridden by command-line flags.
+
+use mosa_core::optim::ScheduleKind;
+use serde::{Deserialize, Serialize};
+
+/// How the classifier head starts (spec §1, note on the head init).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadInit {
+    /// Weight and bias 0: the sensible default for backbones with large feature norms (DINOv2).
+    #[default]
+    Zero,
+    /// The reference: kaiming-normal (fan_out) weight, bias −ln(99).
+    Reference,
+}
+
+impl std::str::FromStr for HeadInit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "zero" => Ok(HeadInit::Zero),
+            "reference" => Ok(HeadInit::Reference),
+            _ => Err(format!("unknown head init `{s}`: zero or reference")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub warmup_epochs: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    pub schedule: ScheduleKind,
+    pub batch_size: usize,
+    /// Evaluation batch (default: the training batch).
+    pub eval_batch_size: Option<usize>,
+    /// Input side S (the backbone's position grid is resampled to it).
+    pub resolution: usize,
+    pub seed: u64,
+    pub weight_decay: f64,
+    pub eps: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Weight of the symmetric KL consistency term (MoSA; two passes when > 0).
+    pub kl_weight: f64,
+    /// DEEPREG: MSE between the two passes' hidden states of blocks 0..5.
+    pub deepreg: bool,
+    pub deepreg_weight: f64,
+    pub head_init: HeadInit,
+    /// Use only the first N (seeded, stratified by order) training images; for quick runs.
+    pub max_train_images: Option<usize>,
+    /// Evaluate on at most N images per split.
+    pub max_eval_images: Option<usize>,
+    /// Read losses back from the device every N steps (NaN check, progress).
+    pub sync_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 100,
+            warmup_epochs: 10,
+            lr: 0.005,
+            schedule: ScheduleKind::PerEpoch,
+            batch_size: 128,
+            eval_batch_size: None,
+            resolution: 224,
+            seed: 3407,
+            weight_decay: 0.01,
+            eps: 1e-6,
+            beta1: 0.9,
+            beta2: 0.999,
+            kl_weight: 1.0,
+            deepreg: false,
+            deepreg_weight: 1.0,
+            head_init: HeadInit::Zero,
+            max_train_images: None,
+            max_eval_images: None,
+            sync_every: 10,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 || self.batch_size == 0 || self.resolution == 0 {
+            return Err("epochs, batch size and resolution must be > 0".into());
+        }
+        if self.warmup_epochs > self.epochs {
+            return Err(format!("warm-up ({}) longer than training ({} epochs)", self.warmup_epochs, self.epochs));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! mosa-train: fine-tuning runs, generic over the backend.
+//!
+//! - [`config`]: the recipe ([`TrainConfig`]); [`engine`]: the loop, evaluation, resume;
+//! - [`loss`]: CE, symmetric KL with stop-gradient, DEEPREG; [`checkpoint`]: atomic files;
+//! - [`metrics`]: per-epoch metrics and the summary; [`progress`]: terminal bar or plain lines.
+//!
+//! The optimiser and schedule live in `mosa_core::optim`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod engine;
+pub mod loss;
+pub mod metrics;
+pub mod progress;
+
+pub use config::{HeadInit, TrainConfig};
+pub use engine::{Control, Outcome, RunSpec, run};
+pub use metrics::{EpochMetrics, Summary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Data(#[from] mosa_data::DataError),
+    #[error("model: {0}")]
+    Model(String),
+    #[error("config: {0}")]
+    Config(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("non-finite loss ({value}) at epoch {epoch}, step {step}: training stopped; {kept}")]
+    NonFinite { epoch: usize, step: usize, value: f32, kept: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,78 @@
+//! Losses of the MoSA step (spec §3): cross-entropy on the first pass, symmetric KL between the
+//! two passes with stop-gradient on the target side, and the optional DEEPREG term.
+
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, softmax};
+
+/// Mean cross-entropy of `logits` `[b, c]` against `labels` `[b]` (no label smoothing).
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let [b, _] = logits.dims();
+    let logp = log_softmax(logits, 1);
+    logp.gather(1, labels.reshape([b, 1])).mean().neg()
+}
+
+/// `KL(softmax(sg(target)) || softmax(input))` summed over classes, averaged over the batch.
+pub fn kl_stopgrad<B: Backend>(input: Tensor<B, 2>, target: Tensor<B, 2>) -> Tensor<B, 1> {
+    let [b, _] = input.dims();
+    let t = target.detach();
+    let p = softmax(t.clone(), 1);
+    let logp = log_softmax(t, 1);
+    let logq = log_softmax(input, 1);
+    p.mul(logp.sub(logq)).sum().div_scalar(b as f64)
+}
+
+/// `0.5·[KL(sg(z2)||z1) + KL(sg(z1)||z2)]`.
+pub fn symmetric_kl<B: Backend>(z1: Tensor<B, 2>, z2: Tensor<B, 2>) -> Tensor<B, 1> {
+    kl_stopgrad(z1.clone(), z2.clone()).add(kl_stopgrad(z2, z1)).mul_scalar(0.5)
+}
+
+/// DEEPREG: `(0.01/12)·Σ_{l<6} MSE(h1_l, h2_l)`, both sides get gradient.
+pub fn deepreg<B: Backend>(h1: &[Tensor<B, 3>], h2: &[Tensor<B, 3>]) -> Tensor<B, 1> {
+    let n = h1.len().min(h2.len()).min(6);
+    let mut total: Option<Tensor<B, 1>> = None;
+    for l in 0..n {
+        let mse = h1[l].clone().sub(h2[l].clone()).powi_scalar(2).mean();
+        total = Some(match total {
+            Some(t) => t.add(mse),
+            None => mse,
+        });
+    }
+    total.map(|t| t.mul_scalar(0.01 / 12.0)).unwrap_or_else(|| Tensor::zeros([1], &h1.first().map(|h| h.device()).unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    type B = Flex;
+
+    fn t2(v: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(v, shape), &Default::default())
+    }
+
+    #[test]
+    fn closed_forms() {
+        let z1 = vec![1.0f32, 2.0, 0.5, -1.0, 0.0, 3.0];
+        let z2 = vec![0.0f32, 1.0, 1.0, 2.0, -2.0, 0.5];
+        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![1i64, 2], [2]), &Default::default());
+        let sm = |z: &[f32]| {
+            let m = z.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let e: Vec<f64> = z.iter().map(|&v| (v as f64 - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / s).collect::<Vec<f64>>()
+        };
+        let ce_hand = -(sm(&z1[0..3])[1].ln() + sm(&z1[3..6])[2].ln()) / 2.0;
+        let ce = cross_entropy(t2(z1.clone(), [2, 3]), y).into_scalar() as f64;
+        assert!((ce - ce_hand).abs() < 1e-5, "{ce} vs {ce_hand}");
+        let kl = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(a, b)| a * (a / b).ln()).sum::<f64>();
+        let mut hand = 0.0;
+        for r in 0..2 {
+            let (p1, p2) = (sm(&z1[r * 3..r * 3 + 3]), sm(&z2[r * 3..r * 3 + 3]));
+            hand += 0.5 * (kl(&p2, &p1) + kl(&p1, &p2)) / 2.0;
+        }
+        let got = symmetric_kl(t2(z1.clone(), [2, 3]), t2(z2, [2, 3])).into_scalar() as f64;
+        assert!((got - hand).abs() < 1e-5, "{got} vs {hand}");
+        assert!(symmetric_kl(t2(z1.clone(), [2, 3]), t2(z1, [2, 3])).into_scalar().abs() < 1e-6);
+    }
+}

@@ -1,0 +1,83 @@
+//! Per-epoch metrics, the run summary, and their files (`metrics.jsonl`, `metrics.csv`,
+//! `summary.json`), each rewritten atomically after every epoch.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+use crate::checkpoint::write_text;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_acc: Option<f64>,
+    pub test_acc: Option<f64>,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    pub train_images_per_second: f64,
+    pub eval_images_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub dataset: String,
+    pub method: String,
+    pub model: String,
+    pub epochs: usize,
+    pub trainable_params: usize,
+    /// Trainable parameters after merging (what inference costs), excluding nothing.
+    pub merged_trainable_params: usize,
+    /// Test accuracy at the epoch of best validation accuracy (first such epoch).
+    pub test_at_best_val: Option<f64>,
+    pub best_val_epoch: Option<usize>,
+    pub best_val: Option<f64>,
+    /// Best test accuracy over all epochs (the optimistic number some papers report).
+    pub best_test: Option<f64>,
+    pub best_test_epoch: Option<usize>,
+    /// Test accuracy after the last epoch.
+    pub last_test: Option<f64>,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    pub train_images_per_second: f64,
+    pub eval_images_per_second: f64,
+    pub head_init: String,
+    pub backend: String,
+}
+
+pub fn summarize(m: &[EpochMetrics]) -> (Option<usize>, Option<f64>, Option<f64>, Option<usize>, Option<f64>, Option<f64>) {
+    let mut best_val: Option<(usize, f64)> = None;
+    let mut best_test: Option<(usize, f64)> = None;
+    for e in m {
+        if let Some(v) = e.val_acc {
+            if best_val.is_none_or(|(_, b)| v > b) {
+                best_val = Some((e.epoch, v));
+            }
+        }
+        if let Some(t) = e.test_acc {
+            if best_test.is_none_or(|(_, b)| t > b) {
+                best_test = Some((e.epoch, t));
+            }
+        }
+    }
+    let test_at_best = best_val.and_then(|(ep, _)| m.iter().find(|e| e.epoch == ep).and_then(|e| e.test_acc));
+    (best_val.map(|b| b.0), best_val.map(|b| b.1), test_at_best, best_test.map(|b| b.0), best_test.map(|b| b.1), m.last().and_then(|e| e.test_acc))
+}
+
+pub fn write_metrics(dir: &Path, m: &[EpochMetrics]) -> Result<()> {
+    let jsonl: String = m.iter().map(|e| serde_json::to_string(e).unwrap_or_default() + "\n").collect();
+    write_text(&dir.join("metrics.jsonl"), &jsonl)?;
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+    let mut csv = String::from("epoch,lr,train_loss,train_acc,val_acc,test_acc,train_seconds,eval_seconds,train_images_per_second,eval_images_per_second\n");
+    for e in m {
+        csv += &format!(
+            "{},{:.8},{:.6},{:.6},{},{},{:.3},{:.3},{:.2},{:.2}\n",
+            e.epoch, e.lr, e.train_loss, e.train_acc, opt(e.val_acc), opt(e.test_acc), e.train_seconds, e.eval_seconds, e.train_images_per_second, e.eval_images_per_second
+        );
+    }
+    write_text(&dir.join("metrics.csv"), &csv)
+}

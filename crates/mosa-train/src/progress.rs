@@ -1,0 +1,84 @@
+//! Progress: a bar with ETA and the running loss on a terminal; one plain line per epoch
+//! otherwise (CI, logs).
+
+use std::io::IsTerminal;
+
+use crate::metrics::EpochMetrics;
+
+pub trait Reporter {
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _steps: usize) {}
+    fn step(&mut self, _done: usize, _running_loss: f64) {}
+    fn epoch_end(&mut self, _m: &EpochMetrics) {}
+    fn message(&mut self, _s: &str) {}
+}
+
+/// Reports nothing.
+pub struct Silent;
+impl Reporter for Silent {}
+
+pub struct Console {
+    bar: Option<indicatif::ProgressBar>,
+    terminal: bool,
+    epochs: usize,
+    prefix: String,
+}
+
+impl Console {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { bar: None, terminal: std::io::stderr().is_terminal(), epochs: 0, prefix: prefix.into() }
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "-".into())
+}
+
+impl Reporter for Console {
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, steps: usize) {
+        self.epochs = epochs;
+        if self.terminal {
+            let bar = indicatif::ProgressBar::new(steps as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix} epoch {msg} [{bar:30}] {pos}/{len} steps, {elapsed} < {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(self.prefix.clone());
+            bar.set_message(format!("{epoch}/{epochs}"));
+            self.bar = Some(bar);
+        }
+    }
+    fn step(&mut self, done: usize, running_loss: f64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+            let msg = b.message();
+            let head = msg.split(" loss").next().unwrap_or("").to_string();
+            b.set_message(format!("{head} loss {running_loss:.4}"));
+        }
+    }
+    fn epoch_end(&mut self, m: &EpochMetrics) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        eprintln!(
+            "{}epoch {}/{} lr {:.2e} loss {:.4} train {} val {} test {} | train {:.1} img/s, eval {:.1} img/s, {:.1} s",
+            if self.prefix.is_empty() { String::new() } else { format!("{} ", self.prefix) },
+            m.epoch,
+            self.epochs,
+            m.lr,
+            m.train_loss,
+            pct(Some(m.train_acc)),
+            pct(m.val_acc),
+            pct(m.test_acc),
+            m.train_images_per_second,
+            m.eval_images_per_second,
+            m.train_seconds + m.eval_seconds
+        );
+    }
+    fn message(&mut self, s: &str) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => eprintln!("{s}"),
+        }
+    }
+}

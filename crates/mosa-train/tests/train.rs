@@ -1,0 +1,57 @@
+//! End-to-end runs of the engine on a tiny random ViT and a generated dataset.
+
+use mosa_core::MethodKind;
+use mosa_core::method::METHOD_NAMES;
+use mosa_train::progress::Silent;
+use mosa_train::{Control, Error};
+
+mod common;
+use common::*;
+
+#[test]
+fn every_method_lowers_the_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let device = Default::default();
+    for name in METHOD_NAMES {
+        let method: MethodKind = name.parse().unwrap();
+        let out = tmp.path().join(name);
+        let mut s = spec(&ds, method, 3);
+        if method == MethodKind::Full {
+            s.train.lr = 0.001;
+        }
+        let summary = finish(mosa_train::run::<AB>(&s, &out, false, Control::default(), &device, &mut Silent).unwrap());
+        let m = metrics(&out);
+        assert_eq!(m.len(), 3);
+        assert!(m[2].train_loss < m[0].train_loss, "{name}: loss {:?}", m.iter().map(|e| e.train_loss).collect::<Vec<_>>());
+        assert!(summary.trainable_params > 0);
+        for f in ["config.json", "metrics.csv", "summary.json", "checkpoint.safetensors", "model.safetensors"] {
+            assert!(out.join(f).exists(), "{name}: {f}");
+        }
+        // the saved model holds only what trains (no frozen backbone tensor)
+        let (saved, meta) = mosa_train::checkpoint::read_model(&out.join("model.safetensors")).unwrap();
+        let n: usize = saved.values().map(|(_, d)| d.len()).sum();
+        assert_eq!(n, summary.trainable_params, "{name}");
+        assert!(meta.contains_key("mosa.backbone"));
+    }
+}
+
+#[test]
+fn nan_loss_stops_with_epoch_and_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let device = Default::default();
+    let mut s = spec(&ds, MethodKind::Adapter, 2);
+    s.train.lr = f64::NAN;
+    s.train.sync_every = 1;
+    let out = tmp.path().join("nan");
+    let e = mosa_train::run::<AB>(&s, &out, false, Control::default(), &device, &mut Silent).err().unwrap();
+    assert!(matches!(e, Error::NonFinite { epoch: 1, step: 2, .. }), "{e}");
+    assert!(e.to_string().contains("epoch 1, step 2"));
+    assert!(!out.join("checkpoint.safetensors").exists() && !out.join("summary.json").exists());
+    // leftovers are only whole files
+    for f in std::fs::read_dir(&out).unwrap() {
+        let name = f.unwrap().file_name().into_string().unwrap();
+        assert!(name == "config.json", "unexpected {name}");
+    }
+}
