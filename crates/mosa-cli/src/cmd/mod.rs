@@ -5,4 +5,5 @@ pub mod data;
 pub mod forward;
 pub mod info;
 pub mod inspect;
+pub mod train;
 pub mod weights;

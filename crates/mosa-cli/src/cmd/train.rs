@@ -1,0 +1,217 @@
+//! `mosa train` and `mosa eval`: fine-tuning runs with the MoSA recipe, and evaluation of a saved run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use mosa_core::optim::ScheduleKind;
+use mosa_data::{Dataset, LoadOptions, LoadedSplit, Transform};
+use mosa_models::{presets, weights};
+use mosa_train::progress::Console;
+use mosa_train::{Control, HeadInit, Outcome, RunSpec, TrainConfig};
+
+use crate::backend::{self, Backend, TrainBackend};
+use crate::method_args::MethodArgs;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Backbone: a preset (`mosa info` lists them) or a model config JSON, as `mosa forward`.
+    #[arg(long, default_value = "dinov2-vits14")]
+    model: String,
+    /// Backbone weights: a file (.safetensors/.npz/.onnx) or a known name (fetched if missing).
+    /// Default: the preset's known weights; `none` trains from random initialisation.
+    #[arg(long)]
+    weights: Option<String>,
+    /// `vtab:<root>/<task>`, `fgvc:<root>/<name>`, `folder:<path>` or `list:<file>`.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Run directory (config, checkpoint, metrics, summary, trained weights).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the interrupted run in --out with its saved settings.
+    #[arg(long)]
+    resume: bool,
+    /// Recipe file (TOML, keys as the flags below with `_`); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    method: MethodArgs,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// Base learning rate (reference: 0.005 on VTAB-1k).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// per-epoch (reference) or per-step.
+    #[arg(long)]
+    schedule: Option<String>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    eval_batch_size: Option<usize>,
+    /// Input side in pixels (reference: 224).
+    #[arg(long)]
+    resolution: Option<usize>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    eps: Option<f64>,
+    /// Weight of the symmetric KL between MoSA's two passes (0 = one pass).
+    #[arg(long)]
+    kl_weight: Option<f64>,
+    /// DEEPREG on blocks 0..5 (reference: Stanford Cars).
+    #[arg(long)]
+    deepreg: bool,
+    /// zero (default) or reference (kaiming-normal, bias −ln 99).
+    #[arg(long)]
+    head_init: Option<HeadInit>,
+    #[arg(long)]
+    max_train_images: Option<usize>,
+    #[arg(long)]
+    max_eval_images: Option<usize>,
+    #[arg(long)]
+    sync_every: Option<usize>,
+    /// Skip unreadable images (with a warning and a count) instead of failing.
+    #[arg(long)]
+    skip_unreadable: bool,
+    /// Stop after this many epochs as if interrupted (tests of --resume).
+    #[arg(long, hide = true)]
+    stop_after: Option<usize>,
+}
+
+fn recipe(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let mut t = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<TrainConfig>(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.to_string().replace('\n', " ")))?
+        }
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { t.$f = v; } )* };
+    }
+    set!(epochs, warmup_epochs, lr, batch_size, resolution, weight_decay, eps, kl_weight, head_init, sync_every);
+    if a.eval_batch_size.is_some() {
+        t.eval_batch_size = a.eval_batch_size;
+    }
+    if a.max_train_images.is_some() {
+        t.max_train_images = a.max_train_images;
+    }
+    if a.max_eval_images.is_some() {
+        t.max_eval_images = a.max_eval_images;
+    }
+    if let Some(s) = &a.schedule {
+        t.schedule = match s.as_str() {
+            "per-epoch" => ScheduleKind::PerEpoch,
+            "per-step" => ScheduleKind::PerStep,
+            o => bail!("unknown schedule `{o}`: per-epoch or per-step"),
+        };
+    }
+    if a.deepreg {
+        t.deepreg = true;
+    }
+    t.seed = a.method.seed;
+    t.validate().map_err(anyhow::Error::msg)?;
+    Ok(t)
+}
+
+fn resolve_weights(model: &str, w: Option<&str>) -> anyhow::Result<Option<PathBuf>> {
+    let name = match w {
+        Some("none") => return Ok(None),
+        Some(w) if Path::new(w).exists() => return Ok(Some(PathBuf::from(w))),
+        Some(w) => w.to_string(),
+        None if weights::known(model).is_ok() => model.to_string(),
+        None => bail!("no --weights for `{model}`: give a file, a known name, or `none` for random initialisation"),
+    };
+    let f = weights::fetch(&name, None, &mut |l| eprintln!("{l}")).with_context(|| format!("weights `{name}` (not a file, so taken as a known name)"))?;
+    Ok(Some(f.path().to_path_buf()))
+}
+
+pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let spec = if a.resume {
+        let p = a.out.join("config.json");
+        let text = std::fs::read_to_string(&p).with_context(|| format!("--resume: no run in {} ({})", a.out.display(), p.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| p.display().to_string())?;
+        serde_json::from_value::<RunSpec>(v["run"].clone()).with_context(|| p.display().to_string())?
+    } else {
+        let dataset = a.dataset.clone().context("--dataset is required (vtab:<root>/<task>, fgvc:<root>/<name>, folder:<path>)")?;
+        RunSpec {
+            model_name: a.model.clone(),
+            model: presets::resolve_model(&a.model)?,
+            weights: resolve_weights(&a.model, a.weights.as_deref())?,
+            method: a.method.config()?,
+            dataset,
+            train: recipe(&a)?,
+            skip_unreadable: a.skip_unreadable,
+        }
+    };
+    let t = &spec.train;
+    eprintln!(
+        "mosa train: {} on {} with {} | {} epochs (warm-up {}), lr {} {:?}, batch {}, {} px, seed {}, head init {:?}, backend {}",
+        spec.model_name, spec.dataset, serde_json::to_value(spec.method.method)?.as_str().unwrap_or("?"), t.epochs, t.warmup_epochs, t.lr, t.schedule, t.batch_size, t.resolution, t.seed, t.head_init, backend::NAME
+    );
+    let device = backend::device();
+    let mut rep = Console::new("");
+    match mosa_train::run::<TrainBackend>(&spec, &a.out, a.resume, Control { stop_after_epochs: a.stop_after }, &device, &mut rep)? {
+        Outcome::Interrupted { epochs_done } => eprintln!("stopped after epoch {epochs_done}; continue with `mosa train --resume --out {}`", a.out.display()),
+        Outcome::Finished(s) => {
+            let pct = |v: Option<f64>| v.map(|x| format!("{:.2}", 100.0 * x)).unwrap_or_else(|| "-".into());
+            println!("| dataset | method | trainable (M) | test @ best val (epoch) | best test (epoch) | last test | train img/s | eval img/s |");
+            println!("|---|---|---:|---:|---:|---:|---:|---:|");
+            println!(
+                "| {} | {} | {:.4} | {} ({}) | {} ({}) | {} | {:.1} | {:.1} |",
+                s.dataset,
+                s.method,
+                s.merged_trainable_params as f64 / 1e6,
+                pct(s.test_at_best_val),
+                s.best_val_epoch.map(|e| e.to_string()).unwrap_or("-".into()),
+                pct(s.best_test),
+                s.best_test_epoch.map(|e| e.to_string()).unwrap_or("-".into()),
+                pct(s.last_test),
+                s.train_images_per_second,
+                s.eval_images_per_second
+            );
+            println!("accuracies in %: `test @ best val` = test accuracy at the epoch of best val200 accuracy (val200 is inside the VTAB training set); `best test` = best over epochs (optimistic); `last test` = after the final epoch. Run files: {}", a.out.display());
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A finished `mosa train` run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Dataset to evaluate on (default: the run's).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Split: test, val or train.
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let device = backend::device();
+    let (spec, model, nc) = mosa_train::engine::load_run::<Backend>(&a.run, &device)?;
+    let ds = Dataset::open(&a.dataset.clone().unwrap_or(spec.dataset.clone()).parse()?)?;
+    if ds.num_classes != nc {
+        bail!("{} has {} classes, the run's head has {nc}", ds.spec, ds.num_classes);
+    }
+    let split = match a.split.as_str() {
+        "train" => Some(&ds.train),
+        "val" => ds.val.as_ref(),
+        "test" => ds.test.as_ref(),
+        o => bail!("unknown split `{o}`: test, val or train"),
+    }
+    .with_context(|| format!("{} has no {} split", ds.spec, a.split))?;
+    let (loaded, _) = LoadedSplit::load(split, nc, Transform::new(ds.style, spec.train.resolution, false), &LoadOptions::default())?;
+    let t0 = std::time::Instant::now();
+    let (acc, n) = mosa_train::engine::evaluate(&model, &loaded, a.batch_size, None, &device);
+    let secs = t0.elapsed().as_secs_f64();
+    println!("| run | dataset | split | images | accuracy % | images/s |");
+    println!("|---|---|---|---:|---:|---:|");
+    println!("| {} | {} | {} | {n} | {:.2} | {:.1} |", a.run.display(), ds.spec, a.split, 100.0 * acc, n as f64 / secs);
+    Ok(())
+}
