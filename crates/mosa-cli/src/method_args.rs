@@ -9,7 +9,7 @@ use mosa_core::{MethodConfig, MethodKind};
 pub struct MethodArgs {
     /// linear, full, bitfit, adapter, pfeiffer, houlsby, lora, vpt-shallow, vpt-deep, mosa,
     /// pruned-adapter, mosa-lora, sparse
-    #[arg(long)]
+    #[arg(long, default_value = "mosa")]
     pub method: MethodKind,
     /// Adapter bottleneck r.
     #[arg(long, default_value_t = 16)]

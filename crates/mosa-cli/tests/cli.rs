@@ -207,3 +207,45 @@ fn data_check_counts_and_reports_the_first_bad_line() {
     std::fs::write(task.join("val200.txt"), "images/2.png 4\n").unwrap();
     assert_one_line_error(&mosa(&["data", "check", &spec], tmp.path()), &["val200.txt:1", "label 4 out of range"]);
 }
+
+#[test]
+fn train_resume_and_eval_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs: Vec<_> = (0..30).map(|i| mosa_data::synth::shapes_image(mosa_data::synth::ShapesTask::Position, 16, 4, i)).collect();
+    mosa_data::synth::write_vtab_task(&tmp.path().join("dsprites_loc"), &imgs, 12, 6, false).unwrap();
+    let model = tmp.path().join("tiny.json");
+    std::fs::write(&model, r#"{"kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}"#).unwrap();
+    // the recipe file sets epochs and batch size; the --lr flag overrides its lr
+    let recipe = tmp.path().join("recipe.toml");
+    std::fs::write(&recipe, "epochs = 3\nwarmup_epochs = 1\nbatch_size = 6\nlr = 0.5\nresolution = 16\n").unwrap();
+    let out = tmp.path().join("run");
+    let ds = format!("vtab:{}/dsprites_loc", tmp.path().display());
+    let args = |extra: &[&str]| {
+        let mut v = vec!["train", "--method", "mosa", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &ds, "--config", recipe.to_str().unwrap(), "--lr", "0.01", "--out", out.to_str().unwrap()];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| Command::new(env!("CARGO_BIN_EXE_mosa")).args(&a).env("MOSA_CACHE", tmp.path()).output().unwrap();
+    let o = run(args(&["--stop-after", "1"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("epoch 1/3"), "{}", stderr(&o));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["run"]["train"]["epochs"], 3);
+    assert_eq!(cfg["run"]["train"]["lr"], 0.01);
+    // a second start without --resume is refused; --resume finishes the run
+    assert_one_line_error(&run(args(&[])), &["already holds a run", "--resume"]);
+    let o = run(vec!["train".into(), "--resume".into(), "--out".into(), out.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("test @ best val") && table.contains("| mosa |"), "{table}");
+    assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count(), 3);
+    // eval of the saved run reproduces the last epoch's test accuracy
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let o = run(vec!["eval".into(), "--run".into(), out.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = format!("| {:.2} |", 100.0 * summary["last_test"].as_f64().unwrap());
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&want), "{} vs {want}", String::from_utf8_lossy(&o.stdout));
+    // bad recipe key: one clear line naming the file
+    std::fs::write(&recipe, "epochz = 3\n").unwrap();
+    assert_one_line_error(&run(args(&[])), &["recipe.toml", "epochz"]);
+}

@@ -145,6 +145,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
             skip_unreadable: a.skip_unreadable,
         }
     };
+    if !a.resume && (a.out.join("checkpoint.safetensors").exists() || a.out.join("summary.json").exists()) {
+        bail!("{} already holds a run; use --resume to continue it or another --out", a.out.display());
+    }
     let t = &spec.train;
     eprintln!(
         "mosa train: {} on {} with {} | {} epochs (warm-up {}), lr {} {:?}, batch {}, {} px, seed {}, head init {:?}, backend {}",
