@@ -99,8 +99,17 @@ impl<B: Backend> LinearBranch<B> {
 
 impl<B: AutodiffBackend> LinearBranch<B> {
     pub fn mask_gradients(&self, grads: &mut GradientsParams) {
-        if let LinearBranch::MosaLora(m) = self {
-            m.mask_gradients(grads);
+        match self {
+            LinearBranch::MosaLora(m) => m.mask_gradients(grads),
+            // The forward pass already gives M ⊙ ∂W; masking again matters in the step of a
+            // re-selection, whose gradient was computed under the previous mask.
+            LinearBranch::Sparse(s) => {
+                let id = s.delta.id;
+                if let Some(g) = grads.remove::<B::InnerBackend, 2>(id) {
+                    grads.register::<B::InnerBackend, 2>(id, g * s.mask.clone().inner());
+                }
+            }
+            LinearBranch::Lora(_) => {}
         }
     }
 }

@@ -474,6 +474,45 @@ impl<B: Backend> VisionTransformer<B> {
         m.blocks = self.blocks.iter().map(Block::merged).collect();
         m
     }
+
+    /// The 0/1 masks of the sparse deltas, keyed by the path of their `delta` parameter.
+    /// Masks are state, not parameters: checkpoints and saved runs store them with these keys.
+    pub fn sparse_masks(&self) -> Vec<(String, Tensor<B, 2>)> {
+        let mut v = Vec::new();
+        for (l, b) in self.blocks.iter().enumerate() {
+            for (name, br) in [("attn.qkv_branch", &b.attn.qkv_branch), ("attn.proj_branch", &b.attn.proj_branch), ("mlp.fc1_branch", &b.mlp.fc1_branch), ("mlp.fc2_branch", &b.mlp.fc2_branch)] {
+                if let Some(LinearBranch::Sparse(s)) = br {
+                    v.push((format!("blocks.{l}.{name}.Sparse.delta"), s.mask.clone()));
+                }
+            }
+        }
+        v
+    }
+
+    /// Restores sparse masks saved by [`VisionTransformer::sparse_masks`]; every key must name a
+    /// sparse delta of this model, with its shape.
+    pub fn with_sparse_masks(mut self, masks: &std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>) -> std::result::Result<Self, String> {
+        let mut used = 0;
+        for (l, b) in self.blocks.iter_mut().enumerate() {
+            for (name, br) in [("attn.qkv_branch", &mut b.attn.qkv_branch), ("attn.proj_branch", &mut b.attn.proj_branch), ("mlp.fc1_branch", &mut b.mlp.fc1_branch), ("mlp.fc2_branch", &mut b.mlp.fc2_branch)] {
+                if let Some(LinearBranch::Sparse(s)) = br {
+                    let key = format!("blocks.{l}.{name}.Sparse.delta");
+                    if let Some((shape, data)) = masks.get(&key) {
+                        let dims = s.mask.dims();
+                        if shape.as_slice() != dims.as_slice() {
+                            return Err(format!("sparse mask {key}: shape {shape:?}, the model has {dims:?}"));
+                        }
+                        s.mask = Tensor::from_data(TensorData::new(data.clone(), [dims[0], dims[1]]), &s.mask.device());
+                        used += 1;
+                    }
+                }
+            }
+        }
+        if used != masks.len() {
+            return Err(format!("{} sparse mask(s) do not match a sparse delta of this model", masks.len() - used));
+        }
+        Ok(self)
+    }
 }
 
 impl<B: burn::tensor::backend::AutodiffBackend> VisionTransformer<B> {

@@ -199,7 +199,7 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
     let mut start_epoch = 0;
     let mut rng = Rng::new(t.seed);
     if let Some(c) = checkpoint {
-        model = params::load_by_path(model, &c.params).map_err(|e| Error::Checkpoint(format!("{}: {e}", ckpt_path.display())))?;
+        model = restore(model, c.params).map_err(|e| Error::Checkpoint(format!("{}: {e}", ckpt_path.display())))?;
         optim.import(c.state.optim_step, c.adam, device);
         metrics = c.state.metrics;
         start_epoch = c.state.epochs_done;
@@ -258,6 +258,11 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
             let mut grads = GradientsParams::from_grads(loss.backward(), &model);
             if spec.method.method == MethodKind::Sparse && spec.method.sparse.action(epoch, step) == SparseAction::Reselect {
                 model = model.reselect_sparse(&grads, &spec.method.sparse, &mut sparse_rng);
+                // entries that left the mask start again from zero moments
+                for (path, mask) in model.sparse_masks() {
+                    let n = mask.shape().num_elements();
+                    optim.mask_moments(&path, mask.inner().reshape([n]));
+                }
             }
             model.mask_gradients(&mut grads);
             model = optim.step(lr, model, grads);
@@ -312,7 +317,7 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
         metrics.push(m);
         write_metrics(out, &metrics)?;
         let state = RunState { epochs_done: epoch + 1, optim_step: optim.step, metrics: metrics.clone(), rng: rng.clone(), config_sha256: config_sha.clone() };
-        write_checkpoint(&ckpt_path, &params::export_trainable(&model), &optim.export(), &state)?;
+        write_checkpoint(&ckpt_path, &with_masks(params::export_trainable(&model), &model), &optim.export(), &state)?;
         if control.stop_after_epochs == Some(epoch + 1) && epoch + 1 < t.epochs {
             return Ok(Outcome::Interrupted { epochs_done: epoch + 1 });
         }
@@ -341,9 +346,27 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
         head_init: serde_json::to_value(t.head_init).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
         backend: std::any::type_name::<B>().to_string(),
     };
-    write_model(&out.join("model.safetensors"), &params::export_trainable(&model), &backbone, &[("run_config_sha256", config_sha)])?;
+    write_model(&out.join("model.safetensors"), &with_masks(params::export_trainable(&model), &model), &backbone, &[("run_config_sha256", config_sha)])?;
     write_text(&out.join("summary.json"), &(serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n"))?;
     Ok(Outcome::Finished(Box::new(summary)))
+}
+
+const MASK_PREFIX: &str = "sparse_mask/";
+
+/// Trainable parameters plus the sparse masks (`sparse_mask/<delta path>`), for saving.
+fn with_masks<B: Backend>(mut t: crate::checkpoint::Tensors, model: &VisionTransformer<B>) -> crate::checkpoint::Tensors {
+    for (path, mask) in model.sparse_masks() {
+        let shape = mask.dims().to_vec();
+        t.push((format!("{MASK_PREFIX}{path}"), shape, mask.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()));
+    }
+    t
+}
+
+/// Loads saved parameters and sparse masks into a freshly built model.
+fn restore<B: Backend>(model: VisionTransformer<B>, mut values: HashMap<String, (Vec<usize>, Vec<f32>)>) -> std::result::Result<VisionTransformer<B>, String> {
+    let masks: HashMap<String, (Vec<usize>, Vec<f32>)> = values.keys().filter(|k| k.starts_with(MASK_PREFIX)).cloned().collect::<Vec<_>>().into_iter().filter_map(|k| values.remove(&k).map(|v| (k[MASK_PREFIX.len()..].to_string(), v))).collect();
+    let model = params::load_by_path(model, &values)?;
+    if masks.is_empty() { Ok(model) } else { model.with_sparse_masks(&masks) }
 }
 
 /// Rebuilds a finished run's model (backbone + saved trainables), merged, for evaluation.
@@ -363,7 +386,7 @@ pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, 
         }
     }
     let model = build_model::<B>(&spec, nc, device)?;
-    let model = params::load_by_path(model, &values).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
+    let model = restore(model, values).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
     Ok((spec, model.merged(), nc))
 }
 

@@ -42,7 +42,11 @@ pub fn spec(dataset: &str, method: MethodKind, epochs: usize) -> RunSpec {
         model_name: "tiny".into(),
         model,
         weights: None,
-        method: MethodConfig::new(method).with_r(8).with_prompt_tokens(2).with_targets(vec!["qkv".into(), "fc1".into()]),
+        method: MethodConfig::new(method)
+            .with_r(8)
+            .with_prompt_tokens(2)
+            .with_targets(vec!["qkv".into(), "fc1".into()])
+            .with_sparse(mosa_core::sparse::SparseConfig::new().with_warmup_steps(2).with_reselect_every(1)),
         dataset: dataset.to_string(),
         train: TrainConfig { epochs, warmup_epochs: 0, lr: 0.01, batch_size: 12, resolution: 16, ..TrainConfig::default() },
         skip_unreadable: false,
