@@ -31,8 +31,26 @@ pub struct Grid {
     pub shard: (usize, usize),
     /// Arguments passed to every `mosa train` (model, weights, recipe).
     pub train_args: Vec<String>,
+    /// Further arguments per task (the published per-dataset FGVC settings).
+    pub task_args: BTreeMap<String, Vec<String>>,
     pub settings: String,
     pub full: bool,
+}
+
+/// The reference's FGVC settings per dataset (spec §5): r 64, N 4, share down, and
+/// CUB lr 0.001, NABirds 0.0005, Flowers 0.005, Dogs 0.0005; Cars N 2, share up, DEEPREG, lr 0.005.
+pub fn fgvc_task_args(task: &str) -> Vec<String> {
+    let info = mosa_data::registry::lookup_fgvc(task);
+    let lr = match info.map(|i| i.name) {
+        Some("CUB_200_2011") => "0.001",
+        Some("nabirds") | Some("Stanford-dogs") => "0.0005",
+        _ => "0.005",
+    };
+    let mut v: Vec<String> = ["--r", "64", "--lr", lr].map(String::from).to_vec();
+    if info.map(|i| i.name) == Some("Stanford-cars") {
+        v.extend(["--experts", "2", "--share", "up", "--deepreg"].map(String::from));
+    }
+    v
 }
 
 /// Tasks under `root`: the MANIFEST's order if there is one, else sorted sub-folders with lists.
@@ -106,6 +124,7 @@ pub fn run_grid(g: &Grid, mosa: &Path) -> anyhow::Result<()> {
             }
             args.extend(["--method".into(), method.clone(), "--dataset".into(), format!("{}:{}", g.kind, g.root.join(task).display())]);
             args.extend(g.train_args.iter().cloned());
+            args.extend(g.task_args.get(task.as_str()).into_iter().flatten().cloned());
         }
         let (ok, rss) = run_mosa(mosa, &args)?;
         ran += 1;

@@ -150,7 +150,7 @@ struct BenchArgs {
     batch_size: Option<usize>,
     #[arg(long)]
     lr: Option<f64>,
-    /// Train on at most N images per task (default run: 300).
+    /// Train on at most N images per task (default run: 256).
     #[arg(long)]
     max_train_images: Option<usize>,
     /// Evaluate on at most N images per split (default run: 200).
@@ -171,7 +171,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let (i, n) = a.shard.split_once('/').and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?))).filter(|(i, n)| *n > 0 && i < n).context("--shard must be i/n with 0 <= i < n")?;
     let tasks = if a.tasks.is_empty() { bench_vtab::discover_tasks(&a.root, kind)? } else { a.tasks.clone() };
     // defaults: the CPU-sized embedded run, or the published recipe with --full
-    let (res, ep, wu, bs, lr, mt, me) = if a.full { (224, 100, 10, 128, 0.005, None, None) } else { (56, 3, 0, 32, 0.005, Some(300), Some(200)) };
+    let (res, ep, wu, bs, lr, mt, me) = if a.full { (224, 100, 10, 128, 0.005, None, None) } else { (56, 3, 0, 32, 0.005, Some(256), Some(200)) };
     let res = a.resolution.unwrap_or(res);
     let ep = a.epochs.unwrap_or(ep);
     let wu = a.warmup_epochs.unwrap_or(wu);
@@ -183,8 +183,13 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     if let Some(w) = &a.weights {
         train_args.extend(["--weights".into(), w.clone()]);
     }
-    for (k, v) in [("--resolution", res.to_string()), ("--epochs", ep.to_string()), ("--warmup-epochs", wu.to_string()), ("--batch-size", bs.to_string()), ("--lr", lr.to_string())] {
+    for (k, v) in [("--resolution", res.to_string()), ("--epochs", ep.to_string()), ("--warmup-epochs", wu.to_string()), ("--batch-size", bs.to_string())] {
         train_args.extend([k.to_string(), v]);
+    }
+    // FGVC with --full: the reference's per-dataset settings (lr, r 64, Cars N 2 / share up / DEEPREG)
+    let per_dataset = kind == "fgvc" && a.full && a.lr.is_none();
+    if !per_dataset {
+        train_args.extend(["--lr".to_string(), lr.to_string()]);
     }
     if let Some(m) = mt {
         train_args.extend(["--max-train-images".into(), m.to_string()]);
@@ -201,7 +206,9 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         a.backend.features
     );
     let name = a.name.clone().unwrap_or_else(|| if a.full { format!("{kind}-full-{}", a.model) } else { format!("{kind}-{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) });
-    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, settings, full: a.full && kind == "vtab" };
+    let task_args = if per_dataset { tasks.iter().map(|t| (t.clone(), bench_vtab::fgvc_task_args(t))).collect() } else { Default::default() };
+    let settings = if per_dataset { settings.replace(&format!("lr {lr}"), "per-dataset lr and r 64 (spec §5; Cars: N 2, share up, DEEPREG)") } else { settings };
+    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, task_args, settings, full: a.full && kind == "vtab" };
     let mosa = match &a.mosa_bin {
         Some(p) => p.clone(),
         None => build_mosa(&a.backend)?,
