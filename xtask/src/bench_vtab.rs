@@ -170,9 +170,9 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
     let pct = |v: Option<f64>| v.map(|x| format!("{:.1}", 100.0 * x)).unwrap_or_default();
     let groups: Vec<&str> = if g.kind == "vtab" { vec!["Natural", "Specialized", "Structured"] } else { vec![] };
     let mut md = String::new();
-    md += &format!("Test accuracy (%) after the last epoch (`{shown}`; test at best val and best test are in results.csv/json). {}\n\n", g.settings);
-    md += &format!("| method | {} |{} mean | groups mean | trainable (M, merged) | train img/s | eval img/s | peak RSS (MiB) |{}\n", g.tasks.join(" | "), groups.iter().map(|x| format!(" {x} |")).collect::<String>(), if g.full { " published Natural | Specialized | Structured | mean of groups |" } else { "" });
-    md += &format!("|---|{}{}---:|---:|---:|---:|---:|---:|{}\n", "---:|".repeat(g.tasks.len()), "---:|".repeat(groups.len()), if g.full { "---:|---:|---:|---:|" } else { "" });
+    md += &format!("Test accuracy (%) after the last epoch (`{shown}`; test at best val and best test are in results.csv/json). Trainable parameters include the head; `after merge` is what inference carries beyond the frozen backbone (LoRA folds into the weights, MoSA experts merge into one adapter). {}\n\n", g.settings);
+    md += &format!("| method | {} |{} mean | groups mean | trainable (M) | after merge (M) | train img/s | eval img/s | peak RSS (MiB) |{}\n", g.tasks.join(" | "), groups.iter().map(|x| format!(" {x} |")).collect::<String>(), if g.full { " published Natural | Specialized | Structured | mean of groups |" } else { "" });
+    md += &format!("|---|{}{}---:|---:|---:|---:|---:|---:|---:|{}\n", "---:|".repeat(g.tasks.len()), "---:|".repeat(groups.len()), if g.full { "---:|---:|---:|---:|" } else { "" });
     let mut csv = String::from("method,task,group,test_at_best_val,best_val_epoch,best_test,last_test,trainable_params,merged_trainable_params,train_images_per_second,eval_images_per_second,peak_memory_mib,train_seconds\n");
     let mut rows_json = Vec::new();
     for m in &g.methods {
@@ -186,14 +186,16 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
         let gm = mean(&per_group.iter().flatten().copied().collect::<Vec<_>>());
         let present: Vec<&Value> = cells.iter().flatten().copied().collect();
         let avg = |k: &str| mean(&present.iter().filter_map(|s| s[k].as_f64()).collect::<Vec<_>>());
-        let params = present.first().and_then(|s| s["merged_trainable_params"].as_f64());
+        let params = present.first().and_then(|s| s["trainable_params"].as_f64());
+        let merged = present.first().and_then(|s| s["merged_trainable_params"].as_f64());
         md += &format!(
-            "| {m} | {} |{} {} | {} | {} | {} | {} | {} |",
+            "| {m} | {} |{} {} | {} | {} | {} | {} | {} | {} |",
             last.iter().map(|v| pct(*v)).collect::<Vec<_>>().join(" | "),
             per_group.iter().map(|v| format!(" {} |", pct(*v))).collect::<String>(),
             pct(all),
             pct(gm),
             params.map(|p| format!("{:.4}", p / 1e6)).unwrap_or_default(),
+            merged.map(|p| format!("{:.4}", p / 1e6)).unwrap_or_default(),
             avg("train_images_per_second").map(|v| format!("{v:.1}")).unwrap_or_default(),
             avg("eval_images_per_second").map(|v| format!("{v:.1}")).unwrap_or_default(),
             present.iter().filter_map(|s| s["peak_memory_mib"].as_f64()).fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b)))).map(|v| format!("{v:.0}")).unwrap_or_default(),

@@ -275,7 +275,7 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
                             epoch: epoch + 1,
                             step: first + k + 1,
                             value: *v,
-                            kept: if epoch > start_epoch || start_epoch > 0 { format!("the last good checkpoint (epoch {}) is kept in {}", metrics.len(), ckpt_path.display()) } else { "no epoch had finished, so there is no checkpoint".into() },
+                            kept: if !metrics.is_empty() { format!("the last good checkpoint (epoch {}) is kept in {}", metrics.len(), ckpt_path.display()) } else { "no epoch had finished, so there is no checkpoint".into() },
                         });
                     }
                     loss_sum += *v as f64;
