@@ -75,4 +75,23 @@ mod tests {
         assert!((got - hand).abs() < 1e-5, "{got} vs {hand}");
         assert!(symmetric_kl(t2(z1.clone(), [2, 3]), t2(z1, [2, 3])).into_scalar().abs() < 1e-6);
     }
+
+    #[test]
+    fn kl_target_side_gets_no_gradient() {
+        type AB = burn::backend::Autodiff<Flex>;
+        let d = Default::default();
+        let a = Tensor::<AB, 2>::from_data(TensorData::new(vec![1.0f32, 2.0, 0.5, -1.0], [2, 2]), &d).require_grad();
+        let b = Tensor::<AB, 2>::from_data(TensorData::new(vec![0.0f32, 1.0, 1.0, 2.0], [2, 2]), &d).require_grad();
+        let grads = kl_stopgrad(a.clone(), b.clone()).backward();
+        assert!(b.grad(&grads).is_none(), "the target of the KL must be detached");
+        let ga = a.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        // d/dz1 of KL(p2 || softmax(z1)) / batch = (softmax(z1) - p2) / batch
+        let sm = |x: f32, y: f32| { let (ex, ey) = (x.exp(), y.exp()); [ex / (ex + ey), ey / (ex + ey)] };
+        let (p1, q1) = (sm(1.0, 2.0), sm(0.0, 1.0));
+        let (p2, q2) = (sm(0.5, -1.0), sm(1.0, 2.0));
+        let want = [(p1[0] - q1[0]) / 2.0, (p1[1] - q1[1]) / 2.0, (p2[0] - q2[0]) / 2.0, (p2[1] - q2[1]) / 2.0];
+        for (g, w) in ga.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+        }
+    }
 }
