@@ -83,12 +83,7 @@ fn bench_speed(backend: &BackendArgs, iters: usize) -> anyhow::Result<()> {
 
 /// The last line `mosa <args>` prints (a table row).
 fn mosa_output(backend: &BackendArgs, args: &[&str]) -> anyhow::Result<String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).args(["run", "--quiet", "--release", "-p", "mosa-cli"]);
-    if backend.features != "flex" {
-        cmd.args(["--no-default-features", "--features", &backend.features]);
-    }
+    let mut cmd = cargo_mosa_cli("run", backend);
     cmd.arg("--").args(args).stderr(std::process::Stdio::inherit());
     eprintln!("running mosa {}", args.join(" "));
     let out = cmd.output().context("running cargo")?;
@@ -99,18 +94,27 @@ fn mosa_output(backend: &BackendArgs, args: &[&str]) -> anyhow::Result<String> {
     Ok(text.lines().last().unwrap_or_default().to_string())
 }
 
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// `cargo <verb> --quiet --release -p mosa-cli` with the chosen backend feature.
+fn cargo_mosa_cli(verb: &str, backend: &BackendArgs) -> Command {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(workspace_root()).args([verb, "--quiet", "--release", "-p", "mosa-cli"]);
+    if backend.features != "flex" {
+        cmd.args(["--no-default-features", "--features", &backend.features]);
+    }
+    cmd
+}
+
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 /// Runs `mosa <args>` built in release mode with the chosen backend.
 fn mosa(backend: &BackendArgs, args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).args(["run", "--quiet", "--release", "-p", "mosa-cli"]);
-    if backend.features != "flex" {
-        cmd.args(["--no-default-features", "--features", &backend.features]);
-    }
+    let mut cmd = cargo_mosa_cli("run", backend);
     cmd.arg("--").args(args);
     let status = cmd.status().context("running cargo")?;
     if !status.success() {
@@ -218,17 +222,12 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
 
 /// Builds `mosa` in release mode with the chosen backend and returns the binary's path.
 fn build_mosa(backend: &BackendArgs) -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(workspace_root()).args(["build", "--quiet", "--release", "-p", "mosa-cli"]);
-    if backend.features != "flex" {
-        cmd.args(["--no-default-features", "--features", &backend.features]);
-    }
+    let mut cmd = cargo_mosa_cli("build", backend);
     eprintln!("building mosa (release, {})", backend.features);
     if !cmd.status().context("running cargo build")?.success() {
         bail!("cargo build of mosa-cli failed");
     }
-    let meta = Command::new(&cargo).current_dir(workspace_root()).args(["metadata", "--format-version", "1", "--no-deps"]).output().context("cargo metadata")?;
+    let meta = Command::new(cargo()).current_dir(workspace_root()).args(["metadata", "--format-version", "1", "--no-deps"]).output().context("cargo metadata")?;
     let v: serde_json::Value = serde_json::from_slice(&meta.stdout).context("cargo metadata output")?;
     let target = v["target_directory"].as_str().context("no target_directory in cargo metadata")?;
     Ok(PathBuf::from(target).join("release").join("mosa"))

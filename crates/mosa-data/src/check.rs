@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::image::decode_file;
+use crate::loader::decode_entry;
 use crate::source::Dataset;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -38,14 +38,7 @@ pub fn check(ds: &Dataset, all: bool) -> CheckReport {
         let errs: Vec<Option<String>> = split
             .entries
             .par_iter()
-            .map(|e| decode_file(&e.path).err().map(|err| {
-                let msg = match err {
-                    crate::DataError::Image { msg, .. } => msg,
-                    crate::DataError::Io { source, .. } => source.to_string(),
-                    o => o.to_string(),
-                };
-                format!("{}: {}: {msg}", e.describe(), e.path.display())
-            }))
+            .map(|e| decode_entry(e).err().map(|err| err.to_string()))
             .collect();
         decoded += split.len();
         problems.extend(errs.into_iter().flatten());

@@ -49,7 +49,8 @@ pub struct LoadedSplit {
     pub labels: Vec<usize>,
 }
 
-fn decode_entry(e: &Entry) -> Result<Rgb8> {
+/// Decodes an entry's image; errors name the list file and line the entry came from.
+pub(crate) fn decode_entry(e: &Entry) -> Result<Rgb8> {
     decode_file(&e.path).map_err(|err| {
         let msg = match err {
             DataError::Image { msg, .. } => msg,
@@ -162,9 +163,10 @@ fn read_cache(path: &Path, split: &Split, transform: Transform, num_classes: usi
 fn write_cache(path: &Path, s: &LoadedSplit) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile_in(dir)?;
+    // a temporary file in the same folder, renamed when complete (removed if anything fails)
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     {
-        let mut w = std::io::BufWriter::new(&mut tmp.1);
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
         w.write_all(&(s.images.len() as u64).to_le_bytes())?;
         for img in &s.images {
             w.write_all(&(img.width as u32).to_le_bytes())?;
@@ -173,18 +175,6 @@ fn write_cache(path: &Path, s: &LoadedSplit) -> std::io::Result<()> {
         }
         w.flush()?;
     }
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, path)
-}
-
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    for i in 0..1000u32 {
-        let p = dir.join(format!(".tmp-{}-{}", std::process::id(), i));
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&p) {
-            Ok(f) => return Ok((p, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("cannot create a temporary file"))
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map(|_| ()).map_err(|e| e.error)
 }

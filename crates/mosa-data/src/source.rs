@@ -7,7 +7,7 @@ use crate::error::{DataError, Result};
 use crate::list::{Entry, Origin, Split, read_json_split, read_list};
 use crate::registry::{Group, lookup_fgvc, lookup_task};
 
-const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "JPEG"];
+const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 /// Which preprocessing a dataset uses (data.md): VTAB-style plain resize, or FGVC-style
 /// resize-shorter + crop (+ flip when training).
@@ -189,7 +189,7 @@ fn open_fgvc(spec: &DatasetSpec, root: &Path, name: &str) -> Result<Dataset> {
 }
 
 fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e) || IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {

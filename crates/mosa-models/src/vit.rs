@@ -313,7 +313,19 @@ fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, x: Tensor<B, 3>, rng: &
     }
 }
 
+/// Module paths (inside a block) of the four linear-layer branch slots, in [`Block::branches`] order.
+const BRANCH_PATHS: [&str; 4] = ["attn.qkv_branch", "attn.proj_branch", "mlp.fc1_branch", "mlp.fc2_branch"];
+
 impl<B: Backend> Block<B> {
+    /// The branch slots of qkv, proj, fc1, fc2 (see [`BRANCH_PATHS`]).
+    fn branches(&self) -> [&Option<LinearBranch<B>>; 4] {
+        [&self.attn.qkv_branch, &self.attn.proj_branch, &self.mlp.fc1_branch, &self.mlp.fc2_branch]
+    }
+
+    fn branches_mut(&mut self) -> [&mut Option<LinearBranch<B>>; 4] {
+        [&mut self.attn.qkv_branch, &mut self.attn.proj_branch, &mut self.mlp.fc1_branch, &mut self.mlp.fc2_branch]
+    }
+
     pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         let a = sequential(&self.adapter_attn, self.attn.forward(self.norm1.forward(x.clone()), rng), rng);
         let h = x + drop_path(opt_scale(&self.ls1, a), self.drop_path);
@@ -480,7 +492,7 @@ impl<B: Backend> VisionTransformer<B> {
     pub fn sparse_masks(&self) -> Vec<(String, Tensor<B, 2>)> {
         let mut v = Vec::new();
         for (l, b) in self.blocks.iter().enumerate() {
-            for (name, br) in [("attn.qkv_branch", &b.attn.qkv_branch), ("attn.proj_branch", &b.attn.proj_branch), ("mlp.fc1_branch", &b.mlp.fc1_branch), ("mlp.fc2_branch", &b.mlp.fc2_branch)] {
+            for (name, br) in BRANCH_PATHS.into_iter().zip(b.branches()) {
                 if let Some(LinearBranch::Sparse(s)) = br {
                     v.push((format!("blocks.{l}.{name}.Sparse.delta"), s.mask.clone()));
                 }
@@ -494,7 +506,7 @@ impl<B: Backend> VisionTransformer<B> {
     pub fn with_sparse_masks(mut self, masks: &std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>) -> std::result::Result<Self, String> {
         let mut used = 0;
         for (l, b) in self.blocks.iter_mut().enumerate() {
-            for (name, br) in [("attn.qkv_branch", &mut b.attn.qkv_branch), ("attn.proj_branch", &mut b.attn.proj_branch), ("mlp.fc1_branch", &mut b.mlp.fc1_branch), ("mlp.fc2_branch", &mut b.mlp.fc2_branch)] {
+            for (name, br) in BRANCH_PATHS.into_iter().zip(b.branches_mut()) {
                 if let Some(LinearBranch::Sparse(s)) = br {
                     let key = format!("blocks.{l}.{name}.Sparse.delta");
                     if let Some((shape, data)) = masks.get(&key) {
@@ -521,7 +533,7 @@ impl<B: burn::tensor::backend::AutodiffBackend> VisionTransformer<B> {
     pub fn reselect_sparse(mut self, grads: &burn::optim::GradientsParams, cfg: &mosa_core::sparse::SparseConfig, rng: &mut Rng) -> Self {
         let mut slots: Vec<&mut Option<LinearBranch<B>>> = Vec::new();
         for b in &mut self.blocks {
-            slots.extend([&mut b.attn.qkv_branch, &mut b.attn.proj_branch, &mut b.mlp.fc1_branch, &mut b.mlp.fc2_branch]);
+            slots.extend(b.branches_mut());
         }
         let mut owners = Vec::new();
         let mut deltas = Vec::new();
@@ -546,7 +558,7 @@ impl<B: burn::tensor::backend::AutodiffBackend> VisionTransformer<B> {
             for slot in [&b.adapter, &b.adapter_attn, &b.adapter_mlp].into_iter().flatten() {
                 slot.mask_gradients(grads);
             }
-            for br in [&b.attn.qkv_branch, &b.attn.proj_branch, &b.mlp.fc1_branch, &b.mlp.fc2_branch].into_iter().flatten() {
+            for br in b.branches().into_iter().flatten() {
                 br.mask_gradients(grads);
             }
         }

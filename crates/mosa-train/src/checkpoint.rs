@@ -37,7 +37,12 @@ pub fn write_checkpoint(path: &Path, params: &Tensors, adam: &[(String, Vec<f32>
         t.push((format!("adam.v/{p}"), vec![v.len()], v.as_slice()));
     }
     let meta = HashMap::from([("mosa.run_state".to_string(), serde_json::to_string(state).map_err(|e| io(path, e))?)]);
-    let bytes = mosa_models::load::safetensors::serialize(&t, Some(meta)).map_err(|e| io(path, e))?;
+    write_tensors(path, &t, meta)
+}
+
+/// Serialises and writes atomically.
+fn write_tensors(path: &Path, t: &[(String, Vec<usize>, &[f32])], meta: HashMap<String, String>) -> Result<()> {
+    let bytes = mosa_models::load::safetensors::serialize(t, Some(meta)).map_err(|e| io(path, e))?;
     mosa_models::load::safetensors::write_atomic(path, &bytes).map_err(|e| io(path, e))
 }
 
@@ -55,22 +60,17 @@ fn f32s(path: &Path, name: &str, v: &safetensors::tensor::TensorView<'_>) -> Res
 }
 
 pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(path, format!("not a safetensors file: {e}")))?;
-    let state: RunState = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("mosa.run_state"))
+    let (tensors, meta) = read_model(path)?;
+    let state: RunState = meta
+        .get("mosa.run_state")
         .ok_or_else(|| io(path, "no mosa.run_state metadata: not a mosa checkpoint"))
         .and_then(|s| serde_json::from_str(s).map_err(|e| io(path, e)))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(path, e))?;
     let mut params = HashMap::new();
     let mut m: HashMap<String, Vec<f32>> = HashMap::new();
     let mut v: HashMap<String, Vec<f32>> = HashMap::new();
-    for (name, view) in st.tensors() {
-        let data = f32s(path, &name, &view)?;
+    for (name, (shape, data)) in tensors {
         if let Some(p) = name.strip_prefix("param/") {
-            params.insert(p.to_string(), (view.shape().to_vec(), data));
+            params.insert(p.to_string(), (shape, data));
         } else if let Some(p) = name.strip_prefix("adam.m/") {
             m.insert(p.to_string(), data);
         } else if let Some(p) = name.strip_prefix("adam.v/") {
@@ -98,11 +98,10 @@ pub fn write_model(path: &Path, params: &Tensors, backbone: &BackboneId, extra: 
     for (k, v) in extra {
         meta.insert(format!("mosa.{k}"), v.clone());
     }
-    let bytes = mosa_models::load::safetensors::serialize(&t, Some(meta)).map_err(|e| io(path, e))?;
-    mosa_models::load::safetensors::write_atomic(path, &bytes).map_err(|e| io(path, e))
+    write_tensors(path, &t, meta)
 }
 
-/// Reads a saved model: trainable parameters by path and its metadata.
+/// Reads a saved model (or any mosa safetensors file): tensors by name and the metadata.
 pub fn read_model(path: &Path) -> Result<(HashMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(path, format!("not a safetensors file: {e}")))?;

@@ -162,8 +162,8 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
     let config_path = out.join("config.json");
     let spec_json = serde_json::to_string_pretty(spec).map_err(|e| Error::Config(e.to_string()))?;
     let config_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(spec_json.as_bytes()));
-    if !resume && (ckpt_path.exists() || out.join("summary.json").exists()) {
-        return Err(Error::Config(format!("{} already holds a run; use --resume to continue it or another --out", out.display())));
+    if !resume {
+        check_new_run_dir(out)?;
     }
     let checkpoint = if resume && ckpt_path.exists() {
         let c = read_checkpoint(&ckpt_path)?;
@@ -369,13 +369,28 @@ fn restore<B: Backend>(model: VisionTransformer<B>, mut values: HashMap<String, 
     if masks.is_empty() { Ok(model) } else { model.with_sparse_masks(&masks) }
 }
 
+/// Refuses to start a new run in a directory that already holds one.
+pub fn check_new_run_dir(out: &Path) -> Result<()> {
+    if out.join("checkpoint.safetensors").exists() || out.join("summary.json").exists() {
+        return Err(Error::Config(format!("{} already holds a run; use --resume to continue it or another --out", out.display())));
+    }
+    Ok(())
+}
+
+/// A run directory's saved settings (`config.json`): the run spec and the number of classes.
+pub fn read_run_config(dir: &Path) -> Result<(RunSpec, usize)> {
+    let cfg_path = dir.join("config.json");
+    let err = |e: &dyn std::fmt::Display| Error::Checkpoint(format!("{}: {e}", cfg_path.display()));
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(&e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&e))?;
+    let spec: RunSpec = serde_json::from_value(v["run"].clone()).map_err(|e| err(&e))?;
+    let nc = v["dataset"]["classes"].as_u64().ok_or_else(|| err(&"no dataset.classes"))? as usize;
+    Ok((spec, nc))
+}
+
 /// Rebuilds a finished run's model (backbone + saved trainables), merged, for evaluation.
 pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, VisionTransformer<B>, usize)> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Checkpoint(format!("{}: {e}", cfg_path.display())))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Checkpoint(format!("{}: {e}", cfg_path.display())))?;
-    let spec: RunSpec = serde_json::from_value(v["run"].clone()).map_err(|e| Error::Checkpoint(format!("{}: {e}", cfg_path.display())))?;
-    let nc = v["dataset"]["classes"].as_u64().ok_or_else(|| Error::Checkpoint(format!("{}: no dataset.classes", cfg_path.display())))? as usize;
+    let (spec, nc) = read_run_config(dir)?;
     let model_path = dir.join("model.safetensors");
     let (values, meta) = crate::checkpoint::read_model(&model_path)?;
     if let (Some(b), Some(w)) = (meta.get("mosa.backbone"), &spec.weights) {
@@ -388,9 +403,4 @@ pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, 
     let model = build_model::<B>(&spec, nc, device)?;
     let model = restore(model, values).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
     Ok((spec, model.merged(), nc))
-}
-
-/// Merged parameters as a map (for tests and tools).
-pub fn trainable_map<B: Backend>(m: &VisionTransformer<B>) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    params::export_trainable(m).into_iter().map(|(p, s, d)| (p, (s, d))).collect()
 }

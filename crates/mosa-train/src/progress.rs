@@ -20,12 +20,14 @@ pub struct Console {
     bar: Option<indicatif::ProgressBar>,
     terminal: bool,
     epochs: usize,
+    /// `epoch/epochs` of the running bar.
+    label: String,
     prefix: String,
 }
 
 impl Console {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { bar: None, terminal: std::io::stderr().is_terminal(), epochs: 0, prefix: prefix.into() }
+        Self { bar: None, terminal: std::io::stderr().is_terminal(), epochs: 0, label: String::new(), prefix: prefix.into() }
     }
 }
 
@@ -36,6 +38,7 @@ fn pct(v: Option<f64>) -> String {
 impl Reporter for Console {
     fn epoch_start(&mut self, epoch: usize, epochs: usize, steps: usize) {
         self.epochs = epochs;
+        self.label = format!("{epoch}/{epochs}");
         if self.terminal {
             let bar = indicatif::ProgressBar::new(steps as u64);
             bar.set_style(
@@ -44,16 +47,14 @@ impl Reporter for Console {
                     .progress_chars("=> "),
             );
             bar.set_prefix(self.prefix.clone());
-            bar.set_message(format!("{epoch}/{epochs}"));
+            bar.set_message(self.label.clone());
             self.bar = Some(bar);
         }
     }
     fn step(&mut self, done: usize, running_loss: f64) {
         if let Some(b) = &self.bar {
             b.set_position(done as u64);
-            let msg = b.message();
-            let head = msg.split(" loss").next().unwrap_or("").to_string();
-            b.set_message(format!("{head} loss {running_loss:.4}"));
+            b.set_message(format!("{} loss {running_loss:.4}", self.label));
         }
     }
     fn epoch_end(&mut self, m: &EpochMetrics) {

@@ -129,10 +129,7 @@ fn resolve_weights(model: &str, w: Option<&str>) -> anyhow::Result<Option<PathBu
 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let spec = if a.resume {
-        let p = a.out.join("config.json");
-        let text = std::fs::read_to_string(&p).with_context(|| format!("--resume: no run in {} ({})", a.out.display(), p.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| p.display().to_string())?;
-        serde_json::from_value::<RunSpec>(v["run"].clone()).with_context(|| p.display().to_string())?
+        mosa_train::engine::read_run_config(&a.out).with_context(|| format!("--resume: no run in {}", a.out.display()))?.0
     } else {
         let dataset = a.dataset.clone().context("--dataset is required (vtab:<root>/<task>, fgvc:<root>/<name>, folder:<path>)")?;
         RunSpec {
@@ -145,8 +142,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
             skip_unreadable: a.skip_unreadable,
         }
     };
-    if !a.resume && (a.out.join("checkpoint.safetensors").exists() || a.out.join("summary.json").exists()) {
-        bail!("{} already holds a run; use --resume to continue it or another --out", a.out.display());
+    if !a.resume {
+        // before the header line, so that the refusal is the only thing printed
+        mosa_train::engine::check_new_run_dir(&a.out)?;
     }
     let t = &spec.train;
     eprintln!(
