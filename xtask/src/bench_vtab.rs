@@ -103,7 +103,7 @@ pub fn run_grid(g: &Grid, mosa: &Path) -> anyhow::Result<()> {
     let mine: Vec<&(String, String)> = cells.iter().enumerate().filter(|(i, _)| i % g.shard.1 == g.shard.0).map(|(_, c)| c).collect();
     std::fs::create_dir_all(&g.out)?;
     eprintln!("bench: {} tasks x {} methods = {} runs ({} in shard {}/{}) -> {}", g.tasks.len(), g.methods.len(), cells.len(), mine.len(), g.shard.0, g.shard.1, g.out.display());
-    eprintln!("settings: {}", g.settings);
+    eprintln!("{}", g.settings);
     let start = Instant::now();
     let mut ran = 0usize;
     let mut failed = Vec::new();
