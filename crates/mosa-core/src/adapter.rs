@@ -31,25 +31,32 @@ impl Activation {
     }
 }
 
-/// A bottleneck adapter's shape and recipe. Defaults are the MoSA reference (spec §1).
+/// The adapter options a method exposes (`--r`, `--scale`, `--adapter-dropout`); the one source
+/// of their defaults, the MoSA reference (spec §1).
 #[derive(Config, Debug)]
-pub struct AdapterConfig {
-    /// Width of the tokens the adapter reads and writes.
-    pub d_model: usize,
+pub struct AdapterOptions {
     /// Bottleneck width.
     #[config(default = 16)]
     pub r: usize,
     /// Output scale `s`.
     #[config(default = 0.1)]
     pub scale: f64,
-    #[config(default = "Activation::Gelu")]
-    pub activation: Activation,
     /// Dropout between the activation and Up.
     #[config(default = 0.1)]
     pub dropout: f64,
     /// Own LayerNorm on the input (AdaptFormer's `adapter_layernorm_option = "in"`).
     #[config(default = true)]
-    pub layer_norm: bool,
+    pub norm: bool,
+}
+
+/// One adapter module: its width, the method's options and the activation the method picks.
+#[derive(Config, Debug)]
+pub struct AdapterConfig {
+    /// Width of the tokens the adapter reads and writes.
+    pub d_model: usize,
+    pub options: AdapterOptions,
+    #[config(default = "Activation::Gelu")]
+    pub activation: Activation,
     /// PyTorch's `nn.LayerNorm` default, which the reference adapter uses.
     #[config(default = 1e-5)]
     pub norm_eps: f64,
@@ -58,26 +65,28 @@ pub struct AdapterConfig {
 impl AdapterConfig {
     /// Down: kaiming-uniform(a = √5), i.e. U(±1/√d); Up: zeros; biases zero (spec §1).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Adapter<B> {
+        let (o, r) = (&self.options, self.options.r);
         let bound = 1.0 / (self.d_model as f64).sqrt();
-        let mut down = LinearConfig::new(self.d_model, self.r)
+        let mut down = LinearConfig::new(self.d_model, r)
             .with_initializer(Initializer::Uniform { min: -bound, max: bound })
             .init(device);
-        down.bias = Some(Param::from_tensor(Tensor::zeros([self.r], device)));
-        let up = LinearConfig::new(self.r, self.d_model).with_initializer(Initializer::Zeros).init(device);
+        down.bias = Some(Param::from_tensor(Tensor::zeros([r], device)));
+        let up = LinearConfig::new(r, self.d_model).with_initializer(Initializer::Zeros).init(device);
         Adapter {
-            norm: self.layer_norm.then(|| LayerNormConfig::new(self.d_model).with_epsilon(self.norm_eps).init(device)),
+            norm: o.norm.then(|| LayerNormConfig::new(self.d_model).with_epsilon(self.norm_eps).init(device)),
             down,
             up,
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: DropoutConfig::new(o.dropout).init(),
             activation: self.activation,
-            scale: self.scale,
+            scale: o.scale,
         }
     }
 
     /// Trainable parameters of one adapter: LN 2d + Down (d+1)·r + Up (r+1)·d.
     pub fn num_params(&self) -> usize {
-        let ln = if self.layer_norm { 2 * self.d_model } else { 0 };
-        ln + (self.d_model + 1) * self.r + (self.r + 1) * self.d_model
+        let (d, r) = (self.d_model, self.options.r);
+        let ln = if self.options.norm { 2 * d } else { 0 };
+        ln + (d + 1) * r + (r + 1) * d
     }
 }
 

@@ -1,13 +1,19 @@
-//! mosa-core: the building blocks of parameter-efficient tuning that know no concrete backbone:
-//! masks, the expert scheduler, PEFT modules and merging.
+//! mosa-core: the building blocks of parameter-efficient tuning that know no concrete backbone.
 //!
-//! - [`method`]: the method config, the [`method::PeftHost`] trait and [`method::apply`];
-//! - [`slot`]: what a backbone's hook points hold (adapter slots, linear-layer branches);
+//! - [`site`]: the typed hook points a backbone declares ([`PeftHost`], [`site::TunableLinear`]);
+//! - [`method`]: the tagged [`Method`] enum with each method's options; [`inject`]: apply a
+//!   method to any host, merge, mask gradients, sparse masks, parameter groups;
+//! - [`slot`]: what a site holds (adapter slots, linear branches);
 //! - [`adapter`], [`mosa`], [`lora`], [`prompt`], [`sparse`]: one file per method family;
 //! - [`mask`]: partitions and exact top-k; [`rng`]: the seeded generator behind every draw;
-//! - [`params`]: parameters by name, trainable sets.
+//! - [`params`]: parameters by path (one path stack), values in and out;
+//! - [`optim`]: the reference AdamW and warm-up cosine;
+//! - [`host`]: the one host tensor type; [`fsio`]: the one atomic-write helper.
 
 pub mod adapter;
+pub mod fsio;
+pub mod host;
+pub mod inject;
 pub mod lora;
 pub mod mask;
 pub mod method;
@@ -16,8 +22,11 @@ pub mod optim;
 pub mod params;
 pub mod prompt;
 pub mod rng;
+pub mod site;
 pub mod slot;
 pub mod sparse;
 
-pub use method::{MethodConfig, MethodKind, PeftHost};
+pub use host::HostTensor;
+pub use method::{Method, MethodKind, Passes};
 pub use rng::Rng;
+pub use site::PeftHost;

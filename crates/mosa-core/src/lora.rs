@@ -12,18 +12,35 @@ use serde::{Deserialize, Serialize};
 use crate::mosa::Experts;
 use crate::rng::Rng;
 
+/// LoRA's options (`--lora-r`, `--lora-alpha`, `--lora-dropout`, `--targets`); the one source of
+/// their defaults.
 #[derive(Config, Debug)]
-pub struct LoraConfig {
+pub struct LoraOptions {
     #[config(default = 8)]
     pub r: usize,
     #[config(default = 8.0)]
     pub alpha: f64,
     #[config(default = 0.0)]
     pub dropout: f64,
+    /// Linear sites by the family's names (ViT: `qkv`, `proj`, `fc1`, `fc2`); empty = the
+    /// family's default.
+    #[config(default = "Vec::new()")]
+    pub targets: Vec<String>,
+}
+
+/// MoSA-LoRA's options: LoRA's, the number of experts and the split factor.
+#[derive(Config, Debug)]
+pub struct MosaLoraOptions {
+    #[config(default = "LoraOptions::new()")]
+    pub lora: LoraOptions,
+    #[config(default = 4)]
+    pub experts: usize,
+    #[config(default = "LoraSplit::B")]
+    pub split: LoraSplit,
 }
 
 /// Which LoRA factor MoSA-LoRA splits into experts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LoraSplit {
     A,
@@ -32,18 +49,7 @@ pub enum LoraSplit {
     B,
 }
 
-impl std::str::FromStr for LoraSplit {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "a" | "A" => Ok(LoraSplit::A),
-            "b" | "B" => Ok(LoraSplit::B),
-            _ => Err(format!("split must be a or b, not `{s}`")),
-        }
-    }
-}
-
-impl LoraConfig {
+impl LoraOptions {
     fn factors<B: Backend>(&self, d_in: usize, d_out: usize, device: &B::Device) -> (Linear<B>, Linear<B>) {
         let bound = 1.0 / (d_in as f64).sqrt();
         let a = LinearConfig::new(d_in, self.r).with_bias(false).with_initializer(Initializer::Uniform { min: -bound, max: bound }).init(device);
@@ -56,17 +62,21 @@ impl LoraConfig {
         Lora { a: a.weight, b: b.weight, dropout: DropoutConfig::new(self.dropout).init(), scaling: self.alpha / self.r as f64 }
     }
 
-    pub fn init_mosa<B: Backend>(&self, d_in: usize, d_out: usize, experts: usize, split: LoraSplit, rng: &mut Rng, device: &B::Device) -> MosaLora<B> {
-        let (a, b) = self.factors(d_in, d_out, device);
-        let (na, nb) = match split {
+}
+
+impl MosaLoraOptions {
+    pub fn init<B: Backend>(&self, d_in: usize, d_out: usize, rng: &mut Rng, device: &B::Device) -> MosaLora<B> {
+        let (experts, l) = (self.experts, &self.lora);
+        let (a, b) = l.factors(d_in, d_out, device);
+        let (na, nb) = match self.split {
             LoraSplit::A => (experts, 1),
             LoraSplit::B => (1, experts),
         };
         MosaLora {
             a: Experts::from_linear(a, na, rng, false),
             b: Experts::from_linear(b, nb, rng, false),
-            dropout: DropoutConfig::new(self.dropout).init(),
-            scaling: self.alpha / self.r as f64,
+            dropout: DropoutConfig::new(l.dropout).init(),
+            scaling: l.alpha / l.r as f64,
         }
     }
 }

@@ -20,12 +20,12 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::linear;
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::{Activation, Adapter, AdapterConfig};
+use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
 use crate::mask;
 use crate::rng::Rng;
 
 /// Which projection stays dense and shared by all experts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Share {
     /// Dense shared Down, N split Up experts (the reference default).
@@ -35,18 +35,6 @@ pub enum Share {
     Up,
     /// Both split.
     None,
-}
-
-impl std::str::FromStr for Share {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "down" => Ok(Share::Down),
-            "up" => Ok(Share::Up),
-            "none" => Ok(Share::None),
-            _ => Err(format!("share must be down, up or none, not `{s}`")),
-        }
-    }
 }
 
 /// N experts of one projection, stacked; `mask` is `None` for a dense shared projection.
@@ -128,13 +116,30 @@ impl<B: AutodiffBackend> Experts<B> {
     }
 }
 
-/// MoSA's configuration.
+/// MoSA's options (`--r` … of the adapter, `--experts`, `--share`); the one source of their
+/// defaults (spec §2).
 #[derive(Config, Debug)]
-pub struct MosaConfig {
-    pub adapter: AdapterConfig,
+pub struct MosaOptions {
+    #[config(default = "AdapterOptions::new()")]
+    pub adapter: AdapterOptions,
     #[config(default = 4)]
     pub experts: usize,
     #[config(default = "Share::Down")]
+    pub share: Share,
+}
+
+impl MosaOptions {
+    /// The module config at a site of width `d`.
+    pub fn config(&self, d: usize) -> MosaConfig {
+        MosaConfig::new(AdapterConfig::new(d, self.adapter.clone()), self.experts, self.share)
+    }
+}
+
+/// One MoSA module: the adapter it splits, the number of experts and which projection is shared.
+#[derive(Config, Debug)]
+pub struct MosaConfig {
+    pub adapter: AdapterConfig,
+    pub experts: usize,
     pub share: Share,
 }
 

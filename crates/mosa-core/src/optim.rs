@@ -12,13 +12,13 @@
 
 use std::collections::HashMap;
 
-use burn::module::{AutodiffModule, ModuleMapper, Param};
+use burn::module::{AutodiffModule, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::params::is_bias;
+use crate::params::{MapParam, is_bias};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
@@ -53,22 +53,15 @@ struct Stepper<'a, B: AutodiffBackend> {
     opt: &'a mut AdamW<B>,
     grads: &'a mut GradientsParams,
     lr: f64,
-    stack: Vec<String>,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for Stepper<'_, B> {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.stack.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.stack.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+impl<B: AutodiffBackend> MapParam<B> for Stepper<'_, B> {
+    fn param<const D: usize>(&mut self, path: &str, _: (&str, &str), param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
         let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let path = self.stack.join(".");
+        let path = path.to_string();
         let c = self.opt.config;
         let shape = tensor.shape();
         let n = shape.num_elements();
@@ -98,7 +91,7 @@ impl<B: AutodiffBackend> AdamW<B> {
     /// One step at learning rate `lr` for every parameter that has a gradient in `grads`.
     pub fn step<M: AutodiffModule<B>>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M {
         self.step += 1;
-        module.map(&mut Stepper { opt: self, grads: &mut grads, lr, stack: Vec::new() })
+        crate::params::map(module, Stepper { opt: self, grads: &mut grads, lr }).0
     }
 
     /// Multiplies the moments of `path` by a 0/1 mask (flattened): entries dropped from a
@@ -135,7 +128,7 @@ impl<B: AutodiffBackend> AdamW<B> {
 }
 
 /// When the learning rate changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScheduleKind {
     /// Once per epoch, as the reference code (`lr = base·e/W` in warm-up, so epoch 0 trains at 0).

@@ -1,9 +1,106 @@
-//! Parameters by name. A visitor gives every parameter its dotted path (timm-style names such as
-//! `blocks.3.adapter.down.weight`), so that methods state their freeze rules as predicates over
-//! names, as HF PEFT does, and the optimiser can tell biases from weights.
+//! Parameters by path. One path stack ([`Paths`]) gives every parameter its dotted, timm-style
+//! path (`blocks.3.adapter.Mosa.up.weight`, `blocks.0.attn.qkv.branch.Lora.a`); every visitor and
+//! mapper of this crate is built on it. A backbone-family enum is transparent in paths, so the
+//! ViT's parameters have the same paths whether or not they sit inside `Backbone::Vit`.
+//!
+//! Which parameters train is decided structurally by [`crate::inject`] (the modules a method
+//! created, the head), never here by matching names; this file only reads and writes values.
+
+use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
+
+use crate::host::{HostTensor, NamedTensors};
+
+/// Container type of a backbone-family enum (`mosa_models::Backbone`): left out of paths.
+const TRANSPARENT: &str = "Enum:Backbone";
+
+/// The dotted path of the module being visited, and the type of its container.
+#[derive(Default)]
+struct Stack {
+    names: Vec<String>,
+    containers: Vec<String>,
+}
+
+impl Stack {
+    fn enter(&mut self, name: &str, container: &str) {
+        self.containers.push(container.to_string());
+        self.names.push(if container == TRANSPARENT { String::new() } else { name.to_string() });
+    }
+    fn exit(&mut self) {
+        self.names.pop();
+        self.containers.pop();
+    }
+    fn path(&self) -> String {
+        self.names.iter().filter(|n| !n.is_empty()).cloned().collect::<Vec<_>>().join(".")
+    }
+    /// `(container type, field name)` of the parameter being visited.
+    fn field(&self) -> (&str, &str) {
+        (self.containers.last().map(String::as_str).unwrap_or(""), self.names.last().map(String::as_str).unwrap_or(""))
+    }
+}
+
+/// What a read-only walk does with each float parameter.
+pub trait VisitParam<B: Backend> {
+    fn param<const D: usize>(&mut self, path: &str, field: (&str, &str), param: &Param<Tensor<B, D>>);
+}
+
+/// What a mapping walk does with each float parameter.
+pub trait MapParam<B: Backend> {
+    fn param<const D: usize>(&mut self, path: &str, field: (&str, &str), param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>>;
+}
+
+/// A [`VisitParam`] or [`MapParam`] with the path stack around it.
+pub struct Paths<V> {
+    stack: Stack,
+    pub inner: V,
+}
+
+impl<V> Paths<V> {
+    pub fn new(inner: V) -> Self {
+        Self { stack: Stack::default(), inner }
+    }
+}
+
+impl<B: Backend, V: VisitParam<B>> ModuleVisitor<B> for Paths<V> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.inner.param(&self.stack.path(), self.stack.field(), param);
+    }
+}
+
+impl<B: Backend, V: MapParam<B>> ModuleMapper<B> for Paths<V> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let path = self.stack.path();
+        self.inner.param(&path, self.stack.field(), param)
+    }
+}
+
+/// Walks `module`'s float parameters with their paths.
+pub fn visit<B: Backend, M: Module<B>, V: VisitParam<B>>(module: &M, v: V) -> V {
+    let mut p = Paths::new(v);
+    module.visit(&mut p);
+    p.inner
+}
+
+/// Maps `module`'s float parameters with their paths.
+pub fn map<B: Backend, M: Module<B>, V: MapParam<B>>(module: M, v: V) -> (M, V) {
+    let mut p = Paths::new(v);
+    let module = module.map(&mut p);
+    (module, p.inner)
+}
 
 /// One parameter: its path, element count and whether it trains.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,64 +111,16 @@ pub struct ParamInfo {
     pub trainable: bool,
 }
 
-#[derive(Default)]
-struct Lister {
-    stack: Vec<String>,
-    out: Vec<ParamInfo>,
-}
-
-impl Lister {
-    fn path(&self) -> String {
-        self.stack.join(".")
-    }
-}
-
-impl<B: Backend> ModuleVisitor<B> for Lister {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.stack.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.stack.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.out.push(ParamInfo {
-            path: self.path(),
-            id: param.id,
-            numel: param.shape().num_elements(),
-            trainable: param.is_require_grad(),
-        });
-    }
-}
-
-/// Every float parameter of `module` with its path.
+/// Every float parameter of `module` with its path. (Reading a shape initialises a lazily
+/// initialised parameter, in module order: runs depend on that order, so it is kept.)
 pub fn list<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
-    let mut v = Lister::default();
-    module.visit(&mut v);
-    v.out
-}
-
-struct Trainable<'a> {
-    stack: Vec<String>,
-    rule: &'a dyn Fn(&str) -> bool,
-}
-
-impl<B: Backend> ModuleMapper<B> for Trainable<'_> {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.stack.push(name.to_string());
+    struct Lister(Vec<ParamInfo>);
+    impl<B: Backend> VisitParam<B> for Lister {
+        fn param<const D: usize>(&mut self, path: &str, _: (&str, &str), p: &Param<Tensor<B, D>>) {
+            self.0.push(ParamInfo { path: path.to_string(), id: p.id, numel: p.shape().num_elements(), trainable: p.is_require_grad() });
+        }
     }
-    fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.stack.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let train = (self.rule)(&self.stack.join("."));
-        param.set_require_grad(train)
-    }
-}
-
-/// Sets which parameters train: those whose path satisfies `rule`; all others are frozen
-/// (no gradient is tracked for them, so backward never reaches into them).
-pub fn set_trainable<B: Backend, M: Module<B>>(module: M, rule: &dyn Fn(&str) -> bool) -> M {
-    module.map(&mut Trainable { stack: Vec::new(), rule })
+    visit(module, Lister(Vec::new())).0
 }
 
 /// Number of trainable elements.
@@ -79,79 +128,106 @@ pub fn count_trainable(params: &[ParamInfo]) -> usize {
     params.iter().filter(|p| p.trainable).map(|p| p.numel).sum()
 }
 
+/// Number of elements.
+pub fn count<B: Backend, M: Module<B>>(module: &M) -> usize {
+    list(module).iter().map(|p| p.numel).sum()
+}
+
+/// Trainable and total elements of a module (or of a group of modules, added up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub trainable: usize,
+    pub total: usize,
+}
+
+impl std::ops::Add for Tally {
+    type Output = Tally;
+    fn add(self, o: Tally) -> Tally {
+        Tally { trainable: self.trainable + o.trainable, total: self.total + o.total }
+    }
+}
+
+impl std::ops::Sub for Tally {
+    type Output = Tally;
+    fn sub(self, o: Tally) -> Tally {
+        Tally { trainable: self.trainable - o.trainable, total: self.total - o.total }
+    }
+}
+
+pub fn tally<B: Backend, M: Module<B>>(module: &M) -> Tally {
+    let l = list(module);
+    Tally { trainable: count_trainable(&l), total: l.iter().map(|p| p.numel).sum() }
+}
+
+/// Sets whether every parameter of `module` trains, or only those `select` picks by their
+/// `(container type, field)` (e.g. BitFit's biases); the others keep their state.
+pub fn set_trainable<B: Backend, M: Module<B>>(module: M, train: bool, select: Option<&dyn Fn(&str, &str) -> bool>) -> M {
+    struct Set<'a>(bool, Option<&'a dyn Fn(&str, &str) -> bool>);
+    impl<B: Backend> MapParam<B> for Set<'_> {
+        fn param<const D: usize>(&mut self, _: &str, (c, f): (&str, &str), p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            if self.1.is_none_or(|s| s(c, f)) { p.set_require_grad(self.0) } else { p }
+        }
+    }
+    map(module, Set(train, select)).0
+}
+
 /// Whether a parameter path names a bias (the reference decays every parameter whose name does
-/// not contain "bias"; burn names a LayerNorm shift `beta`).
+/// not contain "bias"; burn names a LayerNorm shift `beta`). Used by the optimiser only.
 pub fn is_bias(path: &str) -> bool {
     path.contains("bias") || path.ends_with(".beta")
 }
 
-/// The trainable parameters on the host: `(path, shape, values)`, in module order.
-pub fn export_trainable<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    struct Ex {
-        stack: Vec<String>,
-        out: Vec<(String, Vec<usize>, Vec<f32>)>,
-    }
-    impl<B: Backend> ModuleVisitor<B> for Ex {
-        fn enter_module(&mut self, name: &str, _c: &str) {
-            self.stack.push(name.to_string());
-        }
-        fn exit_module(&mut self, _n: &str, _c: &str) {
-            self.stack.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if param.is_require_grad() {
-                let v = param.val();
-                let shape = v.dims().to_vec();
-                let data = v.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-                self.out.push((self.stack.join("."), shape, data));
+/// Whether `(container type, field)` is a bias term of one of burn's or our layers: the `bias`
+/// of a linear or convolution, the shift `beta` of a LayerNorm (BitFit's selection).
+pub fn is_bias_field(container: &str, field: &str) -> bool {
+    matches!((container, field), ("Struct:Linear" | "Struct:TunableLinear" | "Struct:Conv2d" | "Struct:PatchEmbed", "bias") | ("Struct:LayerNorm", "beta"))
+}
+
+/// The trainable parameters on the host, in module order.
+pub fn export_trainable<B: Backend, M: Module<B>>(module: &M) -> NamedTensors {
+    struct Ex(NamedTensors);
+    impl<B: Backend> VisitParam<B> for Ex {
+        fn param<const D: usize>(&mut self, path: &str, _: (&str, &str), p: &Param<Tensor<B, D>>) {
+            if p.is_require_grad() {
+                self.0.push((path.to_string(), HostTensor::from_tensor(p.val())));
             }
         }
     }
-    let mut ex = Ex { stack: Vec::new(), out: Vec::new() };
-    module.visit(&mut ex);
-    ex.out
+    visit(module, Ex(Vec::new())).0
 }
 
 /// Replaces parameter values by path (trainability is kept). Every entry of `values` must name
 /// a parameter of the same shape; returns the module or a message listing what did not fit.
-pub fn load_by_path<B: Backend, M: Module<B>>(module: M, values: &std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>) -> Result<M, String> {
+pub fn load_by_path<B: Backend, M: Module<B>>(module: M, values: &HashMap<String, HostTensor>) -> Result<M, String> {
     struct Ld<'a> {
-        stack: Vec<String>,
-        values: &'a std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
+        values: &'a HashMap<String, HostTensor>,
         used: Vec<String>,
         errors: Vec<String>,
     }
-    impl<B: Backend> ModuleMapper<B> for Ld<'_> {
-        fn enter_module(&mut self, name: &str, _c: &str) {
-            self.stack.push(name.to_string());
-        }
-        fn exit_module(&mut self, _n: &str, _c: &str) {
-            self.stack.pop();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            let path = self.stack.join(".");
-            let Some((shape, data)) = self.values.get(&path) else { return param };
-            self.used.push(path.clone());
-            let dims = param.val().dims().to_vec();
-            if *shape != dims {
-                self.errors.push(format!("{path}: shape {shape:?}, the model has {dims:?}"));
+    impl<B: Backend> MapParam<B> for Ld<'_> {
+        fn param<const D: usize>(&mut self, path: &str, _: (&str, &str), param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let Some(t) = self.values.get(path) else { return param };
+            self.used.push(path.to_string());
+            let dims = param.shape().to_vec();
+            if t.shape != dims {
+                self.errors.push(format!("{path}: shape {:?}, the model has {dims:?}", t.shape));
                 return param;
             }
             let req = param.is_require_grad();
-            let (id, t, mapper) = param.consume();
-            let mut new = Tensor::<B, D>::from_data(TensorData::new(data.clone(), shape.clone()), &t.device());
+            let (id, old, mapper) = param.consume();
+            let mut new = t.to_tensor::<B, D>(&old.device());
             if req {
                 new = new.require_grad();
             }
             Param::from_mapped_value(id, new, mapper)
         }
     }
-    let mut ld = Ld { stack: Vec::new(), values, used: Vec::new(), errors: Vec::new() };
-    let module = module.map(&mut ld);
+    let (module, ld) = map(module, Ld { values, used: Vec::new(), errors: Vec::new() });
+    let mut errors = ld.errors;
     let mut unknown: Vec<&String> = values.keys().filter(|k| !ld.used.contains(k)).collect();
     unknown.sort();
     for k in unknown {
-        ld.errors.push(format!("{k}: no such parameter in the model"));
+        errors.push(format!("{k}: no such parameter in the model"));
     }
-    if ld.errors.is_empty() { Ok(module) } else { Err(ld.errors.join("; ")) }
+    if errors.is_empty() { Ok(module) } else { Err(errors.join("; ")) }
 }

@@ -7,27 +7,24 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+use crate::site::PromptSite;
+
+/// VPT's options (`--prompt-tokens`, `--prompt-dropout`); the one source of their defaults.
 #[derive(Config, Debug)]
-pub struct PromptConfig {
-    pub d_model: usize,
+pub struct PromptOptions {
     #[config(default = 10)]
     pub tokens: usize,
-    /// One set per block (deep) or one before the first block (shallow).
-    #[config(default = false)]
-    pub deep: bool,
     #[config(default = 0.1)]
     pub dropout: f64,
-    /// Patch size of the backbone, for the VPT init range.
-    #[config(default = 16)]
-    pub patch_size: usize,
 }
 
-impl PromptConfig {
-    pub fn init<B: Backend>(&self, depth: usize, device: &B::Device) -> Prompts<B> {
-        let layers = if self.deep { depth } else { 1 };
-        let v = (6.0 / (3 * self.patch_size * self.patch_size + self.d_model) as f64).sqrt();
+impl PromptOptions {
+    /// One set per block (`deep`) or one before the first block, at a backbone's prompt site.
+    pub fn init<B: Backend>(&self, site: &PromptSite, deep: bool, device: &B::Device) -> Prompts<B> {
+        let layers = if deep { site.depth } else { 1 };
+        let v = (6.0 / (3 * site.patch_size * site.patch_size + site.width) as f64).sqrt();
         Prompts {
-            tokens: Param::from_tensor(Tensor::random([layers, self.tokens, self.d_model], Distribution::Uniform(-v, v), device)),
+            tokens: Param::from_tensor(Tensor::random([layers, self.tokens, site.width], Distribution::Uniform(-v, v), device)),
             dropout: DropoutConfig::new(self.dropout).init(),
         }
     }

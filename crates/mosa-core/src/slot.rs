@@ -1,29 +1,21 @@
-//! What a backbone's hook points hold. A block has adapter slots (parallel to the MLP, after
-//! the attention, after the MLP) and its linear layers can carry one branch (LoRA, MoSA-LoRA or
-//! a sparse delta). These enums are the only place a backbone meets the methods: adding a method
-//! of an existing kind is one new arm here and one in [`crate::method`].
+//! What a backbone's hook points hold: an adapter slot ([`AdapterSlot`]: plain or MoSA) and a
+//! linear layer's branch ([`LinearBranch`]: LoRA, MoSA-LoRA or a sparse delta). Where the slots
+//! are is declared by each backbone as sites ([`crate::site`]); what goes into them is decided by
+//! the method ([`crate::method`], [`crate::inject`]).
 
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::linear;
 
+pub use crate::site::Placement;
+
 use crate::adapter::Adapter;
 use crate::lora::{Lora, MosaLora};
 use crate::mosa::MosaAdapter;
+use crate::params::{Tally, tally};
 use crate::rng::Rng;
 use crate::sparse::SparseDelta;
-
-/// Where an adapter sits in a block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// Parallel to the MLP, reading the MLP's input stream (AdaptFormer / MoSA).
-    Parallel,
-    /// After the attention branch (Houlsby's first adapter).
-    AfterAttention,
-    /// After the MLP branch (Pfeiffer; Houlsby's second adapter).
-    AfterMlp,
-}
 
 /// The content of an adapter slot.
 #[derive(Module, Debug)]
@@ -56,6 +48,17 @@ impl<B: Backend> AdapterSlot<B> {
     }
 }
 
+impl<B: Backend> AdapterSlot<B> {
+    /// Parameters of the expert-split tensors (MoSA's stacked experts) and of everything else.
+    pub fn param_split(&self) -> (Tally, Tally) {
+        let experts = match self {
+            AdapterSlot::Plain(_) => Tally::default(),
+            AdapterSlot::Mosa(m) => [&m.down, &m.up].into_iter().filter(|x| x.len() > 1).map(tally).fold(Tally::default(), |a, b| a + b),
+        };
+        (experts, tally(self) - experts)
+    }
+}
+
 impl<B: AutodiffBackend> AdapterSlot<B> {
     pub fn mask_gradients(&self, grads: &mut GradientsParams) {
         if let AdapterSlot::Mosa(m) = self {
@@ -74,17 +77,25 @@ pub enum LinearBranch<B: Backend> {
 
 impl<B: Backend> LinearBranch<B> {
     /// `x·W0 + b` plus the branch. A sparse delta is folded into the weight (one matmul).
-    pub fn forward(&self, base: &burn::nn::Linear<B>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        let bias = base.bias.as_ref().map(|b| b.val());
+    pub fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         match self {
-            LinearBranch::Lora(l) => linear(x.clone(), base.weight.val(), bias) + l.forward(x),
+            LinearBranch::Lora(l) => linear(x.clone(), weight, bias) + l.forward(x),
             LinearBranch::MosaLora(m) if B::ad_enabled(&x.device()) => {
                 let (a, b) = m.draw(rng);
-                linear(x.clone(), base.weight.val(), bias) + m.forward(x, a, b)
+                linear(x.clone(), weight, bias) + m.forward(x, a, b)
             }
-            LinearBranch::MosaLora(m) => linear(x.clone(), base.weight.val(), bias) + m.merge().forward(x),
-            LinearBranch::Sparse(s) => linear(x, s.apply(base.weight.val()), bias),
+            LinearBranch::MosaLora(m) => linear(x.clone(), weight, bias) + m.merge().forward(x),
+            LinearBranch::Sparse(s) => linear(x, s.apply(weight), bias),
         }
+    }
+
+    /// Parameters of the expert-split tensors (MoSA-LoRA's split factor) and of everything else.
+    pub fn param_split(&self) -> (Tally, Tally) {
+        let experts = match self {
+            LinearBranch::MosaLora(m) => [&m.a, &m.b].into_iter().filter(|x| x.len() > 1).map(tally).fold(Tally::default(), |a, b| a + b),
+            _ => Tally::default(),
+        };
+        (experts, tally(self) - experts)
     }
 
     /// The dense `ΔW` (`[in, out]`) this branch adds to the base weight.
@@ -114,19 +125,3 @@ impl<B: AutodiffBackend> LinearBranch<B> {
     }
 }
 
-/// `x·W0 + b` with an optional branch.
-pub fn linear_with<B: Backend>(base: &burn::nn::Linear<B>, branch: &Option<LinearBranch<B>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-    match branch {
-        Some(br) => br.forward(base, x, rng),
-        None => base.forward(x),
-    }
-}
-
-/// `base + ΔW` as a plain linear layer (LoRA, MoSA-LoRA and sparse merges).
-pub fn merge_linear<B: Backend>(base: &burn::nn::Linear<B>, branch: &LinearBranch<B>) -> burn::nn::Linear<B> {
-    let mut out = base.clone();
-    let id = base.weight.id;
-    let w = base.weight.val() + branch.delta();
-    out.weight = burn::module::Param::initialized(id, w.detach());
-    out
-}

@@ -15,7 +15,7 @@ use crate::mask;
 use crate::rng::Rng;
 
 /// How entries are scored for the mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Criterion {
     /// Connection sensitivity `(∂L/∂ΔW) ⊙ ΔW`, ranked signed, as the reference code does (default).
@@ -46,7 +46,7 @@ pub enum Scope {
 }
 
 /// What happens to entries that leave the mask at a re-selection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnDrop {
     /// Zero their delta (and optimiser moments): the expert holds only masked entries.
@@ -56,8 +56,13 @@ pub enum OnDrop {
     Keep,
 }
 
+/// The sparse method's options: targets, budget, criterion, scope and schedule; the one source
+/// of their defaults (sparse-experts spec §1).
 #[derive(Config, Debug)]
 pub struct SparseConfig {
+    /// Linear sites by the family's names; empty = the family's default.
+    #[config(default = "Vec::new()")]
+    pub targets: Vec<String>,
     /// Fraction of each targeted matrix kept.
     #[config(default = 0.05)]
     pub keep_ratio: f64,
@@ -74,8 +79,6 @@ pub struct SparseConfig {
     pub warmup_steps: usize,
     #[config(default = "OnDrop::Zero")]
     pub on_drop: OnDrop,
-    #[config(default = 3407)]
-    pub seed: u64,
 }
 
 /// The mask schedule: what the training loop does after step `step` (0-based) of epoch `epoch`.

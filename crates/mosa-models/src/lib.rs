@@ -1,19 +1,26 @@
 //! Vision backbones for mosa, generic over burn's `Backend`, with loaders for real checkpoints.
 //!
-//! - [`vit`]: the config-driven Vision Transformer (timm names);
-//! - [`presets`]: named presets and `--model <preset | config.json>` resolution;
+//! - [`backbone`]: the one abstraction over families ([`BackboneConfig`], [`Backbone`],
+//!   [`BackboneOutput`]) that the engine and the CLI use;
+//! - [`vit`]: the config-driven Vision Transformer (timm names) and its sites;
+//! - [`layers`]: patch embedding, attention, MLP, LayerScale, drop path — shared by every family;
+//! - [`presets`]: named presets with their preprocessing, `--model <preset | config.json>`;
 //! - [`posembed`]: position-grid resampling (bicubic with and without antialias);
-//! - [`load`]: timm safetensors, original ViT `.npz`, DINOv2 in ONNX → our layout.
+//! - [`load`]: timm safetensors, original ViT `.npz`, DINOv2 in ONNX → timm's layout → the module;
+//! - [`weights`]: known downloadable weights and the cache.
 
+pub mod backbone;
 pub mod error;
+pub mod layers;
 pub mod load;
 pub mod posembed;
 pub mod presets;
 pub mod vit;
 pub mod weights;
 
+pub use backbone::{Backbone, BackboneConfig, BackboneOutput, Preprocess};
 pub use error::{Error, Result};
 pub use load::{HeadPolicy, StateDict, load_vit, read_checkpoint};
 pub use posembed::Resample;
 pub use presets::{PRESETS, preset, resolve_model};
-pub use vit::{VisionTransformer, VitConfig, VitOutput};
+pub use vit::{VisionTransformer, VitConfig};

@@ -1,6 +1,8 @@
-//! Named model presets and model specifications: `--model <preset | config.json>`.
+//! Named model presets, each with its preprocessing, and model specifications:
+//! `--model <preset | config.json>`.
 //!
 //! A config JSON may be
+//! - a [`BackboneConfig`] (`{"family": "vit", …}`, as run directories store it),
 //! - our own [`VitConfig`] (as written by `VitConfig::save`),
 //! - a fixture-style file whose `kwargs` are timm's `VisionTransformer` constructor arguments,
 //! - a file whose `config` block is a transformers `Dinov2Config` (hidden_size, num_hidden_layers, …).
@@ -9,16 +11,20 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::backbone::{BackboneConfig, IMAGENET, Preprocess};
 use crate::error::{Error, Result};
 use crate::posembed::Resample;
 use crate::vit::VitConfig;
 
-/// A named preset: name, one-line description, config.
+/// A named preset: name, one-line description, config, and the preprocessing of its weights.
 pub struct Preset {
     pub name: &'static str,
     pub description: &'static str,
-    pub config: fn() -> VitConfig,
+    pub config: fn() -> BackboneConfig,
+    pub preprocess: Preprocess,
 }
+
+const IN224: Preprocess = Preprocess { mean: IMAGENET.0, std: IMAGENET.1, size: 224 };
 
 fn vit(dim: usize, depth: usize, heads: usize, patch: usize) -> VitConfig {
     VitConfig::new().with_embed_dim(dim).with_depth(depth).with_num_heads(heads).with_patch_size(patch)
@@ -26,23 +32,25 @@ fn vit(dim: usize, depth: usize, heads: usize, patch: usize) -> VitConfig {
 
 /// Every preset, in the order `mosa info` lists them.
 pub const PRESETS: &[Preset] = &[
-    Preset { name: "vit-ti16", description: "ViT-Ti/16 (d 192, 12 blocks, 3 heads)", config: || vit(192, 12, 3, 16) },
-    Preset { name: "vit-s16", description: "ViT-S/16 (d 384, 12 blocks, 6 heads)", config: || vit(384, 12, 6, 16) },
+    Preset { name: "vit-ti16", description: "ViT-Ti/16 (d 192, 12 blocks, 3 heads)", config: || BackboneConfig::Vit(vit(192, 12, 3, 16)), preprocess: IN224 },
+    Preset { name: "vit-s16", description: "ViT-S/16 (d 384, 12 blocks, 6 heads)", config: || BackboneConfig::Vit(vit(384, 12, 6, 16)), preprocess: IN224 },
     Preset {
         name: "vit-b16",
         description: "ViT-B/16 (d 768, 12 blocks, 12 heads); ImageNet-21k .npz of the MoSA paper",
-        config: || vit(768, 12, 12, 16),
+        config: || BackboneConfig::Vit(vit(768, 12, 12, 16)),
+        preprocess: IN224,
     },
-    Preset { name: "vit-l16", description: "ViT-L/16 (d 1024, 24 blocks, 16 heads)", config: || vit(1024, 24, 16, 16) },
-    Preset { name: "vit-h14", description: "ViT-H/14 (d 1280, 32 blocks, 16 heads)", config: || vit(1280, 32, 16, 14) },
+    Preset { name: "vit-l16", description: "ViT-L/16 (d 1024, 24 blocks, 16 heads)", config: || BackboneConfig::Vit(vit(1024, 24, 16, 16)), preprocess: IN224 },
+    Preset { name: "vit-h14", description: "ViT-H/14 (d 1280, 32 blocks, 16 heads)", config: || BackboneConfig::Vit(vit(1280, 32, 16, 14)), preprocess: IN224 },
     Preset {
         name: "dinov2-vits14",
         description: "DINOv2 ViT-S/14 (d 384, 12 blocks, 6 heads, LayerScale, 37x37 grid); `mosa weights fetch`",
-        config: || vit(384, 12, 6, 14).with_img_size(518).with_init_values(Some(1.0)).with_pos_resample(Resample::Bicubic),
+        config: || BackboneConfig::Vit(vit(384, 12, 6, 14).with_img_size(518).with_init_values(Some(1.0)).with_pos_resample(Resample::Bicubic)),
+        preprocess: IN224,
     },
 ];
 
-pub fn preset(name: &str) -> Option<VitConfig> {
+pub fn preset(name: &str) -> Option<BackboneConfig> {
     PRESETS.iter().find(|p| p.name == name).map(|p| (p.config)())
 }
 
@@ -51,7 +59,7 @@ pub fn preset_names() -> Vec<&'static str> {
 }
 
 /// Resolves `--model`: a preset name, or a path to a config JSON.
-pub fn resolve_model(spec: &str) -> Result<VitConfig> {
+pub fn resolve_model(spec: &str) -> Result<BackboneConfig> {
     if let Some(cfg) = preset(spec) {
         return Ok(cfg);
     }
@@ -65,14 +73,19 @@ pub fn resolve_model(spec: &str) -> Result<VitConfig> {
     config_from_json_file(path)
 }
 
-pub fn config_from_json_file(path: &Path) -> Result<VitConfig> {
+pub fn config_from_json_file(path: &Path) -> Result<BackboneConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
     config_from_json(&value).map_err(|msg| Error::format(path, msg))
 }
 
 /// Interprets one of the accepted JSON shapes (see the module docs).
-pub fn config_from_json(value: &Value) -> std::result::Result<VitConfig, String> {
+pub fn config_from_json(value: &Value) -> std::result::Result<BackboneConfig, String> {
+    if value.get("family").is_some() {
+        let cfg: BackboneConfig = serde_json::from_value(value.clone()).map_err(|e| format!("not a mosa backbone config: {e}"))?;
+        cfg.validate()?;
+        return Ok(cfg);
+    }
     let cfg = if let Some(kwargs) = value.get("kwargs") {
         from_timm_kwargs(kwargs)?
     } else if let Some(hf) = value.get("config") {
@@ -81,7 +94,7 @@ pub fn config_from_json(value: &Value) -> std::result::Result<VitConfig, String>
         serde_json::from_value::<VitConfig>(value.clone()).map_err(|e| format!("not a mosa ViT config: {e}"))?
     };
     cfg.validate()?;
-    Ok(cfg)
+    Ok(BackboneConfig::Vit(cfg))
 }
 
 fn as_usize(k: &str, v: &Value) -> std::result::Result<usize, String> {
@@ -179,9 +192,12 @@ mod tests {
         for p in PRESETS {
             (p.config)().validate().unwrap();
         }
-        let d = preset("dinov2-vits14").unwrap();
+        let vit = |n| match preset(n).unwrap() {
+            BackboneConfig::Vit(c) => c,
+        };
+        let d = vit("dinov2-vits14");
         assert_eq!((d.grid(), d.mlp_hidden(), d.pos_resample), ((37, 37), 1536, Resample::Bicubic));
-        assert_eq!(preset("vit-b16").unwrap().norm_eps, 1e-6);
+        assert_eq!(vit("vit-b16").norm_eps, 1e-6);
     }
 
     #[test]
@@ -195,13 +211,22 @@ mod tests {
         assert!(err.contains("global_pool"), "{err}");
         let err = config_from_json(&serde_json::json!({"kwargs": {"embed_dim": 50, "num_heads": 3}})).unwrap_err();
         assert!(err.contains("divisible"), "{err}");
+        let bad = serde_json::to_value(BackboneConfig::Vit(VitConfig::new().with_embed_dim(50).with_num_heads(3))).unwrap();
+        let err = config_from_json(&bad).unwrap_err();
+        assert!(err.contains("divisible"), "{err}");
     }
 
     #[test]
     fn own_config_round_trips() {
         let c = preset("dinov2-vits14").unwrap();
         let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["family"], "vit");
         let back = config_from_json(&v).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), v);
+        // a bare ViT config (run directories before families) still reads as a ViT
+        let mut bare = v.clone();
+        bare.as_object_mut().unwrap().remove("family");
+        let back: BackboneConfig = serde_json::from_value(bare).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), v);
     }
 }

@@ -3,22 +3,31 @@
 //! mlp.fc1,mlp.fc2,ls2}`, `norm`, `head`), so that timm checkpoints map one to one and foreign
 //! layouts (original ViT `.npz`, DINOv2) are mapped onto these names by the loaders in `load/`.
 //!
-//! Training mode follows burn's convention: dropout and drop-path are active when the backend
-//! tracks gradients (`B::ad_enabled`), i.e. on an `Autodiff` backend, and off on its inner backend.
+//! Where it comes from: Dosovitskiy et al. 2021 (arXiv 2010.11929) as implemented in timm's
+//! `vision_transformer.py`; DINOv2 (Oquab et al. 2023) is the same family with LayerScale and
+//! bicubic position resampling without antialias.
+//!
+//! Its hook points (sites) are declared once, in [`VisionTransformer::sites_mut`]: per block three
+//! adapter slots (parallel to the MLP, after the attention, after the MLP) and four linear sites
+//! named by [`TARGETS`]; prompts apply.
 
 use burn::module::Param;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2dConfig;
 use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::module::{attention, linear};
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
-use mosa_core::slot::{AdapterSlot, LinearBranch, Placement, linear_with, merge_linear};
+use mosa_core::site::{AdapterSite, LinearSite, PeftHost, Placement, PromptSite, SiteMut, Targets, TunableLinear};
+use mosa_core::slot::AdapterSlot;
 
+use crate::backbone::BackboneOutput;
+use crate::layers::{Attention, LayerScale, Mlp, PatchEmbed, drop_path, opt_scale};
 use crate::posembed::{self, Resample};
+
+/// The ViT's target vocabulary: its linear sites, and LoRA's / sparse's default (`qkv`).
+pub const TARGETS: Targets = Targets { family: "vit", names: &["qkv", "proj", "fc1", "fc2"], default: &["qkv"] };
 
 /// Configuration of a [`VisionTransformer`]; timm's constructor arguments under the same names.
 #[derive(Config, Debug)]
@@ -126,6 +135,7 @@ impl VitConfig {
             l.bias = l.bias.map(|b| Param::from_tensor(Tensor::zeros(b.dims(), device)));
             l
         };
+        let tlin = |i: usize, o: usize, bias: bool| TunableLinear::from(lin(i, o, bias));
         let norm = || LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device);
         let ls = || {
             self.init_values.map(|v| LayerScale { gamma: Param::from_tensor(Tensor::full([d], v, device)) })
@@ -136,10 +146,8 @@ impl VitConfig {
                 Block {
                     norm1: norm(),
                     attn: Attention {
-                        qkv: lin(d, 3 * d, self.qkv_bias),
-                        qkv_branch: None,
-                        proj: lin(d, d, true),
-                        proj_branch: None,
+                        qkv: tlin(d, 3 * d, self.qkv_bias),
+                        proj: tlin(d, d, true),
                         attn_drop: DropoutConfig::new(self.attn_drop_rate).init(),
                         proj_drop: DropoutConfig::new(self.proj_drop_rate).init(),
                         num_heads: self.num_heads,
@@ -147,10 +155,8 @@ impl VitConfig {
                     ls1: ls(),
                     norm2: norm(),
                     mlp: Mlp {
-                        fc1: lin(d, self.mlp_hidden(), true),
-                        fc1_branch: None,
-                        fc2: lin(self.mlp_hidden(), d, true),
-                        fc2_branch: None,
+                        fc1: tlin(d, self.mlp_hidden(), true),
+                        fc2: tlin(self.mlp_hidden(), d, true),
                         drop: DropoutConfig::new(self.proj_drop_rate).init(),
                     },
                     ls2: ls(),
@@ -181,111 +187,6 @@ impl VitConfig {
     }
 }
 
-/// Non-overlapping patches → tokens, stored as timm's convolution (`patch_embed.proj`)
-/// and computed as one matmul over flattened patches.
-#[derive(Module, Debug)]
-pub struct PatchEmbed<B: Backend> {
-    pub proj: Conv2d<B>,
-    #[module(skip)]
-    pub patch_size: usize,
-}
-
-impl<B: Backend> PatchEmbed<B> {
-    /// `[b, c, h, w]` → (`[b, gh·gw, d]`, (gh, gw)). Rows/columns that do not fill a patch are
-    /// dropped, as a strided convolution does.
-    pub fn forward(&self, x: Tensor<B, 4>) -> (Tensor<B, 3>, (usize, usize)) {
-        let [b, c, h, w] = x.dims();
-        let p = self.patch_size;
-        let (gh, gw) = (h / p, w / p);
-        let x = if h != gh * p || w != gw * p { x.slice([0..b, 0..c, 0..gh * p, 0..gw * p]) } else { x };
-        let patches = x.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
-        let weight = self.proj.weight.val();
-        let d = weight.dims()[0];
-        let weight = weight.reshape([d, c * p * p]).transpose();
-        (linear(patches, weight, self.proj.bias.as_ref().map(|b| b.val())), (gh, gw))
-    }
-}
-
-/// Multi-head self-attention with a fused `qkv` projection.
-#[derive(Module, Debug)]
-pub struct Attention<B: Backend> {
-    pub qkv: Linear<B>,
-    /// A method's branch on `qkv` (LoRA, MoSA-LoRA, sparse delta).
-    pub qkv_branch: Option<LinearBranch<B>>,
-    pub proj: Linear<B>,
-    pub proj_branch: Option<LinearBranch<B>>,
-    pub attn_drop: Dropout,
-    pub proj_drop: Dropout,
-    #[module(skip)]
-    pub num_heads: usize,
-}
-
-impl<B: Backend> Attention<B> {
-    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let h = self.num_heads;
-        let hd = d / h;
-        let qkv = linear_with(&self.qkv, &self.qkv_branch, x, rng).reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
-        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([b, h, t, hd]));
-        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let out = if self.attn_drop.prob > 0.0 && B::ad_enabled(&q.device()) {
-            let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-            self.attn_drop.forward(softmax(scores, 3)).matmul(v)
-        } else {
-            attention(q, k, v, None, None, Default::default())
-        };
-        let out = out.swap_dims(1, 2).reshape([b, t, d]);
-        self.proj_drop.forward(linear_with(&self.proj, &self.proj_branch, out, rng))
-    }
-}
-
-/// The transformer MLP: fc1 → exact GELU → dropout → fc2 → dropout.
-#[derive(Module, Debug)]
-pub struct Mlp<B: Backend> {
-    pub fc1: Linear<B>,
-    pub fc1_branch: Option<LinearBranch<B>>,
-    pub fc2: Linear<B>,
-    pub fc2_branch: Option<LinearBranch<B>>,
-    pub drop: Dropout,
-}
-
-impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        let x = self.drop.forward(gelu(linear_with(&self.fc1, &self.fc1_branch, x, rng)));
-        self.drop.forward(linear_with(&self.fc2, &self.fc2_branch, x, rng))
-    }
-}
-
-/// Per-channel scaling of a residual branch (`ls1`, `ls2`; `gamma` in timm).
-#[derive(Module, Debug)]
-pub struct LayerScale<B: Backend> {
-    pub gamma: Param<Tensor<B, 1>>,
-}
-
-impl<B: Backend> LayerScale<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        x * self.gamma.val().unsqueeze::<3>()
-    }
-}
-
-/// Stochastic depth: drops a whole residual branch per sample while training.
-pub fn drop_path<B: Backend>(x: Tensor<B, 3>, rate: f64) -> Tensor<B, 3> {
-    if rate == 0.0 || !B::ad_enabled(&x.device()) {
-        return x;
-    }
-    let keep = 1.0 - rate;
-    let [b, _, _] = x.dims();
-    let mask = Tensor::<B, 3>::random([b, 1, 1], Distribution::Bernoulli(keep), &x.device());
-    x * mask / keep
-}
-
-fn opt_scale<B: Backend>(ls: &Option<LayerScale<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    match ls {
-        Some(ls) => ls.forward(x),
-        None => x,
-    }
-}
-
 /// A pre-norm transformer block.
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
@@ -313,19 +214,9 @@ fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, x: Tensor<B, 3>, rng: &
     }
 }
 
-/// Module paths (inside a block) of the four linear-layer branch slots, in [`Block::branches`] order.
-const BRANCH_PATHS: [&str; 4] = ["attn.qkv_branch", "attn.proj_branch", "mlp.fc1_branch", "mlp.fc2_branch"];
-
 impl<B: Backend> Block<B> {
-    /// The branch slots of qkv, proj, fc1, fc2 (see [`BRANCH_PATHS`]).
-    fn branches(&self) -> [&Option<LinearBranch<B>>; 4] {
-        [&self.attn.qkv_branch, &self.attn.proj_branch, &self.mlp.fc1_branch, &self.mlp.fc2_branch]
-    }
-
-    fn branches_mut(&mut self) -> [&mut Option<LinearBranch<B>>; 4] {
-        [&mut self.attn.qkv_branch, &mut self.attn.proj_branch, &mut self.mlp.fc1_branch, &mut self.mlp.fc2_branch]
-    }
-
+    /// # Shapes
+    /// `[b, t, d]` → `[b, t, d]`
     pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         let a = sequential(&self.adapter_attn, self.attn.forward(self.norm1.forward(x.clone()), rng), rng);
         let h = x + drop_path(opt_scale(&self.ls1, a), self.drop_path);
@@ -337,38 +228,24 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    /// Every MoSA slot averaged into a plain adapter and every linear branch folded into its
-    /// base weight: the inference model, costing exactly one plain adapter per slot.
-    pub fn merged(&self) -> Self {
-        let mut b = self.clone();
-        for slot in [&mut b.adapter, &mut b.adapter_attn, &mut b.adapter_mlp].into_iter().flatten() {
-            *slot = slot.merged();
-        }
-        for (lin, branch) in [
-            (&mut b.attn.qkv, &mut b.attn.qkv_branch),
-            (&mut b.attn.proj, &mut b.attn.proj_branch),
-            (&mut b.mlp.fc1, &mut b.mlp.fc1_branch),
-            (&mut b.mlp.fc2, &mut b.mlp.fc2_branch),
-        ] {
-            if let Some(br) = branch.take() {
-                *lin = merge_linear(lin, &br);
-            }
-        }
-        b
+    /// The block's sites: three adapter slots, then the four linear sites of [`TARGETS`].
+    fn sites_mut(&mut self, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
+        let adapter = |place| AdapterSite { block, stage: 0, width: d, place };
+        let linear = |target: &'static str, path: &str, l: &TunableLinear<B>| {
+            let (d_in, d_out) = l.dims();
+            LinearSite { block, target, path: format!("blocks.{block}.{path}"), d_in, d_out }
+        };
+        let (qkv, proj, fc1, fc2) = (linear("qkv", "attn.qkv", &self.attn.qkv), linear("proj", "attn.proj", &self.attn.proj), linear("fc1", "mlp.fc1", &self.mlp.fc1), linear("fc2", "mlp.fc2", &self.mlp.fc2));
+        vec![
+            SiteMut::Adapter { site: adapter(Placement::Parallel), slot: &mut self.adapter },
+            SiteMut::Adapter { site: adapter(Placement::AfterAttention), slot: &mut self.adapter_attn },
+            SiteMut::Adapter { site: adapter(Placement::AfterMlp), slot: &mut self.adapter_mlp },
+            SiteMut::Linear { site: qkv, linear: &mut self.attn.qkv },
+            SiteMut::Linear { site: proj, linear: &mut self.attn.proj },
+            SiteMut::Linear { site: fc1, linear: &mut self.mlp.fc1 },
+            SiteMut::Linear { site: fc2, linear: &mut self.mlp.fc2 },
+        ]
     }
-}
-
-/// What a forward pass returns.
-#[derive(Debug, Clone)]
-pub struct VitOutput<B: Backend> {
-    /// All tokens after the final norm, `[b, 1 + gh·gw, d]`.
-    pub tokens: Tensor<B, 3>,
-    /// The class token after the final norm, `[b, d]`.
-    pub pre_logits: Tensor<B, 2>,
-    /// Head output `[b, classes]` (equal to `pre_logits` when the model has no head).
-    pub logits: Tensor<B, 2>,
-    /// The output of every block (before the final norm), when asked for.
-    pub hidden: Vec<Tensor<B, 3>>,
 }
 
 /// The Vision Transformer.
@@ -436,7 +313,7 @@ impl<B: Backend> VisionTransformer<B> {
     }
 
     /// Final norm, pooling and head on the output of the last block.
-    pub fn head_forward(&self, x: Tensor<B, 3>, hidden: Vec<Tensor<B, 3>>) -> VitOutput<B> {
+    pub fn head_forward(&self, x: Tensor<B, 3>, hidden: Vec<Tensor<B, 3>>) -> BackboneOutput<B> {
         let tokens = self.norm.forward(x);
         let [b, _, d] = tokens.dims();
         let pre_logits = tokens.clone().slice([0..b, 0..1, 0..d]).reshape([b, d]);
@@ -444,12 +321,12 @@ impl<B: Backend> VisionTransformer<B> {
             Some(head) => head.forward(self.head_drop.forward(pre_logits.clone())),
             None => pre_logits.clone(),
         };
-        VitOutput { tokens, pre_logits, logits, hidden }
+        BackboneOutput { features: tokens, pre_logits, logits, hidden }
     }
 
     /// Forward pass; `collect_hidden` keeps every block's output in [`VitOutput::hidden`];
     /// `rng` draws the active experts of MoSA methods (one per block and pass, whole batch).
-    pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> VitOutput<B> {
+    pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
         let mut x = self.embed(x);
         let mut hidden = Vec::new();
         for (l, block) in self.blocks.iter().enumerate() {
@@ -472,140 +349,28 @@ impl<B: Backend> VisionTransformer<B> {
     }
 
     /// Forward pass with a fixed expert stream (evaluation uses merged experts and needs none).
-    pub fn forward_with(&self, x: Tensor<B, 4>, collect_hidden: bool) -> VitOutput<B> {
+    pub fn forward_with(&self, x: Tensor<B, 4>, collect_hidden: bool) -> BackboneOutput<B> {
         self.forward_rng(x, collect_hidden, &mut Rng::new(0))
     }
 
-    pub fn forward(&self, x: Tensor<B, 4>) -> VitOutput<B> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> BackboneOutput<B> {
         self.forward_with(x, false)
     }
-
-    /// The inference model: MoSA experts averaged, LoRA and sparse deltas folded into weights.
-    pub fn merged(&self) -> Self {
-        let mut m = self.clone();
-        m.blocks = self.blocks.iter().map(Block::merged).collect();
-        m
-    }
-
-    /// The 0/1 masks of the sparse deltas, keyed by the path of their `delta` parameter.
-    /// Masks are state, not parameters: checkpoints and saved runs store them with these keys.
-    pub fn sparse_masks(&self) -> Vec<(String, Tensor<B, 2>)> {
-        let mut v = Vec::new();
-        for (l, b) in self.blocks.iter().enumerate() {
-            for (name, br) in BRANCH_PATHS.into_iter().zip(b.branches()) {
-                if let Some(LinearBranch::Sparse(s)) = br {
-                    v.push((format!("blocks.{l}.{name}.Sparse.delta"), s.mask.clone()));
-                }
-            }
-        }
-        v
-    }
-
-    /// Restores sparse masks saved by [`VisionTransformer::sparse_masks`]; every key must name a
-    /// sparse delta of this model, with its shape.
-    pub fn with_sparse_masks(mut self, masks: &std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>) -> std::result::Result<Self, String> {
-        let mut used = 0;
-        for (l, b) in self.blocks.iter_mut().enumerate() {
-            for (name, br) in BRANCH_PATHS.into_iter().zip(b.branches_mut()) {
-                if let Some(LinearBranch::Sparse(s)) = br {
-                    let key = format!("blocks.{l}.{name}.Sparse.delta");
-                    if let Some((shape, data)) = masks.get(&key) {
-                        let dims = s.mask.dims();
-                        if shape.as_slice() != dims.as_slice() {
-                            return Err(format!("sparse mask {key}: shape {shape:?}, the model has {dims:?}"));
-                        }
-                        s.mask = Tensor::from_data(TensorData::new(data.clone(), [dims[0], dims[1]]), &s.mask.device());
-                        used += 1;
-                    }
-                }
-            }
-        }
-        if used != masks.len() {
-            return Err(format!("{} sparse mask(s) do not match a sparse delta of this model", masks.len() - used));
-        }
-        Ok(self)
-    }
 }
 
-impl<B: burn::tensor::backend::AutodiffBackend> VisionTransformer<B> {
-    /// Sparse adapters: re-selects every sparse delta's mask from the gradients of the last
-    /// backward pass. The training loop calls this when `SparseConfig::action` says so.
-    pub fn reselect_sparse(mut self, grads: &burn::optim::GradientsParams, cfg: &mosa_core::sparse::SparseConfig, rng: &mut Rng) -> Self {
-        let mut slots: Vec<&mut Option<LinearBranch<B>>> = Vec::new();
-        for b in &mut self.blocks {
-            slots.extend(b.branches_mut());
-        }
-        let mut owners = Vec::new();
-        let mut deltas = Vec::new();
-        for (k, slot) in slots.iter_mut().enumerate() {
-            if let Some(LinearBranch::Sparse(_)) = slot {
-                if let Some(LinearBranch::Sparse(d)) = slot.take() {
-                    owners.push(k);
-                    deltas.push(d);
-                }
-            }
-        }
-        let deltas = mosa_core::sparse::reselect(deltas, grads, cfg, rng);
-        for (k, d) in owners.into_iter().zip(deltas) {
-            *slots[k] = Some(LinearBranch::Sparse(d));
-        }
-        self
+impl<B: Backend> PeftHost<B> for VisionTransformer<B> {
+    fn targets(&self) -> Targets {
+        TARGETS
     }
-
-    /// Masks the gradients of every expert-split tensor (call once per step, after backward).
-    pub fn mask_gradients(&self, grads: &mut burn::optim::GradientsParams) {
-        for b in &self.blocks {
-            for slot in [&b.adapter, &b.adapter_attn, &b.adapter_mlp].into_iter().flatten() {
-                slot.mask_gradients(grads);
-            }
-            for br in b.branches().into_iter().flatten() {
-                br.mask_gradients(grads);
-            }
-        }
+    fn sites_mut(&mut self) -> Vec<SiteMut<'_, B>> {
+        let d = self.embed_dim();
+        self.blocks.iter_mut().enumerate().flat_map(|(i, b)| b.sites_mut(i, d)).collect()
     }
-}
-
-impl<B: Backend> mosa_core::PeftHost<B> for VisionTransformer<B> {
-    fn depth(&self) -> usize {
-        self.blocks.len()
+    fn prompts_mut(&mut self) -> Option<(PromptSite, &mut Option<Prompts<B>>)> {
+        let site = PromptSite { width: self.embed_dim(), patch_size: self.patch_embed.patch_size, depth: self.blocks.len() };
+        Some((site, &mut self.prompts))
     }
-    fn width(&self) -> usize {
-        self.embed_dim()
-    }
-    fn patch_size(&self) -> usize {
-        self.patch_embed.patch_size
-    }
-    fn linear_dims(&self, block: usize, name: &str) -> Option<(usize, usize)> {
-        let b = self.blocks.get(block)?;
-        let l = match name {
-            "qkv" => &b.attn.qkv,
-            "proj" => &b.attn.proj,
-            "fc1" => &b.mlp.fc1,
-            "fc2" => &b.mlp.fc2,
-            _ => return None,
-        };
-        let [i, o] = l.weight.dims();
-        Some((i, o))
-    }
-    fn set_adapter(&mut self, block: usize, place: Placement, slot: AdapterSlot<B>) {
-        let b = &mut self.blocks[block];
-        match place {
-            Placement::Parallel => b.adapter = Some(slot),
-            Placement::AfterAttention => b.adapter_attn = Some(slot),
-            Placement::AfterMlp => b.adapter_mlp = Some(slot),
-        }
-    }
-    fn set_linear_branch(&mut self, block: usize, name: &str, branch: LinearBranch<B>) {
-        let b = &mut self.blocks[block];
-        match name {
-            "qkv" => b.attn.qkv_branch = Some(branch),
-            "proj" => b.attn.proj_branch = Some(branch),
-            "fc1" => b.mlp.fc1_branch = Some(branch),
-            "fc2" => b.mlp.fc2_branch = Some(branch),
-            other => panic!("no linear layer `{other}` (checked by linear_dims first)"),
-        }
-    }
-    fn set_prompts(&mut self, prompts: Prompts<B>) {
-        self.prompts = Some(prompts);
+    fn head_mut(&mut self) -> Option<&mut Linear<B>> {
+        self.head.as_mut()
     }
 }

@@ -9,11 +9,10 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
-use mosa_core::adapter::AdapterConfig;
-use mosa_core::method::{self, MethodConfig, MethodKind};
-use mosa_core::mosa::{MosaAdapter, MosaConfig};
+use mosa_core::adapter::{AdapterConfig, AdapterOptions};
+use mosa_core::mosa::{MosaAdapter, MosaConfig, Share};
 use mosa_core::slot::{AdapterSlot, LinearBranch};
-use mosa_core::{Rng, params};
+use mosa_core::{Method, MethodKind, Rng, inject, params};
 use mosa_models::{VisionTransformer, VitConfig};
 
 type B = Flex;
@@ -23,8 +22,36 @@ fn tiny() -> VitConfig {
     VitConfig::new().with_embed_dim(32).with_depth(2).with_num_heads(2).with_img_size(16).with_patch_size(4).with_num_classes(3)
 }
 
-fn method(name: &str) -> MethodConfig {
-    MethodConfig::new(name.parse::<MethodKind>().unwrap()).with_r(4).with_prompt_tokens(3)
+/// The seed of masks and initial values (the default run seed).
+const SEED: u64 = 3407;
+
+fn method(name: &str) -> Method {
+    let mut m = Method::new(name.parse::<MethodKind>().unwrap());
+    if let Some(a) = m.adapter_options_mut() {
+        a.r = 4;
+    }
+    if let Method::VptShallow(p) | Method::VptDeep(p) = &mut m {
+        p.tokens = 3;
+    }
+    m
+}
+
+fn apply<BB: Backend>(model: VisionTransformer<BB>, m: &Method) -> VisionTransformer<BB> {
+    inject::apply(model, m, SEED, &Default::default()).unwrap()
+}
+
+/// The documented freeze rule of each method, by parameter path: an independent statement of
+/// what `inject::apply` decides structurally.
+fn trains(m: &Method, path: &str) -> bool {
+    let head = path == "head" || path.starts_with("head.");
+    match m {
+        Method::Full => true,
+        Method::Linear => head,
+        Method::Bitfit => head || params::is_bias(path),
+        Method::Adapter(_) | Method::Pfeiffer(_) | Method::Houlsby(_) | Method::Mosa(_) | Method::PrunedAdapter(_) => head || path.contains("adapter"),
+        Method::Lora(_) | Method::MosaLora(_) | Method::Sparse(_) => head || path.contains(".branch."),
+        Method::VptShallow(_) | Method::VptDeep(_) => head || path.starts_with("prompts"),
+    }
 }
 
 fn input<BB: Backend>(seed: u64) -> Tensor<BB, 4> {
@@ -68,7 +95,8 @@ fn step<O: Optimizer<VisionTransformer<AB>, AB>>(model: VisionTransformer<AB>, o
     let out = model.forward_rng(input(seed), false, rng);
     let loss = CrossEntropyLossConfig::new().init(&Default::default()).forward(out.logits, labels());
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    model.mask_gradients(&mut grads);
+    let mut model = model;
+    inject::mask_gradients(&mut model, &mut grads);
     let snapshot = clone_grads(&grads, &model);
     (optim.step(0.05, model, grads), snapshot)
 }
@@ -98,11 +126,12 @@ fn merged_adapter_parameter_counts_match_the_paper_for_vit_b16() {
     let model = cfg.init::<B>(&Default::default());
     for (r, want) in [(16usize, 322_752usize), (64, 1_208_064)] {
         for kind in ["adapter", "mosa"] {
-            let mc = MethodConfig::new(kind.parse().unwrap()).with_r(r);
-            let tuned = method::apply(model.clone(), &mc, &Default::default()).unwrap().merged();
+            let mut mc = Method::new(kind.parse().unwrap());
+            mc.adapter_options_mut().unwrap().r = r;
+            let tuned = inject::merged(&inject::apply(model.clone(), &mc, SEED, &Default::default()).unwrap());
             let n: usize = params::list::<B, _>(&tuned).iter().filter(|p| p.path.contains("adapter")).map(|p| p.numel).sum();
             assert_eq!(n, want, "{kind} r={r}");
-            assert_eq!(n, 12 * AdapterConfig::new(768).with_r(r).num_params());
+            assert_eq!(n, 12 * AdapterConfig::new(768, AdapterOptions::new().with_r(r)).num_params());
         }
     }
     // 0.323 M and 1.208 M as in the spec (head excluded)
@@ -120,7 +149,7 @@ fn mosa_of(model: &VisionTransformer<AB>, block: usize) -> &MosaAdapter<AB> {
 #[test]
 fn mosa_masks_partition_and_a_step_touches_only_the_drawn_expert() {
     let dev = Default::default();
-    let model = method::apply(tiny().init::<AB>(&dev), &method("mosa"), &dev).unwrap();
+    let model = apply(tiny().init::<AB>(&dev), &method("mosa"));
     // masks: disjoint and covering, per block
     for l in 0..2 {
         let mask = mosa_of(&model, l).up.mask.clone().unwrap().inner();
@@ -162,7 +191,7 @@ fn mosa_masks_partition_and_a_step_touches_only_the_drawn_expert() {
 #[test]
 fn merged_mosa_is_the_mean_of_its_experts_and_of_all_expert_choices() {
     let dev = Default::default();
-    let cfg = MosaConfig::new(AdapterConfig::new(8).with_r(4)).with_experts(4);
+    let cfg = MosaConfig::new(AdapterConfig::new(8, AdapterOptions::new().with_r(4)), 4, Share::Down);
     let mut m: MosaAdapter<B> = cfg.init(&mut Rng::new(5), &dev);
     // Trained-looking Up experts: random values on each expert's own mask, zero elsewhere.
     let mask = m.up.mask.clone().unwrap();
@@ -188,12 +217,12 @@ fn merged_mosa_is_the_mean_of_its_experts_and_of_all_expert_choices() {
 fn trained(kind: &str) -> VisionTransformer<B> {
     let dev = Default::default();
     let mc = method(kind);
-    let mut model = method::apply(tiny().init::<AB>(&dev), &mc, &dev).unwrap();
+    let mut model = apply(tiny().init::<AB>(&dev), &mc);
     let mut adam = AdamWConfig::new().init::<AB, VisionTransformer<AB>>();
     let mut rng = Rng::new(2);
     for s in 0..3 {
         let (m, grads) = step(model, &mut adam, &mut rng, s);
-        model = if kind == "sparse" && s == 0 { m.reselect_sparse(&grads, &mc.sparse.clone().with_keep_ratio(0.3), &mut rng) } else { m };
+        model = if kind == "sparse" && s == 0 { inject::reselect_sparse(m, &grads, &mc.sparse().unwrap().clone().with_keep_ratio(0.3), &mut rng) } else { m };
     }
     model.valid()
 }
@@ -204,8 +233,8 @@ fn merged_models_give_the_unmerged_logits_in_evaluation() {
         let model = trained(kind);
         let x = input::<B>(9);
         let unmerged = model.forward(x.clone()).logits;
-        let merged_model = model.merged();
-        assert!(merged_model.blocks.iter().all(|b| b.attn.qkv_branch.is_none()), "{kind}: branches folded");
+        let merged_model = inject::merged(&model);
+        assert!(merged_model.blocks.iter().all(|b| b.attn.qkv.branch.is_none()), "{kind}: branches folded");
         assert!(merged_model.blocks.iter().all(|b| !matches!(b.adapter, Some(AdapterSlot::Mosa(_)))), "{kind}: experts merged");
         let d = (unmerged.clone() - merged_model.forward(x).logits).abs().max().into_scalar();
         let scale = unmerged.abs().max().into_scalar();
@@ -220,16 +249,16 @@ fn zero_initialised_methods_leave_the_logits_unchanged() {
     let x = input::<B>(3);
     let want = host(base.forward(x.clone()).logits);
     for kind in ["adapter", "pfeiffer", "houlsby", "mosa", "pruned-adapter", "lora", "mosa-lora", "sparse"] {
-        let tuned = method::apply(base.clone(), &method(kind), &dev).unwrap();
+        let tuned = apply(base.clone(), &method(kind));
         assert_eq!(host(tuned.forward(x.clone()).logits), want, "{kind}");
     }
     // VPT: prompts sit after the class token inside the blocks and are gone before the head.
     for (kind, deep) in [("vpt-shallow", false), ("vpt-deep", true)] {
-        let tuned = method::apply(base.clone(), &method(kind), &dev).unwrap();
+        let tuned = apply(base.clone(), &method(kind));
         assert_eq!(tuned.prompts.as_ref().unwrap().deep(), deep);
         let out = tuned.forward_with(x.clone(), true);
         assert_eq!(out.hidden[0].dims(), [4, 1 + 3 + 16, 32]);
-        assert_eq!(out.tokens.dims(), [4, 1 + 16, 32]);
+        assert_eq!(out.features.dims(), [4, 1 + 16, 32]);
         assert_ne!(host(out.logits), want, "{kind}: prompts take part in attention");
     }
 }
@@ -237,23 +266,27 @@ fn zero_initialised_methods_leave_the_logits_unchanged() {
 #[test]
 fn the_frozen_backbone_is_bit_identical_after_a_step() {
     let dev = Default::default();
-    for kind in method::METHOD_NAMES {
+    for kind in MethodKind::ALL.map(|k| k.name()) {
         let mc = method(kind);
-        let model = method::apply(tiny().init::<AB>(&dev), &mc, &dev).unwrap();
+        let model = apply(tiny().init::<AB>(&dev), &mc);
+        // trainability is decided structurally; it must agree with the documented rule
+        for p in params::list::<AB, _>(&model) {
+            assert_eq!(p.trainable, trains(&mc, &p.path), "{kind}: `{}`", p.path);
+        }
         let before = values::<AB, _>(&model);
         let mut adam = AdamWConfig::new().with_weight_decay(0.01).init::<AB, VisionTransformer<AB>>();
         let (model, _) = step(model, &mut adam, &mut Rng::new(4), 0);
         let after = values::<AB, _>(&model);
         let mut trained = 0;
         for (path, v) in &before {
-            if mc.trains(path) {
+            if trains(&mc, path) {
                 trained += usize::from(v != &after[path]);
             } else {
                 assert_eq!(v, &after[path], "{kind}: frozen `{path}` changed");
             }
         }
         assert!(trained > 0, "{kind}: nothing trained");
-        if *kind == "full" {
+        if kind == "full" {
             assert_ne!(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"]);
         }
     }
@@ -262,17 +295,20 @@ fn the_frozen_backbone_is_bit_identical_after_a_step() {
 #[test]
 fn sparse_masks_are_exact_and_only_masked_entries_train() {
     let dev = Default::default();
-    let mc = method("sparse").with_targets(vec!["qkv".into(), "fc1".into()]);
-    let model = method::apply(tiny().init::<AB>(&dev), &mc, &dev).unwrap();
+    let mut mc = method("sparse");
+    if let Method::Sparse(s) = &mut mc {
+        s.targets = vec!["qkv".into(), "fc1".into()];
+    }
+    let model = apply(tiny().init::<AB>(&dev), &mc);
     let mut sgd = SgdConfig::new().init::<AB, VisionTransformer<AB>>();
     let mut rng = Rng::new(8);
     // dense warm-up step, then selection from its gradients
     let (model, grads) = step(model, &mut sgd, &mut rng, 0);
-    let model = model.reselect_sparse(&grads, &mc.sparse, &mut rng);
+    let model = inject::reselect_sparse(model, &grads, mc.sparse().unwrap(), &mut rng);
     let sparse = |m: &VisionTransformer<AB>| -> Vec<(Vec<f32>, Vec<f32>)> {
         m.blocks
             .iter()
-            .flat_map(|b| [&b.attn.qkv_branch, &b.mlp.fc1_branch])
+            .flat_map(|b| [&b.attn.qkv.branch, &b.mlp.fc1.branch])
             .map(|br| match br.as_ref().unwrap() {
                 LinearBranch::Sparse(s) => (host(s.mask.clone().inner()), host(s.delta.val().inner())),
                 _ => panic!("not sparse"),

@@ -34,11 +34,11 @@ fn max_abs_diff<const D: usize>(got: Tensor<B, D>, want: &HostTensor) -> f32 {
     got.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }
 
-fn check(name: &str, got: &mosa_models::VitOutput<B>, want: &StateDict, outputs: &[&str]) {
+fn check(name: &str, got: &mosa_models::BackboneOutput<B>, want: &StateDict, outputs: &[&str]) {
     for &o in outputs {
         let w = want.get(o).unwrap_or_else(|| panic!("{name}: no `{o}` in the reference"));
         let diff = match o {
-            "tokens" | "last_hidden_state" => max_abs_diff(got.tokens.clone(), w),
+            "tokens" | "last_hidden_state" => max_abs_diff(got.features.clone(), w),
             "pre_logits" => max_abs_diff(got.pre_logits.clone(), w),
             "logits" => max_abs_diff(got.logits.clone(), w),
             _ => unreachable!(),
@@ -48,7 +48,9 @@ fn check(name: &str, got: &mosa_models::VitOutput<B>, want: &StateDict, outputs:
 }
 
 fn fixture_config(name: &str) -> VitConfig {
-    config_from_json_file(&fixtures().join(format!("{name}.json"))).unwrap()
+    match config_from_json_file(&fixtures().join(format!("{name}.json"))).unwrap() {
+        mosa_models::BackboneConfig::Vit(c) => c,
+    }
 }
 
 #[test]
@@ -137,7 +139,7 @@ fn hidden_states_are_the_block_outputs() {
     let out = model.forward_with(to_tensor(io.get("input").unwrap()), true);
     assert_eq!(out.hidden.len(), cfg.depth);
     let normed = model.norm.forward(out.hidden.last().unwrap().clone());
-    let d = normed.sub(out.tokens).abs().max().into_scalar();
+    let d = normed.sub(out.features).abs().max().into_scalar();
     assert!(d == 0.0, "final norm of the last hidden state differs from tokens by {d}");
     // Block 0's output feeds block 1.
     let again = model.blocks[1].forward(out.hidden[0].clone(), &mut mosa_core::Rng::new(0));

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use mosa_core::host::{HostTensor, NamedTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::EpochMetrics;
@@ -20,18 +21,22 @@ pub struct RunState {
     pub metrics: Vec<EpochMetrics>,
     /// The host generator's state after the last completed epoch.
     pub rng: mosa_core::Rng,
-    /// SHA-256 of the run's `config.json`: a resume must use the same settings.
+    /// SHA-256 of the run's spec ([`crate::rundir::RunSpec::sha256`]): a resume must use the same settings.
     pub config_sha256: String,
+    /// Layout version ([`crate::rundir::FORMAT`]); absent in format 1, whose parameter paths are
+    /// converted on reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<u32>,
 }
 
-pub type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+pub type Tensors = NamedTensors;
 
 fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Checkpoint(format!("{}: {e}", path.display()))
 }
 
 pub fn write_checkpoint(path: &Path, params: &Tensors, adam: &[(String, Vec<f32>, Vec<f32>)], state: &RunState) -> Result<()> {
-    let mut t: Vec<(String, Vec<usize>, &[f32])> = params.iter().map(|(p, s, d)| (format!("param/{p}"), s.clone(), d.as_slice())).collect();
+    let mut t: Vec<(String, Vec<usize>, &[f32])> = params.iter().map(|(p, h)| (format!("param/{p}"), h.shape.clone(), h.data.as_slice())).collect();
     for (p, m, v) in adam {
         t.push((format!("adam.m/{p}"), vec![m.len()], m.as_slice()));
         t.push((format!("adam.v/{p}"), vec![v.len()], v.as_slice()));
@@ -43,11 +48,11 @@ pub fn write_checkpoint(path: &Path, params: &Tensors, adam: &[(String, Vec<f32>
 /// Serialises and writes atomically.
 fn write_tensors(path: &Path, t: &[(String, Vec<usize>, &[f32])], meta: HashMap<String, String>) -> Result<()> {
     let bytes = mosa_models::load::safetensors::serialize(t, Some(meta)).map_err(|e| io(path, e))?;
-    mosa_models::load::safetensors::write_atomic(path, &bytes).map_err(|e| io(path, e))
+    mosa_core::fsio::write_atomic(path, &bytes).map_err(Error::Checkpoint)
 }
 
 pub struct Checkpoint {
-    pub params: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub params: HashMap<String, HostTensor>,
     pub adam: Vec<(String, Vec<f32>, Vec<f32>)>,
     pub state: RunState,
 }
@@ -65,16 +70,18 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         .get("mosa.run_state")
         .ok_or_else(|| io(path, "no mosa.run_state metadata: not a mosa checkpoint"))
         .and_then(|s| serde_json::from_str(s).map_err(|e| io(path, e)))?;
+    // format 1 stored `<layer>_branch` paths; they are renamed to today's on reading
+    let path = |p: &str| if state.format.is_none() { crate::rundir::legacy::path(p) } else { p.to_string() };
     let mut params = HashMap::new();
     let mut m: HashMap<String, Vec<f32>> = HashMap::new();
     let mut v: HashMap<String, Vec<f32>> = HashMap::new();
-    for (name, (shape, data)) in tensors {
+    for (name, t) in tensors {
         if let Some(p) = name.strip_prefix("param/") {
-            params.insert(p.to_string(), (shape, data));
+            params.insert(path(p), t);
         } else if let Some(p) = name.strip_prefix("adam.m/") {
-            m.insert(p.to_string(), data);
+            m.insert(path(p), t.data);
         } else if let Some(p) = name.strip_prefix("adam.v/") {
-            v.insert(p.to_string(), data);
+            v.insert(path(p), t.data);
         }
     }
     let mut adam: Vec<_> = m.into_iter().map(|(k, mm)| { let vv = v.remove(&k).unwrap_or_else(|| vec![0.0; mm.len()]); (k, mm, vv) }).collect();
@@ -93,7 +100,7 @@ pub struct BackboneId {
 
 /// Saves the method's trainable parameters (not the frozen backbone) with the backbone's identity.
 pub fn write_model(path: &Path, params: &Tensors, backbone: &BackboneId, extra: &[(&str, String)]) -> Result<()> {
-    let t: Vec<(String, Vec<usize>, &[f32])> = params.iter().map(|(p, s, d)| (p.clone(), s.clone(), d.as_slice())).collect();
+    let t: Vec<(String, Vec<usize>, &[f32])> = params.iter().map(|(p, h)| (p.clone(), h.shape.clone(), h.data.as_slice())).collect();
     let mut meta = HashMap::from([("mosa.backbone".to_string(), serde_json::to_string(backbone).map_err(|e| io(path, e))?)]);
     for (k, v) in extra {
         meta.insert(format!("mosa.{k}"), v.clone());
@@ -102,14 +109,14 @@ pub fn write_model(path: &Path, params: &Tensors, backbone: &BackboneId, extra: 
 }
 
 /// Reads a saved model (or any mosa safetensors file): tensors by name and the metadata.
-pub fn read_model(path: &Path) -> Result<(HashMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>)> {
+pub fn read_model(path: &Path) -> Result<(HashMap<String, HostTensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(path, format!("not a safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(path, e))?;
     let mut params = HashMap::new();
     for (name, view) in st.tensors() {
-        params.insert(name.clone(), (view.shape().to_vec(), f32s(path, &name, &view)?));
+        params.insert(name.clone(), HostTensor::new(view.shape().to_vec(), f32s(path, &name, &view)?));
     }
     Ok((params, meta))
 }
@@ -133,5 +140,5 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 
 /// Writes text atomically.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    mosa_models::load::safetensors::write_atomic(path, text.as_bytes()).map_err(|e| io(path, e))
+    mosa_core::fsio::write_atomic(path, text.as_bytes()).map_err(Error::Checkpoint)
 }

@@ -5,7 +5,7 @@ use mosa_core::optim::ScheduleKind;
 use serde::{Deserialize, Serialize};
 
 /// How the classifier head starts (spec §1, note on the head init).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum HeadInit {
     /// Weight and bias 0: the sensible default for backbones with large feature norms (DINOv2).
@@ -13,17 +13,6 @@ pub enum HeadInit {
     Zero,
     /// The reference: kaiming-normal (fan_out) weight, bias −ln(99).
     Reference,
-}
-
-impl std::str::FromStr for HeadInit {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "zero" => Ok(HeadInit::Zero),
-            "reference" => Ok(HeadInit::Reference),
-            _ => Err(format!("unknown head init `{s}`: zero or reference")),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

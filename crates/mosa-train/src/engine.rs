@@ -1,43 +1,31 @@
-//! The training loop (our own, not burn-train's `Learner`: the MoSA step needs two stochastic
-//! passes with a stop-gradient KL, expert-gradient masking between backward and the optimiser,
-//! the reference AdamW, a per-epoch schedule, merge-before-evaluation, and checkpoints that
-//! resume bit-for-bit; see docs/training.md).
+//! The run: build the model, train epoch by epoch ([`crate::epoch`]), merge and evaluate after
+//! each ([`crate::evaluate`]), checkpoint atomically, resume, finish with the summary. Our own
+//! loop, not burn-train's `Learner`: the MoSA step needs two stochastic passes with a
+//! stop-gradient KL, expert-gradient masking between backward and the optimiser, the reference
+//! AdamW, a per-epoch schedule, merge-before-evaluation, and checkpoints that resume
+//! bit-for-bit (docs/training.md). Nothing here names a backbone family or a method.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use mosa_core::host::HostTensor;
 use mosa_core::optim::{AdamW, AdamWConfig, WarmupCosine};
-use mosa_core::sparse::SparseAction;
-use mosa_core::{MethodConfig, MethodKind, Rng, method, params};
+use mosa_core::{PeftHost, Rng, inject, params};
 use mosa_data::{Dataset, DatasetSpec, LoadOptions, LoadedSplit, Transform};
-use mosa_models::{HeadPolicy, VisionTransformer, VitConfig};
-use serde::{Deserialize, Serialize};
+use mosa_models::{Backbone, HeadPolicy};
 
-use crate::checkpoint::{BackboneId, RunState, file_sha256, read_checkpoint, write_checkpoint, write_model, write_text};
-use crate::config::{HeadInit, TrainConfig};
-use crate::loss::{cross_entropy, deepreg, symmetric_kl};
+use crate::checkpoint::{BackboneId, RunState, Tensors, file_sha256, read_checkpoint, write_checkpoint, write_model};
+use crate::config::HeadInit;
+use crate::epoch::{EpochCtx, streams, train_epoch};
+use crate::evaluate::evaluate;
 use crate::metrics::{EpochMetrics, Summary, summarize, write_metrics};
 use crate::progress::Reporter;
+use crate::rundir::{DatasetInfo, FORMAT, RunConfig, RunDir, RunSpec};
 use crate::{Error, Result};
-
-/// Everything that defines a run; saved as the run's `config.json` (a resume must match it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunSpec {
-    /// Preset name or config file the model came from (for display).
-    pub model_name: String,
-    pub model: VitConfig,
-    /// Backbone weights (None: random initialisation).
-    pub weights: Option<PathBuf>,
-    pub method: MethodConfig,
-    pub dataset: String,
-    pub train: TrainConfig,
-    pub skip_unreadable: bool,
-}
 
 /// Interrupt a run after this many epochs (tests of `--resume`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,20 +38,8 @@ pub enum Outcome {
     Interrupted { epochs_done: usize },
 }
 
-/// Methods whose step uses two stochastic passes and the consistency loss.
-pub fn two_pass(m: MethodKind) -> bool {
-    matches!(m, MethodKind::Mosa | MethodKind::MosaLora)
-}
-
-const STREAM_ORDER: u64 = 1 << 40;
-const STREAM_EXPERTS: u64 = 2 << 40;
-const STREAM_BACKEND: u64 = 3 << 40;
-const STREAM_AUGMENT: u64 = 4 << 40;
-const STREAM_SPARSE: u64 = 5 << 40;
-const STREAM_SUBSET: u64 = 6 << 40;
-
-fn head_init<B: Backend>(mut model: VisionTransformer<B>, init: HeadInit, seed: u64) -> VisionTransformer<B> {
-    if let Some(head) = model.head.take() {
+fn head_init<B: Backend>(mut model: Backbone<B>, init: HeadInit, seed: u64) -> Backbone<B> {
+    if let Some(head) = model.head_mut() {
         let [d, c] = head.weight.dims();
         let device = head.weight.device();
         let (w, b): (Vec<f32>, Vec<f32>) = match init {
@@ -81,23 +57,24 @@ fn head_init<B: Backend>(mut model: VisionTransformer<B>, init: HeadInit, seed: 
                 (w, vec![-(99f32.ln()); c])
             }
         };
-        let weight = head.weight.map(|_| Tensor::from_data(TensorData::new(w, [d, c]), &device));
-        let bias = head.bias.map(|p| p.map(|_| Tensor::from_data(TensorData::new(b, [c]), &device)));
-        model.head = Some(burn::nn::Linear { weight, bias });
+        let old = head.clone();
+        let weight = old.weight.map(|_| Tensor::from_data(TensorData::new(w, [d, c]), &device));
+        let bias = old.bias.map(|p| p.map(|_| Tensor::from_data(TensorData::new(b, [c]), &device)));
+        *head = burn::nn::Linear { weight, bias };
     }
     model
 }
 
 /// Builds the model of a run: backbone (loaded or seeded random), head init, method injected.
-pub fn build_model<B: Backend>(spec: &RunSpec, num_classes: usize, device: &B::Device) -> Result<VisionTransformer<B>> {
+pub fn build_model<B: Backend>(spec: &RunSpec, num_classes: usize, device: &B::Device) -> Result<Backbone<B>> {
     let cfg = spec.model.clone().with_num_classes(num_classes).with_img_size(spec.train.resolution);
-    B::seed(device, Rng::derive(spec.train.seed, STREAM_BACKEND).next_u64());
+    B::seed(device, Rng::derive(spec.train.seed, streams::BACKEND).next_u64());
     let model = match &spec.weights {
-        Some(w) => mosa_models::load_vit::<B>(&cfg, w, HeadPolicy::Skip, device).map_err(|e| Error::Model(e.to_string()))?,
+        Some(w) => cfg.load::<B>(w, HeadPolicy::Skip, device).map_err(|e| Error::Model(e.to_string()))?,
         None => cfg.init::<B>(device),
     };
     let model = head_init(model, spec.train.head_init, spec.train.seed);
-    method::apply(model, &spec.method, device).map_err(Error::Model)
+    inject::apply(model, &spec.method, spec.train.seed, device).map_err(Error::Model)
 }
 
 fn backbone_id(spec: &RunSpec) -> Result<BackboneId> {
@@ -106,25 +83,6 @@ fn backbone_id(spec: &RunSpec) -> Result<BackboneId> {
         weights: spec.weights.as_ref().map(|p| p.display().to_string()),
         sha256: spec.weights.as_ref().map(|p| file_sha256(p)).transpose()?,
     })
-}
-
-/// Accuracy of `model` (evaluation mode: the inner, non-autodiff backend) on a split.
-pub fn evaluate<B: Backend>(model: &VisionTransformer<B>, split: &LoadedSplit, batch: usize, limit: Option<usize>, device: &B::Device) -> (f64, usize) {
-    let n = limit.map_or(split.len(), |l| l.min(split.len()));
-    let idx: Vec<usize> = (0..n).collect();
-    let mut correct: Option<Tensor<B, 1, Int>> = None;
-    for chunk in idx.chunks(batch.max(1)) {
-        let (px, labels) = split.batch(chunk, 0);
-        let (x, y) = mosa_data::batcher::to_tensors::<B>(px, &labels, split.transform.size, device);
-        let pred = model.forward(x).logits.argmax(1).reshape([chunk.len()]);
-        let c = pred.equal(y).int().sum();
-        correct = Some(match correct {
-            Some(t) => t.add(c),
-            None => c,
-        });
-    }
-    let c = correct.map(|t| t.into_scalar().elem::<i64>()).unwrap_or(0);
-    (c as f64 / n.max(1) as f64, n)
 }
 
 struct Data {
@@ -157,17 +115,17 @@ fn load_data(spec: &RunSpec, rep: &mut dyn Reporter) -> Result<Data> {
 pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control: Control, device: &B::Device, rep: &mut dyn Reporter) -> Result<Outcome> {
     spec.train.validate().map_err(Error::Config)?;
     spec.method.validate().map_err(Error::Config)?;
+    let dir = RunDir::new(out);
     std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
-    let ckpt_path = out.join("checkpoint.safetensors");
-    let config_path = out.join("config.json");
-    let spec_json = serde_json::to_string_pretty(spec).map_err(|e| Error::Config(e.to_string()))?;
-    let config_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(spec_json.as_bytes()));
+    let ckpt_path = dir.checkpoint();
+    let config_sha = spec.sha256();
     if !resume {
-        check_new_run_dir(out)?;
+        dir.check_new()?;
     }
     let checkpoint = if resume && ckpt_path.exists() {
         let c = read_checkpoint(&ckpt_path)?;
-        if c.state.config_sha256 != config_sha {
+        // format 1 hashed its own config layout; its settings come from its converted config.json
+        if c.state.format.is_some() && c.state.config_sha256 != config_sha {
             return Err(Error::Config(format!("{}: the run was started with other settings (see its config.json); resume with the same settings", out.display())));
         }
         Some(c)
@@ -178,18 +136,21 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
     let data = load_data(spec, rep)?;
     let nc = data.dataset.num_classes;
     let mut model = build_model::<B>(spec, nc, device)?;
+    // (computed here, before the first epoch seeds the backend: merging initialises lazy LoRA
+    // factors, so moving this would change their values)
     let trainable = params::count_trainable(&params::list(&model));
-    let merged_trainable = params::count_trainable(&params::list(&model.merged()));
+    let merged_trainable = params::count_trainable(&params::list(&inject::merged(&model)));
     let backbone = backbone_id(spec)?;
-    if checkpoint.is_none() {
-        let cfg = serde_json::json!({
-            "run": spec,
-            "backbone": backbone,
-            "dataset": { "name": data.dataset.name, "classes": nc, "style": data.dataset.style, "train": data.train.len(), "val": data.val.as_ref().map(|v| v.len()), "test": data.test.as_ref().map(|v| v.len()) },
-            "trainable_params": trainable,
-            "backend": std::any::type_name::<B>(),
-        });
-        write_text(&config_path, &(serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n"))?;
+    if checkpoint.is_none() || dir.read_config().is_ok_and(|_| !is_format2(&dir)) {
+        let ds = &data.dataset;
+        dir.write_config(&RunConfig {
+            format: FORMAT,
+            run: spec.clone(),
+            backbone: backbone.clone(),
+            dataset: DatasetInfo { name: ds.name.clone(), classes: nc, style: serde_json::to_value(ds.style).unwrap_or_default(), train: data.train.len(), val: data.val.as_ref().map(|v| v.len()), test: data.test.as_ref().map(|v| v.len()) },
+            trainable_params: trainable,
+            backend: std::any::type_name::<B>().to_string(),
+        })?;
     }
 
     let t = &spec.train;
@@ -210,90 +171,26 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
     let n_train = data.train.len();
     let subset: Vec<usize> = match t.max_train_images {
         Some(m) if m < n_train => {
-            let mut p = Rng::derive(t.seed, STREAM_SUBSET).permutation(n_train);
+            let mut p = Rng::derive(t.seed, streams::SUBSET).permutation(n_train);
             p.truncate(m);
             p
         }
         _ => (0..n_train).collect(),
     };
-    let steps = subset.len().div_ceil(t.batch_size);
     let eval_bs = t.eval_batch_size.unwrap_or(t.batch_size);
-    let two = two_pass(spec.method.method) && (t.kl_weight > 0.0 || t.deepreg);
 
     for epoch in start_epoch..t.epochs {
-        let t0 = Instant::now();
-        B::seed(device, Rng::derive(t.seed, STREAM_BACKEND + 1 + epoch as u64).next_u64());
-        let perm = Rng::derive(t.seed, STREAM_ORDER + epoch as u64).permutation(subset.len());
-        let mut experts = Rng::derive(t.seed, STREAM_EXPERTS + epoch as u64);
-        let mut sparse_rng = Rng::derive(t.seed, STREAM_SPARSE + epoch as u64);
-        rep.epoch_start(epoch + 1, t.epochs, steps);
-        let mut pending: Vec<Tensor<B::InnerBackend, 1>> = Vec::new();
-        let mut loss_sum = 0.0;
-        let mut correct: Option<Tensor<B::InnerBackend, 1, Int>> = None;
-        let mut lr_last = 0.0;
-        for step in 0..steps {
-            let idx: Vec<usize> = perm[step * t.batch_size..((step + 1) * t.batch_size).min(perm.len())].iter().map(|&p| subset[p]).collect();
-            let lr = schedule.lr(epoch, step, steps);
-            lr_last = lr;
-            let aug_seed = Rng::derive(t.seed, STREAM_AUGMENT + (epoch * steps + step) as u64).next_u64();
-            let (px, labels) = data.train.batch(&idx, aug_seed);
-            let (x, y) = mosa_data::batcher::to_tensors::<B>(px, &labels, t.resolution, device);
-            let out1 = model.forward_rng(x.clone(), two && t.deepreg, &mut experts);
-            let mut loss = cross_entropy(out1.logits.clone(), y.clone());
-            if two {
-                let out2 = model.forward_rng(x, t.deepreg, &mut experts);
-                if t.kl_weight > 0.0 {
-                    loss = loss.add(symmetric_kl(out1.logits.clone(), out2.logits).mul_scalar(t.kl_weight));
-                }
-                if t.deepreg {
-                    loss = loss.add(deepreg(&out1.hidden, &out2.hidden).mul_scalar(t.deepreg_weight));
-                }
-            }
-            let c = out1.logits.inner().argmax(1).reshape([idx.len()]).equal(y.inner()).int().sum();
-            correct = Some(match correct {
-                Some(a) => a.add(c),
-                None => c,
-            });
-            pending.push(loss.clone().inner());
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            if spec.method.method == MethodKind::Sparse && spec.method.sparse.action(epoch, step) == SparseAction::Reselect {
-                model = model.reselect_sparse(&grads, &spec.method.sparse, &mut sparse_rng);
-                // entries that left the mask start again from zero moments
-                for (path, mask) in model.sparse_masks() {
-                    let n = mask.shape().num_elements();
-                    optim.mask_moments(&path, mask.inner().reshape([n]));
-                }
-            }
-            model.mask_gradients(&mut grads);
-            model = optim.step(lr, model, grads);
-            if pending.len() >= t.sync_every.max(1) || step + 1 == steps {
-                let first = step + 1 - pending.len();
-                let values = Tensor::cat(std::mem::take(&mut pending), 0).into_data().to_vec::<f32>().unwrap_or_default();
-                for (k, v) in values.iter().enumerate() {
-                    if !v.is_finite() {
-                        return Err(Error::NonFinite {
-                            epoch: epoch + 1,
-                            step: first + k + 1,
-                            value: *v,
-                            kept: if !metrics.is_empty() { format!("the last good checkpoint (epoch {}) is kept in {}", metrics.len(), ckpt_path.display()) } else { "no epoch had finished, so there is no checkpoint".into() },
-                        });
-                    }
-                    loss_sum += *v as f64;
-                }
-                rep.step(step + 1, loss_sum / (step + 1) as f64);
-            }
-        }
-        let train_seconds = t0.elapsed().as_secs_f64();
-        let train_acc = correct.map(|c| c.into_scalar().elem::<i64>()).unwrap_or(0) as f64 / subset.len() as f64;
+        let ctx = EpochCtx { method: &spec.method, t, schedule: &schedule, train: &data.train, subset: &subset, device, epochs_done: metrics.len(), checkpoint: &ckpt_path };
+        let (m, tr) = train_epoch(model, &mut optim, epoch, &ctx, rep)?;
+        model = m;
 
         // merge (MoSA: mean of the experts), then evaluate on the inner backend
         let t1 = Instant::now();
-        let eval_model = model.valid().merged();
-        let inner_device = device;
+        let eval_model = inject::merged(&model.valid());
         let mut evaluated = 0;
         let mut eval = |s: &Option<LoadedSplit>| {
             s.as_ref().map(|s| {
-                let (a, n) = evaluate(&eval_model, s, eval_bs, t.max_eval_images, inner_device);
+                let (a, n) = evaluate(&eval_model, s, eval_bs, t.max_eval_images, device);
                 evaluated += n;
                 a
             })
@@ -303,21 +200,21 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
         let eval_seconds = t1.elapsed().as_secs_f64();
         let m = EpochMetrics {
             epoch: epoch + 1,
-            lr: lr_last,
-            train_loss: loss_sum / steps as f64,
-            train_acc,
+            lr: tr.lr,
+            train_loss: tr.train_loss,
+            train_acc: tr.train_acc,
             val_acc,
             test_acc,
-            train_seconds,
+            train_seconds: tr.seconds,
             eval_seconds,
-            train_images_per_second: subset.len() as f64 / train_seconds,
+            train_images_per_second: subset.len() as f64 / tr.seconds,
             eval_images_per_second: evaluated as f64 / eval_seconds.max(1e-9),
         };
         rep.epoch_end(&m);
         metrics.push(m);
         write_metrics(out, &metrics)?;
-        let state = RunState { epochs_done: epoch + 1, optim_step: optim.step, metrics: metrics.clone(), rng: rng.clone(), config_sha256: config_sha.clone() };
-        write_checkpoint(&ckpt_path, &with_masks(params::export_trainable(&model), &model), &optim.export(), &state)?;
+        let state = RunState { epochs_done: epoch + 1, optim_step: optim.step, metrics: metrics.clone(), rng: rng.clone(), config_sha256: config_sha.clone(), format: Some(FORMAT) };
+        write_checkpoint(&ckpt_path, &with_masks(params::export_trainable(&model), &mut model), &optim.export(), &state)?;
         if control.stop_after_epochs == Some(epoch + 1) && epoch + 1 < t.epochs {
             return Ok(Outcome::Interrupted { epochs_done: epoch + 1 });
         }
@@ -328,7 +225,7 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
     let (ts, es) = (total(|m| m.train_seconds), total(|m| m.eval_seconds));
     let summary = Summary {
         dataset: spec.dataset.clone(),
-        method: serde_json::to_value(spec.method.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        method: spec.method.name().to_string(),
         model: spec.model_name.clone(),
         epochs: t.epochs,
         trainable_params: trainable,
@@ -346,53 +243,43 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
         head_init: serde_json::to_value(t.head_init).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
         backend: std::any::type_name::<B>().to_string(),
     };
-    write_model(&out.join("model.safetensors"), &with_masks(params::export_trainable(&model), &model), &backbone, &[("run_config_sha256", config_sha)])?;
-    write_text(&out.join("summary.json"), &(serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n"))?;
+    write_model(&dir.model(), &with_masks(params::export_trainable(&model), &mut model), &backbone, &[("run_config_sha256", config_sha), ("format", FORMAT.to_string())])?;
+    dir.write_summary(&summary)?;
     Ok(Outcome::Finished(Box::new(summary)))
+}
+
+/// Whether `config.json` is already in this build's format (a format-1 run is converted when
+/// it is resumed).
+fn is_format2(dir: &RunDir) -> bool {
+    std::fs::read_to_string(dir.config()).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|v| v.get("format").is_some())
 }
 
 const MASK_PREFIX: &str = "sparse_mask/";
 
 /// Trainable parameters plus the sparse masks (`sparse_mask/<delta path>`), for saving.
-fn with_masks<B: Backend>(mut t: crate::checkpoint::Tensors, model: &VisionTransformer<B>) -> crate::checkpoint::Tensors {
-    for (path, mask) in model.sparse_masks() {
-        let shape = mask.dims().to_vec();
-        t.push((format!("{MASK_PREFIX}{path}"), shape, mask.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()));
+fn with_masks<B: Backend>(mut t: Tensors, model: &mut Backbone<B>) -> Tensors {
+    for (path, mask) in inject::sparse_masks(model) {
+        t.push((format!("{MASK_PREFIX}{path}"), HostTensor::from_tensor(mask)));
     }
     t
 }
 
 /// Loads saved parameters and sparse masks into a freshly built model.
-fn restore<B: Backend>(model: VisionTransformer<B>, mut values: HashMap<String, (Vec<usize>, Vec<f32>)>) -> std::result::Result<VisionTransformer<B>, String> {
-    let masks: HashMap<String, (Vec<usize>, Vec<f32>)> = values.keys().filter(|k| k.starts_with(MASK_PREFIX)).cloned().collect::<Vec<_>>().into_iter().filter_map(|k| values.remove(&k).map(|v| (k[MASK_PREFIX.len()..].to_string(), v))).collect();
+fn restore<B: Backend>(model: Backbone<B>, mut values: HashMap<String, HostTensor>) -> std::result::Result<Backbone<B>, String> {
+    let keys: Vec<String> = values.keys().filter(|k| k.starts_with(MASK_PREFIX)).cloned().collect();
+    let masks: HashMap<String, HostTensor> = keys.into_iter().filter_map(|k| values.remove(&k).map(|v| (k[MASK_PREFIX.len()..].to_string(), v))).collect();
     let model = params::load_by_path(model, &values)?;
-    if masks.is_empty() { Ok(model) } else { model.with_sparse_masks(&masks) }
-}
-
-/// Refuses to start a new run in a directory that already holds one.
-pub fn check_new_run_dir(out: &Path) -> Result<()> {
-    if out.join("checkpoint.safetensors").exists() || out.join("summary.json").exists() {
-        return Err(Error::Config(format!("{} already holds a run; use --resume to continue it or another --out", out.display())));
-    }
-    Ok(())
-}
-
-/// A run directory's saved settings (`config.json`): the run spec and the number of classes.
-pub fn read_run_config(dir: &Path) -> Result<(RunSpec, usize)> {
-    let cfg_path = dir.join("config.json");
-    let err = |e: &dyn std::fmt::Display| Error::Checkpoint(format!("{}: {e}", cfg_path.display()));
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(&e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&e))?;
-    let spec: RunSpec = serde_json::from_value(v["run"].clone()).map_err(|e| err(&e))?;
-    let nc = v["dataset"]["classes"].as_u64().ok_or_else(|| err(&"no dataset.classes"))? as usize;
-    Ok((spec, nc))
+    if masks.is_empty() { Ok(model) } else { inject::with_sparse_masks(model, &masks) }
 }
 
 /// Rebuilds a finished run's model (backbone + saved trainables), merged, for evaluation.
-pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, VisionTransformer<B>, usize)> {
-    let (spec, nc) = read_run_config(dir)?;
-    let model_path = dir.join("model.safetensors");
+pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
+    let rd = RunDir::new(dir);
+    let cfg = rd.read_config()?;
+    let (spec, nc) = (cfg.run, cfg.dataset.classes);
+    let model_path = rd.model();
     let (values, meta) = crate::checkpoint::read_model(&model_path)?;
+    let values = if meta.contains_key("mosa.format") { values } else { values.into_iter().map(|(k, v)| (crate::rundir::legacy::path(&k), v)).collect() };
     if let (Some(b), Some(w)) = (meta.get("mosa.backbone"), &spec.weights) {
         let id: BackboneId = serde_json::from_str(b).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
         let now = file_sha256(w)?;
@@ -402,5 +289,5 @@ pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, 
     }
     let model = build_model::<B>(&spec, nc, device)?;
     let model = restore(model, values).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
-    Ok((spec, model.merged(), nc))
+    Ok((spec, inject::merged(&model), nc))
 }

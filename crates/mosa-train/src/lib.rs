@@ -1,6 +1,8 @@
 //! mosa-train: fine-tuning runs, generic over the backend.
 //!
-//! - [`config`]: the recipe ([`TrainConfig`]); [`engine`]: the loop, evaluation, resume;
+//! - [`config`]: the recipe ([`TrainConfig`]); [`engine`]: the run (build, epochs, checkpoints,
+//!   resume, summary); [`epoch`]: one epoch; [`step`]: one step, shaped by the method;
+//!   [`evaluate`]: accuracy of a merged model; [`rundir`]: the typed run directory;
 //! - [`loss`]: CE, symmetric KL with stop-gradient, DEEPREG; [`checkpoint`]: atomic files;
 //! - [`metrics`]: per-epoch metrics and the summary; [`progress`]: terminal bar or plain lines.
 //!
@@ -9,12 +11,17 @@
 pub mod checkpoint;
 pub mod config;
 pub mod engine;
+pub mod epoch;
+pub mod evaluate;
 pub mod loss;
 pub mod metrics;
 pub mod progress;
+pub mod rundir;
+pub mod step;
 
 pub use config::{HeadInit, TrainConfig};
-pub use engine::{Control, Outcome, RunSpec, run};
+pub use engine::{Control, Outcome, run};
+pub use rundir::{RunConfig, RunDir, RunSpec};
 pub use metrics::{EpochMetrics, Summary};
 
 #[derive(Debug, thiserror::Error)]

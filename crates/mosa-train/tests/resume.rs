@@ -48,7 +48,7 @@ fn resume_equals_uninterrupted() {
     let ds = mosa_data::Dataset::open(&s.dataset.parse().unwrap()).unwrap();
     let t = mosa_data::Transform::new(ds.style, 16, false);
     let (test, _) = mosa_data::LoadedSplit::load(ds.test.as_ref().unwrap(), 4, t, &Default::default()).unwrap();
-    let (acc, _) = mosa_train::engine::evaluate(&model, &test, 7, None, &device);
+    let (acc, _) = mosa_train::evaluate::evaluate(&model, &test, 7, None, &device);
     assert_eq!(Some(acc), full.last_test);
 }
 

@@ -1,7 +1,6 @@
 //! End-to-end runs of the engine on a tiny random ViT and a generated dataset.
 
 use mosa_core::MethodKind;
-use mosa_core::method::METHOD_NAMES;
 use mosa_train::progress::Silent;
 use mosa_train::{Control, Error};
 
@@ -13,8 +12,8 @@ fn every_method_lowers_the_loss() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(tmp.path());
     let device = Default::default();
-    for name in METHOD_NAMES {
-        let method: MethodKind = name.parse().unwrap();
+    for method in MethodKind::ALL {
+        let name = method.name();
         let out = tmp.path().join(name);
         let mut s = spec(&ds, method, 3);
         if method == MethodKind::Full {
@@ -30,18 +29,19 @@ fn every_method_lowers_the_loss() {
         }
         // the saved model holds only what trains (no frozen backbone tensor)
         let (saved, meta) = mosa_train::checkpoint::read_model(&out.join("model.safetensors")).unwrap();
-        let n: usize = saved.iter().filter(|(k, _)| !k.starts_with("sparse_mask/")).map(|(_, (_, d))| d.len()).sum();
+        let n: usize = saved.iter().filter(|(k, _)| !k.starts_with("sparse_mask/")).map(|(_, t)| t.data.len()).sum();
         assert_eq!(n, summary.trainable_params, "{name}");
         if method == MethodKind::Sparse {
             // masks are saved under the path of their delta, and hold keep-ratio of the entries
             let masks: Vec<_> = saved.iter().filter(|(k, _)| k.starts_with("sparse_mask/")).collect();
             assert!(!masks.is_empty());
-            for (k, (_, m)) in masks {
+            for (k, t) in masks {
+                let m = &t.data;
                 let delta = saved.get(&k["sparse_mask/".len()..]).unwrap_or_else(|| panic!("{k} has no delta"));
                 let kept = m.iter().filter(|&&v| v == 1.0).count();
                 assert_eq!(kept, (0.05 * m.len() as f64).floor() as usize, "{k}");
                 // off the mask the delta stays exactly zero (gradients and moments masked)
-                assert!(delta.1.iter().zip(m).all(|(d, mm)| *mm == 1.0 || *d == 0.0), "{k}");
+                assert!(delta.data.iter().zip(m).all(|(d, mm)| *mm == 1.0 || *d == 0.0), "{k}");
             }
         }
         assert!(meta.contains_key("mosa.backbone"));

@@ -10,7 +10,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use clap::Subcommand;
-use mosa_core::{Rng, method, params};
+use mosa_core::{PeftHost, Rng, inject, params};
 use mosa_models::presets;
 
 use crate::backend::{self, Backend};
@@ -99,30 +99,31 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Step { common, batch, method: margs } => {
             type AB = Autodiff<Backend>;
             let cfg = presets::resolve_model(&common.model)?.with_num_classes(common.num_classes).with_img_size(common.resolution);
-            let mc = margs.config()?;
-            let mut model = method::apply(cfg.init::<AB>(&device), &mc, &device).map_err(anyhow::Error::msg)?;
+            let mc = margs.method()?;
+            let seed = mosa_train::TrainConfig::default().seed;
+            let mut model = inject::apply(cfg.init::<AB>(&device), &mc, seed, &device).map_err(anyhow::Error::msg)?;
             let trainable = params::count_trainable(&params::list(&model));
             let mut optim = AdamWConfig::new().with_epsilon(1e-6).with_weight_decay(0.01).init::<AB, _>();
             let x = input::<AB>(batch, common.resolution, &device);
             let labels: Vec<i64> = (0..batch as i64).map(|i| i % common.num_classes as i64).collect();
             let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
             let ce = CrossEntropyLossConfig::new().init(&device);
-            let mut rng = Rng::new(mc.seed);
+            let mut rng = Rng::new(seed);
             let mut times = Vec::new();
             for i in 0..common.warmup + common.iters {
                 let t0 = Instant::now();
                 let out = model.forward_rng(x.clone(), false, &mut rng);
                 let loss = ce.forward(out.logits, y.clone());
                 let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-                model.mask_gradients(&mut grads);
+                inject::mask_gradients(&mut model, &mut grads);
                 model = optim.step(1e-3, model, grads);
                 // synchronise: the step's result must exist before the clock stops
-                std::hint::black_box(model.head.as_ref().map(|h| h.bias.as_ref().map(|b| b.val().into_data())));
+                std::hint::black_box(model.head_mut().and_then(|h| h.bias.as_ref().map(|b| b.val().into_data())));
                 if i >= common.warmup {
                     times.push(t0.elapsed().as_secs_f64());
                 }
             }
-            report(&format!("train step, {} ({:.3} M trainable)", serde_json::to_value(mc.method)?.as_str().unwrap_or("?"), trainable as f64 / 1e6), &common, batch, times);
+            report(&format!("train step, {} ({:.3} M trainable)", mc.name(), trainable as f64 / 1e6), &common, batch, times);
         }
     }
     Ok(())

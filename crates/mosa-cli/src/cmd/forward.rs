@@ -43,23 +43,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let sd = load::read_checkpoint(&weights_path)?;
     if presets::preset(&args.model).is_some() {
         // A preset takes its class count from the checkpoint's head (none for a backbone).
-        config.num_classes = sd.head_classes().unwrap_or(0);
+        config = config.with_num_classes(sd.head_classes().unwrap_or(0));
     }
 
     let inputs = load::safetensors::read(&args.input)?;
     let x = inputs.get("input").with_context(|| format!("{}: no tensor named `input`", args.input.display()))?;
-    if x.shape.len() != 4 || x.shape[1] != config.in_chans {
-        bail!("{}: `input` has shape {:?}; N×{}×H×W is needed", args.input.display(), x.shape, config.in_chans);
+    if x.shape.len() != 4 || x.shape[1] != config.in_chans() {
+        bail!("{}: `input` has shape {:?}; N×{}×H×W is needed", args.input.display(), x.shape, config.in_chans());
     }
-    if x.shape[2] < config.patch_size || x.shape[3] < config.patch_size {
-        bail!("{}: `input` is {}×{}, smaller than one {}-pixel patch", args.input.display(), x.shape[2], x.shape[3], config.patch_size);
+    if x.shape[2] < config.min_input() || x.shape[3] < config.min_input() {
+        bail!("{}: `input` is {}×{}, smaller than one {}-pixel patch", args.input.display(), x.shape[2], x.shape[3], config.min_input());
     }
     if let Some(i) = x.data.iter().position(|v| !v.is_finite()) {
         bail!("{}: `input` holds a non-finite value at flat index {i}", args.input.display());
     }
 
     let device = backend::device();
-    let model = load::apply(config.init::<Backend>(&device), &config, sd, HeadPolicy::Load)?;
+    let model = config.load_state::<Backend>(sd, HeadPolicy::Load, &device)?;
     let input = Tensor::<Backend, 4>::from_data(TensorData::new(x.data.clone(), x.shape.clone()), &device);
     let out = model.forward_with(input, args.hidden);
 
@@ -67,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok((t.shape.to_vec(), t.to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading back a tensor: {e:?}"))?))
     };
     let mut outputs = vec![
-        ("tokens".to_string(), host(out.tokens.into_data())?),
+        ("tokens".to_string(), host(out.features.into_data())?),
         ("pre_logits".to_string(), host(out.pre_logits.into_data())?),
         ("logits".to_string(), host(out.logits.into_data())?),
     ];

@@ -35,6 +35,9 @@ pub struct TrainArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     method: MethodArgs,
+    /// The run's one seed: masks, expert draws, order, augmentation, init [default 3407].
+    #[arg(long)]
+    seed: Option<u64>,
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long)]
@@ -43,8 +46,8 @@ pub struct TrainArgs {
     #[arg(long)]
     lr: Option<f64>,
     /// per-epoch (reference) or per-step.
-    #[arg(long)]
-    schedule: Option<String>,
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
     #[arg(long)]
     batch_size: Option<usize>,
     #[arg(long)]
@@ -63,7 +66,7 @@ pub struct TrainArgs {
     #[arg(long)]
     deepreg: bool,
     /// zero (default) or reference (kaiming-normal, bias −ln 99).
-    #[arg(long)]
+    #[arg(long, value_enum)]
     head_init: Option<HeadInit>,
     #[arg(long)]
     max_train_images: Option<usize>,
@@ -90,7 +93,7 @@ fn recipe(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { t.$f = v; } )* };
     }
-    set!(epochs, warmup_epochs, lr, batch_size, resolution, weight_decay, eps, kl_weight, head_init, sync_every);
+    set!(epochs, warmup_epochs, lr, schedule, batch_size, resolution, weight_decay, eps, kl_weight, head_init, sync_every, seed);
     if a.eval_batch_size.is_some() {
         t.eval_batch_size = a.eval_batch_size;
     }
@@ -100,17 +103,9 @@ fn recipe(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if a.max_eval_images.is_some() {
         t.max_eval_images = a.max_eval_images;
     }
-    if let Some(s) = &a.schedule {
-        t.schedule = match s.as_str() {
-            "per-epoch" => ScheduleKind::PerEpoch,
-            "per-step" => ScheduleKind::PerStep,
-            o => bail!("unknown schedule `{o}`: per-epoch or per-step"),
-        };
-    }
     if a.deepreg {
         t.deepreg = true;
     }
-    t.seed = a.method.seed;
     t.validate().map_err(anyhow::Error::msg)?;
     Ok(t)
 }
@@ -129,14 +124,14 @@ fn resolve_weights(model: &str, w: Option<&str>) -> anyhow::Result<Option<PathBu
 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let spec = if a.resume {
-        mosa_train::engine::read_run_config(&a.out).with_context(|| format!("--resume: no run in {}", a.out.display()))?.0
+        mosa_train::RunDir::new(&a.out).read_config().with_context(|| format!("--resume: no run in {}", a.out.display()))?.run
     } else {
         let dataset = a.dataset.clone().context("--dataset is required (vtab:<root>/<task>, fgvc:<root>/<name>, folder:<path>)")?;
         RunSpec {
             model_name: a.model.clone(),
             model: presets::resolve_model(&a.model)?,
             weights: resolve_weights(&a.model, a.weights.as_deref())?,
-            method: a.method.config()?,
+            method: a.method.method()?,
             dataset,
             train: recipe(&a)?,
             skip_unreadable: a.skip_unreadable,
@@ -144,12 +139,12 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     };
     if !a.resume {
         // before the header line, so that the refusal is the only thing printed
-        mosa_train::engine::check_new_run_dir(&a.out)?;
+        mosa_train::RunDir::new(&a.out).check_new()?;
     }
     let t = &spec.train;
     eprintln!(
         "mosa train: {} on {} with {} | {} epochs (warm-up {}), lr {} {:?}, batch {}, {} px, seed {}, head init {:?}, backend {}",
-        spec.model_name, spec.dataset, serde_json::to_value(spec.method.method)?.as_str().unwrap_or("?"), t.epochs, t.warmup_epochs, t.lr, t.schedule, t.batch_size, t.resolution, t.seed, t.head_init, backend::NAME
+        spec.model_name, spec.dataset, spec.method.name(), t.epochs, t.warmup_epochs, t.lr, t.schedule, t.batch_size, t.resolution, t.seed, t.head_init, backend::NAME
     );
     let device = backend::device();
     let mut rep = Console::new("");
@@ -209,7 +204,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     .with_context(|| format!("{} has no {} split", ds.spec, a.split))?;
     let (loaded, _) = LoadedSplit::load(split, nc, Transform::new(ds.style, spec.train.resolution, false), &LoadOptions::default())?;
     let t0 = std::time::Instant::now();
-    let (acc, n) = mosa_train::engine::evaluate(&model, &loaded, a.batch_size, None, &device);
+    let (acc, n) = mosa_train::evaluate::evaluate(&model, &loaded, a.batch_size, None, &device);
     let secs = t0.elapsed().as_secs_f64();
     println!("| run | dataset | split | images | accuracy % | images/s |");
     println!("|---|---|---|---:|---:|---:|");

@@ -24,6 +24,7 @@ pub use state::{HostTensor, StateDict};
 use crate::error::{Error, Result};
 use crate::posembed;
 use crate::vit::{VisionTransformer, VitConfig};
+use mosa_core::site::TunableLinear;
 
 /// Reads a checkpoint of any supported layout, chosen by extension, into timm's layout.
 pub fn read_checkpoint(path: &Path) -> Result<StateDict> {
@@ -48,14 +49,14 @@ pub enum HeadPolicy {
     Skip,
 }
 
-/// Builds a model for `config` and loads `path` into it.
+/// Builds a ViT for `config` and loads `path` into it (`BackboneConfig::load` for any family).
 pub fn load_vit<B: Backend>(config: &VitConfig, path: &Path, head: HeadPolicy, device: &B::Device) -> Result<VisionTransformer<B>> {
     let sd = read_checkpoint(path)?;
     check_depth(config, &sd)?;
     apply(config.init(device), config, sd, head)
 }
 
-fn check_depth(config: &VitConfig, sd: &StateDict) -> Result<()> {
+pub(crate) fn check_depth(config: &VitConfig, sd: &StateDict) -> Result<()> {
     config.validate().map_err(Error::Config)?;
     let depth = sd.depth();
     if depth != config.depth {
@@ -95,8 +96,16 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     fn linear(&mut self, l: &mut burn::nn::Linear<B>, name: &str, in_f: usize, out_f: usize) {
-        self.set(&mut l.weight, &format!("{name}.weight"), &[out_f, in_f], true);
-        match &mut l.bias {
+        self.weight_bias(&mut l.weight, &mut l.bias, name, in_f, out_f);
+    }
+
+    fn tunable(&mut self, l: &mut TunableLinear<B>, name: &str, in_f: usize, out_f: usize) {
+        self.weight_bias(&mut l.weight, &mut l.bias, name, in_f, out_f);
+    }
+
+    fn weight_bias(&mut self, weight: &mut Param<Tensor<B, 2>>, bias: &mut Option<Param<Tensor<B, 1>>>, name: &str, in_f: usize, out_f: usize) {
+        self.set(weight, &format!("{name}.weight"), &[out_f, in_f], true);
+        match bias {
             Some(b) => self.set(b, &format!("{name}.bias"), &[out_f], false),
             None => {
                 if self.sd.tensors.remove(&format!("{name}.bias")).is_some() {
@@ -143,11 +152,11 @@ pub fn apply<B: Backend>(
     for (i, block) in model.blocks.iter_mut().enumerate() {
         let pre = format!("blocks.{i}");
         l.norm(&mut block.norm1, &format!("{pre}.norm1"), d);
-        l.linear(&mut block.attn.qkv, &format!("{pre}.attn.qkv"), d, 3 * d);
-        l.linear(&mut block.attn.proj, &format!("{pre}.attn.proj"), d, d);
+        l.tunable(&mut block.attn.qkv, &format!("{pre}.attn.qkv"), d, 3 * d);
+        l.tunable(&mut block.attn.proj, &format!("{pre}.attn.proj"), d, d);
         l.norm(&mut block.norm2, &format!("{pre}.norm2"), d);
-        l.linear(&mut block.mlp.fc1, &format!("{pre}.mlp.fc1"), d, hidden);
-        l.linear(&mut block.mlp.fc2, &format!("{pre}.mlp.fc2"), hidden, d);
+        l.tunable(&mut block.mlp.fc1, &format!("{pre}.mlp.fc1"), d, hidden);
+        l.tunable(&mut block.mlp.fc2, &format!("{pre}.mlp.fc2"), hidden, d);
         for (ls, name) in [(&mut block.ls1, "ls1"), (&mut block.ls2, "ls2")] {
             if let Some(ls) = ls {
                 l.set(&mut ls.gamma, &format!("{pre}.{name}.gamma"), &[d], false);

@@ -1,7 +1,6 @@
 //! safetensors files: read any float tensors into a [`StateDict`]; write one atomically.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -97,19 +96,7 @@ fn bytemuck_f32(data: &[f32]) -> &[u8] {
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
 /// A crash leaves either the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    #[cfg(unix)]
-    {
-        // tempfile creates 0600; a result or cache file should be as readable as any other file.
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(path, e))?;
-    }
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    mosa_core::fsio::write_atomic(path, bytes).map_err(Error::Config)
 }
 
 /// Writes a state dict as safetensors, atomically.

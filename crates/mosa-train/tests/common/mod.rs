@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
-use mosa_core::{MethodConfig, MethodKind};
+use mosa_core::{Method, MethodKind};
 use mosa_data::image::Rgb8;
 use mosa_data::synth::write_vtab_task;
 use mosa_models::VitConfig;
@@ -40,17 +40,35 @@ pub fn spec(dataset: &str, method: MethodKind, epochs: usize) -> RunSpec {
     let model = VitConfig::new().with_embed_dim(32).with_depth(2).with_num_heads(2).with_img_size(16).with_patch_size(4);
     RunSpec {
         model_name: "tiny".into(),
-        model,
+        model: model.into(),
         weights: None,
-        method: MethodConfig::new(method)
-            .with_r(8)
-            .with_prompt_tokens(2)
-            .with_targets(vec!["qkv".into(), "fc1".into()])
-            .with_sparse(mosa_core::sparse::SparseConfig::new().with_warmup_steps(2).with_reselect_every(1)),
+        method: method_of(method),
         dataset: dataset.to_string(),
         train: TrainConfig { epochs, warmup_epochs: 0, lr: 0.01, batch_size: 12, resolution: 16, ..TrainConfig::default() },
         skip_unreadable: false,
     }
+}
+
+/// The method with the tests' sizes: r 8, 2 prompt tokens, targets qkv + fc1, sparse warm-up
+/// 2 steps and re-selection every step.
+pub fn method_of(kind: MethodKind) -> Method {
+    let mut m = Method::new(kind);
+    if let Some(a) = m.adapter_options_mut() {
+        a.r = 8;
+    }
+    let targets = vec!["qkv".to_string(), "fc1".to_string()];
+    match &mut m {
+        Method::VptShallow(p) | Method::VptDeep(p) => p.tokens = 2,
+        Method::Lora(l) => l.targets = targets,
+        Method::MosaLora(l) => l.lora.targets = targets,
+        Method::Sparse(s) => {
+            s.targets = targets;
+            s.warmup_steps = 2;
+            s.reselect_every = 1;
+        }
+        _ => {}
+    }
+    m
 }
 
 pub fn finish(o: Outcome) -> mosa_train::Summary {

@@ -1,0 +1,275 @@
+//! One injection mechanism for every backbone: [`apply`] puts a [`Method`] into any
+//! [`PeftHost`] through its declared sites, and every later operation — [`merged`],
+//! [`mask_gradients`], [`after_backward`] (sparse re-selection), [`sparse_masks`] /
+//! [`with_sparse_masks`], [`groups`] — is written once here over the same sites.
+//!
+//! Trainability is structural, as in HF PEFT: [`apply`] freezes the backbone, and what trains is
+//! exactly what the method created (its adapter slots, branches, prompts), the task head, and —
+//! for BitFit — the bias terms of burn's layers; never a match on parameter names.
+
+use std::collections::HashMap;
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::adapter::{AdapterConfig, AdapterOptions};
+use crate::host::HostTensor;
+use crate::method::Method;
+use crate::params::{Tally, is_bias_field, set_trainable, tally};
+use crate::rng::Rng;
+use crate::site::{PeftHost, Placement, SiteMut, Targets};
+use crate::slot::{AdapterSlot, LinearBranch};
+use crate::sparse::{self, SparseAction, SparseDelta};
+
+/// The adapter placements a method fills in every block, in order.
+fn placements(method: &Method) -> &'static [Placement] {
+    match method {
+        Method::Adapter(_) | Method::Mosa(_) | Method::PrunedAdapter(_) => &[Placement::Parallel],
+        Method::Pfeiffer(_) => &[Placement::AfterMlp],
+        Method::Houlsby(_) => &[Placement::AfterAttention, Placement::AfterMlp],
+        _ => &[],
+    }
+}
+
+/// The method's linear targets, checked against the family's vocabulary (empty: its default).
+pub fn resolve_targets(method: &Method, table: Targets) -> Result<Vec<String>, String> {
+    let Some(t) = method.targets() else { return Ok(Vec::new()) };
+    let t: Vec<String> = if t.is_empty() { table.default.iter().map(|s| s.to_string()).collect() } else { t.clone() };
+    if let Some(bad) = t.iter().find(|x| !table.names.contains(&x.as_str())) {
+        return Err(format!("unknown target `{bad}`; targets of {}: {}", table.family, table.names.join(", ")));
+    }
+    Ok(t)
+}
+
+/// Injects `method` into `host` and sets what trains. Masks and initial values come from
+/// streams of `seed`, one per block (shared by the block's slots, in the method's order).
+pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, device: &B::Device) -> Result<H, String> {
+    method.validate()?;
+    let targets = resolve_targets(method, host.targets())?;
+    let family = host.targets().family;
+    let mut host = match method {
+        Method::Full => set_trainable(host, true, None),
+        Method::Bitfit => set_trainable(set_trainable(host, false, None), true, Some(&is_bias_field)),
+        _ => set_trainable(host, false, None),
+    };
+    {
+        let mut sites = host.sites_mut();
+        let depth = sites.iter().map(|s| match s {
+            SiteMut::Adapter { site, .. } => site.block + 1,
+            SiteMut::Linear { site, .. } => site.block + 1,
+        });
+        let depth = depth.max().unwrap_or(0);
+        for block in 0..depth {
+            let mut rng = Rng::derive(seed, block as u64);
+            for &place in placements(method) {
+                let found = sites.iter_mut().find_map(|s| match s {
+                    SiteMut::Adapter { site, slot } if site.block == block && site.place == place => Some((site.width, slot)),
+                    _ => None,
+                });
+                let Some((d, slot)) = found else {
+                    return Err(format!("method {} needs an adapter {}; {family} has no such site in block {block}", method.name(), place.describe()));
+                };
+                **slot = Some(adapter_slot(method, d, &mut rng, device));
+            }
+            for t in &targets {
+                let found = sites.iter_mut().find_map(|s| match s {
+                    SiteMut::Linear { site, linear } if site.block == block && site.target == t => Some(linear),
+                    _ => None,
+                });
+                let Some(linear) = found else { continue };
+                // reading the weight initialises a lazily initialised (random) base here, as the
+                // first release did: seeded random-init runs stay bit-identical across versions
+                let [i, o] = linear.weight.val().dims();
+                linear.branch = Some(match method {
+                    Method::Lora(l) => LinearBranch::Lora(l.init(i, o, device)),
+                    Method::MosaLora(m) => LinearBranch::MosaLora(m.init(i, o, &mut rng, device)),
+                    _ => LinearBranch::Sparse(SparseDelta::new(i, o, device)),
+                });
+            }
+        }
+    }
+    if let Method::VptShallow(p) | Method::VptDeep(p) = method {
+        let deep = matches!(method, Method::VptDeep(_));
+        let Some((site, slot)) = host.prompts_mut() else {
+            return Err(format!("method {} needs a token sequence for its prompts; {family} has none", method.name()));
+        };
+        *slot = Some(p.init(&site, deep, device));
+    }
+    if let Some(h) = host.head_mut() {
+        *h = set_trainable(h.clone(), true, None);
+    }
+    Ok(host)
+}
+
+fn adapter_slot<B: Backend>(method: &Method, d: usize, rng: &mut Rng, device: &B::Device) -> AdapterSlot<B> {
+    let act = method.activation();
+    match method {
+        Method::Mosa(m) => AdapterSlot::Mosa(m.config(d).init(rng, device)),
+        Method::PrunedAdapter(m) => AdapterSlot::Mosa(m.config(d).init_pruned(rng, device)),
+        _ => {
+            let o = method.adapter_options().cloned().unwrap_or_else(AdapterOptions::new);
+            AdapterSlot::Plain(AdapterConfig::new(d, o).with_activation(act).init(device))
+        }
+    }
+}
+
+/// The inference model: every MoSA slot averaged into a plain adapter and every linear branch
+/// folded into its base weight, so inference costs one plain adapter per slot.
+pub fn merged<B: Backend, H: PeftHost<B>>(host: &H) -> H {
+    let mut m = host.clone();
+    for s in m.sites_mut() {
+        match s {
+            SiteMut::Adapter { slot: Some(a), .. } => *a = a.merged(),
+            SiteMut::Linear { linear, .. } => linear.merge(),
+            SiteMut::Adapter { slot: None, .. } => {}
+        }
+    }
+    m
+}
+
+/// Masks the gradients of every expert-split tensor (once per step, after backward).
+pub fn mask_gradients<B: AutodiffBackend, H: PeftHost<B>>(host: &mut H, grads: &mut GradientsParams) {
+    for s in host.sites_mut() {
+        match s {
+            SiteMut::Adapter { slot: Some(a), .. } => a.mask_gradients(grads),
+            SiteMut::Linear { linear: crate::site::TunableLinear { branch: Some(b), .. }, .. } => b.mask_gradients(grads),
+            _ => {}
+        }
+    }
+}
+
+/// The method's post-backward hook: sparse re-selection when its schedule says so, then the
+/// expert-gradient masks. Returns the new sparse masks when they changed (the optimiser resets
+/// the moments of entries that left them).
+pub fn after_backward<B: AutodiffBackend, H: PeftHost<B>>(
+    mut host: H,
+    grads: &mut GradientsParams,
+    method: &Method,
+    epoch: usize,
+    step: usize,
+    rng: &mut Rng,
+) -> (H, Vec<(String, Tensor<B, 2>)>) {
+    let mut changed = Vec::new();
+    if let Some(cfg) = method.sparse() {
+        if cfg.action(epoch, step) == SparseAction::Reselect {
+            host = reselect_sparse(host, grads, cfg, rng);
+            changed = sparse_masks(&mut host);
+        }
+    }
+    mask_gradients(&mut host, grads);
+    (host, changed)
+}
+
+/// Re-selects every sparse delta's mask from the gradients of the last backward pass.
+pub fn reselect_sparse<B: AutodiffBackend, H: PeftHost<B>>(mut host: H, grads: &GradientsParams, cfg: &sparse::SparseConfig, rng: &mut Rng) -> H {
+    let mut sites = host.sites_mut();
+    let mut owners = Vec::new();
+    let mut deltas = Vec::new();
+    for (k, s) in sites.iter_mut().enumerate() {
+        if let SiteMut::Linear { linear, .. } = s {
+            if let Some(LinearBranch::Sparse(d)) = linear.branch.take_if(|b| matches!(b, LinearBranch::Sparse(_))) {
+                owners.push(k);
+                deltas.push(d);
+            }
+        }
+    }
+    for (k, d) in owners.into_iter().zip(sparse::reselect(deltas, grads, cfg, rng)) {
+        if let SiteMut::Linear { linear, .. } = &mut sites[k] {
+            linear.branch = Some(LinearBranch::Sparse(d));
+        }
+    }
+    drop(sites);
+    host
+}
+
+/// Key of a sparse delta's mask: the path of its `delta` parameter.
+fn mask_key(layer_path: &str) -> String {
+    format!("{layer_path}.branch.Sparse.delta")
+}
+
+/// The 0/1 masks of the sparse deltas, keyed by the path of their `delta` parameter. Masks are
+/// state, not parameters: checkpoints and saved runs store them under these keys.
+pub fn sparse_masks<B: Backend, H: PeftHost<B>>(host: &mut H) -> Vec<(String, Tensor<B, 2>)> {
+    let mut v = Vec::new();
+    for s in host.sites_mut() {
+        if let SiteMut::Linear { site, linear } = s {
+            if let Some(LinearBranch::Sparse(d)) = &linear.branch {
+                v.push((mask_key(&site.path), d.mask.clone()));
+            }
+        }
+    }
+    v
+}
+
+/// Restores masks saved under [`sparse_masks`]' keys; every key must name a sparse delta of the
+/// host, with its shape.
+pub fn with_sparse_masks<B: Backend, H: PeftHost<B>>(mut host: H, masks: &HashMap<String, HostTensor>) -> Result<H, String> {
+    let mut used = 0;
+    for s in host.sites_mut() {
+        if let SiteMut::Linear { site, linear } = s {
+            if let Some(LinearBranch::Sparse(d)) = &mut linear.branch {
+                let key = mask_key(&site.path);
+                if let Some(m) = masks.get(&key) {
+                    let dims = d.mask.dims();
+                    if m.shape.as_slice() != dims.as_slice() {
+                        return Err(format!("sparse mask {key}: shape {:?}, the model has {dims:?}", m.shape));
+                    }
+                    d.mask = m.to_tensor(&d.mask.device());
+                    used += 1;
+                }
+            }
+        }
+    }
+    if used != masks.len() {
+        return Err(format!("{} sparse mask(s) do not match a sparse delta of this model", masks.len() - used));
+    }
+    Ok(host)
+}
+
+/// Parameters by group, for reporting: what the method added (expert-split tensors apart),
+/// the task head, and the backbone (everything else).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Groups {
+    /// The split tensors of MoSA / MoSA-LoRA.
+    pub experts: Tally,
+    /// Everything else a method added (adapters, LoRA factors, sparse deltas, prompts).
+    pub adapter: Tally,
+    pub head: Tally,
+    pub backbone: Tally,
+}
+
+impl Groups {
+    pub fn all(&self) -> Tally {
+        self.experts + self.adapter + self.head + self.backbone
+    }
+
+    /// `(name, tally)` of the non-empty groups, in name order.
+    pub fn rows(&self) -> Vec<(&'static str, Tally)> {
+        [("adapter", self.adapter), ("backbone", self.backbone), ("experts", self.experts), ("head", self.head)].into_iter().filter(|(_, t)| t.total > 0).collect()
+    }
+}
+
+/// Counts `host`'s parameters by group, from what sits in its sites (never from names).
+pub fn groups<B: Backend, H: PeftHost<B>>(host: &H) -> Groups {
+    let mut h = host.clone();
+    let all = tally(&h);
+    let mut g = Groups::default();
+    for s in h.sites_mut() {
+        let (e, a) = match s {
+            SiteMut::Adapter { slot: Some(a), .. } => a.param_split(),
+            SiteMut::Linear { linear: crate::site::TunableLinear { branch: Some(b), .. }, .. } => b.param_split(),
+            _ => continue,
+        };
+        g.experts = g.experts + e;
+        g.adapter = g.adapter + a;
+    }
+    if let Some((_, Some(p))) = h.prompts_mut() {
+        g.adapter = g.adapter + tally(&*p);
+    }
+    if let Some(head) = h.head_mut() {
+        g.head = tally(&*head);
+    }
+    g.backbone = all - g.experts - g.adapter - g.head;
+    g
+}

@@ -1,0 +1,121 @@
+//! Layers shared by every backbone family: patch embedding, attention, the transformer MLP,
+//! LayerScale and stochastic depth. Linear layers that a method may target are
+//! [`TunableLinear`]s, so every family's sites hold the same type.
+//!
+//! Training mode follows burn's convention: dropout and drop-path are active when the backend
+//! tracks gradients (`B::ad_enabled`), i.e. on an `Autodiff` backend, and off on its inner backend.
+
+use burn::module::Param;
+use burn::nn::Dropout;
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::module::{attention, linear};
+
+use mosa_core::Rng;
+use mosa_core::site::TunableLinear;
+
+/// Non-overlapping patches → tokens, stored as timm's convolution (`patch_embed.proj`)
+/// and computed as one matmul over flattened patches.
+#[derive(Module, Debug)]
+pub struct PatchEmbed<B: Backend> {
+    pub proj: Conv2d<B>,
+    #[module(skip)]
+    pub patch_size: usize,
+}
+
+impl<B: Backend> PatchEmbed<B> {
+    /// `[b, c, h, w]` → (`[b, gh·gw, d]`, (gh, gw)). Rows/columns that do not fill a patch are
+    /// dropped, as a strided convolution does.
+    pub fn forward(&self, x: Tensor<B, 4>) -> (Tensor<B, 3>, (usize, usize)) {
+        let [b, c, h, w] = x.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let x = if h != gh * p || w != gw * p { x.slice([0..b, 0..c, 0..gh * p, 0..gw * p]) } else { x };
+        let patches = x.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
+        let weight = self.proj.weight.val();
+        let d = weight.dims()[0];
+        let weight = weight.reshape([d, c * p * p]).transpose();
+        (linear(patches, weight, self.proj.bias.as_ref().map(|b| b.val())), (gh, gw))
+    }
+}
+
+/// Multi-head self-attention with a fused `qkv` projection.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[d, 3d]`; a method's branch (LoRA, MoSA-LoRA, sparse delta) sits at `qkv.branch`.
+    pub qkv: TunableLinear<B>,
+    pub proj: TunableLinear<B>,
+    pub attn_drop: Dropout,
+    pub proj_drop: Dropout,
+    #[module(skip)]
+    pub num_heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// # Shapes
+    /// `[b, t, d]` → `[b, t, d]`
+    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let h = self.num_heads;
+        let hd = d / h;
+        let qkv = self.qkv.forward(x, rng).reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([b, h, t, hd]));
+        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let out = if self.attn_drop.prob > 0.0 && B::ad_enabled(&q.device()) {
+            let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+            self.attn_drop.forward(softmax(scores, 3)).matmul(v)
+        } else {
+            attention(q, k, v, None, None, Default::default())
+        };
+        let out = out.swap_dims(1, 2).reshape([b, t, d]);
+        self.proj_drop.forward(self.proj.forward(out, rng))
+    }
+}
+
+/// The transformer MLP: fc1 → exact GELU → dropout → fc2 → dropout.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub fc1: TunableLinear<B>,
+    pub fc2: TunableLinear<B>,
+    pub drop: Dropout,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+        let x = self.drop.forward(gelu(self.fc1.forward(x, rng)));
+        self.drop.forward(self.fc2.forward(x, rng))
+    }
+}
+
+/// Per-channel scaling of a residual branch (`ls1`, `ls2`; `gamma` in timm).
+#[derive(Module, Debug)]
+pub struct LayerScale<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> LayerScale<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x * self.gamma.val().unsqueeze::<3>()
+    }
+}
+
+/// Stochastic depth: drops a whole residual branch per sample while training.
+pub fn drop_path<B: Backend>(x: Tensor<B, 3>, rate: f64) -> Tensor<B, 3> {
+    if rate == 0.0 || !B::ad_enabled(&x.device()) {
+        return x;
+    }
+    let keep = 1.0 - rate;
+    let [b, _, _] = x.dims();
+    let mask = Tensor::<B, 3>::random([b, 1, 1], Distribution::Bernoulli(keep), &x.device());
+    x * mask / keep
+}
+
+pub fn opt_scale<B: Backend>(ls: &Option<LayerScale<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    match ls {
+        Some(ls) => ls.forward(x),
+        None => x,
+    }
+}
+

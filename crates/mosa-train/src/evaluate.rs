@@ -1,0 +1,25 @@
+//! Evaluation: accuracy of a (merged) model on a split, in evaluation mode (the inner,
+//! non-autodiff backend: no dropout, MoSA slots use their merged adapter).
+
+use burn::prelude::*;
+use mosa_data::LoadedSplit;
+use mosa_models::Backbone;
+
+/// Accuracy on the first `limit` images of `split` (all if `None`), and how many were scored.
+pub fn evaluate<B: Backend>(model: &Backbone<B>, split: &LoadedSplit, batch: usize, limit: Option<usize>, device: &B::Device) -> (f64, usize) {
+    let n = limit.map_or(split.len(), |l| l.min(split.len()));
+    let idx: Vec<usize> = (0..n).collect();
+    let mut correct: Option<Tensor<B, 1, Int>> = None;
+    for chunk in idx.chunks(batch.max(1)) {
+        let (px, labels) = split.batch(chunk, 0);
+        let (x, y) = mosa_data::batcher::to_tensors::<B>(px, &labels, split.transform.size, device);
+        let pred = model.forward(x).logits.argmax(1).reshape([chunk.len()]);
+        let c = pred.equal(y).int().sum();
+        correct = Some(match correct {
+            Some(t) => t.add(c),
+            None => c,
+        });
+    }
+    let c = correct.map(|t| t.into_scalar().elem::<i64>()).unwrap_or(0);
+    (c as f64 / n.max(1) as f64, n)
+}

@@ -1,0 +1,222 @@
+//! The typed run directory, shared by the engine, `mosa eval`, xtask and the coming merge:
+//! every file name, the `config.json` and `summary.json` types, and the reading of directories
+//! written before this layout (format 1).
+//!
+//! | file | what |
+//! |---|---|
+//! | `config.json` | [`RunConfig`]: format, the [`RunSpec`], backbone identity, dataset sizes |
+//! | `checkpoint.safetensors` | trainables, sparse masks, AdamW moments, [`crate::checkpoint::RunState`] |
+//! | `model.safetensors` | what trains (+ `sparse_mask/…`), with the backbone identity |
+//! | `metrics.jsonl`, `metrics.csv` | one line per epoch |
+//! | `summary.json` | [`Summary`], written when the run finishes |
+
+use std::path::PathBuf;
+
+use mosa_core::Method;
+use mosa_models::BackboneConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{BackboneId, write_text};
+use crate::config::TrainConfig;
+use crate::metrics::Summary;
+use crate::{Error, Result};
+
+/// The layout version this build writes. Format 1 (no `format` key) is read and converted.
+pub const FORMAT: u32 = 2;
+
+/// Everything that defines a run; a resume must match it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Preset name or config file the model came from (for display).
+    pub model_name: String,
+    pub model: BackboneConfig,
+    /// Backbone weights (None: random initialisation).
+    pub weights: Option<PathBuf>,
+    pub method: Method,
+    pub dataset: String,
+    /// The recipe, including the one seed of the run (masks, draws, order, init).
+    pub train: TrainConfig,
+    pub skip_unreadable: bool,
+}
+
+impl RunSpec {
+    /// SHA-256 of the spec's canonical JSON: the checkpoint records it, a resume compares it.
+    pub fn sha256(&self) -> String {
+        let json = serde_json::to_string_pretty(self).unwrap_or_default();
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(json.as_bytes()))
+    }
+}
+
+/// The dataset a run was trained on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    pub name: String,
+    pub classes: usize,
+    pub style: serde_json::Value,
+    pub train: usize,
+    pub val: Option<usize>,
+    pub test: Option<usize>,
+}
+
+/// `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub format: u32,
+    pub run: RunSpec,
+    pub backbone: BackboneId,
+    pub dataset: DatasetInfo,
+    pub trainable_params: usize,
+    pub backend: String,
+}
+
+/// A run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.path.join("config.json")
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.path.join("checkpoint.safetensors")
+    }
+    pub fn model(&self) -> PathBuf {
+        self.path.join("model.safetensors")
+    }
+    pub fn summary_path(&self) -> PathBuf {
+        self.path.join("summary.json")
+    }
+    pub fn metrics_jsonl(&self) -> PathBuf {
+        self.path.join("metrics.jsonl")
+    }
+    pub fn metrics_csv(&self) -> PathBuf {
+        self.path.join("metrics.csv")
+    }
+
+    /// Whether the run finished (its summary exists).
+    pub fn finished(&self) -> bool {
+        self.summary_path().exists()
+    }
+
+    /// Whether the run has a checkpoint to resume from.
+    pub fn resumable(&self) -> bool {
+        self.checkpoint().exists()
+    }
+
+    /// Refuses to start a new run in a directory that already holds one.
+    pub fn check_new(&self) -> Result<()> {
+        if self.resumable() || self.finished() {
+            return Err(Error::Config(format!("{} already holds a run; use --resume to continue it or another --out", self.path.display())));
+        }
+        Ok(())
+    }
+
+    /// Reads `config.json` (format 2, or format 1 converted).
+    pub fn read_config(&self) -> Result<RunConfig> {
+        let p = self.config();
+        let err = |e: &dyn std::fmt::Display| Error::Checkpoint(format!("{}: {e}", p.display()));
+        let text = std::fs::read_to_string(&p).map_err(|e| err(&e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&e))?;
+        match v.get("format").and_then(|f| f.as_u64()) {
+            None => legacy::config(v).map_err(|e| err(&e)),
+            Some(2) => serde_json::from_value(v).map_err(|e| err(&e)),
+            Some(f) => Err(err(&format!("run directory format {f} is newer than this mosa reads ({FORMAT}); use a newer mosa"))),
+        }
+    }
+
+    pub fn write_config(&self, c: &RunConfig) -> Result<()> {
+        write_text(&self.config(), &(serde_json::to_string_pretty(c).map_err(|e| Error::Config(e.to_string()))? + "\n"))
+    }
+
+    /// Reads `summary.json`.
+    pub fn summary(&self) -> Result<Summary> {
+        let p = self.summary_path();
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))?;
+        serde_json::from_str(&text).map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))
+    }
+
+    pub fn write_summary(&self, s: &Summary) -> Result<()> {
+        write_text(&self.summary_path(), &(serde_json::to_string_pretty(s).map_err(|e| Error::Config(e.to_string()))? + "\n"))
+    }
+}
+
+/// Run directories of format 1 (before backbone families and per-method configs): the flat
+/// method config and bare ViT config of `config.json`, and the `<layer>_branch` parameter paths
+/// of checkpoints and saved models, are converted on reading.
+pub mod legacy {
+    use mosa_core::adapter::AdapterOptions;
+    use mosa_core::lora::{LoraOptions, MosaLoraOptions};
+    use mosa_core::mosa::MosaOptions;
+    use mosa_core::prompt::PromptOptions;
+    use mosa_core::sparse::SparseConfig;
+    use mosa_core::{Method, MethodKind};
+    use serde_json::Value;
+
+    use super::{FORMAT, RunConfig};
+
+    /// A parameter path of format 1 in today's layout (`attn.qkv_branch.` → `attn.qkv.branch.`).
+    pub fn path(p: &str) -> String {
+        let mut s = p.to_string();
+        for l in ["qkv", "proj", "fc1", "fc2"] {
+            s = s.replace(&format!(".{l}_branch."), &format!(".{l}.branch."));
+        }
+        s
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(m: &Value, k: &str) -> Result<T, String> {
+        serde_json::from_value(m.get(k).cloned().ok_or_else(|| format!("format-1 method config has no `{k}`"))?).map_err(|e| format!("`{k}`: {e}"))
+    }
+
+    /// The flat format-1 method config as a [`Method`].
+    pub fn method(m: &Value) -> Result<Method, String> {
+        let kind: MethodKind = get(m, "method")?;
+        let adapter = || -> Result<AdapterOptions, String> {
+            Ok(AdapterOptions::new().with_r(get(m, "r")?).with_scale(get(m, "scale")?).with_dropout(get(m, "adapter_dropout")?).with_norm(get(m, "adapter_norm")?))
+        };
+        let mosa = || -> Result<MosaOptions, String> { Ok(MosaOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_share(get(m, "share")?)) };
+        let lora = || -> Result<LoraOptions, String> {
+            Ok(LoraOptions::new().with_r(get(m, "lora_r")?).with_alpha(get(m, "lora_alpha")?).with_dropout(get(m, "lora_dropout")?).with_targets(get(m, "targets")?))
+        };
+        let prompt = || -> Result<PromptOptions, String> { Ok(PromptOptions::new().with_tokens(get(m, "prompt_tokens")?).with_dropout(get(m, "prompt_dropout")?)) };
+        Ok(match kind {
+            MethodKind::Linear => Method::Linear,
+            MethodKind::Full => Method::Full,
+            MethodKind::Bitfit => Method::Bitfit,
+            MethodKind::Adapter => Method::Adapter(adapter()?),
+            MethodKind::Pfeiffer => Method::Pfeiffer(adapter()?),
+            MethodKind::Houlsby => Method::Houlsby(adapter()?),
+            MethodKind::Lora => Method::Lora(lora()?),
+            MethodKind::VptShallow => Method::VptShallow(prompt()?),
+            MethodKind::VptDeep => Method::VptDeep(prompt()?),
+            MethodKind::Mosa => Method::Mosa(mosa()?),
+            MethodKind::PrunedAdapter => Method::PrunedAdapter(mosa()?),
+            MethodKind::MosaLora => Method::MosaLora(MosaLoraOptions::new().with_lora(lora()?).with_experts(get(m, "experts")?).with_split(get(m, "lora_split")?)),
+            MethodKind::Sparse => {
+                let mut s = m.get("sparse").cloned().unwrap_or(Value::Null);
+                if let Some(o) = s.as_object_mut() {
+                    o.remove("seed");
+                    o.insert("targets".into(), m.get("targets").cloned().unwrap_or(Value::Array(vec![])));
+                }
+                Method::Sparse(serde_json::from_value::<SparseConfig>(s).map_err(|e| format!("`sparse`: {e}"))?)
+            }
+        })
+    }
+
+    /// A format-1 `config.json` as today's [`RunConfig`].
+    pub fn config(mut v: Value) -> Result<RunConfig, String> {
+        let run = v.get_mut("run").ok_or("no `run`")?;
+        let m = run.get("method").cloned().ok_or("no `run.method`")?;
+        // the one seed: format 1 set the recipe's seed from the method's
+        if let (Some(seed), Some(t)) = (m.get("seed").cloned(), run.get_mut("train")) {
+            t["seed"] = seed;
+        }
+        run["method"] = serde_json::to_value(method(&m)?).map_err(|e| e.to_string())?;
+        v["format"] = FORMAT.into();
+        serde_json::from_value(v).map_err(|e| format!("format-1 config: {e}"))
+    }
+}
