@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use mosa_train::RunDir;
 use serde_json::{Value, json};
 
 /// The published group means (ViT-B/16 IN-21k), spec §8: MoSA from SNELL/DA-VPT reprints,
@@ -109,14 +110,15 @@ pub fn run_grid(g: &Grid, mosa: &Path) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for (k, (task, method)) in mine.iter().enumerate() {
         let dir = g.out.join("runs").join(task).join(method);
-        let done = dir.join("summary.json").exists();
+        let run = RunDir::new(&dir);
+        let done = run.finished();
         let eta = if ran > 0 { fmt_eta(start.elapsed().as_secs_f64() / ran as f64 * (mine.len() - k) as f64) } else { "?".into() };
         eprintln!("[{}/{}] {task} / {method}{} (elapsed {}, ETA {eta})", k + 1, mine.len(), if done { ": done, skipped" } else { "" }, fmt_eta(start.elapsed().as_secs_f64()));
         if done {
             continue;
         }
         let mut args: Vec<String> = vec!["train".into(), "--out".into(), dir.display().to_string()];
-        if dir.join("checkpoint.safetensors").exists() {
+        if run.resumable() {
             args.push("--resume".into());
         } else {
             if dir.exists() {
@@ -158,8 +160,10 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
     for t in &g.tasks {
         for m in &g.methods {
             let d = g.out.join("runs").join(t).join(m);
-            if let Ok(text) = std::fs::read_to_string(d.join("summary.json")) {
-                let mut s: Value = serde_json::from_str(&text).with_context(|| d.join("summary.json").display().to_string())?;
+            let run = RunDir::new(&d);
+            if run.finished() {
+                // the typed summary, plus the peak memory this harness measured
+                let mut s = serde_json::to_value(run.summary()?)?;
                 let rss = std::fs::read_to_string(d.join("peak_memory_mib.txt")).ok().and_then(|x| x.trim().parse::<f64>().ok());
                 s["peak_memory_mib"] = json!(rss);
                 acc.insert((t.clone(), m.clone()), s);
@@ -224,13 +228,7 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
         }));
     }
     let json = json!({ "settings": g.settings, "tasks": g.tasks, "methods": rows_json });
-    let write = |name: &str, text: &str| -> anyhow::Result<()> {
-        let p = g.out.join(name);
-        let tmp = g.out.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &p)?;
-        Ok(())
-    };
+    let write = |name: &str, text: &str| -> anyhow::Result<()> { mosa_core::fsio::write_atomic(&g.out.join(name), text.as_bytes()).map_err(anyhow::Error::msg) };
     write("results.md", &md)?;
     write("results.csv", &csv)?;
     write("results.json", &(serde_json::to_string_pretty(&json)? + "\n"))?;

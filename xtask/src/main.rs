@@ -201,10 +201,18 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     if let Some(m) = me {
         train_args.extend(["--max-eval-images".into(), m.to_string()]);
     }
+    // the defaults `mosa train` applies, read from their one source
+    let (recipe, mosa_opts) = (mosa_train::TrainConfig::default(), mosa_core::mosa::MosaOptions::new());
     let settings = format!(
-        "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, per-epoch cosine), batch {bs}, lr {lr}, seed 3407, head init zero, MoSA r 16 N 4 share down; train images per task {}, eval images per split {}; backend feature {}.",
+        "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, lr {lr}, seed {}, head init {}, MoSA r {} N {} share {}; train images per task {}, eval images per split {}; backend feature {}.",
         a.model,
         a.weights.as_deref().unwrap_or("preset default"),
+        enum_name(recipe.schedule),
+        recipe.seed,
+        enum_name(recipe.head_init),
+        mosa_opts.adapter.r,
+        mosa_opts.experts,
+        enum_name(mosa_opts.share),
         mt.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
         me.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
         a.backend.features
@@ -218,6 +226,11 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         None => build_mosa(&a.backend)?,
     };
     bench_vtab::run_grid(&grid, &mosa)
+}
+
+/// An enum's name as recipes and flags spell it (`per-epoch`, `zero`, `down`).
+fn enum_name<T: serde::Serialize>(v: T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 /// Builds `mosa` in release mode with the chosen backend and returns the binary's path.

@@ -249,3 +249,78 @@ fn train_resume_and_eval_from_the_command_line() {
     std::fs::write(&recipe, "epochz = 3\n").unwrap();
     assert_one_line_error(&run(args(&[])), &["recipe.toml", "epochz"]);
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() { copy_dir(&e.path(), &dest) } else { std::fs::copy(e.path(), dest).unwrap(); }
+    }
+}
+
+/// Every metric of a `metrics.jsonl` except the timings.
+fn metrics_without_timings(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().retain(|k, _| !k.contains("second"));
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn format1_runs_of_the_previous_release_resume_and_evaluate() {
+    // tests/data/format1: two runs interrupted after epoch 2 of 3 by the release before the
+    // redesign (commit 33e85c4: flat method config, bare ViT config, `qkv_branch` paths), and
+    // the metrics of the same runs left uninterrupted by that release.
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format1"), tmp.path());
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_mosa")).args(args).current_dir(tmp.path()).env("MOSA_CACHE", tmp.path()).output().unwrap();
+    for m in ["mosa", "sparse"] {
+        let dir = format!("run-{m}");
+        let o = run(&["train", "--resume", "--out", &dir]);
+        assert!(o.status.success(), "{m}: {}", stderr(&o));
+        let got = metrics_without_timings(&tmp.path().join(&dir).join("metrics.jsonl"));
+        let want = metrics_without_timings(&tmp.path().join(format!("expected-{m}-metrics.jsonl")));
+        assert_eq!(got, want, "{m}: the resumed run must end exactly as the uninterrupted one");
+        // the directory is now in today's format
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join(&dir).join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["format"], 2);
+        assert_eq!(cfg["run"]["method"]["method"], m);
+        assert_eq!(cfg["run"]["model"]["family"], "vit");
+    }
+    // a finished format-1 run (LoRA on qkv + fc1: `qkv_branch` paths in its model.safetensors)
+    // and a resumed one evaluate to their last logged test accuracy
+    for (dir, summary) in [("done-lora", "done-lora/summary.json"), ("run-sparse", "expected-sparse-summary.json")] {
+        let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join(summary)).unwrap()).unwrap();
+        let o = run(&["eval", "--run", dir]);
+        assert!(o.status.success(), "{dir}: {}", stderr(&o));
+        let acc = format!("| {:.2} |", 100.0 * want["last_test"].as_f64().unwrap());
+        assert!(String::from_utf8_lossy(&o.stdout).contains(&acc), "{dir}: {} vs {acc}", String::from_utf8_lossy(&o.stdout));
+    }
+}
+
+#[test]
+fn the_recipe_seed_is_kept_unless_the_flag_is_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs: Vec<_> = (0..12).map(|i| mosa_data::synth::shapes_image(mosa_data::synth::ShapesTask::Position, 16, 4, i)).collect();
+    mosa_data::synth::write_vtab_task(&tmp.path().join("dsprites_loc"), &imgs, 6, 3, false).unwrap();
+    let model = tmp.path().join("tiny.json");
+    std::fs::write(&model, r#"{"kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}}"#).unwrap();
+    let recipe = tmp.path().join("recipe.toml");
+    std::fs::write(&recipe, "epochs = 1\nwarmup_epochs = 0\nbatch_size = 6\nresolution = 16\nseed = 11\n").unwrap();
+    let ds = format!("vtab:{}/dsprites_loc", tmp.path().display());
+    for (extra, want) in [(vec![], 11), (vec!["--seed", "12"], 12)] {
+        let out = tmp.path().join(format!("run{want}"));
+        let mut args = vec!["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &ds, "--config", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend(extra);
+        let o = mosa(&args, tmp.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["run"]["train"]["seed"], want);
+    }
+}

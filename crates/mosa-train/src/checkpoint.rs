@@ -36,17 +36,18 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 pub fn write_checkpoint(path: &Path, params: &Tensors, adam: &[(String, Vec<f32>, Vec<f32>)], state: &RunState) -> Result<()> {
-    let mut t: Vec<(String, Vec<usize>, &[f32])> = params.iter().map(|(p, h)| (format!("param/{p}"), h.shape.clone(), h.data.as_slice())).collect();
-    for (p, m, v) in adam {
-        t.push((format!("adam.m/{p}"), vec![m.len()], m.as_slice()));
-        t.push((format!("adam.v/{p}"), vec![v.len()], v.as_slice()));
-    }
+    let moments: Vec<(String, HostTensor)> = adam
+        .iter()
+        .flat_map(|(p, m, v)| [(format!("adam.m/{p}"), HostTensor::new(vec![m.len()], m.clone())), (format!("adam.v/{p}"), HostTensor::new(vec![v.len()], v.clone()))])
+        .collect();
+    let mut t: Vec<(String, &HostTensor)> = params.iter().map(|(p, h)| (format!("param/{p}"), h)).collect();
+    t.extend(moments.iter().map(|(n, h)| (n.clone(), h)));
     let meta = HashMap::from([("mosa.run_state".to_string(), serde_json::to_string(state).map_err(|e| io(path, e))?)]);
     write_tensors(path, &t, meta)
 }
 
 /// Serialises and writes atomically.
-fn write_tensors(path: &Path, t: &[(String, Vec<usize>, &[f32])], meta: HashMap<String, String>) -> Result<()> {
+fn write_tensors(path: &Path, t: &[(String, &HostTensor)], meta: HashMap<String, String>) -> Result<()> {
     let bytes = mosa_models::load::safetensors::serialize(t, Some(meta)).map_err(|e| io(path, e))?;
     mosa_core::fsio::write_atomic(path, &bytes).map_err(Error::Checkpoint)
 }
@@ -100,7 +101,7 @@ pub struct BackboneId {
 
 /// Saves the method's trainable parameters (not the frozen backbone) with the backbone's identity.
 pub fn write_model(path: &Path, params: &Tensors, backbone: &BackboneId, extra: &[(&str, String)]) -> Result<()> {
-    let t: Vec<(String, Vec<usize>, &[f32])> = params.iter().map(|(p, h)| (p.clone(), h.shape.clone(), h.data.as_slice())).collect();
+    let t: Vec<(String, &HostTensor)> = params.iter().map(|(p, h)| (p.clone(), h)).collect();
     let mut meta = HashMap::from([("mosa.backbone".to_string(), serde_json::to_string(backbone).map_err(|e| io(path, e))?)]);
     for (k, v) in extra {
         meta.insert(format!("mosa.{k}"), v.clone());

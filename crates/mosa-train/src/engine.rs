@@ -74,7 +74,12 @@ pub fn build_model<B: Backend>(spec: &RunSpec, num_classes: usize, device: &B::D
         None => cfg.init::<B>(device),
     };
     let model = head_init(model, spec.train.head_init, spec.train.seed);
-    inject::apply(model, &spec.method, spec.train.seed, device).map_err(Error::Model)
+    let model = inject::apply(model, &spec.method, spec.train.seed, device).map_err(Error::Model)?;
+    // Materialise every lazily initialised parameter now, in module order (reading its shape
+    // does): the random values of a seeded model then do not depend on what reads them first
+    // (training's forward pass, or loading a saved run for `mosa eval`).
+    let _ = params::list(&model);
+    Ok(model)
 }
 
 fn backbone_id(spec: &RunSpec) -> Result<BackboneId> {

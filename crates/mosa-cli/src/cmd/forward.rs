@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use mosa_core::HostTensor;
 use mosa_models::load::{self, HeadPolicy};
 use mosa_models::{presets, weights};
 
@@ -63,19 +64,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let input = Tensor::<Backend, 4>::from_data(TensorData::new(x.data.clone(), x.shape.clone()), &device);
     let out = model.forward_with(input, args.hidden);
 
-    let host = |t: TensorData| -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
-        Ok((t.shape.to_vec(), t.to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading back a tensor: {e:?}"))?))
-    };
     let mut outputs = vec![
-        ("tokens".to_string(), host(out.features.into_data())?),
-        ("pre_logits".to_string(), host(out.pre_logits.into_data())?),
-        ("logits".to_string(), host(out.logits.into_data())?),
+        ("tokens".to_string(), HostTensor::from_tensor(out.features)),
+        ("pre_logits".to_string(), HostTensor::from_tensor(out.pre_logits)),
+        ("logits".to_string(), HostTensor::from_tensor(out.logits)),
     ];
     for (i, h) in out.hidden.into_iter().enumerate() {
-        outputs.push((format!("hidden.{i}"), host(h.into_data())?));
+        outputs.push((format!("hidden.{i}"), HostTensor::from_tensor(h)));
     }
-    let tensors: Vec<(String, Vec<usize>, &[f32])> =
-        outputs.iter().map(|(n, (s, d))| (n.clone(), s.clone(), d.as_slice())).collect();
+    let tensors: Vec<(String, &HostTensor)> = outputs.iter().map(|(n, t)| (n.clone(), t)).collect();
     let meta = HashMap::from([
         ("mosa.model".to_string(), args.model.clone()),
         ("mosa.weights".to_string(), weights_path.display().to_string()),
@@ -85,9 +82,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "wrote {} (tokens {:?}, pre_logits {:?}, logits {:?}) on {}",
         args.out.display(),
-        outputs[0].1.0,
-        outputs[1].1.0,
-        outputs[2].1.0,
+        outputs[0].1.shape,
+        outputs[1].1.shape,
+        outputs[2].1.shape,
         backend::NAME
     );
     Ok(())

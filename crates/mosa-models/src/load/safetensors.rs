@@ -75,13 +75,13 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
         .unwrap_or_default())
 }
 
-/// Serialises f32 tensors (name → (shape, values)) with metadata.
-pub fn serialize(tensors: &[(String, Vec<usize>, &[f32])], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+/// Serialises named f32 host tensors with metadata.
+pub fn serialize(tensors: &[(String, &HostTensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
-        .map(|(n, shape, data)| {
-            let bytes: &[u8] = bytemuck_f32(data);
-            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (n.clone(), v))
+        .map(|(n, t)| {
+            let bytes: &[u8] = bytemuck_f32(&t.data);
+            TensorView::new(Dtype::F32, t.shape.clone(), bytes).map(|v| (n.clone(), v))
         })
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::Config(format!("cannot serialise tensors: {e}")))?;
@@ -101,8 +101,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes a state dict as safetensors, atomically.
 pub fn write(sd: &StateDict, path: &Path, metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let tensors: Vec<(String, Vec<usize>, &[f32])> =
-        sd.tensors.iter().map(|(n, t)| (n.clone(), t.shape.clone(), t.data.as_slice())).collect();
+    let tensors: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
     write_atomic(path, &serialize(&tensors, metadata)?)
 }
 
