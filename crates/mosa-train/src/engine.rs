@@ -189,20 +189,7 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
         let (m, tr) = train_epoch(model, &mut optim, epoch, &ctx, rep)?;
         model = m;
 
-        // merge (MoSA: mean of the experts), then evaluate on the inner backend
-        let t1 = Instant::now();
-        let eval_model = inject::merged(&model.valid());
-        let mut evaluated = 0;
-        let mut eval = |s: &Option<LoadedSplit>| {
-            s.as_ref().map(|s| {
-                let (a, n) = evaluate(&eval_model, s, eval_bs, t.max_eval_images, device);
-                evaluated += n;
-                a
-            })
-        };
-        let val_acc = eval(&data.val);
-        let test_acc = eval(&data.test);
-        let eval_seconds = t1.elapsed().as_secs_f64();
+        let (val_acc, test_acc, evaluated, eval_seconds) = evaluate_merged(&model, &data, eval_bs, t.max_eval_images, device);
         let m = EpochMetrics {
             epoch: epoch + 1,
             lr: tr.lr,
@@ -225,10 +212,37 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
         }
     }
 
-    let (best_val_epoch, best_val, test_at_best_val, best_test_epoch, best_test, last_test) = summarize(&metrics);
+    let summary = summary_of::<B>(spec, &metrics, trainable, merged_trainable);
+    write_model(&dir.model(), &with_masks(params::export_trainable(&model), &mut model), &backbone, &[("run_config_sha256", config_sha), ("format", FORMAT.to_string())])?;
+    dir.write_summary(&summary)?;
+    Ok(Outcome::Finished(Box::new(summary)))
+}
+
+/// Merges (MoSA: mean of the experts; branches folded) and evaluates on the inner backend:
+/// validation and test accuracy, images evaluated, seconds.
+fn evaluate_merged<B: AutodiffBackend>(model: &Backbone<B>, data: &Data, batch: usize, limit: Option<usize>, device: &B::Device) -> (Option<f64>, Option<f64>, usize, f64) {
+    let t1 = Instant::now();
+    let eval_model = inject::merged(&model.valid());
+    let mut evaluated = 0;
+    let mut eval = |s: &Option<LoadedSplit>| {
+        s.as_ref().map(|s| {
+            let (a, n) = evaluate(&eval_model, s, batch, limit, device);
+            evaluated += n;
+            a
+        })
+    };
+    let val = eval(&data.val);
+    let test = eval(&data.test);
+    (val, test, evaluated, t1.elapsed().as_secs_f64())
+}
+
+/// The run's summary from its per-epoch metrics.
+fn summary_of<B: Backend>(spec: &RunSpec, metrics: &[EpochMetrics], trainable: usize, merged_trainable: usize) -> Summary {
+    let t = &spec.train;
+    let (best_val_epoch, best_val, test_at_best_val, best_test_epoch, best_test, last_test) = summarize(metrics);
     let total = |f: fn(&EpochMetrics) -> f64| metrics.iter().map(f).sum::<f64>();
     let (ts, es) = (total(|m| m.train_seconds), total(|m| m.eval_seconds));
-    let summary = Summary {
+    Summary {
         dataset: spec.dataset.clone(),
         method: spec.method.name().to_string(),
         model: spec.model_name.clone(),
@@ -247,10 +261,7 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
         eval_images_per_second: total(|m| m.eval_images_per_second * m.eval_seconds) / es.max(1e-9),
         head_init: serde_json::to_value(t.head_init).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
         backend: std::any::type_name::<B>().to_string(),
-    };
-    write_model(&dir.model(), &with_masks(params::export_trainable(&model), &mut model), &backbone, &[("run_config_sha256", config_sha), ("format", FORMAT.to_string())])?;
-    dir.write_summary(&summary)?;
-    Ok(Outcome::Finished(Box::new(summary)))
+    }
 }
 
 /// Whether `config.json` is already in this build's format (a format-1 run is converted when
