@@ -8,14 +8,18 @@
 //! - [`mask`]: partitions and exact top-k; [`rng`]: the seeded generator behind every draw;
 //! - [`params`]: parameters by path (one path stack), values in and out;
 //! - [`optim`]: the reference AdamW and warm-up cosine;
+//! - [`expert`]: the task-expert file (sparse / LoRA / full); [`merge`]: merging experts in
+//!   index space, and hot-swap;
 //! - [`host`]: the one host tensor type; [`fsio`]: the one atomic-write helper.
 
 pub mod adapter;
+pub mod expert;
 pub mod fsio;
 pub mod host;
 pub mod inject;
 pub mod lora;
 pub mod mask;
+pub mod merge;
 pub mod method;
 pub mod mosa;
 pub mod optim;

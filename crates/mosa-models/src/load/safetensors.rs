@@ -14,33 +14,11 @@ pub fn to_f32(path: &Path, name: &str, view: &TensorView<'_>) -> Result<HostTens
     let data: Vec<f32> = match view.dtype() {
         Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Dtype::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        Dtype::F16 => b.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        Dtype::F16 => b.chunks_exact(2).map(|c| mosa_core::host::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
         Dtype::BF16 => b.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
         other => return Err(Error::format(path, format!("tensor `{name}` has dtype {other:?}; a float type is needed"))),
     };
     Ok(HostTensor::new(view.shape().to_vec(), data))
-}
-
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, f) => {
-            // subnormal: renormalise
-            let mut e = 127 - 15 + 1;
-            let mut f = f;
-            while f & 0x400 == 0 {
-                f <<= 1;
-                e -= 1;
-            }
-            sign | (e << 23) | ((f & 0x3ff) << 13)
-        }
-        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
-        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
-    };
-    f32::from_bits(bits)
 }
 
 /// Reads every tensor of a safetensors file.
@@ -111,11 +89,11 @@ mod tests {
 
     #[test]
     fn f16_conversion_matches_known_values() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8); // smallest subnormal
-        assert!(f16_to_f32(0x7c00).is_infinite());
+        assert_eq!(mosa_core::host::f16_to_f32(0x3c00), 1.0);
+        assert_eq!(mosa_core::host::f16_to_f32(0xc000), -2.0);
+        assert_eq!(mosa_core::host::f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(mosa_core::host::f16_to_f32(0x0001), 5.960_464_5e-8); // smallest subnormal
+        assert!(mosa_core::host::f16_to_f32(0x7c00).is_infinite());
     }
 
     #[test]
