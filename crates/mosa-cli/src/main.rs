@@ -13,8 +13,7 @@ use clap::{Parser, Subcommand};
     name = "mosa",
     version,
     about = "Parameter-efficient fine-tuning of vision backbones with sparse adapters (MoSA) and sparse-expert merging",
-    after_help = "Coming next: `merge` (sparse task experts).\n\
-                  The backend is chosen at build time: --features flex (default), ndarray, wgpu or cuda."
+    after_help = "The backend is chosen at build time: --features flex (default), ndarray, wgpu or cuda."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,8 +36,13 @@ enum Command {
     Weights(cmd::weights::Command),
     /// Fine-tune a backbone with a method on a dataset (the MoSA recipe).
     Train(Box<cmd::train::TrainArgs>),
-    /// Evaluate a saved run on a dataset split.
+    /// Evaluate a saved run, or one task of a merged model, on a dataset split.
     Eval(cmd::train::EvalArgs),
+    /// Task experts: `expert export --run DIR`, `expert info FILE`.
+    #[command(subcommand)]
+    Expert(cmd::expert::Command),
+    /// Merge task experts onto their base backbone (overlap-mean, mean, task arithmetic, TIES, DARE).
+    Merge(cmd::merge::Args),
     /// Datasets: `data check <dataset>` reads every list entry and image and reports counts.
     #[command(subcommand)]
     Data(cmd::data::Command),
@@ -70,6 +74,8 @@ fn main() -> ExitCode {
         Command::Data(c) => cmd::data::run(c),
         Command::Train(a) => cmd::train::train(*a),
         Command::Eval(a) => cmd::train::eval(a),
+        Command::Expert(c) => cmd::expert::run(c),
+        Command::Merge(a) => cmd::merge::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

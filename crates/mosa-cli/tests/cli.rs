@@ -324,3 +324,73 @@ fn the_recipe_seed_is_kept_unless_the_flag_is_given() {
         assert_eq!(cfg["run"]["train"]["seed"], want);
     }
 }
+
+#[test]
+fn sparse_experts_train_merge_and_evaluate_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let (model, weights) = (f.join("vit.json"), f.join("vit.safetensors"));
+    let mut tasks = Vec::new();
+    for (name, shapes) in [("dsprites_loc", mosa_data::synth::ShapesTask::Position), ("clevr_count", mosa_data::synth::ShapesTask::Count)] {
+        let imgs: Vec<_> = (0..48).map(|i| mosa_data::synth::shapes_image(shapes, 32, 4, i)).collect();
+        mosa_data::synth::write_vtab_task(&tmp.path().join(name), &imgs, 24, 8, false).unwrap();
+        let out = tmp.path().join(format!("run-{name}"));
+        let ds = format!("vtab:{}/{name}", tmp.path().display());
+        let o = mosa(
+            &["train", "--method", "sparse", "--model", model.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--dataset", &ds, "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "32", "--lr", "0.01", "--keep-ratio", "0.1", "--targets", "qkv,fc1", "--out", out.to_str().unwrap()],
+            tmp.path(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(out.join("expert.safetensors").exists());
+        tasks.push((name, out));
+    }
+    // expert info: kind, tensors, density 0.1 of qkv and fc1 in both blocks
+    let e0 = tasks[0].1.join("expert.safetensors");
+    let o = mosa(&["expert", "info", e0.to_str().unwrap()], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Sparse expert of task `dsprites_loc`") && out.contains("blocks.1.mlp.fc1.weight") && out.contains("| 0.1000 |"), "{out}");
+    // export again from the run: the same expert
+    let again = tmp.path().join("again.safetensors");
+    let o = mosa(&["expert", "export", "--run", tasks[0].1.to_str().unwrap(), "--out", again.to_str().unwrap()], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (mosa_core::expert::Expert::read(&e0).unwrap(), mosa_core::expert::Expert::read(&again).unwrap());
+    assert_eq!(a.tensors, b.tensors);
+    assert_eq!(a.head, b.head);
+    // one expert merged alone with overlap-mean is exactly its run's model: same test accuracy
+    let merged1 = tmp.path().join("m1.safetensors");
+    let o = mosa(&["merge", e0.to_str().unwrap(), "--method", "overlap-mean", "--out", merged1.to_str().unwrap()], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tasks[0].1.join("summary.json")).unwrap()).unwrap();
+    let o = mosa(&["eval", "--weights", merged1.to_str().unwrap(), "--task", "dsprites_loc"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = format!("| {:.2} |", 100.0 * summary["last_test"].as_f64().unwrap());
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&want), "{} vs {want}", String::from_utf8_lossy(&o.stdout));
+    // both experts: every task evaluates with its own head; the merged file is a --weights file
+    let experts: Vec<String> = tasks.iter().map(|(_, d)| d.join("expert.safetensors").display().to_string()).collect();
+    let merged = tmp.path().join("m2.safetensors");
+    let mut args: Vec<&str> = vec!["merge"];
+    args.extend(experts.iter().map(String::as_str));
+    args.extend(["--method", "ties", "--out", merged.to_str().unwrap()]);
+    let o = mosa(&args, tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (name, _) in &tasks {
+        let o = mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", name], tmp.path());
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+    }
+    assert_one_line_error(&mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", "nope"], tmp.path()), &["no task `nope`", "dsprites_loc"]);
+    // (the merged backbone has no head of its own: a config with num_classes 0 reads it)
+    let backbone = tmp.path().join("backbone.json");
+    std::fs::write(&backbone, r#"{"kwargs": {"depth": 2, "embed_dim": 48, "img_size": 32, "num_classes": 0, "num_heads": 3, "patch_size": 8}}"#).unwrap();
+    let io = f.join("vit_io.safetensors");
+    let fwd = tmp.path().join("fwd.safetensors");
+    let o = mosa(&["forward", "--model", backbone.to_str().unwrap(), "--weights", merged.to_str().unwrap(), "--input", io.to_str().unwrap(), "--out", fwd.to_str().unwrap()], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // bad merges: the same task twice, an unknown method, λ out of range, a file that is no expert
+    assert_one_line_error(&mosa(&["merge", &experts[0], &experts[0], "--method", "mean", "--out", tmp.path().join("x.safetensors").to_str().unwrap()], tmp.path()), &["appears twice"]);
+    assert!(!tmp.path().join("x.safetensors").exists(), "no partial output");
+    let o = mosa(&["merge", &experts[0], "--method", "average", "--out", "x.safetensors"], tmp.path());
+    assert!(!o.status.success() && stderr(&o).contains("average"));
+    assert_one_line_error(&mosa(&["merge", &experts[0], "--method", "ties", "--ties-k", "1.5", "--out", "x.safetensors"], tmp.path()), &["--ties-k"]);
+    assert_one_line_error(&mosa(&["merge", weights.to_str().unwrap(), "--method", "mean", "--out", "x.safetensors"], tmp.path()), &["vit.safetensors", "not a mosa expert"]);
+}

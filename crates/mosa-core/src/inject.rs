@@ -146,13 +146,12 @@ pub fn after_backward<B: AutodiffBackend, H: PeftHost<B>>(
     mut host: H,
     grads: &mut GradientsParams,
     method: &Method,
-    epoch: usize,
-    step: usize,
+    (epoch, step, steps): (usize, usize, usize),
     rng: &mut Rng,
 ) -> (H, Vec<(String, Tensor<B, 2>)>) {
     let mut changed = Vec::new();
     if let Some(cfg) = method.sparse() {
-        if cfg.action(epoch, step) == SparseAction::Reselect {
+        if cfg.action(epoch, step, steps) == SparseAction::Reselect {
             host = reselect_sparse(host, grads, cfg, rng);
             changed = sparse_masks(&mut host);
         }

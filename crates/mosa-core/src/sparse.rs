@@ -91,7 +91,12 @@ pub enum SparseAction {
 }
 
 impl SparseConfig {
-    pub fn action(&self, epoch: usize, step: usize) -> SparseAction {
+    /// What to do after step `step` (0-based) of an epoch of `steps` steps. An epoch shorter than
+    /// the warm-up still selects once, after its last step: a sparse run is never left dense.
+    pub fn action(&self, epoch: usize, step: usize, steps: usize) -> SparseAction {
+        if epoch == 0 && step + 1 == steps && steps < self.warmup_steps {
+            return SparseAction::Reselect;
+        }
         if epoch > 0 || step + 1 < self.warmup_steps {
             return SparseAction::Keep;
         }
@@ -205,9 +210,12 @@ mod tests {
     #[test]
     fn schedule_is_dense_warmup_then_periodic_in_the_first_epoch_only() {
         let cfg = SparseConfig::new().with_warmup_steps(3).with_reselect_every(2);
-        let acts: Vec<bool> = (0..9).map(|s| cfg.action(0, s) == SparseAction::Reselect).collect();
+        let acts: Vec<bool> = (0..9).map(|s| cfg.action(0, s, 9) == SparseAction::Reselect).collect();
         assert_eq!(acts, [false, false, true, false, true, false, true, false, true]);
-        assert!((0..20).all(|s| cfg.action(1, s) == SparseAction::Keep));
+        assert!((0..20).all(|s| cfg.action(1, s, 20) == SparseAction::Keep));
+        // an epoch shorter than the warm-up selects once, after its last step
+        let short: Vec<bool> = (0..2).map(|s| cfg.action(0, s, 2) == SparseAction::Reselect).collect();
+        assert_eq!(short, [false, true]);
     }
 
     #[test]

@@ -192,6 +192,13 @@ impl<B: Backend> Backbone<B> {
         }
     }
 
+    /// The model's tensors in timm's names and layout (method modules excluded).
+    pub fn state_dict(&self) -> load::StateDict {
+        match self {
+            Backbone::Vit(m) => m.state_dict(),
+        }
+    }
+
     /// The ViT inside, if this is one.
     pub fn as_vit(&self) -> Option<&VisionTransformer<B>> {
         match self {

@@ -374,3 +374,55 @@ impl<B: Backend> PeftHost<B> for VisionTransformer<B> {
         self.head.as_mut()
     }
 }
+
+impl<B: Backend> VisionTransformer<B> {
+    /// The model's tensors in timm's names and layout (`[out, in]` linear weights): the inverse
+    /// of `load::apply`. Method modules (adapters, branches, prompts) are not part of it; merge
+    /// or export them first.
+    pub fn state_dict(&self) -> crate::load::StateDict {
+        use mosa_core::HostTensor;
+        let mut sd = crate::load::StateDict::new("model");
+        let t = |x: Tensor<B, 2>| HostTensor::from_tensor(x.transpose());
+        let mut put = |name: String, h: HostTensor| sd.insert(name, h);
+        put("patch_embed.proj.weight".into(), HostTensor::from_tensor(self.patch_embed.proj.weight.val()));
+        if let Some(b) = &self.patch_embed.proj.bias {
+            put("patch_embed.proj.bias".into(), HostTensor::from_tensor(b.val()));
+        }
+        put("cls_token".into(), HostTensor::from_tensor(self.cls_token.val()));
+        put("pos_embed".into(), HostTensor::from_tensor(self.pos_embed.val()));
+        let norm = |put: &mut dyn FnMut(String, HostTensor), n: &LayerNorm<B>, name: &str| {
+            put(format!("{name}.weight"), HostTensor::from_tensor(n.gamma.val()));
+            if let Some(b) = &n.beta {
+                put(format!("{name}.bias"), HostTensor::from_tensor(b.val()));
+            }
+        };
+        let lin = |put: &mut dyn FnMut(String, HostTensor), l: &TunableLinear<B>, name: &str| {
+            put(format!("{name}.weight"), t(l.weight.val()));
+            if let Some(b) = &l.bias {
+                put(format!("{name}.bias"), HostTensor::from_tensor(b.val()));
+            }
+        };
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("blocks.{i}");
+            norm(&mut put, &b.norm1, &format!("{p}.norm1"));
+            lin(&mut put, &b.attn.qkv, &format!("{p}.attn.qkv"));
+            lin(&mut put, &b.attn.proj, &format!("{p}.attn.proj"));
+            norm(&mut put, &b.norm2, &format!("{p}.norm2"));
+            lin(&mut put, &b.mlp.fc1, &format!("{p}.mlp.fc1"));
+            lin(&mut put, &b.mlp.fc2, &format!("{p}.mlp.fc2"));
+            for (ls, n) in [(&b.ls1, "ls1"), (&b.ls2, "ls2")] {
+                if let Some(ls) = ls {
+                    put(format!("{p}.{n}.gamma"), HostTensor::from_tensor(ls.gamma.val()));
+                }
+            }
+        }
+        norm(&mut put, &self.norm, "norm");
+        if let Some(h) = &self.head {
+            put("head.weight".into(), t(h.weight.val()));
+            if let Some(b) = &h.bias {
+                put("head.bias".into(), HostTensor::from_tensor(b.val()));
+            }
+        }
+        sd
+    }
+}

@@ -214,6 +214,16 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
 
     let summary = summary_of::<B>(spec, &metrics, trainable, merged_trainable);
     write_model(&dir.model(), &with_masks(params::export_trainable(&model), &mut model), &backbone, &[("run_config_sha256", config_sha), ("format", FORMAT.to_string())])?;
+    // the task expert (a full expert is W − W0, so it needs the base weights file)
+    let makes_expert = match crate::expert::kind_of(&spec.method) {
+        Some(mosa_core::expert::ExpertKind::Full) => spec.weights.is_some(),
+        kind => kind.is_some(),
+    };
+    if makes_expert {
+        let origin = crate::expert::Origin { spec, backbone: &backbone, summary: &summary, classes: crate::expert::class_names(&data.dataset) };
+        let e = crate::expert::expert_of(&model.valid(), &origin, mosa_core::expert::ValueDtype::F32, device)?;
+        e.write(&dir.expert()).map_err(Error::Checkpoint)?;
+    }
     dir.write_summary(&summary)?;
     Ok(Outcome::Finished(Box::new(summary)))
 }
@@ -290,6 +300,16 @@ fn restore<B: Backend>(model: Backbone<B>, mut values: HashMap<String, HostTenso
 
 /// Rebuilds a finished run's model (backbone + saved trainables), merged, for evaluation.
 pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
+    let (spec, model, nc) = load_run_parts::<B>(dir, device)?;
+    Ok((spec, inject::merged(&model), nc))
+}
+
+/// Rebuilds a finished run's model as trained (experts and branches not merged).
+pub fn load_run_unmerged<B: Backend>(dir: &Path, device: &B::Device) -> Result<Backbone<B>> {
+    Ok(load_run_parts::<B>(dir, device)?.1)
+}
+
+fn load_run_parts<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
     let rd = RunDir::new(dir);
     let cfg = rd.read_config()?;
     let (spec, nc) = (cfg.run, cfg.dataset.classes);
@@ -305,5 +325,5 @@ pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, 
     }
     let model = build_model::<B>(&spec, nc, device)?;
     let model = restore(model, values).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
-    Ok((spec, inject::merged(&model), nc))
+    Ok((spec, model, nc))
 }

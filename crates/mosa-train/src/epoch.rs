@@ -68,7 +68,7 @@ pub fn train_epoch<B: AutodiffBackend>(mut model: Backbone<B>, optim: &mut AdamW
         let aug_seed = Rng::derive(t.seed, streams::AUGMENT + (epoch * steps + s) as u64).next_u64();
         let (px, labels) = c.train.batch(&idx, aug_seed);
         let (x, y) = mosa_data::batcher::to_tensors::<B>(px, &labels, t.resolution, c.device);
-        let (m, out) = step(model, x, y, c.method, t, (epoch, s), &mut experts, &mut sparse_rng);
+        let (m, out) = step(model, x, y, c.method, t, (epoch, s, steps), &mut experts, &mut sparse_rng);
         // entries that left a re-selected sparse mask start again from zero moments
         for (path, mask) in out.new_masks {
             let n = mask.shape().num_elements();

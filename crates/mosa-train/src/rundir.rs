@@ -8,6 +8,7 @@
 //! | `checkpoint.safetensors` | trainables, sparse masks, AdamW moments, [`crate::checkpoint::RunState`] |
 //! | `model.safetensors` | what trains (+ `sparse_mask/…`), with the backbone identity |
 //! | `metrics.jsonl`, `metrics.csv` | one line per epoch |
+//! | `expert.safetensors` | the task expert of a `sparse`, `lora` or `full` run (`mosa_core::expert`) |
 //! | `summary.json` | [`Summary`], written when the run finishes |
 
 use std::path::PathBuf;
@@ -87,6 +88,10 @@ impl RunDir {
     }
     pub fn model(&self) -> PathBuf {
         self.path.join("model.safetensors")
+    }
+    /// The task expert of a `sparse`, `lora` or `full` run (`mosa_core::expert`).
+    pub fn expert(&self) -> PathBuf {
+        self.path.join("expert.safetensors")
     }
     pub fn summary_path(&self) -> PathBuf {
         self.path.join("summary.json")

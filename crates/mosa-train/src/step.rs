@@ -36,7 +36,7 @@ pub fn step<B: AutodiffBackend>(
     y: Tensor<B, 1, Int>,
     method: &Method,
     t: &TrainConfig,
-    (epoch, step): (usize, usize),
+    (epoch, step, steps): (usize, usize, usize),
     experts: &mut Rng,
     sparse_rng: &mut Rng,
 ) -> (Backbone<B>, StepOut<B>) {
@@ -56,6 +56,6 @@ pub fn step<B: AutodiffBackend>(
     let correct = out1.logits.inner().argmax(1).reshape([n]).equal(y.inner()).int().sum();
     let loss_value = loss.clone().inner();
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let (model, new_masks) = inject::after_backward(model, &mut grads, method, epoch, step, sparse_rng);
+    let (model, new_masks) = inject::after_backward(model, &mut grads, method, (epoch, step, steps), sparse_rng);
     (model, StepOut { loss: loss_value, correct, grads, new_masks })
 }

@@ -2,8 +2,10 @@
 
 pub mod bench;
 pub mod data;
+pub mod expert;
 pub mod forward;
 pub mod info;
 pub mod inspect;
+pub mod merge;
 pub mod train;
 pub mod weights;

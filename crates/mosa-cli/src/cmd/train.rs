@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use mosa_core::optim::ScheduleKind;
 use mosa_data::{Dataset, LoadOptions, LoadedSplit, Transform};
-use mosa_models::{presets, weights};
+use mosa_models::{HeadPolicy, presets, weights};
 use mosa_train::progress::Console;
 use mosa_train::{Control, HeadInit, Outcome, RunSpec, TrainConfig};
 
@@ -176,9 +176,15 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
 #[derive(clap::Args)]
 pub struct EvalArgs {
     /// A finished `mosa train` run directory.
-    #[arg(long)]
-    run: PathBuf,
-    /// Dataset to evaluate on (default: the run's).
+    #[arg(long, conflicts_with_all = ["weights", "task"])]
+    run: Option<PathBuf>,
+    /// A merged model (`mosa merge --out`); with --task.
+    #[arg(long, requires = "task")]
+    weights: Option<PathBuf>,
+    /// The task of the merged model to evaluate: its own head on the merged backbone.
+    #[arg(long, requires = "weights")]
+    task: Option<String>,
+    /// Dataset to evaluate on (default: the run's, or the task's).
     #[arg(long)]
     dataset: Option<String>,
     /// Split: test, val or train.
@@ -188,12 +194,34 @@ pub struct EvalArgs {
     batch_size: usize,
 }
 
+/// A model to evaluate, its default dataset and resolution, and its number of classes.
+fn eval_model(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::Result<(mosa_models::Backbone<Backend>, String, usize, usize, String)> {
+    if let Some(run) = &a.run {
+        let (spec, model, nc) = mosa_train::engine::load_run::<Backend>(run, device)?;
+        return Ok((model, spec.dataset.clone(), spec.train.resolution, nc, run.display().to_string()));
+    }
+    let (Some(w), Some(task)) = (&a.weights, &a.task) else { bail!("give --run <dir>, or --weights <merged model> --task <name>") };
+    let merged = mosa_train::merged::read_merged(w)?;
+    let (info, head) = merged.task(task)?;
+    let cfg: mosa_models::BackboneConfig = serde_json::from_value(merged.meta.backbone.config.clone()).with_context(|| format!("{}: backbone config", w.display()))?;
+    let res = info.resolution.context("the task's resolution is not recorded")?;
+    let nc = head.weight.shape[0];
+    let cfg = cfg.with_num_classes(nc).with_img_size(res);
+    let mut model = cfg.load_state::<Backend>(merged.backbone.clone(), HeadPolicy::Skip, device)?;
+    use mosa_core::PeftHost;
+    if let Some(h) = model.head_mut() {
+        h.weight = burn::module::Param::from_tensor(head.weight.to_tensor::<Backend, 2>(device).transpose());
+        h.bias = head.bias.as_ref().map(|b| burn::module::Param::from_tensor(b.to_tensor::<Backend, 1>(device)));
+    }
+    Ok((model, info.dataset.clone(), res, nc, format!("{} task {task}", w.display())))
+}
+
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let device = backend::device();
-    let (spec, model, nc) = mosa_train::engine::load_run::<Backend>(&a.run, &device)?;
-    let ds = Dataset::open(&a.dataset.clone().unwrap_or(spec.dataset.clone()).parse()?)?;
+    let (model, dataset, resolution, nc, what) = eval_model(&a, &device)?;
+    let ds = Dataset::open(&a.dataset.clone().unwrap_or(dataset).parse()?)?;
     if ds.num_classes != nc {
-        bail!("{} has {} classes, the run's head has {nc}", ds.spec, ds.num_classes);
+        bail!("{} has {} classes, the head has {nc}", ds.spec, ds.num_classes);
     }
     let split = match a.split.as_str() {
         "train" => Some(&ds.train),
@@ -202,12 +230,12 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         o => bail!("unknown split `{o}`: test, val or train"),
     }
     .with_context(|| format!("{} has no {} split", ds.spec, a.split))?;
-    let (loaded, _) = LoadedSplit::load(split, nc, Transform::new(ds.style, spec.train.resolution, false), &LoadOptions::default())?;
+    let (loaded, _) = LoadedSplit::load(split, nc, Transform::new(ds.style, resolution, false), &LoadOptions::default())?;
     let t0 = std::time::Instant::now();
     let (acc, n) = mosa_train::evaluate::evaluate(&model, &loaded, a.batch_size, None, &device);
     let secs = t0.elapsed().as_secs_f64();
     println!("| run | dataset | split | images | accuracy % | images/s |");
     println!("|---|---|---|---:|---:|---:|");
-    println!("| {} | {} | {} | {n} | {:.2} | {:.1} |", a.run.display(), ds.spec, a.split, 100.0 * acc, n as f64 / secs);
+    println!("| {what} | {} | {} | {n} | {:.2} | {:.1} |", ds.spec, a.split, 100.0 * acc, n as f64 / secs);
     Ok(())
 }

@@ -30,7 +30,9 @@ use mosa_core::site::TunableLinear;
 pub fn read_checkpoint(path: &Path) -> Result<StateDict> {
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("safetensors") => {
-            let sd = safetensors::read(path)?;
+            let mut sd = safetensors::read(path)?;
+            // a merged model (`mosa merge`) carries its task heads beside the backbone
+            sd.tensors.retain(|k, _| !k.starts_with("heads."));
             if hf_dinov2::looks_like(&sd) { hf_dinov2::to_timm(sd) } else { Ok(sd) }
         }
         Some("npz") => npz::read(path),

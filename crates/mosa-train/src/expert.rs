@@ -1,0 +1,148 @@
+//! A trained run as a task expert (`mosa_core::expert`): what the run changed, in timm's names
+//! and layout, with its head, classes and identity. `mosa train` writes `expert.safetensors` for
+//! `sparse`, `lora` and `full` runs; `mosa expert export` makes one from any such run.
+//!
+//! - sparse: per sparse delta, the mask's positions (flat `[out, in]` indices, sorted) and the
+//!   delta's values there;
+//! - lora: `lora_a = Aᵀ` `[r, in]`, `lora_b = Bᵀ` `[out, r]`, scale = alpha / r (PEFT's layout);
+//! - full: `W − W0` of every backbone tensor except the position embedding (its grid depends on
+//!   the training resolution, so it cannot be merged onto the stored one) and the head.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use mosa_core::expert::{BackboneIdentity, Delta, EXPERT_FORMAT, Expert, ExpertKind, ExpertMeta, ExpertTensor, Head, ValueDtype};
+use mosa_core::host::HostTensor;
+use mosa_core::site::SiteMut;
+use mosa_core::slot::LinearBranch;
+use mosa_core::{Method, PeftHost};
+use mosa_models::{Backbone, HeadPolicy};
+
+use crate::checkpoint::BackboneId;
+use crate::metrics::Summary;
+use crate::rundir::RunSpec;
+use crate::{Error, Result};
+
+/// The expert kind a method produces, if it produces one.
+pub fn kind_of(method: &Method) -> Option<ExpertKind> {
+    match method {
+        Method::Sparse(_) => Some(ExpertKind::Sparse),
+        Method::Lora(_) => Some(ExpertKind::Lora),
+        Method::Full => Some(ExpertKind::Full),
+        _ => None,
+    }
+}
+
+/// `[in, out]` (burn) flat index → `[out, in]` (timm) flat index.
+fn to_timm(k: usize, d_in: usize, d_out: usize) -> u32 {
+    let (i, o) = (k / d_out, k % d_out);
+    (o * d_in + i) as u32
+}
+
+fn transposed(t: Tensor<impl Backend, 2>) -> HostTensor {
+    HostTensor::from_tensor(t.transpose())
+}
+
+/// The changed weights of a trained (unmerged) model.
+fn tensors<B: Backend>(spec: &RunSpec, model: &Backbone<B>, kind: ExpertKind, device: &B::Device) -> Result<Vec<ExpertTensor>> {
+    let mut m = model.clone();
+    let mut out = Vec::new();
+    match kind {
+        ExpertKind::Sparse | ExpertKind::Lora => {
+            for s in m.sites_mut() {
+                let SiteMut::Linear { site, linear } = s else { continue };
+                let (d_in, d_out) = (site.d_in, site.d_out);
+                let name = format!("{}.weight", site.path);
+                let shape = vec![d_out, d_in];
+                match &linear.branch {
+                    Some(LinearBranch::Sparse(d)) => {
+                        let mask = HostTensor::from_tensor(d.mask.clone());
+                        let delta = HostTensor::from_tensor(d.delta.val());
+                        let mut kept: Vec<(u32, f32)> = mask.data.iter().enumerate().filter(|(_, m)| **m == 1.0).map(|(k, _)| (to_timm(k, d_in, d_out), delta.data[k])).collect();
+                        kept.sort_by_key(|x| x.0);
+                        out.push(ExpertTensor { name, shape, delta: Delta::Sparse { indices: kept.iter().map(|x| x.0).collect(), values: kept.iter().map(|x| x.1).collect() } });
+                    }
+                    Some(LinearBranch::Lora(l)) => {
+                        out.push(ExpertTensor { name, shape, delta: Delta::LowRank { a: transposed(l.a.val()), b: transposed(l.b.val()), scale: l.scaling as f32 } });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        ExpertKind::Full => {
+            let cfg = spec.model.clone().with_num_classes(model.num_classes()).with_img_size(spec.train.resolution);
+            let base = match &spec.weights {
+                Some(w) => cfg.load::<B>(w, HeadPolicy::Skip, device).map_err(|e| Error::Model(e.to_string()))?,
+                None => return Err(Error::Model("a full expert needs the base weights file it was trained from (this run used random initialisation)".into())),
+            };
+            let (trained, base) = (model.state_dict(), base.state_dict());
+            for (name, w) in &trained.tensors {
+                if name.starts_with("head.") || name == "pos_embed" {
+                    continue;
+                }
+                let w0 = &base.tensors[name];
+                let d: Vec<f32> = w.data.iter().zip(&w0.data).map(|(a, b)| a - b).collect();
+                out.push(ExpertTensor { name: name.clone(), shape: w.shape.clone(), delta: Delta::Dense(d) });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Everything an expert records about where it came from.
+pub struct Origin<'a> {
+    pub spec: &'a RunSpec,
+    pub backbone: &'a BackboneId,
+    pub summary: &'a Summary,
+    pub classes: Vec<String>,
+}
+
+/// The expert of a trained, unmerged model.
+pub fn expert_of<B: Backend>(model: &Backbone<B>, o: &Origin<'_>, values: ValueDtype, device: &B::Device) -> Result<Expert> {
+    let spec = o.spec;
+    let kind = kind_of(&spec.method).ok_or_else(|| Error::Config(format!("method {} makes no expert (sparse, lora or full do)", spec.method.name())))?;
+    let tensors = tensors(spec, model, kind, device)?;
+    let mut m = model.clone();
+    let head = m.head_mut().map(|h| Head { weight: transposed(h.weight.val()), bias: h.bias.as_ref().map(|b| HostTensor::from_tensor(b.val())) });
+    let task = match spec.dataset.parse::<mosa_data::DatasetSpec>() {
+        Ok(d) => mosa_data::Dataset::open(&d).map(|d| d.name).unwrap_or_else(|_| spec.dataset.clone()),
+        Err(_) => spec.dataset.clone(),
+    };
+    let sparse = spec.method.sparse();
+    let meta = ExpertMeta {
+        format: EXPERT_FORMAT,
+        kind,
+        backbone: BackboneIdentity { model: o.backbone.model.clone(), config: serde_json::to_value(&spec.model).unwrap_or_default(), weights: o.backbone.weights.clone(), sha256: o.backbone.sha256.clone() },
+        method: serde_json::to_value(&spec.method).unwrap_or_default(),
+        task,
+        dataset: spec.dataset.clone(),
+        keep_ratio: sparse.map(|s| s.keep_ratio),
+        criterion: sparse.and_then(|s| serde_json::to_value(s.criterion).ok()).and_then(|v| v.as_str().map(String::from)),
+        summary: serde_json::to_value(o.summary).unwrap_or_default(),
+        classes: o.classes.clone(),
+        values,
+        resolution: Some(spec.train.resolution),
+        tensors: Default::default(),
+    };
+    let e = Expert { meta, tensors, head };
+    e.validate().map_err(Error::Model)?;
+    Ok(e)
+}
+
+/// Class names of a run's dataset (its `classes.txt`, or the label numbers).
+pub fn class_names(dataset: &mosa_data::Dataset) -> Vec<String> {
+    dataset.class_names.clone().unwrap_or_else(|| (0..dataset.num_classes).map(|c| c.to_string()).collect())
+}
+
+/// Makes the expert of a finished run directory and writes it to `out`; returns the expert and
+/// the file size.
+pub fn export_run<B: Backend>(dir: &Path, out: &Path, values: ValueDtype, device: &B::Device) -> Result<(Expert, u64)> {
+    let rd = crate::rundir::RunDir::new(dir);
+    let cfg = rd.read_config()?;
+    let summary = rd.summary()?;
+    let model = crate::engine::load_run_unmerged::<B>(dir, device)?;
+    let ds = mosa_data::Dataset::open(&cfg.run.dataset.parse()?)?;
+    let e = expert_of(&model, &Origin { spec: &cfg.run, backbone: &cfg.backbone, summary: &summary, classes: class_names(&ds) }, values, device)?;
+    let bytes = e.write(out).map_err(Error::Checkpoint)?;
+    Ok((e, bytes))
+}

@@ -1,0 +1,124 @@
+//! The merged-model file: one safetensors file holding the merged backbone in timm's names and
+//! layout (so it is a `--weights` file for every command, and timm's `load_state_dict` reads it)
+//! plus every merged task's head as `heads.<task>.weight` / `heads.<task>.bias`, with the merge,
+//! the backbone identity and each task's classes and resolution in the `mosa.merged` metadata.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use mosa_core::expert::{BackboneIdentity, Expert, Head};
+use mosa_core::host::HostTensor;
+use mosa_core::merge::{self, MergeConfig, MergeReport};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::file_sha256;
+use crate::{Error, Result};
+
+pub const MERGED_FORMAT: u32 = 1;
+
+/// One merged task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub task: String,
+    pub dataset: String,
+    pub classes: Vec<String>,
+    pub resolution: Option<usize>,
+    /// The expert file it came from, and that file's SHA-256.
+    pub expert: String,
+    pub expert_sha256: String,
+}
+
+/// `mosa.merged` metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergedMeta {
+    pub format: u32,
+    pub merge: MergeConfig,
+    pub kind: mosa_core::expert::ExpertKind,
+    pub backbone: BackboneIdentity,
+    /// The base weights file merged onto.
+    pub base: String,
+    pub tasks: Vec<TaskInfo>,
+    pub report: MergeReport,
+}
+
+/// A merged file, read back.
+pub struct Merged {
+    pub meta: MergedMeta,
+    /// The backbone in timm's layout (without the task heads).
+    pub backbone: mosa_models::StateDict,
+    pub heads: BTreeMap<String, Head>,
+}
+
+impl Merged {
+    pub fn task(&self, name: &str) -> Result<(&TaskInfo, &Head)> {
+        let names = || self.meta.tasks.iter().map(|t| t.task.as_str()).collect::<Vec<_>>().join(", ");
+        let info = self.meta.tasks.iter().find(|t| t.task == name).ok_or_else(|| Error::Config(format!("no task `{name}` in the merged model (tasks: {})", names())))?;
+        let head = self.heads.get(name).ok_or_else(|| Error::Config(format!("the merged model has no head for task `{name}`")))?;
+        Ok((info, head))
+    }
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Checkpoint(format!("{}: {e}", path.display()))
+}
+
+/// Merges expert files onto their base weights and writes the merged file atomically. The base
+/// is `weights` or the file the experts record; its SHA-256 must be the one they were trained on.
+pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfig, out: &Path) -> Result<MergedMeta> {
+    if experts.iter().any(|e| e == out) || weights == Some(out) {
+        return Err(Error::Config(format!("--out {} is one of the inputs", out.display())));
+    }
+    let loaded: Vec<Expert> = experts.iter().map(|p| Expert::read(p).map_err(Error::Checkpoint)).collect::<Result<_>>()?;
+    let first = loaded.first().ok_or_else(|| Error::Config("no experts to merge".into()))?;
+    let base_path = match weights {
+        Some(w) => w.to_path_buf(),
+        None => PathBuf::from(first.meta.backbone.weights.clone().ok_or_else(|| Error::Config(format!("{}: trained from random weights; give the base with --weights", experts[0].display())))?),
+    };
+    let sha = file_sha256(&base_path)?;
+    for (p, e) in experts.iter().zip(&loaded) {
+        if e.meta.backbone.sha256.as_deref() != Some(sha.as_str()) {
+            return Err(Error::Config(format!("{}: made on backbone {} with SHA-256 {}, but {} has {sha}", p.display(), e.meta.backbone.model, e.meta.backbone.sha256.as_deref().unwrap_or("none"), base_path.display())));
+        }
+    }
+    let mut sd = mosa_models::read_checkpoint(&base_path).map_err(|e| Error::Model(e.to_string()))?;
+    sd.tensors.retain(|k, _| !k.starts_with("head.") && !k.starts_with("heads."));
+    let refs: Vec<&Expert> = loaded.iter().collect();
+    let report = merge::merge(&mut sd.tensors, &refs, cfg).map_err(|e| Error::Config(format!("merge: {e}")))?;
+    let tasks: Vec<TaskInfo> = experts
+        .iter()
+        .zip(&loaded)
+        .map(|(p, e)| Ok(TaskInfo { task: e.meta.task.clone(), dataset: e.meta.dataset.clone(), classes: e.meta.classes.clone(), resolution: e.meta.resolution, expert: p.display().to_string(), expert_sha256: file_sha256(p)? }))
+        .collect::<Result<_>>()?;
+    let meta = MergedMeta { format: MERGED_FORMAT, merge: cfg.clone(), kind: first.meta.kind, backbone: first.meta.backbone.clone(), base: base_path.display().to_string(), tasks, report };
+    let mut named: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
+    for e in &loaded {
+        if let Some(h) = &e.head {
+            named.push((format!("heads.{}.weight", e.meta.task), &h.weight));
+            if let Some(b) = &h.bias {
+                named.push((format!("heads.{}.bias", e.meta.task), b));
+            }
+        }
+    }
+    let header = HashMap::from([("mosa.merged".to_string(), serde_json::to_string(&meta).map_err(|e| Error::Config(e.to_string()))?)]);
+    let bytes = mosa_models::load::safetensors::serialize(&named, Some(header)).map_err(|e| err(out, e))?;
+    mosa_core::fsio::write_atomic(out, &bytes).map_err(Error::Checkpoint)?;
+    Ok(meta)
+}
+
+/// Reads a merged file: its metadata, the backbone and the task heads.
+pub fn read_merged(path: &Path) -> Result<Merged> {
+    let meta = mosa_models::load::safetensors::read_metadata(path).map_err(|e| Error::Model(e.to_string()))?;
+    let text = meta.get("mosa.merged").ok_or_else(|| err(path, "not a merged model (no `mosa.merged` metadata)"))?;
+    let meta: MergedMeta = serde_json::from_str(text).map_err(|e| err(path, format!("`mosa.merged` metadata: {e}")))?;
+    let mut sd = mosa_models::load::safetensors::read(path).map_err(|e| Error::Model(e.to_string()))?;
+    let mut heads = BTreeMap::new();
+    for t in &meta.tasks {
+        let w = sd.tensors.remove(&format!("heads.{}.weight", t.task));
+        let b = sd.tensors.remove(&format!("heads.{}.bias", t.task));
+        if let Some(weight) = w {
+            heads.insert(t.task.clone(), Head { weight, bias: b });
+        }
+    }
+    sd.tensors.retain(|k, _| !k.starts_with("heads."));
+    Ok(Merged { meta, backbone: sd, heads })
+}
