@@ -5,7 +5,7 @@
 
 use mosa_core::lora::LoraSplit;
 use mosa_core::mosa::Share;
-use mosa_core::sparse::{Criterion, OnDrop, Scope};
+use mosa_core::sparse::{Criterion, OnDrop, Scope, SelectionLr};
 use mosa_core::{Method, MethodKind};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -62,6 +62,12 @@ pub struct MethodArgs {
     /// Sparse: what happens to entries that leave the mask [default zero].
     #[arg(long, value_enum)]
     pub on_drop: Option<OnDrop>,
+    /// Sparse: dense steps before the first mask selection [default 5].
+    #[arg(long)]
+    pub sparse_warmup_steps: Option<usize>,
+    /// Sparse: learning rate while masks are selected: base (the recipe's lr) or schedule [default base].
+    #[arg(long, value_enum)]
+    pub selection_lr: Option<SelectionLr>,
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {
@@ -124,13 +130,15 @@ impl MethodArgs {
         set(&a.lora_r, "lora-r", name, lr)?;
         set(&a.lora_alpha, "lora-alpha", name, la)?;
         set(&a.lora_dropout, "lora-dropout", name, ld)?;
-        let (mut kr, mut cr, mut sc, mut re, mut od) = (None, None, None, None, None);
+        let (mut kr, mut cr, mut sc, mut re, mut od, mut ws, mut sl) = (None, None, None, None, None, None, None);
         if let Some(s) = sparse {
             kr = Some(&mut s.keep_ratio);
             cr = Some(&mut s.criterion);
             sc = Some(&mut s.scope);
             re = Some(&mut s.reselect_every);
             od = Some(&mut s.on_drop);
+            ws = Some(&mut s.warmup_steps);
+            sl = Some(&mut s.selection_lr);
             targets = Some(&mut s.targets);
         }
         set(&a.targets, "targets", name, targets)?;
@@ -139,6 +147,8 @@ impl MethodArgs {
         set(&a.scope, "scope", name, sc)?;
         set(&a.reselect_every, "reselect-every", name, re)?;
         set(&a.on_drop, "on-drop", name, od)?;
+        set(&a.sparse_warmup_steps, "sparse-warmup-steps", name, ws)?;
+        set(&a.selection_lr, "selection-lr", name, sl)?;
         m.validate().map_err(anyhow::Error::msg)?;
         Ok(m)
     }

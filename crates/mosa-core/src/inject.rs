@@ -139,6 +139,23 @@ pub fn mask_gradients<B: AutodiffBackend, H: PeftHost<B>>(host: &mut H, grads: &
     }
 }
 
+/// The method's pre-forward hook: on a sparse re-selection step, the pass scores every entry of
+/// ΔW (its gradient as if the mask were all ones); the value computed is unchanged.
+pub fn before_forward<B: Backend, H: PeftHost<B>>(host: &mut H, method: &Method, (epoch, step, steps): (usize, usize, usize)) {
+    let on = method.sparse().is_some_and(|c| c.action(epoch, step, steps) == SparseAction::Reselect);
+    set_sparse_scoring(host, on);
+}
+
+fn set_sparse_scoring<B: Backend, H: PeftHost<B>>(host: &mut H, on: bool) {
+    for s in host.sites_mut() {
+        if let SiteMut::Linear { linear, .. } = s {
+            if let Some(LinearBranch::Sparse(d)) = &mut linear.branch {
+                d.score_all = on;
+            }
+        }
+    }
+}
+
 /// The method's post-backward hook: sparse re-selection when its schedule says so, then the
 /// expert-gradient masks. Returns the new sparse masks when they changed (the optimiser resets
 /// the moments of entries that left them).
@@ -148,38 +165,63 @@ pub fn after_backward<B: AutodiffBackend, H: PeftHost<B>>(
     method: &Method,
     (epoch, step, steps): (usize, usize, usize),
     rng: &mut Rng,
-) -> (H, Vec<(String, Tensor<B, 2>)>) {
+) -> Result<(H, Vec<(String, Tensor<B, 2>)>), String> {
     let mut changed = Vec::new();
     if let Some(cfg) = method.sparse() {
         if cfg.action(epoch, step, steps) == SparseAction::Reselect {
-            host = reselect_sparse(host, grads, cfg, rng);
+            host = reselect_sparse(host, grads, cfg, rng)?;
             changed = sparse_masks(&mut host);
         }
     }
     mask_gradients(&mut host, grads);
-    (host, changed)
+    Ok((host, changed))
 }
 
-/// Re-selects every sparse delta's mask from the gradients of the last backward pass.
-pub fn reselect_sparse<B: AutodiffBackend, H: PeftHost<B>>(mut host: H, grads: &GradientsParams, cfg: &sparse::SparseConfig, rng: &mut Rng) -> H {
+/// Re-selects every sparse delta's mask from the gradients of the last backward pass (see
+/// [`sparse::reselect`]); errors name the tensor.
+pub fn reselect_sparse<B: AutodiffBackend, H: PeftHost<B>>(mut host: H, grads: &GradientsParams, cfg: &sparse::SparseConfig, rng: &mut Rng) -> Result<H, String> {
     let mut sites = host.sites_mut();
     let mut owners = Vec::new();
     let mut deltas = Vec::new();
+    let mut names = Vec::new();
     for (k, s) in sites.iter_mut().enumerate() {
-        if let SiteMut::Linear { linear, .. } = s {
+        if let SiteMut::Linear { linear, site } = s {
             if let Some(LinearBranch::Sparse(d)) = linear.branch.take_if(|b| matches!(b, LinearBranch::Sparse(_))) {
                 owners.push(k);
                 deltas.push(d);
+                names.push(format!("{}.weight", site.path));
             }
         }
     }
-    for (k, d) in owners.into_iter().zip(sparse::reselect(deltas, grads, cfg, rng)) {
+    // on an error the deltas are gone from the host, which is then dropped by the caller
+    let selected = sparse::reselect(deltas, &names, grads, cfg, rng)?;
+    for (k, mut d) in owners.into_iter().zip(selected) {
+        d.score_all = false;
         if let SiteMut::Linear { linear, .. } = &mut sites[k] {
             linear.branch = Some(LinearBranch::Sparse(d));
         }
     }
     drop(sites);
-    host
+    Ok(host)
+}
+
+/// Parameters the optimiser must not decay: the sparse deltas, unless the method asks for decay
+/// (by parameter identity, from the sites).
+pub fn no_decay<B: Backend, H: PeftHost<B>>(host: &H, method: &Method) -> Vec<burn::module::ParamId> {
+    if method.sparse().is_none_or(|s| s.weight_decay) {
+        return Vec::new();
+    }
+    let mut h = host.clone();
+    h.sites_mut()
+        .into_iter()
+        .filter_map(|s| match s {
+            SiteMut::Linear { linear, .. } => match &linear.branch {
+                Some(LinearBranch::Sparse(d)) => Some(d.delta.id),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// Key of a sparse delta's mask: the path of its `delta` parameter.

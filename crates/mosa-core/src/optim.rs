@@ -47,6 +47,8 @@ pub struct AdamW<B: AutodiffBackend> {
     /// Steps taken so far (t of the bias correction is `step` after increment).
     pub step: u64,
     state: HashMap<String, Moments<B::InnerBackend>>,
+    /// Parameters that get no weight decay besides the biases (e.g. sparse deltas).
+    pub no_decay: std::collections::HashSet<burn::module::ParamId>,
 }
 
 struct Stepper<'a, B: AutodiffBackend> {
@@ -74,7 +76,7 @@ impl<B: AutodiffBackend> MapParam<B> for Stepper<'_, B> {
         let t = self.opt.step as i32;
         let step_size = self.lr * (1.0 - c.beta2.powi(t)).sqrt() / (1.0 - c.beta1.powi(t));
         let mut p = p.sub(m.clone().div(v.clone().sqrt().add_scalar(c.eps)).mul_scalar(step_size));
-        if c.weight_decay != 0.0 && !is_bias(&path) {
+        if c.weight_decay != 0.0 && !is_bias(&path) && !self.opt.no_decay.contains(&id) {
             p = p.mul_scalar(1.0 - self.lr * c.weight_decay);
         }
         self.opt.state.insert(path, Moments { m, v });
@@ -85,7 +87,7 @@ impl<B: AutodiffBackend> MapParam<B> for Stepper<'_, B> {
 
 impl<B: AutodiffBackend> AdamW<B> {
     pub fn new(config: AdamWConfig) -> Self {
-        Self { config, step: 0, state: HashMap::new() }
+        Self { config, step: 0, state: HashMap::new(), no_decay: Default::default() }
     }
 
     /// One step at learning rate `lr` for every parameter that has a gradient in `grads`.

@@ -77,8 +77,29 @@ pub struct SparseConfig {
     /// `reselect_every` ≥ the epoch length).
     #[config(default = 5)]
     pub warmup_steps: usize,
+    /// What happens to entries that leave the mask. Default `zero`: an expert then holds exactly
+    /// its masked entries, and the stored values are the ones that trained (the reference keeps
+    /// them, `keep`, so that an entry can come back with its old value).
     #[config(default = "OnDrop::Zero")]
     pub on_drop: OnDrop,
+    /// Weight decay on ΔW. Off by default (sparse-experts spec §1); on reproduces format-1 runs.
+    #[config(default = false)]
+    pub weight_decay: bool,
+    /// The learning rate while masks are selected (epoch 0 up to its last re-selection).
+    #[config(default = "SelectionLr::Base")]
+    pub selection_lr: SelectionLr,
+}
+
+/// The learning rate of the mask-selection phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelectionLr {
+    /// The recipe's base learning rate, whatever its warm-up says: the dense steps before a
+    /// selection must move ΔW, or connection sensitivity (∂L/∂ΔW ⊙ ΔW) is 0 everywhere.
+    #[default]
+    Base,
+    /// The recipe's schedule (format-1 behaviour: under a per-epoch warm-up, epoch 0 is at lr 0).
+    Schedule,
 }
 
 /// The mask schedule: what the training loop does after step `step` (0-based) of epoch `epoch`.
@@ -91,6 +112,12 @@ pub enum SparseAction {
 }
 
 impl SparseConfig {
+    /// Whether step `step` of epoch `epoch` (of `steps`) is in the mask-selection phase: epoch 0
+    /// up to and including its last re-selection.
+    pub fn selecting(&self, epoch: usize, step: usize, steps: usize) -> bool {
+        epoch == 0 && (step..steps).any(|s| self.action(0, s, steps) == SparseAction::Reselect)
+    }
+
     /// What to do after step `step` (0-based) of an epoch of `steps` steps. An epoch shorter than
     /// the warm-up still selects once, after its last step: a sparse run is never left dense.
     pub fn action(&self, epoch: usize, step: usize, steps: usize) -> SparseAction {
@@ -172,16 +199,28 @@ pub struct SparseDelta<B: Backend> {
     pub delta: Param<Tensor<B, 2>>,
     /// `[in, out]` 0/1; all ones during the dense warm-up.
     pub mask: Tensor<B, 2>,
+    /// On a re-selection step: the gradient reaches every entry of ΔW, as if the mask were all
+    /// ones, while the forward value stays `W0 + M ⊙ ΔW`.
+    #[module(skip)]
+    pub score_all: bool,
 }
 
 impl<B: Backend> SparseDelta<B> {
     pub fn new(d_in: usize, d_out: usize, device: &B::Device) -> Self {
-        Self { delta: Param::from_tensor(Tensor::zeros([d_in, d_out], device)), mask: Tensor::ones([d_in, d_out], device) }
+        Self { delta: Param::from_tensor(Tensor::zeros([d_in, d_out], device)), mask: Tensor::ones([d_in, d_out], device), score_all: false }
     }
 
-    /// The effective weight `W0 + M ⊙ ΔW`.
+    /// The effective weight `W0 + M ⊙ ΔW` (with [`Self::score_all`], plus `(ΔW − ΔW) ⊙ (1 − M)`,
+    /// which is 0 in value and lets the gradient reach the masked-out entries too).
     pub fn apply(&self, w0: Tensor<B, 2>) -> Tensor<B, 2> {
-        w0 + self.delta.val() * self.mask.clone()
+        let d = self.delta.val();
+        let w = w0 + d.clone() * self.mask.clone();
+        if self.score_all {
+            let off = self.mask.clone().neg().add_scalar(1.0);
+            w + (d.clone() - d.detach()) * off
+        } else {
+            w
+        }
     }
 
     /// Installs a new mask from kept flat indices; with [`OnDrop::Zero`] the delta is zeroed off it.
@@ -249,26 +288,39 @@ mod tests {
 }
 
 /// Scores every delta from its current gradient and installs new masks (one host round trip per
-/// re-selection, which happens only every K steps of the first epoch). Deltas without a gradient
-/// score zero. Returns the deltas in the same order.
+/// re-selection, which happens only every K steps of the first epoch). The gradient is the one of
+/// a pass with [`SparseDelta::score_all`] on, so every entry is scored as if the mask were all
+/// ones. A tensor whose scores are all zero or not finite is an error naming it (`names`), never
+/// a tie-break, which would silently make every criterion `random`. Returns the deltas in order.
 pub fn reselect<B: burn::tensor::backend::AutodiffBackend>(
     deltas: Vec<SparseDelta<B>>,
+    names: &[String],
     grads: &burn::optim::GradientsParams,
     cfg: &SparseConfig,
     rng: &mut Rng,
-) -> Vec<SparseDelta<B>> {
+) -> Result<Vec<SparseDelta<B>>, String> {
     let mut scores = Vec::with_capacity(deltas.len());
     let mut shapes = Vec::with_capacity(deltas.len());
-    for d in &deltas {
+    for (d, name) in deltas.iter().zip(names) {
         let [i, o] = d.delta.dims();
         let w = d.delta.val().inner().into_data().to_vec::<f32>().unwrap_or_default();
         let g = grads
             .get::<B::InnerBackend, 2>(d.delta.id)
             .map(|g| g.into_data().to_vec::<f32>().unwrap_or_default())
             .unwrap_or_else(|| vec![0.0; i * o]);
-        scores.push(cfg.score(&w, &g, rng));
+        let sc = cfg.score(&w, &g, rng);
+        if sc.iter().any(|x| !x.is_finite()) {
+            return Err(format!("sparse mask selection: `{name}` has non-finite scores"));
+        }
+        if sc.iter().all(|&x| x == 0.0) {
+            return Err(format!(
+                "sparse mask selection: every {:?} score of `{name}` is 0 (ΔW or its gradient is still 0: train more dense steps before the first selection, --sparse warm-up, or use a non-zero learning rate)",
+                cfg.criterion
+            ));
+        }
+        scores.push(sc);
         shapes.push([i, o]);
     }
     let kept = select(cfg, &scores, &shapes, rng);
-    deltas.into_iter().zip(kept).map(|(d, k)| d.set_mask(&k, cfg.on_drop)).collect()
+    Ok(deltas.into_iter().zip(kept).map(|(d, k)| d.set_mask(&k, cfg.on_drop)).collect())
 }

@@ -222,7 +222,7 @@ fn trained(kind: &str) -> VisionTransformer<B> {
     let mut rng = Rng::new(2);
     for s in 0..3 {
         let (m, grads) = step(model, &mut adam, &mut rng, s);
-        model = if kind == "sparse" && s == 0 { inject::reselect_sparse(m, &grads, &mc.sparse().unwrap().clone().with_keep_ratio(0.3), &mut rng) } else { m };
+        model = if kind == "sparse" && s == 0 { inject::reselect_sparse(m, &grads, &mc.sparse().unwrap().clone().with_keep_ratio(0.3), &mut rng).unwrap() } else { m };
     }
     model.valid()
 }
@@ -304,7 +304,7 @@ fn sparse_masks_are_exact_and_only_masked_entries_train() {
     let mut rng = Rng::new(8);
     // dense warm-up step, then selection from its gradients
     let (model, grads) = step(model, &mut sgd, &mut rng, 0);
-    let model = inject::reselect_sparse(model, &grads, mc.sparse().unwrap(), &mut rng);
+    let model = inject::reselect_sparse(model, &grads, mc.sparse().unwrap(), &mut rng).unwrap();
     let sparse = |m: &VisionTransformer<AB>| -> Vec<(Vec<f32>, Vec<f32>)> {
         m.blocks
             .iter()
@@ -327,4 +327,92 @@ fn sparse_masks_are_exact_and_only_masked_entries_train() {
         assert!(!changed.is_empty());
         assert!(changed.iter().all(|&i| mask[i] == 1.0), "an entry off the mask changed");
     }
+}
+
+/// ΔW and its gradient of every sparse delta (`[in, out]` host values), in site order.
+fn sparse_state(m: &VisionTransformer<AB>, grads: &GradientsParams) -> Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    m.blocks
+        .iter()
+        .map(|b| match b.attn.qkv.branch.as_ref().unwrap() {
+            LinearBranch::Sparse(s) => (host(s.delta.val().inner()), grads.get::<Flex, 2>(s.delta.id).map(host).unwrap(), host(s.mask.clone().inner())),
+            _ => panic!("not sparse"),
+        })
+        .collect()
+}
+
+/// Exact top-k written independently: indices of the k largest scores, sorted.
+fn topk_ref(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut top = idx[..k].to_vec();
+    top.sort();
+    top
+}
+
+#[test]
+fn sensitivity_masks_are_the_top_k_of_grad_times_delta_over_all_entries() {
+    let dev = Default::default();
+    let select = |criterion, on_drop| {
+        let mut mc = method("sparse");
+        if let Method::Sparse(s) = &mut mc {
+            s.criterion = criterion;
+            s.on_drop = on_drop;
+            s.keep_ratio = 0.1;
+        }
+        let mut model = apply(tiny().init::<AB>(&dev), &mc);
+        let mut sgd = SgdConfig::new().init::<AB, VisionTransformer<AB>>();
+        let mut rng = Rng::new(8);
+        let mut masks = Vec::new();
+        // two dense steps move ΔW; then two selections, each from a pass that scores every entry
+        for s in 0..4u64 {
+            let selecting = s >= 2;
+            if selecting {
+                inject::before_forward(&mut model, &mc, (0, 4, 5));
+            }
+            let out = model.forward_rng(input(s), false, &mut rng);
+            let loss = CrossEntropyLossConfig::new().init(&dev).forward(out.logits, labels());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            if selecting {
+                let before = sparse_state(&model, &grads);
+                if s == 3 {
+                    // the gradient reached the entries outside the current mask
+                    for (_, g, m) in &before {
+                        assert!(g.iter().zip(m).any(|(g, m)| *m == 0.0 && *g != 0.0), "no gradient off the mask");
+                    }
+                }
+                model = inject::reselect_sparse(model, &grads, mc.sparse().unwrap(), &mut rng).unwrap();
+                let after = sparse_state(&model, &grads);
+                masks.push((before, after));
+            }
+            model = sgd.step(0.05, model, grads);
+        }
+        masks
+    };
+    for on_drop in [mosa_core::sparse::OnDrop::Keep, mosa_core::sparse::OnDrop::Zero] {
+        let sens = select(mosa_core::sparse::Criterion::SensitivitySigned, on_drop);
+        for (before, after) in &sens {
+            for ((d, g, _), (_, _, mask)) in before.iter().zip(after) {
+                let score: Vec<f32> = d.iter().zip(g).map(|(d, g)| d * g).collect();
+                let want = topk_ref(&score, (0.1 * score.len() as f64) as usize);
+                let got: Vec<usize> = (0..mask.len()).filter(|&i| mask[i] == 1.0).collect();
+                assert_eq!(got, want, "{on_drop:?}: the mask is the top-k of ∂L/∂ΔW ⊙ ΔW over every entry");
+            }
+        }
+        let random = select(mosa_core::sparse::Criterion::Random, on_drop);
+        assert_ne!(sens[0].1[0].2, random[0].1[0].2, "sensitivity differs from random");
+    }
+}
+
+#[test]
+fn a_selection_whose_scores_are_all_zero_is_an_error_naming_the_tensor() {
+    // ΔW is still 0 (no step taken): connection sensitivity is 0 everywhere
+    let dev = Default::default();
+    let mc = method("sparse");
+    let mut model = apply(tiny().init::<AB>(&dev), &mc);
+    inject::before_forward(&mut model, &mc, (0, 4, 5));
+    let out = model.forward_rng(input(0), false, &mut Rng::new(0));
+    let loss = CrossEntropyLossConfig::new().init(&dev).forward(out.logits, labels());
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let e = inject::reselect_sparse(model, &grads, mc.sparse().unwrap(), &mut Rng::new(0)).err().unwrap();
+    assert!(e.contains("blocks.0.attn.qkv.weight") && e.contains("is 0"), "{e}");
 }

@@ -160,6 +160,7 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
 
     let t = &spec.train;
     let mut optim = AdamW::<B>::new(AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay });
+    optim.no_decay = inject::no_decay(&model, &spec.method).into_iter().collect();
     let schedule = WarmupCosine { base_lr: t.lr, warmup_epochs: t.warmup_epochs, epochs: t.epochs, kind: t.schedule };
     let mut metrics: Vec<EpochMetrics> = Vec::new();
     let mut start_epoch = 0;

@@ -63,12 +63,16 @@ pub fn train_epoch<B: AutodiffBackend>(mut model: Backbone<B>, optim: &mut AdamW
     let mut lr_last = 0.0;
     for s in 0..steps {
         let idx: Vec<usize> = perm[s * t.batch_size..((s + 1) * t.batch_size).min(perm.len())].iter().map(|&p| c.subset[p]).collect();
-        let lr = c.schedule.lr(epoch, s, steps);
+        // the sparse method selects its masks at the base lr (its dense steps must move ΔW)
+        let lr = match c.method.sparse() {
+            Some(sp) if sp.selection_lr == mosa_core::sparse::SelectionLr::Base && sp.selecting(epoch, s, steps) => t.lr,
+            _ => c.schedule.lr(epoch, s, steps),
+        };
         lr_last = lr;
         let aug_seed = Rng::derive(t.seed, streams::AUGMENT + (epoch * steps + s) as u64).next_u64();
         let (px, labels) = c.train.batch(&idx, aug_seed);
         let (x, y) = mosa_data::batcher::to_tensors::<B>(px, &labels, t.resolution, c.device);
-        let (m, out) = step(model, x, y, c.method, t, (epoch, s, steps), &mut experts, &mut sparse_rng);
+        let (m, out) = step(model, x, y, c.method, t, (epoch, s, steps), &mut experts, &mut sparse_rng)?;
         // entries that left a re-selected sparse mask start again from zero moments
         for (path, mask) in out.new_masks {
             let n = mask.shape().num_elements();

@@ -206,6 +206,9 @@ pub mod legacy {
                 if let Some(o) = s.as_object_mut() {
                     o.remove("seed");
                     o.insert("targets".into(), m.get("targets").cloned().unwrap_or(Value::Array(vec![])));
+                    // format 1 decayed ΔW and selected masks on the recipe's schedule
+                    o.insert("weight_decay".into(), Value::Bool(true));
+                    o.insert("selection_lr".into(), Value::String("schedule".into()));
                 }
                 Method::Sparse(serde_json::from_value::<SparseConfig>(s).map_err(|e| format!("`sparse`: {e}"))?)
             }

@@ -11,6 +11,7 @@ use mosa_models::Backbone;
 
 use crate::config::TrainConfig;
 use crate::loss::{cross_entropy, deepreg, symmetric_kl};
+use crate::{Error, Result};
 
 /// What a step leaves for the epoch: the loss (not yet read back), correct predictions of the
 /// first pass, the gradients after the hook, and the sparse masks if the hook re-selected them.
@@ -39,9 +40,11 @@ pub fn step<B: AutodiffBackend>(
     (epoch, step, steps): (usize, usize, usize),
     experts: &mut Rng,
     sparse_rng: &mut Rng,
-) -> (Backbone<B>, StepOut<B>) {
+) -> Result<(Backbone<B>, StepOut<B>)> {
     let two = two_passes(method, t);
     let n = y.dims()[0];
+    let mut model = model;
+    inject::before_forward(&mut model, method, (epoch, step, steps));
     let out1 = model.forward_rng(x.clone(), two && t.deepreg, experts);
     let mut loss = cross_entropy(out1.logits.clone(), y.clone());
     if two {
@@ -56,6 +59,6 @@ pub fn step<B: AutodiffBackend>(
     let correct = out1.logits.inner().argmax(1).reshape([n]).equal(y.inner()).int().sum();
     let loss_value = loss.clone().inner();
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let (model, new_masks) = inject::after_backward(model, &mut grads, method, (epoch, step, steps), sparse_rng);
-    (model, StepOut { loss: loss_value, correct, grads, new_masks })
+    let (model, new_masks) = inject::after_backward(model, &mut grads, method, (epoch, step, steps), sparse_rng).map_err(Error::Model)?;
+    Ok((model, StepOut { loss: loss_value, correct, grads, new_masks }))
 }

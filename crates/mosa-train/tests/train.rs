@@ -67,3 +67,19 @@ fn nan_loss_stops_with_epoch_and_step() {
         assert!(name == "config.json", "unexpected {name}");
     }
 }
+
+#[test]
+fn sparse_masks_are_selected_at_the_base_lr_even_under_a_warm_up_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let device = Default::default();
+    let mut s = spec(&ds, MethodKind::Sparse, 2);
+    s.train.warmup_epochs = 1; // the recipe's epoch 0 is at lr 0
+    finish(mosa_train::run::<AB>(&s, &tmp.path().join("base"), false, Control::default(), &device, &mut Silent).unwrap());
+    // on the recipe's schedule ΔW never moves before the selection, and that is an error, not a random mask
+    if let mosa_core::Method::Sparse(sp) = &mut s.method {
+        sp.selection_lr = mosa_core::sparse::SelectionLr::Schedule;
+    }
+    let e = mosa_train::run::<AB>(&s, &tmp.path().join("schedule"), false, Control::default(), &device, &mut Silent).err().unwrap();
+    assert!(e.to_string().contains("score of `blocks.0.attn.qkv.weight` is 0"), "{e}");
+}

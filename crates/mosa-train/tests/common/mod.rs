@@ -50,7 +50,7 @@ pub fn spec(dataset: &str, method: MethodKind, epochs: usize) -> RunSpec {
 }
 
 /// The method with the tests' sizes: r 8, 2 prompt tokens, targets qkv + fc1, sparse warm-up
-/// 2 steps and re-selection every step.
+/// 3 steps (with the zero head, ΔW first moves in step 2) and re-selection every step.
 pub fn method_of(kind: MethodKind) -> Method {
     let mut m = Method::new(kind);
     if let Some(a) = m.adapter_options_mut() {
@@ -63,7 +63,7 @@ pub fn method_of(kind: MethodKind) -> Method {
         Method::MosaLora(l) => l.lora.targets = targets,
         Method::Sparse(s) => {
             s.targets = targets;
-            s.warmup_steps = 2;
+            s.warmup_steps = 3;
             s.reselect_every = 1;
         }
         _ => {}
