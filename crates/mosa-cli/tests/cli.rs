@@ -394,3 +394,32 @@ fn sparse_experts_train_merge_and_evaluate_end_to_end() {
     assert_one_line_error(&mosa(&["merge", &experts[0], "--method", "ties", "--ties-k", "1.5", "--out", "x.safetensors"], tmp.path()), &["--ties-k"]);
     assert_one_line_error(&mosa(&["merge", weights.to_str().unwrap(), "--method", "mean", "--out", "x.safetensors"], tmp.path()), &["vit.safetensors", "not a mosa expert"]);
 }
+
+#[test]
+fn lora_and_full_experts_merge_back_to_their_runs_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let (model, weights) = (f.join("vit.json"), f.join("vit.safetensors"));
+    let imgs: Vec<_> = (0..48).map(|i| mosa_data::synth::shapes_image(mosa_data::synth::ShapesTask::Position, 32, 4, i)).collect();
+    mosa_data::synth::write_vtab_task(&tmp.path().join("dsprites_loc"), &imgs, 24, 8, false).unwrap();
+    let ds = format!("vtab:{}/dsprites_loc", tmp.path().display());
+    for (method, lr, kind) in [("lora", "0.01", "Lora"), ("full", "0.001", "Full")] {
+        let out = tmp.path().join(method);
+        let o = mosa(&["train", "--method", method, "--model", model.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--dataset", &ds, "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "32", "--lr", lr, "--out", out.to_str().unwrap()], tmp.path());
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let e = out.join("expert.safetensors");
+        let info = mosa(&["expert", "info", e.to_str().unwrap()], tmp.path());
+        assert!(String::from_utf8_lossy(&info.stdout).contains(&format!("{kind} expert of task `dsprites_loc`")), "{}", String::from_utf8_lossy(&info.stdout));
+        let merged = tmp.path().join(format!("{method}-merged.safetensors"));
+        let o = mosa(&["merge", e.to_str().unwrap(), "--method", "mean", "--out", merged.to_str().unwrap()], tmp.path());
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        let o = mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", "dsprites_loc"], tmp.path());
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let want = format!("| {:.2} |", 100.0 * summary["last_test"].as_f64().unwrap());
+        assert!(String::from_utf8_lossy(&o.stdout).contains(&want), "{method}: {} vs {want}", String::from_utf8_lossy(&o.stdout));
+    }
+    // kinds are not mixed in one merge
+    let (l, fu) = (tmp.path().join("lora/expert.safetensors"), tmp.path().join("full/expert.safetensors"));
+    assert_one_line_error(&mosa(&["merge", l.to_str().unwrap(), fu.to_str().unwrap(), "--method", "mean", "--out", tmp.path().join("mix.safetensors").to_str().unwrap()], tmp.path()), &["cannot mix expert kinds"]);
+}

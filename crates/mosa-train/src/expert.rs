@@ -5,8 +5,8 @@
 //! - sparse: per sparse delta, the mask's positions (flat `[out, in]` indices, sorted) and the
 //!   delta's values there;
 //! - lora: `lora_a = Aᵀ` `[r, in]`, `lora_b = Bᵀ` `[out, r]`, scale = alpha / r (PEFT's layout);
-//! - full: `W − W0` of every backbone tensor except the position embedding (its grid depends on
-//!   the training resolution, so it cannot be merged onto the stored one) and the head.
+//! - full: `W − W0` of every backbone tensor but the head, and but the position embedding when
+//!   the run trained at another grid than the stored one (that Δ cannot be merged onto it).
 
 use std::path::Path;
 
@@ -76,8 +76,10 @@ fn tensors<B: Backend>(spec: &RunSpec, model: &Backbone<B>, kind: ExpertKind, de
                 None => return Err(Error::Model("a full expert needs the base weights file it was trained from (this run used random initialisation)".into())),
             };
             let (trained, base) = (model.state_dict(), base.state_dict());
+            // the position embedding can be merged only where it has the stored grid
+            let stored = spec.weights.as_ref().and_then(|w| mosa_models::read_checkpoint(w).ok()).and_then(|sd| sd.tensors.get("pos_embed").map(|t| t.shape.clone()));
             for (name, w) in &trained.tensors {
-                if name.starts_with("head.") || name == "pos_embed" {
+                if name.starts_with("head.") || (name == "pos_embed" && stored.as_ref() != Some(&w.shape)) {
                     continue;
                 }
                 let w0 = &base.tensors[name];
