@@ -386,13 +386,19 @@ fn sparse_experts_train_merge_and_evaluate_end_to_end() {
     let fwd = tmp.path().join("fwd.safetensors");
     let o = mosa(&["forward", "--model", backbone.to_str().unwrap(), "--weights", merged.to_str().unwrap(), "--input", io.to_str().unwrap(), "--out", fwd.to_str().unwrap()], tmp.path());
     assert!(o.status.success(), "{}", stderr(&o));
+    let x = tmp.path().join("x.safetensors").display().to_string();
     // bad merges: the same task twice, an unknown method, λ out of range, a file that is no expert
     assert_one_line_error(&mosa(&["merge", &experts[0], &experts[0], "--method", "mean", "--out", tmp.path().join("x.safetensors").to_str().unwrap()], tmp.path()), &["appears twice"]);
     assert!(!tmp.path().join("x.safetensors").exists(), "no partial output");
-    let o = mosa(&["merge", &experts[0], "--method", "average", "--out", "x.safetensors"], tmp.path());
+    let o = mosa(&["merge", &experts[0], "--method", "average", "--out", x.as_str()], tmp.path());
     assert!(!o.status.success() && stderr(&o).contains("average"));
-    assert_one_line_error(&mosa(&["merge", &experts[0], "--method", "ties", "--ties-k", "1.5", "--out", "x.safetensors"], tmp.path()), &["--ties-k"]);
-    assert_one_line_error(&mosa(&["merge", weights.to_str().unwrap(), "--method", "mean", "--out", "x.safetensors"], tmp.path()), &["vit.safetensors", "not a mosa expert"]);
+    assert_one_line_error(&mosa(&["merge", &experts[0], "--method", "ties", "--ties-k", "1.5", "--out", x.as_str()], tmp.path()), &["--ties-k"]);
+    assert_one_line_error(&mosa(&["merge", weights.to_str().unwrap(), "--method", "mean", "--out", x.as_str()], tmp.path()), &["vit.safetensors", "not a mosa expert"]);
+    assert_one_line_error(&mosa(&["merge", &experts[0], "--method", "mean", "--lambda", "NaN", "--out", x.as_str()], tmp.path()), &["λ must be finite"]);
+    // another base than the one the expert was trained on (its SHA-256 differs)
+    let other = f.join("vit_layerscale_resized.safetensors");
+    assert_one_line_error(&mosa(&["merge", &experts[0], "--method", "mean", "--base", other.to_str().unwrap(), "--out", x.as_str()], tmp.path()), &["expert.safetensors", "SHA-256", "vit_layerscale_resized.safetensors"]);
+    assert!(!tmp.path().join("x.safetensors").exists());
 }
 
 #[test]
