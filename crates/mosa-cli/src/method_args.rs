@@ -1,11 +1,13 @@
 //! Method options as command-line flags, shared by the commands that take a method. Every flag
 //! is optional: an absent flag leaves the option at its default, which lives only in the
-//! method's options type (`mosa_core::method`); a flag the chosen method does not have is
+//! method's options type (`mosa_core::method`; the help text reads it from there); a flag the chosen method does not have is
 //! ignored with a note on stderr (so that one recipe can be passed to every method of a grid).
 
-use mosa_core::lora::LoraSplit;
-use mosa_core::mosa::Share;
-use mosa_core::sparse::{Criterion, OnDrop, Scope, SelectionLr};
+use mosa_core::adapter::AdapterOptions;
+use mosa_core::lora::{LoraOptions, LoraSplit, MosaLoraOptions};
+use mosa_core::mosa::{MosaOptions, Share};
+use mosa_core::prompt::PromptOptions;
+use mosa_core::sparse::{Criterion, OnDrop, Scope, SelectionLr, SparseConfig};
 use mosa_core::{Method, MethodKind};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -13,61 +15,50 @@ pub struct MethodArgs {
     /// The method (default: mosa).
     #[arg(long, value_enum)]
     pub method: Option<MethodKind>,
-    /// Adapter bottleneck r [default 16].
-    #[arg(long)]
+    #[arg(long, help = format!("Adapter bottleneck r [default {}]", AdapterOptions::new().r))]
     pub r: Option<usize>,
-    /// Adapter output scale s [default 0.1].
-    #[arg(long)]
+    #[arg(long, help = format!("Adapter output scale s [default {}]", AdapterOptions::new().scale))]
     pub scale: Option<f64>,
-    /// Dropout inside adapters [default 0.1].
-    #[arg(long)]
+    #[arg(long, help = format!("Dropout inside adapters [default {}]", AdapterOptions::new().dropout))]
     pub adapter_dropout: Option<f64>,
-    /// MoSA / pruned-adapter / MoSA-LoRA experts N [default 4].
-    #[arg(long)]
+    #[arg(long, help = format!("MoSA / pruned-adapter / MoSA-LoRA experts N [default {}]", MosaOptions::new().experts))]
     pub experts: Option<usize>,
-    /// MoSA: the dense shared projection [default down].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = format!("MoSA: the dense shared projection [default {}]", name(MosaOptions::new().share)))]
     pub share: Option<Share>,
-    /// LoRA rank [default 8].
-    #[arg(long)]
+    #[arg(long, help = format!("LoRA rank [default {}]", LoraOptions::new().r))]
     pub lora_r: Option<usize>,
-    /// LoRA alpha [default 8].
-    #[arg(long)]
+    #[arg(long, help = format!("LoRA alpha [default {}]", LoraOptions::new().alpha))]
     pub lora_alpha: Option<f64>,
-    /// LoRA dropout [default 0].
-    #[arg(long)]
+    #[arg(long, help = format!("LoRA dropout [default {}]", LoraOptions::new().dropout))]
     pub lora_dropout: Option<f64>,
-    /// MoSA-LoRA: the factor split into experts [default b].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = format!("MoSA-LoRA: the factor split into experts [default {}]", name(MosaLoraOptions::new().split)))]
     pub lora_split: Option<LoraSplit>,
     /// Linear sites for lora / mosa-lora / sparse, comma-separated, by the backbone family's
     /// names (ViT: qkv, proj, fc1, fc2) [default: the family's, qkv on a ViT].
     #[arg(long, value_delimiter = ',')]
     pub targets: Option<Vec<String>>,
-    /// VPT prompt tokens [default 10].
-    #[arg(long)]
+    #[arg(long, help = format!("VPT prompt tokens [default {}]", PromptOptions::new().tokens))]
     pub prompt_tokens: Option<usize>,
-    /// Sparse: fraction of each targeted matrix kept [default 0.05].
-    #[arg(long)]
+    #[arg(long, help = format!("Sparse: fraction of each targeted matrix kept [default {}]", SparseConfig::new().keep_ratio))]
     pub keep_ratio: Option<f64>,
-    /// Sparse: how entries are scored [default sensitivity-signed, as the reference].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = format!("Sparse: how entries are scored [default {}]", name(SparseConfig::new().criterion)))]
     pub criterion: Option<Criterion>,
     /// Sparse: per-layer, global, or block:<tile> [default per-layer].
     #[arg(long, value_parser = parse_scope)]
     pub scope: Option<Scope>,
-    /// Sparse: re-select the mask every K steps of the first epoch [default 5].
-    #[arg(long)]
+    #[arg(long, help = format!("Sparse: re-select the mask every K steps of the first epoch [default {}]", SparseConfig::new().reselect_every))]
     pub reselect_every: Option<usize>,
-    /// Sparse: what happens to entries that leave the mask [default zero].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = format!("Sparse: what happens to entries that leave the mask [default {}]", name(SparseConfig::new().on_drop)))]
     pub on_drop: Option<OnDrop>,
-    /// Sparse: dense steps before the first mask selection [default 5].
-    #[arg(long)]
+    #[arg(long, help = format!("Sparse: dense steps before the first mask selection [default {}]", SparseConfig::new().warmup_steps))]
     pub sparse_warmup_steps: Option<usize>,
-    /// Sparse: learning rate while masks are selected: base (the recipe's lr) or schedule [default base].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = format!("Sparse: learning rate while masks are selected [default {}]", name(SparseConfig::new().selection_lr)))]
     pub selection_lr: Option<SelectionLr>,
+}
+
+/// An option's name as flags spell it (its serde name: `down`, `sensitivity-signed`).
+fn name<T: serde::Serialize>(v: T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {
