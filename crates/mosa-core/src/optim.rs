@@ -49,6 +49,8 @@ pub struct AdamW<B: AutodiffBackend> {
     state: HashMap<String, Moments<B::InnerBackend>>,
     /// Parameters that get no weight decay besides the biases (e.g. sparse deltas).
     pub no_decay: std::collections::HashSet<burn::module::ParamId>,
+    /// Per-parameter learning-rate factors (e.g. the head at its own lr); 1 for the others.
+    pub lr_scale: HashMap<burn::module::ParamId, f64>,
 }
 
 struct Stepper<'a, B: AutodiffBackend> {
@@ -74,10 +76,11 @@ impl<B: AutodiffBackend> MapParam<B> for Stepper<'_, B> {
             None => (g.clone().mul_scalar(1.0 - c.beta1), g.clone().mul(g).mul_scalar(1.0 - c.beta2)),
         };
         let t = self.opt.step as i32;
-        let step_size = self.lr * (1.0 - c.beta2.powi(t)).sqrt() / (1.0 - c.beta1.powi(t));
+        let lr = self.lr * self.opt.lr_scale.get(&id).copied().unwrap_or(1.0);
+        let step_size = lr * (1.0 - c.beta2.powi(t)).sqrt() / (1.0 - c.beta1.powi(t));
         let mut p = p.sub(m.clone().div(v.clone().sqrt().add_scalar(c.eps)).mul_scalar(step_size));
         if c.weight_decay != 0.0 && !is_bias(&path) && !self.opt.no_decay.contains(&id) {
-            p = p.mul_scalar(1.0 - self.lr * c.weight_decay);
+            p = p.mul_scalar(1.0 - lr * c.weight_decay);
         }
         self.opt.state.insert(path, Moments { m, v });
         let new = Tensor::<B, D>::from_inner(p.reshape(shape)).require_grad();
@@ -87,7 +90,7 @@ impl<B: AutodiffBackend> MapParam<B> for Stepper<'_, B> {
 
 impl<B: AutodiffBackend> AdamW<B> {
     pub fn new(config: AdamWConfig) -> Self {
-        Self { config, step: 0, state: HashMap::new(), no_decay: Default::default() }
+        Self { config, step: 0, state: HashMap::new(), no_decay: Default::default(), lr_scale: HashMap::new() }
     }
 
     /// One step at learning rate `lr` for every parameter that has a gradient in `grads`.
@@ -189,6 +192,28 @@ mod tests {
         assert!((p.lr(0, 4, 8) - 0.005 * 0.05).abs() < 1e-15); // t = 0.5 of 10 warm-up epochs
         assert!((p.lr(3, 8, 8) - p.lr(4, 0, 8)).abs() < 1e-15);
         assert!((p.lr(55, 4, 8) - 0.005 * 0.5 * (1.0 + (std::f64::consts::PI * 45.5 / 90.0).cos())).abs() < 1e-15);
+    }
+
+    #[test]
+    fn per_parameter_lr_and_no_decay_follow_the_hand_computed_step() {
+        let device = Default::default();
+        let lin: Linear<AB> = Linear {
+            weight: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.5f32, -1.0], [2, 1]), &device)),
+            bias: Some(Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.25f32], [1]), &device))),
+        };
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.01 };
+        let mut opt = AdamW::<AB>::new(cfg);
+        opt.lr_scale.insert(lin.weight.id, 0.1);
+        opt.no_decay.insert(lin.weight.id);
+        let x = Tensor::<AB, 2>::from_data(TensorData::new(vec![1f32, 2., 3., -1.], [2, 2]), &device);
+        let loss = lin.forward(x).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &lin);
+        let model = opt.step(0.1, lin, grads);
+        // step 1: m̂/√v̂ = sign(g) = 1, so W moves by exactly lr·0.1 and is not decayed; b by lr
+        let w = model.weight.val().into_data().to_vec::<f32>().unwrap();
+        let b = model.bias.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
+        assert!((w[0] as f64 - (0.5 - 0.01)).abs() < 1e-5 && (w[1] as f64 - (-1.0 - 0.01)).abs() < 1e-5, "{w:?}");
+        assert!((b[0] as f64 - (0.25 - 0.1)).abs() < 1e-5, "{b:?}");
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct TrainConfig {
     pub warmup_epochs: usize,
     /// Base learning rate.
     pub lr: f64,
+    /// The head's learning rate, when it should differ from the rest (e.g. sparse or full
+    /// experts, whose backbone deltas want a far smaller lr than a freshly initialised head).
+    pub head_lr: Option<f64>,
     pub schedule: ScheduleKind,
     pub batch_size: usize,
     /// Evaluation batch (default: the training batch).
@@ -53,6 +56,7 @@ impl Default for TrainConfig {
             epochs: 100,
             warmup_epochs: 10,
             lr: 0.005,
+            head_lr: None,
             schedule: ScheduleKind::PerEpoch,
             batch_size: 128,
             eval_batch_size: None,
@@ -80,6 +84,11 @@ impl TrainConfig {
         }
         if self.warmup_epochs > self.epochs {
             return Err(format!("warm-up ({}) longer than training ({} epochs)", self.warmup_epochs, self.epochs));
+        }
+        if let Some(h) = self.head_lr {
+            if !(h.is_finite() && h >= 0.0 && self.lr > 0.0) {
+                return Err(format!("--head-lr {h} needs to be finite and ≥ 0, with --lr > 0"));
+            }
         }
         Ok(())
     }

@@ -161,6 +161,12 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
     let t = &spec.train;
     let mut optim = AdamW::<B>::new(AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay });
     optim.no_decay = inject::no_decay(&model, &spec.method).into_iter().collect();
+    if let (Some(h), Some(head)) = (t.head_lr, model.clone().head_mut()) {
+        // the schedule scales both: the head keeps the ratio head_lr / lr
+        for id in [Some(head.weight.id), head.bias.as_ref().map(|b| b.id)].into_iter().flatten() {
+            optim.lr_scale.insert(id, h / t.lr.max(f64::MIN_POSITIVE));
+        }
+    }
     let schedule = WarmupCosine { base_lr: t.lr, warmup_epochs: t.warmup_epochs, epochs: t.epochs, kind: t.schedule };
     let mut metrics: Vec<EpochMetrics> = Vec::new();
     let mut start_epoch = 0;

@@ -45,6 +45,9 @@ pub struct TrainArgs {
     /// Base learning rate (reference: 0.005 on VTAB-1k).
     #[arg(long)]
     lr: Option<f64>,
+    /// The head's own learning rate (default: --lr), on the same schedule.
+    #[arg(long)]
+    head_lr: Option<f64>,
     /// per-epoch (reference) or per-step.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleKind>,
@@ -94,6 +97,9 @@ fn recipe(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { t.$f = v; } )* };
     }
     set!(epochs, warmup_epochs, lr, schedule, batch_size, resolution, weight_decay, eps, kl_weight, head_init, sync_every, seed);
+    if a.head_lr.is_some() {
+        t.head_lr = a.head_lr;
+    }
     if a.eval_batch_size.is_some() {
         t.eval_batch_size = a.eval_batch_size;
     }
