@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashSet};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::expert::{Delta, Expert, ExpertKind};
+use crate::expert::{Delta, Expert};
 use crate::host::HostTensor;
 use crate::rng::Rng;
 
@@ -404,9 +404,4 @@ pub fn remove(base: &mut BTreeMap<String, HostTensor>, applied: Applied) {
             }
         }
     }
-}
-
-/// The kind shared by a set of experts.
-pub fn kind_of(experts: &[&Expert]) -> Option<ExpertKind> {
-    experts.first().map(|e| e.meta.kind)
 }

@@ -88,12 +88,6 @@ impl BackboneConfig {
         }
     }
 
-    pub fn num_classes(&self) -> usize {
-        match self {
-            BackboneConfig::Vit(c) => c.num_classes,
-        }
-    }
-
     pub fn with_num_classes(self, n: usize) -> Self {
         match self {
             BackboneConfig::Vit(c) => BackboneConfig::Vit(c.with_num_classes(n)),
@@ -196,13 +190,6 @@ impl<B: Backend> Backbone<B> {
     pub fn state_dict(&self) -> load::StateDict {
         match self {
             Backbone::Vit(m) => m.state_dict(),
-        }
-    }
-
-    /// The ViT inside, if this is one.
-    pub fn as_vit(&self) -> Option<&VisionTransformer<B>> {
-        match self {
-            Backbone::Vit(m) => Some(m),
         }
     }
 }

@@ -35,10 +35,10 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Checkpoint(format!("{}: {e}", path.display()))
 }
 
-pub fn write_checkpoint(path: &Path, params: &Tensors, adam: &[(String, Vec<f32>, Vec<f32>)], state: &RunState) -> Result<()> {
+pub fn write_checkpoint(path: &Path, params: &Tensors, adam: Vec<(String, Vec<f32>, Vec<f32>)>, state: &RunState) -> Result<()> {
     let moments: Vec<(String, HostTensor)> = adam
-        .iter()
-        .flat_map(|(p, m, v)| [(format!("adam.m/{p}"), HostTensor::new(vec![m.len()], m.clone())), (format!("adam.v/{p}"), HostTensor::new(vec![v.len()], v.clone()))])
+        .into_iter()
+        .flat_map(|(p, m, v)| [(format!("adam.m/{p}"), HostTensor::new(vec![m.len()], m)), (format!("adam.v/{p}"), HostTensor::new(vec![v.len()], v))])
         .collect();
     let mut t: Vec<(String, &HostTensor)> = params.iter().map(|(p, h)| (format!("param/{p}"), h)).collect();
     t.extend(moments.iter().map(|(n, h)| (n.clone(), h)));

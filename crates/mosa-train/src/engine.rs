@@ -146,7 +146,8 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
     let trainable = params::count_trainable(&params::list(&model));
     let merged_trainable = params::count_trainable(&params::list(&inject::merged(&model)));
     let backbone = backbone_id(spec)?;
-    if checkpoint.is_none() || dir.read_config().is_ok_and(|_| !is_format2(&dir)) {
+    // a new run, or a format-1 run being resumed (its config.json is rewritten in this format)
+    if checkpoint.is_none() || !is_format2(&dir) {
         let ds = &data.dataset;
         dir.write_config(&RunConfig {
             format: FORMAT,
@@ -211,9 +212,9 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
         };
         rep.epoch_end(&m);
         metrics.push(m);
-        write_metrics(out, &metrics)?;
+        write_metrics(&dir, &metrics)?;
         let state = RunState { epochs_done: epoch + 1, optim_step: optim.step, metrics: metrics.clone(), rng: rng.clone(), config_sha256: config_sha.clone(), format: Some(FORMAT) };
-        write_checkpoint(&ckpt_path, &with_masks(params::export_trainable(&model), &mut model), &optim.export(), &state)?;
+        write_checkpoint(&ckpt_path, &with_masks(params::export_trainable(&model), &mut model), optim.export(), &state)?;
         if control.stop_after_epochs == Some(epoch + 1) && epoch + 1 < t.epochs {
             return Ok(Outcome::Interrupted { epochs_done: epoch + 1 });
         }
@@ -227,7 +228,7 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
         kind => kind.is_some(),
     };
     if makes_expert {
-        let origin = crate::expert::Origin { spec, backbone: &backbone, summary: &summary, classes: crate::expert::class_names(&data.dataset) };
+        let origin = crate::expert::Origin::new(spec, &backbone, &summary, &data.dataset);
         let e = crate::expert::expert_of(&model.valid(), &origin, mosa_core::expert::ValueDtype::F32, device)?;
         e.write(&dir.expert()).map_err(Error::Checkpoint)?;
     }

@@ -1,12 +1,11 @@
 //! Per-epoch metrics, the run summary, and their files (`metrics.jsonl`, `metrics.csv`,
 //! `summary.json`), each rewritten atomically after every epoch.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::checkpoint::write_text;
+use crate::rundir::RunDir;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochMetrics {
@@ -68,9 +67,9 @@ pub fn summarize(m: &[EpochMetrics]) -> (Option<usize>, Option<f64>, Option<f64>
     (best_val.map(|b| b.0), best_val.map(|b| b.1), test_at_best, best_test.map(|b| b.0), best_test.map(|b| b.1), m.last().and_then(|e| e.test_acc))
 }
 
-pub fn write_metrics(dir: &Path, m: &[EpochMetrics]) -> Result<()> {
+pub fn write_metrics(dir: &RunDir, m: &[EpochMetrics]) -> Result<()> {
     let jsonl: String = m.iter().map(|e| serde_json::to_string(e).unwrap_or_default() + "\n").collect();
-    write_text(&dir.join("metrics.jsonl"), &jsonl)?;
+    write_text(&dir.metrics_jsonl(), &jsonl)?;
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
     let mut csv = String::from("epoch,lr,train_loss,train_acc,val_acc,test_acc,train_seconds,eval_seconds,train_images_per_second,eval_images_per_second\n");
     for e in m {
@@ -79,5 +78,5 @@ pub fn write_metrics(dir: &Path, m: &[EpochMetrics]) -> Result<()> {
             e.epoch, e.lr, e.train_loss, e.train_acc, opt(e.val_acc), opt(e.test_acc), e.train_seconds, e.eval_seconds, e.train_images_per_second, e.eval_images_per_second
         );
     }
-    write_text(&dir.join("metrics.csv"), &csv)
+    write_text(&dir.metrics_csv(), &csv)
 }
