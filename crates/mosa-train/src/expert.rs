@@ -70,14 +70,15 @@ fn tensors<B: Backend>(spec: &RunSpec, model: &Backbone<B>, kind: ExpertKind, de
             }
         }
         ExpertKind::Full => {
-            let cfg = spec.model.clone().with_num_classes(model.num_classes()).with_img_size(spec.train.resolution);
-            let base = match &spec.weights {
-                Some(w) => cfg.load::<B>(w, HeadPolicy::Skip, device).map_err(|e| Error::Model(e.to_string()))?,
-                None => return Err(Error::Model("a full expert needs the base weights file it was trained from (this run used random initialisation)".into())),
+            let Some(w) = &spec.weights else {
+                return Err(Error::Model("a full expert needs the base weights file it was trained from (this run used random initialisation)".into()));
             };
-            let (trained, base) = (model.state_dict(), base.state_dict());
+            let sd = mosa_models::read_checkpoint(w).map_err(|e| Error::Model(e.to_string()))?;
             // the position embedding can be merged only where it has the stored grid
-            let stored = spec.weights.as_ref().and_then(|w| mosa_models::read_checkpoint(w).ok()).and_then(|sd| sd.tensors.get("pos_embed").map(|t| t.shape.clone()));
+            let stored = sd.tensors.get("pos_embed").map(|t| t.shape.clone());
+            let cfg = spec.model.clone().with_num_classes(model.num_classes()).with_img_size(spec.train.resolution);
+            let base = cfg.load_state::<B>(sd, HeadPolicy::Skip, device).map_err(|e| Error::Model(e.to_string()))?;
+            let (trained, base) = (model.state_dict(), base.state_dict());
             for (name, w) in &trained.tensors {
                 if name.starts_with("head.") || (name == "pos_embed" && stored.as_ref() != Some(&w.shape)) {
                     continue;
@@ -96,7 +97,17 @@ pub struct Origin<'a> {
     pub spec: &'a RunSpec,
     pub backbone: &'a BackboneId,
     pub summary: &'a Summary,
+    /// The dataset's name (the task) and class names.
+    pub task: String,
     pub classes: Vec<String>,
+}
+
+impl<'a> Origin<'a> {
+    /// The origin of a run on `dataset`.
+    pub fn new(spec: &'a RunSpec, backbone: &'a BackboneId, summary: &'a Summary, dataset: &mosa_data::Dataset) -> Self {
+        let classes = dataset.class_names.clone().unwrap_or_else(|| (0..dataset.num_classes).map(|c| c.to_string()).collect());
+        Self { spec, backbone, summary, task: dataset.name.clone(), classes }
+    }
 }
 
 /// The expert of a trained, unmerged model.
@@ -106,17 +117,13 @@ pub fn expert_of<B: Backend>(model: &Backbone<B>, o: &Origin<'_>, values: ValueD
     let tensors = tensors(spec, model, kind, device)?;
     let mut m = model.clone();
     let head = m.head_mut().map(|h| Head { weight: transposed(h.weight.val()), bias: h.bias.as_ref().map(|b| HostTensor::from_tensor(b.val())) });
-    let task = match spec.dataset.parse::<mosa_data::DatasetSpec>() {
-        Ok(d) => mosa_data::Dataset::open(&d).map(|d| d.name).unwrap_or_else(|_| spec.dataset.clone()),
-        Err(_) => spec.dataset.clone(),
-    };
     let sparse = spec.method.sparse();
     let meta = ExpertMeta {
         format: EXPERT_FORMAT,
         kind,
         backbone: BackboneIdentity { model: o.backbone.model.clone(), config: serde_json::to_value(&spec.model).unwrap_or_default(), weights: o.backbone.weights.clone(), sha256: o.backbone.sha256.clone() },
         method: serde_json::to_value(&spec.method).unwrap_or_default(),
-        task,
+        task: o.task.clone(),
         dataset: spec.dataset.clone(),
         keep_ratio: sparse.map(|s| s.keep_ratio),
         criterion: sparse.and_then(|s| serde_json::to_value(s.criterion).ok()).and_then(|v| v.as_str().map(String::from)),
@@ -131,11 +138,6 @@ pub fn expert_of<B: Backend>(model: &Backbone<B>, o: &Origin<'_>, values: ValueD
     Ok(e)
 }
 
-/// Class names of a run's dataset (its `classes.txt`, or the label numbers).
-pub fn class_names(dataset: &mosa_data::Dataset) -> Vec<String> {
-    dataset.class_names.clone().unwrap_or_else(|| (0..dataset.num_classes).map(|c| c.to_string()).collect())
-}
-
 /// Makes the expert of a finished run directory and writes it to `out`; returns the expert and
 /// the file size.
 pub fn export_run<B: Backend>(dir: &Path, out: &Path, values: ValueDtype, device: &B::Device) -> Result<(Expert, u64)> {
@@ -144,7 +146,7 @@ pub fn export_run<B: Backend>(dir: &Path, out: &Path, values: ValueDtype, device
     let summary = rd.summary()?;
     let model = crate::engine::load_run_unmerged::<B>(dir, device)?;
     let ds = mosa_data::Dataset::open(&cfg.run.dataset.parse()?)?;
-    let e = expert_of(&model, &Origin { spec: &cfg.run, backbone: &cfg.backbone, summary: &summary, classes: class_names(&ds) }, values, device)?;
+    let e = expert_of(&model, &Origin::new(&cfg.run, &cfg.backbone, &summary, &ds), values, device)?;
     let bytes = e.write(out).map_err(Error::Checkpoint)?;
     Ok((e, bytes))
 }

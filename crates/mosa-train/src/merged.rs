@@ -56,6 +56,18 @@ impl Merged {
         let head = self.heads.get(name).ok_or_else(|| Error::Config(format!("the merged model has no head for task `{name}`")))?;
         Ok((info, head))
     }
+
+    /// The backbone with task `name`'s head as `head.*` (timm's layout): a state dict to load
+    /// with the head, and the task.
+    pub fn task_state(&self, name: &str) -> Result<(&TaskInfo, mosa_models::StateDict)> {
+        let (info, head) = self.task(name)?;
+        let mut sd = self.backbone.clone();
+        sd.insert("head.weight", head.weight.clone());
+        if let Some(b) = &head.bias {
+            sd.insert("head.bias", b.clone());
+        }
+        Ok((info, sd))
+    }
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -68,7 +80,17 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
     if experts.iter().any(|e| e == out) || weights == Some(out) {
         return Err(Error::Config(format!("--out {} is one of the inputs", out.display())));
     }
-    let loaded: Vec<Expert> = experts.iter().map(|p| Expert::read(p).map_err(Error::Checkpoint)).collect::<Result<_>>()?;
+    // each expert file is read once: parsed, and hashed for the record
+    let (loaded, hashes): (Vec<Expert>, Vec<String>) = experts
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).map_err(|e| err(p, e))?;
+            let e = Expert::from_bytes(&bytes).map_err(|e| err(p, e))?;
+            Ok((e, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
     let first = loaded.first().ok_or_else(|| Error::Config("no experts to merge".into()))?;
     let base_path = match weights {
         Some(w) => w.to_path_buf(),
@@ -86,9 +108,9 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
     let report = merge::merge(&mut sd.tensors, &refs, cfg).map_err(|e| Error::Config(format!("merge: {e}")))?;
     let tasks: Vec<TaskInfo> = experts
         .iter()
-        .zip(&loaded)
-        .map(|(p, e)| Ok(TaskInfo { task: e.meta.task.clone(), dataset: e.meta.dataset.clone(), classes: e.meta.classes.clone(), resolution: e.meta.resolution, expert: p.display().to_string(), expert_sha256: file_sha256(p)? }))
-        .collect::<Result<_>>()?;
+        .zip(loaded.iter().zip(hashes))
+        .map(|(p, (e, sha))| TaskInfo { task: e.meta.task.clone(), dataset: e.meta.dataset.clone(), classes: e.meta.classes.clone(), resolution: e.meta.resolution, expert: p.display().to_string(), expert_sha256: sha })
+        .collect();
     let meta = MergedMeta { format: MERGED_FORMAT, merge: cfg.clone(), kind: first.meta.kind, backbone: first.meta.backbone.clone(), base: base_path.display().to_string(), tasks, report };
     let mut named: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
     for e in &loaded {

@@ -44,17 +44,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .and_then(weights::present)
             .with_context(|| format!("no --weights given and no cached weights for `{}`", args.model))?,
     };
-    let mut sd = load::read_checkpoint(&weights_path)?;
-    if let Some(task) = &args.task {
-        // a merged model keeps each task's head as heads.<task>.*
-        let mut all = load::safetensors::read(&weights_path)?;
-        let w = all.tensors.remove(&format!("heads.{task}.weight")).with_context(|| format!("{}: no head for task `{task}`", weights_path.display()))?;
-        config = config.with_num_classes(w.shape[0]);
-        sd.insert("head.weight", w);
-        if let Some(b) = all.tensors.remove(&format!("heads.{task}.bias")) {
-            sd.insert("head.bias", b);
+    let sd = match &args.task {
+        None => load::read_checkpoint(&weights_path)?,
+        Some(task) => {
+            // a merged model keeps each task's head beside the backbone
+            let (_, sd) = mosa_train::merged::read_merged(&weights_path)?.task_state(task)?;
+            config = config.with_num_classes(sd.head_classes().unwrap_or(0));
+            sd
         }
-    }
+    };
     if presets::preset(&args.model).is_some() && args.task.is_none() {
         // A preset takes its class count from the checkpoint's head (none for a backbone).
         config = config.with_num_classes(sd.head_classes().unwrap_or(0));

@@ -208,17 +208,11 @@ fn eval_model(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::R
     }
     let (Some(w), Some(task)) = (&a.weights, &a.task) else { bail!("give --run <dir>, or --weights <merged model> --task <name>") };
     let merged = mosa_train::merged::read_merged(w)?;
-    let (info, head) = merged.task(task)?;
+    let (info, sd) = merged.task_state(task)?;
     let cfg: mosa_models::BackboneConfig = serde_json::from_value(merged.meta.backbone.config.clone()).with_context(|| format!("{}: backbone config", w.display()))?;
     let res = info.resolution.context("the task's resolution is not recorded")?;
-    let nc = head.weight.shape[0];
-    let cfg = cfg.with_num_classes(nc).with_img_size(res);
-    let mut model = cfg.load_state::<Backend>(merged.backbone.clone(), HeadPolicy::Skip, device)?;
-    use mosa_core::PeftHost;
-    if let Some(h) = model.head_mut() {
-        h.weight = burn::module::Param::from_tensor(head.weight.to_tensor::<Backend, 2>(device).transpose());
-        h.bias = head.bias.as_ref().map(|b| burn::module::Param::from_tensor(b.to_tensor::<Backend, 1>(device)));
-    }
+    let nc = sd.head_classes().unwrap_or(0);
+    let model = cfg.with_num_classes(nc).with_img_size(res).load_state::<Backend>(sd, HeadPolicy::Load, device)?;
     Ok((model, info.dataset.clone(), res, nc, format!("{} task {task}", w.display())))
 }
 
