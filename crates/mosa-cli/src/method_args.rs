@@ -72,74 +72,69 @@ fn parse_scope(s: &str) -> Result<Scope, String> {
     }
 }
 
-/// Sets `field` from `flag` if the flag was given; `None` for `field` means the method has no
-/// such option, and a given flag is then ignored with a note.
-fn set<T: Clone>(flag: &Option<T>, name: &str, method: &str, field: Option<&mut T>) -> anyhow::Result<()> {
-    match (flag, field) {
-        (Some(v), Some(f)) => *f = v.clone(),
-        (Some(_), None) => eprintln!("note: --{name} does not apply to method {method}; ignored"),
-        (None, _) => {}
-    }
-    Ok(())
-}
-
 impl MethodArgs {
-    /// The method with its defaults, and every given flag applied.
+    /// The method with its defaults, and every given flag applied. A given flag the method has
+    /// no option for is ignored with a note.
     pub fn method(&self) -> anyhow::Result<Method> {
-        let mut m = Method::new(self.method.unwrap_or(MethodKind::Mosa));
-        let name = m.name();
         let a = self;
+        let mut m = Method::new(a.method.unwrap_or(MethodKind::Mosa));
+        let mut has: Vec<&str> = Vec::new();
+        // the method has this option: set it from its flag, if the flag was given
+        macro_rules! put {
+            ($flag:ident, $field:expr) => {{
+                if let Some(v) = &a.$flag {
+                    $field = v.clone();
+                }
+                has.push(stringify!($flag));
+            }};
+        }
         if let Some(o) = m.adapter_options_mut() {
-            set(&a.r, "r", name, Some(&mut o.r))?;
-            set(&a.scale, "scale", name, Some(&mut o.scale))?;
-            set(&a.adapter_dropout, "adapter-dropout", name, Some(&mut o.dropout))?;
-        } else {
-            set(&a.r, "r", name, None)?;
-            set(&a.scale, "scale", name, None)?;
-            set(&a.adapter_dropout, "adapter-dropout", name, None)?;
+            put!(r, o.r);
+            put!(scale, o.scale);
+            put!(adapter_dropout, o.dropout);
         }
-        let (experts, share, lora, split, prompt, sparse) = match &mut m {
-            Method::Mosa(o) | Method::PrunedAdapter(o) => (Some(&mut o.experts), Some(&mut o.share), None, None, None, None),
-            Method::MosaLora(o) => (Some(&mut o.experts), None, Some(&mut o.lora), Some(&mut o.split), None, None),
-            Method::Lora(o) => (None, None, Some(o), None, None, None),
-            Method::VptShallow(o) | Method::VptDeep(o) => (None, None, None, None, Some(o), None),
-            Method::Sparse(o) => (None, None, None, None, None, Some(o)),
-            _ => (None, None, None, None, None, None),
+        let lora = match &mut m {
+            Method::Mosa(o) | Method::PrunedAdapter(o) => {
+                put!(experts, o.experts);
+                put!(share, o.share);
+                None
+            }
+            Method::MosaLora(o) => {
+                put!(experts, o.experts);
+                put!(lora_split, o.split);
+                Some(&mut o.lora)
+            }
+            Method::Lora(o) => Some(o),
+            Method::VptShallow(o) | Method::VptDeep(o) => {
+                put!(prompt_tokens, o.tokens);
+                None
+            }
+            Method::Sparse(o) => {
+                put!(targets, o.targets);
+                put!(keep_ratio, o.keep_ratio);
+                put!(criterion, o.criterion);
+                put!(scope, o.scope);
+                put!(reselect_every, o.reselect_every);
+                put!(on_drop, o.on_drop);
+                put!(sparse_warmup_steps, o.warmup_steps);
+                put!(selection_lr, o.selection_lr);
+                None
+            }
+            _ => None,
         };
-        set(&a.experts, "experts", name, experts)?;
-        set(&a.share, "share", name, share)?;
-        set(&a.lora_split, "lora-split", name, split)?;
-        set(&a.prompt_tokens, "prompt-tokens", name, prompt.map(|p| &mut p.tokens))?;
-        let (mut lr, mut la, mut ld) = (None, None, None);
-        let mut targets = None;
         if let Some(l) = lora {
-            lr = Some(&mut l.r);
-            la = Some(&mut l.alpha);
-            ld = Some(&mut l.dropout);
-            targets = Some(&mut l.targets);
+            put!(lora_r, l.r);
+            put!(lora_alpha, l.alpha);
+            put!(lora_dropout, l.dropout);
+            put!(targets, l.targets);
         }
-        set(&a.lora_r, "lora-r", name, lr)?;
-        set(&a.lora_alpha, "lora-alpha", name, la)?;
-        set(&a.lora_dropout, "lora-dropout", name, ld)?;
-        let (mut kr, mut cr, mut sc, mut re, mut od, mut ws, mut sl) = (None, None, None, None, None, None, None);
-        if let Some(s) = sparse {
-            kr = Some(&mut s.keep_ratio);
-            cr = Some(&mut s.criterion);
-            sc = Some(&mut s.scope);
-            re = Some(&mut s.reselect_every);
-            od = Some(&mut s.on_drop);
-            ws = Some(&mut s.warmup_steps);
-            sl = Some(&mut s.selection_lr);
-            targets = Some(&mut s.targets);
+        macro_rules! given {
+            ($($flag:ident),*) => { [$((stringify!($flag), a.$flag.is_some())),*] };
         }
-        set(&a.targets, "targets", name, targets)?;
-        set(&a.keep_ratio, "keep-ratio", name, kr)?;
-        set(&a.criterion, "criterion", name, cr)?;
-        set(&a.scope, "scope", name, sc)?;
-        set(&a.reselect_every, "reselect-every", name, re)?;
-        set(&a.on_drop, "on-drop", name, od)?;
-        set(&a.sparse_warmup_steps, "sparse-warmup-steps", name, ws)?;
-        set(&a.selection_lr, "selection-lr", name, sl)?;
+        let flags = given!(r, scale, adapter_dropout, experts, share, lora_r, lora_alpha, lora_dropout, lora_split, targets, prompt_tokens, keep_ratio, criterion, scope, reselect_every, on_drop, sparse_warmup_steps, selection_lr);
+        for (flag, _) in flags.iter().filter(|(f, given)| *given && !has.contains(f)) {
+            eprintln!("note: --{} does not apply to method {}; ignored", flag.replace('_', "-"), m.name());
+        }
         m.validate().map_err(anyhow::Error::msg)?;
         Ok(m)
     }

@@ -194,18 +194,24 @@ mod tests {
         assert!((p.lr(55, 4, 8) - 0.005 * 0.5 * (1.0 + (std::f64::consts::PI * 45.5 / 90.0).cos())).abs() < 1e-15);
     }
 
-    #[test]
-    fn per_parameter_lr_and_no_decay_follow_the_hand_computed_step() {
+    /// A 2 → 1 linear layer (W = [0.5, −1], b = 0.25), the reference AdamW, and the inputs
+    /// x = [[1, 2], [3, −1]] of loss = sum(x·W + b): dW = column sums [4, 1], db = 2.
+    fn fixture() -> (Linear<AB>, AdamW<AB>, Tensor<AB, 2>, AdamWConfig) {
         let device = Default::default();
         let lin: Linear<AB> = Linear {
             weight: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.5f32, -1.0], [2, 1]), &device)),
             bias: Some(Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.25f32], [1]), &device))),
         };
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.01 };
-        let mut opt = AdamW::<AB>::new(cfg);
+        let x = Tensor::<AB, 2>::from_data(TensorData::new(vec![1f32, 2., 3., -1.], [2, 2]), &device);
+        (lin, AdamW::<AB>::new(cfg), x, cfg)
+    }
+
+    #[test]
+    fn per_parameter_lr_and_no_decay_follow_the_hand_computed_step() {
+        let (lin, mut opt, x, _) = fixture();
         opt.lr_scale.insert(lin.weight.id, 0.1);
         opt.no_decay.insert(lin.weight.id);
-        let x = Tensor::<AB, 2>::from_data(TensorData::new(vec![1f32, 2., 3., -1.], [2, 2]), &device);
         let loss = lin.forward(x).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &lin);
         let model = opt.step(0.1, lin, grads);
@@ -219,14 +225,7 @@ mod tests {
     #[test]
     fn adamw_matches_a_hand_computed_sequence() {
         let device = Default::default();
-        let lin: Linear<AB> = Linear {
-            weight: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.5f32, -1.0], [2, 1]), &device)),
-            bias: Some(Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.25f32], [1]), &device))),
-        };
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.01 };
-        let mut opt = AdamW::<AB>::new(cfg);
-        // loss = sum(x·W + b) over inputs x = [[1, 2], [3, -1]]: dW = column sums [4, 1], db = 2
-        let x = Tensor::<AB, 2>::from_data(TensorData::new(vec![1f32, 2., 3., -1.], [2, 2]), &device);
+        let (lin, mut opt, x, cfg) = fixture();
         let (g_w, g_b) = ([4.0f64, 1.0], 2.0f64);
         let mut w = [0.5f64, -1.0];
         let mut b = 0.25f64;
