@@ -97,6 +97,30 @@ fn forward_reproduces_timm_vit() {
 }
 
 #[test]
+fn forward_reproduces_timm_swin_and_convnext_in_their_layouts() {
+    let all = [("features", "features"), ("pre_logits", "pre_logits"), ("logits", "logits")];
+    forward_matches("swin.json", "swin.safetensors", "swin_io.safetensors", &all);
+    forward_matches("swin.json", "swin_official.safetensors", "swin_io.safetensors", &all);
+    forward_matches("convnext.json", "convnext.safetensors", "convnext_io.safetensors", &all);
+}
+
+#[test]
+fn inspect_counts_swin_b_and_convnext_b() {
+    let tmp = tempfile::tempdir().unwrap();
+    // backbone: timm 1.0.31's parameter count of the same model with `num_classes=0`; after the
+    // merge: one adapter per block, 35·d + 16 parameters (LN 2d, Down d·16 + 16, Up 16·d + d) at
+    // each stage's width d (Swin-B 2/2/18/2 blocks at 128/256/512/1024, ConvNeXt-B 3/3/27/3)
+    for (model, backbone, merged) in [("swin-b", "| backbone | 0.000 M | 86.743 M | 0 | 86743224 |", "(421504 params"), ("convnext-b", "| backbone | 0.000 M | 87.566 M | 0 | 87566464 |", "(632256 params")] {
+        let o = mosa(&["inspect", "--model", model, "--method", "mosa"], tmp.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(backbone) && out.contains(merged), "{model}:\n{out}");
+    }
+    assert_one_line_error(&mosa(&["inspect", "--model", "convnext-b", "--method", "houlsby"], tmp.path()), &["convnext", "after the attention"]);
+    assert_one_line_error(&mosa(&["inspect", "--model", "swin-t", "--method", "vpt-deep"], tmp.path()), &["swin", "prompts"]);
+}
+
+#[test]
 fn forward_reproduces_dinov2_from_onnx() {
     forward_matches("dinov2.json", "dinov2.onnx", "dinov2_io.safetensors", &[("tokens", "last_hidden_state")]);
 }

@@ -14,14 +14,26 @@ use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
 use mosa_core::site::{PeftHost, PromptSite, SiteMut, Targets};
 
+use crate::convnext::{ConvNeXt, ConvNextConfig};
 use crate::error::Result;
 use crate::load::{self, HeadPolicy};
+use crate::swin::{SwinConfig, SwinTransformer};
 use crate::vit::{VisionTransformer, VitConfig};
+
+/// Where the features of a hierarchical family lie on a grid, and their layout in the
+/// reference (timm's `forward_features`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spatial {
+    pub grid: [usize; 2],
+    /// NCHW in the reference (ConvNeXt); NHWC otherwise (Swin).
+    pub channels_first: bool,
+}
 
 /// What every family's forward pass returns.
 #[derive(Debug, Clone)]
 pub struct BackboneOutput<B: Backend> {
-    /// The final features after the last norm: all tokens `[b, t, d]` for a ViT.
+    /// The final features as tokens `[b, t, d]`: all tokens after the last norm for a ViT, the
+    /// grid's cells row by row for Swin and ConvNeXt (see [`BackboneOutput::features_as_reference`]).
     pub features: Tensor<B, 3>,
     /// The pooled representation the head reads, `[b, d]` (the class token for a ViT).
     pub pre_logits: Tensor<B, 2>,
@@ -29,6 +41,25 @@ pub struct BackboneOutput<B: Backend> {
     pub logits: Tensor<B, 2>,
     /// The output of every block (before the final norm), when asked for.
     pub hidden: Vec<Tensor<B, 3>>,
+    /// The grid of `features` (hierarchical families), `None` for a token sequence.
+    pub spatial: Option<Spatial>,
+}
+
+impl<B: Backend> BackboneOutput<B> {
+    /// The features in the reference's layout: `[b, t, d]` (ViT), `[b, h, w, d]` (Swin) or
+    /// `[b, d, h, w]` (ConvNeXt), as host tensors.
+    pub fn features_as_reference(&self) -> mosa_core::HostTensor {
+        let t = mosa_core::HostTensor::from_tensor(self.features.clone());
+        match self.spatial {
+            None => t,
+            Some(s) => {
+                let [b, _, d] = self.features.dims();
+                let [h, w] = s.grid;
+                let x = self.features.clone().reshape([b, h, w, d]);
+                if s.channels_first { mosa_core::HostTensor::from_tensor(x.permute([0, 3, 1, 2])) } else { mosa_core::HostTensor::from_tensor(x) }
+            }
+        }
+    }
 }
 
 /// Input preprocessing of a preset: the normalisation its weights were trained with and the
@@ -49,6 +80,9 @@ pub const IMAGENET: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224
 #[serde(tag = "family", rename_all = "lowercase")]
 pub enum BackboneConfig {
     Vit(VitConfig),
+    Swin(SwinConfig),
+    #[serde(rename = "convnext")]
+    ConvNext(ConvNextConfig),
 }
 
 impl<'de> Deserialize<'de> for BackboneConfig {
@@ -57,6 +91,8 @@ impl<'de> Deserialize<'de> for BackboneConfig {
         let family = v.as_object_mut().and_then(|o| o.remove("family")).and_then(|f| f.as_str().map(String::from));
         match family.as_deref() {
             Some("vit") | None => serde_json::from_value(v).map(BackboneConfig::Vit).map_err(serde::de::Error::custom),
+            Some("swin") => serde_json::from_value(v).map(BackboneConfig::Swin).map_err(serde::de::Error::custom),
+            Some("convnext") => serde_json::from_value(v).map(BackboneConfig::ConvNext).map_err(serde::de::Error::custom),
             Some(other) => Err(serde::de::Error::custom(format!("unknown backbone family `{other}`"))),
         }
     }
@@ -72,6 +108,8 @@ impl BackboneConfig {
     pub fn family(&self) -> &'static str {
         match self {
             BackboneConfig::Vit(_) => "vit",
+            BackboneConfig::Swin(_) => "swin",
+            BackboneConfig::ConvNext(_) => "convnext",
         }
     }
 
@@ -79,25 +117,34 @@ impl BackboneConfig {
     pub fn describe(&self) -> String {
         match self {
             BackboneConfig::Vit(c) => format!("d {}, {} blocks, {} heads, patch {}", c.embed_dim, c.depth, c.num_heads, c.patch_size),
+            BackboneConfig::Swin(c) => format!("Swin d {}, depths {:?}, heads {:?}, window {}, patch {}", c.embed_dim, c.depths, c.num_heads, c.window_size, c.patch_size),
+            BackboneConfig::ConvNext(c) => format!("ConvNeXt dims {:?}, depths {:?}, kernel {}", c.dims, c.depths, c.kernel_size),
         }
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
         match self {
             BackboneConfig::Vit(c) => c.validate(),
+            BackboneConfig::Swin(c) => c.validate(),
+            BackboneConfig::ConvNext(c) => c.validate(),
         }
     }
 
     pub fn with_num_classes(self, n: usize) -> Self {
         match self {
             BackboneConfig::Vit(c) => BackboneConfig::Vit(c.with_num_classes(n)),
+            BackboneConfig::Swin(c) => BackboneConfig::Swin(c.with_num_classes(n)),
+            BackboneConfig::ConvNext(c) => BackboneConfig::ConvNext(c.with_num_classes(n)),
         }
     }
 
-    /// The configuration for inputs of side `s` (a ViT resamples its position grid to it).
+    /// The configuration for inputs of side `s` (a ViT resamples its position grid to it, a Swin
+    /// sizes its windows for it).
     pub fn with_img_size(self, s: usize) -> Self {
         match self {
             BackboneConfig::Vit(c) => BackboneConfig::Vit(c.with_img_size(s)),
+            BackboneConfig::Swin(c) => BackboneConfig::Swin(c.with_img_size(s)),
+            BackboneConfig::ConvNext(c) => BackboneConfig::ConvNext(c.with_img_size(s)),
         }
     }
 
@@ -105,6 +152,8 @@ impl BackboneConfig {
     pub fn in_chans(&self) -> usize {
         match self {
             BackboneConfig::Vit(c) => c.in_chans,
+            BackboneConfig::Swin(c) => c.in_chans,
+            BackboneConfig::ConvNext(c) => c.in_chans,
         }
     }
 
@@ -112,6 +161,17 @@ impl BackboneConfig {
     pub fn min_input(&self) -> usize {
         match self {
             BackboneConfig::Vit(c) => c.patch_size,
+            BackboneConfig::Swin(c) => c.patch_size,
+            BackboneConfig::ConvNext(c) => c.min_input(),
+        }
+    }
+
+    /// The name of the classifier in timm's layout (`head` on a ViT, `head.fc` on Swin and
+    /// ConvNeXt, whose `head.norm` belongs to the backbone).
+    pub fn head_key(&self) -> &'static str {
+        match self {
+            BackboneConfig::Vit(_) => "head",
+            BackboneConfig::Swin(_) | BackboneConfig::ConvNext(_) => "head.fc",
         }
     }
 
@@ -119,6 +179,8 @@ impl BackboneConfig {
     pub fn num_params(&self) -> usize {
         match self {
             BackboneConfig::Vit(c) => c.num_params(),
+            BackboneConfig::Swin(c) => c.num_params(),
+            BackboneConfig::ConvNext(c) => c.num_params(),
         }
     }
 
@@ -126,6 +188,8 @@ impl BackboneConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Backbone<B> {
         match self {
             BackboneConfig::Vit(c) => Backbone::Vit(c.init(device)),
+            BackboneConfig::Swin(c) => Backbone::Swin(c.init(device)),
+            BackboneConfig::ConvNext(c) => Backbone::ConvNext(c.init(device)),
         }
     }
 
@@ -142,6 +206,8 @@ impl BackboneConfig {
                 load::check_depth(c, &sd)?;
                 Ok(Backbone::Vit(load::apply(c.init(device), c, sd, head)?))
             }
+            BackboneConfig::Swin(c) => Ok(Backbone::Swin(crate::swin::load_state(c, sd, head, device)?)),
+            BackboneConfig::ConvNext(c) => Ok(Backbone::ConvNext(crate::convnext::load_state(c, sd, head, device)?)),
         }
     }
 }
@@ -150,6 +216,19 @@ impl BackboneConfig {
 #[derive(Module, Debug)]
 pub enum Backbone<B: Backend> {
     Vit(VisionTransformer<B>),
+    Swin(SwinTransformer<B>),
+    ConvNext(ConvNeXt<B>),
+}
+
+/// `match` over every family with the same body.
+macro_rules! each {
+    ($self:expr, $m:ident => $body:expr) => {
+        match $self {
+            Backbone::Vit($m) => $body,
+            Backbone::Swin($m) => $body,
+            Backbone::ConvNext($m) => $body,
+        }
+    };
 }
 
 impl<B: Backend> Backbone<B> {
@@ -159,9 +238,7 @@ impl<B: Backend> Backbone<B> {
     /// # Shapes
     /// `[b, c, h, w]` → [`BackboneOutput`]
     pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
-        match self {
-            Backbone::Vit(m) => m.forward_rng(x, collect_hidden, rng),
-        }
+        each!(self, m => m.forward_rng(x, collect_hidden, rng))
     }
 
     /// Forward pass with a fixed expert stream (evaluation uses merged experts and needs none).
@@ -174,45 +251,36 @@ impl<B: Backend> Backbone<B> {
     }
 
     pub fn num_classes(&self) -> usize {
-        match self {
-            Backbone::Vit(m) => m.num_classes(),
-        }
+        each!(self, m => m.num_classes())
     }
 
-    /// Bakes the input size into the model once (a ViT re-grids its position embeddings).
-    pub fn set_img_size(self, s: usize) -> Self {
-        match self {
-            Backbone::Vit(m) => Backbone::Vit(m.set_img_size(s)),
+    /// Bakes the input size into the model once (a ViT re-grids its position embeddings, a Swin
+    /// re-sizes its windows as `cfg.with_img_size(s)` would; ConvNeXt takes any size).
+    pub fn set_img_size(self, cfg: &BackboneConfig, s: usize) -> Self {
+        match (self, cfg) {
+            (Backbone::Vit(m), _) => Backbone::Vit(m.set_img_size(s)),
+            (Backbone::Swin(m), BackboneConfig::Swin(c)) => Backbone::Swin(m.set_img_size(c, s)),
+            (m, _) => m,
         }
     }
 
     /// The model's tensors in timm's names and layout (method modules excluded).
     pub fn state_dict(&self) -> load::StateDict {
-        match self {
-            Backbone::Vit(m) => m.state_dict(),
-        }
+        each!(self, m => m.state_dict())
     }
 }
 
 impl<B: Backend> PeftHost<B> for Backbone<B> {
     fn targets(&self) -> Targets {
-        match self {
-            Backbone::Vit(m) => m.targets(),
-        }
+        each!(self, m => m.targets())
     }
     fn sites_mut(&mut self) -> Vec<SiteMut<'_, B>> {
-        match self {
-            Backbone::Vit(m) => m.sites_mut(),
-        }
+        each!(self, m => m.sites_mut())
     }
     fn prompts_mut(&mut self) -> Option<(PromptSite, &mut Option<Prompts<B>>)> {
-        match self {
-            Backbone::Vit(m) => m.prompts_mut(),
-        }
+        each!(self, m => m.prompts_mut())
     }
     fn head_mut(&mut self) -> Option<&mut Linear<B>> {
-        match self {
-            Backbone::Vit(m) => m.head_mut(),
-        }
+        each!(self, m => m.head_mut())
     }
 }

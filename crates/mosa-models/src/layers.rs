@@ -17,10 +17,12 @@ use mosa_core::Rng;
 use mosa_core::site::TunableLinear;
 
 /// Non-overlapping patches → tokens, stored as timm's convolution (`patch_embed.proj`)
-/// and computed as one matmul over flattened patches.
+/// and computed as one matmul over flattened patches; Swin normalises the tokens
+/// (`patch_embed.norm`), a ViT does not.
 #[derive(Module, Debug)]
 pub struct PatchEmbed<B: Backend> {
     pub proj: Conv2d<B>,
+    pub norm: Option<burn::nn::LayerNorm<B>>,
     #[module(skip)]
     pub patch_size: usize,
 }
@@ -37,7 +39,12 @@ impl<B: Backend> PatchEmbed<B> {
         let weight = self.proj.weight.val();
         let d = weight.dims()[0];
         let weight = weight.reshape([d, c * p * p]).transpose();
-        (linear(patches, weight, self.proj.bias.as_ref().map(|b| b.val())), (gh, gw))
+        let tokens = linear(patches, weight, self.proj.bias.as_ref().map(|b| b.val()));
+        let tokens = match &self.norm {
+            Some(n) => n.forward(tokens),
+            None => tokens,
+        };
+        (tokens, (gh, gw))
     }
 }
 
@@ -119,3 +126,18 @@ pub fn opt_scale<B: Backend>(ls: &Option<LayerScale<B>>, x: Tensor<B, 3>) -> Ten
     }
 }
 
+
+/// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`), with burn's LayerNorm.
+///
+/// # Shapes
+/// `[b, c, h, w]` → `[b, c, h, w]`
+pub fn layer_norm_2d<B: Backend>(norm: &burn::nn::LayerNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    norm.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
+}
+
+/// A randomly initialised layer of every family: N(0, 0.02) weights, zero bias (timm's init).
+pub fn init_linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> burn::nn::Linear<B> {
+    let mut l = burn::nn::LinearConfig::new(d_in, d_out).with_bias(bias).with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std: 0.02 }).init(device);
+    l.bias = l.bias.map(|b| Param::from_tensor(Tensor::zeros(b.dims(), device)));
+    l
+}

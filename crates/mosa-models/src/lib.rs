@@ -3,6 +3,8 @@
 //! - [`backbone`]: the one abstraction over families ([`BackboneConfig`], [`Backbone`],
 //!   [`BackboneOutput`]) that the engine and the CLI use;
 //! - [`vit`]: the config-driven Vision Transformer (timm names) and its sites;
+//! - [`swin`]: the Swin Transformer (v1; timm names, the original release's layout mapped);
+//! - [`convnext`]: ConvNeXt (timm names);
 //! - [`layers`]: patch embedding, attention, MLP, LayerScale, drop path — shared by every family;
 //! - [`presets`]: named presets with their preprocessing, `--model <preset | config.json>`;
 //! - [`posembed`]: position-grid resampling (bicubic with and without antialias);
@@ -10,15 +12,19 @@
 //! - [`weights`]: known downloadable weights and the cache.
 
 pub mod backbone;
+pub mod convnext;
 pub mod error;
 pub mod layers;
 pub mod load;
 pub mod posembed;
 pub mod presets;
+pub mod swin;
 pub mod vit;
 pub mod weights;
 
-pub use backbone::{Backbone, BackboneConfig, BackboneOutput, Preprocess};
+pub use backbone::{Backbone, BackboneConfig, BackboneOutput, Preprocess, Spatial};
+pub use convnext::{ConvNeXt, ConvNextConfig};
+pub use swin::{SwinConfig, SwinTransformer};
 pub use error::{Error, Result};
 pub use load::{HeadPolicy, StateDict, load_vit, read_checkpoint};
 pub use posembed::Resample;

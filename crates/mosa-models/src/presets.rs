@@ -4,7 +4,8 @@
 //! A config JSON may be
 //! - a [`BackboneConfig`] (`{"family": "vit", …}`, as run directories store it),
 //! - our own [`VitConfig`] (as written by `VitConfig::save`),
-//! - a fixture-style file whose `kwargs` are timm's `VisionTransformer` constructor arguments,
+//! - a fixture-style file whose `kwargs` are timm's `VisionTransformer`, `SwinTransformer` or
+//!   `ConvNeXt` constructor arguments (the family from `source`, or from the arguments),
 //! - a file whose `config` block is a transformers `Dinov2Config` (hidden_size, num_hidden_layers, …).
 
 use std::path::Path;
@@ -12,8 +13,10 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::backbone::{BackboneConfig, IMAGENET, Preprocess};
+use crate::convnext::ConvNextConfig;
 use crate::error::{Error, Result};
 use crate::posembed::Resample;
+use crate::swin::SwinConfig;
 use crate::vit::VitConfig;
 
 /// A named preset: name, one-line description, config, and the preprocessing of its weights.
@@ -28,6 +31,14 @@ const IN224: Preprocess = Preprocess { mean: IMAGENET.0, std: IMAGENET.1, size: 
 
 fn vit(dim: usize, depth: usize, heads: usize, patch: usize) -> VitConfig {
     VitConfig::new().with_embed_dim(dim).with_depth(depth).with_num_heads(heads).with_patch_size(patch)
+}
+
+fn swin(dim: usize, depths: [usize; 4], heads: [usize; 4]) -> BackboneConfig {
+    BackboneConfig::Swin(SwinConfig::new().with_embed_dim(dim).with_depths(depths.to_vec()).with_num_heads(heads.to_vec()))
+}
+
+fn convnext(depths: [usize; 4], dims: [usize; 4]) -> BackboneConfig {
+    BackboneConfig::ConvNext(ConvNextConfig::new().with_depths(depths.to_vec()).with_dims(dims.to_vec()))
 }
 
 /// Every preset, in the order `mosa info` lists them.
@@ -48,6 +59,18 @@ pub const PRESETS: &[Preset] = &[
         config: || BackboneConfig::Vit(vit(384, 12, 6, 14).with_img_size(518).with_init_values(Some(1.0)).with_pos_resample(Resample::Bicubic)),
         preprocess: IN224,
     },
+    Preset { name: "swin-t", description: "Swin-T (d 96, depths 2-2-6-2, window 7, 224)", config: || swin(96, [2, 2, 6, 2], [3, 6, 12, 24]), preprocess: IN224 },
+    Preset { name: "swin-s", description: "Swin-S (d 96, depths 2-2-18-2, window 7, 224)", config: || swin(96, [2, 2, 18, 2], [3, 6, 12, 24]), preprocess: IN224 },
+    Preset { name: "swin-b", description: "Swin-B (d 128, depths 2-2-18-2, window 7, 224)", config: || swin(128, [2, 2, 18, 2], [4, 8, 16, 32]), preprocess: IN224 },
+    Preset {
+        name: "swin-b-22k",
+        description: "Swin-B for ImageNet-22k weights (`swin_base_patch4_window7_224.ms_in22k`, the MoSA paper's Swin)",
+        config: || swin(128, [2, 2, 18, 2], [4, 8, 16, 32]),
+        preprocess: IN224,
+    },
+    Preset { name: "convnext-t", description: "ConvNeXt-T (dims 96-768, depths 3-3-9-3)", config: || convnext([3, 3, 9, 3], [96, 192, 384, 768]), preprocess: IN224 },
+    Preset { name: "convnext-s", description: "ConvNeXt-S (dims 96-768, depths 3-3-27-3)", config: || convnext([3, 3, 27, 3], [96, 192, 384, 768]), preprocess: IN224 },
+    Preset { name: "convnext-b", description: "ConvNeXt-B (dims 128-1024, depths 3-3-27-3)", config: || convnext([3, 3, 27, 3], [128, 256, 512, 1024]), preprocess: IN224 },
 ];
 
 pub fn preset(name: &str) -> Option<BackboneConfig> {
@@ -87,6 +110,21 @@ pub fn config_from_json(value: &Value) -> std::result::Result<BackboneConfig, St
         return Ok(cfg);
     }
     let cfg = if let Some(kwargs) = value.get("kwargs") {
+        let source = value.get("source").and_then(Value::as_str).unwrap_or("");
+        let has = |k: &str| kwargs.get(k).is_some();
+        if source.contains("SwinTransformer") || (has("window_size") && has("depths")) {
+            let c = from_timm_swin_kwargs(kwargs)?;
+            c.validate()?;
+            return Ok(BackboneConfig::Swin(c));
+        }
+        if source.contains("ConvNeXt") || has("dims") {
+            let mut c = from_timm_convnext_kwargs(kwargs)?;
+            if let Some(hw) = value.get("input_hw").and_then(|v| v.get(0)) {
+                c.img_size = as_usize("input_hw", hw)?;
+            }
+            c.validate()?;
+            return Ok(BackboneConfig::ConvNext(c));
+        }
         from_timm_kwargs(kwargs)?
     } else if let Some(hf) = value.get("config") {
         from_hf_dinov2(hf)?
@@ -150,6 +188,63 @@ pub fn from_timm_kwargs(kwargs: &Value) -> std::result::Result<VitConfig, String
     Ok(c)
 }
 
+fn as_usizes(k: &str, v: &Value) -> std::result::Result<Vec<usize>, String> {
+    v.as_array().ok_or_else(|| format!("`{k}` must be a list of integers, got {v}"))?.iter().map(|x| as_usize(k, x)).collect()
+}
+
+/// timm `SwinTransformer(**kwargs)` → [`SwinConfig`]; unsupported arguments are errors.
+pub fn from_timm_swin_kwargs(kwargs: &Value) -> std::result::Result<SwinConfig, String> {
+    let obj = kwargs.as_object().ok_or("`kwargs` must be an object")?;
+    let mut c = SwinConfig::new();
+    for (k, v) in obj {
+        match k.as_str() {
+            "img_size" => c.img_size = as_usize(k, v)?,
+            "patch_size" => c.patch_size = as_usize(k, v)?,
+            "in_chans" => c.in_chans = as_usize(k, v)?,
+            "num_classes" => c.num_classes = as_usize(k, v)?,
+            "embed_dim" => c.embed_dim = as_usize(k, v)?,
+            "depths" => c.depths = as_usizes(k, v)?,
+            "num_heads" => c.num_heads = as_usizes(k, v)?,
+            "window_size" => c.window_size = as_usize(k, v)?,
+            "mlp_ratio" => c.mlp_ratio = as_f64(k, v)?,
+            "qkv_bias" => c.qkv_bias = as_bool(k, v)?,
+            "drop_rate" => c.drop_rate = as_f64(k, v)?,
+            "proj_drop_rate" => c.proj_drop_rate = as_f64(k, v)?,
+            "attn_drop_rate" => c.attn_drop_rate = as_f64(k, v)?,
+            "drop_path_rate" => c.drop_path_rate = as_f64(k, v)?,
+            "global_pool" if v == "avg" => {}
+            "ape" | "always_partition" | "strict_img_size" if v == &Value::Bool(false) => {}
+            _ => return Err(format!("timm SwinTransformer argument `{k}` = {v} is not supported")),
+        }
+    }
+    Ok(c)
+}
+
+/// timm `ConvNeXt(**kwargs)` → [`ConvNextConfig`]; unsupported arguments are errors.
+pub fn from_timm_convnext_kwargs(kwargs: &Value) -> std::result::Result<ConvNextConfig, String> {
+    let obj = kwargs.as_object().ok_or("`kwargs` must be an object")?;
+    let mut c = ConvNextConfig::new();
+    for (k, v) in obj {
+        match k.as_str() {
+            "in_chans" => c.in_chans = as_usize(k, v)?,
+            "num_classes" => c.num_classes = as_usize(k, v)?,
+            "depths" => c.depths = as_usizes(k, v)?,
+            "dims" => c.dims = as_usizes(k, v)?,
+            "kernel_sizes" => c.kernel_size = as_usize(k, v)?,
+            "ls_init_value" => c.ls_init_value = if v.is_null() { None } else { Some(as_f64(k, v)?) },
+            "patch_size" => c.patch_size = as_usize(k, v)?,
+            "drop_rate" => c.drop_rate = as_f64(k, v)?,
+            "drop_path_rate" => c.drop_path_rate = as_f64(k, v)?,
+            "global_pool" if v == "avg" => {}
+            "stem_type" if v == "patch" => {}
+            "conv_mlp" | "use_grn" | "head_norm_first" if v == &Value::Bool(false) => {}
+            "conv_bias" if v == &Value::Bool(true) => {}
+            _ => return Err(format!("timm ConvNeXt argument `{k}` = {v} is not supported")),
+        }
+    }
+    Ok(c)
+}
+
 /// transformers `Dinov2Config` → [`VitConfig`] (backbone only: no head).
 pub fn from_hf_dinov2(cfg: &Value) -> std::result::Result<VitConfig, String> {
     let obj = cfg.as_object().ok_or("`config` must be an object")?;
@@ -188,13 +283,20 @@ mod tests {
 
     #[test]
     fn presets_are_valid_and_named_as_documented() {
-        assert_eq!(preset_names(), ["vit-ti16", "vit-s16", "vit-b16", "vit-l16", "vit-h14", "dinov2-vits14"]);
+        assert_eq!(preset_names(), ["vit-ti16", "vit-s16", "vit-b16", "vit-l16", "vit-h14", "dinov2-vits14", "swin-t", "swin-s", "swin-b", "swin-b-22k", "convnext-t", "convnext-s", "convnext-b"]);
         for p in PRESETS {
             (p.config)().validate().unwrap();
         }
         let vit = |n| match preset(n).unwrap() {
             BackboneConfig::Vit(c) => c,
+            _ => panic!("{n} is a ViT"),
         };
+        // published sizes: Swin-T 28.3 M, Swin-B 87.8 M, ConvNeXt-T 28.6 M, ConvNeXt-B 88.6 M
+        // (ImageNet-1k heads; Liu et al. 2021 Table 1, Liu et al. 2022 Table 11)
+        for (n, m) in [("swin-t", 28.29), ("swin-b", 87.77), ("convnext-t", 28.59), ("convnext-b", 88.59)] {
+            let p = preset(n).unwrap().with_num_classes(1000).num_params() as f64 / 1e6;
+            assert!((p - m).abs() < 0.05, "{n}: {p} M");
+        }
         let d = vit("dinov2-vits14");
         assert_eq!((d.grid(), d.mlp_hidden(), d.pos_resample), ((37, 37), 1536, Resample::Bicubic));
         assert_eq!(vit("vit-b16").norm_eps, 1e-6);

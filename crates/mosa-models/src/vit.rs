@@ -172,7 +172,7 @@ impl VitConfig {
             .with_initializer(w_init.clone())
             .init(device);
         VisionTransformer {
-            patch_embed: PatchEmbed { proj, patch_size: self.patch_size },
+            patch_embed: PatchEmbed { proj, norm: None, patch_size: self.patch_size },
             cls_token: Param::from_tensor(Tensor::random([1, 1, d], Distribution::Normal(0.0, 1e-6), device)),
             pos_embed: Param::from_tensor(Tensor::random([1, 1 + gh * gw, d], Distribution::Normal(0.0, 0.02), device)),
             pos_drop: DropoutConfig::new(self.pos_drop_rate).init(),
@@ -321,7 +321,7 @@ impl<B: Backend> VisionTransformer<B> {
             Some(head) => head.forward(self.head_drop.forward(pre_logits.clone())),
             None => pre_logits.clone(),
         };
-        BackboneOutput { features: tokens, pre_logits, logits, hidden }
+        BackboneOutput { features: tokens, pre_logits, logits, hidden, spatial: None }
     }
 
     /// Forward pass; `collect_hidden` keeps every block's output in [`VitOutput::hidden`];

@@ -50,6 +50,7 @@ fn check(name: &str, got: &mosa_models::BackboneOutput<B>, want: &StateDict, out
 fn fixture_config(name: &str) -> VitConfig {
     match config_from_json_file(&fixtures().join(format!("{name}.json"))).unwrap() {
         mosa_models::BackboneConfig::Vit(c) => c,
+        other => panic!("{name} is a {}", other.family()),
     }
 }
 

@@ -74,13 +74,16 @@ fn tensors<B: Backend>(spec: &RunSpec, model: &Backbone<B>, kind: ExpertKind, de
                 return Err(Error::Model("a full expert needs the base weights file it was trained from (this run used random initialisation)".into()));
             };
             let sd = mosa_models::read_checkpoint(w).map_err(|e| Error::Model(e.to_string()))?;
-            // the position embedding can be merged only where it has the stored grid
-            let stored = sd.tensors.get("pos_embed").map(|t| t.shape.clone());
+            // a tensor resampled for the run's resolution (a ViT's position grid, a Swin's bias
+            // tables) can be merged only where it has the stored shape
+            let stored: std::collections::HashMap<String, Vec<usize>> = sd.tensors.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect();
             let cfg = spec.model.clone().with_num_classes(model.num_classes()).with_img_size(spec.train.resolution);
             let base = cfg.load_state::<B>(sd, HeadPolicy::Skip, device).map_err(|e| Error::Model(e.to_string()))?;
             let (trained, base) = (model.state_dict(), base.state_dict());
+            let head = cfg.head_key();
             for (name, w) in &trained.tensors {
-                if name.starts_with("head.") || (name == "pos_embed" && stored.as_ref() != Some(&w.shape)) {
+                let is_head = name.strip_prefix(head).is_some_and(|r| r == ".weight" || r == ".bias");
+                if is_head || stored.get(name) != Some(&w.shape) {
                     continue;
                 }
                 let w0 = &base.tensors[name];

@@ -61,12 +61,18 @@ impl Merged {
     /// with the head, and the task.
     pub fn task_state(&self, name: &str) -> Result<(&TaskInfo, mosa_models::StateDict)> {
         let (info, head) = self.task(name)?;
+        let key = self.backbone_config()?.head_key();
         let mut sd = self.backbone.clone();
-        sd.insert("head.weight", head.weight.clone());
+        sd.insert(format!("{key}.weight"), head.weight.clone());
         if let Some(b) = &head.bias {
-            sd.insert("head.bias", b.clone());
+            sd.insert(format!("{key}.bias"), b.clone());
         }
         Ok((info, sd))
+    }
+
+    /// The backbone's configuration as the experts recorded it.
+    pub fn backbone_config(&self) -> Result<mosa_models::BackboneConfig> {
+        serde_json::from_value(self.meta.backbone.config.clone()).map_err(|e| Error::Config(format!("{}: backbone config: {e}", self.backbone.source.display())))
     }
 }
 
@@ -103,7 +109,9 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
         }
     }
     let mut sd = mosa_models::read_checkpoint(&base_path).map_err(|e| Error::Model(e.to_string()))?;
-    sd.tensors.retain(|k, _| !k.starts_with("head.") && !k.starts_with("heads."));
+    // the base's own classifier is no task's (ConvNeXt's `head.norm` is backbone and stays)
+    let head = serde_json::from_value::<mosa_models::BackboneConfig>(first.meta.backbone.config.clone()).map(|c| c.head_key()).unwrap_or("head");
+    sd.tensors.retain(|k, _| k != &format!("{head}.weight") && k != &format!("{head}.bias") && !k.starts_with("heads."));
     let refs: Vec<&Expert> = loaded.iter().collect();
     let report = merge::merge(&mut sd.tensors, &refs, cfg).map_err(|e| Error::Config(format!("merge: {e}")))?;
     let tasks: Vec<TaskInfo> = experts

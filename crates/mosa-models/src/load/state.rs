@@ -41,7 +41,7 @@ impl StateDict {
 
     /// Number of classes of the stored classifier head, if it has one.
     pub fn head_classes(&self) -> Option<usize> {
-        self.get("head.weight").map(|w| w.shape[0])
+        self.get("head.weight").or_else(|| self.get("head.fc.weight")).map(|w| w.shape[0])
     }
 
     /// Depth implied by the `blocks.N.` prefixes.

@@ -1,0 +1,374 @@
+//! ConvNeXt: one config-driven implementation with timm's parameter names (`stem.{0,1}`,
+//! `stages.S.downsample.{0,1}`, `stages.S.blocks.N.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}`,
+//! `head.{norm,fc}`), so timm checkpoints map one to one.
+//!
+//! Where it comes from: Liu et al. 2022, "A ConvNet for the 2020s" (arXiv 2201.03545), as
+//! implemented in timm's `convnext.py` (1.0): a patchify stem (4×4 conv + LayerNorm over
+//! channels), downsampling by LayerNorm + 2×2 stride-2 conv between stages, blocks of a 7×7
+//! depthwise conv, LayerNorm (channels last), the pointwise MLP (fc1 → GELU → fc2) and the layer
+//! scale `gamma`, with drop path on the residual; the head averages, normalises and classifies.
+//!
+//! Hook points (sites) are declared once, in [`ConvNextBlock::sites_mut`]: per block an adapter
+//! parallel to the pointwise MLP (reading the MLP's input stream, the depthwise conv's output, and
+//! summed with the scaled MLP output under one drop path) and one after the MLP (Pfeiffer), and the
+//! linear sites `fc1`, `fc2`. There is no attention (Houlsby's after-attention adapter does not
+//! apply) and no token sequence (VPT does not apply).
+
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
+use burn::prelude::*;
+
+use mosa_core::Rng;
+use mosa_core::prompt::Prompts;
+use mosa_core::site::{AdapterSite, LinearSite, PeftHost, Placement, PromptSite, SiteMut, Targets, TunableLinear};
+use mosa_core::slot::AdapterSlot;
+
+use crate::backbone::{BackboneOutput, Spatial};
+use crate::error::Error;
+use crate::layers::{Mlp, drop_path, init_linear, layer_norm_2d};
+use crate::load::{HeadPolicy, Loader, StateDict, Writer};
+
+/// ConvNeXt's target vocabulary: the pointwise linears (LoRA's / sparse's default: both).
+pub const TARGETS: Targets = Targets { family: "convnext", names: &["fc1", "fc2"], default: &["fc1", "fc2"] };
+
+/// Configuration of a [`ConvNeXt`]; timm's constructor arguments under the same names.
+#[derive(Config, Debug)]
+pub struct ConvNextConfig {
+    /// The input size the preset's weights are for (the network itself takes any size ≥ 32).
+    #[config(default = 224)]
+    pub img_size: usize,
+    #[config(default = 3)]
+    pub in_chans: usize,
+    #[config(default = 0)]
+    pub num_classes: usize,
+    #[config(default = "vec![3, 3, 9, 3]")]
+    pub depths: Vec<usize>,
+    #[config(default = "vec![96, 192, 384, 768]")]
+    pub dims: Vec<usize>,
+    #[config(default = 7)]
+    pub kernel_size: usize,
+    /// Layer scale initial value; `None`: no `gamma`.
+    #[config(default = "Some(1e-6)")]
+    pub ls_init_value: Option<f64>,
+    /// Stem patch size.
+    #[config(default = 4)]
+    pub patch_size: usize,
+    #[config(default = 4.0)]
+    pub mlp_ratio: f64,
+    /// LayerNorm epsilon (timm's ConvNeXt: 1e-6).
+    #[config(default = 1e-6)]
+    pub norm_eps: f64,
+    #[config(default = 0.0)]
+    pub drop_rate: f64,
+    #[config(default = 0.0)]
+    pub drop_path_rate: f64,
+}
+
+impl ConvNextConfig {
+    pub fn num_features(&self) -> usize {
+        self.dims.last().copied().unwrap_or(0)
+    }
+
+    fn mlp_hidden(&self, d: usize) -> usize {
+        (d as f64 * self.mlp_ratio) as usize
+    }
+
+    /// The smallest input side: every stage halves the grid after the stem's patches.
+    pub fn min_input(&self) -> usize {
+        self.patch_size << self.dims.len().saturating_sub(1)
+    }
+
+    pub fn num_params(&self) -> usize {
+        let (c, p, k) = (self.in_chans, self.patch_size, self.kernel_size);
+        let d0 = self.dims.first().copied().unwrap_or(0);
+        let mut n = d0 * c * p * p + d0 + 2 * d0;
+        for (i, (&depth, &d)) in self.depths.iter().zip(&self.dims).enumerate() {
+            if i > 0 {
+                let din = self.dims[i - 1];
+                n += 2 * din + din * d * 4 + d;
+            }
+            let h = self.mlp_hidden(d);
+            let ls = if self.ls_init_value.is_some() { d } else { 0 };
+            n += depth * (d * k * k + d + 2 * d + d * h + h + h * d + d + ls);
+        }
+        let f = self.num_features();
+        n + 2 * f + if self.num_classes > 0 { f * self.num_classes + self.num_classes } else { 0 }
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.depths.is_empty() || self.depths.len() != self.dims.len() {
+            return Err(format!("depths ({}) and dims ({}) must be non-empty and of one length", self.depths.len(), self.dims.len()));
+        }
+        if self.depths.len() > 8 {
+            return Err(format!("{} stages: at most 8 are supported", self.depths.len()));
+        }
+        if self.dims.contains(&0) || self.depths.contains(&0) || self.patch_size == 0 || self.kernel_size % 2 == 0 {
+            return Err("dims, depths and patch_size must be positive and kernel_size odd".into());
+        }
+        for (name, p) in [("drop_rate", self.drop_rate), ("drop_path_rate", self.drop_path_rate)] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{name} must be in [0, 1), got {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A randomly initialised model (timm-like: N(0, 0.02) weights, zero biases, unit norms,
+    /// `gamma` at `ls_init_value`).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ConvNeXt<B> {
+        let init = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let norm = |d: usize| LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device);
+        let conv = |i: usize, o: usize, k: usize, stride: usize, groups: usize, pad: usize| -> Conv2d<B> {
+            let mut c = Conv2dConfig::new([i, o], [k, k]).with_stride([stride, stride]).with_groups(groups).with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad)).with_initializer(init.clone()).init(device);
+            c.bias = c.bias.map(|b| Param::from_tensor(Tensor::zeros(b.dims(), device)));
+            c
+        };
+        let total: usize = self.depths.iter().sum();
+        let mut k = 0;
+        let d0 = self.dims[0];
+        let stages = self
+            .depths
+            .iter()
+            .zip(&self.dims)
+            .enumerate()
+            .map(|(i, (&depth, &d))| {
+                let downsample = (i > 0).then(|| Downsample { norm: norm(self.dims[i - 1]), conv: conv(self.dims[i - 1], d, 2, 2, 1, 0) });
+                let blocks = (0..depth)
+                    .map(|_| {
+                        let dpr = if total > 1 { self.drop_path_rate * k as f64 / (total - 1) as f64 } else { 0.0 };
+                        k += 1;
+                        let h = self.mlp_hidden(d);
+                        ConvNextBlock {
+                            conv_dw: conv(d, d, self.kernel_size, 1, d, self.kernel_size / 2),
+                            norm: norm(d),
+                            mlp: Mlp { fc1: TunableLinear::from(init_linear(d, h, true, device)), fc2: TunableLinear::from(init_linear(h, d, true, device)), drop: DropoutConfig::new(0.0).init() },
+                            gamma: self.ls_init_value.map(|v| Param::from_tensor(Tensor::full([d], v, device))),
+                            adapter: None,
+                            adapter_mlp: None,
+                            drop_path: dpr,
+                        }
+                    })
+                    .collect();
+                ConvNextStage { downsample, blocks }
+            })
+            .collect();
+        let f = self.num_features();
+        ConvNeXt {
+            stem: Stem { conv: conv(self.in_chans, d0, self.patch_size, self.patch_size, 1, 0), norm: norm(d0) },
+            stages,
+            head_norm: norm(f),
+            head_drop: DropoutConfig::new(self.drop_rate).init(),
+            head: (self.num_classes > 0).then(|| init_linear(f, self.num_classes, true, device)),
+        }
+    }
+}
+
+/// Patchify stem: conv (timm `stem.0`) and LayerNorm over channels (`stem.1`).
+#[derive(Module, Debug)]
+pub struct Stem<B: Backend> {
+    pub conv: Conv2d<B>,
+    pub norm: LayerNorm<B>,
+}
+
+/// Between stages: LayerNorm over channels (`downsample.0`), 2×2 stride-2 conv (`downsample.1`).
+#[derive(Module, Debug)]
+pub struct Downsample<B: Backend> {
+    pub norm: LayerNorm<B>,
+    pub conv: Conv2d<B>,
+}
+
+/// A ConvNeXt block.
+#[derive(Module, Debug)]
+pub struct ConvNextBlock<B: Backend> {
+    /// Depthwise `k × k`.
+    pub conv_dw: Conv2d<B>,
+    pub norm: LayerNorm<B>,
+    pub mlp: Mlp<B>,
+    pub gamma: Option<Param<Tensor<B, 1>>>,
+    /// Adapter parallel to the pointwise MLP, reading its input stream `y` (the depthwise conv's
+    /// output): `x + DP(γ·MLP(LN(y)) + A(y))`.
+    pub adapter: Option<AdapterSlot<B>>,
+    /// Adapter on the MLP output, before the layer scale (Pfeiffer).
+    pub adapter_mlp: Option<AdapterSlot<B>>,
+    #[module(skip)]
+    pub drop_path: f64,
+}
+
+impl<B: Backend> ConvNextBlock<B> {
+    /// # Shapes
+    /// `[b, c, h, w]` → `[b, c, h, w]`
+    pub fn forward(&self, x: Tensor<B, 4>, rng: &mut Rng) -> Tensor<B, 4> {
+        let [b, c, h, w] = x.dims();
+        // channels last, as tokens: [b, h·w, c]
+        let y = self.conv_dw.forward(x.clone()).permute([0, 2, 3, 1]).reshape([b, h * w, c]);
+        let mut m = self.mlp.forward(self.norm.forward(y.clone()), rng);
+        if let Some(a) = &self.adapter_mlp {
+            m = m.clone() + a.forward(m, rng);
+        }
+        if let Some(g) = &self.gamma {
+            m = m * g.val().unsqueeze::<3>();
+        }
+        if let Some(a) = &self.adapter {
+            m = m + a.forward(y, rng);
+        }
+        x + drop_path(m, self.drop_path).reshape([b, h, w, c]).permute([0, 3, 1, 2])
+    }
+
+    fn sites_mut(&mut self, stage: usize, index: usize, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
+        let adapter = |place| AdapterSite { block, stage, width: d, place };
+        let linear = |target: &'static str, l: &TunableLinear<B>| {
+            let (d_in, d_out) = l.dims();
+            LinearSite { block, target, path: format!("stages.{stage}.blocks.{index}.mlp.{target}"), d_in, d_out }
+        };
+        let (fc1, fc2) = (linear("fc1", &self.mlp.fc1), linear("fc2", &self.mlp.fc2));
+        vec![
+            SiteMut::Adapter { site: adapter(Placement::Parallel), slot: &mut self.adapter },
+            SiteMut::Adapter { site: adapter(Placement::AfterMlp), slot: &mut self.adapter_mlp },
+            SiteMut::Linear { site: fc1, linear: &mut self.mlp.fc1 },
+            SiteMut::Linear { site: fc2, linear: &mut self.mlp.fc2 },
+        ]
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ConvNextStage<B: Backend> {
+    pub downsample: Option<Downsample<B>>,
+    pub blocks: Vec<ConvNextBlock<B>>,
+}
+
+/// ConvNeXt.
+#[derive(Module, Debug)]
+pub struct ConvNeXt<B: Backend> {
+    pub stem: Stem<B>,
+    pub stages: Vec<ConvNextStage<B>>,
+    /// timm's `head.norm`.
+    pub head_norm: LayerNorm<B>,
+    pub head_drop: Dropout,
+    /// timm's `head.fc`.
+    pub head: Option<Linear<B>>,
+}
+
+impl<B: Backend> ConvNeXt<B> {
+    pub fn num_classes(&self) -> usize {
+        self.head.as_ref().map(|h| h.weight.dims()[1]).unwrap_or(0)
+    }
+
+    /// Forward pass; `collect_hidden` keeps every block's output (as `[b, h·w, c]`).
+    ///
+    /// # Shapes
+    /// `[b, c, h, w]` → features `[b, h'·w', c']` (NCHW before the head norm, as tokens), pooled
+    /// and normalised pre-logits
+    pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
+        let mut x = layer_norm_2d(&self.stem.norm, self.stem.conv.forward(x));
+        let mut hidden = Vec::new();
+        for stage in &self.stages {
+            if let Some(d) = &stage.downsample {
+                x = d.conv.forward(layer_norm_2d(&d.norm, x));
+            }
+            for block in &stage.blocks {
+                x = block.forward(x, rng);
+                if collect_hidden {
+                    let [b, c, h, w] = x.dims();
+                    hidden.push(x.clone().permute([0, 2, 3, 1]).reshape([b, h * w, c]));
+                }
+            }
+        }
+        let [b, c, h, w] = x.dims();
+        let features = x.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
+        let pre_logits = self.head_norm.forward(features.clone().mean_dim(1).reshape([b, c]));
+        let logits = match &self.head {
+            Some(hd) => hd.forward(self.head_drop.forward(pre_logits.clone())),
+            None => pre_logits.clone(),
+        };
+        BackboneOutput { features, pre_logits, logits, hidden, spatial: Some(Spatial { grid: [h, w], channels_first: true }) }
+    }
+
+    pub fn state_dict(&self) -> StateDict {
+        let mut w = Writer::new();
+        w.conv("stem.0", &self.stem.conv);
+        w.norm("stem.1", &self.stem.norm);
+        for (i, s) in self.stages.iter().enumerate() {
+            if let Some(d) = &s.downsample {
+                w.norm(&format!("stages.{i}.downsample.0"), &d.norm);
+                w.conv(&format!("stages.{i}.downsample.1"), &d.conv);
+            }
+            for (j, b) in s.blocks.iter().enumerate() {
+                let p = format!("stages.{i}.blocks.{j}");
+                w.conv(&format!("{p}.conv_dw"), &b.conv_dw);
+                w.norm(&format!("{p}.norm"), &b.norm);
+                w.linear(&format!("{p}.mlp.fc1"), &b.mlp.fc1.weight, &b.mlp.fc1.bias);
+                w.linear(&format!("{p}.mlp.fc2"), &b.mlp.fc2.weight, &b.mlp.fc2.bias);
+                if let Some(g) = &b.gamma {
+                    w.param(&format!("{p}.gamma"), g);
+                }
+            }
+        }
+        w.norm("head.norm", &self.head_norm);
+        if let Some(h) = &self.head {
+            w.linear("head.fc", &h.weight, &h.bias);
+        }
+        w.sd
+    }
+}
+
+impl<B: Backend> PeftHost<B> for ConvNeXt<B> {
+    fn targets(&self) -> Targets {
+        TARGETS
+    }
+    fn sites_mut(&mut self) -> Vec<SiteMut<'_, B>> {
+        let mut block = 0;
+        let mut v = Vec::new();
+        for (i, stage) in self.stages.iter_mut().enumerate() {
+            for (j, b) in stage.blocks.iter_mut().enumerate() {
+                let d = b.norm.gamma.dims()[0];
+                v.extend(b.sites_mut(i, j, block, d));
+                block += 1;
+            }
+        }
+        v
+    }
+    fn prompts_mut(&mut self) -> Option<(PromptSite, &mut Option<Prompts<B>>)> {
+        None
+    }
+    fn head_mut(&mut self) -> Option<&mut Linear<B>> {
+        self.head.as_mut()
+    }
+}
+
+/// Loads a timm-layout state dict into a freshly built ConvNeXt, checking every tensor.
+pub fn load_state<B: Backend>(cfg: &ConvNextConfig, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<ConvNeXt<B>> {
+    cfg.validate().map_err(Error::Config)?;
+    let stages = sd.tensors.keys().filter_map(|k| k.strip_prefix("stages.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
+    if stages != cfg.depths.len() {
+        return Err(Error::Mismatch { path: sd.source.clone(), problems: vec![format!("checkpoint has {stages} stages, the model {}", cfg.depths.len())] });
+    }
+    let mut model = cfg.init::<B>(device);
+    let mut l = Loader::<B>::new(sd, device);
+    let (c, p, k) = (cfg.in_chans, cfg.patch_size, cfg.kernel_size);
+    let d0 = cfg.dims[0];
+    l.conv(&mut model.stem.conv, "stem.0", &[d0, c, p, p]);
+    l.norm(&mut model.stem.norm, "stem.1", d0);
+    for (i, s) in model.stages.iter_mut().enumerate() {
+        let d = cfg.dims[i];
+        if let Some(ds) = &mut s.downsample {
+            let din = cfg.dims[i - 1];
+            l.norm(&mut ds.norm, &format!("stages.{i}.downsample.0"), din);
+            l.conv(&mut ds.conv, &format!("stages.{i}.downsample.1"), &[d, din, 2, 2]);
+        }
+        for (j, b) in s.blocks.iter_mut().enumerate() {
+            let pre = format!("stages.{i}.blocks.{j}");
+            let h = cfg.mlp_hidden(d);
+            l.conv(&mut b.conv_dw, &format!("{pre}.conv_dw"), &[d, 1, k, k]);
+            l.norm(&mut b.norm, &format!("{pre}.norm"), d);
+            l.tunable(&mut b.mlp.fc1, &format!("{pre}.mlp.fc1"), d, h);
+            l.tunable(&mut b.mlp.fc2, &format!("{pre}.mlp.fc2"), h, d);
+            if let Some(g) = &mut b.gamma {
+                l.set(g, &format!("{pre}.gamma"), &[d], false);
+            }
+        }
+    }
+    l.norm(&mut model.head_norm, "head.norm", cfg.num_features());
+    l.head(&mut model.head, "head.fc", cfg.num_features(), cfg.num_classes, head);
+    l.finish(model)
+}

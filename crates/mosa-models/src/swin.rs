@@ -1,0 +1,628 @@
+//! Swin Transformer (v1): one config-driven implementation with timm's parameter names
+//! (`patch_embed.{proj,norm}`, `layers.S.downsample.{norm,reduction}`,
+//! `layers.S.blocks.N.{norm1,attn.qkv,attn.relative_position_bias_table,attn.proj,norm2,mlp.fc1,
+//! mlp.fc2}`, `norm`, `head.fc`), so timm checkpoints map one to one; the original release's
+//! layout (patch merging at the end of a stage, `head.`) is mapped by [`official_to_timm`].
+//!
+//! Where it comes from: Liu et al. 2021, "Swin Transformer: Hierarchical Vision Transformer using
+//! Shifted Windows" (arXiv 2103.14030), as implemented in timm's `swin_transformer.py` (1.0):
+//! windows no larger than a stage's grid (and no shift when one window covers it), cyclic shift
+//! then zero padding to whole windows, the shifted-window mask of −100 between regions, relative
+//! position bias from a `(2w−1)²` table, patch merging of 2×2 neighbours (`x0, x1, x2, x3` order)
+//! with a LayerNorm over 4C and a bias-free reduction, mean pooling before the head.
+//!
+//! Hook points (sites) are declared once, in [`SwinBlock::sites_mut`]: per block three adapter
+//! slots (parallel to the MLP, reading the MLP's input stream with the MLP and the adapter summed
+//! under one drop path, as the MoSA reference's Swin; after the attention; after the MLP) and the
+//! four linear sites of [`TARGETS`]. VPT prompts are not implemented for windowed attention.
+
+use burn::module::Param;
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Distribution, Int, TensorData};
+
+use mosa_core::Rng;
+use mosa_core::prompt::Prompts;
+use mosa_core::site::{AdapterSite, LinearSite, PeftHost, Placement, PromptSite, SiteMut, Targets, TunableLinear};
+use mosa_core::slot::AdapterSlot;
+
+use crate::backbone::{BackboneOutput, Spatial};
+use crate::error::Error;
+use crate::layers::{Mlp, PatchEmbed, drop_path, init_linear};
+use crate::load::{HeadPolicy, HostTensor, Loader, StateDict, Writer};
+use crate::posembed::{self, Resample};
+
+/// Swin's target vocabulary (the same linear names as a ViT's), and the default (`qkv`).
+pub const TARGETS: Targets = Targets { family: "swin", names: &["qkv", "proj", "fc1", "fc2"], default: &["qkv"] };
+
+/// Configuration of a [`SwinTransformer`]; timm's constructor arguments under the same names.
+#[derive(Config, Debug)]
+pub struct SwinConfig {
+    /// Input resolution the windows are sized for (square).
+    #[config(default = 224)]
+    pub img_size: usize,
+    #[config(default = 4)]
+    pub patch_size: usize,
+    #[config(default = 3)]
+    pub in_chans: usize,
+    /// Classes of the linear head; 0 means no head (logits = pre-logits).
+    #[config(default = 0)]
+    pub num_classes: usize,
+    /// Width of the first stage; stage `i` has `embed_dim · 2^i`.
+    #[config(default = 96)]
+    pub embed_dim: usize,
+    #[config(default = "vec![2, 2, 6, 2]")]
+    pub depths: Vec<usize>,
+    #[config(default = "vec![3, 6, 12, 24]")]
+    pub num_heads: Vec<usize>,
+    #[config(default = 7)]
+    pub window_size: usize,
+    #[config(default = 4.0)]
+    pub mlp_ratio: f64,
+    #[config(default = true)]
+    pub qkv_bias: bool,
+    /// LayerNorm epsilon (timm's Swin uses PyTorch's default, 1e-5).
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+    /// Dropout before the head.
+    #[config(default = 0.0)]
+    pub drop_rate: f64,
+    #[config(default = 0.0)]
+    pub proj_drop_rate: f64,
+    #[config(default = 0.0)]
+    pub attn_drop_rate: f64,
+    /// Stochastic depth, increasing linearly to this rate over all blocks.
+    #[config(default = 0.0)]
+    pub drop_path_rate: f64,
+}
+
+impl SwinConfig {
+    pub fn stage_dim(&self, stage: usize) -> usize {
+        self.embed_dim << stage
+    }
+
+    pub fn num_features(&self) -> usize {
+        self.stage_dim(self.depths.len().saturating_sub(1))
+    }
+
+    /// The token grid side of every stage at the configured input size (patch merging pads an
+    /// odd side).
+    pub fn stage_grids(&self) -> Vec<usize> {
+        let mut r = self.img_size / self.patch_size.max(1);
+        (0..self.depths.len())
+            .map(|i| {
+                if i > 0 {
+                    r = r.div_ceil(2);
+                }
+                r
+            })
+            .collect()
+    }
+
+    /// `(window, shift)` of the shifted blocks of a stage: a window no larger than the stage's
+    /// grid, and no shift when one window covers it (timm's `_calc_window_shift`).
+    pub fn window(&self, stage: usize) -> (usize, usize) {
+        let r = self.stage_grids()[stage];
+        let ws = self.window_size.min(r).max(1);
+        let shift = if r <= ws { 0 } else { self.window_size / 2 };
+        (ws, shift)
+    }
+
+    fn mlp_hidden(&self, d: usize) -> usize {
+        (d as f64 * self.mlp_ratio) as usize
+    }
+
+    /// Number of parameters of the model this config builds (closed form).
+    pub fn num_params(&self) -> usize {
+        let (c, p, d0) = (self.in_chans, self.patch_size, self.embed_dim);
+        let mut n = d0 * c * p * p + d0 + 2 * d0;
+        for (i, &depth) in self.depths.iter().enumerate() {
+            let d = self.stage_dim(i);
+            if i > 0 {
+                let din = self.stage_dim(i - 1);
+                n += 2 * 4 * din + 4 * din * d;
+            }
+            let (ws, _) = self.window(i);
+            let h = self.mlp_hidden(d);
+            let qkv_bias = if self.qkv_bias { 3 * d } else { 0 };
+            n += depth * (4 * d + 3 * d * d + qkv_bias + (2 * ws - 1).pow(2) * self.num_heads[i] + d * d + d + d * h + h + h * d + d);
+        }
+        let f = self.num_features();
+        n + 2 * f + if self.num_classes > 0 { f * self.num_classes + self.num_classes } else { 0 }
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.depths.is_empty() || self.depths.len() != self.num_heads.len() {
+            return Err(format!("depths ({}) and num_heads ({}) must be non-empty and of one length", self.depths.len(), self.num_heads.len()));
+        }
+        if self.embed_dim == 0 || self.patch_size == 0 || self.window_size == 0 || self.depths.contains(&0) || self.num_heads.contains(&0) {
+            return Err("embed_dim, patch_size, window_size, depths and num_heads must be positive".into());
+        }
+        if self.depths.len() > 8 {
+            return Err(format!("{} stages: at most 8 are supported", self.depths.len()));
+        }
+        for (i, &h) in self.num_heads.iter().enumerate() {
+            if self.stage_dim(i) % h != 0 {
+                return Err(format!("stage {i}: width {} is not divisible by {h} heads", self.stage_dim(i)));
+            }
+        }
+        if self.img_size < self.patch_size {
+            return Err(format!("img_size {} is smaller than patch_size {}", self.img_size, self.patch_size));
+        }
+        for (name, p) in [("drop_rate", self.drop_rate), ("proj_drop_rate", self.proj_drop_rate), ("attn_drop_rate", self.attn_drop_rate), ("drop_path_rate", self.drop_path_rate)] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{name} must be in [0, 1), got {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A randomly initialised model (timm-like: N(0, 0.02) weights and bias table, zero biases,
+    /// unit norms).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> SwinTransformer<B> {
+        let norm = |d: usize| LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device);
+        let tlin = |i: usize, o: usize, bias: bool| TunableLinear::from(init_linear::<B>(i, o, bias, device));
+        let total: usize = self.depths.iter().sum();
+        let mut k = 0;
+        let layers = self
+            .depths
+            .iter()
+            .enumerate()
+            .map(|(i, &depth)| {
+                let d = self.stage_dim(i);
+                let (ws, shift) = self.window(i);
+                let downsample = (i > 0).then(|| PatchMerging { norm: norm(4 * self.stage_dim(i - 1)), reduction: init_linear(4 * self.stage_dim(i - 1), d, false, device) });
+                let blocks = (0..depth)
+                    .map(|j| {
+                        let dpr = if total > 1 { self.drop_path_rate * k as f64 / (total - 1) as f64 } else { 0.0 };
+                        k += 1;
+                        SwinBlock {
+                            norm1: norm(d),
+                            attn: WindowAttention {
+                                qkv: tlin(d, 3 * d, self.qkv_bias),
+                                proj: tlin(d, d, true),
+                                relative_position_bias_table: Param::from_tensor(Tensor::random([(2 * ws - 1).pow(2), self.num_heads[i]], Distribution::Normal(0.0, 0.02), device)),
+                                attn_drop: DropoutConfig::new(self.attn_drop_rate).init(),
+                                proj_drop: DropoutConfig::new(self.proj_drop_rate).init(),
+                                num_heads: self.num_heads[i],
+                                window: ws,
+                            },
+                            norm2: norm(d),
+                            mlp: Mlp { fc1: tlin(d, self.mlp_hidden(d), true), fc2: tlin(self.mlp_hidden(d), d, true), drop: DropoutConfig::new(self.proj_drop_rate).init() },
+                            adapter: None,
+                            adapter_attn: None,
+                            adapter_mlp: None,
+                            shift: if j % 2 == 1 { shift } else { 0 },
+                            drop_path: dpr,
+                        }
+                    })
+                    .collect();
+                SwinStage { downsample, blocks }
+            })
+            .collect();
+        let proj = Conv2dConfig::new([self.in_chans, self.embed_dim], [self.patch_size, self.patch_size])
+            .with_stride([self.patch_size, self.patch_size])
+            .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+            .init(device);
+        let f = self.num_features();
+        SwinTransformer {
+            patch_embed: PatchEmbed { proj, norm: Some(norm(self.embed_dim)), patch_size: self.patch_size },
+            layers,
+            norm: norm(f),
+            head_drop: DropoutConfig::new(self.drop_rate).init(),
+            head: (self.num_classes > 0).then(|| init_linear(f, self.num_classes, true, device)),
+        }
+    }
+}
+
+/// Relative position index of a `w × w` window: `index[i][j]` into the `(2w−1)²` table.
+fn relative_position_index(w: usize) -> Vec<i64> {
+    let n = w * w;
+    let mut idx = Vec::with_capacity(n * n);
+    for i in 0..n {
+        for j in 0..n {
+            let (dh, dw) = ((i / w) as i64 - (j / w) as i64 + w as i64 - 1, (i % w) as i64 - (j % w) as i64 + w as i64 - 1);
+            idx.push(dh * (2 * w as i64 - 1) + dw);
+        }
+    }
+    idx
+}
+
+/// The shifted-window attention mask `[windows, w², w²]` of a padded `hp × wp` grid: 0 within a
+/// region, −100 between the regions the cyclic shift brought together.
+fn shift_mask<B: Backend>(hp: usize, wp: usize, w: usize, shift: usize, device: &B::Device) -> Tensor<B, 3> {
+    let region = |x: usize, size: usize| if x < size - w { 0 } else if x < size - shift { 1 } else { 2 };
+    let (nh, nw, n) = (hp / w, wp / w, w * w);
+    let mut data = Vec::with_capacity(nh * nw * n * n);
+    for bh in 0..nh {
+        for bw in 0..nw {
+            let ids: Vec<usize> = (0..n).map(|t| region(bh * w + t / w, hp) * 3 + region(bw * w + t % w, wp)).collect();
+            for a in &ids {
+                for b in &ids {
+                    data.push(if a == b { 0.0f32 } else { -100.0 });
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [nh * nw, n, n]), device)
+}
+
+/// Window attention with a relative position bias.
+#[derive(Module, Debug)]
+pub struct WindowAttention<B: Backend> {
+    pub qkv: TunableLinear<B>,
+    pub proj: TunableLinear<B>,
+    /// `[(2w−1)², heads]`
+    pub relative_position_bias_table: Param<Tensor<B, 2>>,
+    pub attn_drop: Dropout,
+    pub proj_drop: Dropout,
+    #[module(skip)]
+    pub num_heads: usize,
+    #[module(skip)]
+    pub window: usize,
+}
+
+impl<B: Backend> WindowAttention<B> {
+    /// `[heads, w², w²]`
+    fn bias(&self) -> Tensor<B, 3> {
+        let n = self.window * self.window;
+        let table = self.relative_position_bias_table.val();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(relative_position_index(self.window), [n * n]), &table.device());
+        table.select(0, idx).reshape([n, n, self.num_heads]).permute([2, 0, 1])
+    }
+
+    /// # Shapes
+    /// windows `[b·nw, w², c]`, mask `[nw, w², w²]` → `[b·nw, w², c]`
+    pub fn forward(&self, x: Tensor<B, 3>, mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
+        let [bw, n, c] = x.dims();
+        let h = self.num_heads;
+        let hd = c / h;
+        let qkv = self.qkv.forward(x, rng).reshape([bw, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([bw, h, n, hd]));
+        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let mut attn = (q * (hd as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)) + self.bias().unsqueeze::<4>();
+        if let Some(m) = mask {
+            let nw = m.dims()[0];
+            attn = (attn.reshape([bw / nw, nw, h, n, n]) + m.clone().reshape([1, nw, 1, n, n])).reshape([bw, h, n, n]);
+        }
+        let out = self.attn_drop.forward(softmax(attn, 3)).matmul(v).swap_dims(1, 2).reshape([bw, n, c]);
+        self.proj_drop.forward(self.proj.forward(out, rng))
+    }
+}
+
+/// Patch merging: 2×2 neighbours concatenated (`x0, x1, x2, x3`), LayerNorm over 4C, reduction.
+#[derive(Module, Debug)]
+pub struct PatchMerging<B: Backend> {
+    pub norm: LayerNorm<B>,
+    /// `[4c, c']`, no bias.
+    pub reduction: Linear<B>,
+}
+
+impl<B: Backend> PatchMerging<B> {
+    /// # Shapes
+    /// `[b, h·w, c]`, (h, w) → `[b, ⌈h/2⌉·⌈w/2⌉, c']`, (⌈h/2⌉, ⌈w/2⌉)
+    pub fn forward(&self, x: Tensor<B, 3>, (h, w): (usize, usize)) -> (Tensor<B, 3>, (usize, usize)) {
+        let [b, _, c] = x.dims();
+        let mut x = x.reshape([b, h, w, c]);
+        if h % 2 == 1 || w % 2 == 1 {
+            x = x.pad([(0, h % 2), (0, w % 2), (0, 0)], burn::tensor::ops::PadMode::Constant(0.0));
+        }
+        let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+        let x = x.reshape([b, h2, 2, w2, 2, c]).permute([0, 1, 3, 4, 2, 5]).reshape([b, h2 * w2, 4 * c]);
+        (self.reduction.forward(self.norm.forward(x)), (h2, w2))
+    }
+}
+
+/// A Swin block: (shifted) window attention and the MLP, pre-norm.
+#[derive(Module, Debug)]
+pub struct SwinBlock<B: Backend> {
+    pub norm1: LayerNorm<B>,
+    pub attn: WindowAttention<B>,
+    pub norm2: LayerNorm<B>,
+    pub mlp: Mlp<B>,
+    /// Adapter parallel to the MLP, reading the MLP's input stream: `h + DP(MLP(LN2(h)) + A(h))`.
+    pub adapter: Option<AdapterSlot<B>>,
+    /// Adapter on the attention output, before the residual (Houlsby).
+    pub adapter_attn: Option<AdapterSlot<B>>,
+    /// Adapter on the MLP output, before the residual (Pfeiffer, Houlsby).
+    pub adapter_mlp: Option<AdapterSlot<B>>,
+    /// Cyclic shift of this block (0 for the even blocks of a stage).
+    #[module(skip)]
+    pub shift: usize,
+    #[module(skip)]
+    pub drop_path: f64,
+}
+
+fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+    match slot {
+        Some(a) => x.clone() + a.forward(x, rng),
+        None => x,
+    }
+}
+
+impl<B: Backend> SwinBlock<B> {
+    /// # Shapes
+    /// `[b, h·w, c]` → `[b, h·w, c]`
+    pub fn forward(&self, x: Tensor<B, 3>, grid: (usize, usize), mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
+        let a = sequential(&self.adapter_attn, self.windowed(self.norm1.forward(x.clone()), grid, mask, rng), rng);
+        let h = x + drop_path(a, self.drop_path);
+        let m = sequential(&self.adapter_mlp, self.mlp.forward(self.norm2.forward(h.clone()), rng), rng);
+        let m = match &self.adapter {
+            Some(slot) => m + slot.forward(h.clone(), rng),
+            None => m,
+        };
+        h + drop_path(m, self.drop_path)
+    }
+
+    /// Shift, pad, partition into windows, attend, and undo it all.
+    fn windowed(&self, x: Tensor<B, 3>, (h, w): (usize, usize), mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
+        let [b, _, c] = x.dims();
+        let ws = self.attn.window;
+        let s = self.shift as i64;
+        let mut x = x.reshape([b, h, w, c]);
+        // burn's `roll_dim(k)` moves element i + k to i: torch's `roll(x, -k)`
+        if s > 0 {
+            x = x.roll_dim(s, 1).roll_dim(s, 2);
+        }
+        let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+        if ph > 0 || pw > 0 {
+            x = x.pad([(0, ph), (0, pw), (0, 0)], burn::tensor::ops::PadMode::Constant(0.0));
+        }
+        let (hp, wp) = (h + ph, w + pw);
+        let windows = x.reshape([b, hp / ws, ws, wp / ws, ws, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b * (hp / ws) * (wp / ws), ws * ws, c]);
+        let out = self.attn.forward(windows, if s > 0 { mask } else { None }, rng);
+        let mut x = out.reshape([b, hp / ws, wp / ws, ws, ws, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b, hp, wp, c]);
+        if ph > 0 || pw > 0 {
+            x = x.slice([0..b, 0..h, 0..w, 0..c]);
+        }
+        if s > 0 {
+            x = x.roll_dim(-s, 1).roll_dim(-s, 2);
+        }
+        x.reshape([b, h * w, c])
+    }
+
+    /// The block's sites: three adapter slots, then the four linear sites of [`TARGETS`].
+    fn sites_mut(&mut self, stage: usize, index: usize, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
+        let adapter = |place| AdapterSite { block, stage, width: d, place };
+        let linear = |target: &'static str, path: &str, l: &TunableLinear<B>| {
+            let (d_in, d_out) = l.dims();
+            LinearSite { block, target, path: format!("layers.{stage}.blocks.{index}.{path}"), d_in, d_out }
+        };
+        let (qkv, proj, fc1, fc2) = (linear("qkv", "attn.qkv", &self.attn.qkv), linear("proj", "attn.proj", &self.attn.proj), linear("fc1", "mlp.fc1", &self.mlp.fc1), linear("fc2", "mlp.fc2", &self.mlp.fc2));
+        vec![
+            SiteMut::Adapter { site: adapter(Placement::Parallel), slot: &mut self.adapter },
+            SiteMut::Adapter { site: adapter(Placement::AfterAttention), slot: &mut self.adapter_attn },
+            SiteMut::Adapter { site: adapter(Placement::AfterMlp), slot: &mut self.adapter_mlp },
+            SiteMut::Linear { site: qkv, linear: &mut self.attn.qkv },
+            SiteMut::Linear { site: proj, linear: &mut self.attn.proj },
+            SiteMut::Linear { site: fc1, linear: &mut self.mlp.fc1 },
+            SiteMut::Linear { site: fc2, linear: &mut self.mlp.fc2 },
+        ]
+    }
+}
+
+/// A stage: patch merging (from the second stage on), then its blocks.
+#[derive(Module, Debug)]
+pub struct SwinStage<B: Backend> {
+    pub downsample: Option<PatchMerging<B>>,
+    pub blocks: Vec<SwinBlock<B>>,
+}
+
+/// The Swin Transformer.
+#[derive(Module, Debug)]
+pub struct SwinTransformer<B: Backend> {
+    pub patch_embed: PatchEmbed<B>,
+    pub layers: Vec<SwinStage<B>>,
+    pub norm: LayerNorm<B>,
+    pub head_drop: Dropout,
+    /// timm's `head.fc`.
+    pub head: Option<Linear<B>>,
+}
+
+impl<B: Backend> SwinTransformer<B> {
+    pub fn num_classes(&self) -> usize {
+        self.head.as_ref().map(|h| h.weight.dims()[1]).unwrap_or(0)
+    }
+
+    fn stage_width(&self, stage: usize) -> usize {
+        self.layers[stage].blocks[0].norm1.gamma.dims()[0]
+    }
+
+    /// Forward pass; `collect_hidden` keeps every block's output; `rng` draws MoSA's experts.
+    ///
+    /// # Shapes
+    /// `[b, c, h, w]` → features `[b, h'·w', c']` (NHWC after the final norm), pooled pre-logits
+    pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
+        let (mut x, mut grid) = self.patch_embed.forward(x);
+        let mut hidden = Vec::new();
+        for stage in &self.layers {
+            if let Some(m) = &stage.downsample {
+                (x, grid) = m.forward(x, grid);
+            }
+            // one mask per stage: every shifted block of a stage has the same window and shift
+            let mask = stage.blocks.iter().find(|b| b.shift > 0).map(|b| {
+                let ws = b.attn.window;
+                shift_mask::<B>(grid.0.div_ceil(ws) * ws, grid.1.div_ceil(ws) * ws, ws, b.shift, &x.device())
+            });
+            for block in &stage.blocks {
+                x = block.forward(x, grid, mask.as_ref(), rng);
+                if collect_hidden {
+                    hidden.push(x.clone());
+                }
+            }
+        }
+        let features = self.norm.forward(x);
+        let [b, t, d] = features.dims();
+        let pre_logits = features.clone().mean_dim(1).reshape([b, d]);
+        let logits = match &self.head {
+            Some(h) => h.forward(self.head_drop.forward(pre_logits.clone())),
+            None => pre_logits.clone(),
+        };
+        debug_assert_eq!(t, grid.0 * grid.1);
+        BackboneOutput { features, pre_logits, logits, hidden, spatial: Some(Spatial { grid: [grid.0, grid.1], channels_first: false }) }
+    }
+
+    /// Re-sizes every window for inputs of side `s` (a table for another window is resampled).
+    pub fn set_img_size(mut self, cfg: &SwinConfig, s: usize) -> Self {
+        let cfg = cfg.clone().with_img_size(s);
+        for (i, stage) in self.layers.iter_mut().enumerate() {
+            let (ws, shift) = cfg.window(i);
+            for (j, b) in stage.blocks.iter_mut().enumerate() {
+                if b.attn.window != ws {
+                    let t = HostTensor::from_tensor(b.attn.relative_position_bias_table.val());
+                    let t = resample_table(&t, b.attn.window, ws);
+                    let device = b.attn.relative_position_bias_table.device();
+                    b.attn.relative_position_bias_table = Param::from_tensor(Tensor::from_data(TensorData::new(t.data, t.shape), &device));
+                    b.attn.window = ws;
+                }
+                b.shift = if j % 2 == 1 { shift } else { 0 };
+            }
+        }
+        self
+    }
+
+    /// The model's tensors in timm's names and layout (method modules excluded).
+    pub fn state_dict(&self) -> StateDict {
+        let mut w = Writer::new();
+        w.conv("patch_embed.proj", &self.patch_embed.proj);
+        if let Some(n) = &self.patch_embed.norm {
+            w.norm("patch_embed.norm", n);
+        }
+        for (i, stage) in self.layers.iter().enumerate() {
+            if let Some(m) = &stage.downsample {
+                w.norm(&format!("layers.{i}.downsample.norm"), &m.norm);
+                w.linear(&format!("layers.{i}.downsample.reduction"), &m.reduction.weight, &m.reduction.bias);
+            }
+            for (j, b) in stage.blocks.iter().enumerate() {
+                let p = format!("layers.{i}.blocks.{j}");
+                w.norm(&format!("{p}.norm1"), &b.norm1);
+                w.linear(&format!("{p}.attn.qkv"), &b.attn.qkv.weight, &b.attn.qkv.bias);
+                w.param(&format!("{p}.attn.relative_position_bias_table"), &b.attn.relative_position_bias_table);
+                w.linear(&format!("{p}.attn.proj"), &b.attn.proj.weight, &b.attn.proj.bias);
+                w.norm(&format!("{p}.norm2"), &b.norm2);
+                w.linear(&format!("{p}.mlp.fc1"), &b.mlp.fc1.weight, &b.mlp.fc1.bias);
+                w.linear(&format!("{p}.mlp.fc2"), &b.mlp.fc2.weight, &b.mlp.fc2.bias);
+            }
+        }
+        w.norm("norm", &self.norm);
+        if let Some(h) = &self.head {
+            w.linear("head.fc", &h.weight, &h.bias);
+        }
+        w.sd
+    }
+}
+
+impl<B: Backend> PeftHost<B> for SwinTransformer<B> {
+    fn targets(&self) -> Targets {
+        TARGETS
+    }
+    fn sites_mut(&mut self) -> Vec<SiteMut<'_, B>> {
+        let widths: Vec<usize> = (0..self.layers.len()).map(|i| self.stage_width(i)).collect();
+        let mut block = 0;
+        let mut v = Vec::new();
+        for (i, stage) in self.layers.iter_mut().enumerate() {
+            for (j, b) in stage.blocks.iter_mut().enumerate() {
+                v.extend(b.sites_mut(i, j, block, widths[i]));
+                block += 1;
+            }
+        }
+        v
+    }
+    fn prompts_mut(&mut self) -> Option<(PromptSite, &mut Option<Prompts<B>>)> {
+        None
+    }
+    fn head_mut(&mut self) -> Option<&mut Linear<B>> {
+        self.head.as_mut()
+    }
+}
+
+/// A relative position bias table of window `from` resampled to window `to` (bicubic over the
+/// `(2w−1)²` grid, as timm's checkpoint filter does).
+fn resample_table(t: &HostTensor, from: usize, to: usize) -> HostTensor {
+    let heads = t.shape[1];
+    let (a, b) = (2 * from - 1, 2 * to - 1);
+    HostTensor::new(vec![b * b, heads], posembed::resample_host(&t.data, heads, (a, a), (b, b), Resample::Bicubic))
+}
+
+/// The original Swin release's layout → timm's: patch merging moves from the end of stage `i`
+/// to the start of stage `i + 1`, `head.` becomes `head.fc.`, and the buffers
+/// (`relative_position_index`, `attn_mask`) are dropped (they are recomputed).
+pub fn official_to_timm(mut sd: StateDict) -> StateDict {
+    let keys: Vec<String> = sd.tensors.keys().cloned().collect();
+    let mut out = StateDict::new(sd.source.clone());
+    for k in keys {
+        let t = sd.tensors.remove(&k).expect("listed key");
+        if k.ends_with("relative_position_index") || k.ends_with("attn_mask") {
+            continue;
+        }
+        let name = if let Some(rest) = k.strip_prefix("head.") {
+            format!("head.fc.{rest}")
+        } else if let Some((stage, rest)) = k.strip_prefix("layers.").and_then(|r| r.split_once('.')).filter(|(_, r)| r.starts_with("downsample.")) {
+            match stage.parse::<usize>() {
+                Ok(i) => format!("layers.{}.{rest}", i + 1),
+                Err(_) => k.clone(),
+            }
+        } else {
+            k.clone()
+        };
+        out.insert(name, t);
+    }
+    out
+}
+
+/// Whether a state dict is in the original release's layout (patch merging in stage 0, or a
+/// bare `head.weight`).
+pub fn looks_official(sd: &StateDict) -> bool {
+    sd.tensors.keys().any(|k| k.starts_with("layers.0.downsample.") || k == "head.weight") && sd.tensors.keys().any(|k| k.contains("relative_position_bias_table"))
+}
+
+/// Loads a timm-layout state dict into a freshly built Swin, checking every tensor; a bias
+/// table of another window is resampled.
+pub fn load_state<B: Backend>(cfg: &SwinConfig, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<SwinTransformer<B>> {
+    cfg.validate().map_err(Error::Config)?;
+    let sd = if looks_official(&sd) { official_to_timm(sd) } else { sd };
+    let stages = sd.tensors.keys().filter_map(|k| k.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
+    if stages != cfg.depths.len() {
+        return Err(Error::Mismatch { path: sd.source.clone(), problems: vec![format!("checkpoint has {stages} stages, the model {}", cfg.depths.len())] });
+    }
+    let mut model = cfg.init::<B>(device);
+    let mut l = Loader::<B>::new(sd, device);
+    let (c, p, d0) = (cfg.in_chans, cfg.patch_size, cfg.embed_dim);
+    l.conv(&mut model.patch_embed.proj, "patch_embed.proj", &[d0, c, p, p]);
+    if let Some(n) = &mut model.patch_embed.norm {
+        l.norm(n, "patch_embed.norm", d0);
+    }
+    for (i, stage) in model.layers.iter_mut().enumerate() {
+        let d = cfg.stage_dim(i);
+        if let Some(m) = &mut stage.downsample {
+            let din = cfg.stage_dim(i - 1);
+            l.norm(&mut m.norm, &format!("layers.{i}.downsample.norm"), 4 * din);
+            l.linear(&mut m.reduction, &format!("layers.{i}.downsample.reduction"), 4 * din, d);
+        }
+        for (j, b) in stage.blocks.iter_mut().enumerate() {
+            let pre = format!("layers.{i}.blocks.{j}");
+            let h = cfg.mlp_hidden(d);
+            l.norm(&mut b.norm1, &format!("{pre}.norm1"), d);
+            l.tunable(&mut b.attn.qkv, &format!("{pre}.attn.qkv"), d, 3 * d);
+            l.tunable(&mut b.attn.proj, &format!("{pre}.attn.proj"), d, d);
+            let name = format!("{pre}.attn.relative_position_bias_table");
+            let ws = b.attn.window;
+            if let Some(t) = l.sd.tensors.get_mut(&name) {
+                // a table of another window (checkpoint at another resolution): resample it
+                let side = ((t.shape[0] as f64).sqrt().round() as usize + 1) / 2;
+                if t.shape.len() == 2 && t.shape[1] == cfg.num_heads[i] && (2 * side - 1).pow(2) == t.shape[0] && side != ws {
+                    *t = resample_table(t, side, ws);
+                }
+            }
+            l.set(&mut b.attn.relative_position_bias_table, &name, &[(2 * ws - 1).pow(2), cfg.num_heads[i]], false);
+            l.norm(&mut b.norm2, &format!("{pre}.norm2"), d);
+            l.tunable(&mut b.mlp.fc1, &format!("{pre}.mlp.fc1"), d, h);
+            l.tunable(&mut b.mlp.fc2, &format!("{pre}.mlp.fc2"), h, d);
+        }
+    }
+    l.norm(&mut model.norm, "norm", cfg.num_features());
+    l.head(&mut model.head, "head.fc", cfg.num_features(), cfg.num_classes, head);
+    l.finish(model)
+}
