@@ -32,6 +32,8 @@ pub struct Grid {
     pub shard: (usize, usize),
     /// Arguments passed to every `mosa train` (model, weights, recipe).
     pub train_args: Vec<String>,
+    /// Further arguments per method (bench-experts: each expert kind's learning rates).
+    pub method_args: BTreeMap<String, Vec<String>>,
     /// Further arguments per task (the published per-dataset FGVC settings).
     pub task_args: BTreeMap<String, Vec<String>>,
     pub settings: String,
@@ -79,13 +81,13 @@ pub fn discover_tasks(root: &Path, kind: &str) -> anyhow::Result<Vec<String>> {
     Ok(v)
 }
 
-fn fmt_eta(s: f64) -> String {
+pub fn fmt_eta(s: f64) -> String {
     let s = s.max(0.0) as u64;
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// Runs `mosa <args>` and returns (success, peak RSS in MiB).
-fn run_mosa(mosa: &Path, args: &[String]) -> anyhow::Result<(bool, f64)> {
+pub fn run_mosa(mosa: &Path, args: &[String]) -> anyhow::Result<(bool, f64)> {
     let child = Command::new(mosa).args(args).spawn().with_context(|| format!("cannot start {}", mosa.display()))?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
@@ -99,54 +101,119 @@ fn run_mosa(mosa: &Path, args: &[String]) -> anyhow::Result<(bool, f64)> {
     Ok((libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, usage.ru_maxrss as f64 / 1024.0))
 }
 
-pub fn run_grid(g: &Grid, mosa: &Path) -> anyhow::Result<()> {
-    let cells: Vec<(String, String)> = g.tasks.iter().flat_map(|t| g.methods.iter().map(move |m| (t.clone(), m.clone()))).collect();
-    let mine: Vec<&(String, String)> = cells.iter().enumerate().filter(|(i, _)| i % g.shard.1 == g.shard.0).map(|(_, c)| c).collect();
-    std::fs::create_dir_all(&g.out)?;
-    eprintln!("bench: {} tasks x {} methods = {} runs ({} in shard {}/{}) -> {}", g.tasks.len(), g.methods.len(), cells.len(), mine.len(), g.shard.0, g.shard.1, g.out.display());
-    eprintln!("{}", g.settings);
-    let start = Instant::now();
-    let mut ran = 0usize;
+/// One `mosa train` run of a benchmark: its run directory and the arguments of a fresh run
+/// (an interrupted one is resumed with its saved settings, a finished one skipped).
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub label: String,
+    pub dir: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl Grid {
+    /// The grid's cells (task-major), all shards.
+    pub fn cells(&self) -> Vec<Cell> {
+        let mut v = Vec::new();
+        for task in &self.tasks {
+            for method in &self.methods {
+                let mut args: Vec<String> = vec!["--method".into(), method.clone(), "--dataset".into(), format!("{}:{}", self.kind, self.root.join(task).display())];
+                args.extend(self.train_args.iter().cloned());
+                args.extend(self.method_args.get(method.as_str()).into_iter().flatten().cloned());
+                args.extend(self.task_args.get(task.as_str()).into_iter().flatten().cloned());
+                v.push(Cell { label: format!("{task} / {method}"), dir: self.out.join("runs").join(task).join(method), args });
+            }
+        }
+        v
+    }
+}
+
+/// This shard's share (`i, i+n, i+2n, …`) of a list of work items.
+pub fn shard_of<T>(items: Vec<T>, shard: (usize, usize)) -> Vec<T> {
+    items.into_iter().enumerate().filter(|(i, _)| i % shard.1 == shard.0).map(|(_, c)| c).collect()
+}
+
+/// Progress over a list of work items: `[k/n] label (elapsed, ETA)` lines, the ETA from the
+/// items that did run (skipped ones cost nothing).
+pub struct Progress {
+    start: Instant,
+    ran: usize,
+    total: usize,
+}
+
+impl Progress {
+    pub fn new(total: usize) -> Self {
+        Self { start: Instant::now(), ran: 0, total }
+    }
+
+    pub fn line(&self, k: usize, label: &str, skipped: bool) {
+        let eta = if self.ran > 0 { fmt_eta(self.start.elapsed().as_secs_f64() / self.ran as f64 * (self.total - k) as f64) } else { "?".into() };
+        eprintln!("[{}/{}] {label}{} (elapsed {}, ETA {eta})", k + 1, self.total, if skipped { ": done, skipped" } else { "" }, fmt_eta(self.start.elapsed().as_secs_f64()));
+    }
+
+    pub fn ran(&mut self) {
+        self.ran += 1;
+    }
+
+    pub fn ran_count(&self) -> usize {
+        self.ran
+    }
+
+    pub fn elapsed(&self) -> String {
+        fmt_eta(self.start.elapsed().as_secs_f64())
+    }
+}
+
+/// Runs the cells: finished ones are skipped, interrupted ones resumed, the rest started afresh;
+/// the peak memory of each run is kept beside it. Returns the labels of the cells that failed.
+pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: usize) -> anyhow::Result<Vec<String>> {
     let mut failed = Vec::new();
-    for (k, (task, method)) in mine.iter().enumerate() {
-        let dir = g.out.join("runs").join(task).join(method);
-        let run = RunDir::new(&dir);
+    for (k, cell) in cells.iter().enumerate() {
+        let run = RunDir::new(&cell.dir);
         let done = run.finished();
-        let eta = if ran > 0 { fmt_eta(start.elapsed().as_secs_f64() / ran as f64 * (mine.len() - k) as f64) } else { "?".into() };
-        eprintln!("[{}/{}] {task} / {method}{} (elapsed {}, ETA {eta})", k + 1, mine.len(), if done { ": done, skipped" } else { "" }, fmt_eta(start.elapsed().as_secs_f64()));
+        progress.line(offset + k, &cell.label, done);
         if done {
             continue;
         }
-        let mut args: Vec<String> = vec!["train".into(), "--out".into(), dir.display().to_string()];
+        let mut args: Vec<String> = vec!["train".into(), "--out".into(), cell.dir.display().to_string()];
         if run.resumable() {
             args.push("--resume".into());
         } else {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir)?; // a run that never finished an epoch
+            if cell.dir.exists() {
+                std::fs::remove_dir_all(&cell.dir)?; // a run that never finished an epoch
             }
-            args.extend(["--method".into(), method.clone(), "--dataset".into(), format!("{}:{}", g.kind, g.root.join(task).display())]);
-            args.extend(g.train_args.iter().cloned());
-            args.extend(g.task_args.get(task.as_str()).into_iter().flatten().cloned());
+            args.extend(cell.args.iter().cloned());
         }
         let (ok, rss) = run_mosa(mosa, &args)?;
-        ran += 1;
+        progress.ran();
         if ok {
-            std::fs::write(dir.join("peak_memory_mib.txt"), format!("{rss:.1}\n"))?;
+            std::fs::write(cell.dir.join("peak_memory_mib.txt"), format!("{rss:.1}\n"))?;
         } else {
-            eprintln!("[{}/{}] {task} / {method} FAILED (its run directory is kept: {})", k + 1, mine.len(), dir.display());
-            failed.push(format!("{task}/{method}"));
+            eprintln!("[{}/{}] {} FAILED (its run directory is kept: {})", offset + k + 1, progress.total, cell.label, cell.dir.display());
+            failed.push(cell.label.clone());
         }
     }
+    Ok(failed)
+}
+
+pub fn run_grid(g: &Grid, mosa: &Path) -> anyhow::Result<()> {
+    let cells = g.cells();
+    let total = cells.len();
+    let mine = shard_of(cells, g.shard);
+    std::fs::create_dir_all(&g.out)?;
+    eprintln!("bench: {} tasks x {} methods = {total} runs ({} in shard {}/{}) -> {}", g.tasks.len(), g.methods.len(), mine.len(), g.shard.0, g.shard.1, g.out.display());
+    eprintln!("{}", g.settings);
+    let mut progress = Progress::new(mine.len());
+    let failed = run_cells(&mine, mosa, &mut progress, 0)?;
     let table = write_results(g)?;
     println!("{table}");
-    eprintln!("bench: wall time {} for {ran} runs; results in {}", fmt_eta(start.elapsed().as_secs_f64()), g.out.display());
+    eprintln!("bench: wall time {} for {} runs; results in {}", progress.elapsed(), progress.ran_count(), g.out.display());
     if !failed.is_empty() {
         bail!("{} run(s) failed: {}", failed.len(), failed.join(", "));
     }
     Ok(())
 }
 
-fn mean(v: &[f64]) -> Option<f64> {
+pub fn mean(v: &[f64]) -> Option<f64> {
     if v.is_empty() { None } else { Some(v.iter().sum::<f64>() / v.len() as f64) }
 }
 

@@ -8,6 +8,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
 
+mod bench_experts;
 mod bench_merge;
 mod bench_vtab;
 mod mini_vtab;
@@ -45,6 +46,10 @@ enum Task {
     BenchVtab(BenchArgs),
     /// The same over FGVC datasets in the VPT JSON layout (`--root` with one folder per dataset).
     BenchFgvc(BenchArgs),
+    /// Task experts merged (arXiv 2507.07140): one sparse / LoRA / full expert per task, every
+    /// kind merged with every merge method, the scaling curve and held-out probes, then
+    /// results/experts-<name>/. Default: mini-VTAB with DINOv2 ViT-S/14 (about 40 min on 2 cores).
+    BenchExperts(ExpertArgs),
     /// Merge speed of sparse experts: N ∈ {2, 5, 10, 20, 50} × density ∈ {0.2%, 1%, 5%} synthetic
     /// experts on ViT-B/16-shaped weights (index space vs dense expansion vs memcpy).
     BenchMerge {
@@ -197,7 +202,7 @@ struct BenchArgs {
 }
 
 fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
-    let (i, n) = a.shard.split_once('/').and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?))).filter(|(i, n)| *n > 0 && i < n).context("--shard must be i/n with 0 <= i < n")?;
+    let (i, n) = parse_shard(&a.shard)?;
     let tasks = if a.tasks.is_empty() { bench_vtab::discover_tasks(&a.root, kind)? } else { a.tasks.clone() };
     // defaults: the CPU-sized embedded run, or the published recipe with --full
     let (res, ep, wu, bs, lr, mt, me) = if a.full { (224, 100, 10, 128, 0.005, None, None) } else { (56, 3, 0, 32, 0.005, Some(256), Some(200)) };
@@ -245,13 +250,194 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let name = a.name.clone().unwrap_or_else(|| if a.full { format!("{kind}-full-{}", a.model) } else { format!("{kind}-{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) });
     let task_args = if per_dataset { tasks.iter().map(|t| (t.clone(), bench_vtab::fgvc_task_args(t))).collect() } else { Default::default() };
     let settings = if per_dataset { settings.replace(&format!("lr {lr}"), "per-dataset lr and r 64 (spec §5; Cars: N 2, share up, DEEPREG)") } else { settings };
-    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, task_args, settings, full: a.full && kind == "vtab" };
+    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, method_args: Default::default(), task_args, settings, full: a.full && kind == "vtab" };
     let mosa = match &a.mosa_bin {
         Some(p) => p.clone(),
         None => build_mosa(&a.backend)?,
     };
     bench_vtab::run_grid(&grid, &mosa)
 }
+
+#[derive(clap::Args, Clone)]
+struct ExpertArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Folder of tasks in the VTAB-1k layout.
+    #[arg(long, default_value = "datasets/mini-vtab")]
+    root: PathBuf,
+    /// Comma-separated task subset (default: all under --root).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Expert kinds, comma-separated: sparse, lora, full.
+    #[arg(long, value_delimiter = ',', default_value = "sparse,lora,full")]
+    kinds: Vec<String>,
+    /// Merge methods, comma-separated (`mosa merge --method`).
+    #[arg(long, value_delimiter = ',', default_value = "overlap-mean,mean,task-arithmetic,ties,dare")]
+    merges: Vec<String>,
+    /// The merge of the scaling curve and the held-out backbones.
+    #[arg(long, default_value = "overlap-mean")]
+    paper_merge: String,
+    /// Sparse experts' targets (`mosa train --targets`), e.g. `qkv,proj,fc1,fc2` for every block
+    /// linear [default: qkv, the paper's].
+    #[arg(long, value_delimiter = ',')]
+    sparse_targets: Vec<String>,
+    /// Sparse experts' fraction of each targeted matrix.
+    #[arg(long)]
+    keep_ratio: Option<f64>,
+    /// Learning rate of the sparse experts' deltas.
+    #[arg(long)]
+    sparse_lr: Option<f64>,
+    /// Learning rate of the LoRA factors.
+    #[arg(long)]
+    lora_lr: Option<f64>,
+    /// Learning rate of full fine-tuning.
+    #[arg(long)]
+    full_lr: Option<f64>,
+    /// Learning rate of every task head (experts and probes).
+    #[arg(long)]
+    head_lr: Option<f64>,
+    /// Numbers of merged experts on the scaling curve, besides all tasks [default: 2,4; with
+    /// --full 2,4,8,16].
+    #[arg(long, value_delimiter = ',')]
+    scaling_sizes: Vec<usize>,
+    /// Random task subsets per scaling size.
+    #[arg(long)]
+    scaling_seeds: Option<usize>,
+    /// Skip the held-out probes.
+    #[arg(long)]
+    no_held_out: bool,
+    #[arg(long, default_value = "dinov2-vits14")]
+    model: String,
+    /// Backbone weights (file or known name); default: the preset's.
+    #[arg(long)]
+    weights: Option<String>,
+    /// A GPU-sized run: 224 px, 30 epochs (warm-up 3), batch 64, every image, 5 subsets per size
+    /// of 2, 4, 8 and 16 experts.
+    #[arg(long)]
+    full: bool,
+    #[arg(long)]
+    resolution: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Train on at most N images per task (default run: 256).
+    #[arg(long)]
+    max_train_images: Option<usize>,
+    /// Evaluate on at most the first N images per split (default run: 200).
+    #[arg(long)]
+    max_eval_images: Option<usize>,
+    /// Keep every merged model file (by default each is deleted once evaluated / probed).
+    #[arg(long)]
+    keep_merged: bool,
+    /// Run only items i, i+n, … of each phase (`i/n`); a later run finishes what waited.
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Results folder name under results/ (default: experts-<root folder>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Use this `mosa` binary instead of building one.
+    #[arg(long)]
+    mosa_bin: Option<PathBuf>,
+}
+
+fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
+    s.split_once('/').and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?))).filter(|(i, n)| *n > 0 && i < n).context("--shard must be i/n with 0 <= i < n")
+}
+
+fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
+    let shard = parse_shard(&a.shard)?;
+    for k in &a.kinds {
+        if !bench_experts::KINDS.contains(&k.as_str()) {
+            bail!("unknown expert kind `{k}` (kinds: {})", bench_experts::KINDS.join(", "));
+        }
+    }
+    for m in a.merges.iter().chain([&a.paper_merge]) {
+        if <mosa_core::merge::MergeMethod as clap::ValueEnum>::from_str(m, false).is_err() {
+            bail!("unknown merge method `{m}` (methods: {})", bench_experts::MERGES.join(", "));
+        }
+    }
+    let tasks = if a.tasks.is_empty() { bench_vtab::discover_tasks(&a.root, "vtab")? } else { a.tasks.clone() };
+    if tasks.len() < 2 {
+        bail!("bench-experts merges experts of at least 2 tasks ({} given)", tasks.len());
+    }
+    let (res, ep, wu, bs, mt, me, seeds) = if a.full { (224, 30, 3, 64, None, None, 5) } else { (56, 2, 0, 32, Some(256), Some(200), 3) };
+    let (res, ep, wu, bs) = (a.resolution.unwrap_or(res), a.epochs.unwrap_or(ep), a.warmup_epochs.unwrap_or(wu), a.batch_size.unwrap_or(bs));
+    let (mt, me, seeds) = (a.max_train_images.or(mt), a.max_eval_images.or(me), a.scaling_seeds.unwrap_or(seeds));
+    // each kind's learning rates: ΔW of the pretrained weights needs a far smaller lr than an
+    // adapter (docs/experts.md); every head trains at head_lr
+    let (sparse_lr, lora_lr, full_lr, head_lr) = (a.sparse_lr.unwrap_or(5e-4), a.lora_lr.unwrap_or(0.005), a.full_lr.unwrap_or(FULL_LR), a.head_lr.unwrap_or(0.005));
+    let mut train_args: Vec<String> = vec!["--model".into(), a.model.clone()];
+    if let Some(w) = &a.weights {
+        train_args.extend(["--weights".into(), w.clone()]);
+    }
+    for (k, v) in [("--resolution", res.to_string()), ("--epochs", ep.to_string()), ("--warmup-epochs", wu.to_string()), ("--batch-size", bs.to_string()), ("--head-lr", head_lr.to_string())] {
+        train_args.extend([k.to_string(), v]);
+    }
+    if let Some(m) = mt {
+        train_args.extend(["--max-train-images".into(), m.to_string()]);
+    }
+    if let Some(m) = me {
+        train_args.extend(["--max-eval-images".into(), m.to_string()]);
+    }
+    let lr = |v: f64| vec!["--lr".to_string(), v.to_string()];
+    let mut sparse = lr(sparse_lr);
+    if !a.sparse_targets.is_empty() {
+        sparse.extend(["--targets".into(), a.sparse_targets.join(",")]);
+    }
+    if let Some(k) = a.keep_ratio {
+        sparse.extend(["--keep-ratio".into(), k.to_string()]);
+    }
+    let method_args: std::collections::BTreeMap<String, Vec<String>> = [("sparse", sparse), ("lora", lr(lora_lr)), ("full", lr(full_lr)), ("linear", lr(head_lr))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let held_out = !a.no_held_out;
+    let mut methods = a.kinds.clone();
+    if held_out {
+        methods.push("linear".into()); // the base backbone's probe
+    }
+    let recipe = mosa_train::TrainConfig::default();
+    let sp = mosa_core::sparse::SparseConfig::new();
+    let lo = mosa_core::lora::LoraOptions::new();
+    let settings = format!(
+        "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, seed {}; lr: sparse {sparse_lr} ({} of {}, {}), lora {lora_lr} (r {}, alpha {}, {}), full {full_lr}, heads and probes {head_lr}; train images per task {}, eval images per split {}; backend feature {}.",
+        a.model,
+        a.weights.as_deref().unwrap_or("preset default"),
+        enum_name(recipe.schedule),
+        recipe.seed,
+        a.keep_ratio.unwrap_or(sp.keep_ratio),
+        if a.sparse_targets.is_empty() { "qkv".to_string() } else { a.sparse_targets.join(",") },
+        enum_name(sp.criterion),
+        lo.r,
+        lo.alpha,
+        if lo.targets.is_empty() { "qkv".to_string() } else { lo.targets.join(",") },
+        mt.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
+        me.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
+        a.backend.features
+    );
+    let name = a.name.clone().unwrap_or_else(|| format!("experts-{}{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks"), if a.full { "-full" } else { "" }));
+    let grid = bench_vtab::Grid { root: a.root.clone(), kind: "vtab", tasks, methods, out: PathBuf::from("results").join(name), shard, train_args, method_args, task_args: Default::default(), settings, full: false };
+    let exp = bench_experts::Experiment {
+        grid,
+        kinds: a.kinds.clone(),
+        merges: a.merges.clone(),
+        paper_merge: a.paper_merge.clone(),
+        sizes: if !a.scaling_sizes.is_empty() { a.scaling_sizes.clone() } else if a.full { vec![2, 4, 8, 16] } else { vec![2, 4] },
+        seeds,
+        held_out,
+        eval_images: me,
+        probe_args: lr(head_lr),
+        keep_merged: a.keep_merged,
+    };
+    let mosa = match &a.mosa_bin {
+        Some(p) => p.clone(),
+        None => build_mosa(&a.backend)?,
+    };
+    bench_experts::run(&exp, &mosa)
+}
+
+/// Full fine-tuning's default lr in bench-experts (AdamW on every pretrained weight).
+const FULL_LR: f64 = 2e-5;
 
 fn bench_merge_task(backend: &BackendArgs, one: Option<(usize, f64)>, iters: usize, json: bool, dense: bool, mosa_bin: Option<PathBuf>) -> anyhow::Result<()> {
     let mosa = match mosa_bin {
@@ -305,6 +491,7 @@ fn main() -> ExitCode {
         Task::BenchSpeed { backend, iters } => bench_speed(&backend, iters),
         Task::BenchVtab(a) => bench(a, "vtab"),
         Task::BenchFgvc(a) => bench(a, "fgvc"),
+        Task::BenchExperts(a) => bench_experts_task(a),
         Task::PrepareMiniVtab { out, downloads, task } => mini_vtab::prepare(&out, &downloads, task.as_deref()),
         Task::BenchMerge { backend, experts, density, iters, json, no_dense, mosa_bin } => bench_merge_task(&backend, experts.zip(density), iters, json, !no_dense, mosa_bin),
     };

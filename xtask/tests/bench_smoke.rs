@@ -76,3 +76,191 @@ fn bench_vtab_smoke() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.matches("done, skipped").count() == 4, "{err}");
 }
+
+/// bench-vtab takes every family: a tiny random Swin and ConvNeXt (timm-style configs), linear
+/// and MoSA on two tasks.
+#[test]
+fn bench_vtab_runs_swin_and_convnext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tasks");
+    task(&root, "svhn", ShapesTask::Position);
+    task(&root, "clevr_count", ShapesTask::Count);
+    let configs = [
+        ("swin", r#"{"source": "timm SwinTransformer", "kwargs": {"img_size": 16, "patch_size": 2, "embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4], "window_size": 4}}"#),
+        ("convnext", r#"{"source": "timm ConvNeXt", "kwargs": {"depths": [1, 1], "dims": [8, 16]}}"#),
+    ];
+    for (family, json) in configs {
+        let model = tmp.path().join(format!("{family}.json"));
+        std::fs::write(&model, json).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(tmp.path())
+            .args(["bench-vtab", "--root", root.to_str().unwrap(), "--methods", "linear,mosa", "--model", model.to_str().unwrap(), "--weights", "none"])
+            .args(["--resolution", "16", "--epochs", "1", "--batch-size", "8", "--max-train-images", "16", "--max-eval-images", "8", "--name", family])
+            .arg("--mosa-bin")
+            .arg(mosa_bin())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{family}: {err}");
+        let j = read_json(&tmp.path().join("results").join(family).join("results.json"));
+        for m in j["methods"].as_array().unwrap() {
+            for t in ["svhn", "clevr_count"] {
+                let a = m["tasks"][t]["last_test"].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&a), "{family} {}: {a}", m["method"]);
+            }
+        }
+        let cfg = read_json(&tmp.path().join("results").join(family).join("runs/svhn/mosa/config.json"));
+        assert_eq!(cfg["run"]["model"]["family"], family);
+    }
+}
+
+fn fixtures() -> PathBuf {
+    let dir = std::env::var_os("MOSA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
+    assert!(dir.join("README.md").exists(), "fixtures not found at {} (set MOSA_FIXTURES)", dir.display());
+    dir
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-12
+}
+
+/// bench-experts on three tiny generated tasks and timm's tiny ViT fixture (a base weights file:
+/// a full expert is W − W0 of it): three kinds, two merge methods, scaling over 2-task subsets,
+/// held-out probes; every number in the tables is checked against the runs and results it comes
+/// from, and a re-run skips every step.
+#[test]
+fn bench_experts_smoke() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tasks");
+    let tasks = ["svhn", "clevr_count", "dsprites_loc"];
+    for (t, k) in tasks.iter().zip([ShapesTask::Position, ShapesTask::Count, ShapesTask::Position]) {
+        let imgs: Vec<_> = (0..96).map(|i| shapes_image(k, 32, 4, i)).collect();
+        write_vtab_task(&root.join(t), &imgs, 40, 8, false).unwrap();
+    }
+    let f = fixtures();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(tmp.path())
+            .args(["bench-experts", "--root", root.to_str().unwrap(), "--kinds", "sparse,lora,full", "--merges", "overlap-mean,ties", "--scaling-sizes", "2", "--scaling-seeds", "2"])
+            .args(["--model", f.join("vit.json").to_str().unwrap(), "--weights", f.join("vit.safetensors").to_str().unwrap()])
+            .args(["--resolution", "32", "--epochs", "3", "--batch-size", "8", "--max-train-images", "48", "--max-eval-images", "48", "--sparse-lr", "0.01", "--lora-lr", "0.02", "--full-lr", "0.001", "--head-lr", "0.05", "--name", "smoke"])
+            .arg("--mosa-bin")
+            .arg(mosa_bin())
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let out = tmp.path().join("results/smoke");
+    for f in ["results.md", "results.csv", "results.json", "experts.csv", "scaling.svg", "scaling-sparse.svg", "scaling-lora.svg", "scaling-full.svg"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let j = read_json(&out.join("results.json"));
+    let summary = |dir: PathBuf| read_json(&dir.join("summary.json"));
+    // the experts alone are their runs' last test accuracy
+    let mut alone = std::collections::HashMap::new();
+    for e in j["experts"].as_array().unwrap() {
+        let (k, t) = (e["kind"].as_str().unwrap(), e["task"].as_str().unwrap());
+        let dir = out.join("runs").join(t).join(k);
+        assert_eq!(e["individual"], summary(dir.clone())["last_test"], "{k} {t}");
+        assert_eq!(e["stored_bytes"].as_u64().unwrap(), std::fs::metadata(dir.join("expert.safetensors")).unwrap().len());
+        assert_eq!(e["test_images"], 48);
+        alone.insert((k.to_string(), t.to_string()), e["individual"].as_f64().unwrap());
+    }
+    assert_eq!(alone.len(), 9);
+    // in distribution: 3 kinds x 2 methods; normalised = merged / alone, the means are the means
+    let rows = j["in_distribution"].as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    let md = String::from_utf8_lossy(&o.stdout);
+    for r in rows {
+        let (k, m) = (r["kind"].as_str().unwrap(), r["method"].as_str().unwrap());
+        let per: Vec<(f64, f64)> = tasks
+            .iter()
+            .map(|t| {
+                let c = &r["tasks"][t];
+                let (merged, a) = (c["merged"].as_f64().unwrap(), alone[&(k.to_string(), t.to_string())]);
+                assert!((0.0..=1.0).contains(&merged));
+                // undefined where the expert alone scored 0
+                let norm = if a > 0.0 { c["normalised"].as_f64().unwrap() } else { assert!(c["normalised"].is_null()); merged };
+                if a > 0.0 {
+                    assert!(close(norm, merged / a), "{k} {m} {t}");
+                }
+                assert_eq!(c["test_images"], 48);
+                (merged, norm)
+            })
+            .collect();
+        assert!(close(r["mean_accuracy"].as_f64().unwrap(), per.iter().map(|p| p.0).sum::<f64>() / 3.0), "{k} {m}");
+        let defined: Vec<f64> = tasks.iter().zip(&per).filter(|(t, _)| alone[&(k.to_string(), t.to_string())] > 0.0).map(|(_, p)| p.1).collect();
+        if !defined.is_empty() {
+            assert!(close(r["mean_normalised"].as_f64().unwrap(), defined.iter().sum::<f64>() / defined.len() as f64), "{k} {m}");
+        }
+        let res = read_json(&out.join("merges").join(k).join(m).join("all/result.json"));
+        for (t, p) in tasks.iter().zip(&per) {
+            assert_eq!(res["accuracy"][t].as_f64().unwrap(), p.0);
+        }
+        assert!(md.contains(&format!("| {k} | {m} | {:.1} (", 100.0 * per[0].0)), "{md}");
+    }
+    // scaling: 2 seeded 2-task subsets and all 3; the 3-expert point is the overlap-mean row
+    for k in ["sparse", "lora", "full"] {
+        let pts: Vec<&serde_json::Value> = j["scaling"].as_array().unwrap().iter().filter(|p| p["kind"] == k).collect();
+        assert_eq!(pts.iter().map(|p| p["experts"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 3]);
+        let subsets = pts[0]["subsets"].as_array().unwrap();
+        assert_eq!(subsets.len(), 2);
+        let vals: Vec<f64> = subsets.iter().map(|s| s["mean_normalised"].as_f64().unwrap()).collect();
+        assert!(close(pts[0]["mean"].as_f64().unwrap(), (vals[0] + vals[1]) / 2.0));
+        let all = rows.iter().find(|r| r["kind"] == k && r["method"] == "overlap-mean").unwrap();
+        assert!(close(pts[1]["mean"].as_f64().unwrap(), all["mean_normalised"].as_f64().unwrap()));
+        assert_eq!(pts[1]["std"].as_f64().unwrap(), 0.0);
+    }
+    // held-out: the base probe is the `linear` run; each kind's probe trained on a merge of the others
+    for h in j["held_out"].as_array().unwrap() {
+        let t = h["task"].as_str().unwrap();
+        assert_eq!(h["base"], summary(out.join("runs").join(t).join("linear"))["last_test"]);
+        for k in ["sparse", "lora", "full"] {
+            let dir = out.join("heldout").join(k).join(t);
+            assert_eq!(h["merged"][k], summary(dir.clone())["last_test"]);
+            let cfg = read_json(&dir.join("config.json"));
+            assert!(cfg["run"]["weights"].as_str().unwrap().ends_with(&format!("overlap-mean/without-{t}/merged.safetensors")), "{cfg}");
+        }
+    }
+    assert_eq!(j["held_out"].as_array().unwrap().len(), 3);
+    // the merged models were deleted once used
+    let leftover = walk(&out.join("merges")).into_iter().filter(|p| p.ends_with("merged.safetensors")).count();
+    assert_eq!(leftover, 0);
+    // a re-run skips everything: 12 training runs, the merges, 9 probes
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let total: usize = err.lines().find_map(|l| l.strip_prefix("[1/").and_then(|r| r.split(']').next()).and_then(|n| n.parse().ok())).unwrap();
+    assert_eq!(err.matches("done, skipped").count(), total, "{err}");
+    assert!(err.contains("for 0 steps run"), "{err}");
+    // a merge records its experts' SHA-256: one that no longer matches is merged again, and a
+    // held-out probe trained on a stale merge is trained again
+    for sub in ["sparse/overlap-mean/all", "lora/overlap-mean/without-svhn"] {
+        let p = out.join("merges").join(sub).join("result.json");
+        let mut r = read_json(&p);
+        r["experts"]["clevr_count"] = serde_json::json!("0".repeat(64));
+        std::fs::write(&p, r.to_string()).unwrap();
+    }
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let ran: Vec<&str> = err.lines().filter(|l| l.starts_with('[') && !l.contains("done, skipped")).collect();
+    assert_eq!(ran.len(), 3, "{err}");
+    assert!(ran[0].contains("merge sparse overlap-mean of all (evaluated)") && ran[1].contains("merge lora overlap-mean of without-svhn (for a probe)") && ran[2].contains("held-out svhn: probe on merged lora"), "{ran:?}");
+    assert!(err.contains("for 3 steps run"), "{err}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() { v.extend(walk(&p)) } else { v.push(p) }
+    }
+    v
+}

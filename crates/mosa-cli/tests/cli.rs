@@ -398,10 +398,30 @@ fn sparse_experts_train_merge_and_evaluate_end_to_end() {
     args.extend(["--method", "ties", "--out", merged.to_str().unwrap()]);
     let o = mosa(&args, tmp.path());
     assert!(o.status.success(), "{}", stderr(&o));
+    let json_lines = |o: &Output| -> Vec<serde_json::Value> { String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let mut alone = Vec::new();
     for (name, _) in &tasks {
-        let o = mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", name], tmp.path());
+        let o = mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", name, "--json"], tmp.path());
         assert!(o.status.success(), "{name}: {}", stderr(&o));
+        alone.push(json_lines(&o).remove(0));
     }
+    // several tasks in one call (the file read once) score as one call per task
+    let o = mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", "dsprites_loc,clevr_count", "--json"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let both = json_lines(&o);
+    assert_eq!(both.len(), 2);
+    for (b, a) in both.iter().zip(&alone) {
+        assert_eq!((&b["task"], &b["accuracy"], &b["images"]), (&a["task"], &a["accuracy"], &a["images"]));
+    }
+    assert_eq!(both[0]["images"], 16);
+    // --max-images N scores the first N images: their count of correct ones is at most that of all 16
+    let o = mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", "dsprites_loc", "--json", "--max-images", "4"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first4 = json_lines(&o).remove(0);
+    assert_eq!(first4["images"], 4);
+    let correct4 = first4["accuracy"].as_f64().unwrap() * 4.0;
+    assert!((correct4 - correct4.round()).abs() < 1e-9 && correct4.round() <= (alone[0]["accuracy"].as_f64().unwrap() * 16.0).round());
+    assert_one_line_error(&mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", "dsprites_loc", "--max-images", "0"], tmp.path()), &["--max-images"]);
     assert_one_line_error(&mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", "nope"], tmp.path()), &["no task `nope`", "dsprites_loc"]);
     // (the merged backbone has no head of its own: a config with num_classes 0 reads it)
     let backbone = tmp.path().join("backbone.json");

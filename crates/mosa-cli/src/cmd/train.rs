@@ -187,55 +187,96 @@ pub struct EvalArgs {
     /// A merged model (`mosa merge --out`); with --task.
     #[arg(long, requires = "task")]
     weights: Option<PathBuf>,
-    /// The task of the merged model to evaluate: its own head on the merged backbone.
-    #[arg(long, requires = "weights")]
-    task: Option<String>,
-    /// Dataset to evaluate on (default: the run's, or the task's).
+    /// The task(s) of the merged model to evaluate, comma-separated: each with its own head on
+    /// the merged backbone (the file is read once).
+    #[arg(long, requires = "weights", value_delimiter = ',')]
+    task: Vec<String>,
+    /// Dataset to evaluate on (default: the run's, or the task's; one task only).
     #[arg(long)]
     dataset: Option<String>,
     /// Split: test, val or train.
     #[arg(long, default_value = "test")]
     split: String,
+    /// Score only the split's first N images (the subset `mosa train --max-eval-images N` scores).
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// Print one JSON object per evaluated model instead of the table.
+    #[arg(long)]
+    json: bool,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
 }
 
-/// A model to evaluate, its default dataset and resolution, and its number of classes.
-fn eval_model(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::Result<(mosa_models::Backbone<Backend>, String, usize, usize, String)> {
+/// One model to evaluate: the model, its default dataset and resolution, its classes, and what it is.
+struct EvalModel {
+    model: mosa_models::Backbone<Backend>,
+    dataset: String,
+    resolution: usize,
+    classes: usize,
+    what: String,
+    task: Option<String>,
+}
+
+/// The models `mosa eval` scores: the run's, or one per task of the merged model.
+fn eval_models(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::Result<Vec<EvalModel>> {
     if let Some(run) = &a.run {
-        let (spec, model, nc) = mosa_train::engine::load_run::<Backend>(run, device)?;
-        return Ok((model, spec.dataset.clone(), spec.train.resolution, nc, run.display().to_string()));
+        let (spec, model, classes) = mosa_train::engine::load_run::<Backend>(run, device)?;
+        return Ok(vec![EvalModel { model, dataset: spec.dataset.clone(), resolution: spec.train.resolution, classes, what: run.display().to_string(), task: None }]);
     }
-    let (Some(w), Some(task)) = (&a.weights, &a.task) else { bail!("give --run <dir>, or --weights <merged model> --task <name>") };
+    let Some(w) = &a.weights else { bail!("give --run <dir>, or --weights <merged model> --task <name>") };
+    if a.task.len() > 1 && a.dataset.is_some() {
+        bail!("--dataset applies to one --task, not {}", a.task.len());
+    }
     let merged = mosa_train::merged::read_merged(w)?;
-    let (info, sd) = merged.task_state(task)?;
     let cfg: mosa_models::BackboneConfig = serde_json::from_value(merged.meta.backbone.config.clone()).with_context(|| format!("{}: backbone config", w.display()))?;
-    let res = info.resolution.context("the task's resolution is not recorded")?;
-    let nc = sd.head_classes().unwrap_or(0);
-    let model = cfg.with_num_classes(nc).with_img_size(res).load_state::<Backend>(sd, HeadPolicy::Load, device)?;
-    Ok((model, info.dataset.clone(), res, nc, format!("{} task {task}", w.display())))
+    a.task
+        .iter()
+        .map(|task| {
+            let (info, sd) = merged.task_state(task)?;
+            let resolution = info.resolution.context("the task's resolution is not recorded")?;
+            let classes = sd.head_classes().unwrap_or(0);
+            let model = cfg.clone().with_num_classes(classes).with_img_size(resolution).load_state::<Backend>(sd, HeadPolicy::Load, device)?;
+            Ok(EvalModel { model, dataset: info.dataset.clone(), resolution, classes, what: format!("{} task {task}", w.display()), task: Some(task.clone()) })
+        })
+        .collect()
 }
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    if a.max_images == Some(0) {
+        bail!("--max-images must be at least 1");
+    }
     let device = backend::device();
-    let (model, dataset, resolution, nc, what) = eval_model(&a, &device)?;
-    let ds = Dataset::open(&a.dataset.clone().unwrap_or(dataset).parse()?)?;
-    if ds.num_classes != nc {
-        bail!("{} has {} classes, the head has {nc}", ds.spec, ds.num_classes);
+    let models = eval_models(&a, &device)?;
+    if !a.json {
+        println!("| run | dataset | split | images | accuracy % | images/s |");
+        println!("|---|---|---|---:|---:|---:|");
     }
-    let split = match a.split.as_str() {
-        "train" => Some(&ds.train),
-        "val" => ds.val.as_ref(),
-        "test" => ds.test.as_ref(),
-        o => bail!("unknown split `{o}`: test, val or train"),
+    for m in models {
+        let ds = Dataset::open(&a.dataset.clone().unwrap_or(m.dataset).parse()?)?;
+        if ds.num_classes != m.classes {
+            bail!("{} has {} classes, the head has {}", ds.spec, ds.num_classes, m.classes);
+        }
+        let split = match a.split.as_str() {
+            "train" => Some(&ds.train),
+            "val" => ds.val.as_ref(),
+            "test" => ds.test.as_ref(),
+            o => bail!("unknown split `{o}`: test, val or train"),
+        }
+        .with_context(|| format!("{} has no {} split", ds.spec, a.split))?;
+        // only the scored images are decoded
+        let mut split = split.clone();
+        if let Some(n) = a.max_images {
+            split.entries.truncate(n);
+        }
+        let (loaded, _) = LoadedSplit::load(&split, m.classes, Transform::new(ds.style, m.resolution, false), &LoadOptions::default())?;
+        let t0 = std::time::Instant::now();
+        let (acc, n) = mosa_train::evaluate::evaluate(&m.model, &loaded, a.batch_size, None, &device);
+        let secs = t0.elapsed().as_secs_f64();
+        if a.json {
+            println!("{}", serde_json::json!({ "model": m.what, "task": m.task, "dataset": ds.spec.to_string(), "split": a.split, "images": n, "accuracy": acc, "images_per_second": n as f64 / secs }));
+        } else {
+            println!("| {} | {} | {} | {n} | {:.2} | {:.1} |", m.what, ds.spec, a.split, 100.0 * acc, n as f64 / secs);
+        }
     }
-    .with_context(|| format!("{} has no {} split", ds.spec, a.split))?;
-    let (loaded, _) = LoadedSplit::load(split, nc, Transform::new(ds.style, resolution, false), &LoadOptions::default())?;
-    let t0 = std::time::Instant::now();
-    let (acc, n) = mosa_train::evaluate::evaluate(&model, &loaded, a.batch_size, None, &device);
-    let secs = t0.elapsed().as_secs_f64();
-    println!("| run | dataset | split | images | accuracy % | images/s |");
-    println!("|---|---|---|---:|---:|---:|");
-    println!("| {what} | {} | {} | {n} | {:.2} | {:.1} |", ds.spec, a.split, 100.0 * acc, n as f64 / secs);
     Ok(())
 }
