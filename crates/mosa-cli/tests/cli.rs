@@ -108,9 +108,10 @@ fn forward_reproduces_timm_swin_and_convnext_in_their_layouts() {
 fn inspect_counts_swin_b_and_convnext_b() {
     let tmp = tempfile::tempdir().unwrap();
     // backbone: timm 1.0.31's parameter count of the same model with `num_classes=0`; after the
-    // merge: one adapter per block, 35·d + 16 parameters (LN 2d, Down d·16 + 16, Up 16·d + d) at
-    // each stage's width d (Swin-B 2/2/18/2 blocks at 128/256/512/1024, ConvNeXt-B 3/3/27/3)
-    for (model, backbone, merged) in [("swin-b", "| backbone | 0.000 M | 86.743 M | 0 | 86743224 |", "(421504 params"), ("convnext-b", "| backbone | 0.000 M | 87.566 M | 0 | 87566464 |", "(632256 params")] {
+    // merge: one adapter per block, 33·d + 16 parameters (Down d·16 + 16, Up 16·d + d; no LayerNorm
+    // of its own: it reads the MLP's normalised input) at each stage's width d (Swin-B 2/2/18/2
+    // blocks at 128/256/512/1024, ConvNeXt-B 3/3/27/3)
+    for (model, backbone, merged) in [("swin-b", "| backbone | 0.000 M | 86.743 M | 0 | 86743224 |", "(397440 params"), ("convnext-b", "| backbone | 0.000 M | 87.566 M | 0 | 87566464 |", "(596160 params")] {
         let o = mosa(&["inspect", "--model", model, "--method", "mosa"], tmp.path());
         assert!(o.status.success(), "{}", stderr(&o));
         let out = String::from_utf8_lossy(&o.stdout);

@@ -64,13 +64,13 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
             let mut rng = Rng::derive(seed, block as u64);
             for &place in placements(method) {
                 let found = sites.iter_mut().find_map(|s| match s {
-                    SiteMut::Adapter { site, slot } if site.block == block && site.place == place => Some((site.width, slot)),
+                    SiteMut::Adapter { site, slot } if site.block == block && site.place == place => Some((site.width, site.normalised_input, slot)),
                     _ => None,
                 });
-                let Some((d, slot)) = found else {
+                let Some((d, normalised, slot)) = found else {
                     return Err(format!("method {} needs an adapter {}; {family} has no such site in block {block}", method.name(), place.describe()));
                 };
-                **slot = Some(adapter_slot(method, d, &mut rng, device));
+                **slot = Some(adapter_slot(method, d, normalised, &mut rng, device));
             }
             for t in &targets {
                 let found = sites.iter_mut().find_map(|s| match s {
@@ -102,8 +102,17 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
     Ok(host)
 }
 
-fn adapter_slot<B: Backend>(method: &Method, d: usize, rng: &mut Rng, device: &B::Device) -> AdapterSlot<B> {
+/// The adapter a method puts at a site of width `d`; a site that feeds it a normalised stream gets
+/// one without a LayerNorm of its own.
+fn adapter_slot<B: Backend>(method: &Method, d: usize, normalised_input: bool, rng: &mut Rng, device: &B::Device) -> AdapterSlot<B> {
     let act = method.activation();
+    let mut own = method.clone();
+    if normalised_input {
+        if let Some(a) = own.adapter_options_mut() {
+            a.norm = false;
+        }
+    }
+    let method = &own;
     match method {
         Method::Mosa(m) => AdapterSlot::Mosa(m.config(d).init(rng, device)),
         Method::PrunedAdapter(m) => AdapterSlot::Mosa(m.config(d).init_pruned(rng, device)),

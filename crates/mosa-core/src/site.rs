@@ -44,6 +44,9 @@ pub struct AdapterSite {
     /// Width of the tokens the adapter reads and writes.
     pub width: usize,
     pub place: Placement,
+    /// The site feeds the adapter an already normalised stream (Swin's reference reads the MLP's
+    /// own input `norm2(x)`), so the adapter has no LayerNorm of its own there.
+    pub normalised_input: bool,
 }
 
 /// A linear layer that can carry a branch.

@@ -9,8 +9,9 @@
 //! scale `gamma`, with drop path on the residual; the head averages, normalises and classifies.
 //!
 //! Hook points (sites) are declared once, in [`ConvNextBlock::sites_mut`]: per block an adapter
-//! parallel to the pointwise MLP (reading the MLP's input stream, the depthwise conv's output, and
-//! summed with the scaled MLP output under one drop path) and one after the MLP (Pfeiffer), and the
+//! parallel to the pointwise MLP (reading the MLP's own input, the normalised depthwise-conv output,
+//! without a LayerNorm of its own — the MoSA reference's Swin convention, our reading for ConvNeXt —
+//! and summed with the scaled MLP output under one drop path) and one after the MLP (Pfeiffer), and the
 //! linear sites `fc1`, `fc2`. There is no attention (Houlsby's after-attention adapter does not
 //! apply) and no token sequence (VPT does not apply).
 
@@ -186,8 +187,8 @@ pub struct ConvNextBlock<B: Backend> {
     pub norm: LayerNorm<B>,
     pub mlp: Mlp<B>,
     pub gamma: Option<Param<Tensor<B, 1>>>,
-    /// Adapter parallel to the pointwise MLP, reading its input stream `y` (the depthwise conv's
-    /// output): `x + DP(γ·MLP(LN(y)) + A(y))`.
+    /// Adapter parallel to the pointwise MLP, reading the MLP's own input `LN(dwconv(x))` (no
+    /// LayerNorm of its own, as the reference's Swin variant): `x + DP(γ·MLP(n) + s·A(n))`.
     pub adapter: Option<AdapterSlot<B>>,
     /// Adapter on the MLP output, before the layer scale (Pfeiffer).
     pub adapter_mlp: Option<AdapterSlot<B>>,
@@ -201,8 +202,8 @@ impl<B: Backend> ConvNextBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>, rng: &mut Rng) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
         // channels last, as tokens: [b, h·w, c]
-        let y = self.conv_dw.forward(x.clone()).permute([0, 2, 3, 1]).reshape([b, h * w, c]);
-        let mut m = self.mlp.forward(self.norm.forward(y.clone()), rng);
+        let y = self.norm.forward(self.conv_dw.forward(x.clone()).permute([0, 2, 3, 1]).reshape([b, h * w, c]));
+        let mut m = self.mlp.forward(y.clone(), rng);
         if let Some(a) = &self.adapter_mlp {
             m = m.clone() + a.forward(m, rng);
         }
@@ -216,7 +217,7 @@ impl<B: Backend> ConvNextBlock<B> {
     }
 
     fn sites_mut(&mut self, stage: usize, index: usize, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
-        let adapter = |place| AdapterSite { block, stage, width: d, place };
+        let adapter = |place| AdapterSite { block, stage, width: d, place, normalised_input: place == Placement::Parallel };
         let linear = |target: &'static str, l: &TunableLinear<B>| {
             let (d_in, d_out) = l.dims();
             LinearSite { block, target, path: format!("stages.{stage}.blocks.{index}.mlp.{target}"), d_in, d_out }

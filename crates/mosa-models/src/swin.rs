@@ -12,9 +12,10 @@
 //! with a LayerNorm over 4C and a bias-free reduction, mean pooling before the head.
 //!
 //! Hook points (sites) are declared once, in [`SwinBlock::sites_mut`]: per block three adapter
-//! slots (parallel to the MLP, reading the MLP's input stream with the MLP and the adapter summed
-//! under one drop path, as the MoSA reference's Swin; after the attention; after the MLP) and the
-//! four linear sites of [`TARGETS`]. VPT prompts are not implemented for windowed attention.
+//! slots (parallel to the MLP, reading the MLP's own input `norm2(h)` without a LayerNorm of its
+//! own, the MLP and the adapter summed under one drop path, as the MoSA reference's Swin; after
+//! the attention; after the MLP) and the four linear sites of [`TARGETS`]. VPT prompts are not
+//! implemented for windowed attention.
 
 use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
@@ -322,7 +323,8 @@ pub struct SwinBlock<B: Backend> {
     pub attn: WindowAttention<B>,
     pub norm2: LayerNorm<B>,
     pub mlp: Mlp<B>,
-    /// Adapter parallel to the MLP, reading the MLP's input stream: `h + DP(MLP(LN2(h)) + A(h))`.
+    /// Adapter parallel to the MLP, reading the MLP's own input (no LayerNorm of its own), as the
+    /// MoSA reference's Swin: `h + DP(MLP(LN2(h)) + s·A(LN2(h)))`.
     pub adapter: Option<AdapterSlot<B>>,
     /// Adapter on the attention output, before the residual (Houlsby).
     pub adapter_attn: Option<AdapterSlot<B>>,
@@ -348,9 +350,10 @@ impl<B: Backend> SwinBlock<B> {
     pub fn forward(&self, x: Tensor<B, 3>, grid: (usize, usize), mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
         let a = sequential(&self.adapter_attn, self.windowed(self.norm1.forward(x.clone()), grid, mask, rng), rng);
         let h = x + drop_path(a, self.drop_path);
-        let m = sequential(&self.adapter_mlp, self.mlp.forward(self.norm2.forward(h.clone()), rng), rng);
+        let n = self.norm2.forward(h.clone());
+        let m = sequential(&self.adapter_mlp, self.mlp.forward(n.clone(), rng), rng);
         let m = match &self.adapter {
-            Some(slot) => m + slot.forward(h.clone(), rng),
+            Some(slot) => m + slot.forward(n, rng),
             None => m,
         };
         h + drop_path(m, self.drop_path)
@@ -385,7 +388,7 @@ impl<B: Backend> SwinBlock<B> {
 
     /// The block's sites: three adapter slots, then the four linear sites of [`TARGETS`].
     fn sites_mut(&mut self, stage: usize, index: usize, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
-        let adapter = |place| AdapterSite { block, stage, width: d, place };
+        let adapter = |place| AdapterSite { block, stage, width: d, place, normalised_input: place == Placement::Parallel };
         let linear = |target: &'static str, path: &str, l: &TunableLinear<B>| {
             let (d_in, d_out) = l.dims();
             LinearSite { block, target, path: format!("layers.{stage}.blocks.{index}.{path}"), d_in, d_out }
