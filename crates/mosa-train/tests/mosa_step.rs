@@ -1,0 +1,177 @@
+//! The MoSA step against PyTorch autograd: `../shared/fixtures/mosa_step.*` holds three MoSA
+//! training steps (two stochastic passes, CE + symmetric KL with stop-gradient, expert gradient
+//! masks, HF-style AdamW) of a MoSA adapter on the frozen `vit.*` fixture, every random choice
+//! saved. They are replayed through the engine's own step (`mosa_train::step::step`, fed the
+//! saved expert draws) and our AdamW; every size comes from the fixture.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use mosa_core::adapter::AdapterOptions;
+use mosa_core::mosa::{MosaOptions, Share};
+use mosa_core::optim::{AdamW, AdamWConfig};
+use mosa_core::site::{PeftHost, SiteMut};
+use mosa_core::slot::AdapterSlot;
+use mosa_core::{HostTensor, Method, Rng, inject, params};
+use mosa_models::{Backbone, HeadPolicy};
+use mosa_train::TrainConfig;
+use serde_json::Value;
+
+type B = Flex;
+type AB = Autodiff<Flex>;
+
+fn fixtures() -> PathBuf {
+    let dir = std::env::var_os("MOSA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
+    assert!(dir.join("README.md").exists(), "parity fixtures not found at {} (set MOSA_FIXTURES)", dir.display());
+    dir
+}
+
+/// Every tensor of the fixture as f32 (the integer draws and labels too), with its shape.
+fn read_fixture(path: &Path) -> HashMap<String, HostTensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let b = v.data();
+            let data: Vec<f32> = match v.dtype() {
+                safetensors::Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                safetensors::Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+                d => panic!("{name}: dtype {d:?}"),
+            };
+            (name, HostTensor::new(v.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+fn tensor<BB: Backend, const D: usize>(t: &HostTensor) -> Tensor<BB, D> {
+    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), &Default::default())
+}
+
+/// `[.., a, b]` → `[.., b, a]` (PyTorch's `[out, in]` ↔ burn's `[in, out]`, per expert).
+fn swap_last(t: &HostTensor) -> HostTensor {
+    let n = t.shape.len();
+    let (a, b) = (t.shape[n - 2], t.shape[n - 1]);
+    let outer: usize = t.shape[..n - 2].iter().product();
+    let mut data = vec![0.0; t.data.len()];
+    for o in 0..outer {
+        for i in 0..a {
+            for j in 0..b {
+                data[o * a * b + j * a + i] = t.data[o * a * b + i * b + j];
+            }
+        }
+    }
+    let mut shape = t.shape.clone();
+    shape.swap(n - 2, n - 1);
+    HostTensor::new(shape, data)
+}
+
+/// Our parameter path and layout of a fixture tensor name (`blocks.B.adapter.{norm,down,up}.*`,
+/// `head.*`): the PyTorch layout turned into ours.
+fn ours(name: &str, t: &HostTensor) -> (String, HostTensor) {
+    // the slot's variant is part of our path: `blocks.B.adapter.Mosa.…`
+    let name = &name.replace(".adapter.", ".adapter.Mosa.");
+    let (module, field) = name.rsplit_once('.').unwrap();
+    match (module.rsplit('.').next().unwrap(), field) {
+        ("norm", "weight") => (format!("{module}.gamma"), t.clone()),
+        ("norm", "bias") => (format!("{module}.beta"), t.clone()),
+        // the shared Down is one expert: [r, d] → [1, d, r]
+        ("down", "weight") => (name.clone(), { let s = swap_last(t); HostTensor::new([vec![1], s.shape.clone()].concat(), s.data) }),
+        ("down", "bias") => (name.clone(), HostTensor::new([vec![1], t.shape.clone()].concat(), t.data.clone())),
+        ("up", "weight") | ("head", "weight") => (name.clone(), swap_last(t)),
+        _ => (name.clone(), t.clone()),
+    }
+}
+
+fn max_diff(a: &HostTensor, b: &HostTensor) -> f32 {
+    assert_eq!(a.shape, b.shape);
+    a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn mosa_step_parity() {
+    let f = fixtures();
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(f.join("mosa_step.json")).unwrap()).unwrap();
+    let fx = read_fixture(&f.join("mosa_step.safetensors"));
+    let m = &spec["mosa"];
+    let st = &spec["step"];
+    let num = |v: &Value| v.as_f64().unwrap();
+    assert_eq!(m["share"], "down", "the replay maps a shared Down");
+
+    // the backbone and the method, every size from the fixture
+    let cfg = mosa_models::presets::config_from_json_file(&f.join(spec["backbone"]["config"].as_str().unwrap())).unwrap();
+    let model: Backbone<AB> = cfg.load(&f.join(spec["backbone"]["weights"].as_str().unwrap()), HeadPolicy::Load, &Default::default()).unwrap();
+    let adapter = AdapterOptions::new().with_r(num(&m["r"]) as usize).with_scale(num(&m["scale"])).with_dropout(num(&m["adapter_dropout"]));
+    let method = Method::Mosa(MosaOptions::new().with_adapter(adapter).with_experts(num(&m["experts"]) as usize).with_share(Share::Down));
+    let mut model = inject::apply(model, &method, 0, &Default::default()).unwrap();
+    // the fixture's adapter LayerNorm epsilon (ours defaults to PyTorch's 1e-5)
+    for s in model.sites_mut() {
+        if let SiteMut::Adapter { site, slot: Some(AdapterSlot::Mosa(a)) } = s {
+            a.norm = Some(burn::nn::LayerNormConfig::new(site.width).with_epsilon(num(&m["adapter_norm_eps"])).init(&Default::default()));
+        }
+    }
+
+    // the fixture's initial trainables and masks replace ours
+    let init: HashMap<String, HostTensor> = fx.iter().filter_map(|(k, t)| k.strip_prefix("init.").map(|k| ours(k, t))).collect();
+    let listed: Vec<String> = params::list::<AB, _>(&model).into_iter().filter(|p| p.trainable).map(|p| p.path).collect();
+    let mut want_paths: Vec<String> = init.keys().cloned().collect();
+    let mut got_paths = listed.clone();
+    want_paths.sort();
+    got_paths.sort();
+    assert_eq!(got_paths, want_paths, "the trainables are the fixture's");
+    model = params::load_by_path(model, &init).unwrap();
+    for (block, s) in model.sites_mut().into_iter().filter_map(|s| match s {
+        SiteMut::Adapter { site, slot: Some(AdapterSlot::Mosa(a)) } => Some((site.block, a)),
+        _ => None,
+    }).enumerate().map(|(i, (b, a))| { assert_eq!(i, b); (b, a) }) {
+        s.up.mask = Some(tensor(&swap_last(&fx[&format!("mask.blocks.{block}.adapter.up")])));
+    }
+
+    let t = TrainConfig { kl_weight: num(&st["kl_weight"]), deepreg: false, ..TrainConfig::default() };
+    let betas = st["betas"].as_array().unwrap();
+    let mut optim = AdamW::<AB>::new(AdamWConfig { beta1: num(&betas[0]), beta2: num(&betas[1]), eps: num(&st["eps"]), weight_decay: num(&st["weight_decay"]) });
+    let draws: Vec<usize> = fx["draws"].data.iter().map(|d| *d as usize).collect();
+    let mut experts = Rng::scripted(draws);
+    let (x, y) = (&fx["x"], &fx["y"]);
+    let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(y.data.iter().map(|v| *v as i64).collect::<Vec<_>>(), [y.data.len()]), &Default::default());
+    let steps = num(&st["steps"]) as usize;
+    for s in 0..steps {
+        let (m2, out) = mosa_train::step::step(model, tensor(x), y.clone(), &method, &t, (0, s, steps), &mut experts, &mut Rng::new(0)).unwrap();
+        let loss = out.loss.into_scalar();
+        let want = fx["loss"].data[s];
+        assert!((loss - want).abs() <= 1e-5, "step {s}: loss {loss}, PyTorch {want}");
+        if s == 0 {
+            // the first step's masked gradients, tensor by tensor
+            for p in params::list::<AB, _>(&m2).into_iter().filter(|p| p.trainable) {
+                let key = init.keys().find(|k| **k == p.path).unwrap();
+                let name = fx.keys().filter_map(|k| k.strip_prefix("grad1.")).find(|k| ours(k, &fx[&format!("grad1.{k}")]).0 == *key).unwrap().to_string();
+                let want = ours(&name, &fx[&format!("grad1.{name}")]).1;
+                let got = match want.shape.len() {
+                    1 => HostTensor::from_tensor(out.grads.get::<B, 1>(p.id).unwrap()),
+                    2 => HostTensor::from_tensor(out.grads.get::<B, 2>(p.id).unwrap()),
+                    _ => HostTensor::from_tensor(out.grads.get::<B, 3>(p.id).unwrap()),
+                };
+                let d = max_diff(&got, &want);
+                assert!(d <= 1e-5, "step 0: gradient of `{}` differs by {d}", p.path);
+            }
+        }
+        model = optim.step(num(&st["lr"]), m2, out.grads);
+    }
+    // one draw per block and pass, two passes a step: the whole script, in order
+    assert_eq!(experts.scripted_left(), Some(0), "every saved draw was used");
+    // every trainable after the steps
+    let values: HashMap<String, HostTensor> = params::export_trainable(&model).into_iter().collect();
+    for (k, t) in fx.iter().filter_map(|(k, t)| k.strip_prefix("final.").map(|k| ours(k, t))) {
+        let d = max_diff(&values[&k], &t);
+        assert!(d <= 1e-5, "after {steps} steps `{k}` differs from PyTorch by {d}");
+    }
+    // the merged model's logits (mean of the experts)
+    let merged = inject::merged(&model.valid());
+    let logits = HostTensor::from_tensor(merged.forward(tensor::<B, 4>(x)).logits);
+    let d = max_diff(&logits, &fx["eval_logits"]);
+    assert!(d <= 1e-5, "merged logits differ from PyTorch by {d}");
+}
