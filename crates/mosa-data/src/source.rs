@@ -98,29 +98,63 @@ impl Dataset {
     }
 }
 
+/// The most classes a dataset may have: a bound checked before anything is sized by it.
+pub const MAX_CLASSES: usize = 100_000;
+
+/// The lists of a task in the VTAB-1k layout.
+const VTAB_LISTS: [&str; 4] = ["train800val200", "train800", "val200", "test"];
+
 fn open_vtab(spec: &DatasetSpec, root: &Path, task: &str) -> Result<Dataset> {
-    let info = lookup_task(task)?;
     let dir = root.join(task);
     if !dir.is_dir() {
+        // a typo of a registered name is the likelier mistake: name the known tasks
+        lookup_task(task)?;
         return Err(DataError::file(&dir, "task folder not found"));
     }
-    let read = |name: &str| read_list(&dir.join(format!("{name}.txt")), &dir, info.num_classes, name);
+    // a registered task has its name, group and class count; any other folder in the VTAB-1k
+    // layout takes its classes from `classes.txt`, or from the largest label (with a warning)
+    let (name, group, num_classes) = match lookup_task(task) {
+        Ok(info) => (info.name.to_string(), Some(info.group), info.num_classes),
+        Err(_) => (task.trim_end_matches('/').to_string(), None, unregistered_classes(&dir, task)?),
+    };
+    let read = |name: &str| read_list(&dir.join(format!("{name}.txt")), &dir, num_classes, name);
     let train = read("train800val200")?;
     let extra = vec![read("train800")?];
     let val = read("val200")?;
     let test = read("test")?;
     Ok(Dataset {
-        name: info.name.to_string(),
+        name,
         spec: spec.clone(),
         style: Style::Vtab,
-        group: Some(info.group),
-        num_classes: info.num_classes,
-        class_names: read_class_names(&dir, info.num_classes)?,
+        group,
+        num_classes,
+        class_names: read_class_names(&dir, num_classes)?,
         train,
         val: Some(val),
         test: Some(test),
         extra,
     })
+}
+
+/// The class count of a task that is not registered: the lines of `classes.txt`, or the largest
+/// label of its lists + 1.
+fn unregistered_classes(dir: &Path, task: &str) -> Result<usize> {
+    let names = dir.join("classes.txt");
+    if names.exists() {
+        let text = std::fs::read_to_string(&names).map_err(|e| DataError::io(&names, e))?;
+        let n = text.lines().filter(|l| !l.trim().is_empty()).count();
+        if n == 0 || n > MAX_CLASSES {
+            return Err(DataError::file(&names, format!("{n} class names: 1 to {MAX_CLASSES} are supported")));
+        }
+        return Ok(n);
+    }
+    let mut largest = 0;
+    for list in VTAB_LISTS {
+        let split = read_list(&dir.join(format!("{list}.txt")), dir, MAX_CLASSES, list)?;
+        largest = largest.max(split.entries.iter().map(|e| e.label).max().unwrap_or(0));
+    }
+    eprintln!("warning: {}: `{task}` is not a registered VTAB task and has no classes.txt; {} classes, from the largest label", dir.display(), largest + 1);
+    Ok(largest + 1)
 }
 
 /// Optional `classes.txt` (one name per line, in label order) next to the lists.

@@ -37,6 +37,29 @@ fn vtab_layout_counts_labels_and_aliases() {
     assert_eq!(img, shapes_image(ShapesTask::Count, 20, 5, 19).0);
 }
 
+/// Any folder in the VTAB-1k layout opens: an unregistered task takes its classes from
+/// `classes.txt`, or from its largest label; it has no VTAB group.
+#[test]
+fn an_unregistered_task_in_the_vtab_layout_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    vtab_fixture(dir.path(), "my_task", ShapesTask::Count, (12, 4, 7));
+    let largest = (0..23u64).map(|i| shapes_image(ShapesTask::Count, 20, 5, i).1).max().unwrap();
+    let open = || Dataset::open(&spec(&format!("vtab:{}/my_task", dir.path().display())));
+    let ds = open().unwrap();
+    assert_eq!((ds.name.as_str(), ds.group, ds.num_classes), ("my_task", None, largest + 1));
+    assert_eq!(ds.test.as_ref().unwrap().len(), 7);
+    // classes.txt decides the count (and names the classes)
+    let names: Vec<String> = (0..9).map(|c| format!("c{c}")).collect();
+    std::fs::write(dir.path().join("my_task/classes.txt"), names.join("\n")).unwrap();
+    let ds = open().unwrap();
+    assert_eq!(ds.num_classes, 9);
+    assert_eq!(ds.class_names.as_deref(), Some(&names[..]));
+    // a label beyond classes.txt is an error naming the file and line
+    std::fs::write(dir.path().join("my_task/classes.txt"), "a\nb\n").unwrap();
+    let e = open().unwrap_err().to_string();
+    assert!(e.contains("train800val200.txt:") && e.contains("out of range"), "{e}");
+}
+
 #[test]
 fn vtab_preprocessing_numerics_by_hand() {
     // A 2x2 RGB image upscaled to 4x4 (bilinear, PIL rules), then normalised.

@@ -268,6 +268,33 @@ impl<B: Backend> Backbone<B> {
     pub fn state_dict(&self) -> load::StateDict {
         each!(self, m => m.state_dict())
     }
+
+    /// The MoSA reference's training dropout (spec §1): `p` after the position embedding (a ViT)
+    /// and in every MLP (after the activation and after fc2), attention probabilities and
+    /// attention output 0. Active only on an autodiff backend (training), as all dropout.
+    pub fn with_training_dropout(mut self, p: f64) -> Self {
+        let zero = || burn::nn::DropoutConfig::new(0.0).init();
+        let rate = || burn::nn::DropoutConfig::new(p).init();
+        match &mut self {
+            Backbone::Vit(m) => {
+                m.pos_drop = rate();
+                for b in &mut m.blocks {
+                    (b.mlp.drop, b.attn.attn_drop, b.attn.proj_drop) = (rate(), zero(), zero());
+                }
+            }
+            Backbone::Swin(m) => {
+                for b in m.layers.iter_mut().flat_map(|s| s.blocks.iter_mut()) {
+                    (b.mlp.drop, b.attn.attn_drop, b.attn.proj_drop) = (rate(), zero(), zero());
+                }
+            }
+            Backbone::ConvNext(m) => {
+                for b in m.stages.iter_mut().flat_map(|s| s.blocks.iter_mut()) {
+                    b.mlp.drop = rate();
+                }
+            }
+        }
+        self
+    }
 }
 
 impl<B: Backend> PeftHost<B> for Backbone<B> {

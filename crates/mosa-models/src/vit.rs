@@ -230,7 +230,7 @@ impl<B: Backend> Block<B> {
 
     /// The block's sites: three adapter slots, then the four linear sites of [`TARGETS`].
     fn sites_mut(&mut self, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
-        let adapter = |place| AdapterSite { block, stage: 0, width: d, place };
+        let adapter = |place| AdapterSite { block, stage: 0, width: d, place, normalised_input: false };
         let linear = |target: &'static str, path: &str, l: &TunableLinear<B>| {
             let (d_in, d_out) = l.dims();
             LinearSite { block, target, path: format!("blocks.{block}.{path}"), d_in, d_out }

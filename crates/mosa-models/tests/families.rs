@@ -231,3 +231,29 @@ fn merged_models_give_the_unmerged_logits() {
         }
     }
 }
+
+/// The reference's training dropout: on in training (an autodiff backend: two passes differ),
+/// off in evaluation (the inner backend: the logits of the model without it); where it sits
+/// (after the position embedding and in the MLPs, attention 0), as spec §1 states it.
+#[test]
+fn training_dropout_is_active_in_training_only_and_where_the_reference_puts_it() {
+    let vit = BackboneConfig::Vit(mosa_models::VitConfig::new().with_embed_dim(32).with_depth(2).with_num_heads(2).with_img_size(16).with_patch_size(4).with_num_classes(3));
+    for cfg in std::iter::once(vit).chain(families()) {
+        let base = cfg.init::<AB>(&Default::default());
+        let _ = params::list::<AB, _>(&base); // materialise lazy parameters before cloning
+        let with = base.clone().with_training_dropout(0.5);
+        let x = input::<AB>(5);
+        let (a, b) = (with.forward_rng(x.clone(), false, &mut Rng::new(1)).logits, with.forward_rng(x, false, &mut Rng::new(1)).logits);
+        assert!(host(a.inner()) != host(b.inner()), "{}: dropout is not active in training", cfg.family());
+        let xe = input::<B>(5);
+        assert_eq!(host(with.valid().forward(xe.clone()).logits), host(base.valid().forward(xe).logits), "{}: dropout in evaluation", cfg.family());
+        match &with {
+            Backbone::Vit(m) => {
+                assert_eq!(m.pos_drop.prob, 0.5);
+                assert!(m.blocks.iter().all(|b| b.mlp.drop.prob == 0.5 && b.attn.attn_drop.prob == 0.0 && b.attn.proj_drop.prob == 0.0));
+            }
+            Backbone::Swin(m) => assert!(m.layers.iter().flat_map(|s| &s.blocks).all(|b| b.mlp.drop.prob == 0.5 && b.attn.attn_drop.prob == 0.0)),
+            Backbone::ConvNext(m) => assert!(m.stages.iter().flat_map(|s| &s.blocks).all(|b| b.mlp.drop.prob == 0.5)),
+        }
+    }
+}

@@ -48,6 +48,12 @@ pub struct TrainConfig {
     pub max_eval_images: Option<usize>,
     /// Read losses back from the device every N steps (NaN check, progress).
     pub sync_every: usize,
+    /// The backbone's dropout in training, as the MoSA reference trains ViT-B/16 (spec §1): this
+    /// rate after the position embedding and in every MLP (after the activation and after fc2),
+    /// attention probabilities and attention output 0. `None`: the model config's rates (0 in
+    /// every preset). Not serialised when `None`, so run directories without it keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backbone_dropout: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -73,6 +79,7 @@ impl Default for TrainConfig {
             max_train_images: None,
             max_eval_images: None,
             sync_every: 10,
+            backbone_dropout: None,
         }
     }
 }
@@ -88,6 +95,11 @@ impl TrainConfig {
         if let Some(h) = self.head_lr {
             if !(h.is_finite() && h >= 0.0 && self.lr > 0.0) {
                 return Err(format!("--head-lr {h} needs to be finite and ≥ 0, with --lr > 0"));
+            }
+        }
+        if let Some(p) = self.backbone_dropout {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("--backbone-dropout {p} must be in [0, 1)"));
             }
         }
         Ok(())

@@ -73,6 +73,10 @@ pub fn build_model<B: Backend>(spec: &RunSpec, num_classes: usize, device: &B::D
         Some(w) => cfg.load::<B>(w, HeadPolicy::Skip, device).map_err(|e| Error::Model(e.to_string()))?,
         None => cfg.init::<B>(device),
     };
+    let model = match spec.train.backbone_dropout {
+        Some(p) => model.with_training_dropout(p),
+        None => model,
+    };
     let model = head_init(model, spec.train.head_init, spec.train.seed);
     let model = inject::apply(model, &spec.method, spec.train.seed, device).map_err(Error::Model)?;
     // Materialise every lazily initialised parameter now, in module order (reading its shape

@@ -26,9 +26,11 @@ pub fn symmetric_kl<B: Backend>(z1: Tensor<B, 2>, z2: Tensor<B, 2>) -> Tensor<B,
     kl_stopgrad(z1.clone(), z2.clone()).add(kl_stopgrad(z2, z1)).mul_scalar(0.5)
 }
 
-/// DEEPREG: `(0.01/12)·Σ_{l<6} MSE(h1_l, h2_l)`, both sides get gradient.
+/// DEEPREG: `(0.01/L)·Σ_{l<6} MSE(h1_l, h2_l)` over the outputs of every block (`L` of them: 12 on
+/// ViT-B, as the reference's constant), both sides get gradient.
 pub fn deepreg<B: Backend>(h1: &[Tensor<B, 3>], h2: &[Tensor<B, 3>]) -> Tensor<B, 1> {
-    let n = h1.len().min(h2.len()).min(6);
+    let blocks = h1.len().min(h2.len());
+    let n = blocks.min(6);
     let mut total: Option<Tensor<B, 1>> = None;
     for l in 0..n {
         let mse = h1[l].clone().sub(h2[l].clone()).powi_scalar(2).mean();
@@ -37,7 +39,7 @@ pub fn deepreg<B: Backend>(h1: &[Tensor<B, 3>], h2: &[Tensor<B, 3>]) -> Tensor<B
             None => mse,
         });
     }
-    total.map(|t| t.mul_scalar(0.01 / 12.0)).unwrap_or_else(|| Tensor::zeros([1], &h1.first().map(|h| h.device()).unwrap_or_default()))
+    total.map(|t| t.mul_scalar(0.01 / blocks as f64)).unwrap_or_else(|| Tensor::zeros([1], &h1.first().map(|h| h.device()).unwrap_or_default()))
 }
 
 #[cfg(test)]
@@ -74,6 +76,18 @@ mod tests {
         let got = symmetric_kl(t2(z1.clone(), [2, 3]), t2(z2, [2, 3])).into_scalar() as f64;
         assert!((got - hand).abs() < 1e-5, "{got} vs {hand}");
         assert!(symmetric_kl(t2(z1.clone(), [2, 3]), t2(z1, [2, 3])).into_scalar().abs() < 1e-6);
+    }
+
+    /// 8 blocks of `[1, 1, 2]` hidden states, pass 2 = pass 1 + (l + 1) at every entry: the first
+    /// six blocks count, MSE_l = (l + 1)², divided by L = 8 blocks: 0.01 · 91 / 8.
+    #[test]
+    fn deepreg_by_hand() {
+        let h = |l: usize, off: f32| Tensor::<B, 3>::from_data(TensorData::new(vec![l as f32 + off, -(l as f32) + off], [1, 1, 2]), &Default::default());
+        let h1: Vec<_> = (0..8).map(|l| h(l, 0.0)).collect();
+        let h2: Vec<_> = (0..8).map(|l| h(l, l as f32 + 1.0)).collect();
+        let got = deepreg(&h1, &h2).into_scalar() as f64;
+        let want = 0.01 * (1..=6).map(|k| (k * k) as f64).sum::<f64>() / 8.0;
+        assert!((got - want).abs() < 1e-7, "{got} vs {want}");
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// zero (default) or reference (kaiming-normal, bias −ln 99).
     #[arg(long, value_enum)]
     head_init: Option<HeadInit>,
+    /// The backbone's dropout in training, the reference's pattern: after the position embedding
+    /// and in the MLP at this rate, attention 0 (the reference: 0.1 on ViT-B/16) [default: none].
+    #[arg(long)]
+    backbone_dropout: Option<f64>,
     #[arg(long)]
     max_train_images: Option<usize>,
     #[arg(long)]
@@ -111,6 +115,9 @@ fn recipe(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if a.deepreg {
         t.deepreg = true;
+    }
+    if a.backbone_dropout.is_some() {
+        t.backbone_dropout = a.backbone_dropout;
     }
     t.validate().map_err(anyhow::Error::msg)?;
     Ok(t)
