@@ -169,6 +169,19 @@ fn mosa_step_parity() {
         let d = max_diff(&values[&k], &t);
         assert!(d <= 1e-5, "after {steps} steps `{k}` differs from PyTorch by {d}");
     }
+    // the expert invariant over the AdamW steps: an Up expert's entries outside its mask get no
+    // update from Adam (masked gradients, zero moments), only the decoupled decay:
+    // w = w0 · (1 − lr·wd)^steps
+    let decay = (1.0 - num(&st["lr"]) * num(&st["weight_decay"])).powi(steps as i32);
+    for (k, mask) in fx.iter().filter_map(|(k, t)| k.strip_prefix("mask.").map(|k| (k, t))) {
+        let path = format!("{}.weight", k.replace(".adapter.", ".adapter.Mosa."));
+        let (up, up0, mask) = (&values[&path], &init[&path], swap_last(mask));
+        let off: Vec<(f32, f32)> = up.data.iter().zip(&up0.data).zip(&mask.data).filter(|(_, m)| **m == 0.0).map(|((w, w0), _)| (*w, *w0)).collect();
+        assert!(!off.is_empty());
+        for (w, w0) in off {
+            assert!((w as f64 - w0 as f64 * decay).abs() <= 1e-7 * (1.0 + w0.abs() as f64), "{k}: an entry outside its expert's mask moved beyond the decay: {w0} → {w}");
+        }
+    }
     // the merged model's logits (mean of the experts)
     let merged = inject::merged(&model.valid());
     let logits = HostTensor::from_tensor(merged.forward(tensor::<B, 4>(x)).logits);

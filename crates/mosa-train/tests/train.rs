@@ -83,3 +83,28 @@ fn sparse_masks_are_selected_at_the_base_lr_even_under_a_warm_up_epoch() {
     let e = mosa_train::run::<AB>(&s, &tmp.path().join("schedule"), false, Control::default(), &device, &mut Silent).err().unwrap();
     assert!(e.to_string().contains("score of `blocks.0.attn.qkv.weight` is 0"), "{e}");
 }
+
+/// The reference head init (kaiming-normal with fan-out = classes, gain √2; bias −ln 99) by its
+/// statistics over 64 × 50 draws, and the zero init exactly.
+#[test]
+fn head_inits_have_the_reference_statistics() {
+    let mut s = common::spec("vtab:unused/kitti", MethodKind::Linear, 1);
+    s.train.head_init = mosa_train::HeadInit::Reference;
+    s.model = mosa_models::VitConfig::new().with_embed_dim(64).with_depth(1).with_num_heads(2).with_img_size(16).with_patch_size(4).into();
+    let mut m = mosa_train::engine::build_model::<common::AB>(&s, 50, &Default::default()).unwrap();
+    let head = mosa_core::PeftHost::head_mut(&mut m).unwrap();
+    let w = head.weight.val().into_data().to_vec::<f32>().unwrap();
+    let b = head.bias.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
+    let n = w.len() as f64;
+    let mean = w.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let std = (w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    let want = (2.0f64 / 50.0).sqrt();
+    // 3200 draws: the sample mean is within 4 standard errors, the std within 5%
+    assert!(mean.abs() < 4.0 * want / n.sqrt(), "mean {mean}");
+    assert!((std / want - 1.0).abs() < 0.05, "std {std} vs {want}");
+    assert!(b.iter().all(|&x| (x as f64 + 99f64.ln()).abs() < 1e-6), "bias −ln 99");
+    s.train.head_init = mosa_train::HeadInit::Zero;
+    let mut m = mosa_train::engine::build_model::<common::AB>(&s, 50, &Default::default()).unwrap();
+    let head = mosa_core::PeftHost::head_mut(&mut m).unwrap();
+    assert!(head.weight.val().into_data().to_vec::<f32>().unwrap().iter().all(|&x| x == 0.0));
+}
