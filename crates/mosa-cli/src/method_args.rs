@@ -17,9 +17,9 @@ pub struct MethodArgs {
     pub method: Option<MethodKind>,
     #[arg(long, help = format!("Adapter bottleneck r [default {}]", AdapterOptions::new().r))]
     pub r: Option<usize>,
-    #[arg(long, help = format!("Adapter output scale s [default {}]", AdapterOptions::new().scale))]
+    #[arg(long, help = format!("Adapter output scale s [default {}; pfeiffer, houlsby: 1]", AdapterOptions::new().scale))]
     pub scale: Option<f64>,
-    #[arg(long, help = format!("Dropout inside adapters [default {}]", AdapterOptions::new().dropout))]
+    #[arg(long, help = format!("Dropout inside adapters [default {}; pfeiffer, houlsby: 0]", AdapterOptions::new().dropout))]
     pub adapter_dropout: Option<f64>,
     #[arg(long, help = format!("MoSA / pruned-adapter / MoSA-LoRA experts N [default {}]", MosaOptions::new().experts))]
     pub experts: Option<usize>,

@@ -121,6 +121,20 @@ fn inspect_counts_swin_b_and_convnext_b() {
     assert_one_line_error(&mosa(&["inspect", "--model", "swin-t", "--method", "vpt-deep"], tmp.path()), &["swin", "prompts"]);
 }
 
+/// The baselines as the MoSA code base defines them (`vit_mosa.py`): Pfeiffer keeps its own
+/// LayerNorm, Houlsby has none, neither scales nor drops out. ViT-B/16, r 16, 12 blocks: Pfeiffer
+/// 2d + (d·r + r) + (r·d + d) = 26,896 per block, Houlsby two adapters of 25,360 per block.
+#[test]
+fn pfeiffer_and_houlsby_have_the_reference_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (method, merged) in [("pfeiffer", "(322752 params"), ("houlsby", "(608640 params")] {
+        let o = mosa(&["inspect", "--model", "vit-b16", "--method", method], tmp.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(merged) && out.contains(r#""scale":1.0,"dropout":0.0"#), "{method}:\n{out}");
+    }
+}
+
 #[test]
 fn forward_reproduces_dinov2_from_onnx() {
     forward_matches("dinov2.json", "dinov2.onnx", "dinov2_io.safetensors", &[("tokens", "last_hidden_state")]);
@@ -298,6 +312,33 @@ fn metrics_without_timings(path: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
+fn format2_runs_keep_their_adapter_epsilon_when_resumed_and_evaluated() {
+    // tests/data/format2: a MoSA run interrupted after epoch 2 of 3 and a finished adapter run,
+    // made before adapters recorded `norm_eps` (they ran at 1e-5; today's default is the
+    // reference's 1e-6), and the metrics of the MoSA run left uninterrupted
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format2"), tmp.path());
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_mosa")).args(args).current_dir(tmp.path()).env("MOSA_CACHE", tmp.path()).output().unwrap();
+    let o = run(&["train", "--resume", "--out", "run-mosa"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = metrics_without_timings(&tmp.path().join("run-mosa/metrics.jsonl"));
+    let want = metrics_without_timings(&tmp.path().join("expected-mosa-metrics.jsonl"));
+    assert_eq!(got, want, "the resumed run must end exactly as the uninterrupted one");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("run-mosa/config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["format"].as_u64(), cfg["run"]["method"]["adapter"]["norm_eps"].as_f64()), (Some(3), Some(1e-5)));
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("done-adapter/summary.json")).unwrap()).unwrap();
+    let o = run(&["eval", "--run", "done-adapter", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(got["accuracy"], want["last_test"], "{got}");
+    // a new run records the reference's epsilon
+    let o = run(&["train", "--method", "adapter", "--model", "tiny.json", "--weights", "none", "--dataset", "vtab:data/digits8x8", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", "new"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("new/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["run"]["method"]["norm_eps"].as_f64(), Some(1e-6));
+}
+
+#[test]
 fn format1_runs_of_the_previous_release_resume_and_evaluate() {
     // tests/data/format1: two runs interrupted after epoch 2 of 3 by the release before the
     // redesign (commit 33e85c4: flat method config, bare ViT config, `qkv_branch` paths), and
@@ -314,7 +355,7 @@ fn format1_runs_of_the_previous_release_resume_and_evaluate() {
         assert_eq!(got, want, "{m}: the resumed run must end exactly as the uninterrupted one");
         // the directory is now in today's format
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join(&dir).join("config.json")).unwrap()).unwrap();
-        assert_eq!(cfg["format"], 2);
+        assert_eq!(cfg["format"], 3);
         assert_eq!(cfg["run"]["method"]["method"], m);
         assert_eq!(cfg["run"]["model"]["family"], "vit");
     }

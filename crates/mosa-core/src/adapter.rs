@@ -47,6 +47,11 @@ pub struct AdapterOptions {
     /// Own LayerNorm on the input (AdaptFormer's `adapter_layernorm_option = "in"`).
     #[config(default = true)]
     pub norm: bool,
+    /// That LayerNorm's epsilon: the reference's `LayerNorm(hidden, eps=1e-6)` (`vit_mosa.py`).
+    /// Run directories of formats 1 and 2 recorded none and used PyTorch's default 1e-5; they are
+    /// converted with it.
+    #[config(default = 1e-6)]
+    pub norm_eps: f64,
 }
 
 /// One adapter module: its width, the method's options and the activation the method picks.
@@ -57,9 +62,6 @@ pub struct AdapterConfig {
     pub options: AdapterOptions,
     #[config(default = "Activation::Gelu")]
     pub activation: Activation,
-    /// PyTorch's `nn.LayerNorm` default, which the reference adapter uses.
-    #[config(default = 1e-5)]
-    pub norm_eps: f64,
 }
 
 impl AdapterConfig {
@@ -73,7 +75,7 @@ impl AdapterConfig {
         down.bias = Some(Param::from_tensor(Tensor::zeros([r], device)));
         let up = LinearConfig::new(r, self.d_model).with_initializer(Initializer::Zeros).init(device);
         Adapter {
-            norm: o.norm.then(|| LayerNormConfig::new(self.d_model).with_epsilon(self.norm_eps).init(device)),
+            norm: o.norm.then(|| LayerNormConfig::new(self.d_model).with_epsilon(o.norm_eps).init(device)),
             down,
             up,
             dropout: DropoutConfig::new(o.dropout).init(),

@@ -131,8 +131,10 @@ impl Method {
             MethodKind::Full => Method::Full,
             MethodKind::Bitfit => Method::Bitfit,
             MethodKind::Adapter => Method::Adapter(AdapterOptions::new()),
-            MethodKind::Pfeiffer => Method::Pfeiffer(AdapterOptions::new()),
-            MethodKind::Houlsby => Method::Houlsby(AdapterOptions::new()),
+            // the MoSA code base's baselines (`vit_mosa.py`): Pfeiffer with its own LayerNorm,
+            // Houlsby without; neither scales its output nor uses dropout
+            MethodKind::Pfeiffer => Method::Pfeiffer(AdapterOptions::new().with_scale(1.0).with_dropout(0.0)),
+            MethodKind::Houlsby => Method::Houlsby(AdapterOptions::new().with_scale(1.0).with_dropout(0.0).with_norm(false)),
             MethodKind::Lora => Method::Lora(LoraOptions::new()),
             MethodKind::VptShallow => Method::VptShallow(PromptOptions::new()),
             MethodKind::VptDeep => Method::VptDeep(PromptOptions::new()),
@@ -223,6 +225,9 @@ impl Method {
         if let Some(a) = self.adapter_options() {
             if a.r == 0 {
                 return Err("the adapter bottleneck r must be positive".into());
+            }
+            if !(a.norm_eps.is_finite() && a.norm_eps > 0.0) {
+                return Err(format!("the adapter LayerNorm epsilon must be finite and > 0, got {}", a.norm_eps));
             }
         }
         let experts = match self {

@@ -133,8 +133,9 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
     }
     let checkpoint = if resume && ckpt_path.exists() {
         let c = read_checkpoint(&ckpt_path)?;
-        // format 1 hashed its own config layout; its settings come from its converted config.json
-        if c.state.format.is_some() && c.state.config_sha256 != config_sha {
+        // older formats hashed their own config layout; their settings come from their converted
+        // config.json
+        if c.state.format == Some(FORMAT) && c.state.config_sha256 != config_sha {
             return Err(Error::Config(format!("{}: the run was started with other settings (see its config.json); resume with the same settings", out.display())));
         }
         Some(c)
@@ -151,7 +152,7 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
     let merged_trainable = params::count_trainable(&params::list(&inject::merged(&model)));
     let backbone = backbone_id(spec)?;
     // a new run, or a format-1 run being resumed (its config.json is rewritten in this format)
-    if checkpoint.is_none() || !is_format2(&dir) {
+    if checkpoint.is_none() || !is_current_format(&dir) {
         let ds = &data.dataset;
         dir.write_config(&RunConfig {
             format: FORMAT,
@@ -286,10 +287,10 @@ fn summary_of<B: Backend>(spec: &RunSpec, metrics: &[EpochMetrics], trainable: u
     }
 }
 
-/// Whether `config.json` is already in this build's format (a format-1 run is converted when
-/// it is resumed).
-fn is_format2(dir: &RunDir) -> bool {
-    std::fs::read_to_string(dir.config()).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|v| v.get("format").is_some())
+/// Whether `config.json` is already in this build's format (an older run is converted when it
+/// is resumed).
+fn is_current_format(dir: &RunDir) -> bool {
+    std::fs::read_to_string(dir.config()).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|v| v.get("format").and_then(|f| f.as_u64()) == Some(FORMAT as u64))
 }
 
 const MASK_PREFIX: &str = "sparse_mask/";

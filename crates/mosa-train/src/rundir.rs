@@ -22,8 +22,10 @@ use crate::config::TrainConfig;
 use crate::metrics::Summary;
 use crate::{Error, Result};
 
-/// The layout version this build writes. Format 1 (no `format` key) is read and converted.
-pub const FORMAT: u32 = 2;
+/// The layout version this build writes. Formats 1 (no `format` key) and 2 are read and
+/// converted ([`legacy`]): 3 records the adapters' LayerNorm epsilon (`norm_eps`), which 1 and 2
+/// left at PyTorch's 1e-5.
+pub const FORMAT: u32 = 3;
 
 /// Everything that defines a run; a resume must match it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,7 +123,7 @@ impl RunDir {
         Ok(())
     }
 
-    /// Reads `config.json` (format 2, or format 1 converted).
+    /// Reads `config.json` (format 3, or formats 1 and 2 converted).
     pub fn read_config(&self) -> Result<RunConfig> {
         let p = self.config();
         let err = |e: &dyn std::fmt::Display| Error::Checkpoint(format!("{}: {e}", p.display()));
@@ -129,7 +131,8 @@ impl RunDir {
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&e))?;
         match v.get("format").and_then(|f| f.as_u64()) {
             None => legacy::config(v).map_err(|e| err(&e)),
-            Some(2) => serde_json::from_value(v).map_err(|e| err(&e)),
+            Some(2) => legacy::config2(v).map_err(|e| err(&e)),
+            Some(3) => serde_json::from_value(v).map_err(|e| err(&e)),
             Some(f) => Err(err(&format!("run directory format {f} is newer than this mosa reads ({FORMAT}); use a newer mosa"))),
         }
     }
@@ -181,7 +184,7 @@ pub mod legacy {
     pub fn method(m: &Value) -> Result<Method, String> {
         let kind: MethodKind = get(m, "method")?;
         let adapter = || -> Result<AdapterOptions, String> {
-            Ok(AdapterOptions::new().with_r(get(m, "r")?).with_scale(get(m, "scale")?).with_dropout(get(m, "adapter_dropout")?).with_norm(get(m, "adapter_norm")?))
+            Ok(AdapterOptions::new().with_r(get(m, "r")?).with_scale(get(m, "scale")?).with_dropout(get(m, "adapter_dropout")?).with_norm(get(m, "adapter_norm")?).with_norm_eps(LEGACY_ADAPTER_NORM_EPS))
         };
         let mosa = || -> Result<MosaOptions, String> { Ok(MosaOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_share(get(m, "share")?)) };
         let lora = || -> Result<LoraOptions, String> {
@@ -213,6 +216,27 @@ pub mod legacy {
                 Method::Sparse(serde_json::from_value::<SparseConfig>(s).map_err(|e| format!("`sparse`: {e}"))?)
             }
         })
+    }
+
+    /// The adapters' LayerNorm epsilon of formats 1 and 2 (PyTorch's default; not recorded).
+    pub const LEGACY_ADAPTER_NORM_EPS: f64 = 1e-5;
+
+    /// A format-2 `config.json` as today's: every adapter's options get the epsilon it ran with.
+    pub fn config2(mut v: Value) -> Result<RunConfig, String> {
+        let m = v.get_mut("run").and_then(|r| r.get_mut("method")).ok_or("no `run.method`")?;
+        // adapter options sit at the method's top level (adapter, pfeiffer, houlsby) or under
+        // `adapter` (mosa, pruned-adapter)
+        let kind = m.get("method").and_then(Value::as_str).unwrap_or("").to_string();
+        let target = match kind.as_str() {
+            "adapter" | "pfeiffer" | "houlsby" => Some(&mut *m),
+            "mosa" | "pruned-adapter" => m.get_mut("adapter"),
+            _ => None,
+        };
+        if let Some(o) = target.and_then(Value::as_object_mut) {
+            o.entry("norm_eps").or_insert(LEGACY_ADAPTER_NORM_EPS.into());
+        }
+        v["format"] = FORMAT.into();
+        serde_json::from_value(v).map_err(|e| format!("format-2 config: {e}"))
     }
 
     /// A format-1 `config.json` as today's [`RunConfig`].

@@ -105,15 +105,9 @@ fn mosa_step_parity() {
     // the backbone and the method, every size from the fixture
     let cfg = mosa_models::presets::config_from_json_file(&f.join(spec["backbone"]["config"].as_str().unwrap())).unwrap();
     let model: Backbone<AB> = cfg.load(&f.join(spec["backbone"]["weights"].as_str().unwrap()), HeadPolicy::Load, &Default::default()).unwrap();
-    let adapter = AdapterOptions::new().with_r(num(&m["r"]) as usize).with_scale(num(&m["scale"])).with_dropout(num(&m["adapter_dropout"]));
+    let adapter = AdapterOptions::new().with_r(num(&m["r"]) as usize).with_scale(num(&m["scale"])).with_dropout(num(&m["adapter_dropout"])).with_norm_eps(num(&m["adapter_norm_eps"]));
     let method = Method::Mosa(MosaOptions::new().with_adapter(adapter).with_experts(num(&m["experts"]) as usize).with_share(Share::Down));
     let mut model = inject::apply(model, &method, 0, &Default::default()).unwrap();
-    // the fixture's adapter LayerNorm epsilon (ours defaults to PyTorch's 1e-5)
-    for s in model.sites_mut() {
-        if let SiteMut::Adapter { site, slot: Some(AdapterSlot::Mosa(a)) } = s {
-            a.norm = Some(burn::nn::LayerNormConfig::new(site.width).with_epsilon(num(&m["adapter_norm_eps"])).init(&Default::default()));
-        }
-    }
 
     // the fixture's initial trainables and masks replace ours
     let init: HashMap<String, HostTensor> = fx.iter().filter_map(|(k, t)| k.strip_prefix("init.").map(|k| ours(k, t))).collect();
