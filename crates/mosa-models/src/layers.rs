@@ -14,7 +14,8 @@ use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::{attention, linear};
 
 use mosa_core::Rng;
-use mosa_core::site::TunableLinear;
+use mosa_core::site::{AdapterSite, LinearSite, Placement, SiteMut, TunableLinear};
+use mosa_core::slot::AdapterSlot;
 
 /// Non-overlapping patches → tokens, stored as timm's convolution (`patch_embed.proj`)
 /// and computed as one matmul over flattened patches; Swin normalises the tokens
@@ -140,4 +141,38 @@ pub fn init_linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B
     let mut l = burn::nn::LinearConfig::new(d_in, d_out).with_bias(bias).with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std: 0.02 }).init(device);
     l.bias = l.bias.map(|b| Param::from_tensor(Tensor::zeros(b.dims(), device)));
     l
+}
+
+/// The hook points of a pre-norm transformer block (ViT, Swin), borrowed from its fields.
+pub struct BlockSlots<'a, B: Backend> {
+    pub adapter: &'a mut Option<AdapterSlot<B>>,
+    pub adapter_attn: &'a mut Option<AdapterSlot<B>>,
+    pub adapter_mlp: &'a mut Option<AdapterSlot<B>>,
+    pub qkv: &'a mut TunableLinear<B>,
+    pub proj: &'a mut TunableLinear<B>,
+    pub fc1: &'a mut TunableLinear<B>,
+    pub fc2: &'a mut TunableLinear<B>,
+}
+
+impl<'a, B: Backend> BlockSlots<'a, B> {
+    /// The block's sites: three adapter slots (parallel to the MLP — reading a normalised stream
+    /// when `normalised_parallel` — after the attention, after the MLP), then the linear sites
+    /// `qkv`, `proj`, `fc1`, `fc2` under the block's module path `prefix`.
+    pub fn sites(self, block: usize, stage: usize, width: usize, prefix: &str, normalised_parallel: bool) -> Vec<SiteMut<'a, B>> {
+        let adapter = |place| AdapterSite { block, stage, width, place, normalised_input: normalised_parallel && place == Placement::Parallel };
+        let linear = |target: &'static str, path: &str, l: &TunableLinear<B>| {
+            let (d_in, d_out) = l.dims();
+            LinearSite { block, target, path: format!("{prefix}.{path}"), d_in, d_out }
+        };
+        let (qkv, proj, fc1, fc2) = (linear("qkv", "attn.qkv", self.qkv), linear("proj", "attn.proj", self.proj), linear("fc1", "mlp.fc1", self.fc1), linear("fc2", "mlp.fc2", self.fc2));
+        vec![
+            SiteMut::Adapter { site: adapter(Placement::Parallel), slot: self.adapter },
+            SiteMut::Adapter { site: adapter(Placement::AfterAttention), slot: self.adapter_attn },
+            SiteMut::Adapter { site: adapter(Placement::AfterMlp), slot: self.adapter_mlp },
+            SiteMut::Linear { site: qkv, linear: self.qkv },
+            SiteMut::Linear { site: proj, linear: self.proj },
+            SiteMut::Linear { site: fc1, linear: self.fc1 },
+            SiteMut::Linear { site: fc2, linear: self.fc2 },
+        ]
+    }
 }

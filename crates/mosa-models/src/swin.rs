@@ -26,12 +26,12 @@ use burn::tensor::{Distribution, Int, TensorData};
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
-use mosa_core::site::{AdapterSite, LinearSite, PeftHost, Placement, PromptSite, SiteMut, Targets, TunableLinear};
+use mosa_core::site::{PeftHost, PromptSite, SiteMut, Targets, TunableLinear};
 use mosa_core::slot::AdapterSlot;
 
 use crate::backbone::{BackboneOutput, Spatial};
 use crate::error::Error;
-use crate::layers::{Mlp, PatchEmbed, drop_path, init_linear};
+use crate::layers::{BlockSlots, Mlp, PatchEmbed, drop_path, init_linear};
 use crate::load::{HeadPolicy, HostTensor, Loader, StateDict, Writer};
 use crate::posembed::{self, Resample};
 
@@ -386,23 +386,11 @@ impl<B: Backend> SwinBlock<B> {
         x.reshape([b, h * w, c])
     }
 
-    /// The block's sites: three adapter slots, then the four linear sites of [`TARGETS`].
+    /// The block's sites: three adapter slots (the parallel one reads the normalised MLP input),
+    /// then the four linear sites of [`TARGETS`].
     fn sites_mut(&mut self, stage: usize, index: usize, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
-        let adapter = |place| AdapterSite { block, stage, width: d, place, normalised_input: place == Placement::Parallel };
-        let linear = |target: &'static str, path: &str, l: &TunableLinear<B>| {
-            let (d_in, d_out) = l.dims();
-            LinearSite { block, target, path: format!("layers.{stage}.blocks.{index}.{path}"), d_in, d_out }
-        };
-        let (qkv, proj, fc1, fc2) = (linear("qkv", "attn.qkv", &self.attn.qkv), linear("proj", "attn.proj", &self.attn.proj), linear("fc1", "mlp.fc1", &self.mlp.fc1), linear("fc2", "mlp.fc2", &self.mlp.fc2));
-        vec![
-            SiteMut::Adapter { site: adapter(Placement::Parallel), slot: &mut self.adapter },
-            SiteMut::Adapter { site: adapter(Placement::AfterAttention), slot: &mut self.adapter_attn },
-            SiteMut::Adapter { site: adapter(Placement::AfterMlp), slot: &mut self.adapter_mlp },
-            SiteMut::Linear { site: qkv, linear: &mut self.attn.qkv },
-            SiteMut::Linear { site: proj, linear: &mut self.attn.proj },
-            SiteMut::Linear { site: fc1, linear: &mut self.mlp.fc1 },
-            SiteMut::Linear { site: fc2, linear: &mut self.mlp.fc2 },
-        ]
+        let slots = BlockSlots { adapter: &mut self.adapter, adapter_attn: &mut self.adapter_attn, adapter_mlp: &mut self.adapter_mlp, qkv: &mut self.attn.qkv, proj: &mut self.attn.proj, fc1: &mut self.mlp.fc1, fc2: &mut self.mlp.fc2 };
+        slots.sites(block, stage, d, &format!("layers.{stage}.blocks.{index}"), true)
     }
 }
 
