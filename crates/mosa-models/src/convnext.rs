@@ -27,7 +27,7 @@ use mosa_core::slot::AdapterSlot;
 
 use crate::backbone::{BackboneOutput, Spatial};
 use crate::error::Error;
-use crate::layers::{Mlp, drop_path, init_linear, layer_norm_2d};
+use crate::layers::{Mlp, drop_path, init_linear, layer_norm_2d, sequential};
 use crate::load::{HeadPolicy, Loader, StateDict, Writer};
 
 /// ConvNeXt's target vocabulary: the pointwise linears (LoRA's / sparse's default: both).
@@ -204,9 +204,7 @@ impl<B: Backend> ConvNextBlock<B> {
         // channels last, as tokens: [b, h·w, c]
         let y = self.norm.forward(self.conv_dw.forward(x.clone()).permute([0, 2, 3, 1]).reshape([b, h * w, c]));
         let mut m = self.mlp.forward(y.clone(), rng);
-        if let Some(a) = &self.adapter_mlp {
-            m = m.clone() + a.forward(m, rng);
-        }
+        m = sequential(&self.adapter_mlp, m, rng);
         if let Some(g) = &self.gamma {
             m = m * g.val().unsqueeze::<3>();
         }

@@ -176,3 +176,11 @@ impl<'a, B: Backend> BlockSlots<'a, B> {
         ]
     }
 }
+
+/// A sequential adapter on a branch: `x + A(x)` (Pfeiffer, Houlsby), or `x` without one.
+pub fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+    match slot {
+        Some(a) => x.clone() + a.forward(x, rng),
+        None => x,
+    }
+}

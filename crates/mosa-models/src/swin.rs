@@ -31,7 +31,7 @@ use mosa_core::slot::AdapterSlot;
 
 use crate::backbone::{BackboneOutput, Spatial};
 use crate::error::Error;
-use crate::layers::{BlockSlots, Mlp, PatchEmbed, drop_path, init_linear};
+use crate::layers::{BlockSlots, Mlp, PatchEmbed, drop_path, init_linear, sequential};
 use crate::load::{HeadPolicy, HostTensor, Loader, StateDict, Writer};
 use crate::posembed::{self, Resample};
 
@@ -335,13 +335,6 @@ pub struct SwinBlock<B: Backend> {
     pub shift: usize,
     #[module(skip)]
     pub drop_path: f64,
-}
-
-fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-    match slot {
-        Some(a) => x.clone() + a.forward(x, rng),
-        None => x,
-    }
 }
 
 impl<B: Backend> SwinBlock<B> {

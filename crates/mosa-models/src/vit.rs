@@ -23,7 +23,7 @@ use mosa_core::site::{PeftHost, PromptSite, SiteMut, Targets, TunableLinear};
 use mosa_core::slot::AdapterSlot;
 
 use crate::backbone::BackboneOutput;
-use crate::layers::{Attention, BlockSlots, LayerScale, Mlp, PatchEmbed, drop_path, opt_scale};
+use crate::layers::{Attention, BlockSlots, LayerScale, Mlp, PatchEmbed, drop_path, opt_scale, sequential};
 use crate::posembed::{self, Resample};
 
 /// The ViT's target vocabulary: its linear sites, and LoRA's / sparse's default (`qkv`).
@@ -205,13 +205,6 @@ pub struct Block<B: Backend> {
     pub adapter_mlp: Option<AdapterSlot<B>>,
     #[module(skip)]
     pub drop_path: f64,
-}
-
-fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-    match slot {
-        Some(a) => x.clone() + a.forward(x, rng),
-        None => x,
-    }
 }
 
 impl<B: Backend> Block<B> {
