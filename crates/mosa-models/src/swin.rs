@@ -562,11 +562,10 @@ pub fn looks_official(sd: &StateDict) -> bool {
     sd.tensors.keys().any(|k| k.starts_with("layers.0.downsample.") || k == "head.weight") && sd.tensors.keys().any(|k| k.contains("relative_position_bias_table"))
 }
 
-/// Loads a timm-layout state dict into a freshly built Swin, checking every tensor; a bias
-/// table of another window is resampled.
+/// Loads a timm-layout state dict (`load::read_checkpoint` maps the original release's) into a
+/// freshly built Swin, checking every tensor; a bias table of another window is resampled.
 pub fn load_state<B: Backend>(cfg: &SwinConfig, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<SwinTransformer<B>> {
     cfg.validate().map_err(Error::Config)?;
-    let sd = if looks_official(&sd) { official_to_timm(sd) } else { sd };
     let stages = sd.tensors.keys().filter_map(|k| k.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
     if stages != cfg.depths.len() {
         return Err(Error::Mismatch { path: sd.source.clone(), problems: vec![format!("checkpoint has {stages} stages, the model {}", cfg.depths.len())] });

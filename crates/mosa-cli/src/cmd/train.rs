@@ -235,7 +235,7 @@ fn eval_models(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::
         bail!("--dataset applies to one --task, not {}", a.task.len());
     }
     let merged = mosa_train::merged::read_merged(w)?;
-    let cfg: mosa_models::BackboneConfig = serde_json::from_value(merged.meta.backbone.config.clone()).with_context(|| format!("{}: backbone config", w.display()))?;
+    let cfg = merged.backbone_config()?;
     a.task
         .iter()
         .map(|task| {

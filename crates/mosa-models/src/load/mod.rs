@@ -38,21 +38,24 @@ pub fn read_checkpoint(path: &Path) -> Result<StateDict> {
             let mut sd = safetensors::read(path)?;
             // a merged model (`mosa merge`) carries its task heads beside the backbone
             sd.tensors.retain(|k, _| !k.starts_with("heads."));
-            if hf_dinov2::looks_like(&sd) {
-                hf_dinov2::to_timm(sd)
-            } else if crate::swin::looks_official(&sd) {
-                Ok(crate::swin::official_to_timm(sd))
-            } else {
-                Ok(sd)
-            }
+            foreign_to_timm(sd)
         }
-        Some("pth") | Some("pt") => {
-            let sd = pth::read(path)?;
-            if crate::swin::looks_official(&sd) { Ok(crate::swin::official_to_timm(sd)) } else { Ok(sd) }
-        }
+        Some("pth") | Some("pt") => foreign_to_timm(pth::read(path)?),
         Some("npz") => npz::read(path),
         Some("onnx") => onnx::read_dinov2(path),
         _ => Err(Error::format(path, "unknown checkpoint type: expected .safetensors, .npz, .onnx or .pth")),
+    }
+}
+
+/// The one place a foreign key layout inside a generic container (safetensors, `.pth`) is
+/// recognised and mapped to timm's: transformers DINOv2, the original Swin release.
+fn foreign_to_timm(sd: StateDict) -> Result<StateDict> {
+    if hf_dinov2::looks_like(&sd) {
+        hf_dinov2::to_timm(sd)
+    } else if crate::swin::looks_official(&sd) {
+        Ok(crate::swin::official_to_timm(sd))
+    } else {
+        Ok(sd)
     }
 }
 
