@@ -209,6 +209,21 @@ struct BenchArgs {
     mosa_bin: Option<PathBuf>,
 }
 
+/// The `mosa train` arguments every run of a benchmark grid gets: the model, its weights and the
+/// recipe's sizes (resolution, epochs, warm-up, batch; image caps when set).
+fn recipe_args(model: &str, weights: Option<&str>, (res, ep, wu, bs): (usize, usize, usize, usize), max_train: Option<usize>, max_eval: Option<usize>) -> Vec<String> {
+    let mut v: Vec<String> = vec!["--model".into(), model.into()];
+    if let Some(w) = weights {
+        v.extend(["--weights".into(), w.into()]);
+    }
+    for (k, n) in [("--resolution", Some(res)), ("--epochs", Some(ep)), ("--warmup-epochs", Some(wu)), ("--batch-size", Some(bs)), ("--max-train-images", max_train), ("--max-eval-images", max_eval)] {
+        if let Some(n) = n {
+            v.extend([k.to_string(), n.to_string()]);
+        }
+    }
+    v
+}
+
 fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let (i, n) = parse_shard(&a.shard)?;
     let tasks = if a.tasks.is_empty() { bench_vtab::discover_tasks(&a.root, kind)? } else { a.tasks.clone() };
@@ -221,23 +236,11 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let lr = a.lr.unwrap_or(lr);
     let mt = a.max_train_images.or(mt);
     let me = a.max_eval_images.or(me);
-    let mut train_args: Vec<String> = vec!["--model".into(), a.model.clone()];
-    if let Some(w) = &a.weights {
-        train_args.extend(["--weights".into(), w.clone()]);
-    }
-    for (k, v) in [("--resolution", res.to_string()), ("--epochs", ep.to_string()), ("--warmup-epochs", wu.to_string()), ("--batch-size", bs.to_string())] {
-        train_args.extend([k.to_string(), v]);
-    }
+    let mut train_args = recipe_args(&a.model, a.weights.as_deref(), (res, ep, wu, bs), mt, me);
     // FGVC with --full: the reference's per-dataset settings (lr, r 64, Cars N 2 / share up / DEEPREG)
     let per_dataset = kind == "fgvc" && a.full && a.lr.is_none();
     if !per_dataset {
         train_args.extend(["--lr".to_string(), lr.to_string()]);
-    }
-    if let Some(m) = mt {
-        train_args.extend(["--max-train-images".into(), m.to_string()]);
-    }
-    if let Some(m) = me {
-        train_args.extend(["--max-eval-images".into(), m.to_string()]);
     }
     // the published setting uses the reference's head init (spec §1: zero stays the default, as
     // the reference init was measured to stall MoSA on DINOv2)
@@ -389,19 +392,8 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     // each kind's learning rates: ΔW of the pretrained weights needs a far smaller lr than an
     // adapter (docs/experts.md); every head trains at head_lr
     let (sparse_lr, lora_lr, full_lr, head_lr) = (a.sparse_lr.unwrap_or(5e-4), a.lora_lr.unwrap_or(0.005), a.full_lr.unwrap_or(FULL_LR), a.head_lr.unwrap_or(0.005));
-    let mut train_args: Vec<String> = vec!["--model".into(), a.model.clone()];
-    if let Some(w) = &a.weights {
-        train_args.extend(["--weights".into(), w.clone()]);
-    }
-    for (k, v) in [("--resolution", res.to_string()), ("--epochs", ep.to_string()), ("--warmup-epochs", wu.to_string()), ("--batch-size", bs.to_string()), ("--head-lr", head_lr.to_string())] {
-        train_args.extend([k.to_string(), v]);
-    }
-    if let Some(m) = mt {
-        train_args.extend(["--max-train-images".into(), m.to_string()]);
-    }
-    if let Some(m) = me {
-        train_args.extend(["--max-eval-images".into(), m.to_string()]);
-    }
+    let mut train_args = recipe_args(&a.model, a.weights.as_deref(), (res, ep, wu, bs), mt, me);
+    train_args.extend(["--head-lr".to_string(), head_lr.to_string()]);
     let lr = |v: f64| vec!["--lr".to_string(), v.to_string()];
     let mut sparse = lr(sparse_lr);
     if !a.sparse_targets.is_empty() {
