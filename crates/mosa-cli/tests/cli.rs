@@ -248,6 +248,58 @@ fn data_check_counts_and_reports_the_first_bad_line() {
 }
 
 #[test]
+fn data_check_dumps_what_the_model_receives() {
+    // A 6x2 grey ramp shrunk to S = 2 by TensorFlow's rule reads columns 1 and 4 only (see
+    // mosa-data's resize tests): 20, 50 / 80, 110. A constant image stays constant.
+    let tmp = tempfile::tempdir().unwrap();
+    let task = tmp.path().join("mytask");
+    std::fs::create_dir_all(task.join("images")).unwrap();
+    let ramp = [10u8, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 121];
+    let a = mosa_data::image::Rgb8::new(6, 2, ramp.iter().flat_map(|&v| [v, v, v]).collect());
+    let b = mosa_data::image::Rgb8::new(3, 5, vec![200; 45]);
+    std::fs::write(task.join("images/a.png"), mosa_data::image::encode_png(&a, false)).unwrap();
+    std::fs::write(task.join("images/b.png"), mosa_data::image::encode_png(&b, false)).unwrap();
+    for l in ["train800", "val200", "train800val200"] {
+        std::fs::write(task.join(format!("{l}.txt")), "images/a.png 0\nimages/b.png 1\n").unwrap();
+    }
+    std::fs::write(task.join("test.txt"), "images/b.png 1\nimages/a.png 2\nimages/b.png 0\n").unwrap();
+    std::fs::write(task.join("classes.txt"), "zero\none\ntwo\n").unwrap();
+    let spec = format!("vtab:{}", task.display());
+    let file = tmp.path().join("dump.safetensors");
+    let dump = |extra: &[&str]| {
+        let mut args = vec!["data", "check", &spec, "--resize", "2", "--dump", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        mosa(&args, tmp.path())
+    };
+    let o = dump(&["--count", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = || {
+        let bytes = std::fs::read(&file).unwrap();
+        let st = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let labels = st.tensor("labels").unwrap();
+        assert_eq!(labels.dtype(), ::safetensors::Dtype::I64);
+        let labels: Vec<i64> = labels.data().chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+        let pixels = st.tensor("pixels").unwrap();
+        let px: Vec<f32> = pixels.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        (pixels.shape().to_vec(), px, labels)
+    };
+    let (shape, px, labels) = read();
+    assert_eq!(labels, vec![1, 2], "the test split's first two, in list order");
+    assert_eq!(shape, vec![2, 3, 2, 2]);
+    let norm = |v: f32, c: usize| (v / 255.0 - mosa_data::transform::IMAGENET_MEAN[c]) / mosa_data::transform::IMAGENET_STD[c];
+    for c in 0..3 {
+        assert_eq!(&px[c * 4..c * 4 + 4], &[200.0; 4].map(|v| norm(v, c)), "image 0 channel {c}");
+        assert_eq!(&px[12 + c * 4..12 + c * 4 + 4], &[20.0, 50.0, 80.0, 110.0].map(|v| norm(v, c)), "image 1 channel {c}");
+    }
+    // another split by name (all of it: 2 < the default count); an unknown split names the ones there are
+    let o = dump(&["--split", "train800"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (shape, _, labels) = read();
+    assert_eq!((shape, labels), (vec![2, 3, 2, 2], vec![0, 1]));
+    assert_one_line_error(&dump(&["--split", "nope"]), &["no split `nope`", "train800val200"]);
+}
+
+#[test]
 fn train_resume_and_eval_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let imgs: Vec<_> = (0..30).map(|i| mosa_data::synth::shapes_image(mosa_data::synth::ShapesTask::Position, 16, 4, i)).collect();

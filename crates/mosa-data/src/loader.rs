@@ -1,5 +1,5 @@
 //! Loading a split: every image decoded and prepared once, in parallel (rayon), kept in memory
-//! as 8-bit pixels (optionally also in a file on disk, so that the next run does not decode the
+//! as 8-bit pixels ([`Prepared`]; optionally also in a file on disk, so that the next run does not decode the
 //! JPEGs again), and drawn into float batches per step.
 
 use std::io::{Read, Write};
@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{DataError, Result};
 use crate::image::{Rgb8, decode_file};
 use crate::list::{Entry, Split};
-use crate::transform::Transform;
+use crate::transform::{Prepared, Transform};
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -45,7 +45,7 @@ pub struct LoadedSplit {
     pub name: String,
     pub transform: Transform,
     pub num_classes: usize,
-    pub images: Vec<Rgb8>,
+    pub images: Vec<Prepared>,
     pub labels: Vec<usize>,
 }
 
@@ -77,7 +77,7 @@ impl LoadedSplit {
                 return Ok((loaded, report));
             }
         }
-        let results: Vec<Result<Rgb8>> = split.entries.par_iter().map(|e| decode_entry(e).map(|img| transform.prepare(&img))).collect();
+        let results: Vec<Result<Prepared>> = split.entries.par_iter().map(|e| decode_entry(e).map(|img| transform.prepare(&img))).collect();
         let mut images = Vec::with_capacity(results.len());
         let mut labels = Vec::with_capacity(results.len());
         let mut skipped = Vec::new();
@@ -130,7 +130,7 @@ impl LoadedSplit {
 /// Cache key: the prepared-image settings and every entry's path, label, size and mtime.
 fn cache_key(split: &Split, t: &Transform) -> String {
     let mut h = Sha256::new();
-    h.update(format!("mosa-u8cache v1 {:?} {}\n", t.style, t.size));
+    h.update(format!("mosa-u8cache v2 {:?} {}\n", t.style, t.size));
     for e in &split.entries {
         let meta = std::fs::metadata(&e.path).ok();
         let mtime = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
@@ -148,14 +148,16 @@ fn read_cache(path: &Path, split: &Split, transform: Transform, num_classes: usi
         return None;
     }
     let mut images = Vec::with_capacity(n);
+    let u32s = |f: &mut std::io::BufReader<std::fs::File>| -> Option<usize> {
+        let mut b = [0u8; 4];
+        f.read_exact(&mut b).ok()?;
+        Some(u32::from_le_bytes(b) as usize)
+    };
     for _ in 0..n {
-        let mut wh = [0u8; 8];
-        f.read_exact(&mut wh).ok()?;
-        let w = u32::from_le_bytes(wh[..4].try_into().ok()?) as usize;
-        let h = u32::from_le_bytes(wh[4..].try_into().ok()?) as usize;
-        let mut data = vec![0u8; w * h * 3];
+        let (w, h, source_width, source_height) = (u32s(&mut f)?, u32s(&mut f)?, u32s(&mut f)?, u32s(&mut f)?);
+        let mut data = vec![0u8; w.checked_mul(h)?.checked_mul(3)?];
         f.read_exact(&mut data).ok()?;
-        images.push(Rgb8::new(w, h, data));
+        images.push(Prepared { pixels: Rgb8::new(w, h, data), source_width, source_height });
     }
     Some(LoadedSplit { name: split.name.clone(), transform, num_classes, images, labels: split.entries.iter().map(|e| e.label).collect() })
 }
@@ -168,10 +170,11 @@ fn write_cache(path: &Path, s: &LoadedSplit) -> std::io::Result<()> {
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
         w.write_all(&(s.images.len() as u64).to_le_bytes())?;
-        for img in &s.images {
-            w.write_all(&(img.width as u32).to_le_bytes())?;
-            w.write_all(&(img.height as u32).to_le_bytes())?;
-            w.write_all(&img.data)?;
+        for p in &s.images {
+            for v in [p.pixels.width, p.pixels.height, p.source_width, p.source_height] {
+                w.write_all(&(v as u32).to_le_bytes())?;
+            }
+            w.write_all(&p.pixels.data)?;
         }
         w.flush()?;
     }

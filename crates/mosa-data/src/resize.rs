@@ -1,7 +1,14 @@
-//! Bilinear resampling as PIL does it (`Image.resize(..., BILINEAR)`, which torchvision's
-//! `Resize` calls on PIL images in the reference code): a separable triangle filter whose support
-//! grows with the downscale factor (so downscaling averages, i.e. antialiases), pixel centres at
-//! +0.5, horizontal pass then vertical pass, each rounded to 8 bits.
+//! The two bilinear resizes of the reference pipelines.
+//!
+//! - [`resize_bilinear`]: PIL's (`Image.resize(..., BILINEAR)`, which torchvision's `Resize` calls
+//!   on PIL images; the reference's FGVC pipeline): a separable triangle filter whose support grows
+//!   with the downscale factor (so downscaling averages, i.e. antialiases), pixel centres at +0.5,
+//!   horizontal pass then vertical pass, each rounded to 8 bits.
+//! - [`TfBilinear`]: TensorFlow's (`tf.image.resize(image, [S, S])`, bilinear, the reference's VTAB
+//!   pipeline): half-pixel centres, the two nearest source pixels per axis whatever the scale (no
+//!   antialiasing when shrinking), computed in `f32` and not rounded. Since it reads at most two
+//!   source rows and columns per output pixel, [`TfBilinear::compact`] keeps only those, so a large
+//!   source costs at most `2S × 2S` pixels in memory while the output stays exact.
 
 use crate::image::Rgb8;
 
@@ -66,6 +73,106 @@ pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
         }
     }
     Rgb8::new(width, height, out)
+}
+
+/// One output sample of TensorFlow's bilinear resize along one axis: the two source indices it
+/// reads and the weight of the second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TfTap {
+    pub lower: usize,
+    pub upper: usize,
+    pub lerp: f32,
+}
+
+/// TensorFlow's `compute_interpolation_weights` with its half-pixel scaler, in `f32` as there:
+/// `in = (x + 0.5) · (input / output) − 0.5`, `lower = max(floor(in), 0)`,
+/// `upper = min(ceil(in), input − 1)`, `lerp = in − floor(in)`.
+pub fn tf_taps(input: usize, output: usize) -> Vec<TfTap> {
+    let scale = input as f32 / output as f32;
+    (0..output)
+        .map(|x| {
+            let pos = (x as f32 + 0.5) * scale - 0.5;
+            let floor = pos.floor();
+            TfTap { lower: floor.max(0.0) as usize, upper: (pos.ceil().max(0.0) as usize).min(input - 1), lerp: pos - floor }
+        })
+        .collect()
+}
+
+/// TensorFlow's bilinear resize of a `source_width × source_height` image to `width × height`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TfBilinear {
+    pub source_width: usize,
+    pub source_height: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl TfBilinear {
+    pub fn new(source_width: usize, source_height: usize, width: usize, height: usize) -> Self {
+        Self { source_width, source_height, width, height }
+    }
+
+    /// The sorted source indices that the taps read along one axis.
+    fn read_indices(taps: &[TfTap]) -> Vec<usize> {
+        let mut v: Vec<usize> = taps.iter().flat_map(|t| [t.lower, t.upper]).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The source with only the rows and columns that the resize reads (the whole source when
+    /// enlarging); [`Self::resize_compacted`] turns it into exactly what resizing the whole
+    /// source gives.
+    pub fn compact(&self, src: &Rgb8) -> Rgb8 {
+        assert_eq!((src.width, src.height), (self.source_width, self.source_height), "TfBilinear::compact: source size");
+        let cols = Self::read_indices(&tf_taps(self.source_width, self.width));
+        let rows = Self::read_indices(&tf_taps(self.source_height, self.height));
+        if cols.len() == src.width && rows.len() == src.height {
+            return src.clone();
+        }
+        let mut data = Vec::with_capacity(cols.len() * rows.len() * 3);
+        for &y in &rows {
+            for &x in &cols {
+                data.extend_from_slice(&src.pixel(x, y));
+            }
+        }
+        Rgb8::new(cols.len(), rows.len(), data)
+    }
+
+    /// Taps along one axis re-indexed into the compacted image.
+    fn compacted_taps(input: usize, output: usize) -> Vec<TfTap> {
+        let taps = tf_taps(input, output);
+        let kept = Self::read_indices(&taps);
+        let at = |i: usize| kept.binary_search(&i).expect("tap outside the kept indices");
+        taps.iter().map(|t| TfTap { lower: at(t.lower), upper: at(t.upper), lerp: t.lerp }).collect()
+    }
+
+    /// The resized image as `f32` in 0..=255, row-major HWC, from the output of
+    /// [`Self::compact`] (or the source itself when nothing was dropped). Per pixel as in
+    /// TensorFlow's kernel: `top = tl + (tr − tl)·x_lerp`, `bottom = bl + (br − bl)·x_lerp`,
+    /// `out = top + (bottom − top)·y_lerp`.
+    pub fn resize_compacted(&self, img: &Rgb8) -> Vec<f32> {
+        let xs = Self::compacted_taps(self.source_width, self.width);
+        let ys = Self::compacted_taps(self.source_height, self.height);
+        let w = img.width;
+        let px = |x: usize, y: usize, c: usize| img.data[(y * w + x) * 3 + c] as f32;
+        let mut out = Vec::with_capacity(self.width * self.height * 3);
+        for ty in &ys {
+            for tx in &xs {
+                for c in 0..3 {
+                    let top = px(tx.lower, ty.lower, c) + (px(tx.upper, ty.lower, c) - px(tx.lower, ty.lower, c)) * tx.lerp;
+                    let bottom = px(tx.lower, ty.upper, c) + (px(tx.upper, ty.upper, c) - px(tx.lower, ty.upper, c)) * tx.lerp;
+                    out.push(top + (bottom - top) * ty.lerp);
+                }
+            }
+        }
+        out
+    }
+
+    /// Resizes the whole source (no compaction).
+    pub fn resize(&self, src: &Rgb8) -> Vec<f32> {
+        self.resize_compacted(&self.compact(src))
+    }
 }
 
 /// Size after resizing the shorter side to `shorter` keeping aspect (torchvision `Resize(int)`:
@@ -140,6 +247,76 @@ mod tests {
         // 0 and 1; the vertical pass .5 -> 1. Without the intermediate rounding: .25 -> 0.
         let img = grey(2, 2, &[0, 0, 1, 0]);
         assert_eq!(resize_bilinear(&img, 1, 1).data[0], 1);
+    }
+
+    #[test]
+    fn tf_downscale_matches_hand_computed_values() {
+        // 5 -> 2 along x: scale 2.5, in = (x + .5)·2.5 − .5 = 0.75 and 3.25:
+        // out0 = s0 + (s1 − s0)·.75, out1 = s3 + (s4 − s3)·.25. No other source pixel is read
+        // (PIL's antialiased filter would average s0..s2 and s2..s4).
+        let img = grey(5, 1, &[0, 100, 200, 40, 80]);
+        let r = TfBilinear::new(5, 1, 2, 1).resize(&img);
+        let got: Vec<f32> = r.chunks(3).map(|p| p[0]).collect();
+        assert_eq!(got, vec![75.0, 50.0]);
+        // 2-D, 4x4 -> 3x3: scale 4/3, in = (x+.5)·4/3 − .5 = 1/6, 3/2, 17/6; float output, not
+        // rounded: out(1,1) = the mean of source (1,1),(2,1),(1,2),(2,2).
+        let v: Vec<u8> = (0..16).map(|i| (i * 10 + 1) as u8).collect();
+        let img = grey(4, 4, &v);
+        let r = TfBilinear::new(4, 4, 3, 3).resize(&img);
+        let at = |x: usize, y: usize| r[(y * 3 + x) * 3];
+        let src = |x: usize, y: usize| v[y * 4 + x] as f32;
+        assert!((at(1, 1) - (src(1, 1) + src(2, 1) + src(1, 2) + src(2, 2)) / 4.0).abs() < 1e-4);
+        let (fx, fy) = (1.0f32 / 6.0, 17.0f32 / 6.0 - 2.0);
+        let top = src(0, 2) + (src(1, 2) - src(0, 2)) * fx;
+        let bottom = src(0, 3) + (src(1, 3) - src(0, 3)) * fx;
+        assert!((at(0, 2) - (top + (bottom - top) * fy)).abs() < 1e-4, "{} vs {}", at(0, 2), top + (bottom - top) * fy);
+        // the source is a ramp 1 + 10x + 40y: at (1/6, 1/6) that is 28/3, not an 8-bit value
+        assert!((at(0, 0) - 28.0 / 3.0).abs() < 1e-4, "float output, not 8 bits: {}", at(0, 0));
+    }
+
+    #[test]
+    fn tf_upscale_clamps_at_the_border() {
+        // 2 -> 4: in = −.25, .25, .75, 1.25: the first reads s0 only (lower = upper = 0), the last
+        // s1 only (upper clamped to 1).
+        let img = grey(2, 1, &[0, 200]);
+        let r = TfBilinear::new(2, 1, 4, 1).resize(&img);
+        let got: Vec<f32> = r.chunks(3).map(|p| p[0]).collect();
+        assert_eq!(got, vec![0.0, 50.0, 150.0, 200.0]);
+        assert_eq!(tf_taps(2, 4)[0], TfTap { lower: 0, upper: 0, lerp: 0.75 });
+        assert_eq!(tf_taps(2, 4)[3], TfTap { lower: 1, upper: 1, lerp: 0.25 });
+    }
+
+    #[test]
+    fn tf_compaction_is_exact_and_bounded() {
+        // A pseudo-random 97x61 source shrunk to 9x7: the compacted image has at most 2·9 columns
+        // and 2·7 rows and gives bit-identical output to resizing every source pixel directly.
+        let (sw, sh) = (97, 61);
+        let mut state = 12345u32;
+        let data: Vec<u8> = (0..sw * sh * 3)
+            .map(|_| {
+                state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+                (state >> 24) as u8
+            })
+            .collect();
+        let img = Rgb8::new(sw, sh, data);
+        let plan = TfBilinear::new(sw, sh, 9, 7);
+        let small = plan.compact(&img);
+        assert!(small.width <= 18 && small.height <= 14, "{}x{}", small.width, small.height);
+        let (xs, ys) = (tf_taps(sw, 9), tf_taps(sh, 7));
+        let p = |x: usize, y: usize, c: usize| img.data[(y * sw + x) * 3 + c] as f32;
+        let mut direct = Vec::new();
+        for ty in &ys {
+            for tx in &xs {
+                for c in 0..3 {
+                    let top = p(tx.lower, ty.lower, c) + (p(tx.upper, ty.lower, c) - p(tx.lower, ty.lower, c)) * tx.lerp;
+                    let bottom = p(tx.lower, ty.upper, c) + (p(tx.upper, ty.upper, c) - p(tx.lower, ty.upper, c)) * tx.lerp;
+                    direct.push(top + (bottom - top) * ty.lerp);
+                }
+            }
+        }
+        assert_eq!(plan.resize_compacted(&small), direct);
+        // enlarging keeps the whole source
+        assert_eq!(TfBilinear::new(sw, sh, 200, 100).compact(&img), img);
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! Preprocessing (data.md): what is cached per image (decoded + resized, 8 bits) and what is done
-//! per draw (crop, flip, [0,1] scaling, ImageNet normalisation, CHW float layout).
+//! Preprocessing (data.md): what is cached per image ([`Prepared`], 8 bits) and what is done per
+//! draw (VTAB: TensorFlow's float bilinear resize; FGVC: crop and flip; then [0,1] scaling,
+//! ImageNet normalisation, CHW float layout).
 
 use mosa_core::Rng;
 
 use crate::image::Rgb8;
-use crate::resize::{center_crop_offsets, crop, resize_bilinear, shorter_side_size};
+use crate::resize::{TfBilinear, center_crop_offsets, crop, resize_bilinear, shorter_side_size};
 use crate::source::Style;
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -19,21 +20,36 @@ pub struct Transform {
     pub train: bool,
 }
 
+/// An image as it is kept between draws: 8-bit pixels and the size of the decoded source they
+/// came from. VTAB: the source's rows and columns that TensorFlow's resize to S×S reads
+/// ([`TfBilinear::compact`], at most 2S × 2S); FGVC: the source resized (PIL) so that its shorter
+/// side is `256·S/224`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub pixels: Rgb8,
+    pub source_width: usize,
+    pub source_height: usize,
+}
+
 impl Transform {
     pub fn new(style: Style, size: usize, train: bool) -> Self {
         Self { style, size, train }
     }
 
-    /// The deterministic, cacheable part: VTAB resizes to S×S; FGVC resizes the shorter side to
-    /// `256·S/224` keeping aspect.
-    pub fn prepare(&self, img: &Rgb8) -> Rgb8 {
-        match self.style {
-            Style::Vtab => resize_bilinear(img, self.size, self.size),
+    fn tf_resize(&self, source_width: usize, source_height: usize) -> TfBilinear {
+        TfBilinear::new(source_width, source_height, self.size, self.size)
+    }
+
+    /// The deterministic, cacheable part (see [`Prepared`]).
+    pub fn prepare(&self, img: &Rgb8) -> Prepared {
+        let pixels = match self.style {
+            Style::Vtab => self.tf_resize(img.width, img.height).compact(img),
             Style::Fgvc => {
                 let (w, h) = shorter_side_size(img.width, img.height, self.fgvc_shorter());
                 resize_bilinear(img, w, h)
             }
-        }
+        };
+        Prepared { pixels, source_width: img.width, source_height: img.height }
     }
 
     pub fn fgvc_shorter(&self) -> usize {
@@ -42,36 +58,44 @@ impl Transform {
 
     /// The per-draw part on a prepared image, written as CHW floats into `out` (3·S·S).
     /// `rng` is only used by training-time FGVC augmentation.
-    pub fn finish(&self, img: &Rgb8, rng: &mut Rng, out: &mut [f32]) {
+    pub fn finish(&self, p: &Prepared, rng: &mut Rng, out: &mut [f32]) {
         let s = self.size;
-        let view = match self.style {
-            Style::Vtab => std::borrow::Cow::Borrowed(img),
+        match self.style {
+            Style::Vtab => {
+                let hwc = self.tf_resize(p.source_width, p.source_height).resize_compacted(&p.pixels);
+                hwc_to_chw_normalised(&hwc, s, s, false, out);
+            }
             Style::Fgvc => {
+                let img = &p.pixels;
                 let (left, top) = if self.train {
                     (rng.below(img.width - s + 1), rng.below(img.height - s + 1))
                 } else {
                     center_crop_offsets(img.width, img.height, s)
                 };
-                std::borrow::Cow::Owned(crop(img, left, top, s, s))
+                let flip = self.train && rng.uniform() < 0.5;
+                to_chw_normalised(&crop(img, left, top, s, s), flip, out);
             }
-        };
-        let flip = self.style == Style::Fgvc && self.train && rng.uniform() < 0.5;
-        to_chw_normalised(&view, flip, out);
+        }
     }
 }
 
-/// `(v/255 - mean) / std`, CHW, optionally mirrored left-right.
+/// `(v/255 - mean) / std` in that order (as the reference: `image / 255`, then the ImageNet
+/// normalisation), CHW, optionally mirrored left-right.
 pub fn to_chw_normalised(img: &Rgb8, flip: bool, out: &mut [f32]) {
-    let (w, h) = (img.width, img.height);
+    let hwc: Vec<f32> = img.data.iter().map(|&v| v as f32).collect();
+    hwc_to_chw_normalised(&hwc, img.width, img.height, flip, out);
+}
+
+/// [`to_chw_normalised`] on `f32` pixels in 0..=255 (row-major HWC).
+pub fn hwc_to_chw_normalised(hwc: &[f32], w: usize, h: usize, flip: bool, out: &mut [f32]) {
     assert_eq!(out.len(), 3 * w * h);
-    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * IMAGENET_STD[c]));
-    let shift: [f32; 3] = std::array::from_fn(|c| IMAGENET_MEAN[c] / IMAGENET_STD[c]);
+    assert_eq!(hwc.len(), 3 * w * h);
     for y in 0..h {
         for x in 0..w {
             let sx = if flip { w - 1 - x } else { x };
-            let p = &img.data[(y * w + sx) * 3..(y * w + sx) * 3 + 3];
+            let p = &hwc[(y * w + sx) * 3..(y * w + sx) * 3 + 3];
             for c in 0..3 {
-                out[c * w * h + y * w + x] = p[c] as f32 * scale[c] - shift[c];
+                out[c * w * h + y * w + x] = (p[c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
             }
         }
     }
@@ -107,12 +131,12 @@ mod tests {
         let img = Rgb8::new(8, 6, data);
         let t = Transform::new(Style::Fgvc, 4, false);
         let p = t.prepare(&img);
-        assert_eq!((p.width, p.height), (5, 4));
+        assert_eq!((p.pixels.width, p.pixels.height, p.source_width, p.source_height), (5, 4, 8, 6));
         let mut a = vec![0.0; 48];
         t.finish(&p, &mut Rng::new(0), &mut a);
         // centre crop of width 5 -> 4: left = round_half_even(0.5) = 0
         let mut want = vec![0.0; 48];
-        to_chw_normalised(&crop(&p, 0, 0, 4, 4), false, &mut want);
+        to_chw_normalised(&crop(&p.pixels, 0, 0, 4, 4), false, &mut want);
         assert_eq!(a, want);
 
         let tt = Transform::new(Style::Fgvc, 4, true);
@@ -124,5 +148,27 @@ mod tests {
         assert_eq!(draw(1), draw(1));
         let distinct: std::collections::BTreeSet<Vec<u32>> = (0..32).map(|s| draw(s).iter().map(|v| v.to_bits()).collect()).collect();
         assert_eq!(distinct.len(), 4, "2 crop positions x 2 flips");
+    }
+
+    #[test]
+    fn vtab_is_tensorflow_resize_in_float_then_normalised() {
+        // 6x2 grey source shrunk to S = 2 (aspect ignored): x taps at in = 1 and 4 (scale 3) read
+        // single columns, y taps at in = 0 and 1 (scale 1); so the output is exactly columns 1
+        // and 4, no averaging with their neighbours (PIL would average three columns each).
+        let v = [10u8, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 121];
+        let img = Rgb8::new(6, 2, v.iter().flat_map(|&x| [x, x, x]).collect());
+        let t = Transform::new(Style::Vtab, 2, false);
+        let p = t.prepare(&img);
+        assert_eq!((p.pixels.width, p.pixels.height), (2, 2), "only the columns read are kept");
+        let mut out = vec![0.0; 12];
+        t.finish(&p, &mut Rng::new(0), &mut out);
+        for c in 0..3 {
+            let want = [20.0f32, 50.0, 80.0, 110.0].map(|x| (x / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]);
+            assert_eq!(&out[c * 4..c * 4 + 4], &want, "channel {c}");
+        }
+        // training draws are the same (no augmentation for VTAB)
+        let mut tr = vec![0.0; 12];
+        Transform::new(Style::Vtab, 2, true).finish(&p, &mut Rng::new(9), &mut tr);
+        assert_eq!(tr, out);
     }
 }

@@ -62,7 +62,7 @@ fn an_unregistered_task_in_the_vtab_layout_opens() {
 
 #[test]
 fn vtab_preprocessing_numerics_by_hand() {
-    // A 2x2 RGB image upscaled to 4x4 (bilinear, PIL rules), then normalised.
+    // A 2x2 RGB image enlarged to 4x4 (TensorFlow's bilinear, float output), then normalised.
     let dir = tempfile::tempdir().unwrap();
     let img = Rgb8::new(2, 2, vec![0, 0, 0, 200, 100, 40, 40, 80, 120, 255, 255, 255]);
     let task = dir.path().join("dtd");
@@ -76,16 +76,15 @@ fn vtab_preprocessing_numerics_by_hand() {
     assert_eq!(report.images, 1);
     let (x, y) = loaded.batch(&[0], 0);
     assert_eq!(y, vec![46]);
-    // 2 -> 4 per axis: weights per output (1), (.75,.25), (.25,.75), (1) on inputs (0), (0,1), (0,1), (1).
+    // 2 -> 4 per axis: half-pixel centres at -.25, .25, .75, 1.25 give weights (1), (.75,.25),
+    // (.25,.75), (1) on inputs (0), (0,1), (0,1), (1); no rounding between or after the passes.
     let w = [[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]];
-    let round = |v: f64| (v + 0.5).floor();
     for c in 0..3 {
         let p = |x: usize, y: usize| img.pixel(x, y)[c] as f64;
         for oy in 0..4 {
             for ox in 0..4 {
-                // horizontal pass, rounded to 8 bits, then vertical
-                let row = |y: usize| round(w[ox][0] * p(0, y) + w[ox][1] * p(1, y));
-                let v = round(w[oy][0] * row(0) + w[oy][1] * row(1));
+                let row = |y: usize| w[ox][0] * p(0, y) + w[ox][1] * p(1, y);
+                let v = w[oy][0] * row(0) + w[oy][1] * row(1);
                 let want = ((v / 255.0) as f32 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
                 let got = x[c * 16 + oy * 4 + ox];
                 assert!((got - want).abs() < 1e-5, "c{c} ({ox},{oy}): {got} vs {want}");
@@ -161,7 +160,7 @@ fn fgvc_json_prefix_sorted_ids_and_crops() {
     // eval: 30x20 -> shorter side 256*16/224 = 18 -> 27x18, centre crop 16 at (round(5.5)=6, 1)
     let t = Transform::new(Style::Fgvc, 16, false);
     let (l, _) = LoadedSplit::load(ds.test.as_ref().unwrap(), 3, t, &LoadOptions::default()).unwrap();
-    assert_eq!((l.images[0].width, l.images[0].height), (27, 18));
+    assert_eq!((l.images[0].pixels.width, l.images[0].pixels.height), (27, 18));
     let (x, y) = l.batch(&[0, 1], 0);
     assert_eq!(y, vec![1, 0]);
     assert_eq!(x.len(), 2 * 3 * 16 * 16);
