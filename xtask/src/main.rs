@@ -90,6 +90,9 @@ enum Task {
 
 /// PyTorch 2.15 (MKL + oneDNN, 2 threads) on the 2-core CI machine kind, from the project brief:
 /// seconds per training step at batch 8, and images/s at batch 32 for inference.
+/// bench-experts' LoRA expert: rank, alpha, targets.
+const EXPERT_LORA: (usize, f64, &str) = (8, 8.0, "qkv");
+
 const PYTORCH: &[(&str, f64)] = &[("linear", 0.50), ("adapter", 1.10), ("lora", 1.19), ("full", 1.43)];
 const PYTORCH_INFER_IPS: f64 = 14.3;
 
@@ -402,7 +405,11 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     if let Some(k) = a.keep_ratio {
         sparse.extend(["--keep-ratio".into(), k.to_string()]);
     }
-    let method_args: std::collections::BTreeMap<String, Vec<String>> = [("sparse", sparse), ("lora", lr(lora_lr)), ("full", lr(full_lr)), ("linear", lr(head_lr))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    // the LoRA expert: rank 8 on the whole qkv, the matrix the sparse expert selects in (not the
+    // MoSA table's LoRA of `mosa train`'s defaults, rank 16 on q and v)
+    let mut lora = lr(lora_lr);
+    lora.extend(["--lora-r", &EXPERT_LORA.0.to_string(), "--lora-alpha", &EXPERT_LORA.1.to_string(), "--targets", EXPERT_LORA.2].map(String::from));
+    let method_args: std::collections::BTreeMap<String, Vec<String>> = [("sparse", sparse), ("lora", lora), ("full", lr(full_lr)), ("linear", lr(head_lr))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let held_out = !a.no_held_out;
     let mut methods = a.kinds.clone();
     if held_out {
@@ -410,7 +417,6 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     }
     let recipe = mosa_train::TrainConfig::default();
     let sp = mosa_core::sparse::SparseConfig::new();
-    let lo = mosa_core::lora::LoraOptions::new();
     let settings = format!(
         "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, seed {}; lr: sparse {sparse_lr} ({} of {}, {}), lora {lora_lr} (r {}, alpha {}, {}), full {full_lr}, heads and probes {head_lr}; train images per task {}, eval images per split {}; backend feature {}.",
         a.model,
@@ -420,9 +426,9 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
         a.keep_ratio.unwrap_or(sp.keep_ratio),
         if a.sparse_targets.is_empty() { "qkv".to_string() } else { a.sparse_targets.join(",") },
         enum_name(sp.criterion),
-        lo.r,
-        lo.alpha,
-        if lo.targets.is_empty() { "qkv".to_string() } else { lo.targets.join(",") },
+        EXPERT_LORA.0,
+        EXPERT_LORA.1,
+        EXPERT_LORA.2,
         mt.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
         me.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
         a.backend.features

@@ -3,7 +3,7 @@
 //! method's options type (`mosa_core::method`; the help text reads it from there); a flag the chosen method does not have is
 //! ignored with a note on stderr (so that one recipe can be passed to every method of a grid).
 
-use mosa_core::adapter::AdapterOptions;
+use mosa_core::adapter::{Activation, AdapterOptions, SequentialPosition};
 use mosa_core::lora::{LoraOptions, LoraSplit, MosaLoraOptions};
 use mosa_core::mosa::{MosaOptions, Share};
 use mosa_core::prompt::PromptOptions;
@@ -21,6 +21,14 @@ pub struct MethodArgs {
     pub scale: Option<f64>,
     #[arg(long, help = format!("Dropout inside adapters [default {}; pfeiffer, houlsby: 0]", AdapterOptions::new().dropout))]
     pub adapter_dropout: Option<f64>,
+    /// Adapter non-linearity [default: adapter, pfeiffer relu; houlsby silu; mosa, pruned-adapter
+    /// gelu — the MoSA code base's].
+    #[arg(long, value_enum)]
+    pub activation: Option<Activation>,
+    /// Pfeiffer / Houlsby: `branch` = on the sublayer's output before the residual, `stream` =
+    /// after the residual [default: pfeiffer branch, houlsby stream — the MoSA code base's].
+    #[arg(long, value_enum)]
+    pub adapter_position: Option<SequentialPosition>,
     #[arg(long, help = format!("MoSA / pruned-adapter / MoSA-LoRA experts N [default {}]", MosaOptions::new().experts))]
     pub experts: Option<usize>,
     #[arg(long, value_enum, help = format!("MoSA: the dense shared projection [default {}]", name(MosaOptions::new().share)))]
@@ -92,11 +100,19 @@ impl MethodArgs {
             put!(r, o.r);
             put!(scale, o.scale);
             put!(adapter_dropout, o.dropout);
+            put!(activation, o.activation);
+        }
+        if let Method::Pfeiffer(o) | Method::Houlsby(o) = &mut m {
+            put!(adapter_position, o.position);
         }
         let lora = match &mut m {
-            Method::Mosa(o) | Method::PrunedAdapter(o) => {
+            Method::Mosa(o) => {
                 put!(experts, o.experts);
                 put!(share, o.share);
+                None
+            }
+            Method::PrunedAdapter(o) => {
+                put!(experts, o.experts);
                 None
             }
             Method::MosaLora(o) => {
@@ -131,7 +147,7 @@ impl MethodArgs {
         macro_rules! given {
             ($($flag:ident),*) => { [$((stringify!($flag), a.$flag.is_some())),*] };
         }
-        let flags = given!(r, scale, adapter_dropout, experts, share, lora_r, lora_alpha, lora_dropout, lora_split, targets, prompt_tokens, keep_ratio, criterion, scope, reselect_every, on_drop, sparse_warmup_steps, selection_lr);
+        let flags = given!(r, scale, adapter_dropout, activation, adapter_position, experts, share, lora_r, lora_alpha, lora_dropout, lora_split, targets, prompt_tokens, keep_ratio, criterion, scope, reselect_every, on_drop, sparse_warmup_steps, selection_lr);
         for (flag, _) in flags.iter().filter(|(f, given)| *given && !has.contains(f)) {
             eprintln!("note: --{} does not apply to method {}; ignored", flag.replace('_', "-"), m.name());
         }

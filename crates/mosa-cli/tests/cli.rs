@@ -287,9 +287,14 @@ fn data_check_dumps_what_the_model_receives() {
     assert_eq!(labels, vec![1, 2], "the test split's first two, in list order");
     assert_eq!(shape, vec![2, 3, 2, 2]);
     let norm = |v: f32, c: usize| (v / 255.0 - mosa_data::transform::IMAGENET_MEAN[c]) / mosa_data::transform::IMAGENET_STD[c];
+    let close = |got: &[f32], want: [f32; 4], what: &str| {
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{what}: {g} vs {w}");
+        }
+    };
     for c in 0..3 {
-        assert_eq!(&px[c * 4..c * 4 + 4], &[200.0; 4].map(|v| norm(v, c)), "image 0 channel {c}");
-        assert_eq!(&px[12 + c * 4..12 + c * 4 + 4], &[20.0, 50.0, 80.0, 110.0].map(|v| norm(v, c)), "image 1 channel {c}");
+        close(&px[c * 4..c * 4 + 4], [200.0; 4].map(|v| norm(v, c)), &format!("image 0 channel {c}"));
+        close(&px[12 + c * 4..12 + c * 4 + 4], [20.0, 50.0, 80.0, 110.0].map(|v| norm(v, c)), &format!("image 1 channel {c}"));
     }
     // another split by name (all of it: 2 < the default count); an unknown split names the ones there are
     let o = dump(&["--split", "train800"]);
@@ -377,7 +382,9 @@ fn format2_runs_keep_their_adapter_epsilon_when_resumed_and_evaluated() {
     let want = metrics_without_timings(&tmp.path().join("expected-mosa-metrics.jsonl"));
     assert_eq!(got, want, "the resumed run must end exactly as the uninterrupted one");
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("run-mosa/config.json")).unwrap()).unwrap();
-    assert_eq!((cfg["format"].as_u64(), cfg["run"]["method"]["adapter"]["norm_eps"].as_f64()), (Some(3), Some(1e-5)));
+    assert_eq!((cfg["format"].as_u64(), cfg["run"]["method"]["adapter"]["norm_eps"].as_f64()), (Some(mosa_train::rundir::FORMAT as u64), Some(1e-5)));
+    // and the activation and VTAB resize of those releases
+    assert_eq!((cfg["run"]["method"]["adapter"]["activation"].as_str(), cfg["run"]["train"]["vtab_resize"].as_str()), (Some("gelu"), Some("pil")));
     let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("done-adapter/summary.json")).unwrap()).unwrap();
     let o = run(&["eval", "--run", "done-adapter", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -388,6 +395,8 @@ fn format2_runs_keep_their_adapter_epsilon_when_resumed_and_evaluated() {
     assert!(o.status.success(), "{}", stderr(&o));
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("new/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["run"]["method"]["norm_eps"].as_f64(), Some(1e-6));
+    // ... and the reference's plain-adapter activation and VTAB resize
+    assert_eq!((cfg["run"]["method"]["activation"].as_str(), cfg["run"]["train"]["vtab_resize"].as_str()), (Some("relu"), Some("tensorflow")));
 }
 
 #[test]
@@ -407,7 +416,7 @@ fn format1_runs_of_the_previous_release_resume_and_evaluate() {
         assert_eq!(got, want, "{m}: the resumed run must end exactly as the uninterrupted one");
         // the directory is now in today's format
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join(&dir).join("config.json")).unwrap()).unwrap();
-        assert_eq!(cfg["format"], 3);
+        assert_eq!(cfg["format"], mosa_train::rundir::FORMAT);
         assert_eq!(cfg["run"]["method"]["method"], m);
         assert_eq!(cfg["run"]["model"]["family"], "vit");
     }

@@ -9,16 +9,29 @@ use burn::tensor::activation::{gelu, relu, silu};
 use serde::{Deserialize, Serialize};
 
 /// Adapter non-linearity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
-    /// Exact (erf) GELU: AdaptFormer / MoSA.
+    /// Exact (erf) GELU: MoSA (`vit_mosa.py`).
     #[default]
     Gelu,
-    /// Pfeiffer.
+    /// The plain adapter (AdaptFormer in `vit_adapter.py`) and Pfeiffer.
     Relu,
     /// Houlsby in the MoSA code base.
     Silu,
+}
+
+/// Where a sequential adapter (Pfeiffer, Houlsby) reads and writes, around a sublayer `f` with
+/// residual `x + f(x)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SequentialPosition {
+    /// On the sublayer's output, before the residual: `x + (f + A(f))` (Houlsby et al. 2019,
+    /// Pfeiffer in the MoSA code base).
+    Branch,
+    /// On the stream after the residual: `y = x + f`, then `y + A(y)` (Houlsby in the MoSA code
+    /// base, `vit_adapter.py`).
+    Stream,
 }
 
 impl Activation {
@@ -52,16 +65,21 @@ pub struct AdapterOptions {
     /// converted with it.
     #[config(default = 1e-6)]
     pub norm_eps: f64,
+    /// The non-linearity (each method's default is set by [`crate::method::Method::new`]).
+    #[config(default = "Activation::Gelu")]
+    pub activation: Activation,
+    /// Where a sequential adapter (Pfeiffer, Houlsby) sits; parallel adapters (adapter, MoSA)
+    /// ignore it.
+    #[config(default = "SequentialPosition::Branch")]
+    pub position: SequentialPosition,
 }
 
-/// One adapter module: its width, the method's options and the activation the method picks.
+/// One adapter module: its width and the method's options.
 #[derive(Config, Debug)]
 pub struct AdapterConfig {
     /// Width of the tokens the adapter reads and writes.
     pub d_model: usize,
     pub options: AdapterOptions,
-    #[config(default = "Activation::Gelu")]
-    pub activation: Activation,
 }
 
 impl AdapterConfig {
@@ -79,8 +97,9 @@ impl AdapterConfig {
             down,
             up,
             dropout: DropoutConfig::new(o.dropout).init(),
-            activation: self.activation,
+            activation: o.activation,
             scale: o.scale,
+            on_stream: o.position == SequentialPosition::Stream,
         }
     }
 
@@ -103,6 +122,9 @@ pub struct Adapter<B: Backend> {
     pub activation: Activation,
     #[module(skip)]
     pub scale: f64,
+    /// A sequential adapter placed after the residual ([`SequentialPosition::Stream`]).
+    #[module(skip)]
+    pub on_stream: bool,
 }
 
 impl<B: Backend> Adapter<B> {

@@ -16,6 +16,7 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::adapter::{AdapterConfig, AdapterOptions};
 use crate::host::HostTensor;
 use crate::method::Method;
+use crate::pruned::PrunedSlot;
 use crate::params::{Tally, is_bias_field, set_trainable, tally};
 use crate::rng::Rng;
 use crate::site::{PeftHost, Placement, SiteMut, Targets};
@@ -32,14 +33,51 @@ fn placements(method: &Method) -> &'static [Placement] {
     }
 }
 
-/// The method's linear targets, checked against the family's vocabulary (empty: its default).
-pub fn resolve_targets(method: &Method, table: Targets) -> Result<Vec<String>, String> {
+/// A resolved target: a linear site, whole, or some of its `n` equal output parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub site: String,
+    /// `(chosen parts, n)`; `None`: the whole linear.
+    pub parts: Option<(Vec<usize>, usize)>,
+}
+
+/// The method's linear targets, checked against the family's vocabulary (empty: its default;
+/// LoRA's is the family's `lora_default`). Parts of a fused linear (`q`, `v` of `qkv`) are LoRA
+/// targets only, and a linear is targeted whole or by parts, not both.
+pub fn resolve_targets(method: &Method, table: Targets) -> Result<Vec<Target>, String> {
     let Some(t) = method.targets() else { return Ok(Vec::new()) };
-    let t: Vec<String> = if t.is_empty() { table.default.iter().map(|s| s.to_string()).collect() } else { t.clone() };
-    if let Some(bad) = t.iter().find(|x| !table.names.contains(&x.as_str())) {
-        return Err(format!("unknown target `{bad}`; targets of {}: {}", table.family, table.names.join(", ")));
+    let default = if matches!(method, Method::Lora(_)) { table.lora_default } else { table.default };
+    let t: Vec<String> = if t.is_empty() { default.iter().map(|s| s.to_string()).collect() } else { t.clone() };
+    let mut out: Vec<Target> = Vec::new();
+    for name in &t {
+        if table.names.contains(&name.as_str()) {
+            if out.iter().any(|x| &x.site == name) {
+                return Err(format!("target `{name}` is given twice, or with its parts"));
+            }
+            out.push(Target { site: name.clone(), parts: None });
+            continue;
+        }
+        let Some((site, parts)) = table.parts.iter().find(|(_, p)| p.contains(&name.as_str())) else {
+            let parts: Vec<String> = table.parts.iter().map(|(s, p)| format!("{} (of {s})", p.join(", "))).collect();
+            let also = if parts.is_empty() { String::new() } else { format!("; LoRA also takes the parts {}", parts.join("; ")) };
+            return Err(format!("unknown target `{name}`; targets of {}: {}{also}", table.family, table.names.join(", ")));
+        };
+        if !matches!(method, Method::Lora(_)) {
+            return Err(format!("target `{name}` is a part of `{site}`; only lora targets parts (use `{site}`)"));
+        }
+        let index = parts.iter().position(|p| p == name).unwrap_or(0);
+        match out.iter_mut().find(|x| x.site == *site) {
+            Some(Target { parts: Some((chosen, _)), .. }) if !chosen.contains(&index) => chosen.push(index),
+            Some(_) => return Err(format!("target `{name}` is given twice, or with `{site}` whole")),
+            None => out.push(Target { site: site.to_string(), parts: Some((vec![index], parts.len())) }),
+        }
     }
-    Ok(t)
+    for x in &mut out {
+        if let Some((chosen, _)) = &mut x.parts {
+            chosen.sort_unstable();
+        }
+    }
+    Ok(out)
 }
 
 /// Injects `method` into `host` and sets what trains. Masks and initial values come from
@@ -74,16 +112,18 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
             }
             for t in &targets {
                 let found = sites.iter_mut().find_map(|s| match s {
-                    SiteMut::Linear { site, linear } if site.block == block && site.target == t => Some(linear),
+                    SiteMut::Linear { site, linear } if site.block == block && site.target == t.site => Some(linear),
                     _ => None,
                 });
                 let Some(linear) = found else { continue };
                 // reading the weight initialises a lazily initialised (random) base here, as the
                 // first release did: seeded random-init runs stay bit-identical across versions
                 let [i, o] = linear.weight.val().dims();
-                linear.branch = Some(match method {
-                    Method::Lora(l) => LinearBranch::Lora(l.init(i, o, device)),
-                    Method::MosaLora(m) => LinearBranch::MosaLora(m.init(i, o, &mut rng, device)),
+                linear.branch = Some(match (method, &t.parts) {
+                    (Method::Lora(l), Some((parts, n))) if o % n == 0 => LinearBranch::LoraParts(l.init_parts(i, o, parts, *n, device)),
+                    (Method::Lora(_), Some((_, n))) => return Err(format!("`{}` has {o} outputs, not {n} equal parts", t.site)),
+                    (Method::Lora(l), None) => LinearBranch::Lora(l.init(i, o, device)),
+                    (Method::MosaLora(m), _) => LinearBranch::MosaLora(m.init(i, o, &mut rng, device)),
                     _ => LinearBranch::Sparse(SparseDelta::new(i, o, device)),
                 });
             }
@@ -105,7 +145,6 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
 /// The adapter a method puts at a site of width `d`; a site that feeds it a normalised stream gets
 /// one without a LayerNorm of its own.
 fn adapter_slot<B: Backend>(method: &Method, d: usize, normalised_input: bool, rng: &mut Rng, device: &B::Device) -> AdapterSlot<B> {
-    let act = method.activation();
     let mut own = method.clone();
     if normalised_input {
         if let Some(a) = own.adapter_options_mut() {
@@ -115,10 +154,13 @@ fn adapter_slot<B: Backend>(method: &Method, d: usize, normalised_input: bool, r
     let method = &own;
     match method {
         Method::Mosa(m) => AdapterSlot::Mosa(m.config(d).init(rng, device)),
-        Method::PrunedAdapter(m) => AdapterSlot::Mosa(m.config(d).init_pruned(rng, device)),
+        Method::PrunedAdapter(m) => match m.init(d, rng, device) {
+            PrunedSlot::Reference(p) => AdapterSlot::Pruned(p),
+            PrunedSlot::Legacy(p) => AdapterSlot::Mosa(p),
+        },
         _ => {
             let o = method.adapter_options().cloned().unwrap_or_else(AdapterOptions::new);
-            AdapterSlot::Plain(AdapterConfig::new(d, o).with_activation(act).init(device))
+            AdapterSlot::Plain(AdapterConfig::new(d, o).init(device))
         }
     }
 }

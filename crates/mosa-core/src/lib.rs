@@ -4,7 +4,7 @@
 //! - [`method`]: the tagged [`Method`] enum with each method's options; [`inject`]: apply a
 //!   method to any host, merge, mask gradients, sparse masks, parameter groups;
 //! - [`slot`]: what a site holds (adapter slots, linear branches);
-//! - [`adapter`], [`mosa`], [`lora`], [`prompt`], [`sparse`]: one file per method family;
+//! - [`adapter`], [`mosa`], [`pruned`], [`lora`], [`prompt`], [`sparse`]: one file per method family;
 //! - [`mask`]: partitions and exact top-k; [`rng`]: the seeded generator behind every draw;
 //! - [`params`]: parameters by path (one path stack), values in and out;
 //! - [`optim`]: the reference AdamW and warm-up cosine;
@@ -25,6 +25,7 @@ pub mod mosa;
 pub mod optim;
 pub mod params;
 pub mod prompt;
+pub mod pruned;
 pub mod rng;
 pub mod site;
 pub mod slot;

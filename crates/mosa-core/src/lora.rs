@@ -13,17 +13,18 @@ use crate::mosa::Experts;
 use crate::rng::Rng;
 
 /// LoRA's options (`--lora-r`, `--lora-alpha`, `--lora-dropout`, `--targets`); the one source of
-/// their defaults.
+/// their defaults: the MoSA code base's (`_C.MODEL.LORA`: `RANK 16`, `SCALAR 1.0` = alpha / r,
+/// `DROPOUT 0`, `MODE "qv"`).
 #[derive(Config, Debug)]
 pub struct LoraOptions {
-    #[config(default = 8)]
+    #[config(default = 16)]
     pub r: usize,
-    #[config(default = 8.0)]
+    #[config(default = 16.0)]
     pub alpha: f64,
     #[config(default = 0.0)]
     pub dropout: f64,
-    /// Linear sites by the family's names (ViT: `qkv`, `proj`, `fc1`, `fc2`); empty = the
-    /// family's default.
+    /// Linear sites by the family's names (ViT: `qkv`, `proj`, `fc1`, `fc2`) or parts of a fused
+    /// one (`q`, `k`, `v` of `qkv`); empty = the family's default (ViT, Swin: `q`, `v`).
     #[config(default = "Vec::new()")]
     pub targets: Vec<String>,
 }
@@ -60,6 +61,12 @@ impl LoraOptions {
     pub fn init<B: Backend>(&self, d_in: usize, d_out: usize, device: &B::Device) -> Lora<B> {
         let (a, b) = self.factors(d_in, d_out, device);
         Lora { a: a.weight, b: b.weight, dropout: DropoutConfig::new(self.dropout).init(), scaling: self.alpha / self.r as f64 }
+    }
+
+    /// One LoRA per chosen part of a fused linear whose `d_out` outputs are `n` equal parts.
+    pub fn init_parts<B: Backend>(&self, d_in: usize, d_out: usize, parts: &[usize], n: usize, device: &B::Device) -> LoraParts<B> {
+        let len = d_out / n;
+        LoraParts { parts: parts.iter().map(|_| self.init(d_in, len, device)).collect(), windows: parts.iter().map(|&p| (p * len, len)).collect(), d_out }
     }
 
 }
@@ -99,6 +106,64 @@ impl<B: Backend> Lora<B> {
     /// `ΔW = scaling · A·B`, `[in, out]` (the product is merged, never the factors).
     pub fn delta(&self) -> Tensor<B, 2> {
         self.a.val().matmul(self.b.val()) * self.scaling
+    }
+}
+
+/// LoRA on some of the equal output parts of a fused linear (the reference's LoRA on the query and
+/// value projections, on timm's fused `qkv`): `y = x·W + Σ_p pad_p(LoRA_p(x))`, each part's
+/// output written to its columns.
+#[derive(Module, Debug)]
+pub struct LoraParts<B: Backend> {
+    pub parts: Vec<Lora<B>>,
+    /// `(first column, width)` of each part, in increasing order.
+    #[module(skip)]
+    pub windows: Vec<(usize, usize)>,
+    #[module(skip)]
+    pub d_out: usize,
+}
+
+impl<B: Backend> LoraParts<B> {
+    /// The parts' outputs placed in their columns of a `[…, d_out]` tensor (zeros elsewhere).
+    fn placed<const D: usize>(&self, ys: Vec<Tensor<B, D>>) -> Tensor<B, D> {
+        let mut dims = ys[0].dims();
+        let device = ys[0].device();
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        let mut zeros = |from: usize, to: usize, pieces: &mut Vec<Tensor<B, D>>| {
+            if to > from {
+                dims[D - 1] = to - from;
+                pieces.push(Tensor::zeros(dims, &device));
+            }
+        };
+        for (y, &(start, len)) in ys.into_iter().zip(&self.windows) {
+            zeros(at, start, &mut pieces);
+            pieces.push(y);
+            at = start + len;
+        }
+        zeros(at, self.d_out, &mut pieces);
+        Tensor::cat(pieces, D - 1)
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.placed(self.parts.iter().map(|l| l.forward(x.clone())).collect())
+    }
+
+    /// `ΔW`, `[in, out]`.
+    pub fn delta(&self) -> Tensor<B, 2> {
+        self.placed(self.parts.iter().map(Lora::delta).collect())
+    }
+
+    /// The same update as one LoRA of rank Σr: `A = [A_1 … A_k]` (`[in, Σr]`), and `B` with
+    /// part p's `B_p` in its rows and columns, zeros elsewhere (`[Σr, out]`); its scaling.
+    pub fn as_one(&self) -> (Tensor<B, 2>, Tensor<B, 2>, f64) {
+        let a = Tensor::cat(self.parts.iter().map(|l| l.a.val()).collect(), 1);
+        let rows: Vec<Tensor<B, 2>> = (0..self.parts.len())
+            .map(|p| {
+                let only = LoraParts { parts: vec![], windows: vec![self.windows[p]], d_out: self.d_out };
+                only.placed(vec![self.parts[p].b.val()])
+            })
+            .collect();
+        (a, Tensor::cat(rows, 0), self.parts[0].scaling)
     }
 }
 

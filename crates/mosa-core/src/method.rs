@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::{Activation, AdapterOptions};
+use crate::pruned::PrunedOptions;
+use crate::adapter::{Activation, AdapterOptions, SequentialPosition};
 use crate::lora::{LoraOptions, MosaLoraOptions};
 use crate::mosa::MosaOptions;
 use crate::prompt::PromptOptions;
@@ -108,7 +109,7 @@ pub enum Method {
     VptShallow(PromptOptions),
     VptDeep(PromptOptions),
     Mosa(MosaOptions),
-    PrunedAdapter(MosaOptions),
+    PrunedAdapter(PrunedOptions),
     MosaLora(MosaLoraOptions),
     Sparse(SparseConfig),
 }
@@ -130,16 +131,20 @@ impl Method {
             MethodKind::Linear => Method::Linear,
             MethodKind::Full => Method::Full,
             MethodKind::Bitfit => Method::Bitfit,
-            MethodKind::Adapter => Method::Adapter(AdapterOptions::new()),
-            // the MoSA code base's baselines (`vit_mosa.py`): Pfeiffer with its own LayerNorm,
-            // Houlsby without; neither scales its output nor uses dropout
-            MethodKind::Pfeiffer => Method::Pfeiffer(AdapterOptions::new().with_scale(1.0).with_dropout(0.0)),
-            MethodKind::Houlsby => Method::Houlsby(AdapterOptions::new().with_scale(1.0).with_dropout(0.0).with_norm(false)),
+            // the MoSA code base's baselines (`vit_adapter.py`, which its non-MoSA runs build): the
+            // plain adapter (AdaptFormer) with LayerNorm, ReLU, scale 0.1, dropout 0.1; Pfeiffer
+            // with its own LayerNorm and ReLU on the MLP output; Houlsby without LayerNorm, SiLU,
+            // after each residual; neither of the last two scales its output or uses dropout
+            MethodKind::Adapter => Method::Adapter(AdapterOptions::new().with_activation(Activation::Relu)),
+            MethodKind::Pfeiffer => Method::Pfeiffer(AdapterOptions::new().with_scale(1.0).with_dropout(0.0).with_activation(Activation::Relu)),
+            MethodKind::Houlsby => Method::Houlsby(
+                AdapterOptions::new().with_scale(1.0).with_dropout(0.0).with_norm(false).with_activation(Activation::Silu).with_position(SequentialPosition::Stream),
+            ),
             MethodKind::Lora => Method::Lora(LoraOptions::new()),
             MethodKind::VptShallow => Method::VptShallow(PromptOptions::new()),
             MethodKind::VptDeep => Method::VptDeep(PromptOptions::new()),
             MethodKind::Mosa => Method::Mosa(MosaOptions::new()),
-            MethodKind::PrunedAdapter => Method::PrunedAdapter(MosaOptions::new()),
+            MethodKind::PrunedAdapter => Method::PrunedAdapter(PrunedOptions::new()),
             MethodKind::MosaLora => Method::MosaLora(MosaLoraOptions::new()),
             MethodKind::Sparse => Method::Sparse(SparseConfig::new()),
         }
@@ -179,7 +184,8 @@ impl Method {
     pub fn adapter_options(&self) -> Option<&AdapterOptions> {
         match self {
             Method::Adapter(o) | Method::Pfeiffer(o) | Method::Houlsby(o) => Some(o),
-            Method::Mosa(m) | Method::PrunedAdapter(m) => Some(&m.adapter),
+            Method::Mosa(m) => Some(&m.adapter),
+            Method::PrunedAdapter(m) => Some(&m.adapter),
             _ => None,
         }
     }
@@ -187,16 +193,18 @@ impl Method {
     pub fn adapter_options_mut(&mut self) -> Option<&mut AdapterOptions> {
         match self {
             Method::Adapter(o) | Method::Pfeiffer(o) | Method::Houlsby(o) => Some(o),
-            Method::Mosa(m) | Method::PrunedAdapter(m) => Some(&mut m.adapter),
+            Method::Mosa(m) => Some(&mut m.adapter),
+            Method::PrunedAdapter(m) => Some(&mut m.adapter),
             _ => None,
         }
     }
 
-    /// The adapters' activation: ReLU for Pfeiffer, SiLU for Houlsby (as in the MoSA code), GELU otherwise.
-    pub fn activation(&self) -> Activation {
-        match self {
-            Method::Pfeiffer(_) => Activation::Relu,
-            Method::Houlsby(_) => Activation::Silu,
+    /// The activation adapters of this kind had before it was an option (run formats 1–3):
+    /// ReLU for Pfeiffer, SiLU for Houlsby, GELU for the others (today's defaults: [`Method::new`]).
+    pub fn legacy_activation(kind: MethodKind) -> Activation {
+        match kind {
+            MethodKind::Pfeiffer => Activation::Relu,
+            MethodKind::Houlsby => Activation::Silu,
             _ => Activation::Gelu,
         }
     }
@@ -231,7 +239,8 @@ impl Method {
             }
         }
         let experts = match self {
-            Method::Mosa(m) | Method::PrunedAdapter(m) => Some(m.experts),
+            Method::Mosa(m) => Some(m.experts),
+            Method::PrunedAdapter(m) => Some(m.experts),
             Method::MosaLora(m) => Some(m.experts),
             _ => None,
         };

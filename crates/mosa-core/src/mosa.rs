@@ -216,6 +216,7 @@ impl<B: Backend> MosaAdapter<B> {
             dropout: self.dropout.clone(),
             activation: self.activation,
             scale: self.scale,
+            on_stream: false,
         }
     }
 }

@@ -69,12 +69,20 @@ pub struct PromptSite {
     pub depth: usize,
 }
 
-/// A family's target vocabulary: the linear sites a method may name, and the default.
+/// A family's target vocabulary: the linear sites a method may name, the defaults, and the
+/// fused linears whose equal output parts LoRA may name.
 #[derive(Debug, Clone, Copy)]
 pub struct Targets {
     pub family: &'static str,
     pub names: &'static [&'static str],
+    /// The default of MoSA-LoRA and sparse experts.
     pub default: &'static [&'static str],
+    /// LoRA's default (the MoSA code base's `MODE "qv"` where the family has a fused `qkv`).
+    pub lora_default: &'static [&'static str],
+    /// Fused linears whose output is the concatenation of equal parts, with the parts' names
+    /// (`("qkv", &["q", "k", "v"])`): a LoRA target may be a part, as the reference's separate
+    /// query / key / value projections are.
+    pub parts: &'static [(&'static str, &'static [&'static str])],
 }
 
 /// One site with mutable access to what it holds.

@@ -11,9 +11,10 @@ use burn::tensor::module::linear;
 pub use crate::site::Placement;
 
 use crate::adapter::Adapter;
-use crate::lora::{Lora, MosaLora};
+use crate::lora::{Lora, LoraParts, MosaLora};
 use crate::mosa::MosaAdapter;
 use crate::params::{Tally, tally};
+use crate::pruned::PrunedAdapter;
 use crate::rng::Rng;
 use crate::sparse::SparseDelta;
 
@@ -22,6 +23,7 @@ use crate::sparse::SparseDelta;
 pub enum AdapterSlot<B: Backend> {
     Plain(Adapter<B>),
     Mosa(MosaAdapter<B>),
+    Pruned(PrunedAdapter<B>),
 }
 
 impl<B: Backend> AdapterSlot<B> {
@@ -31,6 +33,7 @@ impl<B: Backend> AdapterSlot<B> {
     pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         match self {
             AdapterSlot::Plain(a) => a.forward(x),
+            AdapterSlot::Pruned(p) => p.adapter.forward(x),
             AdapterSlot::Mosa(m) if B::ad_enabled(&x.device()) => {
                 let (d, u) = m.draw(rng);
                 m.forward(x, d, u)
@@ -39,10 +42,18 @@ impl<B: Backend> AdapterSlot<B> {
         }
     }
 
-    /// A plain adapter in place of a MoSA one (mode `add`).
+    /// Whether a sequential adapter in this slot reads the stream after the residual rather than
+    /// the sublayer's output ([`crate::adapter::SequentialPosition`]).
+    pub fn on_stream(&self) -> bool {
+        matches!(self, AdapterSlot::Plain(a) if a.on_stream)
+    }
+
+    /// A plain adapter in place of a MoSA one (mode `add`) or of a pruned one (its weights; the
+    /// masks only shaped training).
     pub fn merged(&self) -> Self {
         match self {
             AdapterSlot::Mosa(m) => AdapterSlot::Plain(m.merge()),
+            AdapterSlot::Pruned(p) => AdapterSlot::Plain(p.adapter.clone()),
             plain => plain.clone(),
         }
     }
@@ -52,7 +63,7 @@ impl<B: Backend> AdapterSlot<B> {
     /// Parameters of the expert-split tensors (MoSA's stacked experts) and of everything else.
     pub fn param_split(&self) -> (Tally, Tally) {
         let experts = match self {
-            AdapterSlot::Plain(_) => Tally::default(),
+            AdapterSlot::Plain(_) | AdapterSlot::Pruned(_) => Tally::default(),
             AdapterSlot::Mosa(m) => [&m.down, &m.up].into_iter().filter(|x| x.len() > 1).map(tally).fold(Tally::default(), |a, b| a + b),
         };
         (experts, tally(self) - experts)
@@ -61,8 +72,10 @@ impl<B: Backend> AdapterSlot<B> {
 
 impl<B: AutodiffBackend> AdapterSlot<B> {
     pub fn mask_gradients(&self, grads: &mut GradientsParams) {
-        if let AdapterSlot::Mosa(m) = self {
-            m.mask_gradients(grads);
+        match self {
+            AdapterSlot::Mosa(m) => m.mask_gradients(grads),
+            AdapterSlot::Pruned(p) => p.mask_gradients(grads),
+            AdapterSlot::Plain(_) => {}
         }
     }
 }
@@ -71,6 +84,8 @@ impl<B: AutodiffBackend> AdapterSlot<B> {
 #[derive(Module, Debug)]
 pub enum LinearBranch<B: Backend> {
     Lora(Lora<B>),
+    /// LoRA on parts of a fused linear (`q`, `v` of `qkv`).
+    LoraParts(LoraParts<B>),
     MosaLora(MosaLora<B>),
     Sparse(SparseDelta<B>),
 }
@@ -80,6 +95,7 @@ impl<B: Backend> LinearBranch<B> {
     pub fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         match self {
             LinearBranch::Lora(l) => linear(x.clone(), weight, bias) + l.forward(x),
+            LinearBranch::LoraParts(l) => linear(x.clone(), weight, bias) + l.forward(x),
             LinearBranch::MosaLora(m) if B::ad_enabled(&x.device()) => {
                 let (a, b) = m.draw(rng);
                 linear(x.clone(), weight, bias) + m.forward(x, a, b)
@@ -102,6 +118,7 @@ impl<B: Backend> LinearBranch<B> {
     pub fn delta(&self) -> Tensor<B, 2> {
         match self {
             LinearBranch::Lora(l) => l.delta(),
+            LinearBranch::LoraParts(l) => l.delta(),
             LinearBranch::MosaLora(m) => m.merge().delta(),
             LinearBranch::Sparse(s) => s.delta.val() * s.mask.clone(),
         }
@@ -120,7 +137,7 @@ impl<B: AutodiffBackend> LinearBranch<B> {
                     grads.register::<B::InnerBackend, 2>(id, g * s.mask.clone().inner());
                 }
             }
-            LinearBranch::Lora(_) => {}
+            LinearBranch::Lora(_) | LinearBranch::LoraParts(_) => {}
         }
     }
 }

@@ -24,4 +24,4 @@ pub use error::{DataError, Result};
 pub use loader::{LoadOptions, LoadReport, LoadedSplit};
 pub use registry::{Group, TaskInfo};
 pub use source::{Dataset, DatasetSpec, Style};
-pub use transform::{Prepared, Transform};
+pub use transform::{Prepared, Transform, VtabResize};

@@ -130,7 +130,7 @@ impl LoadedSplit {
 /// Cache key: the prepared-image settings and every entry's path, label, size and mtime.
 fn cache_key(split: &Split, t: &Transform) -> String {
     let mut h = Sha256::new();
-    h.update(format!("mosa-u8cache v2 {:?} {}\n", t.style, t.size));
+    h.update(format!("mosa-u8cache v2 {:?} {:?} {}\n", t.style, t.vtab_resize, t.size));
     for e in &split.entries {
         let meta = std::fs::metadata(&e.path).ok();
         let mtime = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);

@@ -11,6 +11,18 @@ use crate::source::Style;
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// The resize of VTAB-style datasets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VtabResize {
+    /// TensorFlow's bilinear, the reference's ([`TfBilinear`]).
+    #[default]
+    Tensorflow,
+    /// PIL's antialiased, 8-bit bilinear ([`resize_bilinear`]): mosa's before run format 4, kept
+    /// so that older runs resume and evaluate on the pixels they trained on.
+    Pil,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Transform {
     pub style: Style,
@@ -18,6 +30,8 @@ pub struct Transform {
     pub size: usize,
     /// Training-time augmentation (FGVC only: random crop + horizontal flip).
     pub train: bool,
+    /// How [`Style::Vtab`] resizes.
+    pub vtab_resize: VtabResize,
 }
 
 /// An image as it is kept between draws: 8-bit pixels and the size of the decoded source they
@@ -33,7 +47,11 @@ pub struct Prepared {
 
 impl Transform {
     pub fn new(style: Style, size: usize, train: bool) -> Self {
-        Self { style, size, train }
+        Self { style, size, train, vtab_resize: VtabResize::default() }
+    }
+
+    pub fn with_vtab_resize(self, vtab_resize: VtabResize) -> Self {
+        Self { vtab_resize, ..self }
     }
 
     fn tf_resize(&self, source_width: usize, source_height: usize) -> TfBilinear {
@@ -42,9 +60,10 @@ impl Transform {
 
     /// The deterministic, cacheable part (see [`Prepared`]).
     pub fn prepare(&self, img: &Rgb8) -> Prepared {
-        let pixels = match self.style {
-            Style::Vtab => self.tf_resize(img.width, img.height).compact(img),
-            Style::Fgvc => {
+        let pixels = match (self.style, self.vtab_resize) {
+            (Style::Vtab, VtabResize::Tensorflow) => self.tf_resize(img.width, img.height).compact(img),
+            (Style::Vtab, VtabResize::Pil) => resize_bilinear(img, self.size, self.size),
+            (Style::Fgvc, _) => {
                 let (w, h) = shorter_side_size(img.width, img.height, self.fgvc_shorter());
                 resize_bilinear(img, w, h)
             }
@@ -60,12 +79,13 @@ impl Transform {
     /// `rng` is only used by training-time FGVC augmentation.
     pub fn finish(&self, p: &Prepared, rng: &mut Rng, out: &mut [f32]) {
         let s = self.size;
-        match self.style {
-            Style::Vtab => {
+        match (self.style, self.vtab_resize) {
+            (Style::Vtab, VtabResize::Tensorflow) => {
                 let hwc = self.tf_resize(p.source_width, p.source_height).resize_compacted(&p.pixels);
                 hwc_to_chw_normalised(&hwc, s, s, false, out);
             }
-            Style::Fgvc => {
+            (Style::Vtab, VtabResize::Pil) => to_chw_normalised(&p.pixels, false, out),
+            (Style::Fgvc, _) => {
                 let img = &p.pixels;
                 let (left, top) = if self.train {
                     (rng.below(img.width - s + 1), rng.below(img.height - s + 1))
@@ -79,8 +99,8 @@ impl Transform {
     }
 }
 
-/// `(v/255 - mean) / std` in that order (as the reference: `image / 255`, then the ImageNet
-/// normalisation), CHW, optionally mirrored left-right.
+/// `(v/255 - mean) / std` (computed as `v · 1/(255·std) − mean/std`, within 1e-6 of the
+/// reference's order), CHW, optionally mirrored left-right.
 pub fn to_chw_normalised(img: &Rgb8, flip: bool, out: &mut [f32]) {
     let hwc: Vec<f32> = img.data.iter().map(|&v| v as f32).collect();
     hwc_to_chw_normalised(&hwc, img.width, img.height, flip, out);
@@ -90,12 +110,14 @@ pub fn to_chw_normalised(img: &Rgb8, flip: bool, out: &mut [f32]) {
 pub fn hwc_to_chw_normalised(hwc: &[f32], w: usize, h: usize, flip: bool, out: &mut [f32]) {
     assert_eq!(out.len(), 3 * w * h);
     assert_eq!(hwc.len(), 3 * w * h);
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * IMAGENET_STD[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| IMAGENET_MEAN[c] / IMAGENET_STD[c]);
     for y in 0..h {
         for x in 0..w {
             let sx = if flip { w - 1 - x } else { x };
             let p = &hwc[(y * w + sx) * 3..(y * w + sx) * 3 + 3];
             for c in 0..3 {
-                out[c * w * h + y * w + x] = (p[c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+                out[c * w * h + y * w + x] = p[c] * scale[c] - shift[c];
             }
         }
     }
@@ -164,7 +186,9 @@ mod tests {
         t.finish(&p, &mut Rng::new(0), &mut out);
         for c in 0..3 {
             let want = [20.0f32, 50.0, 80.0, 110.0].map(|x| (x / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]);
-            assert_eq!(&out[c * 4..c * 4 + 4], &want, "channel {c}");
+            for (g, w) in out[c * 4..c * 4 + 4].iter().zip(want) {
+                assert!((g - w).abs() < 1e-6, "channel {c}: {g} vs {w}");
+            }
         }
         // training draws are the same (no augmentation for VTAB)
         let mut tr = vec![0.0; 12];

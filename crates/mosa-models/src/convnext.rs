@@ -27,11 +27,11 @@ use mosa_core::slot::AdapterSlot;
 
 use crate::backbone::{BackboneOutput, Spatial};
 use crate::error::Error;
-use crate::layers::{Mlp, drop_path, init_linear, layer_norm_2d, sequential};
+use crate::layers::{Mlp, drop_path, init_linear, layer_norm_2d, sequential, stream};
 use crate::load::{HeadPolicy, Loader, StateDict, Writer};
 
 /// ConvNeXt's target vocabulary: the pointwise linears (LoRA's / sparse's default: both).
-pub const TARGETS: Targets = Targets { family: "convnext", names: &["fc1", "fc2"], default: &["fc1", "fc2"] };
+pub const TARGETS: Targets = Targets { family: "convnext", names: &["fc1", "fc2"], default: &["fc1", "fc2"], lora_default: &["fc1", "fc2"], parts: &[] };
 
 /// Configuration of a [`ConvNeXt`]; timm's constructor arguments under the same names.
 #[derive(Config, Debug)]
@@ -211,7 +211,15 @@ impl<B: Backend> ConvNextBlock<B> {
         if let Some(a) = &self.adapter {
             m = m + a.forward(y, rng);
         }
-        x + drop_path(m, self.drop_path).reshape([b, h, w, c]).permute([0, 3, 1, 2])
+        let out = x + drop_path(m, self.drop_path).reshape([b, h, w, c]).permute([0, 3, 1, 2]);
+        match &self.adapter_mlp {
+            // after the residual, on the block's output as tokens
+            Some(a) if a.on_stream() => {
+                let tokens = out.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
+                stream(&self.adapter_mlp, tokens, rng).reshape([b, h, w, c]).permute([0, 3, 1, 2])
+            }
+            _ => out,
+        }
     }
 
     fn sites_mut(&mut self, stage: usize, index: usize, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {

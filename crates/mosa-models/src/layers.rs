@@ -177,10 +177,20 @@ impl<'a, B: Backend> BlockSlots<'a, B> {
     }
 }
 
-/// A sequential adapter on a branch: `x + A(x)` (Pfeiffer, Houlsby), or `x` without one.
-pub fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+/// A sequential adapter on a sublayer's output, before the residual: `f + A(f)`, or `f` when the
+/// slot is empty or its adapter sits after the residual ([`stream`]).
+pub fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, f: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
     match slot {
-        Some(a) => x.clone() + a.forward(x, rng),
-        None => x,
+        Some(a) if !a.on_stream() => f.clone() + a.forward(f, rng),
+        _ => f,
+    }
+}
+
+/// A sequential adapter on the stream after the residual: `y + A(y)` (Houlsby in the MoSA code
+/// base), or `y` when the slot is empty or its adapter sits on the branch ([`sequential`]).
+pub fn stream<B: Backend>(slot: &Option<AdapterSlot<B>>, y: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+    match slot {
+        Some(a) if a.on_stream() => y.clone() + a.forward(y, rng),
+        _ => y,
     }
 }

@@ -31,12 +31,13 @@ use mosa_core::slot::AdapterSlot;
 
 use crate::backbone::{BackboneOutput, Spatial};
 use crate::error::Error;
-use crate::layers::{BlockSlots, Mlp, PatchEmbed, drop_path, init_linear, sequential};
+use crate::layers::{BlockSlots, Mlp, PatchEmbed, drop_path, init_linear, sequential, stream};
 use crate::load::{HeadPolicy, HostTensor, Loader, StateDict, Writer};
 use crate::posembed::{self, Resample};
 
 /// Swin's target vocabulary (the same linear names as a ViT's), and the default (`qkv`).
-pub const TARGETS: Targets = Targets { family: "swin", names: &["qkv", "proj", "fc1", "fc2"], default: &["qkv"] };
+pub const TARGETS: Targets =
+    Targets { family: "swin", names: &["qkv", "proj", "fc1", "fc2"], default: &["qkv"], lora_default: &["q", "v"], parts: &[("qkv", &["q", "k", "v"])] };
 
 /// Configuration of a [`SwinTransformer`]; timm's constructor arguments under the same names.
 #[derive(Config, Debug)]
@@ -342,14 +343,14 @@ impl<B: Backend> SwinBlock<B> {
     /// `[b, h·w, c]` → `[b, h·w, c]`
     pub fn forward(&self, x: Tensor<B, 3>, grid: (usize, usize), mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
         let a = sequential(&self.adapter_attn, self.windowed(self.norm1.forward(x.clone()), grid, mask, rng), rng);
-        let h = x + drop_path(a, self.drop_path);
+        let h = stream(&self.adapter_attn, x + drop_path(a, self.drop_path), rng);
         let n = self.norm2.forward(h.clone());
         let m = sequential(&self.adapter_mlp, self.mlp.forward(n.clone(), rng), rng);
         let m = match &self.adapter {
             Some(slot) => m + slot.forward(n, rng),
             None => m,
         };
-        h + drop_path(m, self.drop_path)
+        stream(&self.adapter_mlp, h + drop_path(m, self.drop_path), rng)
     }
 
     /// Shift, pad, partition into windows, attend, and undo it all.

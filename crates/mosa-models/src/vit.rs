@@ -23,11 +23,12 @@ use mosa_core::site::{PeftHost, PromptSite, SiteMut, Targets, TunableLinear};
 use mosa_core::slot::AdapterSlot;
 
 use crate::backbone::BackboneOutput;
-use crate::layers::{Attention, BlockSlots, LayerScale, Mlp, PatchEmbed, drop_path, opt_scale, sequential};
+use crate::layers::{Attention, BlockSlots, LayerScale, Mlp, PatchEmbed, drop_path, opt_scale, sequential, stream};
 use crate::posembed::{self, Resample};
 
 /// The ViT's target vocabulary: its linear sites, and LoRA's / sparse's default (`qkv`).
-pub const TARGETS: Targets = Targets { family: "vit", names: &["qkv", "proj", "fc1", "fc2"], default: &["qkv"] };
+pub const TARGETS: Targets =
+    Targets { family: "vit", names: &["qkv", "proj", "fc1", "fc2"], default: &["qkv"], lora_default: &["q", "v"], parts: &[("qkv", &["q", "k", "v"])] };
 
 /// Configuration of a [`VisionTransformer`]; timm's constructor arguments under the same names.
 #[derive(Config, Debug)]
@@ -199,9 +200,11 @@ pub struct Block<B: Backend> {
     /// Adapter parallel to the MLP, reading the MLP's input stream: `h + MLP(LN2(h)) + A(h)`
     /// (AdaptFormer / MoSA; the adapter has its own LayerNorm).
     pub adapter: Option<AdapterSlot<B>>,
-    /// Adapter on the attention output, before the residual: `a + A(a)` (Houlsby).
+    /// Adapter after the attention (Houlsby): on its output before the residual, `a + A(a)`, or
+    /// on the stream after it, `h + A(h)` (the slot's position).
     pub adapter_attn: Option<AdapterSlot<B>>,
-    /// Adapter on the MLP output, before the residual: `m + A(m)` (Pfeiffer, Houlsby).
+    /// Adapter after the MLP (Pfeiffer, Houlsby): `m + A(m)` before the residual, or `y + A(y)`
+    /// after it.
     pub adapter_mlp: Option<AdapterSlot<B>>,
     #[module(skip)]
     pub drop_path: f64,
@@ -212,13 +215,14 @@ impl<B: Backend> Block<B> {
     /// `[b, t, d]` → `[b, t, d]`
     pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         let a = sequential(&self.adapter_attn, self.attn.forward(self.norm1.forward(x.clone()), rng), rng);
-        let h = x + drop_path(opt_scale(&self.ls1, a), self.drop_path);
+        let h = stream(&self.adapter_attn, x + drop_path(opt_scale(&self.ls1, a), self.drop_path), rng);
         let m = sequential(&self.adapter_mlp, self.mlp.forward(self.norm2.forward(h.clone()), rng), rng);
         let out = h.clone() + drop_path(opt_scale(&self.ls2, m), self.drop_path);
-        match &self.adapter {
+        let out = match &self.adapter {
             Some(slot) => out + slot.forward(h, rng),
             None => out,
-        }
+        };
+        stream(&self.adapter_mlp, out, rng)
     }
 
     /// The block's sites: three adapter slots, then the four linear sites of [`TARGETS`].

@@ -416,3 +416,223 @@ fn a_selection_whose_scores_are_all_zero_is_an_error_naming_the_tensor() {
     let e = inject::reselect_sparse(model, &grads, mc.sparse().unwrap(), &mut Rng::new(0)).err().unwrap();
     assert!(e.contains("blocks.0.attn.qkv.weight") && e.contains("is 0"), "{e}");
 }
+
+/// Gives every adapter's Up a random weight, so that each adapter changes its block's output.
+fn with_random_ups(mut model: VisionTransformer<B>) -> VisionTransformer<B> {
+    for block in model.blocks.iter_mut() {
+        for slot in [&mut block.adapter, &mut block.adapter_attn, &mut block.adapter_mlp].into_iter().flatten() {
+            if let AdapterSlot::Plain(a) = slot {
+                let shape = a.up.weight.shape();
+                a.up.weight = Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, 0.5), &Default::default()));
+            }
+        }
+    }
+    model
+}
+
+/// An adapter written out by hand: `scale · Up(act(Down(LN(v))))` (no dropout outside autodiff).
+fn by_hand(slot: &Option<AdapterSlot<B>>, v: Tensor<B, 3>) -> Tensor<B, 3> {
+    let Some(AdapterSlot::Plain(a)) = slot else { panic!("expected a plain adapter") };
+    let v = match &a.norm {
+        Some(n) => n.forward(v),
+        None => v,
+    };
+    a.up.forward(a.activation.apply(a.down.forward(v))) * a.scale
+}
+
+#[test]
+fn sequential_and_parallel_adapters_sit_where_the_reference_puts_them() {
+    use mosa_core::adapter::{Activation, SequentialPosition};
+    let x: Tensor<B, 3> = Tensor::random([2, 17, 32], Distribution::Normal(0.0, 1.0), &Default::default());
+    let close = |a: Tensor<B, 3>, b: Tensor<B, 3>, what: &str| {
+        let d = (a - b).abs().max().into_scalar();
+        assert!(d < 1e-4, "{what}: max |Δ| {d}");
+    };
+    let run = |m: &Method| {
+        let model = with_random_ups(apply(tiny().init::<B>(&Default::default()), m));
+        let got = model.blocks[0].forward(x.clone(), &mut Rng::new(0));
+        (model, got)
+    };
+    let mut rng = Rng::new(0);
+
+    // Houlsby as the MoSA code base (`vit_adapter.py`): SiLU, no LayerNorm, after each residual
+    let m = method("houlsby");
+    let o = m.adapter_options().unwrap();
+    assert_eq!((o.activation, o.position, o.norm, o.scale), (Activation::Silu, SequentialPosition::Stream, false, 1.0));
+    let (model, got) = run(&m);
+    let b = &model.blocks[0];
+    let y = x.clone() + b.attn.forward(b.norm1.forward(x.clone()), &mut rng);
+    let y = y.clone() + by_hand(&b.adapter_attn, y);
+    let z = y.clone() + b.mlp.forward(b.norm2.forward(y.clone()), &mut rng);
+    let stream = z.clone() + by_hand(&b.adapter_mlp, z);
+    close(got.clone(), stream.clone(), "houlsby after the residuals");
+
+    // the paper's placement (Houlsby et al. 2019): on each sublayer's output, before the residual
+    let mut m = method("houlsby");
+    m.adapter_options_mut().unwrap().position = SequentialPosition::Branch;
+    let (model, got) = run(&m);
+    let b = &model.blocks[0];
+    let a = b.attn.forward(b.norm1.forward(x.clone()), &mut rng);
+    let y = x.clone() + a.clone() + by_hand(&b.adapter_attn, a);
+    let f = b.mlp.forward(b.norm2.forward(y.clone()), &mut rng);
+    let branch = y + f.clone() + by_hand(&b.adapter_mlp, f);
+    close(got, branch.clone(), "houlsby on the branches");
+    let apart = (stream - branch).abs().max().into_scalar();
+    assert!(apart > 1e-2, "the two placements must differ here ({apart})");
+
+    // Pfeiffer: own LayerNorm, ReLU, on the MLP output before the residual
+    let m = method("pfeiffer");
+    assert_eq!(m.adapter_options().unwrap().activation, Activation::Relu);
+    let (model, got) = run(&m);
+    let b = &model.blocks[0];
+    let y = x.clone() + b.attn.forward(b.norm1.forward(x.clone()), &mut rng);
+    let f = b.mlp.forward(b.norm2.forward(y.clone()), &mut rng);
+    close(got, y + f.clone() + by_hand(&b.adapter_mlp, f), "pfeiffer");
+
+    // the plain adapter (AdaptFormer in `vit_adapter.py`): parallel to the MLP, reading its
+    // input stream, LayerNorm, ReLU, scale 0.1
+    let m = method("adapter");
+    let o = m.adapter_options().unwrap();
+    assert_eq!((o.activation, o.norm, o.scale), (Activation::Relu, true, 0.1));
+    let (model, got) = run(&m);
+    let b = &model.blocks[0];
+    let h = x.clone() + b.attn.forward(b.norm1.forward(x.clone()), &mut rng);
+    close(got, h.clone() + b.mlp.forward(b.norm2.forward(h.clone()), &mut rng) + by_hand(&b.adapter, h), "adapter");
+}
+
+/// The masks of block `b`'s pruned adapter, by parameter path suffix.
+fn pruned_masks(model: &VisionTransformer<AB>, b: usize) -> Vec<(&'static str, Vec<f32>)> {
+    let Some(AdapterSlot::Pruned(p)) = &model.blocks[b].adapter else { panic!("block {b}: not a pruned adapter") };
+    let (g, be) = p.norm_masks.clone().expect("the plain adapter has a LayerNorm");
+    let h1 = |t: Tensor<AB, 1>| t.inner().into_data().to_vec::<f32>().unwrap();
+    let h2 = |t: Tensor<AB, 2>| t.inner().into_data().to_vec::<f32>().unwrap();
+    vec![
+        ("adapter.norm.gamma", h1(g)),
+        ("adapter.norm.beta", h1(be)),
+        ("adapter.down.weight", h2(p.down_masks.0.clone())),
+        ("adapter.down.bias", h1(p.down_masks.1.clone())),
+        ("adapter.up.weight", h2(p.up_masks.0.clone())),
+        ("adapter.up.bias", h1(p.up_masks.1.clone())),
+    ]
+}
+
+#[test]
+fn the_pruned_adapter_trains_one_fixed_random_nth_of_every_adapter_tensor() {
+    use mosa_core::optim::{AdamW, AdamWConfig};
+    let dev = Default::default();
+    let m = method("pruned-adapter");
+    let Method::PrunedAdapter(o) = &m else { unreachable!() };
+    let n = o.experts;
+    assert_eq!(m.adapter_options().unwrap().activation, mosa_core::adapter::Activation::Relu, "the plain adapter's");
+    let train = |wd: f64| {
+        let mut model = apply(tiny().init::<AB>(&dev), &m);
+        let before = values(&model);
+        let mut optim = AdamW::<AB>::new(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd });
+        let mut rng = Rng::new(1);
+        for s in 0..4 {
+            let out = model.forward_rng(input(s), false, &mut rng);
+            let loss = CrossEntropyLossConfig::new().init(&dev).forward(out.logits, labels());
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            inject::mask_gradients(&mut model, &mut grads);
+            model = optim.step(1e-2, model, grads);
+        }
+        (before, model)
+    };
+    let (before, model) = train(0.0);
+    let after = values(&model);
+    let (mut seen, mut trained, mut masked) = (0, 0, 0);
+    for b in 0..model.blocks.len() {
+        for (suffix, mask) in pruned_masks(&model, b) {
+            let path = format!("blocks.{b}.adapter.Pruned.{suffix}");
+            let (w0, w1) = (&before[&path], &after[&path]);
+            // exactly 1/N of the entries are in the mask
+            assert_eq!(mask.iter().filter(|&&v| v == 1.0).count(), mask.len() / n, "{path}");
+            assert!(mask.iter().all(|&v| v == 0.0 || v == 1.0), "{path}: 0/1");
+            let changed: Vec<bool> = w0.iter().zip(w1).map(|(a, b)| a != b).collect();
+            // nothing off the mask moves (no decay here), and the mask's entries do train
+            assert!(changed.iter().zip(&mask).all(|(&c, &k)| !c || k == 1.0), "{path}: an entry off the mask changed");
+            let on = changed.iter().zip(&mask).filter(|(c, k)| **c && **k == 1.0).count();
+            // (r = 4 ReLU units: a dead unit leaves its Down column and Up row at a zero gradient)
+            assert!(mask.len() / n < 8 || on > 0, "{path}: none of its {} masked entries trained", mask.len() / n);
+            trained += on;
+            masked += mask.len() / n;
+            seen += 1;
+        }
+        // off the mask Down keeps its initial (kaiming-uniform) values: they are not zeroed
+        let down = &before[&format!("blocks.{b}.adapter.Pruned.adapter.down.weight")];
+        let off_nonzero = down.iter().zip(&pruned_masks(&model, b)[2].1).filter(|(w, k)| **k == 0.0 && **w != 0.0).count();
+        assert_eq!(off_nonzero, down.len() - down.len() / n, "block {b}: Down off its mask");
+    }
+    assert_eq!(seen, 6 * model.blocks.len(), "every trainable non-head tensor is masked");
+    assert!(trained * 2 >= masked, "{trained} of {masked} masked entries trained");
+    // the masks are random per block and fixed by the seed
+    assert_ne!(pruned_masks(&model, 0)[2].1, pruned_masks(&model, 1)[2].1);
+    let again = apply(tiny().init::<AB>(&dev), &m);
+    for b in 0..model.blocks.len() {
+        assert_eq!(pruned_masks(&model, b), pruned_masks(&again, b), "block {b}: masks after training = masks from the seed");
+    }
+    // with weight decay, the entries off the mask only decay: w · (1 − lr·wd)^steps
+    let (before, model) = train(0.5);
+    let after = values(&model);
+    let mask = &pruned_masks(&model, 0)[2].1;
+    let key = "blocks.0.adapter.Pruned.adapter.down.weight";
+    let (w0, w1) = (&before[key], &after[key]);
+    for ((a, b), k) in w0.iter().zip(w1).zip(mask) {
+        if *k == 0.0 {
+            let want = a * (1.0f32 - 1e-2 * 0.5).powi(4);
+            assert!((b - want).abs() <= 1e-6 * a.abs().max(1.0), "off-mask entry {a} -> {b}, want {want}");
+        }
+    }
+}
+
+#[test]
+fn lora_defaults_to_the_query_and_value_parts_of_qkv() {
+    use mosa_core::lora::LoraParts;
+    let m = method("lora");
+    let Method::Lora(o) = &m else { unreachable!() };
+    assert_eq!((o.r, o.alpha, o.dropout), (16, 16.0, 0.0), "the MoSA code base's RANK 16, SCALAR 1");
+    let mut model = apply(tiny().init::<B>(&Default::default()), &m);
+    let d = 32;
+    // q and v, each its own A and B; k, proj and the MLP untouched
+    let block = &mut model.blocks[0];
+    assert!(block.attn.proj.branch.is_none() && block.mlp.fc1.branch.is_none() && block.mlp.fc2.branch.is_none());
+    let Some(LinearBranch::LoraParts(parts)) = &mut block.attn.qkv.branch else { panic!("qkv: expected LoRA on parts") };
+    assert_eq!(parts.windows, vec![(0, d), (2 * d, d)]);
+    for p in parts.parts.iter_mut() {
+        let _ = p.a.val(); // initialise the lazy A before the copy below
+        let shape = p.b.shape();
+        p.b = Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default()));
+    }
+    let parts: LoraParts<B> = parts.clone();
+    let x: Tensor<B, 3> = Tensor::random([2, 5, d], Distribution::Normal(0.0, 1.0), &Default::default());
+    let w = block.attn.qkv.weight.val();
+    let bias = block.attn.qkv.bias.as_ref().map(|b| b.val());
+    let got = block.attn.qkv.forward(x.clone(), &mut Rng::new(0));
+    let base = burn::tensor::module::linear(x.clone(), w, bias);
+    // by hand: x·A·B·(alpha/r) added to the q columns and to the v columns only
+    let part = |p: usize| x.clone().matmul(parts.parts[p].a.val().unsqueeze()).matmul(parts.parts[p].b.val().unsqueeze());
+    let cols = |t: Tensor<B, 3>, c: usize| t.slice([0..2, 0..5, c * d..(c + 1) * d]);
+    let close = |a: Tensor<B, 3>, b: Tensor<B, 3>, what: &str| {
+        let e = (a - b).abs().max().into_scalar();
+        assert!(e < 1e-4, "{what}: {e}");
+    };
+    close(cols(got.clone(), 0), cols(base.clone(), 0) + part(0), "q");
+    close(cols(got.clone(), 1), cols(base.clone(), 1), "k unchanged");
+    close(cols(got.clone(), 2), cols(base.clone(), 2) + part(1), "v");
+    // ΔW and its single-LoRA form (what an expert file stores) agree
+    let (a, b, s) = parts.as_one();
+    assert_eq!((a.dims(), b.dims(), s), ([d, 32], [32, 3 * d], 1.0));
+    let e = (a.matmul(b) - parts.delta()).abs().max().into_scalar();
+    assert!(e < 1e-5, "as_one: {e}");
+    // parts are LoRA's only, and a linear is targeted whole or by parts
+    for (kind, targets, needle) in [("sparse", vec!["q"], "only lora targets parts"), ("lora", vec!["q", "qkv"], "twice"), ("lora", vec!["x"], "LoRA also takes the parts q, k, v (of qkv)")] {
+        let mut m = method(kind);
+        match &mut m {
+            Method::Lora(o) => o.targets = targets.iter().map(|s| s.to_string()).collect(),
+            Method::Sparse(o) => o.targets = targets.iter().map(|s| s.to_string()).collect(),
+            _ => unreachable!(),
+        }
+        let e = inject::apply(tiny().init::<B>(&Default::default()), &m, SEED, &Default::default()).unwrap_err();
+        assert!(e.contains(needle), "{kind} {targets:?}: {e}");
+    }
+}

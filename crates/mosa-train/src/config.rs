@@ -54,6 +54,9 @@ pub struct TrainConfig {
     /// every preset). Not serialised when `None`, so run directories without it keep their hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backbone_dropout: Option<f64>,
+    /// How VTAB-style datasets are resized: TensorFlow's bilinear (the reference), or PIL's
+    /// antialiased one that runs of formats 1–3 trained with (their configs are converted to it).
+    pub vtab_resize: mosa_data::VtabResize,
 }
 
 impl Default for TrainConfig {
@@ -80,6 +83,7 @@ impl Default for TrainConfig {
             max_eval_images: None,
             sync_every: 10,
             backbone_dropout: None,
+            vtab_resize: mosa_data::VtabResize::default(),
         }
     }
 }

@@ -107,7 +107,7 @@ fn load_data(spec: &RunSpec, rep: &mut dyn Reporter) -> Result<Data> {
     let opts = LoadOptions { skip_unreadable: spec.skip_unreadable, disk_cache: None };
     let s = spec.train.resolution;
     let mut load = |split: &mosa_data::list::Split, train: bool| -> Result<LoadedSplit> {
-        let (l, r) = LoadedSplit::load(split, dataset.num_classes, Transform::new(dataset.style, s, train), &opts)?;
+        let (l, r) = LoadedSplit::load(split, dataset.num_classes, Transform::new(dataset.style, s, train).with_vtab_resize(spec.train.vtab_resize), &opts)?;
         if !r.skipped.is_empty() {
             rep.message(&format!("warning: {}: skipped {} unreadable image(s), first: {} ({})", r.split, r.skipped.len(), r.skipped[0].0, r.skipped[0].1));
         }

@@ -65,6 +65,11 @@ fn tensors<B: Backend>(spec: &RunSpec, model: &Backbone<B>, kind: ExpertKind, de
                     Some(LinearBranch::Lora(l)) => {
                         out.push(ExpertTensor { name, shape, delta: Delta::LowRank { a: transposed(l.a.val()), b: transposed(l.b.val()), scale: l.scaling as f32 } });
                     }
+                    Some(LinearBranch::LoraParts(l)) => {
+                        // as one LoRA of rank Σr whose B is zero outside each part's columns
+                        let (a, b, scaling) = l.as_one();
+                        out.push(ExpertTensor { name, shape, delta: Delta::LowRank { a: transposed(a), b: transposed(b), scale: scaling as f32 } });
+                    }
                     _ => {}
                 }
             }

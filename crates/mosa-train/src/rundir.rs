@@ -22,10 +22,13 @@ use crate::config::TrainConfig;
 use crate::metrics::Summary;
 use crate::{Error, Result};
 
-/// The layout version this build writes. Formats 1 (no `format` key) and 2 are read and
+/// The layout version this build writes. Formats 1 (no `format` key), 2 and 3 are read and
 /// converted ([`legacy`]): 3 records the adapters' LayerNorm epsilon (`norm_eps`), which 1 and 2
-/// left at PyTorch's 1e-5.
-pub const FORMAT: u32 = 3;
+/// left at PyTorch's 1e-5; 4 records the adapters' activation and a sequential adapter's
+/// position, which 1–3 fixed per method (GELU but ReLU for Pfeiffer and SiLU for Houlsby; on the
+/// sublayer's output before the residual), the pruned adapter's construction and LoRA's default
+/// targets.
+pub const FORMAT: u32 = 4;
 
 /// Everything that defines a run; a resume must match it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,7 +126,7 @@ impl RunDir {
         Ok(())
     }
 
-    /// Reads `config.json` (format 3, or formats 1 and 2 converted).
+    /// Reads `config.json` (format 4, or formats 1–3 converted).
     pub fn read_config(&self) -> Result<RunConfig> {
         let p = self.config();
         let err = |e: &dyn std::fmt::Display| Error::Checkpoint(format!("{}: {e}", p.display()));
@@ -132,7 +135,8 @@ impl RunDir {
         match v.get("format").and_then(|f| f.as_u64()) {
             None => legacy::config(v).map_err(|e| err(&e)),
             Some(2) => legacy::config2(v).map_err(|e| err(&e)),
-            Some(3) => serde_json::from_value(v).map_err(|e| err(&e)),
+            Some(3) => legacy::config3(v).map_err(|e| err(&e)),
+            Some(4) => serde_json::from_value(v).map_err(|e| err(&e)),
             Some(f) => Err(err(&format!("run directory format {f} is newer than this mosa reads ({FORMAT}); use a newer mosa"))),
         }
     }
@@ -161,6 +165,7 @@ pub mod legacy {
     use mosa_core::lora::{LoraOptions, MosaLoraOptions};
     use mosa_core::mosa::MosaOptions;
     use mosa_core::prompt::PromptOptions;
+    use mosa_core::pruned::{PruneStyle, PrunedOptions};
     use mosa_core::sparse::SparseConfig;
     use mosa_core::{Method, MethodKind};
     use serde_json::Value;
@@ -184,7 +189,13 @@ pub mod legacy {
     pub fn method(m: &Value) -> Result<Method, String> {
         let kind: MethodKind = get(m, "method")?;
         let adapter = || -> Result<AdapterOptions, String> {
-            Ok(AdapterOptions::new().with_r(get(m, "r")?).with_scale(get(m, "scale")?).with_dropout(get(m, "adapter_dropout")?).with_norm(get(m, "adapter_norm")?).with_norm_eps(LEGACY_ADAPTER_NORM_EPS))
+            Ok(AdapterOptions::new()
+                .with_r(get(m, "r")?)
+                .with_scale(get(m, "scale")?)
+                .with_dropout(get(m, "adapter_dropout")?)
+                .with_norm(get(m, "adapter_norm")?)
+                .with_norm_eps(LEGACY_ADAPTER_NORM_EPS)
+                .with_activation(Method::legacy_activation(kind)))
         };
         let mosa = || -> Result<MosaOptions, String> { Ok(MosaOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_share(get(m, "share")?)) };
         let lora = || -> Result<LoraOptions, String> {
@@ -202,7 +213,7 @@ pub mod legacy {
             MethodKind::VptShallow => Method::VptShallow(prompt()?),
             MethodKind::VptDeep => Method::VptDeep(prompt()?),
             MethodKind::Mosa => Method::Mosa(mosa()?),
-            MethodKind::PrunedAdapter => Method::PrunedAdapter(mosa()?),
+            MethodKind::PrunedAdapter => Method::PrunedAdapter(PrunedOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_style(PruneStyle::Legacy)),
             MethodKind::MosaLora => Method::MosaLora(MosaLoraOptions::new().with_lora(lora()?).with_experts(get(m, "experts")?).with_split(get(m, "lora_split")?)),
             MethodKind::Sparse => {
                 let mut s = m.get("sparse").cloned().unwrap_or(Value::Null);
@@ -221,22 +232,63 @@ pub mod legacy {
     /// The adapters' LayerNorm epsilon of formats 1 and 2 (PyTorch's default; not recorded).
     pub const LEGACY_ADAPTER_NORM_EPS: f64 = 1e-5;
 
-    /// A format-2 `config.json` as today's: every adapter's options get the epsilon it ran with.
-    pub fn config2(mut v: Value) -> Result<RunConfig, String> {
+    /// The adapter options of a format-2/3 method config (the method's kind, the options), if
+    /// it has adapters: at the method's top level (adapter, pfeiffer, houlsby) or under
+    /// `adapter` (mosa, pruned-adapter).
+    fn adapter_options(v: &mut Value) -> Result<Option<(MethodKind, &mut serde_json::Map<String, Value>)>, String> {
         let m = v.get_mut("run").and_then(|r| r.get_mut("method")).ok_or("no `run.method`")?;
-        // adapter options sit at the method's top level (adapter, pfeiffer, houlsby) or under
-        // `adapter` (mosa, pruned-adapter)
-        let kind = m.get("method").and_then(Value::as_str).unwrap_or("").to_string();
-        let target = match kind.as_str() {
-            "adapter" | "pfeiffer" | "houlsby" => Some(&mut *m),
-            "mosa" | "pruned-adapter" => m.get_mut("adapter"),
+        let kind: MethodKind = get(m, "method")?;
+        let target = match kind {
+            MethodKind::Adapter | MethodKind::Pfeiffer | MethodKind::Houlsby => Some(&mut *m),
+            MethodKind::Mosa | MethodKind::PrunedAdapter => m.get_mut("adapter"),
             _ => None,
         };
-        if let Some(o) = target.and_then(Value::as_object_mut) {
+        Ok(target.and_then(Value::as_object_mut).map(|o| (kind, o)))
+    }
+
+    /// A format-2 `config.json` as today's: every adapter's options get the epsilon it ran with,
+    /// then as format 3.
+    pub fn config2(mut v: Value) -> Result<RunConfig, String> {
+        if let Some((_, o)) = adapter_options(&mut v)? {
             o.entry("norm_eps").or_insert(LEGACY_ADAPTER_NORM_EPS.into());
         }
+        config3(v)
+    }
+
+    /// A format-3 `config.json` as today's: every adapter's options get the activation and
+    /// position it ran with.
+    pub fn config3(mut v: Value) -> Result<RunConfig, String> {
+        if let Some((kind, o)) = adapter_options(&mut v)? {
+            let act = serde_json::to_value(Method::legacy_activation(kind)).map_err(|e| e.to_string())?;
+            o.entry("activation").or_insert(act);
+            o.entry("position").or_insert("branch".into());
+        }
+        // the pruned adapter was a one-expert MoSA adapter (see `mosa_core::pruned`)
+        if let Some(m) = v.get_mut("run").and_then(|r| r.get_mut("method")).and_then(Value::as_object_mut) {
+            if m.get("method").and_then(Value::as_str) == Some("pruned-adapter") {
+                m.entry("style").or_insert("legacy".into());
+                m.remove("share");
+            }
+        }
+        finish(v, 3)
+    }
+
+    /// What every older format shares: VTAB images were resized with PIL's filter, and LoRA
+    /// without targets meant the whole `qkv` of a ViT or Swin (today's default is `q`, `v`).
+    fn finish(mut v: Value, from: u32) -> Result<RunConfig, String> {
+        if let Some(t) = v.get_mut("run").and_then(|r| r.get_mut("train")).and_then(Value::as_object_mut) {
+            t.entry("vtab_resize").or_insert("pil".into());
+        }
+        let family = v.pointer("/run/model/family").and_then(Value::as_str).unwrap_or("vit").to_string();
+        if let Some(m) = v.pointer_mut("/run/method").and_then(Value::as_object_mut) {
+            let lora = m.get("method").and_then(Value::as_str) == Some("lora");
+            let empty = m.get("targets").and_then(Value::as_array).is_none_or(|t| t.is_empty());
+            if lora && empty && (family == "vit" || family == "swin") {
+                m.insert("targets".into(), serde_json::json!(["qkv"]));
+            }
+        }
         v["format"] = FORMAT.into();
-        serde_json::from_value(v).map_err(|e| format!("format-2 config: {e}"))
+        serde_json::from_value(v).map_err(|e| format!("format-{from} config: {e}"))
     }
 
     /// A format-1 `config.json` as today's [`RunConfig`].
@@ -248,7 +300,6 @@ pub mod legacy {
             t["seed"] = seed;
         }
         run["method"] = serde_json::to_value(method(&m)?).map_err(|e| e.to_string())?;
-        v["format"] = FORMAT.into();
-        serde_json::from_value(v).map_err(|e| format!("format-1 config: {e}"))
+        finish(v, 1)
     }
 }

@@ -219,6 +219,8 @@ struct EvalModel {
     model: mosa_models::Backbone<Backend>,
     dataset: String,
     resolution: usize,
+    /// The run's VTAB resize (merged models: today's default).
+    vtab_resize: mosa_data::VtabResize,
     classes: usize,
     what: String,
     task: Option<String>,
@@ -228,7 +230,7 @@ struct EvalModel {
 fn eval_models(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::Result<Vec<EvalModel>> {
     if let Some(run) = &a.run {
         let (spec, model, classes) = mosa_train::engine::load_run::<Backend>(run, device)?;
-        return Ok(vec![EvalModel { model, dataset: spec.dataset.clone(), resolution: spec.train.resolution, classes, what: run.display().to_string(), task: None }]);
+        return Ok(vec![EvalModel { model, dataset: spec.dataset.clone(), resolution: spec.train.resolution, vtab_resize: spec.train.vtab_resize, classes, what: run.display().to_string(), task: None }]);
     }
     let Some(w) = &a.weights else { bail!("give --run <dir>, or --weights <merged model> --task <name>") };
     if a.task.len() > 1 && a.dataset.is_some() {
@@ -243,7 +245,7 @@ fn eval_models(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::
             let resolution = info.resolution.context("the task's resolution is not recorded")?;
             let classes = sd.head_classes().unwrap_or(0);
             let model = cfg.clone().with_num_classes(classes).with_img_size(resolution).load_state::<Backend>(sd, HeadPolicy::Load, device)?;
-            Ok(EvalModel { model, dataset: info.dataset.clone(), resolution, classes, what: format!("{} task {task}", w.display()), task: Some(task.clone()) })
+            Ok(EvalModel { model, dataset: info.dataset.clone(), resolution, vtab_resize: Default::default(), classes, what: format!("{} task {task}", w.display()), task: Some(task.clone()) })
         })
         .collect()
 }
@@ -275,7 +277,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         if let Some(n) = a.max_images {
             split.entries.truncate(n);
         }
-        let (loaded, _) = LoadedSplit::load(&split, m.classes, Transform::new(ds.style, m.resolution, false), &LoadOptions::default())?;
+        let (loaded, _) = LoadedSplit::load(&split, m.classes, Transform::new(ds.style, m.resolution, false).with_vtab_resize(m.vtab_resize), &LoadOptions::default())?;
         let t0 = std::time::Instant::now();
         let (acc, n) = mosa_train::evaluate::evaluate(&m.model, &loaded, a.batch_size, None, &device);
         let secs = t0.elapsed().as_secs_f64();
