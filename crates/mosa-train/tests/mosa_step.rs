@@ -182,3 +182,99 @@ fn mosa_step_parity() {
     let d = max_diff(&logits, &fx["eval_logits"]);
     assert!(d <= 1e-5, "merged logits differ from PyTorch by {d}");
 }
+
+/// A tiny ViT with a MoSA adapter (N 4, r 4, no dropout) whose Up experts are random, so that
+/// different expert draws give different logits.
+fn wired_model() -> (Backbone<AB>, Method) {
+    use burn::tensor::Distribution;
+    let cfg = mosa_models::BackboneConfig::Vit(mosa_models::VitConfig::new().with_embed_dim(32).with_depth(2).with_num_heads(2).with_img_size(16).with_patch_size(4).with_num_classes(5));
+    let adapter = AdapterOptions::new().with_r(4).with_dropout(0.0);
+    let method = Method::Mosa(MosaOptions::new().with_adapter(adapter).with_experts(4).with_share(Share::Down));
+    let mut model = inject::apply(cfg.init::<AB>(&Default::default()), &method, 7, &Default::default()).unwrap();
+    let _ = params::list::<AB, _>(&model); // initialise every lazy parameter once
+    for s in model.sites_mut() {
+        if let SiteMut::Adapter { slot: Some(AdapterSlot::Mosa(a)), .. } = s {
+            let shape = a.up.weight.shape();
+            a.up.weight = burn::module::Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, 0.5), &Default::default()));
+        }
+    }
+    (model, method)
+}
+
+/// The MoSA loss written out here: CE on pass 1 + w · ½[KL(p2‖p1) + KL(p1‖p2)], with the target
+/// side of each KL detached when `detach`.
+fn loss_by_hand(z1: Tensor<AB, 2>, z2: Tensor<AB, 2>, y: Tensor<AB, 1, Int>, w: f64, detach: bool) -> Tensor<AB, 1> {
+    use burn::tensor::activation::{log_softmax, softmax};
+    let b = z1.dims()[0] as f64;
+    let ce = log_softmax(z1.clone(), 1).gather(1, y.reshape([-1, 1])).mean().neg();
+    let kl = |input: Tensor<AB, 2>, target: Tensor<AB, 2>| {
+        let t = if detach { target.detach() } else { target };
+        (softmax(t.clone(), 1) * (log_softmax(t, 1) - log_softmax(input, 1))).sum().div_scalar(b)
+    };
+    ce + (kl(z1.clone(), z2.clone()) + kl(z2, z1)).mul_scalar(0.5 * w)
+}
+
+#[test]
+fn the_engine_step_adds_the_kl_draws_each_pass_anew_and_detaches_the_target() {
+    use burn::optim::GradientsParams;
+    use burn::tensor::Distribution;
+    let (model, method) = wired_model();
+    let blocks = 2;
+    let x: Tensor<AB, 4> = Tensor::random([6, 3, 16, 16], Distribution::Normal(0.0, 1.0), &Default::default());
+    let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 4, 0], [6]), &Default::default());
+    // pass 1 draws experts (0, 1), pass 2 (3, 2): one draw per block and pass
+    let (p1, p2) = (vec![0usize, 1], vec![3usize, 2]);
+    let t = TrainConfig { kl_weight: 1.0, deepreg: false, ..TrainConfig::default() };
+    let step = |model: Backbone<AB>, t: &TrainConfig, draws: Vec<usize>| {
+        let mut rng = Rng::scripted(draws);
+        let (m, out) = mosa_train::step::step(model, x.clone(), y.clone(), &method, t, (0, 0, 1), &mut rng, &mut Rng::new(0)).unwrap();
+        (m, out, rng.scripted_left())
+    };
+    let (_, out, left) = step(model.clone(), &t, [p1.clone(), p2.clone()].concat());
+    assert_eq!(left, Some(0), "two passes draw {} experts in all", 2 * blocks);
+    // the same loss and masked gradients by hand, each pass with its own draws
+    let forward = |draws: &[usize]| model.forward_rng(x.clone(), false, &mut Rng::scripted(draws.to_vec())).logits;
+    let (z1, z2) = (forward(&p1), forward(&p2));
+    let grads_of = |loss: Tensor<AB, 1>| {
+        let mut g = GradientsParams::from_grads(loss.backward(), &model);
+        let mut m = model.clone();
+        inject::mask_gradients(&mut m, &mut g);
+        g
+    };
+    let want = loss_by_hand(z1.clone(), z2.clone(), y.clone(), 1.0, true);
+    let ce_only = loss_by_hand(z1.clone(), z2.clone(), y.clone(), 0.0, true).into_scalar();
+    let got = out.loss.clone().into_scalar();
+    assert!((got - want.clone().into_scalar()).abs() < 1e-5, "loss {got} vs CE + KL by hand {}", want.clone().into_scalar());
+    assert!(got - ce_only > 1e-3, "the KL term is in the loss ({got} vs CE {ce_only})");
+    let trainable: Vec<_> = params::list::<AB, _>(&model).into_iter().filter(|p| p.trainable).collect();
+    let diff = |a: &GradientsParams, b: &GradientsParams| {
+        trainable.iter().map(|p| {
+            let v = |g: &GradientsParams| -> Vec<f32> {
+                for d in 1..=3 {
+                    let t = match d {
+                        1 => g.get::<B, 1>(p.id).map(|t| t.into_data().to_vec::<f32>().unwrap()),
+                        2 => g.get::<B, 2>(p.id).map(|t| t.into_data().to_vec::<f32>().unwrap()),
+                        _ => g.get::<B, 3>(p.id).map(|t| t.into_data().to_vec::<f32>().unwrap()),
+                    };
+                    if let Some(t) = t {
+                        return t;
+                    }
+                }
+                vec![]
+            };
+            v(a).iter().zip(v(b)).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+        }).fold(0.0f32, f32::max)
+    };
+    let detached = grads_of(want);
+    assert!(diff(&out.grads, &detached) < 1e-5, "the step's gradients are those of the detached loss");
+    let attached = grads_of(loss_by_hand(forward(&p1), forward(&p2), y.clone(), 1.0, false));
+    assert!(diff(&detached, &attached) > 1e-4, "without stop-gradient the gradients differ (so the check above can tell)");
+    // had both passes used pass 1's draws, the KL would vanish: the second pass draws anew
+    let (_, same, _) = step(model.clone(), &t, [p1.clone(), p1.clone()].concat());
+    assert!((same.loss.into_scalar() - ce_only).abs() < 1e-5, "equal draws give CE alone");
+    // without the consistency term the step makes one pass (one draw per block) and CE alone
+    let t0 = TrainConfig { kl_weight: 0.0, ..t.clone() };
+    let (_, one, left) = step(model.clone(), &t0, [p1.clone(), p2.clone()].concat());
+    assert_eq!(left, Some(blocks), "one pass");
+    assert!((one.loss.into_scalar() - ce_only).abs() < 1e-5);
+}
