@@ -38,6 +38,8 @@ pub struct Grid {
     pub task_args: BTreeMap<String, Vec<String>>,
     pub settings: String,
     pub full: bool,
+    /// Training seeds per cell: the recipe's seed, then seed + 1, … (`--seeds N`).
+    pub seeds: usize,
 }
 
 /// The reference's FGVC settings per dataset (spec §5): r 64, N 4, share down, and
@@ -111,20 +113,104 @@ pub struct Cell {
 }
 
 impl Grid {
-    /// The grid's cells (task-major), all shards.
+    /// The run directory of a task × method × seed index: `runs/<task>/<method>` for the
+    /// recipe's seed, `runs/<task>/<method>@seed<s>` for the others.
+    pub fn run_dir(&self, task: &str, method: &str, k: usize) -> PathBuf {
+        let name = if k == 0 { method.to_string() } else { format!("{method}@seed{}", seed_of(k)) };
+        self.out.join("runs").join(task).join(name)
+    }
+
+    /// The grid's cells (task-major, then method, then seed), all shards.
     pub fn cells(&self) -> Vec<Cell> {
         let mut v = Vec::new();
         for task in &self.tasks {
             for method in &self.methods {
-                let mut args: Vec<String> = vec!["--method".into(), method.clone(), "--dataset".into(), format!("{}:{}", self.kind, self.root.join(task).display())];
-                args.extend(self.train_args.iter().cloned());
-                args.extend(self.method_args.get(method.as_str()).into_iter().flatten().cloned());
-                args.extend(self.task_args.get(task.as_str()).into_iter().flatten().cloned());
-                v.push(Cell { label: format!("{task} / {method}"), dir: self.out.join("runs").join(task).join(method), args });
+                for k in 0..self.seeds.max(1) {
+                    let mut args: Vec<String> = vec!["--method".into(), method.clone(), "--dataset".into(), format!("{}:{}", self.kind, self.root.join(task).display())];
+                    args.extend(self.train_args.iter().cloned());
+                    args.extend(self.method_args.get(method.as_str()).into_iter().flatten().cloned());
+                    args.extend(self.task_args.get(task.as_str()).into_iter().flatten().cloned());
+                    let mut label = format!("{task} / {method}");
+                    if k > 0 {
+                        args.extend(["--seed".into(), seed_of(k).to_string()]);
+                        label += &format!(" / seed {}", seed_of(k));
+                    }
+                    v.push(Cell { label, dir: self.run_dir(task, method, k), args });
+                }
             }
         }
         v
     }
+}
+
+/// The training seed of seed index `k`: the recipe's default seed + k.
+pub fn seed_of(k: usize) -> u64 {
+    mosa_train::TrainConfig::default().seed + k as u64
+}
+
+/// The 95% Wilson score interval of `p` measured on `n` trials.
+pub fn wilson95(p: f64, n: usize) -> (f64, f64) {
+    let (z, n) = (1.959964, n as f64);
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    (centre - half, centre + half)
+}
+
+/// Two-sided 97.5% quantile of Student's t with `df` degrees of freedom (df ≥ 1).
+pub fn t975(df: usize) -> f64 {
+    const T: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+    if df == 0 { f64::NAN } else if df <= 10 { T[df - 1] } else if df <= 30 { 2.042 + (2.228 - 2.042) * (30 - df) as f64 / 20.0 } else { 1.96 }
+}
+
+/// Mean, sample standard deviation and the 95% t interval of the mean of `v` (≥ 2 values).
+pub fn mean_std_ci(v: &[f64]) -> Option<(f64, f64, (f64, f64))> {
+    let m = mean(v)?;
+    if v.len() < 2 {
+        return None;
+    }
+    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
+    let half = t975(v.len() - 1) * sd / (v.len() as f64).sqrt();
+    Some((m, sd, (m - half, m + half)))
+}
+
+/// The accuracy of one task × method over its seeds, with its interval.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scored {
+    /// Mean over seeds of the shown accuracy.
+    pub accuracy: f64,
+    pub seeds: usize,
+    /// Test images each accuracy is measured on.
+    pub test_images: Option<usize>,
+    /// Standard deviation over seeds (several seeds).
+    pub std_over_seeds: Option<f64>,
+    /// 95% interval: Wilson over the test images for one seed, Student's t over seeds otherwise.
+    pub ci95: Option<(f64, f64)>,
+}
+
+impl Scored {
+    pub fn new(values: &[f64], test_images: Option<usize>) -> Option<Self> {
+        let accuracy = mean(values)?;
+        let (std_over_seeds, ci95) = match mean_std_ci(values) {
+            Some((_, sd, ci)) => (Some(sd), Some(ci)),
+            None => (None, test_images.filter(|&n| n > 0).map(|n| wilson95(accuracy, n))),
+        };
+        Some(Self { accuracy, seeds: values.len(), test_images, std_over_seeds, ci95 })
+    }
+
+    /// `62.0 ±3.1`: percent, and the half-width of the interval.
+    pub fn cell(&self) -> String {
+        match self.ci95 {
+            Some((lo, hi)) => format!("{:.1} ±{:.1}", 100.0 * self.accuracy, 50.0 * (hi - lo)),
+            None => format!("{:.1}", 100.0 * self.accuracy),
+        }
+    }
+}
+
+/// The test images a finished run was scored on: its test split, capped by `--max-eval-images`.
+pub fn test_images(run: &RunDir) -> Option<usize> {
+    let c = run.read_config().ok()?;
+    let n = c.dataset.test?;
+    Some(c.run.train.max_eval_images.map_or(n, |m| m.min(n)))
 }
 
 /// This shard's share (`i, i+n, i+2n, …`) of a list of work items.
@@ -223,37 +309,59 @@ fn group_of(task: &str) -> Option<&'static str> {
 
 /// Reads every finished cell and writes results.{md,csv,json} and accuracy.svg; returns the Markdown.
 pub fn write_results(g: &Grid) -> anyhow::Result<String> {
+    let shown = "last_test";
+    // every finished seed's typed summary (plus the peak memory this harness measured); the first
+    // seed's stands for the cell's parameters and speeds
     let mut acc: BTreeMap<(String, String), Value> = BTreeMap::new();
+    let mut per_seed: BTreeMap<(String, String), Vec<Option<f64>>> = BTreeMap::new();
+    let mut scored: BTreeMap<(String, String), Scored> = BTreeMap::new();
     for t in &g.tasks {
         for m in &g.methods {
-            let d = g.out.join("runs").join(t).join(m);
-            let run = RunDir::new(&d);
-            if run.finished() {
-                // the typed summary, plus the peak memory this harness measured
-                let mut s = serde_json::to_value(run.summary()?)?;
-                let rss = std::fs::read_to_string(d.join("peak_memory_mib.txt")).ok().and_then(|x| x.trim().parse::<f64>().ok());
-                s["peak_memory_mib"] = json!(rss);
-                acc.insert((t.clone(), m.clone()), s);
+            let mut values = Vec::new();
+            for k in 0..g.seeds.max(1) {
+                let d = g.run_dir(t, m, k);
+                let run = RunDir::new(&d);
+                let mut v = None;
+                if run.finished() {
+                    let mut s = serde_json::to_value(run.summary()?)?;
+                    let rss = std::fs::read_to_string(d.join("peak_memory_mib.txt")).ok().and_then(|x| x.trim().parse::<f64>().ok());
+                    s["peak_memory_mib"] = json!(rss);
+                    v = s[shown].as_f64();
+                    acc.entry((t.clone(), m.clone())).or_insert(s);
+                }
+                values.push(v);
             }
+            let present: Vec<f64> = values.iter().flatten().copied().collect();
+            if let Some(sc) = Scored::new(&present, test_images(&RunDir::new(g.run_dir(t, m, 0)))) {
+                scored.insert((t.clone(), m.clone()), sc);
+            }
+            per_seed.insert((t.clone(), m.clone()), values);
         }
     }
-    let shown = "last_test";
     let pct = |v: Option<f64>| v.map(|x| format!("{:.1}", 100.0 * x)).unwrap_or_default();
+    let images: Vec<String> = g.tasks.iter().map(|t| format!("{t} {}", scored.iter().find(|((tt, _), _)| tt == t).and_then(|(_, s)| s.test_images).map(|n| n.to_string()).unwrap_or("?".into()))).collect();
+    let interval = if g.seeds > 1 {
+        format!("Each accuracy is the mean over {} training seeds ({}…); ± is the half-width of its 95% interval over seeds (Student's t; the standard deviations are in results.csv/json).", g.seeds, seed_of(0))
+    } else {
+        "One training seed; ± is the half-width of each accuracy's 95% interval over its test images (Wilson; for the mean, the normal interval of the mean of the tasks' binomials).".to_string()
+    };
     let groups: Vec<&str> = if g.kind == "vtab" { vec!["Natural", "Specialized", "Structured"] } else { vec![] };
     let mut md = String::new();
-    md += &format!("Test accuracy (%) after the last epoch (`{shown}`; test at best val and best test are in results.csv/json). Trainable parameters include the head; `after merge` is what inference carries beyond the frozen backbone (LoRA folds into the weights, MoSA experts merge into one adapter). {}\n\n", g.settings);
+    md += &format!("Test accuracy (%) after the last epoch (`{shown}`; test at best val and best test are in results.csv/json). Trainable parameters include the head; `after merge` is what inference carries beyond the frozen backbone (LoRA folds into the weights, MoSA experts merge into one adapter). {}\n\n{interval} Test images per task: {}.\n\n", g.settings, images.join(", "));
     md += &format!("| method | {} |{} mean | groups mean | trainable (M) | after merge (M) | train img/s | eval img/s | peak RSS (MiB) |{}\n", g.tasks.join(" | "), groups.iter().map(|x| format!(" {x} |")).collect::<String>(), if g.full { " published Natural | Specialized | Structured | mean of groups |" } else { "" });
     md += &format!("|---|{}{}---:|---:|---:|---:|---:|---:|---:|{}\n", "---:|".repeat(g.tasks.len()), "---:|".repeat(groups.len()), if g.full { "---:|---:|---:|---:|" } else { "" });
-    let mut csv = String::from("method,task,group,test_at_best_val,best_val_epoch,best_test,last_test,trainable_params,merged_trainable_params,train_images_per_second,eval_images_per_second,peak_memory_mib,train_seconds\n");
+    let mut csv = String::from("method,task,group,test_at_best_val,best_val_epoch,best_test,last_test,trainable_params,merged_trainable_params,train_images_per_second,eval_images_per_second,peak_memory_mib,train_seconds,seeds,test_images,accuracy_mean_over_seeds,std_over_seeds,ci95_low,ci95_high\n");
     let mut rows_json = Vec::new();
     for m in &g.methods {
         let cells: Vec<Option<&Value>> = g.tasks.iter().map(|t| acc.get(&(t.clone(), m.clone()))).collect();
-        let last: Vec<Option<f64>> = cells.iter().map(|c| c.and_then(|s| s[shown].as_f64())).collect();
+        let sc: Vec<Option<&Scored>> = g.tasks.iter().map(|t| scored.get(&(t.clone(), m.clone()))).collect();
+        let last: Vec<Option<f64>> = sc.iter().map(|c| c.map(|s| s.accuracy)).collect();
         let per_group: Vec<Option<f64>> = groups
             .iter()
             .map(|gr| mean(&g.tasks.iter().zip(&last).filter(|(t, _)| group_of(t) == Some(gr)).filter_map(|(_, v)| *v).collect::<Vec<_>>()))
             .collect();
         let all = mean(&last.iter().flatten().copied().collect::<Vec<_>>());
+        let all_ci = mean_interval(&sc, &per_seed_of(&per_seed, &g.tasks, m), g.seeds);
         let gm = mean(&per_group.iter().flatten().copied().collect::<Vec<_>>());
         let present: Vec<&Value> = cells.iter().flatten().copied().collect();
         let avg = |k: &str| mean(&present.iter().filter_map(|s| s[k].as_f64()).collect::<Vec<_>>());
@@ -261,9 +369,12 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
         let merged = present.first().and_then(|s| s["merged_trainable_params"].as_f64());
         md += &format!(
             "| {m} | {} |{} {} | {} | {} | {} | {} | {} | {} |",
-            last.iter().map(|v| pct(*v)).collect::<Vec<_>>().join(" | "),
+            sc.iter().map(|v| v.map(Scored::cell).unwrap_or_default()).collect::<Vec<_>>().join(" | "),
             per_group.iter().map(|v| format!(" {} |", pct(*v))).collect::<String>(),
-            pct(all),
+            match (all, all_ci) {
+                (Some(a), Some((lo, hi))) => format!("{:.1} ±{:.1}", 100.0 * a, 50.0 * (hi - lo)),
+                (a, _) => pct(a),
+            },
             pct(gm),
             params.map(|p| format!("{:.4}", p / 1e6)).unwrap_or_default(),
             merged.map(|p| format!("{:.4}", p / 1e6)).unwrap_or_default(),
@@ -278,18 +389,31 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
             }
         }
         md += "\n";
-        for (t, c) in g.tasks.iter().zip(&cells) {
-            if let Some(s) = c {
+        for ((t, c), s2) in g.tasks.iter().zip(&cells).zip(&sc) {
+            if let (Some(s), Some(s2)) = (c, s2) {
                 let f = |k: &str| s[k].as_f64().map(|v| v.to_string()).unwrap_or_default();
-                csv += &format!("{m},{t},{},{},{},{},{},{},{},{},{},{},{}\n", group_of(t).unwrap_or(""), f("test_at_best_val"), s["best_val_epoch"], f("best_test"), f("last_test"), f("trainable_params"), f("merged_trainable_params"), f("train_images_per_second"), f("eval_images_per_second"), f("peak_memory_mib"), f("train_seconds"));
+                let o = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+                csv += &format!(
+                    "{m},{t},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    group_of(t).unwrap_or(""), f("test_at_best_val"), s["best_val_epoch"], f("best_test"), f("last_test"), f("trainable_params"), f("merged_trainable_params"), f("train_images_per_second"), f("eval_images_per_second"), f("peak_memory_mib"), f("train_seconds"),
+                    s2.seeds, s2.test_images.map(|n| n.to_string()).unwrap_or_default(), s2.accuracy, o(s2.std_over_seeds), o(s2.ci95.map(|c| c.0)), o(s2.ci95.map(|c| c.1))
+                );
             }
         }
         rows_json.push(json!({
             "method": m,
-            "tasks": g.tasks.iter().zip(&cells).map(|(t, c)| (t.clone(), c.cloned().unwrap_or(Value::Null))).collect::<serde_json::Map<_, _>>(),
+            "tasks": g.tasks.iter().zip(&cells).zip(&sc).map(|((t, c), s2)| {
+                let mut v = c.cloned().unwrap_or(Value::Null);
+                if let (Some(o), Some(s2)) = (v.as_object_mut(), s2) {
+                    o.insert("scored".into(), json!(s2));
+                    o.insert("per_seed".into(), json!(per_seed[&(t.clone(), m.clone())]));
+                }
+                (t.clone(), v)
+            }).collect::<serde_json::Map<_, _>>(),
             "shown": shown,
             "group_means": groups.iter().zip(&per_group).map(|(gr, v)| (gr.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "mean": all,
+            "mean_ci95": all_ci,
             "mean_of_groups": gm,
             "published": if g.full { PUBLISHED_VTAB.iter().find(|(n, _)| n == m).map(|(_, p)| json!({"Natural": p[0], "Specialized": p[1], "Structured": p[2], "mean_of_groups": p[3], "source": "spec §8: MoSA as reprinted by SNELL (NeurIPS 2024); baselines VPT (arXiv 2203.12119) Table 1"})) } else { None },
         }));
@@ -299,8 +423,28 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
     write("results.md", &md)?;
     write("results.csv", &csv)?;
     write("results.json", &(serde_json::to_string_pretty(&json)? + "\n"))?;
-    write("accuracy.svg", &svg(&g.tasks, &g.methods, &acc, shown))?;
+    let means: BTreeMap<(String, String), Value> = scored.iter().map(|(k, s)| (k.clone(), json!({ shown: s.accuracy }))).collect();
+    write("accuracy.svg", &svg(&g.tasks, &g.methods, &means, shown))?;
     Ok(md)
+}
+
+/// Each seed's accuracies of `method`, task by task (`None` where a run is missing).
+fn per_seed_of(per_seed: &BTreeMap<(String, String), Vec<Option<f64>>>, tasks: &[String], method: &str) -> Vec<Vec<Option<f64>>> {
+    tasks.iter().map(|t| per_seed.get(&(t.clone(), method.to_string())).cloned().unwrap_or_default()).collect()
+}
+
+/// The 95% interval of the mean over tasks: over seeds (Student's t of the seeds' task means,
+/// seeds with every task), or for one seed the normal interval of a mean of independent binomials.
+pub fn mean_interval(sc: &[Option<&Scored>], per_seed: &[Vec<Option<f64>>], seeds: usize) -> Option<(f64, f64)> {
+    if seeds > 1 {
+        let means: Vec<f64> = (0..seeds).filter_map(|k| per_seed.iter().map(|v| v.get(k).copied().flatten()).collect::<Option<Vec<f64>>>()).filter_map(|v| mean(&v)).collect();
+        return mean_std_ci(&means).map(|(_, _, ci)| ci);
+    }
+    let parts: Vec<(f64, usize)> = sc.iter().flatten().map(|s| s.test_images.map(|n| (s.accuracy, n))).collect::<Option<Vec<_>>>()?;
+    let t = parts.len() as f64;
+    let m = parts.iter().map(|(p, _)| p).sum::<f64>() / t;
+    let se = parts.iter().map(|(p, n)| p * (1.0 - p) / *n as f64).sum::<f64>().sqrt() / t;
+    (t > 0.0).then(|| (m - 1.959964 * se, m + 1.959964 * se))
 }
 
 /// Grouped bars: one group per task, one bar per method.

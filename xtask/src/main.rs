@@ -190,9 +190,13 @@ struct BenchArgs {
     /// Train on at most N images per task (default run: 256).
     #[arg(long)]
     max_train_images: Option<usize>,
-    /// Evaluate on at most N images per split (default run: 200).
+    /// Evaluate on at most N images per split (default: every image of val and test).
     #[arg(long)]
     max_eval_images: Option<usize>,
+    /// Train every cell with N seeds (the recipe's 3407, then 3408, …); the table shows the mean
+    /// and the 95% interval over seeds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    seeds: u64,
     /// Head init (`mosa train --head-init`) [default: zero; with --full the reference's,
     /// kaiming-normal fan-out and bias −ln 99].
     #[arg(long)]
@@ -231,7 +235,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let (i, n) = parse_shard(&a.shard)?;
     let tasks = if a.tasks.is_empty() { bench_vtab::discover_tasks(&a.root, kind)? } else { a.tasks.clone() };
     // defaults: the CPU-sized embedded run, or the published recipe with --full
-    let (res, ep, wu, bs, lr, mt, me) = if a.full { (224, 100, 10, 128, 0.005, None, None) } else { (56, 3, 0, 32, 0.005, Some(256), Some(200)) };
+    let (res, ep, wu, bs, lr, mt, me) = if a.full { (224, 100, 10, 128, 0.005, None, None) } else { (56, 3, 0, 32, 0.005, Some(256), None) };
     let res = a.resolution.unwrap_or(res);
     let ep = a.epochs.unwrap_or(ep);
     let wu = a.warmup_epochs.unwrap_or(wu);
@@ -259,11 +263,11 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     // the defaults `mosa train` applies, read from their one source
     let (recipe, mosa_opts) = (mosa_train::TrainConfig::default(), mosa_core::mosa::MosaOptions::new());
     let settings = format!(
-        "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, lr {lr}, seed {}, head init {}{}, MoSA r {} N {} share {}; train images per task {}, eval images per split {}; backend feature {}.",
+        "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, lr {lr}, {}, head init {}{}, MoSA r {} N {} share {}; train images per task {}, eval images per split {}; backend feature {}.",
         a.model,
         a.weights.as_deref().unwrap_or("preset default"),
         enum_name(recipe.schedule),
-        recipe.seed,
+        if a.seeds > 1 { format!("seeds {}–{}", recipe.seed, recipe.seed + a.seeds - 1) } else { format!("seed {}", recipe.seed) },
         head_init.clone().unwrap_or_else(|| enum_name(recipe.head_init)),
         dropout.map(|p| format!(", backbone dropout {p}")).unwrap_or_default(),
         mosa_opts.adapter.r,
@@ -276,7 +280,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let name = a.name.clone().unwrap_or_else(|| if a.full { format!("{kind}-full-{}", a.model) } else { format!("{kind}-{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) });
     let task_args = if per_dataset { tasks.iter().map(|t| (t.clone(), bench_vtab::fgvc_task_args(t))).collect() } else { Default::default() };
     let settings = if per_dataset { settings.replace(&format!("lr {lr}"), "per-dataset lr and r 64 (spec §5; Cars: N 2, share up, DEEPREG)") } else { settings };
-    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, method_args: Default::default(), task_args, settings, full: a.full && kind == "vtab" };
+    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, method_args: Default::default(), task_args, settings, full: a.full && kind == "vtab", seeds: a.seeds as usize };
     let mosa = match &a.mosa_bin {
         Some(p) => p.clone(),
         None => build_mosa(&a.backend)?,
@@ -434,7 +438,7 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
         a.backend.features
     );
     let name = a.name.clone().unwrap_or_else(|| format!("experts-{}{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks"), if a.full { "-full" } else { "" }));
-    let grid = bench_vtab::Grid { root: a.root.clone(), kind: "vtab", tasks, methods, out: PathBuf::from("results").join(name), shard, train_args, method_args, task_args: Default::default(), settings, full: false };
+    let grid = bench_vtab::Grid { root: a.root.clone(), kind: "vtab", tasks, methods, out: PathBuf::from("results").join(name), shard, train_args, method_args, task_args: Default::default(), settings, full: false, seeds: 1 };
     let exp = bench_experts::Experiment {
         grid,
         kinds: a.kinds.clone(),

@@ -21,6 +21,15 @@ fn task(root: &Path, name: &str, kind: ShapesTask) {
     write_vtab_task(&root.join(name), &imgs, 16, 8, false).unwrap();
 }
 
+/// The 95% Wilson score interval, written out independently of the harness.
+fn wilson(p: f64, n: f64) -> (f64, f64) {
+    let z2 = 1.959964f64 * 1.959964;
+    let d = 1.0 + z2 / n;
+    let c = (p + z2 / (2.0 * n)) / d;
+    let h = (z2 * (p * (1.0 - p) / n + z2 / (4.0 * n * n))).sqrt() / d;
+    (c - h, c + h)
+}
+
 #[test]
 fn bench_vtab_smoke() {
     let tmp = tempfile::tempdir().unwrap();
@@ -29,16 +38,18 @@ fn bench_vtab_smoke() {
     task(&root, "clevr_count", ShapesTask::Count);
     let model = tmp.path().join("tiny.json");
     std::fs::write(&model, r#"{"kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}"#).unwrap();
-    let run = || {
+    let run_with = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_xtask"))
             .current_dir(tmp.path())
             .args(["bench-vtab", "--root", root.to_str().unwrap(), "--methods", "linear,mosa", "--model", model.to_str().unwrap(), "--weights", "none"])
             .args(["--resolution", "16", "--epochs", "2", "--batch-size", "8", "--max-train-images", "16", "--max-eval-images", "8", "--name", "smoke"])
+            .args(extra)
             .arg("--mosa-bin")
             .arg(mosa_bin())
             .output()
             .unwrap()
     };
+    let run = || run_with(&[]);
     let o = run();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -62,19 +73,49 @@ fn bench_vtab_smoke() {
         assert!((m["group_means"]["Natural"].as_f64().unwrap() - per[0]).abs() < 1e-12);
         assert!((m["group_means"]["Structured"].as_f64().unwrap() - per[1]).abs() < 1e-12);
         assert!((m["mean_of_groups"].as_f64().unwrap() - mean).abs() < 1e-12);
+        let mut cells = Vec::new();
         for (t, a) in ["svhn", "clevr_count"].iter().zip(&per) {
-            let row = csv.lines().find(|l| l.starts_with(&format!("{name},{t},"))).unwrap();
-            let last: f64 = row.split(',').nth(6).unwrap().parse().unwrap();
+            let row: Vec<&str> = csv.lines().find(|l| l.starts_with(&format!("{name},{t},"))).unwrap().split(',').collect();
+            let last: f64 = row[6].parse().unwrap();
             assert_eq!(last, *a);
+            // each accuracy with its images (the 8 scored of the test split) and its Wilson interval
+            let (seeds, n, lo, hi): (usize, f64, f64, f64) = (row[13].parse().unwrap(), row[14].parse().unwrap(), row[17].parse().unwrap(), row[18].parse().unwrap());
+            let (wl, wh) = wilson(*a, 8.0);
+            assert_eq!((seeds, n), (1, 8.0), "{name} {t}");
+            assert!((lo - wl).abs() < 1e-9 && (hi - wh).abs() < 1e-9, "{name} {t}: [{lo}, {hi}] vs Wilson [{wl}, {wh}]");
+            cells.push(format!("{:.1} ±{:.1}", 100.0 * a, 50.0 * (wh - wl)));
         }
-        assert!(md.contains(&format!("| {name} | {:.1} | {:.1} |", 100.0 * per[0], 100.0 * per[1])), "{md}");
+        assert!(md.contains(&format!("| {name} | {} | {} |", cells[0], cells[1])), "{md}");
+        // the mean's interval: normal, from the two binomial variances
+        let se = (per.iter().map(|p| p * (1.0 - p) / 8.0).sum::<f64>()).sqrt() / 2.0;
+        let ci = m["mean_ci95"].as_array().unwrap();
+        assert!((ci[0].as_f64().unwrap() - (mean - 1.959964 * se)).abs() < 1e-9 && (ci[1].as_f64().unwrap() - (mean + 1.959964 * se)).abs() < 1e-9, "{name}: {ci:?}");
     }
+    assert!(md.contains("Test images per task: svhn 8, clevr_count 8."), "{md}");
     let svg = std::fs::read_to_string(out.join("accuracy.svg")).unwrap();
     assert_eq!(svg.matches("<rect x=").count(), 4 + 2, "4 bars + 2 legend boxes");
     // finished cells are skipped on a re-run
     let o = run();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.matches("done, skipped").count() == 4, "{err}");
+    // a second seed: the four first-seed cells are kept, four more run beside them
+    let o = run_with(&["--seeds", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.matches("done, skipped").count() == 4 && err.contains("[8/8] clevr_count / mosa / seed 3408"), "{err}");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    for name in ["linear", "mosa"] {
+        for t in ["svhn", "clevr_count"] {
+            let acc = |dir: &str| read_json(&out.join("runs").join(t).join(dir).join("summary.json"))["last_test"].as_f64().unwrap();
+            let (a, b) = (acc(name), acc(&format!("{name}@seed3408")));
+            let row: Vec<&str> = csv.lines().find(|l| l.starts_with(&format!("{name},{t},"))).unwrap().split(',').collect();
+            let (seeds, mean, sd, lo, hi): (usize, f64, f64, f64, f64) = (row[13].parse().unwrap(), row[15].parse().unwrap(), row[16].parse().unwrap(), row[17].parse().unwrap(), row[18].parse().unwrap());
+            let m = (a + b) / 2.0;
+            let s = ((a - m).powi(2) + (b - m).powi(2)).sqrt(); // n − 1 = 1
+            let half = 12.706 * s / 2f64.sqrt(); // t(0.975, 1 df)
+            assert_eq!(seeds, 2);
+            assert!((mean - m).abs() < 1e-12 && (sd - s).abs() < 1e-12 && (lo - (m - half)).abs() < 1e-9 && (hi - (m + half)).abs() < 1e-9, "{name} {t}: {row:?} vs {a}, {b}");
+        }
+    }
 }
 
 /// bench-vtab takes every family: a tiny random Swin and ConvNeXt (timm-style configs), linear
