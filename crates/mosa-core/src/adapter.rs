@@ -5,7 +5,9 @@
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, relu, silu};
+use burn::tensor::activation::{relu, silu};
+
+use crate::kernels::{Kernels, gelu};
 use serde::{Deserialize, Serialize};
 
 /// Adapter non-linearity.
@@ -35,7 +37,7 @@ pub enum SequentialPosition {
 }
 
 impl Activation {
-    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+    pub fn apply<B: Kernels, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
             Activation::Gelu => gelu(x),
             Activation::Relu => relu(x),
@@ -127,7 +129,7 @@ pub struct Adapter<B: Backend> {
     pub on_stream: bool,
 }
 
-impl<B: Backend> Adapter<B> {
+impl<B: Kernels> Adapter<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = match &self.norm {
             Some(n) => n.forward(x),

@@ -5,6 +5,7 @@
 //!   method to any host, merge, mask gradients, sparse masks, parameter groups;
 //! - [`slot`]: what a site holds (adapter slots, linear branches);
 //! - [`adapter`], [`mosa`], [`pruned`], [`lora`], [`prompt`], [`sparse`]: one file per method family;
+//! - [`kernels`]: our backend-extension trait ([`Kernels`]) and its CPU kernels;
 //! - [`mask`]: partitions and exact top-k; [`rng`]: the seeded generator behind every draw;
 //! - [`params`]: parameters by path (one path stack), values in and out;
 //! - [`optim`]: the reference AdamW and warm-up cosine;
@@ -17,6 +18,7 @@ pub mod expert;
 pub mod fsio;
 pub mod host;
 pub mod inject;
+pub mod kernels;
 pub mod lora;
 pub mod mask;
 pub mod merge;
@@ -32,6 +34,7 @@ pub mod slot;
 pub mod sparse;
 
 pub use host::HostTensor;
+pub use kernels::{AutodiffKernels, Kernels};
 pub use method::{Method, MethodKind, Passes};
 pub use rng::Rng;
 pub use site::PeftHost;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
 use crate::mask;
+use crate::kernels::Kernels;
 use crate::rng::Rng;
 
 /// Which projection stays dense and shared by all experts.
@@ -189,7 +190,7 @@ pub struct MosaAdapter<B: Backend> {
     pub scale: f64,
 }
 
-impl<B: Backend> MosaAdapter<B> {
+impl<B: Kernels> MosaAdapter<B> {
     /// Forward with Down expert `ed` and Up expert `eu`.
     pub fn forward(&self, x: Tensor<B, 3>, ed: usize, eu: usize) -> Tensor<B, 3> {
         let x = match &self.norm {
@@ -199,7 +200,9 @@ impl<B: Backend> MosaAdapter<B> {
         let h = self.dropout.forward(self.activation.apply(self.down.forward(x, ed)));
         self.up.forward(h, eu) * self.scale
     }
+}
 
+impl<B: Backend> MosaAdapter<B> {
     /// Draws one expert per split projection (independently for Down and Up).
     pub fn draw(&self, rng: &mut Rng) -> (usize, usize) {
         let d = if self.down.len() > 1 { rng.below(self.down.len()) } else { 0 };

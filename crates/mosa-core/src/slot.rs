@@ -11,6 +11,7 @@ use burn::tensor::module::linear;
 pub use crate::site::Placement;
 
 use crate::adapter::Adapter;
+use crate::kernels::Kernels;
 use crate::lora::{Lora, LoraParts, MosaLora};
 use crate::mosa::MosaAdapter;
 use crate::params::{Tally, tally};
@@ -26,7 +27,7 @@ pub enum AdapterSlot<B: Backend> {
     Pruned(PrunedAdapter<B>),
 }
 
-impl<B: Backend> AdapterSlot<B> {
+impl<B: Kernels> AdapterSlot<B> {
     /// In training, MoSA draws one expert per projection from `rng` for the whole batch; outside
     /// training (no autodiff), it uses the merged (mean) adapter, so evaluation of an unmerged
     /// model gives the merged model's output.
@@ -41,7 +42,9 @@ impl<B: Backend> AdapterSlot<B> {
             AdapterSlot::Mosa(m) => m.merge().forward(x),
         }
     }
+}
 
+impl<B: Backend> AdapterSlot<B> {
     /// Whether a sequential adapter in this slot reads the stream after the residual rather than
     /// the sublayer's output ([`crate::adapter::SequentialPosition`]).
     pub fn on_stream(&self) -> bool {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use burn::nn::Linear;
 use burn::prelude::*;
+use mosa_core::kernels::Kernels;
 use serde::{Deserialize, Serialize};
 
 use mosa_core::Rng;
@@ -231,7 +232,7 @@ macro_rules! each {
     };
 }
 
-impl<B: Backend> Backbone<B> {
+impl<B: Kernels> Backbone<B> {
     /// Forward pass; `collect_hidden` keeps every block's output; `rng` draws the active experts
     /// of MoSA methods (one per block and pass, whole batch).
     ///
@@ -297,7 +298,7 @@ impl<B: Backend> Backbone<B> {
     }
 }
 
-impl<B: Backend> PeftHost<B> for Backbone<B> {
+impl<B: Kernels> PeftHost<B> for Backbone<B> {
     fn targets(&self) -> Targets {
         each!(self, m => m.targets())
     }

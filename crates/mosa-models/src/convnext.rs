@@ -19,6 +19,7 @@ use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
+use mosa_core::kernels::Kernels;
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
@@ -196,7 +197,7 @@ pub struct ConvNextBlock<B: Backend> {
     pub drop_path: f64,
 }
 
-impl<B: Backend> ConvNextBlock<B> {
+impl<B: Kernels> ConvNextBlock<B> {
     /// # Shapes
     /// `[b, c, h, w]` → `[b, c, h, w]`
     pub fn forward(&self, x: Tensor<B, 4>, rng: &mut Rng) -> Tensor<B, 4> {
@@ -256,7 +257,7 @@ pub struct ConvNeXt<B: Backend> {
     pub head: Option<Linear<B>>,
 }
 
-impl<B: Backend> ConvNeXt<B> {
+impl<B: Kernels> ConvNeXt<B> {
     pub fn num_classes(&self) -> usize {
         self.head.as_ref().map(|h| h.weight.dims()[1]).unwrap_or(0)
     }
@@ -319,7 +320,7 @@ impl<B: Backend> ConvNeXt<B> {
     }
 }
 
-impl<B: Backend> PeftHost<B> for ConvNeXt<B> {
+impl<B: Kernels> PeftHost<B> for ConvNeXt<B> {
     fn targets(&self) -> Targets {
         TARGETS
     }

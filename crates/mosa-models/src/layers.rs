@@ -10,7 +10,8 @@ use burn::nn::Dropout;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
+use mosa_core::kernels::{Kernels, gelu};
 use burn::tensor::module::{attention, linear};
 
 use mosa_core::Rng;
@@ -90,7 +91,7 @@ pub struct Mlp<B: Backend> {
     pub drop: Dropout,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: Kernels> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         let x = self.drop.forward(gelu(self.fc1.forward(x, rng)));
         self.drop.forward(self.fc2.forward(x, rng))
@@ -179,7 +180,7 @@ impl<'a, B: Backend> BlockSlots<'a, B> {
 
 /// A sequential adapter on a sublayer's output, before the residual: `f + A(f)`, or `f` when the
 /// slot is empty or its adapter sits after the residual ([`stream`]).
-pub fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, f: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+pub fn sequential<B: Kernels>(slot: &Option<AdapterSlot<B>>, f: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
     match slot {
         Some(a) if !a.on_stream() => f.clone() + a.forward(f, rng),
         _ => f,
@@ -188,7 +189,7 @@ pub fn sequential<B: Backend>(slot: &Option<AdapterSlot<B>>, f: Tensor<B, 3>, rn
 
 /// A sequential adapter on the stream after the residual: `y + A(y)` (Houlsby in the MoSA code
 /// base), or `y` when the slot is empty or its adapter sits on the branch ([`sequential`]).
-pub fn stream<B: Backend>(slot: &Option<AdapterSlot<B>>, y: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+pub fn stream<B: Kernels>(slot: &Option<AdapterSlot<B>>, y: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
     match slot {
         Some(a) if a.on_stream() => y.clone() + a.forward(y, rng),
         _ => y,

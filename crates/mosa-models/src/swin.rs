@@ -21,6 +21,7 @@ use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
+use mosa_core::kernels::Kernels;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, Int, TensorData};
 
@@ -338,7 +339,7 @@ pub struct SwinBlock<B: Backend> {
     pub drop_path: f64,
 }
 
-impl<B: Backend> SwinBlock<B> {
+impl<B: Kernels> SwinBlock<B> {
     /// # Shapes
     /// `[b, h·w, c]` → `[b, h·w, c]`
     pub fn forward(&self, x: Tensor<B, 3>, grid: (usize, usize), mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
@@ -406,7 +407,7 @@ pub struct SwinTransformer<B: Backend> {
     pub head: Option<Linear<B>>,
 }
 
-impl<B: Backend> SwinTransformer<B> {
+impl<B: Kernels> SwinTransformer<B> {
     pub fn num_classes(&self) -> usize {
         self.head.as_ref().map(|h| h.weight.dims()[1]).unwrap_or(0)
     }
@@ -499,7 +500,7 @@ impl<B: Backend> SwinTransformer<B> {
     }
 }
 
-impl<B: Backend> PeftHost<B> for SwinTransformer<B> {
+impl<B: Kernels> PeftHost<B> for SwinTransformer<B> {
     fn targets(&self) -> Targets {
         TARGETS
     }

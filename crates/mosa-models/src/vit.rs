@@ -15,6 +15,7 @@ use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use mosa_core::kernels::Kernels;
 use burn::tensor::Distribution;
 
 use mosa_core::Rng;
@@ -210,7 +211,7 @@ pub struct Block<B: Backend> {
     pub drop_path: f64,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: Kernels> Block<B> {
     /// # Shapes
     /// `[b, t, d]` → `[b, t, d]`
     pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
@@ -252,7 +253,7 @@ pub struct VisionTransformer<B: Backend> {
     pub pos_resample: Resample,
 }
 
-impl<B: Backend> VisionTransformer<B> {
+impl<B: Kernels> VisionTransformer<B> {
     pub fn embed_dim(&self) -> usize {
         self.cls_token.dims()[2]
     }
@@ -342,7 +343,7 @@ impl<B: Backend> VisionTransformer<B> {
     }
 }
 
-impl<B: Backend> PeftHost<B> for VisionTransformer<B> {
+impl<B: Kernels> PeftHost<B> for VisionTransformer<B> {
     fn targets(&self) -> Targets {
         TARGETS
     }
@@ -359,7 +360,7 @@ impl<B: Backend> PeftHost<B> for VisionTransformer<B> {
     }
 }
 
-impl<B: Backend> VisionTransformer<B> {
+impl<B: Kernels> VisionTransformer<B> {
     /// The model's tensors in timm's names and layout (`[out, in]` linear weights): the inverse
     /// of `load::apply`. Method modules (adapters, branches, prompts) are not part of it; merge
     /// or export them first.

@@ -36,7 +36,7 @@ fn method(name: &str) -> Method {
     m
 }
 
-fn apply<BB: Backend>(model: VisionTransformer<BB>, m: &Method) -> VisionTransformer<BB> {
+fn apply<BB: mosa_core::Kernels>(model: VisionTransformer<BB>, m: &Method) -> VisionTransformer<BB> {
     inject::apply(model, m, SEED, &Default::default()).unwrap()
 }
 

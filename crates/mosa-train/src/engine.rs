@@ -5,13 +5,13 @@
 //! AdamW, a per-epoch schedule, merge-before-evaluation, and checkpoints that resume
 //! bit-for-bit (docs/training.md). Nothing here names a backbone family or a method.
 
+use mosa_core::kernels::{AutodiffKernels, Kernels};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use mosa_core::host::HostTensor;
 use mosa_core::optim::{AdamW, AdamWConfig, WarmupCosine};
 use mosa_core::{PeftHost, Rng, inject, params};
@@ -38,7 +38,7 @@ pub enum Outcome {
     Interrupted { epochs_done: usize },
 }
 
-fn head_init<B: Backend>(mut model: Backbone<B>, init: HeadInit, seed: u64) -> Backbone<B> {
+fn head_init<B: Kernels>(mut model: Backbone<B>, init: HeadInit, seed: u64) -> Backbone<B> {
     if let Some(head) = model.head_mut() {
         let [d, c] = head.weight.dims();
         let device = head.weight.device();
@@ -66,7 +66,7 @@ fn head_init<B: Backend>(mut model: Backbone<B>, init: HeadInit, seed: u64) -> B
 }
 
 /// Builds the model of a run: backbone (loaded or seeded random), head init, method injected.
-pub fn build_model<B: Backend>(spec: &RunSpec, num_classes: usize, device: &B::Device) -> Result<Backbone<B>> {
+pub fn build_model<B: Kernels>(spec: &RunSpec, num_classes: usize, device: &B::Device) -> Result<Backbone<B>> {
     let cfg = spec.model.clone().with_num_classes(num_classes).with_img_size(spec.train.resolution);
     B::seed(device, Rng::derive(spec.train.seed, streams::BACKEND).next_u64());
     let model = match &spec.weights {
@@ -121,7 +121,7 @@ fn load_data(spec: &RunSpec, rep: &mut dyn Reporter) -> Result<Data> {
 }
 
 /// Trains (or resumes) a run into `out`.
-pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control: Control, device: &B::Device, rep: &mut dyn Reporter) -> Result<Outcome> {
+pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control: Control, device: &B::Device, rep: &mut dyn Reporter) -> Result<Outcome> {
     spec.train.validate().map_err(Error::Config)?;
     spec.method.validate().map_err(Error::Config)?;
     let dir = RunDir::new(out);
@@ -243,7 +243,7 @@ pub fn run<B: AutodiffBackend>(spec: &RunSpec, out: &Path, resume: bool, control
 
 /// Merges (MoSA: mean of the experts; branches folded) and evaluates on the inner backend:
 /// validation and test accuracy, images evaluated, seconds.
-fn evaluate_merged<B: AutodiffBackend>(model: &Backbone<B>, data: &Data, batch: usize, limit: Option<usize>, device: &B::Device) -> (Option<f64>, Option<f64>, usize, f64) {
+fn evaluate_merged<B: AutodiffKernels>(model: &Backbone<B>, data: &Data, batch: usize, limit: Option<usize>, device: &B::Device) -> (Option<f64>, Option<f64>, usize, f64) {
     let t1 = Instant::now();
     let eval_model = inject::merged(&model.valid());
     let mut evaluated = 0;
@@ -260,7 +260,7 @@ fn evaluate_merged<B: AutodiffBackend>(model: &Backbone<B>, data: &Data, batch: 
 }
 
 /// The run's summary from its per-epoch metrics.
-fn summary_of<B: Backend>(spec: &RunSpec, metrics: &[EpochMetrics], trainable: usize, merged_trainable: usize) -> Summary {
+fn summary_of<B: Kernels>(spec: &RunSpec, metrics: &[EpochMetrics], trainable: usize, merged_trainable: usize) -> Summary {
     let t = &spec.train;
     let (best_val_epoch, best_val, test_at_best_val, best_test_epoch, best_test, last_test) = summarize(metrics);
     let total = |f: fn(&EpochMetrics) -> f64| metrics.iter().map(f).sum::<f64>();
@@ -296,7 +296,7 @@ fn is_current_format(dir: &RunDir) -> bool {
 const MASK_PREFIX: &str = "sparse_mask/";
 
 /// Trainable parameters plus the sparse masks (`sparse_mask/<delta path>`), for saving.
-fn with_masks<B: Backend>(mut t: Tensors, model: &mut Backbone<B>) -> Tensors {
+fn with_masks<B: Kernels>(mut t: Tensors, model: &mut Backbone<B>) -> Tensors {
     for (path, mask) in inject::sparse_masks(model) {
         t.push((format!("{MASK_PREFIX}{path}"), HostTensor::from_tensor(mask)));
     }
@@ -304,7 +304,7 @@ fn with_masks<B: Backend>(mut t: Tensors, model: &mut Backbone<B>) -> Tensors {
 }
 
 /// Loads saved parameters and sparse masks into a freshly built model.
-fn restore<B: Backend>(model: Backbone<B>, mut values: HashMap<String, HostTensor>) -> std::result::Result<Backbone<B>, String> {
+fn restore<B: Kernels>(model: Backbone<B>, mut values: HashMap<String, HostTensor>) -> std::result::Result<Backbone<B>, String> {
     let keys: Vec<String> = values.keys().filter(|k| k.starts_with(MASK_PREFIX)).cloned().collect();
     let masks: HashMap<String, HostTensor> = keys.into_iter().filter_map(|k| values.remove(&k).map(|v| (k[MASK_PREFIX.len()..].to_string(), v))).collect();
     let model = params::load_by_path(model, &values)?;
@@ -312,17 +312,17 @@ fn restore<B: Backend>(model: Backbone<B>, mut values: HashMap<String, HostTenso
 }
 
 /// Rebuilds a finished run's model (backbone + saved trainables), merged, for evaluation.
-pub fn load_run<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
+pub fn load_run<B: Kernels>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
     let (spec, model, nc) = load_run_parts::<B>(dir, device)?;
     Ok((spec, inject::merged(&model), nc))
 }
 
 /// Rebuilds a finished run's model as trained (experts and branches not merged).
-pub fn load_run_unmerged<B: Backend>(dir: &Path, device: &B::Device) -> Result<Backbone<B>> {
+pub fn load_run_unmerged<B: Kernels>(dir: &Path, device: &B::Device) -> Result<Backbone<B>> {
     Ok(load_run_parts::<B>(dir, device)?.1)
 }
 
-fn load_run_parts<B: Backend>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
+fn load_run_parts<B: Kernels>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
     let rd = RunDir::new(dir);
     let cfg = rd.read_config()?;
     let (spec, nc) = (cfg.run, cfg.dataset.classes);

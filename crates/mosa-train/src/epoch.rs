@@ -1,10 +1,10 @@
 //! One training epoch: seeded order, augmentation and expert streams, the steps, the loss
 //! read back every `sync_every` steps (NaN stop, progress), and the epoch's numbers.
 
+use mosa_core::kernels::AutodiffKernels;
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use mosa_core::optim::{AdamW, WarmupCosine};
 use mosa_core::{Method, Rng};
 use mosa_data::LoadedSplit;
@@ -34,7 +34,7 @@ pub struct EpochTrain {
 }
 
 /// Everything an epoch reads besides the model and the optimiser.
-pub struct EpochCtx<'a, B: AutodiffBackend> {
+pub struct EpochCtx<'a, B: AutodiffKernels> {
     pub method: &'a Method,
     pub t: &'a TrainConfig,
     pub schedule: &'a WarmupCosine,
@@ -48,7 +48,7 @@ pub struct EpochCtx<'a, B: AutodiffBackend> {
 }
 
 /// Trains one epoch (0-based `epoch`).
-pub fn train_epoch<B: AutodiffBackend>(mut model: Backbone<B>, optim: &mut AdamW<B>, epoch: usize, c: &EpochCtx<'_, B>, rep: &mut dyn Reporter) -> Result<(Backbone<B>, EpochTrain)> {
+pub fn train_epoch<B: AutodiffKernels>(mut model: Backbone<B>, optim: &mut AdamW<B>, epoch: usize, c: &EpochCtx<'_, B>, rep: &mut dyn Reporter) -> Result<(Backbone<B>, EpochTrain)> {
     let t = c.t;
     let t0 = Instant::now();
     let steps = c.subset.len().div_ceil(t.batch_size);

@@ -1,12 +1,13 @@
 //! Evaluation: accuracy of a (merged) model on a split, in evaluation mode (the inner,
 //! non-autodiff backend: no dropout, MoSA slots use their merged adapter).
 
+use mosa_core::kernels::Kernels;
 use burn::prelude::*;
 use mosa_data::LoadedSplit;
 use mosa_models::Backbone;
 
 /// Accuracy on the first `limit` images of `split` (all if `None`), and how many were scored.
-pub fn evaluate<B: Backend>(model: &Backbone<B>, split: &LoadedSplit, batch: usize, limit: Option<usize>, device: &B::Device) -> (f64, usize) {
+pub fn evaluate<B: Kernels>(model: &Backbone<B>, split: &LoadedSplit, batch: usize, limit: Option<usize>, device: &B::Device) -> (f64, usize) {
     let n = limit.map_or(split.len(), |l| l.min(split.len()));
     let idx: Vec<usize> = (0..n).collect();
     let mut correct: Option<Tensor<B, 1, Int>> = None;

@@ -8,6 +8,7 @@
 //! - full: `W − W0` of every backbone tensor but the head, and but the position embedding when
 //!   the run trained at another grid than the stored one (that Δ cannot be merged onto it).
 
+use mosa_core::kernels::Kernels;
 use std::path::Path;
 
 use burn::prelude::*;
@@ -44,7 +45,7 @@ fn transposed(t: Tensor<impl Backend, 2>) -> HostTensor {
 }
 
 /// The changed weights of a trained (unmerged) model.
-fn tensors<B: Backend>(spec: &RunSpec, model: &Backbone<B>, kind: ExpertKind, device: &B::Device) -> Result<Vec<ExpertTensor>> {
+fn tensors<B: Kernels>(spec: &RunSpec, model: &Backbone<B>, kind: ExpertKind, device: &B::Device) -> Result<Vec<ExpertTensor>> {
     let mut m = model.clone();
     let mut out = Vec::new();
     match kind {
@@ -119,7 +120,7 @@ impl<'a> Origin<'a> {
 }
 
 /// The expert of a trained, unmerged model.
-pub fn expert_of<B: Backend>(model: &Backbone<B>, o: &Origin<'_>, values: ValueDtype, device: &B::Device) -> Result<Expert> {
+pub fn expert_of<B: Kernels>(model: &Backbone<B>, o: &Origin<'_>, values: ValueDtype, device: &B::Device) -> Result<Expert> {
     let spec = o.spec;
     let kind = kind_of(&spec.method).ok_or_else(|| Error::Config(format!("method {} makes no expert (sparse, lora or full do)", spec.method.name())))?;
     let tensors = tensors(spec, model, kind, device)?;
@@ -148,7 +149,7 @@ pub fn expert_of<B: Backend>(model: &Backbone<B>, o: &Origin<'_>, values: ValueD
 
 /// Makes the expert of a finished run directory and writes it to `out`; returns the expert and
 /// the file size.
-pub fn export_run<B: Backend>(dir: &Path, out: &Path, values: ValueDtype, device: &B::Device) -> Result<(Expert, u64)> {
+pub fn export_run<B: Kernels>(dir: &Path, out: &Path, values: ValueDtype, device: &B::Device) -> Result<(Expert, u64)> {
     let rd = crate::rundir::RunDir::new(dir);
     let cfg = rd.read_config()?;
     let summary = rd.summary()?;

@@ -3,6 +3,7 @@
 //! consistency terms between them (symmetric KL with stop-gradient, optionally DEEPREG); then
 //! backward and the method's post-backward hook ([`inject::after_backward`]).
 
+use mosa_core::kernels::AutodiffKernels;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -31,7 +32,7 @@ pub fn two_passes(method: &Method, t: &TrainConfig) -> bool {
 /// Forward, loss, backward and the post-backward hook for one batch. `experts` draws the active
 /// experts of each pass (block by block); `sparse_rng` breaks ties of a re-selection.
 #[allow(clippy::too_many_arguments)]
-pub fn step<B: AutodiffBackend>(
+pub fn step<B: AutodiffKernels>(
     model: Backbone<B>,
     x: Tensor<B, 4>,
     y: Tensor<B, 1, Int>,

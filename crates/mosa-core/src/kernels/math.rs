@@ -1,0 +1,96 @@
+//! Branch-free `f32` elementary functions for element-wise kernels: written with only
+//! arithmetic, `min`/`max`, `floor` and bit casts, so that a loop over a slice compiles to SIMD
+//! code (and, inside a `#[target_feature]` function, to AVX2 / AVX-512 code).
+
+/// `e^x` for x ≤ 0 (clamped below at −87, where it is ≈ 1.6e−38): Cody–Waite reduction
+/// `x = n·ln2 + r`, |r| ≤ ln2/2, a degree-6 Taylor polynomial of `e^r` (relative error < 2e−7 on
+/// that interval), then `2^n` by building the exponent bits.
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 0.0);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// `erf(x)`: Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e−7 in exact arithmetic, < 6e−7 in
+/// `f32`, tested), odd by construction.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t * (0.254_829_6 + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp_neg(-a * a);
+    y.copysign(x)
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π).
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// Exact GELU, `0.5·x·(1 + erf(x/√2))`.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))
+}
+
+/// `g · GELU'(x)`, `GELU'(x) = Φ(x) + x·φ(x)`.
+#[inline(always)]
+pub fn gelu_grad(x: f32, g: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
+    let pdf = INV_SQRT_2PI * exp_neg(-0.5 * x * x);
+    g * (cdf + x * pdf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference values in f64 (libm's erf and exp).
+    fn gelu64(x: f64) -> f64 {
+        0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+    }
+
+    #[test]
+    fn exp_and_erf_are_accurate_over_their_range() {
+        let mut worst_exp: f64 = 0.0;
+        let mut worst_erf: f64 = 0.0;
+        for i in 0..=200_000 {
+            let x = -87.0 + 87.0 * i as f64 / 200_000.0;
+            let got = exp_neg(x as f32) as f64;
+            worst_exp = worst_exp.max(((got - (x as f32 as f64).exp()) / (x as f32 as f64).exp()).abs());
+            let y = -6.0 + 12.0 * i as f64 / 200_000.0;
+            worst_erf = worst_erf.max((erf(y as f32) as f64 - libm::erf(y as f32 as f64)).abs());
+        }
+        assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        // A&S 7.1.26's 1.5e−7 plus f32 rounding
+        assert!(worst_erf < 6e-7, "erf absolute error {worst_erf}");
+        assert_eq!(erf(0.0), 0.0);
+        assert_eq!(erf(-3.0), -erf(3.0));
+        assert_eq!(exp_neg(0.0), 1.0);
+    }
+
+    #[test]
+    fn gelu_and_its_gradient_match_the_closed_forms() {
+        let mut worst: f64 = 0.0;
+        let mut worst_grad: f64 = 0.0;
+        for i in 0..=100_000 {
+            let x = -12.0 + 24.0 * i as f64 / 100_000.0;
+            let xf = x as f32 as f64;
+            worst = worst.max((gelu(xf as f32) as f64 - gelu64(xf)).abs() / (1.0 + gelu64(xf).abs()));
+            let d = 0.5 * (1.0 + libm::erf(xf / std::f64::consts::SQRT_2)) + xf * (-0.5 * xf * xf).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            worst_grad = worst_grad.max((gelu_grad(xf as f32, 1.0) as f64 - d).abs());
+        }
+        assert!(worst < 1e-6, "gelu error {worst}");
+        assert!(worst_grad < 1e-6, "gelu' error {worst_grad}");
+        // far tails: 0 and the identity
+        assert!(gelu(-20.0).abs() < 1e-30 && gelu_grad(-20.0, 1.0).abs() < 1e-30);
+        assert_eq!(gelu(20.0), 20.0);
+        assert_eq!(gelu_grad(20.0, 1.0), 1.0);
+    }
+}

@@ -1,0 +1,163 @@
+"""The workloads of `cargo xtask bench-speed` in PyTorch, for a side-by-side run on the same
+machine (`cargo xtask bench-speed --compare-pytorch <python>` interleaves the two).
+
+ViT-S/16 (timm `vit_small_patch16_224`, random weights, 100 classes), 224 px:
+- `forward`: inference at batch 32 (`eval()`, `inference_mode`);
+- `step <method>`: one training step at batch 8 — forward, cross-entropy, backward, AdamW
+  (eps 1e-6, weight decay 0.01) — with the same method definitions as mosa's defaults:
+  - `linear`: the head trains;
+  - `adapter`: AdaptFormer parallel to each MLP, `h + MLP(LN2 h) + 0.1·Up(Dropout0.1(ReLU(Down(LN h))))`,
+    r 16 (mosa's `adapter` default, the MoSA code base's `vit_adapter.py`);
+  - `lora`: r 16, alpha 16 on the q and v parts of each fused qkv (mosa's `lora` default);
+  - `full`: everything trains;
+  - `mosa`: the adapter with Up split into 4 stacked experts (shared Down), two passes with an
+    expert drawn per block and pass, CE + symmetric KL with stop-gradient, expert-masked Up
+    gradients (mosa's `mosa` default).
+Prints one JSON line: {"workload", "times": [...], "median_s", "images_per_second"}.
+
+Install: python -m venv ~/.venvs/torch && ~/.venvs/torch/bin/pip install torch timm
+"""
+import argparse
+import json
+import statistics
+import time
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Adapter(nn.Module):
+    def __init__(self, d, r=16, experts=1):
+        super().__init__()
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.down = nn.Linear(d, r)
+        self.up_w = nn.Parameter(torch.zeros(experts, r, d))
+        self.up_b = nn.Parameter(torch.zeros(experts, d))
+        nn.init.kaiming_uniform_(self.down.weight, a=5 ** 0.5)
+        nn.init.zeros_(self.down.bias)
+        self.act = nn.ReLU() if experts == 1 else nn.GELU()
+        self.expert = 0
+        # MoSA: expert e owns a random quarter of Up's entries
+        owner = torch.randint(0, experts, (experts, r, d))[0]
+        self.register_buffer("masks", torch.stack([(owner == e).float() for e in range(experts)]))
+
+    def forward(self, x):
+        h = F.dropout(self.act(self.down(self.norm(x))), 0.1, self.training)
+        return 0.1 * (h @ self.up_w[self.expert] + self.up_b[self.expert])
+
+
+class AdaptedBlock(nn.Module):
+    def __init__(self, block, adapter):
+        super().__init__()
+        self.block, self.adapter = block, adapter
+
+    def forward(self, x):
+        b = self.block
+        h = x + b.drop_path1(b.ls1(b.attn(b.norm1(x))))
+        return h + b.drop_path2(b.ls2(b.mlp(b.norm2(h)))) + self.adapter(h)
+
+
+class LoraQV(nn.Module):
+    """LoRA on the q and v thirds of a fused qkv linear."""
+
+    def __init__(self, qkv, r=16, alpha=16):
+        super().__init__()
+        self.qkv, d = qkv, qkv.in_features
+        self.a = nn.ParameterList([nn.Parameter(torch.empty(d, r)) for _ in range(2)])
+        self.b = nn.ParameterList([nn.Parameter(torch.zeros(r, d)) for _ in range(2)])
+        for a in self.a:
+            nn.init.uniform_(a, -(d ** -0.5), d ** -0.5)
+        self.scale, self.d = alpha / r, d
+
+    def forward(self, x):
+        y = self.qkv(x)
+        q = (x @ self.a[0] @ self.b[0]) * self.scale
+        v = (x @ self.a[1] @ self.b[1]) * self.scale
+        return y + torch.cat([q, torch.zeros_like(q), v], dim=-1)
+
+
+def build(method):
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=100)
+    adapters = []
+    if method in ("linear", "adapter", "lora", "mosa"):
+        for p in model.parameters():
+            p.requires_grad = False
+        for p in model.head.parameters():
+            p.requires_grad = True
+    if method in ("adapter", "mosa"):
+        for i, blk in enumerate(model.blocks):
+            a = Adapter(model.embed_dim, experts=4 if method == "mosa" else 1)
+            adapters.append(a)
+            model.blocks[i] = AdaptedBlock(blk, a)
+    if method == "lora":
+        for blk in model.blocks:
+            blk.attn.qkv = LoraQV(blk.attn.qkv)
+    return model, adapters
+
+
+def step_fn(method, model, adapters, opt, x, y):
+    def forward(draw):
+        if draw:
+            for a in adapters:
+                a.expert = int(torch.randint(0, 4, ()))
+        return model(x)
+
+    opt.zero_grad(set_to_none=True)
+    if method == "mosa":
+        z1, z2 = forward(True), forward(True)
+        kl = lambda i, t: F.kl_div(F.log_softmax(i, -1), F.log_softmax(t.detach(), -1), reduction="batchmean", log_target=True)
+        loss = F.cross_entropy(z1, y) + 0.5 * (kl(z1, z2) + kl(z2, z1))
+    else:
+        loss = F.cross_entropy(forward(False), y)
+    loss.backward()
+    for a in adapters:
+        if a.up_w.grad is not None and a.up_w.shape[0] > 1:
+            a.up_w.grad.mul_(a.masks)
+    opt.step()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("workload", choices=["forward", "step"])
+    p.add_argument("method", nargs="?", default="adapter")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(3407)
+    times = []
+    if a.workload == "forward":
+        batch = a.batch or 32
+        model, _ = build("linear")
+        model.eval()
+        x = torch.randn(batch, 3, 224, 224)
+        with torch.inference_mode():
+            for i in range(a.warmup + a.iters):
+                t0 = time.perf_counter()
+                model(x)
+                if i >= a.warmup:
+                    times.append(time.perf_counter() - t0)
+        name = "inference"
+    else:
+        batch = a.batch or 8
+        model, adapters = build(a.method)
+        model.train()
+        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3, eps=1e-6, weight_decay=0.01)
+        x, y = torch.randn(batch, 3, 224, 224), torch.arange(batch) % 100
+        for i in range(a.warmup + a.iters):
+            t0 = time.perf_counter()
+            step_fn(a.method, model, adapters, opt, x, y)
+            if i >= a.warmup:
+                times.append(time.perf_counter() - t0)
+        name = f"train step, {a.method}"
+    med = statistics.median(times)
+    print(json.dumps({"workload": name, "batch": batch, "times": times, "median_s": med, "images_per_second": batch / med, "torch": torch.__version__, "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()
