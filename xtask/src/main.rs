@@ -32,14 +32,18 @@ struct BackendArgs {
 enum Task {
     /// Build `mosa`, fetch the DINOv2 ViT-S/14 backbone into the cache, and show `mosa info`.
     Setup(BackendArgs),
-    /// Speed against the PyTorch bar: ViT-S/16 at 224, training steps at batch 8 (linear, adapter,
-    /// lora, full) and inference at batch 32; medians of timed iterations.
+    /// Speed against PyTorch: ViT-S/16 at 224, training steps at batch 8 (linear, adapter, lora,
+    /// full, mosa with its two passes) and inference at batch 32; medians of timed iterations.
     BenchSpeed {
         #[command(flatten)]
         backend: BackendArgs,
         /// Timed iterations per row.
         #[arg(long, default_value_t = 5)]
         iters: usize,
+        /// A Python with torch and timm: run `scripts/bench_pytorch.py`'s same workloads, each
+        /// right after ours, and print the ratio per row.
+        #[arg(long)]
+        compare_pytorch: Option<PathBuf>,
     },
     /// The benchmark: `mosa train` over tasks x methods, then results/<name>/results.{md,csv,json}
     /// and accuracy.svg. Default: the embedded mini-VTAB with DINOv2 ViT-S/14 (about 30 min on 2 cores).
@@ -93,38 +97,78 @@ enum Task {
 /// bench-experts' LoRA expert: rank, alpha, targets.
 const EXPERT_LORA: (usize, f64, &str) = (8, 8.0, "qkv");
 
-const PYTORCH: &[(&str, f64)] = &[("linear", 0.50), ("adapter", 1.10), ("lora", 1.19), ("full", 1.43)];
-const PYTORCH_INFER_IPS: f64 = 14.3;
+/// The methods bench-speed times a training step of.
+const SPEED_METHODS: &[&str] = &["linear", "adapter", "lora", "full", "mosa"];
 
-fn bench_speed(backend: &BackendArgs, iters: usize) -> anyhow::Result<()> {
-    let it = iters.to_string();
-    let mut rows = Vec::new();
-    for (method, torch) in PYTORCH {
-        let out = mosa_output(backend, &["bench", "step", "--model", "vit-s16", "--batch", "8", "--iters", &it, "--method", method])?;
-        rows.push((out, format!("{torch:.2} s/step")));
-    }
-    let out = mosa_output(backend, &["bench", "forward", "--model", "vit-s16", "--batch", "32", "--iters", &it])?;
-    rows.push((out, format!("{PYTORCH_INFER_IPS} images/s")));
-    println!("| backend | model | resolution | batch | measure | median s | min s | max s | images/s | PyTorch 2.15 CPU |");
-    println!("|---|---|---:|---:|---|---:|---:|---:|---:|---:|");
-    for (row, torch) in rows {
-        println!("{row} {torch} |");
-    }
-    println!("\ncommand: cargo xtask bench-speed --features {} --iters {iters}", backend.features);
-    Ok(())
+/// The share of CPU time that was idle over the last `ms` milliseconds (`/proc/stat`).
+fn idle_share(ms: u64) -> Option<f64> {
+    let read = || -> Option<(f64, f64)> {
+        let s = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<f64> = s.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        Some((v.iter().sum(), v.get(3)? + v.get(4).unwrap_or(&0.0)))
+    };
+    let (t0, i0) = read()?;
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    let (t1, i1) = read()?;
+    (t1 > t0).then(|| (i1 - i0) / (t1 - t0))
 }
 
-/// The last line `mosa <args>` prints (a table row).
-fn mosa_output(backend: &BackendArgs, args: &[&str]) -> anyhow::Result<String> {
-    let mut cmd = cargo_mosa_cli("run", backend);
-    cmd.arg("--").args(args).stderr(std::process::Stdio::inherit());
-    eprintln!("running mosa {}", args.join(" "));
-    let out = cmd.output().context("running cargo")?;
-    if !out.status.success() {
-        bail!("`mosa {}` failed ({})", args.join(" "), out.status);
+/// The median seconds in a `mosa bench` table row (its sixth column).
+fn median_of_row(row: &str) -> Option<f64> {
+    row.split('|').map(str::trim).filter(|c| !c.is_empty()).nth(5)?.parse().ok()
+}
+
+fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let it = iters.to_string();
+    let mosa = build_mosa(backend)?;
+    let script = workspace_root().join("scripts/bench_pytorch.py");
+    let mut workloads: Vec<(Vec<String>, Vec<String>)> = SPEED_METHODS
+        .iter()
+        .map(|m| (["bench", "step", "--model", "vit-s16", "--batch", "8", "--iters", &it, "--method", m].map(String::from).to_vec(), ["step", m, "--batch", "8", "--iters", &it].map(String::from).to_vec()))
+        .collect();
+    workloads.push((["bench", "forward", "--model", "vit-s16", "--batch", "32", "--iters", &it].map(String::from).to_vec(), ["forward", "--batch", "32", "--iters", &it].map(String::from).to_vec()));
+    println!("| measure | batch | mosa median s | mosa images/s | PyTorch median s | PyTorch images/s | mosa / PyTorch speed | CPU idle before |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (ours, theirs) in &workloads {
+        let idle = idle_share(1000);
+        eprintln!("running mosa {}", ours.join(" "));
+        let out = Command::new(&mosa).args(ours).stderr(std::process::Stdio::inherit()).output().context("running mosa")?;
+        if !out.status.success() {
+            bail!("`mosa {}` failed ({})", ours.join(" "), out.status);
+        }
+        let row = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+        let cols: Vec<String> = row.split('|').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+        let (what, batch) = (cols.get(4).cloned().unwrap_or_default(), cols.get(3).cloned().unwrap_or_default());
+        let m = median_of_row(&row).context("no median in mosa's row")?;
+        let b: f64 = batch.parse().unwrap_or(1.0);
+        let torch = match python {
+            Some(py) => {
+                eprintln!("running {} {} {}", py.display(), script.display(), theirs.join(" "));
+                let o = Command::new(py).arg(&script).args(theirs).stderr(std::process::Stdio::inherit()).output().context("running the PyTorch script")?;
+                if !o.status.success() {
+                    bail!("{} {} failed ({})", script.display(), theirs.join(" "), o.status);
+                }
+                let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default())?;
+                v["median_s"].as_f64()
+            }
+            None => None,
+        };
+        let f = |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
+        println!(
+            "| {what} | {batch} | {m:.3} | {:.2} | {} | {} | {} | {} |",
+            b / m,
+            f(torch, 3),
+            f(torch.map(|t| b / t), 2),
+            torch.map(|t| format!("{:.2}×", t / m)).unwrap_or_else(|| "—".into()),
+            idle.map(|i| format!("{:.0}%", 100.0 * i)).unwrap_or_default()
+        );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.lines().last().unwrap_or_default().to_string())
+    println!(
+        "\ncommand: cargo xtask bench-speed --features {} --iters {iters}{}",
+        backend.features,
+        python.map(|p| format!(" --compare-pytorch {}", p.display())).unwrap_or_default()
+    );
+    Ok(())
 }
 
 fn cargo() -> String {
@@ -510,7 +554,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup(b) => mosa(&b, &["weights", "fetch", "dinov2-vits14"]).and_then(|_| mosa(&b, &["info"])),
-        Task::BenchSpeed { backend, iters } => bench_speed(&backend, iters),
+        Task::BenchSpeed { backend, iters, compare_pytorch } => bench_speed(&backend, iters, compare_pytorch.as_deref()),
         Task::BenchVtab(a) => bench(a, "vtab"),
         Task::BenchFgvc(a) => bench(a, "fgvc"),
         Task::BenchExperts(a) => bench_experts_task(a),

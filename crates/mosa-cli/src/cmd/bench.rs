@@ -5,11 +5,10 @@
 use std::time::Instant;
 
 use burn::backend::Autodiff;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use clap::Subcommand;
+use mosa_core::optim::{AdamW, AdamWConfig};
 use mosa_core::{PeftHost, Rng, inject, params};
 use mosa_models::presets;
 
@@ -43,8 +42,9 @@ pub enum Command {
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
-    /// One training step: forward, cross-entropy, backward through what trains, masked expert
-    /// gradients, AdamW (eps 1e-6, weight decay 0.01). One forward pass per step for every method.
+    /// One training step as `mosa train` makes it (`mosa_train::step::step`: forward, loss,
+    /// backward through what trains, masked expert gradients; then our AdamW, eps 1e-6, weight
+    /// decay 0.01): MoSA and MoSA-LoRA make their two passes with CE + symmetric KL.
     Step {
         #[command(flatten)]
         common: Common,
@@ -111,27 +111,26 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let seed = mosa_train::TrainConfig::default().seed;
             let mut model = inject::apply(cfg.init::<AB>(&device), &mc, seed, &device).map_err(anyhow::Error::msg)?;
             let trainable = params::count_trainable(&params::list(&model));
-            let mut optim = AdamWConfig::new().with_epsilon(1e-6).with_weight_decay(0.01).init::<AB, _>();
+            let mut optim = AdamW::<AB>::new(AdamWConfig::default());
             let x = input::<AB>(batch, common.resolution, &device);
             let labels: Vec<i64> = (0..batch as i64).map(|i| i % common.num_classes as i64).collect();
             let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
-            let ce = CrossEntropyLossConfig::new().init(&device);
-            let mut rng = Rng::new(seed);
+            let recipe = mosa_train::TrainConfig::default();
+            let passes = if mosa_train::step::two_passes(&mc, &recipe) { ", two passes" } else { "" };
+            let (mut rng, mut sparse_rng) = (Rng::new(seed), Rng::new(seed + 1));
             let mut times = Vec::new();
-            for i in 0..common.warmup + common.iters {
+            let n = common.warmup + common.iters;
+            for i in 0..n {
                 let t0 = Instant::now();
-                let out = model.forward_rng(x.clone(), false, &mut rng);
-                let loss = ce.forward(out.logits, y.clone());
-                let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-                inject::mask_gradients(&mut model, &mut grads);
-                model = optim.step(1e-3, model, grads);
+                let (m, out) = mosa_train::step::step(model, x.clone(), y.clone(), &mc, &recipe, (0, i, n), &mut rng, &mut sparse_rng)?;
+                model = optim.step(1e-3, m, out.grads);
                 // synchronise: the step's result must exist before the clock stops
                 std::hint::black_box(model.head_mut().and_then(|h| h.bias.as_ref().map(|b| b.val().into_data())));
                 if i >= common.warmup {
                     times.push(t0.elapsed().as_secs_f64());
                 }
             }
-            report(&format!("train step, {} ({:.3} M trainable)", mc.name(), trainable as f64 / 1e6), &common, batch, times);
+            report(&format!("train step, {}{passes} ({:.3} M trainable)", mc.name(), trainable as f64 / 1e6), &common, batch, times);
         }
     }
     Ok(())
