@@ -78,8 +78,8 @@ class LoraQV(nn.Module):
         return y + torch.cat([q, torch.zeros_like(q), v], dim=-1)
 
 
-def build(method):
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=100)
+def build(method, name="vit_small_patch16_224"):
+    model = timm.create_model(name, pretrained=False, num_classes=100)
     adapters = []
     if method in ("linear", "adapter", "lora", "mosa"):
         for p in model.parameters():
@@ -126,6 +126,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--model", default="vit_small_patch16_224", help="forward: any timm model (e.g. swin_tiny_patch4_window7_224, convnext_tiny)")
+    p.add_argument("--resolution", type=int, default=224, help="forward: input side")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -133,9 +135,9 @@ def main():
     times = []
     if a.workload == "forward":
         batch = a.batch or 32
-        model, _ = build("linear")
+        model, _ = build("linear", a.model)
         model.eval()
-        x = torch.randn(batch, 3, 224, 224)
+        x = torch.randn(batch, 3, a.resolution, a.resolution)
         with torch.inference_mode():
             for i in range(a.warmup + a.iters):
                 t0 = time.perf_counter()
@@ -156,7 +158,7 @@ def main():
                 times.append(time.perf_counter() - t0)
         name = f"train step, {a.method}"
     med = statistics.median(times)
-    print(json.dumps({"workload": name, "batch": batch, "times": times, "median_s": med, "images_per_second": batch / med, "torch": torch.__version__, "threads": torch.get_num_threads()}))
+    print(json.dumps({"workload": name, "model": a.model if a.workload == "forward" else "vit_small_patch16_224", "batch": batch, "times": times, "median_s": med, "images_per_second": batch / med, "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

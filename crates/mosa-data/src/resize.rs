@@ -154,25 +154,30 @@ impl TfBilinear {
     pub fn resize_compacted(&self, img: &Rgb8) -> Vec<f32> {
         let xs = Self::compacted_taps(self.source_width, self.width);
         let ys = Self::compacted_taps(self.source_height, self.height);
-        let w = img.width;
-        let px = |x: usize, y: usize, c: usize| img.data[(y * w + x) * 3 + c] as f32;
-        let mut out = Vec::with_capacity(self.width * self.height * 3);
-        for ty in &ys {
-            for tx in &xs {
-                for c in 0..3 {
-                    let top = px(tx.lower, ty.lower, c) + (px(tx.upper, ty.lower, c) - px(tx.lower, ty.lower, c)) * tx.lerp;
-                    let bottom = px(tx.lower, ty.upper, c) + (px(tx.upper, ty.upper, c) - px(tx.lower, ty.upper, c)) * tx.lerp;
-                    out.push(top + (bottom - top) * ty.lerp);
-                }
-            }
-        }
-        out
+        interpolate(img, &xs, &ys)
     }
 
     /// Resizes the whole source (no compaction).
     pub fn resize(&self, src: &Rgb8) -> Vec<f32> {
         self.resize_compacted(&self.compact(src))
     }
+}
+
+/// The bilinear interpolation of `img` at the given taps, HWC `f32`.
+fn interpolate(img: &Rgb8, xs: &[TfTap], ys: &[TfTap]) -> Vec<f32> {
+    let w = img.width;
+    let px = |x: usize, y: usize, c: usize| img.data[(y * w + x) * 3 + c] as f32;
+    let mut out = Vec::with_capacity(xs.len() * ys.len() * 3);
+    for ty in ys {
+        for tx in xs {
+            for c in 0..3 {
+                let top = px(tx.lower, ty.lower, c) + (px(tx.upper, ty.lower, c) - px(tx.lower, ty.lower, c)) * tx.lerp;
+                let bottom = px(tx.lower, ty.upper, c) + (px(tx.upper, ty.upper, c) - px(tx.lower, ty.upper, c)) * tx.lerp;
+                out.push(top + (bottom - top) * ty.lerp);
+            }
+        }
+    }
+    out
 }
 
 /// Size after resizing the shorter side to `shorter` keeping aspect (torchvision `Resize(int)`:
@@ -302,18 +307,8 @@ mod tests {
         let plan = TfBilinear::new(sw, sh, 9, 7);
         let small = plan.compact(&img);
         assert!(small.width <= 18 && small.height <= 14, "{}x{}", small.width, small.height);
-        let (xs, ys) = (tf_taps(sw, 9), tf_taps(sh, 7));
-        let p = |x: usize, y: usize, c: usize| img.data[(y * sw + x) * 3 + c] as f32;
-        let mut direct = Vec::new();
-        for ty in &ys {
-            for tx in &xs {
-                for c in 0..3 {
-                    let top = p(tx.lower, ty.lower, c) + (p(tx.upper, ty.lower, c) - p(tx.lower, ty.lower, c)) * tx.lerp;
-                    let bottom = p(tx.lower, ty.upper, c) + (p(tx.upper, ty.upper, c) - p(tx.lower, ty.upper, c)) * tx.lerp;
-                    direct.push(top + (bottom - top) * ty.lerp);
-                }
-            }
-        }
+        // the same interpolation on the whole source with the uncompacted taps
+        let direct = interpolate(&img, &tf_taps(sw, 9), &tf_taps(sh, 7));
         assert_eq!(plan.resize_compacted(&small), direct);
         // enlarging keeps the whole source
         assert_eq!(TfBilinear::new(sw, sh, 200, 100).compact(&img), img);
