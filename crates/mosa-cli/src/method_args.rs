@@ -21,7 +21,7 @@ pub struct MethodArgs {
     pub scale: Option<f64>,
     #[arg(long, help = format!("Dropout inside adapters [default {}; pfeiffer, houlsby: 0]", AdapterOptions::new().dropout))]
     pub adapter_dropout: Option<f64>,
-    /// Adapter non-linearity [default: adapter, pfeiffer relu; houlsby silu; mosa, pruned-adapter
+    /// Adapter non-linearity [default: adapter, pruned-adapter, pfeiffer relu; houlsby silu; mosa
     /// gelu — the MoSA code base's].
     #[arg(long, value_enum)]
     pub activation: Option<Activation>,
