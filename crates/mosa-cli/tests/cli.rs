@@ -176,6 +176,32 @@ fn bad_input_gives_one_clear_line() {
 }
 
 #[test]
+fn bad_recipe_and_method_values_are_refused_before_anything_runs() {
+    // issue #11 case 7: these panicked (dropout > 1) or "succeeded" with NaN losses / 0% (zero images)
+    let tmp = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format2");
+    let (model, dataset) = (data.join("tiny.json"), format!("vtab:{}", data.join("data/digits8x8").display()));
+    let out = tmp.path().join("run");
+    for (method, flags, needle) in [
+        ("adapter", vec!["--adapter-dropout", "1.5"], "--adapter-dropout"),
+        ("mosa", vec!["--adapter-dropout=-0.1"], "--adapter-dropout"),
+        ("lora", vec!["--lora-dropout", "2"], "--lora-dropout"),
+        ("adapter", vec!["--scale", "inf"], "--scale"),
+        ("adapter", vec!["--lr", "NaN"], "--lr"),
+        ("adapter", vec!["--lr=-1"], "--lr"),
+        ("adapter", vec!["--eps", "0"], "--eps"),
+        ("mosa", vec!["--kl-weight=-1"], "--kl-weight"),
+        ("adapter", vec!["--max-train-images", "0"], "--max-train-images"),
+        ("adapter", vec!["--max-eval-images", "0"], "--max-eval-images"),
+    ] {
+        let mut args = vec!["train", "--method", method, "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--resolution", "16", "--out", out.to_str().unwrap()];
+        args.extend(flags.iter().copied());
+        assert_one_line_error(&mosa(&args, tmp.path()), &[needle]);
+        assert!(!out.exists(), "{flags:?}: nothing may be written");
+    }
+}
+
+#[test]
 fn inspect_reports_the_published_adapter_sizes() {
     let tmp = tempfile::tempdir().unwrap();
     for (method, r, merged) in [("mosa", "16", "0.323 M"), ("adapter", "64", "1.208 M")] {

@@ -237,6 +237,29 @@ impl Method {
             if !(a.norm_eps.is_finite() && a.norm_eps > 0.0) {
                 return Err(format!("the adapter LayerNorm epsilon must be finite and > 0, got {}", a.norm_eps));
             }
+            if !(0.0..1.0).contains(&a.dropout) {
+                return Err(format!("the adapter dropout (--adapter-dropout) must be in [0, 1), got {}", a.dropout));
+            }
+            if !a.scale.is_finite() {
+                return Err(format!("the adapter scale (--scale) must be finite, got {}", a.scale));
+            }
+        }
+        let lora = match self {
+            Method::Lora(l) | Method::MosaLora(MosaLoraOptions { lora: l, .. }) => Some(l),
+            _ => None,
+        };
+        if let Some(l) = lora {
+            if !(0.0..1.0).contains(&l.dropout) {
+                return Err(format!("the LoRA dropout (--lora-dropout) must be in [0, 1), got {}", l.dropout));
+            }
+            if !l.alpha.is_finite() {
+                return Err(format!("the LoRA alpha (--lora-alpha) must be finite, got {}", l.alpha));
+            }
+        }
+        if let Method::VptShallow(p) | Method::VptDeep(p) = self {
+            if !(0.0..1.0).contains(&p.dropout) {
+                return Err(format!("the prompt dropout must be in [0, 1), got {}", p.dropout));
+            }
         }
         let experts = match self {
             Method::Mosa(m) => Some(m.experts),

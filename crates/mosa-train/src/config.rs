@@ -93,6 +93,25 @@ impl TrainConfig {
         if self.epochs == 0 || self.batch_size == 0 || self.resolution == 0 {
             return Err("epochs, batch size and resolution must be > 0".into());
         }
+        let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
+        for (flag, v) in [("--lr", self.lr), ("--weight-decay", self.weight_decay), ("--kl-weight", self.kl_weight), ("deepreg_weight", self.deepreg_weight)] {
+            if !finite_nonneg(v) {
+                return Err(format!("{flag} must be finite and ≥ 0, got {v}"));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(format!("--eps must be finite and > 0, got {}", self.eps));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(format!("AdamW {name} must be in [0, 1), got {b}"));
+            }
+        }
+        for (flag, v) in [("--max-train-images", self.max_train_images), ("--max-eval-images", self.max_eval_images)] {
+            if v == Some(0) {
+                return Err(format!("{flag} must be at least 1 (leave it out for every image)"));
+            }
+        }
         if self.warmup_epochs > self.epochs {
             return Err(format!("warm-up ({}) longer than training ({} epochs)", self.warmup_epochs, self.epochs));
         }
