@@ -167,6 +167,17 @@ fn bad_input_gives_one_clear_line() {
     assert_one_line_error(&run(&cfg, &w, &bad), &["bad_input.safetensors", "[1, 1, 32, 32]"]);
     // input file without `input`
     assert_one_line_error(&run(&cfg, &w, &w), &["no tensor named `input`"]);
+    // --out naming the weights or the input file (also through another path) is refused, and
+    // both stay as they were
+    let io = tmp.path().join("io.safetensors");
+    std::fs::copy(f.join("vit_io.safetensors"), &io).unwrap();
+    let wcopy = tmp.path().join("w.safetensors");
+    std::fs::copy(&w, &wcopy).unwrap();
+    let before = (std::fs::read(&io).unwrap(), std::fs::read(&wcopy).unwrap());
+    let fwd = |out: &Path| mosa(&["forward", "--model", cfg.to_str().unwrap(), "--weights", wcopy.to_str().unwrap(), "--input", io.to_str().unwrap(), "--out", out.to_str().unwrap()], tmp.path());
+    assert_one_line_error(&fwd(&io), &["is the --input file"]);
+    assert_one_line_error(&fwd(&tmp.path().join(".").join("w.safetensors")), &["is the --weights file"]);
+    assert_eq!((std::fs::read(&io).unwrap(), std::fs::read(&wcopy).unwrap()), before);
     assert!(!out.exists(), "no output may be written on failure");
     // weights fetch from a file that is not the model
     let fake = tmp.path().join("fake.onnx");

@@ -44,6 +44,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .and_then(weights::present)
             .with_context(|| format!("no --weights given and no cached weights for `{}`", args.model))?,
     };
+    // the output must not replace one of the inputs (issue #11 case 9)
+    let same = |a: &std::path::Path, b: &std::path::Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    };
+    for (what, p) in [("--weights", &weights_path), ("--input", &args.input)] {
+        if same(&args.out, p) {
+            bail!("--out {} is the {what} file; write the outputs elsewhere", args.out.display());
+        }
+    }
     let sd = match &args.task {
         None => load::read_checkpoint(&weights_path)?,
         Some(task) => {
