@@ -10,6 +10,20 @@ mod common;
 use common::*;
 
 #[test]
+fn json_floats_round_trip_exactly() {
+    // what a checkpoint's metrics go through on resume: f64 → JSON text → f64
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut off = 0;
+    for _ in 0..20_000 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let x = (state >> 11) as f64 / (1u64 << 53) as f64; // an accuracy-like value in [0, 1)
+        let back: f64 = serde_json::from_str(&serde_json::to_string(&x).unwrap()).unwrap();
+        off += (back.to_bits() != x.to_bits()) as usize;
+    }
+    assert_eq!(off, 0, "{off} of 20000 values changed in a JSON round trip");
+}
+
+#[test]
 fn resume_equals_uninterrupted() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(tmp.path());
@@ -39,6 +53,16 @@ fn resume_equals_uninterrupted() {
         assert!((x.train_loss - y.train_loss).abs() <= 1e-6 * x.train_loss.abs().max(1.0), "epoch {}: {} vs {}", x.epoch, x.train_loss, y.train_loss);
     }
     assert_eq!((full.test_at_best_val, full.best_test, full.last_test), (resumed.test_at_best_val, resumed.best_test, resumed.last_test));
+    // summary.json is the same file but for the wall-clock fields (issue #11 case 8: restored
+    // accuracies used to come back one unit in the last place off)
+    let without_timings = |d: &std::path::Path| {
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+        for k in ["train_seconds", "eval_seconds", "train_images_per_second", "eval_images_per_second"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        serde_json::to_string_pretty(&v).unwrap()
+    };
+    assert_eq!(without_timings(&a), without_timings(&b));
     let (pa, _) = mosa_train::checkpoint::read_model(&a.join("model.safetensors")).unwrap();
     let (pb, _) = mosa_train::checkpoint::read_model(&b.join("model.safetensors")).unwrap();
     assert_eq!(pa, pb, "final weights differ");
