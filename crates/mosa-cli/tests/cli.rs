@@ -213,6 +213,32 @@ fn bad_recipe_and_method_values_are_refused_before_anything_runs() {
 }
 
 #[test]
+fn a_run_directory_in_use_is_refused() {
+    // issue #11 case 1: two `mosa train` on one --out both ran and mixed their files. The lock is
+    // the OS's (flock-style) on `<out>/.lock`: here this test process holds it, as a running
+    // `mosa train` would, then lets go.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format2");
+    let (model, dataset) = (data.join("tiny.json"), format!("vtab:{}", data.join("data/digits8x8").display()));
+    let out = tmp.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let holder = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(out.join(".lock")).unwrap();
+    holder.try_lock().unwrap();
+    std::fs::write(out.join(".lock"), format!("{}\n", std::process::id())).unwrap();
+    let train = || mosa(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()], tmp.path());
+    let o = train();
+    let err = stderr(&o);
+    let last = err.trim_end().lines().last().unwrap_or_default().to_string();
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    assert!(last.starts_with("error: ") && last.contains("in use by another mosa run") && last.contains(&format!("process {}", std::process::id())), "{err}");
+    assert!(!out.join("config.json").exists(), "nothing written by the refused run");
+    drop(holder);
+    let o = train();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("summary.json").exists());
+}
+
+#[test]
 fn inspect_reports_the_published_adapter_sizes() {
     let tmp = tempfile::tempdir().unwrap();
     for (method, r, merged) in [("mosa", "16", "0.323 M"), ("adapter", "64", "1.208 M")] {

@@ -128,6 +128,8 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
     std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
     let ckpt_path = dir.checkpoint();
     let config_sha = spec.sha256();
+    // held until the run returns: a second run on this directory is refused (issue #11 case 1)
+    let _lock = dir.lock()?;
     if !resume {
         dir.check_new()?;
     }

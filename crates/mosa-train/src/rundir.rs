@@ -75,6 +75,12 @@ pub struct RunConfig {
     pub backend: String,
 }
 
+/// The exclusive lock on a run directory ([`RunDir::lock`]), released when dropped.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
 /// A run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -116,6 +122,35 @@ impl RunDir {
     /// Whether the run has a checkpoint to resume from.
     pub fn resumable(&self) -> bool {
         self.checkpoint().exists()
+    }
+
+    /// The directory's lock file (`.lock`; kept, holds the last holder's pid).
+    pub fn lock_file(&self) -> PathBuf {
+        self.path.join(".lock")
+    }
+
+    /// Takes the directory's exclusive lock for as long as the returned guard lives; the OS
+    /// releases it when the process ends, also when it is killed. A second run on the directory is
+    /// refused with the holder's pid.
+    pub fn lock(&self) -> Result<RunLock> {
+        use std::io::{Read, Seek, Write};
+        let p = self.lock_file();
+        let err = |e: &dyn std::fmt::Display| Error::Checkpoint(format!("{}: {e}", p.display()));
+        let mut f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&p).map_err(|e| err(&e))?;
+        match f.try_lock() {
+            Ok(()) => {
+                f.set_len(0).and_then(|_| f.rewind()).and_then(|_| writeln!(f, "{}", std::process::id())).map_err(|e| err(&e))?;
+                Ok(RunLock { _file: f })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = f.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let who = if holder.is_empty() { "another process".to_string() } else { format!("process {holder}") };
+                Err(Error::Config(format!("{} is in use by another mosa run ({who}); wait for it to end or use another --out", self.path.display())))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(err(&e)),
+        }
     }
 
     /// Refuses to start a new run in a directory that already holds one.
