@@ -186,12 +186,17 @@ fn bad_input_gives_one_clear_line() {
     assert_one_line_error(&o, &["fake.onnx", "SHA-256"]);
 }
 
+/// The tiny ViT config and the 8×8 digits task kept beside the format-2 runs.
+fn tiny_model_and_data() -> (PathBuf, String) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format2");
+    (data.join("tiny.json"), format!("vtab:{}", data.join("data/digits8x8").display()))
+}
+
 #[test]
 fn bad_recipe_and_method_values_are_refused_before_anything_runs() {
     // issue #11 case 7: these panicked (dropout > 1) or "succeeded" with NaN losses / 0% (zero images)
     let tmp = tempfile::tempdir().unwrap();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format2");
-    let (model, dataset) = (data.join("tiny.json"), format!("vtab:{}", data.join("data/digits8x8").display()));
+    let (model, dataset) = tiny_model_and_data();
     let out = tmp.path().join("run");
     for (method, flags, needle) in [
         ("adapter", vec!["--adapter-dropout", "1.5"], "--adapter-dropout"),
@@ -218,8 +223,7 @@ fn a_run_directory_in_use_is_refused() {
     // the OS's (flock-style) on `<out>/.lock`: here this test process holds it, as a running
     // `mosa train` would, then lets go.
     let tmp = tempfile::tempdir().unwrap();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format2");
-    let (model, dataset) = (data.join("tiny.json"), format!("vtab:{}", data.join("data/digits8x8").display()));
+    let (model, dataset) = tiny_model_and_data();
     let out = tmp.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
     let holder = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(out.join(".lock")).unwrap();
