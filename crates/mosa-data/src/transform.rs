@@ -102,12 +102,12 @@ impl Transform {
 /// `(v/255 - mean) / std` (computed as `v · 1/(255·std) − mean/std`, within 1e-6 of the
 /// reference's order), CHW, optionally mirrored left-right.
 pub fn to_chw_normalised(img: &Rgb8, flip: bool, out: &mut [f32]) {
-    let hwc: Vec<f32> = img.data.iter().map(|&v| v as f32).collect();
-    hwc_to_chw_normalised(&hwc, img.width, img.height, flip, out);
+    hwc_to_chw_normalised(&img.data, img.width, img.height, flip, out);
 }
 
-/// [`to_chw_normalised`] on `f32` pixels in 0..=255 (row-major HWC).
-pub fn hwc_to_chw_normalised(hwc: &[f32], w: usize, h: usize, flip: bool, out: &mut [f32]) {
+/// [`to_chw_normalised`] on pixels in 0..=255 (row-major HWC): 8-bit, or the `f32` output of a
+/// float resize.
+pub fn hwc_to_chw_normalised<T: Copy + Into<f32>>(hwc: &[T], w: usize, h: usize, flip: bool, out: &mut [f32]) {
     assert_eq!(out.len(), 3 * w * h);
     assert_eq!(hwc.len(), 3 * w * h);
     let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * IMAGENET_STD[c]));
@@ -117,7 +117,7 @@ pub fn hwc_to_chw_normalised(hwc: &[f32], w: usize, h: usize, flip: bool, out: &
             let sx = if flip { w - 1 - x } else { x };
             let p = &hwc[(y * w + sx) * 3..(y * w + sx) * 3 + 3];
             for c in 0..3 {
-                out[c * w * h + y * w + x] = p[c] * scale[c] - shift[c];
+                out[c * w * h + y * w + x] = p[c].into() * scale[c] - shift[c];
             }
         }
     }
