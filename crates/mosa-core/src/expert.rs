@@ -330,7 +330,7 @@ impl Expert {
 
     /// Reads and validates an expert file; errors name the file and the tensor.
     pub fn read(path: &Path) -> Result<Expert, String> {
-        let bytes = std::fs::read(path).map_err(|e| err(path, e))?;
+        let bytes = crate::fsio::read_bounded(path, crate::fsio::caps::TENSORS).map_err(|e| err(path, e))?;
         Self::from_bytes(&bytes).map_err(|e| err(path, e))
     }
 

@@ -29,6 +29,13 @@ impl DataError {
     pub fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Self::File { path: path.into(), msg: msg.into() }
     }
+    /// A refused bounded read ([`mosa_core::fsio::read_bounded`]).
+    pub fn read(path: impl Into<PathBuf>, e: mosa_core::fsio::ReadError) -> Self {
+        match e {
+            mosa_core::fsio::ReadError::Io(source) => Self::Io { path: path.into(), source },
+            other => Self::File { path: path.into(), msg: other.to_string() },
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, DataError>;

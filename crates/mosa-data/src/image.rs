@@ -52,7 +52,7 @@ pub fn decode_bytes(bytes: &[u8], name: &Path) -> Result<Rgb8> {
 
 /// Reads and decodes an image file.
 pub fn decode_file(path: &Path) -> Result<Rgb8> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bytes = mosa_core::fsio::read_bounded(path, mosa_core::fsio::caps::IMAGE).map_err(|e| DataError::read(path, e))?;
     decode_bytes(&bytes, path)
 }
 

@@ -28,6 +28,13 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { path: path.into(), source }
     }
+    /// A refused bounded read ([`mosa_core::fsio::read_bounded`]).
+    pub(crate) fn read(path: impl Into<PathBuf>, e: mosa_core::fsio::ReadError) -> Self {
+        match e {
+            mosa_core::fsio::ReadError::Io(source) => Self::Io { path: path.into(), source },
+            other => Self::Format { path: path.into(), msg: other.to_string() },
+        }
+    }
     pub(crate) fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Self::Format { path: path.into(), msg: msg.into() }
     }

@@ -97,7 +97,7 @@ pub fn resolve_model(spec: &str) -> Result<BackboneConfig> {
 }
 
 pub fn config_from_json_file(path: &Path) -> Result<BackboneConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = mosa_core::fsio::read_text(path, mosa_core::fsio::caps::CONFIG).map_err(|e| Error::read(path, e))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
     config_from_json(&value).map_err(|msg| Error::format(path, msg))
 }

@@ -111,7 +111,7 @@ pub fn write_model(path: &Path, params: &Tensors, backbone: &BackboneId, extra: 
 
 /// Reads a saved model (or any mosa safetensors file): tensors by name and the metadata.
 pub fn read_model(path: &Path) -> Result<(HashMap<String, HostTensor>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    let bytes = mosa_core::fsio::read_bounded(path, mosa_core::fsio::caps::TENSORS).map_err(|e| io(path, e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(path, format!("not a safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(path, e))?;

@@ -90,7 +90,7 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
     let (loaded, hashes): (Vec<Expert>, Vec<String>) = experts
         .iter()
         .map(|p| {
-            let bytes = std::fs::read(p).map_err(|e| err(p, e))?;
+            let bytes = mosa_core::fsio::read_bounded(p, mosa_core::fsio::caps::TENSORS).map_err(|e| err(p, e))?;
             let e = Expert::from_bytes(&bytes).map_err(|e| err(p, e))?;
             Ok((e, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))))
         })

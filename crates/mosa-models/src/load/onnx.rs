@@ -62,7 +62,7 @@ fn matmul_target(node_name: &str) -> Option<String> {
 /// Reads the DINOv2 backbone of an ONNX export into timm's layout. Tensors that do not belong to
 /// the backbone (a decoder, a task head) are left out.
 pub fn read_dinov2(path: &Path) -> Result<StateDict> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = mosa_core::fsio::read_bounded(path, mosa_core::fsio::caps::TENSORS).map_err(|e| Error::read(path, e))?;
     read_dinov2_bytes(path, &bytes)
 }
 

@@ -23,7 +23,7 @@ pub fn to_f32(path: &Path, name: &str, view: &TensorView<'_>) -> Result<HostTens
 
 /// Reads every tensor of a safetensors file.
 pub fn read(path: &Path) -> Result<StateDict> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = mosa_core::fsio::read_bounded(path, mosa_core::fsio::caps::TENSORS).map_err(|e| Error::read(path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
     let mut sd = StateDict::new(path);
     for (name, view) in st.tensors() {
