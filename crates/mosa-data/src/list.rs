@@ -56,8 +56,20 @@ impl Split {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| DataError::file(path, format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to())))
+    mosa_core::fsio::read_text(path, mosa_core::fsio::caps::LIST).map_err(|e| DataError::read(path, e))
+}
+
+/// A list entry's path as a path inside the dataset's folder: relative, without `..` (an entry
+/// cannot name a file outside the dataset; a symlink inside it can, deliberately).
+pub fn relative(p: &str) -> std::result::Result<&Path, String> {
+    use std::path::Component;
+    let path = Path::new(p);
+    match path.components().find(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        None if !p.is_empty() => Ok(path),
+        None => Err("empty image path".into()),
+        Some(Component::ParentDir) => Err(format!("image path `{p}` leaves the dataset folder (`..`); list paths are relative to it (a symlink inside the folder may point elsewhere)")),
+        Some(_) => Err(format!("image path `{p}` is absolute; list paths are relative to the dataset folder (a symlink inside it may point elsewhere)")),
+    }
 }
 
 /// Reads a VTAB list file. Paths are relative to `base`. Labels must be `< num_classes`;
@@ -79,9 +91,12 @@ pub fn read_list(path: &Path, base: &Path, num_classes: usize, name: &str) -> Re
             .parse()
             .map_err(|_| DataError::line(path, line, format!("label `{lab}` is not an integer")))?;
         if label < 0 || label as usize >= num_classes {
-            return Err(DataError::line(path, line, format!("label {label} out of range: the task has {num_classes} classes (0..{})", num_classes - 1)));
+            let max = crate::source::MAX_CLASSES;
+            let msg = if num_classes >= max { format!("label {label} out of range: at most {max} classes are supported (0..{})", max - 1) } else { format!("label {label} out of range: the task has {num_classes} classes (0..{})", num_classes - 1) };
+            return Err(DataError::line(path, line, msg));
         }
-        entries.push(Entry { path: base.join(p), label: label as usize, origin: Some(Origin { file: path.to_path_buf(), line }) });
+        let rel = relative(p).map_err(|m| DataError::line(path, line, m))?;
+        entries.push(Entry { path: base.join(rel), label: label as usize, origin: Some(Origin { file: path.to_path_buf(), line }) });
     }
     if entries.is_empty() {
         return Err(DataError::file(path, "empty split: no entries"));
@@ -137,6 +152,9 @@ mod tests {
             ("a.jpg x\n", ":1: label `x` is not an integer"),
             ("a.jpg -1\n", ":1: label -1 out of range"),
             ("\n\n", "empty split"),
+            ("a.jpg 1\n../../etc/b.jpg 0\n", ":2: image path `../../etc/b.jpg` leaves the dataset folder"),
+            ("x/../../b.jpg 0\n", ":1: image path `x/../../b.jpg` leaves"),
+            ("/etc/b.jpg 0\n", ":1: image path `/etc/b.jpg` is absolute"),
         ] {
             std::fs::write(&f, text).unwrap();
             let e = read_list(&f, dir.path(), 3, "x").unwrap_err().to_string();

@@ -93,12 +93,28 @@ impl Dataset {
         v
     }
 
+    /// SHA-256 of what a run reads from the lists: each split it uses (train, val, test) by
+    /// name with its entries' paths and labels, in order. A resume compares it with the run's.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for s in [Some(&self.train), self.val.as_ref(), self.test.as_ref()].into_iter().flatten() {
+            h.update(format!("split {} {}\n", s.name, s.entries.len()).as_bytes());
+            for e in &s.entries {
+                h.update(e.path.as_os_str().as_encoded_bytes());
+                h.update(format!("\t{}\n", e.label).as_bytes());
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
     pub fn split(&self, name: &str) -> Option<&Split> {
         self.splits().into_iter().find(|s| s.name == name)
     }
 }
 
-/// The most classes a dataset may have: a bound checked before anything is sized by it.
+/// The most classes a dataset may have: a bound checked before anything is sized by it (the
+/// same number as `mosa_models::limits::MAX_CLASSES`, which this crate does not depend on).
 pub const MAX_CLASSES: usize = 100_000;
 
 /// The lists of a task in the VTAB-1k layout.
@@ -119,7 +135,8 @@ fn open_vtab(spec: &DatasetSpec, root: &Path, task: &str) -> Result<Dataset> {
     };
     let read = |name: &str| read_list(&dir.join(format!("{name}.txt")), &dir, num_classes, name);
     let train = read("train800val200")?;
-    let extra = vec![read("train800")?];
+    // train800 is read only by `data check` (training uses train800val200 and val200)
+    let extra = if dir.join("train800.txt").exists() { vec![read("train800")?] } else { vec![] };
     let val = read("val200")?;
     let test = read("test")?;
     Ok(Dataset {
@@ -141,7 +158,7 @@ fn open_vtab(spec: &DatasetSpec, root: &Path, task: &str) -> Result<Dataset> {
 fn unregistered_classes(dir: &Path, task: &str) -> Result<usize> {
     let names = dir.join("classes.txt");
     if names.exists() {
-        let text = std::fs::read_to_string(&names).map_err(|e| DataError::io(&names, e))?;
+        let text = mosa_core::fsio::read_text(&names, mosa_core::fsio::caps::LIST).map_err(|e| DataError::read(&names, e))?;
         let n = text.lines().filter(|l| !l.trim().is_empty()).count();
         if n == 0 || n > MAX_CLASSES {
             return Err(DataError::file(&names, format!("{n} class names: 1 to {MAX_CLASSES} are supported")));
@@ -150,6 +167,9 @@ fn unregistered_classes(dir: &Path, task: &str) -> Result<usize> {
     }
     let mut largest = 0;
     for list in VTAB_LISTS {
+        if list == "train800" && !dir.join("train800.txt").exists() {
+            continue;
+        }
         let split = read_list(&dir.join(format!("{list}.txt")), dir, MAX_CLASSES, list)?;
         largest = largest.max(split.entries.iter().map(|e| e.label).max().unwrap_or(0));
     }
@@ -163,7 +183,7 @@ fn read_class_names(dir: &Path, num_classes: usize) -> Result<Option<Vec<String>
     if !p.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).map_err(|e| DataError::io(&p, e))?;
+    let text = mosa_core::fsio::read_text(&p, mosa_core::fsio::caps::LIST).map_err(|e| DataError::read(&p, e))?;
     let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if names.len() != num_classes {
         return Err(DataError::file(&p, format!("{} class names for {} classes", names.len(), num_classes)));
@@ -196,15 +216,15 @@ fn open_fgvc(spec: &DatasetSpec, root: &Path, name: &str) -> Result<Dataset> {
         let file = dir.join(format!("{s}.json"));
         let entries = v
             .into_iter()
-            .map(|(k, id, line)| Entry {
-                path: dir.join(format!("{prefix}{k}")),
-                label: ids.binary_search(&id).expect("id collected above"),
-                origin: Some(Origin { file: file.clone(), line }),
+            .map(|(k, id, line)| {
+                let key = format!("{prefix}{k}");
+                let rel = crate::list::relative(&key).map_err(|m| DataError::line(&file, line, m))?;
+                Ok(Entry { path: dir.join(rel), label: ids.binary_search(&id).expect("id collected above"), origin: Some(Origin { file: file.clone(), line }) })
             })
-            .collect();
-        Split { name: s, entries }
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Split { name: s, entries })
     });
-    let (train, val, test) = (splits.next().unwrap(), splits.next().unwrap(), splits.next().unwrap());
+    let (train, val, test) = (splits.next().unwrap()?, splits.next().unwrap()?, splits.next().unwrap()?);
     if let Some(missing) = ids.iter().find(|id| !train_ids.contains(id)) {
         return Err(DataError::file(dir.join("train.json"), format!("class id {missing} appears in val/test but never in train")));
     }
@@ -258,8 +278,13 @@ fn open_folder(spec: &DatasetSpec, path: &Path) -> Result<Dataset> {
             let label = classes.iter().position(|c| c == cname).ok_or_else(|| {
                 DataError::file(&sub, format!("class folder `{cname}` does not exist in {}", train_dir.display()))
             })?;
+            let before = entries.len();
             for f in sorted_dir(&sub)?.into_iter().filter(|p| p.is_file() && is_image(p)) {
                 entries.push(Entry { path: f, label, origin: None });
+            }
+            if entries.len() == before && name == "train" {
+                // still a class (labels follow the sorted names), but one the model cannot learn
+                eprintln!("warning: {}: class folder `{cname}` has no .jpg/.jpeg/.png images; it is counted as class {label} with no training images", sub.display());
             }
         }
         if entries.is_empty() {
@@ -290,7 +315,7 @@ fn open_folder(spec: &DatasetSpec, path: &Path) -> Result<Dataset> {
 /// An explicit list file; paths relative to its folder; class count = max label + 1.
 fn open_list(spec: &DatasetSpec, file: &Path) -> Result<Dataset> {
     let base = file.parent().unwrap_or(Path::new("."));
-    let split = read_list(file, base, usize::MAX, "list")?;
+    let split = read_list(file, base, MAX_CLASSES, "list")?;
     let num_classes = split.entries.iter().map(|e| e.label).max().unwrap_or(0) + 1;
     Ok(Dataset {
         name: file.file_stem().and_then(|n| n.to_str()).unwrap_or("list").to_string(),

@@ -108,6 +108,18 @@ impl ConvNextConfig {
         if self.dims.contains(&0) || self.depths.contains(&0) || self.patch_size == 0 || self.kernel_size % 2 == 0 {
             return Err("dims, depths and patch_size must be positive and kernel_size odd".into());
         }
+        for (i, &d) in self.dims.iter().enumerate() {
+            crate::limits::at_most(&format!("dims[{i}]"), d, crate::limits::MAX_WIDTH)?;
+        }
+        crate::limits::at_most("patch_size", self.patch_size, crate::limits::MAX_WIDTH)?;
+        crate::limits::at_most("kernel_size", self.kernel_size, 63)?;
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            return Err(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
+        }
+        let blocks = self.depths.iter().try_fold(0usize, |a, &d| a.checked_add(d)).unwrap_or(usize::MAX);
+        let params: f64 = self.depths.iter().zip(&self.dims).map(|(&n, &d)| n as f64 * (2.0 * self.mlp_ratio * (d as f64).powi(2) + (self.kernel_size * self.kernel_size) as f64 * d as f64)).sum();
+        let tokens = (self.img_size / self.patch_size.max(1)).saturating_pow(2);
+        crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, blocks, params + self.num_classes as f64 * self.dims[self.dims.len() - 1] as f64)?;
         for (name, p) in [("drop_rate", self.drop_rate), ("drop_path_rate", self.drop_path_rate)] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("{name} must be in [0, 1), got {p}"));

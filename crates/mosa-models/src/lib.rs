@@ -15,6 +15,7 @@ pub mod backbone;
 pub mod convnext;
 pub mod error;
 pub mod layers;
+pub mod limits;
 pub mod load;
 pub mod posembed;
 pub mod presets;

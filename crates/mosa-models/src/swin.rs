@@ -154,6 +154,16 @@ impl SwinConfig {
         if self.img_size < self.patch_size {
             return Err(format!("img_size {} is smaller than patch_size {}", self.img_size, self.patch_size));
         }
+        crate::limits::at_most("embed_dim", self.embed_dim, crate::limits::MAX_WIDTH)?;
+        crate::limits::at_most("patch_size", self.patch_size, crate::limits::MAX_WIDTH)?;
+        crate::limits::at_most("window_size", self.window_size, crate::limits::MAX_WIDTH)?;
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            return Err(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
+        }
+        let blocks = self.depths.iter().try_fold(0usize, |a, &d| a.checked_add(d)).unwrap_or(usize::MAX);
+        let params: f64 = self.depths.iter().enumerate().map(|(i, &d)| crate::limits::transformer_params(d, self.stage_dim(i), self.mlp_ratio)).sum();
+        let tokens = (self.img_size / self.patch_size).saturating_pow(2);
+        crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, blocks, params + self.num_classes as f64 * self.stage_dim(self.depths.len() - 1) as f64)?;
         for (name, p) in [("drop_rate", self.drop_rate), ("proj_drop_rate", self.proj_drop_rate), ("attn_drop_rate", self.attn_drop_rate), ("drop_path_rate", self.drop_path_rate)] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("{name} must be in [0, 1), got {p}"));

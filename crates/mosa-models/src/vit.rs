@@ -112,6 +112,18 @@ impl VitConfig {
         if self.img_size < self.patch_size {
             return Err(format!("img_size {} is smaller than patch_size {}", self.img_size, self.patch_size));
         }
+        if self.img_size % self.patch_size != 0 {
+            let (lo, hi) = (self.img_size / self.patch_size * self.patch_size, (self.img_size / self.patch_size + 1) * self.patch_size);
+            return Err(format!("img_size {} is not a multiple of patch_size {} (the patch grid would drop the last pixels); use {lo} or {hi}", self.img_size, self.patch_size));
+        }
+        crate::limits::at_most("embed_dim", self.embed_dim, crate::limits::MAX_WIDTH)?;
+        crate::limits::at_most("patch_size", self.patch_size, crate::limits::MAX_WIDTH)?;
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            return Err(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
+        }
+        let tokens = (self.img_size / self.patch_size).saturating_pow(2).saturating_add(1);
+        let params = crate::limits::transformer_params(self.depth, self.embed_dim, self.mlp_ratio) + self.in_chans as f64 * (self.patch_size * self.patch_size * self.embed_dim) as f64 + self.num_classes as f64 * self.embed_dim as f64;
+        crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, self.depth, params)?;
         for (name, p) in [
             ("drop_rate", self.drop_rate),
             ("pos_drop_rate", self.pos_drop_rate),

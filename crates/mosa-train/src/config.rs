@@ -93,6 +93,12 @@ impl TrainConfig {
         if self.epochs == 0 || self.batch_size == 0 || self.resolution == 0 {
             return Err("epochs, batch size and resolution must be > 0".into());
         }
+        // bounded before anything is sized by them (issue #11 case 6)
+        mosa_models::limits::at_most("--resolution", self.resolution, mosa_models::limits::MAX_IMG_SIZE)?;
+        for (flag, v) in [("--batch-size", Some(self.batch_size)), ("--eval-batch-size", self.eval_batch_size)] {
+            mosa_models::limits::at_most(flag, v.unwrap_or(1), 1 << 16)?;
+        }
+        mosa_models::limits::at_most("--epochs", self.epochs, 1 << 20)?;
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
         for (flag, v) in [("--lr", self.lr), ("--weight-decay", self.weight_decay), ("--kl-weight", self.kl_weight), ("deepreg_weight", self.deepreg_weight)] {
             if !finite_nonneg(v) {
