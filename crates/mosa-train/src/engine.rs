@@ -65,9 +65,16 @@ fn head_init<B: Kernels>(mut model: Backbone<B>, init: HeadInit, seed: u64) -> B
     model
 }
 
+/// The run's backbone config at its resolution with `num_classes` classes, validated.
+fn model_config(spec: &RunSpec, num_classes: usize) -> Result<mosa_models::BackboneConfig> {
+    let cfg = spec.model.clone().with_num_classes(num_classes).with_img_size(spec.train.resolution);
+    cfg.validate().map_err(|e| Error::Config(format!("model `{}` at --resolution {} with {num_classes} classes: {e}", spec.model_name, spec.train.resolution)))?;
+    Ok(cfg)
+}
+
 /// Builds the model of a run: backbone (loaded or seeded random), head init, method injected.
 pub fn build_model<B: Kernels>(spec: &RunSpec, num_classes: usize, device: &B::Device) -> Result<Backbone<B>> {
-    let cfg = spec.model.clone().with_num_classes(num_classes).with_img_size(spec.train.resolution);
+    let cfg = model_config(spec, num_classes)?;
     B::seed(device, Rng::derive(spec.train.seed, streams::BACKEND).next_u64());
     let model = match &spec.weights {
         Some(w) => cfg.load::<B>(w, HeadPolicy::Skip, device).map_err(|e| Error::Model(e.to_string()))?,
@@ -101,9 +108,12 @@ struct Data {
     test: Option<LoadedSplit>,
 }
 
-fn load_data(spec: &RunSpec, rep: &mut dyn Reporter) -> Result<Data> {
+fn open_dataset(spec: &RunSpec) -> Result<Dataset> {
     let ds_spec: DatasetSpec = spec.dataset.parse()?;
-    let dataset = Dataset::open(&ds_spec)?;
+    Ok(Dataset::open(&ds_spec)?)
+}
+
+fn load_data(spec: &RunSpec, dataset: Dataset, rep: &mut dyn Reporter) -> Result<Data> {
     let opts = LoadOptions { skip_unreadable: spec.skip_unreadable, disk_cache: None };
     let s = spec.train.resolution;
     let mut load = |split: &mosa_data::list::Split, train: bool| -> Result<LoadedSplit> {
@@ -124,6 +134,9 @@ fn load_data(spec: &RunSpec, rep: &mut dyn Reporter) -> Result<Data> {
 pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control: Control, device: &B::Device, rep: &mut dyn Reporter) -> Result<Outcome> {
     spec.train.validate().map_err(Error::Config)?;
     spec.method.validate().map_err(Error::Config)?;
+    // the lists and the model's size are checked before anything is written or decoded
+    let dataset = open_dataset(spec)?;
+    model_config(spec, dataset.num_classes)?;
     let dir = RunDir::new(out);
     std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
     let ckpt_path = dir.checkpoint();
@@ -145,14 +158,20 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
         None
     };
 
-    let data = load_data(spec, rep)?;
+    // the backbone file and the lists are checked against a resumed run's before any image is
+    // decoded
+    let backbone = backbone_id(spec)?;
+    if checkpoint.is_some() {
+        dir.check_resume(&dir.read_config()?, backbone.sha256.as_deref(), &dataset)?;
+    }
+    let fingerprint = dataset.fingerprint();
+    let data = load_data(spec, dataset, rep)?;
     let nc = data.dataset.num_classes;
     let mut model = build_model::<B>(spec, nc, device)?;
     // (computed here, before the first epoch seeds the backend: merging initialises lazy LoRA
     // factors, so moving this would change their values)
     let trainable = params::count_trainable(&params::list(&model));
     let merged_trainable = params::count_trainable(&params::list(&inject::merged(&model)));
-    let backbone = backbone_id(spec)?;
     // a new run, or a format-1 run being resumed (its config.json is rewritten in this format)
     if checkpoint.is_none() || !is_current_format(&dir) {
         let ds = &data.dataset;
@@ -160,7 +179,7 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
             format: FORMAT,
             run: spec.clone(),
             backbone: backbone.clone(),
-            dataset: DatasetInfo { name: ds.name.clone(), classes: nc, style: serde_json::to_value(ds.style).unwrap_or_default(), train: data.train.len(), val: data.val.as_ref().map(|v| v.len()), test: data.test.as_ref().map(|v| v.len()) },
+            dataset: DatasetInfo { name: ds.name.clone(), classes: nc, style: serde_json::to_value(ds.style).unwrap_or_default(), train: data.train.len(), val: data.val.as_ref().map(|v| v.len()), test: data.test.as_ref().map(|v| v.len()), fingerprint: Some(fingerprint) },
             trainable_params: trainable,
             backend: std::any::type_name::<B>().to_string(),
         })?;

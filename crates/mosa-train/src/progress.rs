@@ -23,11 +23,25 @@ pub struct Console {
     /// `epoch/epochs` of the running bar.
     label: String,
     prefix: String,
+    /// Printed before the first report: a run refused by its checks prints only its error.
+    header: Option<String>,
 }
 
 impl Console {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { bar: None, terminal: std::io::stderr().is_terminal(), epochs: 0, label: String::new(), prefix: prefix.into() }
+        Self { bar: None, terminal: std::io::stderr().is_terminal(), epochs: 0, label: String::new(), prefix: prefix.into(), header: None }
+    }
+
+    /// A line to print once, before the first report.
+    pub fn with_header(mut self, line: impl Into<String>) -> Self {
+        self.header = Some(line.into());
+        self
+    }
+
+    fn flush_header(&mut self) {
+        if let Some(h) = self.header.take() {
+            eprintln!("{h}");
+        }
     }
 }
 
@@ -37,6 +51,7 @@ fn pct(v: Option<f64>) -> String {
 
 impl Reporter for Console {
     fn epoch_start(&mut self, epoch: usize, epochs: usize, steps: usize) {
+        self.flush_header();
         self.epochs = epochs;
         self.label = format!("{epoch}/{epochs}");
         if self.terminal {
@@ -58,6 +73,7 @@ impl Reporter for Console {
         }
     }
     fn epoch_end(&mut self, m: &EpochMetrics) {
+        self.flush_header();
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
@@ -77,6 +93,7 @@ impl Reporter for Console {
         );
     }
     fn message(&mut self, s: &str) {
+        self.flush_header();
         match &self.bar {
             Some(b) => b.println(s),
             None => eprintln!("{s}"),

@@ -62,6 +62,9 @@ pub struct DatasetInfo {
     pub train: usize,
     pub val: Option<usize>,
     pub test: Option<usize>,
+    /// [`mosa_data::Dataset::fingerprint`] of the lists (absent in runs before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// `config.json`.
@@ -153,10 +156,55 @@ impl RunDir {
         }
     }
 
-    /// Refuses to start a new run in a directory that already holds one.
+    /// Refuses to start a new run in a directory that holds anything: a run (started, interrupted
+    /// or finished: only `--resume` touches it) or files that are not a run (never touched). Only
+    /// the lock file and a killed writer's temporary files may be there.
     pub fn check_new(&self) -> Result<()> {
-        if self.resumable() || self.finished() {
-            return Err(Error::Config(format!("{} already holds a run; use --resume to continue it or another --out", self.path.display())));
+        let p = self.path.display();
+        if self.path.exists() && !self.path.is_dir() {
+            return Err(Error::Config(format!("--out {p} is a file, not a directory")));
+        }
+        if self.resumable() || self.finished() || self.read_config().is_ok() {
+            return Err(Error::Config(format!("{p} already holds a mosa run; use --resume to continue it, or another --out")));
+        }
+        let Ok(rd) = std::fs::read_dir(&self.path) else { return Ok(()) };
+        let mut other: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock" && !n.ends_with(mosa_core::fsio::TMP_SUFFIX))
+            .collect();
+        if !other.is_empty() {
+            other.sort();
+            let more = if other.len() > 3 { format!(" and {} more", other.len() - 3) } else { String::new() };
+            return Err(Error::Config(format!(
+                "--out {p} is not empty and not a mosa run (it holds {}{more}); mosa writes a run only into a new or empty directory",
+                other.iter().take(3).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// On resume: refuses if the backbone weights or the dataset lists are not what the run
+    /// started with, saying what changed (issue #11 case 2).
+    pub fn check_resume(&self, saved: &RunConfig, backbone_sha256: Option<&str>, dataset: &mosa_data::Dataset) -> Result<()> {
+        let p = self.path.display();
+        if saved.backbone.sha256.as_deref() != backbone_sha256 {
+            let short = |s: Option<&str>| s.map(|s| format!("{}…", &s[..s.len().min(12)])).unwrap_or_else(|| "none".into());
+            return Err(Error::Config(format!(
+                "{p}: the backbone weights {} changed since the run started (SHA-256 {} then, {} now); resume needs the same file",
+                saved.backbone.weights.as_deref().unwrap_or("(random init)"),
+                short(saved.backbone.sha256.as_deref()),
+                short(backbone_sha256)
+            )));
+        }
+        let Some(fp) = &saved.dataset.fingerprint else { return Ok(()) };
+        if *fp != dataset.fingerprint() {
+            let was = &saved.dataset;
+            let counts = [("train", Some(was.train), Some(dataset.train.len())), ("val", was.val, dataset.val.as_ref().map(|s| s.len())), ("test", was.test, dataset.test.as_ref().map(|s| s.len()))];
+            let n = |v: Option<usize>| v.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+            let changed: Vec<String> = counts.iter().filter(|(_, a, b)| a != b).map(|(s, a, b)| format!("{s} {} → {} images", n(*a), n(*b))).collect();
+            let what = if changed.is_empty() { "the same counts, but other paths or labels".to_string() } else { changed.join(", ") };
+            return Err(Error::Config(format!("{p}: the dataset {} changed since the run started ({what}); resume needs the same lists", saved.run.dataset)));
         }
         Ok(())
     }
@@ -165,7 +213,7 @@ impl RunDir {
     pub fn read_config(&self) -> Result<RunConfig> {
         let p = self.config();
         let err = |e: &dyn std::fmt::Display| Error::Checkpoint(format!("{}: {e}", p.display()));
-        let text = std::fs::read_to_string(&p).map_err(|e| err(&e))?;
+        let text = mosa_core::fsio::read_text(&p, mosa_core::fsio::caps::CONFIG).map_err(|e| err(&e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&e))?;
         match v.get("format").and_then(|f| f.as_u64()) {
             None => legacy::config(v).map_err(|e| err(&e)),
@@ -183,7 +231,7 @@ impl RunDir {
     /// Reads `summary.json`.
     pub fn summary(&self) -> Result<Summary> {
         let p = self.summary_path();
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))?;
+        let text = mosa_core::fsio::read_text(&p, mosa_core::fsio::caps::CONFIG).map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))?;
         serde_json::from_str(&text).map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))
     }
 

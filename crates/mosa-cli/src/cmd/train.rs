@@ -90,13 +90,20 @@ pub struct TrainArgs {
 }
 
 fn recipe(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
-    let mut t = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str::<TrainConfig>(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.to_string().replace('\n', " ")))?
-        }
+    let t = match &a.config {
+        Some(p) => recipe_file(p)?,
         None => TrainConfig::default(),
     };
+    recipe_on(t, a)
+}
+
+fn recipe_file(p: &Path) -> anyhow::Result<TrainConfig> {
+    let text = mosa_core::fsio::read_text(p, mosa_core::fsio::caps::CONFIG).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    toml::from_str::<TrainConfig>(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.to_string().replace('\n', " ")))
+}
+
+/// The flags given, applied on top of a recipe.
+fn recipe_on(mut t: TrainConfig, a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { t.$f = v; } )* };
     }
@@ -135,9 +142,64 @@ fn resolve_weights(model: &str, w: Option<&str>) -> anyhow::Result<Option<PathBu
     Ok(Some(f.path().to_path_buf()))
 }
 
-pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+/// The flags `--resume` accepts whatever their value: they do not define the run.
+const RESUME_FREE: [&str; 3] = ["out", "resume", "stop_after"];
+
+/// The flags given with `--resume` that would change the saved run (issue #11 case 3): every
+/// flag that defines the run must be absent or equal to the saved value. None may change it: the
+/// schedule, the masks and the expert draws of the epochs already trained depend on all of them
+/// (extending `--epochs` too: the cosine schedule of the finished epochs depends on the total).
+fn resume_conflicts(a: &TrainArgs, given: &[String], saved: &RunSpec) -> anyhow::Result<Vec<String>> {
+    let flag = |id: &str| format!("--{}", id.replace('_', "-"));
+    let base = match &a.config {
+        Some(p) => recipe_file(p)?,
+        None => saved.train.clone(),
+    };
+    let (now, was) = (serde_json::to_value(recipe_on(base, a)?)?, serde_json::to_value(&saved.train)?);
+    let all_method_ids = MethodArgs::ids();
+    let method_ids: Vec<&String> = given.iter().filter(|id| all_method_ids.contains(id)).collect();
+    let mut bad = Vec::new();
+    for id in given.iter().filter(|id| !RESUME_FREE.contains(&id.as_str()) && !method_ids.contains(id)) {
+        let differs = match id.as_str() {
+            "model" => a.model != saved.model_name,
+            "dataset" => a.dataset.as_deref() != Some(saved.dataset.as_str()),
+            "skip_unreadable" => a.skip_unreadable != saved.skip_unreadable,
+            "weights" => {
+                let w = resolve_weights(&a.model, a.weights.as_deref())?;
+                let canon = |p: &Option<PathBuf>| p.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
+                canon(&w) != canon(&saved.weights)
+            }
+            "config" => now != was,
+            id => now.get(id) != was.get(id),
+        };
+        if differs {
+            let show = |v: Option<&serde_json::Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+            bad.push(match (now.get(id.as_str()), was.get(id.as_str())) {
+                (n @ Some(_), w @ Some(_)) => format!("{} {} (saved: {})", flag(id), show(n), show(w)),
+                _ => flag(id),
+            });
+        }
+    }
+    if !method_ids.is_empty() && serde_json::to_value(a.method.method()?)? != serde_json::to_value(&saved.method)? {
+        bad.push(format!("{} (the saved method: {})", method_ids.iter().map(|id| flag(id)).collect::<Vec<_>>().join(" "), saved.method.name()));
+    }
+    Ok(bad)
+}
+
+/// `given`: the ids of the flags given on the command line.
+pub fn train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     let spec = if a.resume {
-        mosa_train::RunDir::new(&a.out).read_config().with_context(|| format!("--resume: no run in {}", a.out.display()))?.run
+        let spec = mosa_train::RunDir::new(&a.out).read_config().with_context(|| format!("--resume: no run in {}", a.out.display()))?.run;
+        let bad = resume_conflicts(&a, given, &spec)?;
+        if !bad.is_empty() {
+            bail!(
+                "--resume continues the run in {} with its saved settings (config.json), and {} would change it; leave {} out (flags equal to the saved values are accepted), or start a new run with another --out",
+                a.out.display(),
+                bad.join(", "),
+                if bad.len() == 1 { "it" } else { "them" }
+            );
+        }
+        spec
     } else {
         let dataset = a.dataset.clone().context("--dataset is required (vtab:<root>/<task>, fgvc:<root>/<name>, folder:<path>)")?;
         RunSpec {
@@ -155,12 +217,12 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         mosa_train::RunDir::new(&a.out).check_new()?;
     }
     let t = &spec.train;
-    eprintln!(
+    let header = format!(
         "mosa train: {} on {} with {} | {} epochs (warm-up {}), lr {} {:?}, batch {}, {} px, seed {}, head init {:?}, backend {}",
         spec.model_name, spec.dataset, spec.method.name(), t.epochs, t.warmup_epochs, t.lr, t.schedule, t.batch_size, t.resolution, t.seed, t.head_init, backend::NAME
     );
     let device = backend::device();
-    let mut rep = Console::new("");
+    let mut rep = Console::new("").with_header(header);
     match mosa_train::run::<TrainBackend>(&spec, &a.out, a.resume, Control { stop_after_epochs: a.stop_after }, &device, &mut rep)? {
         Outcome::Interrupted { epochs_done } => eprintln!("stopped after epoch {epochs_done}; continue with `mosa train --resume --out {}`", a.out.display()),
         Outcome::Finished(s) => {
