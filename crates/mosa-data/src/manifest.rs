@@ -51,7 +51,7 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn read(path: &Path) -> Result<Manifest> {
-        let text = mosa_core::fsio::read_text(path, mosa_core::fsio::caps::LIST).map_err(|e| DataError::read(path, e))?;
+        let text = crate::list::read_text(path)?;
         serde_json::from_str(&text).map_err(|e| DataError::line(path, e.line(), e.to_string()))
     }
 }

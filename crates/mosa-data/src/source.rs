@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
-use crate::list::{Entry, Origin, Split, read_json_split, read_list};
+use crate::list::{Entry, Origin, Split, read_json_split, read_list, read_text};
 use crate::registry::{Group, lookup_fgvc, lookup_task};
 
 const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -158,7 +158,7 @@ fn open_vtab(spec: &DatasetSpec, root: &Path, task: &str) -> Result<Dataset> {
 fn unregistered_classes(dir: &Path, task: &str) -> Result<usize> {
     let names = dir.join("classes.txt");
     if names.exists() {
-        let text = mosa_core::fsio::read_text(&names, mosa_core::fsio::caps::LIST).map_err(|e| DataError::read(&names, e))?;
+        let text = read_text(&names)?;
         let n = text.lines().filter(|l| !l.trim().is_empty()).count();
         if n == 0 || n > MAX_CLASSES {
             return Err(DataError::file(&names, format!("{n} class names: 1 to {MAX_CLASSES} are supported")));
@@ -183,7 +183,7 @@ fn read_class_names(dir: &Path, num_classes: usize) -> Result<Option<Vec<String>
     if !p.exists() {
         return Ok(None);
     }
-    let text = mosa_core::fsio::read_text(&p, mosa_core::fsio::caps::LIST).map_err(|e| DataError::read(&p, e))?;
+    let text = read_text(&p)?;
     let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if names.len() != num_classes {
         return Err(DataError::file(&p, format!("{} class names for {} classes", names.len(), num_classes)));

@@ -122,21 +122,9 @@ pub fn read_model(path: &Path) -> Result<(HashMap<String, HostTensor>, HashMap<S
     Ok((params, meta))
 }
 
-/// SHA-256 of a file, hex.
+/// SHA-256 of a file, hex ([`mosa_models::weights::file_sha256`], the one streamed hash).
 pub fn file_sha256(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    mosa_models::weights::file_sha256(path).map_err(|e| Error::Checkpoint(e.to_string()))
 }
 
 /// Writes text atomically.
