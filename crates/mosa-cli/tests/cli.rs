@@ -600,6 +600,27 @@ fn metrics_without_timings(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A run resumed by this release against the same run left uninterrupted by an older release:
+/// every metric equal, except that a loss may differ by float rounding (1e-6 relative), since
+/// our kernels (attention, LayerNorm) sum in another order than the release that recorded it.
+/// Within one release, mosa-train's `resume_equals_uninterrupted` checks resuming itself.
+fn assert_resumed_like_an_older_release(got: &[serde_json::Value], want: &[serde_json::Value], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: epochs");
+    for (g, w) in got.iter().zip(want) {
+        let (g, w) = (g.as_object().unwrap(), w.as_object().unwrap());
+        assert_eq!(g.keys().collect::<Vec<_>>(), w.keys().collect::<Vec<_>>(), "{what}");
+        for (k, gv) in g {
+            let wv = &w[k];
+            if k.contains("loss") {
+                let (a, b) = (gv.as_f64().unwrap(), wv.as_f64().unwrap());
+                assert!((a - b).abs() <= 1e-6 * b.abs(), "{what}: {k} {a} vs {b}");
+            } else {
+                assert_eq!(gv, wv, "{what}: {k} must equal the uninterrupted run's");
+            }
+        }
+    }
+}
+
 #[test]
 fn format2_runs_keep_their_adapter_epsilon_when_resumed_and_evaluated() {
     // tests/data/format2: a MoSA run interrupted after epoch 2 of 3 and a finished adapter run,
@@ -612,7 +633,7 @@ fn format2_runs_keep_their_adapter_epsilon_when_resumed_and_evaluated() {
     assert!(o.status.success(), "{}", stderr(&o));
     let got = metrics_without_timings(&tmp.path().join("run-mosa/metrics.jsonl"));
     let want = metrics_without_timings(&tmp.path().join("expected-mosa-metrics.jsonl"));
-    assert_eq!(got, want, "the resumed run must end exactly as the uninterrupted one");
+    assert_resumed_like_an_older_release(&got, &want, "mosa");
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("run-mosa/config.json")).unwrap()).unwrap();
     assert_eq!((cfg["format"].as_u64(), cfg["run"]["method"]["adapter"]["norm_eps"].as_f64()), (Some(mosa_train::rundir::FORMAT as u64), Some(1e-5)));
     // and the activation and VTAB resize of those releases
@@ -645,7 +666,7 @@ fn format1_runs_of_the_previous_release_resume_and_evaluate() {
         assert!(o.status.success(), "{m}: {}", stderr(&o));
         let got = metrics_without_timings(&tmp.path().join(&dir).join("metrics.jsonl"));
         let want = metrics_without_timings(&tmp.path().join(format!("expected-{m}-metrics.jsonl")));
-        assert_eq!(got, want, "{m}: the resumed run must end exactly as the uninterrupted one");
+        assert_resumed_like_an_older_release(&got, &want, m);
         // the directory is now in today's format
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join(&dir).join("config.json")).unwrap()).unwrap();
         assert_eq!(cfg["format"], mosa_train::rundir::FORMAT);

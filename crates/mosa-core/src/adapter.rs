@@ -3,7 +3,9 @@
 //! choice; see [`crate::method`].
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+
+use crate::layer_norm::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, silu};
 

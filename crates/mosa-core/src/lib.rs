@@ -5,7 +5,8 @@
 //!   method to any host, merge, mask gradients, sparse masks, parameter groups;
 //! - [`slot`]: what a site holds (adapter slots, linear branches);
 //! - [`adapter`], [`mosa`], [`pruned`], [`lora`], [`prompt`], [`sparse`]: one file per method family;
-//! - [`kernels`]: our backend-extension trait ([`Kernels`]) and its CPU kernels;
+//! - [`kernels`]: our backend-extension trait ([`Kernels`]) and its CPU kernels; [`layer_norm`]:
+//!   the LayerNorm module every backbone and adapter uses (through the kernels);
 //! - [`mask`]: partitions and exact top-k; [`rng`]: the seeded generator behind every draw;
 //! - [`params`]: parameters by path (one path stack), values in and out;
 //! - [`optim`]: the reference AdamW and warm-up cosine;
@@ -19,6 +20,7 @@ pub mod fsio;
 pub mod host;
 pub mod inject;
 pub mod kernels;
+pub mod layer_norm;
 pub mod lora;
 pub mod mask;
 pub mod merge;

@@ -12,7 +12,7 @@
 //!   one adapter.
 
 use burn::module::Param;
-use burn::nn::{Dropout, LayerNorm, Linear};
+use burn::nn::{Dropout, Linear};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -21,6 +21,7 @@ use burn::tensor::module::linear;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
+use crate::layer_norm::LayerNorm;
 use crate::mask;
 use crate::kernels::Kernels;
 use crate::rng::Rng;

@@ -100,3 +100,228 @@ fn gelu_gradients_match_the_default_path() {
     let (ours, burns) = (grad_of(&|t| gelu(t)), grad_of(&|t| burn::tensor::activation::gelu(t)));
     assert!(worst(&ours, &burns) < 5e-6);
 }
+
+/// Attention per head in f64 loops: `out[b, i, h·hd + c] = Σ_j softmax_j(q_i·k_j/√hd) v[j, c]`.
+fn attention_f64(qkv: &[f32], [b, t, h, hd]: [usize; 4]) -> Vec<f32> {
+    let d = h * hd;
+    let at = |bi: usize, i: usize, part: usize, hi: usize, c: usize| qkv[(bi * t + i) * 3 * d + part * d + hi * hd + c] as f64;
+    let mut out = vec![0f32; b * t * d];
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..t {
+                let s: Vec<f64> = (0..t).map(|j| (0..hd).map(|c| at(bi, i, 0, hi, c) * at(bi, j, 1, hi, c)).sum::<f64>() / (hd as f64).sqrt()).collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for c in 0..hd {
+                    out[(bi * t + i) * d + hi * hd + c] = ((0..t).map(|j| e[j] * at(bi, j, 2, hi, c)).sum::<f64>() / z) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `∂/∂qkv Σ w ⊙ attention(qkv)` in f64 loops, by the softmax's Jacobian.
+fn attention_grad_f64(qkv: &[f32], w: &[f32], [b, t, h, hd]: [usize; 4]) -> Vec<f32> {
+    let d = h * hd;
+    let idx = |bi: usize, i: usize, part: usize, hi: usize, c: usize| (bi * t + i) * 3 * d + part * d + hi * hd + c;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut g = vec![0f64; qkv.len()];
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..t {
+                let s: Vec<f64> = (0..t).map(|j| (0..hd).map(|c| qkv[idx(bi, i, 0, hi, c)] as f64 * qkv[idx(bi, j, 1, hi, c)] as f64).sum::<f64>() * scale).collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                let p: Vec<f64> = s.iter().map(|x| (x - max).exp() / z).collect();
+                let dy = |c: usize| w[(bi * t + i) * d + hi * hd + c] as f64;
+                // ∂L/∂p_j = dy · v_j; ∂L/∂s_j = p_j (∂L/∂p_j − Σ_l p_l ∂L/∂p_l)
+                let dp: Vec<f64> = (0..t).map(|j| (0..hd).map(|c| dy(c) * qkv[idx(bi, j, 2, hi, c)] as f64).sum()).collect();
+                let mean: f64 = (0..t).map(|j| p[j] * dp[j]).sum();
+                for j in 0..t {
+                    let ds = p[j] * (dp[j] - mean) * scale;
+                    for c in 0..hd {
+                        g[idx(bi, j, 2, hi, c)] += p[j] * dy(c);
+                        g[idx(bi, i, 0, hi, c)] += ds * qkv[idx(bi, j, 1, hi, c)] as f64;
+                        g[idx(bi, j, 1, hi, c)] += ds * qkv[idx(bi, i, 0, hi, c)] as f64;
+                    }
+                }
+            }
+        }
+    }
+    g.into_iter().map(|x| x as f32).collect()
+}
+
+/// (b, t, heads, head_dim): one token, odd sizes, a remainder after the 16 SIMD lanes, ViT-S/14 at 224.
+const ATTENTION_SHAPES: [[usize; 4]; 5] = [[1, 1, 1, 1], [2, 7, 3, 5], [3, 33, 2, 17], [1, 50, 4, 16], [2, 257, 6, 64]];
+
+/// The largest difference relative to the reference's largest magnitude (gradients cancel, so
+/// an element's own size is no scale for its rounding).
+fn scaled_worst(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1f32, |m, y| m.max(y.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+}
+
+fn qkv_values(n: usize, seed: u64, spread: f32) -> Vec<f32> {
+    Flex::seed(&Default::default(), seed);
+    let v = host(Tensor::<Flex, 1>::random([n], Distribution::Normal(0.0, 1.0), &Default::default()));
+    v.iter().enumerate().map(|(i, x)| x * spread * if (i as u64 + seed) % 97 == 0 { 8.0 } else { 1.0 }).collect()
+}
+
+#[test]
+fn attention_forward_matches_the_default_path_and_f64_loops() {
+    use mosa_core::kernels::attention_packed;
+    for (k, [b, t, h, hd]) in ATTENTION_SHAPES.into_iter().enumerate() {
+        let shape = [b, t, 3 * h * hd];
+        // large scores too (spread 3: logits up to ~±100) for the softmax's stability
+        for spread in [1.0, 3.0] {
+            let v = qkv_values(shape.iter().product(), k as u64, spread);
+            let ours = host(attention_packed(on::<Flex, 3>(&v, shape), h));
+            let default = host(attention_packed(on::<NdArray, 3>(&v, shape), h));
+            assert!(worst(&ours, &default) < 2e-5, "{:?} spread {spread}: vs ndarray {}", [b, t, h, hd], worst(&ours, &default));
+            if t <= 50 {
+                let exact = attention_f64(&v, [b, t, h, hd]);
+                assert!(worst(&ours, &exact) < 2e-5, "{:?}: vs f64 {}", [b, t, h, hd], worst(&ours, &exact));
+            }
+        }
+    }
+    // a non-contiguous qkv (a transposed view) and the log-sum-exp against the default's
+    let (b, t, h, hd) = (2, 9, 2, 3);
+    let v = qkv_values(b * t * 3 * h * hd, 5, 1.0);
+    let view = on::<Flex, 3>(&v, [b, 3 * h * hd, t]).swap_dims(1, 2);
+    let dense: Vec<f32> = host(on::<Flex, 3>(&v, [b, 3 * h * hd, t]).swap_dims(1, 2));
+    let exact = attention_f64(&dense, [b, t, h, hd]);
+    assert!(worst(&host(attention_packed(view, h)), &exact) < 2e-5);
+    use burn::backend::flex::Flex as F;
+    use mosa_core::kernels::Kernels;
+    let (_, lse) = <F as Kernels>::attention_packed_with_lse(on::<Flex, 3>(&dense, [b, t, 3 * h * hd]).into_primitive().tensor(), h);
+    let (_, lse_default) = <NdArray as Kernels>::attention_packed_with_lse(on::<NdArray, 3>(&dense, [b, t, 3 * h * hd]).into_primitive().tensor(), h);
+    let (lse, lse_default) = (host(Tensor::<Flex, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(lse))), host(Tensor::<NdArray, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(lse_default))));
+    assert_eq!(lse.len(), b * h * t);
+    assert!(worst(&lse, &lse_default) < 2e-6, "lse {}", worst(&lse, &lse_default));
+}
+
+#[test]
+fn attention_gradients_match_burns_autodiff_of_the_composition() {
+    use mosa_core::kernels::{Kernels, attention_packed};
+    type AF = Autodiff<Flex>;
+    type AN = Autodiff<NdArray>;
+    for (k, [b, t, h, hd]) in ATTENTION_SHAPES.into_iter().enumerate() {
+        let shape = [b, t, 3 * h * hd];
+        let v = qkv_values(shape.iter().product(), k as u64, 1.0);
+        let w = qkv_values(b * t * h * hd, 50 + k as u64, 1.0);
+        // L = Σ w ⊙ attention(2·qkv): our fused backward on Flex; burn's autodiff of the
+        // composition op by op on NdArray (it has no fused kernel)
+        let grad = |fused: bool| -> Vec<f32> {
+            if fused {
+                let x = on::<AF, 3>(&v, shape).require_grad();
+                let g = (attention_packed(x.clone() * 2.0, h) * on::<AF, 3>(&w, [b, t, h * hd])).sum().backward();
+                host(x.grad(&g).unwrap())
+            } else {
+                let x = on::<AN, 3>(&v, shape).require_grad();
+                let g = (attention_packed(x.clone() * 2.0, h) * on::<AN, 3>(&w, [b, t, h * hd])).sum().backward();
+                host(x.grad(&g).unwrap())
+            }
+        };
+        let (ours, burns) = (grad(true), grad(false));
+        if t <= 50 {
+            let x2: Vec<f32> = v.iter().map(|x| 2.0 * x).collect();
+            let exact: Vec<f32> = attention_grad_f64(&x2, &w, [b, t, h, hd]).iter().map(|g| 2.0 * g).collect();
+            let (e_ours, e_burn) = (scaled_worst(&ours, &exact), scaled_worst(&burns, &exact));
+            assert!(e_ours < 2e-5 && e_ours <= 2.0 * e_burn.max(1e-6), "{:?}: vs f64 {e_ours} (burn's autodiff {e_burn})", [b, t, h, hd]);
+        }
+        assert!(scaled_worst(&ours, &burns) < 5e-5, "{:?}: vs burn's autodiff {}", [b, t, h, hd], scaled_worst(&ours, &burns));
+        // the trait's default backward (the composed formula, used where a backend has no kernel
+        // of its own) agrees with autodiff too
+        let x2: Vec<f32> = v.iter().map(|x| 2.0 * x).collect();
+        let prim = |x: &[f32], s: [usize; 3]| on::<NdArray, 3>(x, s).into_primitive().tensor();
+        let (_, lse) = <NdArray as Kernels>::attention_packed_with_lse(prim(&x2, shape), h);
+        let dx = <NdArray as Kernels>::attention_packed_backward(prim(&x2, shape), lse, prim(&w, [b, t, h * hd]), h);
+        let dx: Vec<f32> = host(Tensor::<NdArray, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(dx))).iter().map(|g| 2.0 * g).collect();
+        assert!(scaled_worst(&dx, &burns) < 5e-5, "{:?}: default backward {}", [b, t, h, hd], worst(&dx, &burns));
+    }
+}
+
+/// `∂/∂x` and `∂/∂γ` of `Σ w ⊙ LN(x)` (ε = 1e-6, rows of `d`) in f64, from the closed form.
+fn layer_norm_grads_f64(x: &[f32], w: &[f32], gamma: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut dx, mut dgamma) = (vec![0f32; x.len()], vec![0f64; d]);
+    for (r, row) in x.chunks(d).enumerate() {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+        let rstd = 1.0 / (row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64 + 1e-6).sqrt();
+        let xhat: Vec<f64> = row.iter().map(|&v| (v as f64 - mean) * rstd).collect();
+        let gg: Vec<f64> = (0..d).map(|j| w[r * d + j] as f64 * gamma[j] as f64).collect();
+        let a = gg.iter().sum::<f64>() / d as f64;
+        let c = gg.iter().zip(&xhat).map(|(g, h)| g * h).sum::<f64>() / d as f64;
+        for j in 0..d {
+            dx[r * d + j] = (rstd * (gg[j] - a - xhat[j] * c)) as f32;
+            dgamma[j] += w[r * d + j] as f64 * xhat[j];
+        }
+    }
+    (dx, dgamma.into_iter().map(|v| v as f32).collect())
+}
+
+#[test]
+fn layer_norm_forward_and_gradients_match_the_default_path() {
+    use mosa_core::kernels::Kernels;
+    use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
+    type AF = Autodiff<Flex>;
+    type AN = Autodiff<NdArray>;
+    // (rows, d): one row, d below and at the SIMD lanes, ViT-S, a remainder of rows per task
+    for (k, (rows, d)) in [(1usize, 1usize), (3, 7), (5, 16), (394, 384), (70, 33)].into_iter().enumerate() {
+        let x = qkv_values(rows * d, k as u64, 2.0).iter().map(|v| v + 3.0).collect::<Vec<_>>();
+        let w = qkv_values(rows * d, 10 + k as u64, 1.0);
+        let (gamma, beta) = (qkv_values(d, 20 + k as u64, 1.0), qkv_values(d, 30 + k as u64, 1.0));
+        let norm = || -> LayerNorm<AF> {
+            let mut n = LayerNormConfig::new(d).with_epsilon(1e-6).init::<AF>(&Default::default());
+            n.gamma = burn::module::Param::from_tensor(on::<AF, 1>(&gamma, [d]));
+            n.beta = Some(burn::module::Param::from_tensor(on::<AF, 1>(&beta, [d])));
+            n
+        };
+        let norm_nd = || -> LayerNorm<AN> {
+            let mut n = LayerNormConfig::new(d).with_epsilon(1e-6).init::<AN>(&Default::default());
+            n.gamma = burn::module::Param::from_tensor(on::<AN, 1>(&gamma, [d]));
+            n.beta = Some(burn::module::Param::from_tensor(on::<AN, 1>(&beta, [d])));
+            n
+        };
+        // L = Σ w ⊙ LN(x), x of rank 3
+        let shape = [1, rows, d];
+        let (ln, ln_nd) = (norm(), norm_nd());
+        let xa = on::<AF, 3>(&x, shape).require_grad();
+        let ga = (ln.forward(xa.clone()) * on::<AF, 3>(&w, shape)).sum().backward();
+        let xn = on::<AN, 3>(&x, shape).require_grad();
+        let gn = (ln_nd.forward(xn.clone()) * on::<AN, 3>(&w, shape)).sum().backward();
+        let (fwd, fwd_nd) = (host(ln.forward(on::<AF, 3>(&x, shape))), host(ln_nd.forward(on::<AN, 3>(&x, shape))));
+        assert!(worst(&fwd, &fwd_nd) < 1e-5, "({rows}, {d}): forward {}", worst(&fwd, &fwd_nd));
+        let (dx_exact, dgamma_exact) = layer_norm_grads_f64(&x, &w, &gamma, d);
+        let (dx_ours, dx_burn) = (host(xa.grad(&ga).unwrap()), host(xn.grad(&gn).unwrap()));
+        let (e_ours, e_burn) = (scaled_worst(&dx_ours, &dx_exact), scaled_worst(&dx_burn, &dx_exact));
+        assert!(e_ours < 1e-5 && e_ours <= 2.0 * e_burn.max(1e-6), "({rows}, {d}): ∂/∂x vs f64 {e_ours} (burn's autodiff {e_burn})");
+        let dgamma_ours = host(ln.gamma.val().grad(&ga).unwrap());
+        assert!(scaled_worst(&dgamma_ours, &dgamma_exact) < 2e-6, "({rows}, {d}): ∂/∂gamma {}", scaled_worst(&dgamma_ours, &dgamma_exact));
+        let (dbeta_ours, dbeta_burn) = (host(ln.beta.as_ref().unwrap().val().grad(&ga).unwrap()), host(ln_nd.beta.as_ref().unwrap().val().grad(&gn).unwrap()));
+        assert!(scaled_worst(&dbeta_ours, &dbeta_burn) < 1e-4, "({rows}, {d}): ∂/∂beta {}", scaled_worst(&dbeta_ours, &dbeta_burn));
+        // the trait's default backward (the composition) is near f64 too, and skips γ, β on request
+        let prim3 = |v: &[f32]| on::<NdArray, 3>(v, shape).into_primitive().tensor();
+        let prim1 = |v: &[f32]| on::<NdArray, 1>(v, [d]).into_primitive().tensor();
+        let (dx, params) = <NdArray as Kernels>::layer_norm_backward(prim3(&x), prim1(&gamma), prim3(&w), 1e-6, true);
+        let dx = host(Tensor::<NdArray, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(dx)));
+        assert!(scaled_worst(&dx, &dx_exact) < 1e-4, "({rows}, {d}): default ∂/∂x {}", scaled_worst(&dx, &dx_exact));
+        let dgamma = host(Tensor::<NdArray, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(params.unwrap().0)));
+        // the default sums each column in one accumulator, so it is further from f64 than ours
+        assert!(scaled_worst(&dgamma, &dgamma_exact) < 1e-4, "({rows}, {d}): default ∂/∂gamma {}", scaled_worst(&dgamma, &dgamma_exact));
+        assert!(<NdArray as Kernels>::layer_norm_backward(prim3(&x), prim1(&gamma), prim3(&w), 1e-6, false).1.is_none());
+    }
+    // frozen γ and β (PEFT): only x has a gradient, and it is the same
+    let (rows, d) = (9, 20);
+    let x = qkv_values(rows * d, 3, 1.0);
+    let ln = LayerNormConfig::new(d).init::<AF>(&Default::default()).no_grad();
+    let xa = on::<AF, 2>(&x, [rows, d]).require_grad();
+    let g = (ln.forward(xa.clone()) * on::<AF, 2>(&x, [rows, d])).sum().backward();
+    assert!(ln.gamma.val().grad(&g).is_none());
+    let ln_nd = LayerNormConfig::new(d).init::<AN>(&Default::default()).no_grad();
+    let xn = on::<AN, 2>(&x, [rows, d]).require_grad();
+    let gn = (ln_nd.forward(xn.clone()) * on::<AN, 2>(&x, [rows, d])).sum().backward();
+    assert!(scaled_worst(&host(xa.grad(&g).unwrap()), &host(xn.grad(&gn).unwrap())) < 2e-5);
+}

@@ -17,7 +17,8 @@
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, PaddingConfig2d};
+use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use mosa_core::kernels::Kernels;
 

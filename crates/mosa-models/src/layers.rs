@@ -11,8 +11,9 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::softmax;
-use mosa_core::kernels::{Kernels, gelu};
-use burn::tensor::module::{attention, linear};
+use mosa_core::kernels::{Kernels, attention_packed, gelu};
+use mosa_core::layer_norm::LayerNorm;
+use burn::tensor::module::linear;
 
 use mosa_core::Rng;
 use mosa_core::site::{AdapterSite, LinearSite, Placement, SiteMut, TunableLinear};
@@ -24,12 +25,12 @@ use mosa_core::slot::AdapterSlot;
 #[derive(Module, Debug)]
 pub struct PatchEmbed<B: Backend> {
     pub proj: Conv2d<B>,
-    pub norm: Option<burn::nn::LayerNorm<B>>,
+    pub norm: Option<LayerNorm<B>>,
     #[module(skip)]
     pub patch_size: usize,
 }
 
-impl<B: Backend> PatchEmbed<B> {
+impl<B: Kernels> PatchEmbed<B> {
     /// `[b, c, h, w]` → (`[b, gh·gw, d]`, (gh, gw)). Rows/columns that do not fill a patch are
     /// dropped, as a strided convolution does.
     pub fn forward(&self, x: Tensor<B, 4>) -> (Tensor<B, 3>, (usize, usize)) {
@@ -62,24 +63,29 @@ pub struct Attention<B: Backend> {
     pub num_heads: usize,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: Kernels> Attention<B> {
     /// # Shapes
     /// `[b, t, d]` → `[b, t, d]`
     pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let h = self.num_heads;
+        let qkv = self.qkv.forward(x, rng);
+        let out = if self.attn_drop.prob > 0.0 && B::ad_enabled(&qkv.device()) {
+            self.with_dropout(qkv)
+        } else {
+            attention_packed(qkv, self.num_heads)
+        };
+        self.proj_drop.forward(self.proj.forward(out, rng))
+    }
+
+    /// Attention with dropout on the probabilities (training only), composed of tensor ops.
+    fn with_dropout(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, three_d] = qkv.dims();
+        let (h, d) = (self.num_heads, three_d / 3);
         let hd = d / h;
-        let qkv = self.qkv.forward(x, rng).reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let qkv = qkv.reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
         let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([b, h, t, hd]));
         let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let out = if self.attn_drop.prob > 0.0 && B::ad_enabled(&q.device()) {
-            let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-            self.attn_drop.forward(softmax(scores, 3)).matmul(v)
-        } else {
-            attention(q, k, v, None, None, Default::default())
-        };
-        let out = out.swap_dims(1, 2).reshape([b, t, d]);
-        self.proj_drop.forward(self.proj.forward(out, rng))
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        self.attn_drop.forward(softmax(scores, 3)).matmul(v).swap_dims(1, 2).reshape([b, t, d])
     }
 }
 
@@ -129,11 +135,11 @@ pub fn opt_scale<B: Backend>(ls: &Option<LayerScale<B>>, x: Tensor<B, 3>) -> Ten
 }
 
 
-/// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`), with burn's LayerNorm.
+/// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`), with the channels-last [`LayerNorm`].
 ///
 /// # Shapes
 /// `[b, c, h, w]` → `[b, c, h, w]`
-pub fn layer_norm_2d<B: Backend>(norm: &burn::nn::LayerNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn layer_norm_2d<B: Kernels>(norm: &LayerNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     norm.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
 }
 

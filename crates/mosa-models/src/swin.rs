@@ -19,7 +19,8 @@
 
 use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
-use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
+use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use mosa_core::kernels::Kernels;
 use burn::tensor::activation::softmax;
@@ -313,7 +314,7 @@ pub struct PatchMerging<B: Backend> {
     pub reduction: Linear<B>,
 }
 
-impl<B: Backend> PatchMerging<B> {
+impl<B: Kernels> PatchMerging<B> {
     /// # Shapes
     /// `[b, h·w, c]`, (h, w) → `[b, ⌈h/2⌉·⌈w/2⌉, c']`, (⌈h/2⌉, ⌈w/2⌉)
     pub fn forward(&self, x: Tensor<B, 3>, (h, w): (usize, usize)) -> (Tensor<B, 3>, (usize, usize)) {

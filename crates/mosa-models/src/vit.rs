@@ -13,7 +13,8 @@
 
 use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
-use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use mosa_core::kernels::Kernels;
 use burn::tensor::Distribution;

@@ -58,7 +58,7 @@ fn exact_gelu_is_accurate() {
 #[test]
 fn layer_norm_matches_its_definition() {
     let dev = Default::default();
-    let ln = burn::nn::LayerNormConfig::new(384).with_epsilon(1e-6).init::<B>(&dev);
+    let ln = mosa_core::layer_norm::LayerNormConfig::new(384).with_epsilon(1e-6).init::<B>(&dev);
     let x = Tensor::<B, 3>::random([2, 257, 384], Distribution::Normal(3.0, 5.0), &dev);
     let mean = x.clone().mean_dim(2);
     let var = (x.clone() - mean.clone()).powi_scalar(2).mean_dim(2);

@@ -1,7 +1,8 @@
 //! [`Kernels`] for burn-flex: element-wise kernels over contiguous `f32` storage, split into
 //! chunks over rayon's threads, each chunk a loop of [`math`](super::math)'s branch-free
 //! functions compiled for the best SIMD level the CPU has (AVX-512, AVX2 + FMA, or the
-//! baseline), chosen at run time. Other dtypes take burn-flex's own kernels.
+//! baseline), chosen at run time; and fused attention (`flex/attention.rs`). Other dtypes take
+//! burn-flex's own kernels or the defaults.
 
 use burn::backend::Flex;
 use burn::tensor::DType;
@@ -9,7 +10,39 @@ use burn::tensor::ops::FloatTensor;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{Kernels, math};
+use super::{Kernels, attention as composed, layer_norm as composed_layer_norm, math};
+
+/// Defines `fn $name(args…)` (no return value) whose body is compiled three times (AVX-512F,
+/// AVX2 + FMA, baseline) and dispatched on the running CPU; helpers it calls must be
+/// `#[inline(always)]` to share the features.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$doc])*
+        fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn body($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($a: $t),*) { body($($a),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($a: $t),*) { body($($a),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { avx512($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
+
+mod attention;
+mod layer_norm;
 
 /// Elements per rayon task: large enough to amortise the task, small enough to balance.
 const CHUNK: usize = 16 * 1024;
@@ -24,6 +57,20 @@ fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
 
 fn from_vec(v: Vec<f32>, like: &FlexTensor) -> FlexTensor {
     FlexTensor::from_data(burn::tensor::TensorData::new(v, like.layout().shape().clone()))
+}
+
+fn tensor(v: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
+    FlexTensor::from_data(burn::tensor::TensorData::new(v, shape))
+}
+
+/// The attention geometry of a packed `[b, t, 3d]` f32 `qkv` with `heads` heads, `None` where the
+/// kernel does not apply (another dtype or rank, a width that does not split).
+fn geometry(qkv: &FlexTensor, heads: usize) -> Option<attention::Geometry> {
+    let dims = qkv.layout().shape().to_vec();
+    match dims[..] {
+        [b, t, w] if qkv.dtype() == DType::F32 && heads > 0 && w % (3 * heads) == 0 => Some(attention::Geometry { b, t, h: heads, hd: w / 3 / heads }),
+        _ => None,
+    }
 }
 
 /// Defines `$name(inputs…, out)` as `out[i] = $f(inputs[i]…)` over a chunk, compiled three times
@@ -63,6 +110,57 @@ simd_map!(gelu_chunk, |x| math::gelu(x));
 simd_map!(gelu_grad_chunk, |x, g| math::gelu_grad(x, g));
 
 impl Kernels for Flex {
+    const FUSED_LAYER_NORM: bool = true;
+
+    fn layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, epsilon: f64, params: bool) -> (FloatTensor<Self>, Option<(FloatTensor<Self>, FloatTensor<Self>)>) {
+        let dims = x.layout().shape().to_vec();
+        let d = *dims.last().unwrap_or(&0);
+        let fits = [x.dtype(), gamma.dtype(), grad.dtype()] == [DType::F32; 3] && d > 0 && gamma.layout().shape().to_vec() == [d] && grad.layout().shape().to_vec() == dims;
+        if !fits {
+            return composed_layer_norm::composed_backward::<Self>(x, gamma, grad, epsilon, params);
+        }
+        let (dx, acc) = layer_norm::backward(&values(&x), &values(&gamma), &values(&grad), epsilon as f32, params);
+        let vector = |v: Vec<f32>| FlexTensor::from_data(burn::tensor::TensorData::new(v, [d]));
+        let params = acc.map(|mut acc| {
+            let dbeta = acc.split_off(d);
+            (vector(acc), vector(dbeta))
+        });
+        (from_vec(dx, &x), params)
+    }
+
+    const FUSED_ATTENTION: bool = true;
+
+    fn attention_packed(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        match geometry(&qkv, heads) {
+            Some(_) => Self::attention_packed_with_lse(qkv, heads).0,
+            None => composed::composed::<Self>(qkv, heads),
+        }
+    }
+
+    fn attention_packed_with_lse(qkv: FloatTensor<Self>, heads: usize) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let Some(g) = geometry(&qkv, heads) else {
+            return composed::composed_with_lse::<Self>(qkv, heads);
+        };
+        let mut out = vec![0f32; g.b * g.t * g.h * g.hd];
+        let mut lse = vec![0f32; g.b * g.h * g.t];
+        attention::forward(&values(&qkv), g, &mut out, &mut lse);
+        (tensor(out, [g.b, g.t, g.h * g.hd]), tensor(lse, [g.b, g.h, g.t]))
+    }
+
+    fn attention_packed_backward(qkv: FloatTensor<Self>, lse: FloatTensor<Self>, grad: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        let fits = |g: &attention::Geometry| {
+            grad.dtype() == DType::F32 && lse.dtype() == DType::F32 && grad.layout().shape().to_vec() == [g.b, g.t, g.h * g.hd] && lse.layout().shape().to_vec() == [g.b, g.h, g.t]
+        };
+        match geometry(&qkv, heads) {
+            Some(g) if fits(&g) => {
+                let mut dqkv = vec![0f32; g.b * g.t * 3 * g.h * g.hd];
+                attention::backward(&values(&qkv), &values(&lse), &values(&grad), g, &mut dqkv);
+                tensor(dqkv, [g.b, g.t, 3 * g.h * g.hd])
+            }
+            _ => composed::composed_backward::<Self>(qkv, lse, grad, heads),
+        }
+    }
+
     fn gelu_exact(x: FloatTensor<Self>) -> FloatTensor<Self> {
         if x.dtype() != DType::F32 {
             return <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x);

@@ -47,6 +47,76 @@ pub fn gelu_grad(x: f32, g: f32) -> f32 {
     g * (cdf + x * pdf)
 }
 
+/// Lanes of the reductions below: independent partial results, so that the loops vectorise
+/// (a float sum in one accumulator may not be reordered by the compiler).
+const LANES: usize = 16;
+
+/// `max_i x_i`.
+#[inline(always)]
+pub fn row_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    chunks.remainder().iter().fold(acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b))
+}
+
+/// `Σ_i x_i`.
+#[inline(always)]
+pub fn row_sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>()
+}
+
+/// `Σ_i x_i·y_i`.
+#[inline(always)]
+pub fn row_dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (mut cx, mut cy) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    for (a, b) in (&mut cx).zip(&mut cy) {
+        for l in 0..LANES {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    cx.remainder().iter().zip(cy.remainder()).map(|(a, b)| a * b).sum::<f32>() + acc.iter().sum::<f32>()
+}
+
+/// `Σ_i x_i·y_i·(z_i − c)`.
+#[inline(always)]
+pub fn row_dot_centred(x: &[f32], y: &[f32], z: &[f32], c: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let n = x.len().min(y.len()).min(z.len());
+    let whole = n / LANES * LANES;
+    for i in (0..whole).step_by(LANES) {
+        for l in 0..LANES {
+            acc[l] += x[i + l] * y[i + l] * (z[i + l] - c);
+        }
+    }
+    (whole..n).map(|i| x[i] * y[i] * (z[i] - c)).sum::<f32>() + acc.iter().sum::<f32>()
+}
+
+/// `Σ_i (x_i − c)²`.
+#[inline(always)]
+pub fn row_square_dev(x: &[f32], c: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            acc[l] += (ch[l] - c) * (ch[l] - c);
+        }
+    }
+    chunks.remainder().iter().map(|v| (v - c) * (v - c)).sum::<f32>() + acc.iter().sum::<f32>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,12 +6,17 @@
 //! CUDA and wgpu take the defaults.
 //!
 //! Models and methods are written against `B: Kernels` (training code against
-//! [`AutodiffKernels`]) and call the typed helpers here ([`gelu`]), never a backend directly.
+//! [`AutodiffKernels`]) and call the typed helpers here ([`gelu`], [`attention_packed`]) or the
+//! [`LayerNorm`](crate::layer_norm::LayerNorm) module, never a backend directly.
 //!
 //! | kernel | default | Flex |
 //! |---|---|---|
 //! | [`Kernels::gelu_exact`] | `ActivationOps::gelu` (burn-flex: scalar `erff`, one thread) | branch-free erf and exp, SIMD by runtime dispatch, rayon |
 //! | [`Kernels::gelu_exact_backward`] | `ActivationOps::gelu_backward` | the same, fused with the incoming gradient |
+//! | [`Kernels::attention_packed`] | split heads (reshape, permute), `module::attention`, merge heads | per (batch, head) on rayon: strided GEMMs straight from the packed `qkv`, SIMD softmax, output written into `[b, t, d]` |
+//! | [`Kernels::attention_packed_backward`] | the backward composed of tensor ops (`attention.rs`) | per (batch, head): the softmax recomputed from the saved log-sum-exp, five strided GEMMs into the packed gradient |
+//! | [`Kernels::layer_norm`] | `ModuleOps::layer_norm` (burn-flex: SIMD, rayon) | the default |
+//! | [`Kernels::layer_norm_backward`] | the backward composed of tensor ops (`layer_norm.rs`) | rows on rayon, one SIMD pass per row, γ and β gradients reduced per task |
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -21,10 +26,12 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{ActivationOps, FloatTensor};
+use burn::tensor::ops::{ActivationOps, FloatTensor, ModuleOps};
 
+pub mod attention;
 #[cfg(feature = "flex")]
 pub mod flex;
+pub mod layer_norm;
 pub mod math;
 
 /// A backend with mosa's kernels (module docs).
@@ -38,11 +45,60 @@ pub trait Kernels: Backend {
     fn gelu_exact_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         <Self as ActivationOps<Self>>::gelu_backward(x, grad)
     }
+
+    /// Whether [`Kernels::attention_packed_with_lse`] and [`Kernels::attention_packed_backward`]
+    /// are this backend's own kernel: only then does `Autodiff` record attention as one node with
+    /// that backward (otherwise it records the default composition op by op, as burn does).
+    const FUSED_ATTENTION: bool = false;
+
+    /// Multi-head self-attention from the packed projection ([`attention`] module docs).
+    ///
+    /// # Shapes
+    /// `qkv` `[b, t, 3·heads·head_dim]` → `[b, t, heads·head_dim]`
+    fn attention_packed(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        attention::composed::<Self>(qkv, heads)
+    }
+
+    /// [`Kernels::attention_packed`] and each score row's log-sum-exp `[b, heads, t]`, which the
+    /// backward uses to recompute the softmax.
+    fn attention_packed_with_lse(qkv: FloatTensor<Self>, heads: usize) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        attention::composed_with_lse::<Self>(qkv, heads)
+    }
+
+    /// `∂L/∂qkv` `[b, t, 3d]` from `grad` = `∂L/∂out` `[b, t, d]` and the forward's `lse`.
+    fn attention_packed_backward(qkv: FloatTensor<Self>, lse: FloatTensor<Self>, grad: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        attention::composed_backward::<Self>(qkv, lse, grad, heads)
+    }
+
+    /// Whether [`Kernels::layer_norm_backward`] is this backend's own kernel: only then does
+    /// `Autodiff` record LayerNorm as one node with that backward.
+    const FUSED_LAYER_NORM: bool = false;
+
+    /// LayerNorm over the last axis with a bias ([`layer_norm`] module docs).
+    fn layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::layer_norm(x, gamma, Some(beta), epsilon)
+    }
+
+    /// `(∂L/∂x, (∂L/∂γ, ∂L/∂β))` from `grad` = `∂L/∂y`; the parameters' gradients only when
+    /// `params`.
+    #[allow(clippy::type_complexity)]
+    fn layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, epsilon: f64, params: bool) -> (FloatTensor<Self>, Option<(FloatTensor<Self>, FloatTensor<Self>)>) {
+        layer_norm::composed_backward::<Self>(x, gamma, grad, epsilon, params)
+    }
 }
 
 /// A training backend whose forward and inner (evaluation) backends both have [`Kernels`].
 pub trait AutodiffKernels: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
 impl<B> AutodiffKernels for B where B: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
+
+/// Multi-head self-attention from the packed `[b, t, 3d]` projection through the backend's
+/// kernel ([`attention`] module docs).
+///
+/// # Shapes
+/// `[b, t, 3d]` → `[b, t, d]`
+pub fn attention_packed<B: Kernels>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::attention_packed(qkv.into_primitive().tensor(), heads)))
+}
 
 /// Exact GELU through the backend's kernel.
 pub fn gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
@@ -70,6 +126,14 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::gelu_exact(x.primitive)),
         }
+    }
+
+    fn attention_packed(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        attention::autodiff::<B, C>(qkv, heads)
+    }
+
+    fn layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> FloatTensor<Self> {
+        layer_norm::autodiff::<B, C>(x, gamma, beta, epsilon)
     }
 }
 

@@ -167,7 +167,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         }
     }
 
-    pub fn norm(&mut self, n: &mut burn::nn::LayerNorm<B>, name: &str, d: usize) {
+    pub fn norm(&mut self, n: &mut mosa_core::layer_norm::LayerNorm<B>, name: &str, d: usize) {
         self.set(&mut n.gamma, &format!("{name}.weight"), &[d], false);
         if let Some(b) = &mut n.beta {
             self.set(b, &format!("{name}.bias"), &[d], false);
@@ -197,7 +197,7 @@ impl Writer {
         }
     }
 
-    pub fn norm<B: Backend>(&mut self, name: &str, n: &burn::nn::LayerNorm<B>) {
+    pub fn norm<B: Backend>(&mut self, name: &str, n: &mosa_core::layer_norm::LayerNorm<B>) {
         self.param(&format!("{name}.weight"), &n.gamma);
         if let Some(b) = &n.beta {
             self.param(&format!("{name}.bias"), b);
