@@ -7,8 +7,8 @@
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::module::linear;
 
+use crate::kernels::{Kernels, linear_rows};
 use crate::prompt::Prompts;
 use crate::rng::Rng;
 use crate::slot::{AdapterSlot, LinearBranch};
@@ -119,20 +119,22 @@ impl<B: Backend> From<Linear<B>> for TunableLinear<B> {
     }
 }
 
-impl<B: Backend> TunableLinear<B> {
-    /// `(in, out)`, without initialising a lazy weight.
-    pub fn dims(&self) -> (usize, usize) {
-        let [i, o] = self.weight.lazy_shape().dims::<2>();
-        (i, o)
-    }
-
+impl<B: Kernels> TunableLinear<B> {
     /// `x·W0 + b`, plus the branch if there is one.
     pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         let bias = self.bias.as_ref().map(|b| b.val());
         match &self.branch {
             Some(br) => br.forward(self.weight.val(), bias, x, rng),
-            None => linear(x, self.weight.val(), bias),
+            None => linear_rows(x, self.weight.val(), bias),
         }
+    }
+}
+
+impl<B: Backend> TunableLinear<B> {
+    /// `(in, out)`, without initialising a lazy weight.
+    pub fn dims(&self) -> (usize, usize) {
+        let [i, o] = self.weight.lazy_shape().dims::<2>();
+        (i, o)
     }
 
     /// Folds the branch into the weight: `W0 + ΔW` as a plain layer (LoRA, MoSA-LoRA, sparse).

@@ -6,12 +6,11 @@
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::module::linear;
 
 pub use crate::site::Placement;
 
 use crate::adapter::Adapter;
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, linear_rows};
 use crate::lora::{Lora, LoraParts, MosaLora};
 use crate::mosa::MosaAdapter;
 use crate::params::{Tally, tally};
@@ -93,21 +92,23 @@ pub enum LinearBranch<B: Backend> {
     Sparse(SparseDelta<B>),
 }
 
-impl<B: Backend> LinearBranch<B> {
+impl<B: Kernels> LinearBranch<B> {
     /// `x·W0 + b` plus the branch. A sparse delta is folded into the weight (one matmul).
     pub fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         match self {
-            LinearBranch::Lora(l) => linear(x.clone(), weight, bias) + l.forward(x),
-            LinearBranch::LoraParts(l) => linear(x.clone(), weight, bias) + l.forward(x),
+            LinearBranch::Lora(l) => linear_rows(x.clone(), weight, bias) + l.forward(x),
+            LinearBranch::LoraParts(l) => linear_rows(x.clone(), weight, bias) + l.forward(x),
             LinearBranch::MosaLora(m) if B::ad_enabled(&x.device()) => {
                 let (a, b) = m.draw(rng);
-                linear(x.clone(), weight, bias) + m.forward(x, a, b)
+                linear_rows(x.clone(), weight, bias) + m.forward(x, a, b)
             }
-            LinearBranch::MosaLora(m) => linear(x.clone(), weight, bias) + m.merge().forward(x),
-            LinearBranch::Sparse(s) => linear(x, s.apply(weight), bias),
+            LinearBranch::MosaLora(m) => linear_rows(x.clone(), weight, bias) + m.merge().forward(x),
+            LinearBranch::Sparse(s) => linear_rows(x, s.apply(weight), bias),
         }
     }
+}
 
+impl<B: Backend> LinearBranch<B> {
     /// Parameters of the expert-split tensors (MoSA-LoRA's split factor) and of everything else.
     pub fn param_split(&self) -> (Tally, Tally) {
         let experts = match self {

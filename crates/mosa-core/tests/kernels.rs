@@ -49,6 +49,11 @@ fn gelu_forward_matches_the_default_path() {
     let t = on::<Flex, 2>(&v, [6, 35]).transpose();
     let want = host(burn::tensor::activation::gelu(on::<Flex, 2>(&v, [6, 35])).transpose());
     assert!(worst(&host(gelu(t)), &want) < 2e-6);
+    // a tensor no one else holds is overwritten in place; one that is still held (a clone) is not
+    let kept = on::<Flex, 2>(&v, [6, 35]);
+    let out = gelu(kept.clone());
+    assert_eq!(host(kept), v, "gelu overwrote a tensor that was still in use");
+    assert!(worst(&host(out), &host(burn::tensor::activation::gelu(on::<Flex, 2>(&v, [6, 35])))) < 2e-6);
 }
 
 #[test]
@@ -324,4 +329,55 @@ fn layer_norm_forward_and_gradients_match_the_default_path() {
     let xn = on::<AN, 2>(&x, [rows, d]).require_grad();
     let gn = (ln_nd.forward(xn.clone()) * on::<AN, 2>(&x, [rows, d])).sum().backward();
     assert!(scaled_worst(&host(xa.grad(&g).unwrap()), &host(xn.grad(&gn).unwrap())) < 2e-5);
+}
+
+#[test]
+fn linear_forward_and_gradients_match_the_default_path() {
+    use mosa_core::kernels::linear_rows;
+    type AF = Autodiff<Flex>;
+    type AN = Autodiff<NdArray>;
+    // (batch, tokens, in, out): one element, odd sizes, below and above the threading threshold, ViT-S fc1
+    for (k, [b, t, i, o]) in [[1usize, 1, 1, 1], [2, 7, 5, 3], [3, 33, 17, 65], [2, 197, 384, 1536]].into_iter().enumerate() {
+        let (x, w, bias) = (qkv_values(b * t * i, k as u64, 1.0), qkv_values(i * o, 40 + k as u64, 0.1), qkv_values(o, 80 + k as u64, 1.0));
+        let g = qkv_values(b * t * o, 120 + k as u64, 1.0);
+        // forward: ours against NdArray's default and against loops in f64, with and without the bias
+        let want: Vec<f32> = (0..b * t)
+            .flat_map(|r| (0..o).map(move |c| (r, c)))
+            .map(|(r, c)| ((0..i).map(|j| x[r * i + j] as f64 * w[j * o + c] as f64).sum::<f64>() + bias[c] as f64) as f32)
+            .collect();
+        let ours = host(linear_rows(on::<Flex, 3>(&x, [b, t, i]), on::<Flex, 2>(&w, [i, o]), Some(on::<Flex, 1>(&bias, [o]))));
+        let default = host(linear_rows(on::<NdArray, 3>(&x, [b, t, i]), on::<NdArray, 2>(&w, [i, o]), Some(on::<NdArray, 1>(&bias, [o]))));
+        assert!(scaled_worst(&ours, &want) < 1e-6 && scaled_worst(&default, &want) < 1e-5, "{:?}: forward {}", [b, t, i, o], scaled_worst(&ours, &want));
+        let no_bias = host(linear_rows(on::<Flex, 3>(&x, [b, t, i]), on::<Flex, 2>(&w, [i, o]), None));
+        let with_bias_removed: Vec<f32> = want.iter().enumerate().map(|(n, v)| v - bias[n % o]).collect();
+        assert!(scaled_worst(&no_bias, &with_bias_removed) < 1e-5);
+        // a transposed view of the weight (the patch embedding's) gives the same
+        let wt: Vec<f32> = (0..o).flat_map(|c| (0..i).map(move |j| (c, j))).map(|(c, j)| w[j * o + c]).collect();
+        let view = host(linear_rows(on::<Flex, 3>(&x, [b, t, i]), on::<Flex, 2>(&wt, [o, i]).transpose(), Some(on::<Flex, 1>(&bias, [o]))));
+        assert!(scaled_worst(&view, &want) < 1e-6);
+        // gradients of L = Σ g ⊙ y: ours (rows flattened, one GEMM for ∂W) against burn's autodiff
+        let grads = |fused: bool| -> [Vec<f32>; 3] {
+            macro_rules! run {
+                ($B:ty) => {{
+                    let (xa, wa, ba) = (on::<$B, 3>(&x, [b, t, i]).require_grad(), on::<$B, 2>(&w, [i, o]).require_grad(), on::<$B, 1>(&bias, [o]).require_grad());
+                    let gr = (linear_rows(xa.clone(), wa.clone(), Some(ba.clone())) * on::<$B, 3>(&g, [b, t, o])).sum().backward();
+                    [host(xa.grad(&gr).unwrap()), host(wa.grad(&gr).unwrap()), host(ba.grad(&gr).unwrap())]
+                }};
+            }
+            if fused { run!(AF) } else { run!(AN) }
+        };
+        let (ours, burns) = (grads(true), grads(false));
+        for (what, a, c) in [("x", &ours[0], &burns[0]), ("weight", &ours[1], &burns[1]), ("bias", &ours[2], &burns[2])] {
+            assert!(scaled_worst(a, c) < 1e-5, "{:?}: ∂/∂{what} {}", [b, t, i, o], scaled_worst(a, c));
+        }
+    }
+    // a frozen weight and bias (PEFT): only x has a gradient
+    let (x, w) = (qkv_values(2 * 3 * 4, 1, 1.0), qkv_values(4 * 5, 2, 1.0));
+    let xa = on::<AF, 3>(&x, [2, 3, 4]).require_grad();
+    let (wa, ba) = (on::<AF, 2>(&w, [4, 5]), on::<AF, 1>(&w[..5], [5]));
+    let gr = linear_rows(xa.clone(), wa.clone(), Some(ba)).sum().backward();
+    assert!(wa.grad(&gr).is_none());
+    // ∂/∂x Σ (x·W + b) = the row sums of W, for every row
+    let want: Vec<f32> = (0..6).flat_map(|_| (0..4).map(|j| w[j * 5..(j + 1) * 5].iter().sum::<f32>())).collect();
+    assert!(scaled_worst(&host(xa.grad(&gr).unwrap()), &want) < 1e-6);
 }

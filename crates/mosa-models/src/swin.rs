@@ -278,7 +278,7 @@ pub struct WindowAttention<B: Backend> {
     pub window: usize,
 }
 
-impl<B: Backend> WindowAttention<B> {
+impl<B: Kernels> WindowAttention<B> {
     /// `[heads, w², w²]`
     fn bias(&self) -> Tensor<B, 3> {
         let n = self.window * self.window;

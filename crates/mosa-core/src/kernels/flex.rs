@@ -43,6 +43,7 @@ macro_rules! multiversion {
 
 mod attention;
 mod layer_norm;
+mod linear;
 
 /// Elements per rayon task: large enough to amortise the task, small enough to balance.
 const CHUNK: usize = 16 * 1024;
@@ -109,7 +110,58 @@ macro_rules! simd_map {
 simd_map!(gelu_chunk, |x| math::gelu(x));
 simd_map!(gelu_grad_chunk, |x, g| math::gelu_grad(x, g));
 
+multiversion! {
+    /// `x ← GELU(x)`.
+    fn gelu_in_place(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = math::gelu(*v);
+        }
+    }
+}
+
+multiversion! {
+    /// `g ← g · GELU'(x)`.
+    fn gelu_grad_in_place(x: &[f32], g: &mut [f32]) {
+        let n = g.len();
+        let x = &x[..n];
+        for i in 0..n {
+            g[i] = math::gelu_grad(x[i], g[i]);
+        }
+    }
+}
+
+/// The tensor's `f32` values to overwrite, when it alone owns a contiguous buffer (an input no
+/// one else holds: inference, or an incoming gradient); `None` otherwise.
+fn in_place(x: &mut FlexTensor) -> Option<&mut [f32]> {
+    let (start, end) = x.layout().contiguous_offsets()?;
+    if x.dtype() != DType::F32 || !x.is_unique() {
+        return None;
+    }
+    x.try_storage_mut::<f32>().map(|s| &mut s[start..end])
+}
+
 impl Kernels for Flex {
+    const FUSED_LINEAR: bool = true;
+
+    fn linear_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        let (xd, wd) = (x.layout().shape().to_vec(), weight.layout().shape().to_vec());
+        let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32 && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        let fits = match (xd.last(), &wd[..]) {
+            (Some(&k), &[wk, n]) => k == wk && bias.as_ref().is_none_or(|b| b.layout().shape().to_vec() == [n]),
+            _ => false,
+        };
+        if !f32s || !fits {
+            return <Self as burn::tensor::ops::ModuleOps<Self>>::linear(x, weight, bias);
+        }
+        let (k, n) = (wd[0], wd[1]);
+        let rows = xd.iter().product::<usize>() / k.max(1);
+        let b = bias.as_ref().map(values);
+        let out = linear::forward(&values(&x), &values(&weight), b.as_deref(), rows, k, n);
+        let mut shape = xd;
+        *shape.last_mut().unwrap() = n;
+        FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
+    }
+
     const FUSED_LAYER_NORM: bool = true;
 
     fn layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, epsilon: f64, params: bool) -> (FloatTensor<Self>, Option<(FloatTensor<Self>, FloatTensor<Self>)>) {
@@ -165,6 +217,11 @@ impl Kernels for Flex {
         if x.dtype() != DType::F32 {
             return <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x);
         }
+        let mut x = x;
+        if let Some(buf) = in_place(&mut x) {
+            buf.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+            return x;
+        }
         let src = values(&x);
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| gelu_chunk(s, o));
@@ -175,7 +232,13 @@ impl Kernels for Flex {
         if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.layout().shape() != grad.layout().shape() {
             return <Self as burn::tensor::ops::ActivationOps<Self>>::gelu_backward(x, grad);
         }
-        let (xs, gs) = (values(&x), values(&grad));
+        let xs = values(&x);
+        let mut grad = grad;
+        if let Some(buf) = in_place(&mut grad) {
+            buf.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(g, a)| gelu_grad_in_place(a, g));
+            return grad;
+        }
+        let gs = values(&grad);
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK))).for_each(|(o, (a, g))| gelu_grad_chunk(a, g, o));
         from_vec(out, &x)

@@ -4,17 +4,25 @@
 
 /// `e^x` for x ≤ 0 (clamped below at −87, where it is ≈ 1.6e−38): Cody–Waite reduction
 /// `x = n·ln2 + r`, |r| ≤ ln2/2, a degree-6 Taylor polynomial of `e^r` (relative error < 2e−7 on
-/// that interval), then `2^n` by building the exponent bits.
+/// that interval), then `2^n` by building the exponent bits. `n` is rounded by adding and
+/// subtracting 1.5·2²³ (the float's low mantissa bits then hold `n`), so no float → int
+/// conversion is needed: Rust's saturating `as i32` is not vectorised and made this a scalar
+/// loop per lane.
 #[inline(always)]
 pub fn exp_neg(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    /// 1.5·2²³: adding it rounds to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 0.0);
-    let n = (x * LOG2E + 0.5).floor();
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // t's bits are ROUND's plus n (n ∈ [−126, 0]): the exponent field of 2^n is n + 127
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     p * scale
 }
 

@@ -6,7 +6,7 @@
 //! CUDA and wgpu take the defaults.
 //!
 //! Models and methods are written against `B: Kernels` (training code against
-//! [`AutodiffKernels`]) and call the typed helpers here ([`gelu`], [`attention_packed`]) or the
+//! [`AutodiffKernels`]) and call the typed helpers here ([`gelu`], [`attention_packed`], [`linear_rows`]) or the
 //! [`LayerNorm`](crate::layer_norm::LayerNorm) module, never a backend directly.
 //!
 //! | kernel | default | Flex |
@@ -15,6 +15,7 @@
 //! | [`Kernels::gelu_exact_backward`] | `ActivationOps::gelu_backward` | the same, fused with the incoming gradient |
 //! | [`Kernels::attention_packed`] | split heads (reshape, permute), `module::attention`, merge heads | per (batch, head) on rayon: strided GEMMs straight from the packed `qkv`, SIMD softmax, output written into `[b, t, d]` |
 //! | [`Kernels::attention_packed_backward`] | the backward composed of tensor ops (`attention.rs`) | per (batch, head): the softmax recomputed from the saved log-sum-exp, five strided GEMMs into the packed gradient |
+//! | [`Kernels::linear_rows`] | `ModuleOps::linear` (matmul, then the bias added on one thread) | bias rows written first, one `gemm` over all rows accumulating into them, on rayon; under `Autodiff` ∂W is one GEMM over all rows |
 //! | [`Kernels::layer_norm`] | `ModuleOps::layer_norm` (burn-flex: SIMD, rayon) | the default |
 //! | [`Kernels::layer_norm_backward`] | the backward composed of tensor ops (`layer_norm.rs`) | rows on rayon, one SIMD pass per row, γ and β gradients reduced per task |
 
@@ -32,6 +33,7 @@ pub mod attention;
 #[cfg(feature = "flex")]
 pub mod flex;
 pub mod layer_norm;
+pub mod linear;
 pub mod math;
 
 /// A backend with mosa's kernels (module docs).
@@ -70,6 +72,18 @@ pub trait Kernels: Backend {
         attention::composed_backward::<Self>(qkv, lse, grad, heads)
     }
 
+    /// Whether [`Kernels::linear_rows`] is this backend's own kernel: only then does `Autodiff`
+    /// record a linear with a bias as one node with a row-flattened backward ([`linear`] docs).
+    const FUSED_LINEAR: bool = false;
+
+    /// `x·W + b` over the last axis.
+    ///
+    /// # Shapes
+    /// `x` `[…, in]`, `weight` `[in, out]`, `bias` `[out]` → `[…, out]`
+    fn linear_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::linear(x, weight, bias)
+    }
+
     /// Whether [`Kernels::layer_norm_backward`] is this backend's own kernel: only then does
     /// `Autodiff` record LayerNorm as one node with that backward.
     const FUSED_LAYER_NORM: bool = false;
@@ -98,6 +112,15 @@ impl<B> AutodiffKernels for B where B: AutodiffBackend<InnerBackend: Kernels> + 
 /// `[b, t, 3d]` → `[b, t, d]`
 pub fn attention_packed<B: Kernels>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
     Tensor::from_primitive(TensorPrimitive::Float(B::attention_packed(qkv.into_primitive().tensor(), heads)))
+}
+
+/// `x·W + b` over the last axis through the backend's kernel ([`linear`] module docs).
+///
+/// # Shapes
+/// `x` `[…, in]`, `weight` `[in, out]`, `bias` `[out]` → `[…, out]`
+pub fn linear_rows<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
+    let y = B::linear_rows(x.into_primitive().tensor(), weight.into_primitive().tensor(), bias.map(|b| b.into_primitive().tensor()));
+    Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
 /// Exact GELU through the backend's kernel.
@@ -134,6 +157,10 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
 
     fn layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> FloatTensor<Self> {
         layer_norm::autodiff::<B, C>(x, gamma, beta, epsilon)
+    }
+
+    fn linear_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        linear::autodiff::<B, C>(x, weight, bias)
     }
 }
 

@@ -1,0 +1,67 @@
+//! `y = x·W + b` over the last axis of `x`, the frozen and full-rank linears of every backbone.
+//! The default is burn's `linear` op; with a fused kernel ([`Kernels::FUSED_LINEAR`]) `Autodiff`
+//! records one node whose backward flattens `x` and `∂L/∂y` to rows first, so that
+//! `∂L/∂W = xᵀ·∂L/∂y` is one GEMM over all `b·t` rows (burn's own backward of a 3-D input is a
+//! batched GEMM per sample and then a sum), `∂L/∂x = ∂L/∂y·Wᵀ`, `∂L/∂b = Σ_rows ∂L/∂y`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::prelude::*;
+use burn::tensor::TensorMetadata;
+use burn::tensor::ops::{FloatTensor, ModuleOps};
+
+use super::Kernels;
+
+/// `x` as `[rows, last]`.
+fn rows<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let dims = x.shape().to_vec();
+    let last = *dims.last().unwrap_or(&1);
+    let rows = dims.iter().product::<usize>() / last.max(1);
+    B::float_reshape(x, burn::tensor::Shape::new([rows, last]))
+}
+
+/// The linear under `Autodiff` (module docs).
+pub(super) fn autodiff<B: Kernels, C: CheckpointStrategy>(x: FloatTensor<Autodiff<B, C>>, weight: FloatTensor<Autodiff<B, C>>, bias: Option<FloatTensor<Autodiff<B, C>>>) -> FloatTensor<Autodiff<B, C>> {
+    let bias = match bias {
+        Some(bias) if B::FUSED_LINEAR => bias,
+        bias => return <Autodiff<B, C> as ModuleOps<Autodiff<B, C>>>::linear(x, weight, bias),
+    };
+
+    #[derive(Debug)]
+    struct LinearBackward;
+
+    impl<B: Kernels> Backward<B, 3> for LinearBackward {
+        type State = (NodeId, NodeId);
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+            let [node_x, node_weight, node_bias] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x_state, weight_state) = ops.state;
+            let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+            let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
+            let x_shape = x.shape();
+            let grad = rows::<B>(grad);
+            if let Some(node) = node_weight {
+                grads.register::<B>(node.id, <B as ModuleOps<B>>::linear_weight_backward(rows::<B>(x), grad.clone()));
+            }
+            if let Some(node) = node_bias {
+                grads.register::<B>(node.id, <B as ModuleOps<B>>::linear_bias_backward(grad.clone()));
+            }
+            if let Some(node) = node_x {
+                let dx = <B as ModuleOps<B>>::linear_x_backward(weight, grad);
+                grads.register::<B>(node.id, B::float_reshape(dx, x_shape));
+            }
+        }
+    }
+
+    match LinearBackward.prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
+            prep.finish(state, B::linear_rows(x.primitive, weight.primitive, Some(bias.primitive)))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::linear_rows(x.primitive, weight.primitive, Some(bias.primitive))),
+    }
+}
