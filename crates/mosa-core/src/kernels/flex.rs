@@ -56,6 +56,18 @@ fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
+/// `n` zeros, written on rayon's threads: `vec![0.0; n]` zeroes tens of MB on the calling thread
+/// while the others wait (freed heap is reused, so `calloc` cannot skip it).
+fn zeros(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut().par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| {
+        x.write(0.0);
+    }));
+    // SAFETY: all n elements were initialised above.
+    unsafe { v.set_len(n) };
+    v
+}
+
 fn from_vec(v: Vec<f32>, like: &FlexTensor) -> FlexTensor {
     FlexTensor::from_data(burn::tensor::TensorData::new(v, like.layout().shape().clone()))
 }
@@ -193,8 +205,8 @@ impl Kernels for Flex {
         let Some(g) = geometry(&qkv, heads) else {
             return composed::composed_with_lse::<Self>(qkv, heads);
         };
-        let mut out = vec![0f32; g.b * g.t * g.h * g.hd];
-        let mut lse = vec![0f32; g.b * g.h * g.t];
+        let mut out = zeros(g.b * g.t * g.h * g.hd);
+        let mut lse = zeros(g.b * g.h * g.t);
         attention::forward(&values(&qkv), g, &mut out, &mut lse);
         (tensor(out, [g.b, g.t, g.h * g.hd]), tensor(lse, [g.b, g.h, g.t]))
     }
@@ -205,7 +217,7 @@ impl Kernels for Flex {
         };
         match geometry(&qkv, heads) {
             Some(g) if fits(&g) => {
-                let mut dqkv = vec![0f32; g.b * g.t * 3 * g.h * g.hd];
+                let mut dqkv = zeros(g.b * g.t * 3 * g.h * g.hd);
                 attention::backward(&values(&qkv), &values(&lse), &values(&grad), g, &mut dqkv);
                 tensor(dqkv, [g.b, g.t, 3 * g.h * g.hd])
             }
@@ -223,7 +235,7 @@ impl Kernels for Flex {
             return x;
         }
         let src = values(&x);
-        let mut out = vec![0f32; src.len()];
+        let mut out = zeros(src.len());
         out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| gelu_chunk(s, o));
         from_vec(out, &x)
     }
@@ -239,7 +251,7 @@ impl Kernels for Flex {
             return grad;
         }
         let gs = values(&grad);
-        let mut out = vec![0f32; xs.len()];
+        let mut out = zeros(xs.len());
         out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK))).for_each(|(o, (a, g))| gelu_grad_chunk(a, g, o));
         from_vec(out, &x)
     }

@@ -39,7 +39,7 @@ multiversion! {
 pub(super) fn backward(x: &[f32], gamma: &[f32], grad: &[f32], epsilon: f32, params: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let d = gamma.len();
     assert!(d > 0 && x.len() == grad.len() && x.len() % d == 0);
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = super::zeros(x.len());
     let chunk = ROWS * d;
     let tasks = dx.par_chunks_mut(chunk).zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)));
     if !params {

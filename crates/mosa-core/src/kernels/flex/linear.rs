@@ -12,10 +12,22 @@ const PARALLEL_MACS: usize = 64 * 64 * 64;
 /// `out[rows × n] = x[rows × k] · w[k × n] + bias`, all row-major.
 pub(super) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, k: usize, n: usize) -> Vec<f32> {
     assert!(x.len() == rows * k && w.len() == k * n && bias.is_none_or(|b| b.len() == n));
-    let mut out = vec![0f32; rows * n];
-    if let Some(b) = bias {
-        out.par_chunks_mut(n.max(1) * 64).for_each(|chunk| chunk.chunks_exact_mut(n.max(1)).for_each(|row| row.copy_from_slice(b)));
-    }
+    let mut out = match bias {
+        Some(b) => {
+            let mut out = Vec::with_capacity(rows * n);
+            out.spare_capacity_mut().par_chunks_mut(n.max(1) * 64).for_each(|chunk| {
+                for row in chunk.chunks_exact_mut(n.max(1)) {
+                    row.iter_mut().zip(b).for_each(|(o, &v)| {
+                        o.write(v);
+                    });
+                }
+            });
+            // SAFETY: every row was written above (the capacity is whole rows).
+            unsafe { out.set_len(rows * n) };
+            out
+        }
+        None => super::zeros(rows * n),
+    };
     let parallelism = if rows * k * n >= PARALLEL_MACS { Parallelism::Rayon(0) } else { Parallelism::None };
     // SAFETY: the three buffers have the lengths checked above; out is written by gemm alone.
     unsafe {
