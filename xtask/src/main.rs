@@ -127,8 +127,13 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
         .map(|m| (["bench", "step", "--model", "vit-s16", "--batch", "8", "--iters", &it, "--method", m].map(String::from).to_vec(), ["step", m, "--batch", "8", "--iters", &it].map(String::from).to_vec()))
         .collect();
     workloads.push((["bench", "forward", "--model", "vit-s16", "--batch", "32", "--iters", &it].map(String::from).to_vec(), ["forward", "--batch", "32", "--iters", &it].map(String::from).to_vec()));
-    println!("| measure | batch | mosa median s | mosa images/s | PyTorch median s | PyTorch images/s | mosa / PyTorch speed | CPU idle before |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    // the FMA peak both sides are measured against
+    let peak_out = Command::new(&mosa).args(["bench", "peak"]).output().context("running mosa bench peak")?;
+    let peak_row = String::from_utf8_lossy(&peak_out.stdout).lines().last().unwrap_or_default().to_string();
+    let peak: Option<f64> = peak_row.split('|').map(str::trim).filter(|c| !c.is_empty()).nth(3).and_then(|c| c.parse().ok());
+    println!("measured f32 FMA peak: {} GFLOP/s ({})\n", peak.map(|p| format!("{p:.0}")).unwrap_or_else(|| "?".into()), peak_row.trim());
+    println!("| measure | batch | mosa median s | mosa images/s | PyTorch median s | PyTorch images/s | mosa / PyTorch speed | mosa GFLOP/s (% of peak) | PyTorch GFLOP/s (% of peak) | CPU idle before |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (ours, theirs) in &workloads {
         let idle = idle_share(1000);
         eprintln!("running mosa {}", ours.join(" "));
@@ -154,12 +159,21 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
             None => None,
         };
         let f = |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
+        // model GFLOP/s from mosa's row (the same workload, so PyTorch's scales by the time ratio)
+        let gflops: Option<f64> = cols.get(9).and_then(|c| c.parse().ok());
+        let of_peak = |g: Option<f64>| match (g, peak) {
+            (Some(g), Some(p)) => format!("{g:.0} ({:.0}%)", 100.0 * g / p),
+            (Some(g), None) => format!("{g:.0}"),
+            _ => "—".into(),
+        };
         println!(
-            "| {what} | {batch} | {m:.3} | {:.2} | {} | {} | {} | {} |",
+            "| {what} | {batch} | {m:.3} | {:.2} | {} | {} | {} | {} | {} | {} |",
             b / m,
             f(torch, 3),
             f(torch.map(|t| b / t), 2),
             torch.map(|t| format!("{:.2}×", t / m)).unwrap_or_else(|| "—".into()),
+            of_peak(gflops),
+            of_peak(gflops.zip(torch).map(|(g, t)| g * m / t)),
             idle.map(|i| format!("{:.0}%", 100.0 * i)).unwrap_or_default()
         );
     }

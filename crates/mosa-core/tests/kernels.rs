@@ -370,6 +370,18 @@ fn linear_forward_and_gradients_match_the_default_path() {
         for (what, a, c) in [("x", &ours[0], &burns[0]), ("weight", &ours[1], &burns[1]), ("bias", &ours[2], &burns[2])] {
             assert!(scaled_worst(a, c) < 1e-5, "{:?}: ∂/∂{what} {}", [b, t, i, o], scaled_worst(a, c));
         }
+        // the trait's default backward on rows gives the same, and only what is asked for
+        {
+            use mosa_core::kernels::Kernels;
+            let prim = |v: &[f32], s: [usize; 2]| on::<NdArray, 2>(v, s).into_primitive().tensor();
+            let [dx, dw, db] = <NdArray as Kernels>::linear_rows_backward(prim(&x, [b * t, i]), prim(&w, [i, o]), prim(&g, [b * t, o]), [true, true, true]);
+            let back = |p, s: [usize; 2]| host(Tensor::<NdArray, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(p)).reshape(s));
+            assert!(scaled_worst(&back(dx.unwrap(), [b * t, i]), &burns[0]) < 1e-5);
+            assert!(scaled_worst(&back(dw.unwrap(), [i, o]), &burns[1]) < 1e-5);
+            assert!(scaled_worst(&host(Tensor::<NdArray, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(db.unwrap()))), &burns[2]) < 1e-5);
+            let none = <NdArray as Kernels>::linear_rows_backward(prim(&x, [b * t, i]), prim(&w, [i, o]), prim(&g, [b * t, o]), [false, true, false]);
+            assert!(none[0].is_none() && none[1].is_some() && none[2].is_none());
+        }
     }
     // a frozen weight and bias (PEFT): only x has a gradient
     let (x, w) = (qkv_values(2 * 3 * 4, 1, 1.0), qkv_values(4 * 5, 2, 1.0));

@@ -11,6 +11,7 @@ use clap::Subcommand;
 use mosa_core::optim::{AdamW, AdamWConfig};
 use mosa_core::{PeftHost, Rng, inject, params};
 use mosa_models::presets;
+use mosa_models::BackboneConfig;
 
 use crate::backend::{self, Backend};
 use crate::method_args::MethodArgs;
@@ -57,6 +58,8 @@ pub enum Command {
     /// weights (48 block linears + patch embedding, 86 M entries): overlap-mean in index space
     /// against a dense-expansion merge and this machine's memcpy bandwidth.
     Merge(crate::cmd::bench_merge::Args),
+    /// This machine's f32 FMA peak on all threads (the ceiling for GFLOP/s figures).
+    Peak(crate::cmd::bench_peak::Args),
 }
 
 fn stats(mut t: Vec<f64>) -> (f64, f64, f64) {
@@ -68,12 +71,38 @@ fn input<BB: burn::tensor::backend::Backend>(batch: usize, res: usize, device: &
     Tensor::random([batch, 3, res, res], Distribution::Normal(0.0, 1.0), device)
 }
 
-fn report(what: &str, c: &Common, batch: usize, times: Vec<f64>) {
+/// Model FLOPs of one image's forward pass through a ViT: the GEMMs of the patch embedding, of
+/// every block (qkv, proj, fc1, fc2) and of the head, and attention's two matmuls (`q·kᵀ`, `P·v`),
+/// 2 per multiply-add; element-wise work is not counted. `None` for the other families.
+fn vit_forward_flops(cfg: &BackboneConfig) -> Option<f64> {
+    let BackboneConfig::Vit(v) = cfg else { return None };
+    let (d, p) = (v.embed_dim as f64, v.patch_size as f64);
+    let patches = ((v.img_size / v.patch_size) as f64).powi(2);
+    let t = patches + 1.0;
+    let hidden = d * v.mlp_ratio;
+    let block = 2.0 * t * (3.0 * d * d + d * d + 2.0 * d * hidden) + 4.0 * t * t * d;
+    Some(2.0 * patches * (v.in_chans as f64 * p * p) * d + v.depth as f64 * block + 2.0 * d * v.num_classes as f64)
+}
+
+/// A training step's FLOPs as a multiple of the forward's: the forward, then ∂x through every
+/// block (as many FLOPs again) unless only the head trains, and ∂W (again as many) when the
+/// whole backbone trains; MoSA's two passes double it.
+fn step_factor(method: &str, passes: usize) -> f64 {
+    let per_pass = match method {
+        "linear" => 1.0,
+        "full" => 3.0,
+        _ => 2.0,
+    };
+    per_pass * passes as f64
+}
+
+fn report(what: &str, c: &Common, batch: usize, times: Vec<f64>, flops_per_image: Option<f64>) {
     let (median, min, max) = stats(times);
-    println!("| backend | model | resolution | batch | measure | median s | min s | max s | images/s |");
-    println!("|---|---|---:|---:|---|---:|---:|---:|---:|");
+    let gflops = flops_per_image.map(|f| format!("{:.0}", f * batch as f64 / median / 1e9)).unwrap_or_else(|| "—".into());
+    println!("| backend | model | resolution | batch | measure | median s | min s | max s | images/s | model GFLOP/s |");
+    println!("|---|---|---:|---:|---|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {} | {} | {what} | {median:.3} | {min:.3} | {max:.3} | {:.1} |",
+        "| {} | {} | {} | {} | {what} | {median:.3} | {min:.3} | {max:.3} | {:.1} | {gflops} |",
         backend::NAME,
         c.model,
         c.resolution,
@@ -83,12 +112,14 @@ fn report(what: &str, c: &Common, batch: usize, times: Vec<f64>) {
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
-    if let Command::Merge(a) = cmd {
-        return crate::cmd::bench_merge::run(a);
-    }
+    let cmd = match cmd {
+        Command::Merge(a) => return crate::cmd::bench_merge::run(a),
+        Command::Peak(a) => return crate::cmd::bench_peak::run(a),
+        cmd => cmd,
+    };
     let device = backend::device();
     match cmd {
-        Command::Merge(_) => unreachable!(),
+        Command::Merge(_) | Command::Peak(_) => unreachable!(),
         Command::Forward { common, batch } => {
             let cfg = presets::resolve_model(&common.model)?.with_num_classes(common.num_classes).with_img_size(common.resolution);
             let model = cfg.init::<Backend>(&device);
@@ -102,7 +133,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     times.push(t0.elapsed().as_secs_f64());
                 }
             }
-            report("inference", &common, batch, times);
+            report("inference", &common, batch, times, vit_forward_flops(&cfg));
         }
         Command::Step { common, batch, method: margs } => {
             type AB = Autodiff<Backend>;
@@ -130,7 +161,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     times.push(t0.elapsed().as_secs_f64());
                 }
             }
-            report(&format!("train step, {}{passes} ({:.3} M trainable)", mc.name(), trainable as f64 / 1e6), &common, batch, times);
+            let flops = vit_forward_flops(&cfg).map(|f| f * step_factor(mc.name(), if passes.is_empty() { 1 } else { 2 }));
+            report(&format!("train step, {}{passes} ({:.3} M trainable)", mc.name(), trainable as f64 / 1e6), &common, batch, times, flops);
         }
     }
     Ok(())

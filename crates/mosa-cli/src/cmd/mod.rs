@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_merge;
+pub mod bench_peak;
 pub mod data;
 pub mod expert;
 pub mod forward;

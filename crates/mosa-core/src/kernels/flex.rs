@@ -10,7 +10,7 @@ use burn::tensor::ops::FloatTensor;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{Kernels, attention as composed, layer_norm as composed_layer_norm, math};
+use super::{Kernels, attention as composed, layer_norm as composed_layer_norm, linear as composed_linear, math};
 
 /// Defines `fn $name(args…)` (no return value) whose body is compiled three times (AVX-512F,
 /// AVX2 + FMA, baseline) and dispatched on the running CPU; helpers it calls must be
@@ -154,6 +154,24 @@ fn in_place(x: &mut FlexTensor) -> Option<&mut [f32]> {
 
 impl Kernels for Flex {
     const FUSED_LINEAR: bool = true;
+
+    fn linear_rows_backward(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, need: [bool; 3]) -> [Option<FloatTensor<Self>>; 3] {
+        let (xd, wd, gd) = (x.layout().shape().to_vec(), weight.layout().shape().to_vec(), grad.layout().shape().to_vec());
+        let f32s = [x.dtype(), weight.dtype(), grad.dtype()] == [DType::F32; 3];
+        let (&[rows, k], &[wk, n], &[grows, gn]) = (&xd[..], &wd[..], &gd[..]) else {
+            return composed_linear::composed_backward::<Self>(x, weight, grad, need);
+        };
+        if !f32s || wk != k || grows != rows || gn != n {
+            return composed_linear::composed_backward::<Self>(x, weight, grad, need);
+        }
+        let g = values(&grad);
+        let tensor2 = |v: Vec<f32>, shape: [usize; 2]| FlexTensor::from_data(burn::tensor::TensorData::new(v, shape));
+        [
+            need[0].then(|| tensor2(linear::backward_x(&values(&weight), &g, rows, k, n), [rows, k])),
+            need[1].then(|| tensor2(linear::backward_weight(&values(&x), &g, rows, k, n), [k, n])),
+            need[2].then(|| FlexTensor::from_data(burn::tensor::TensorData::new(linear::backward_bias(&g, n), [n]))),
+        ]
+    }
 
     fn linear_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         let (xd, wd) = (x.layout().shape().to_vec(), weight.layout().shape().to_vec());

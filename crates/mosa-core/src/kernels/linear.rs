@@ -23,6 +23,15 @@ fn rows<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     B::float_reshape(x, burn::tensor::Shape::new([rows, last]))
 }
 
+/// The default backward on rows: burn's `linear_*_backward` ops, each only where `need`s it.
+pub(super) fn composed_backward<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, grad: FloatTensor<B>, need: [bool; 3]) -> [Option<FloatTensor<B>>; 3] {
+    [
+        need[0].then(|| <B as ModuleOps<B>>::linear_x_backward(weight, grad.clone())),
+        need[1].then(|| <B as ModuleOps<B>>::linear_weight_backward(x, grad.clone())),
+        need[2].then(|| <B as ModuleOps<B>>::linear_bias_backward(grad)),
+    ]
+}
+
 /// The linear under `Autodiff` (module docs).
 pub(super) fn autodiff<B: Kernels, C: CheckpointStrategy>(x: FloatTensor<Autodiff<B, C>>, weight: FloatTensor<Autodiff<B, C>>, bias: Option<FloatTensor<Autodiff<B, C>>>) -> FloatTensor<Autodiff<B, C>> {
     let bias = match bias {
@@ -43,15 +52,15 @@ pub(super) fn autodiff<B: Kernels, C: CheckpointStrategy>(x: FloatTensor<Autodif
             let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
             let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
             let x_shape = x.shape();
-            let grad = rows::<B>(grad);
-            if let Some(node) = node_weight {
-                grads.register::<B>(node.id, <B as ModuleOps<B>>::linear_weight_backward(rows::<B>(x), grad.clone()));
+            let need = [node_x.is_some(), node_weight.is_some(), node_bias.is_some()];
+            let [dx, dweight, dbias] = B::linear_rows_backward(rows::<B>(x), weight, rows::<B>(grad), need);
+            if let (Some(node), Some(dweight)) = (node_weight, dweight) {
+                grads.register::<B>(node.id, dweight);
             }
-            if let Some(node) = node_bias {
-                grads.register::<B>(node.id, <B as ModuleOps<B>>::linear_bias_backward(grad.clone()));
+            if let (Some(node), Some(dbias)) = (node_bias, dbias) {
+                grads.register::<B>(node.id, dbias);
             }
-            if let Some(node) = node_x {
-                let dx = <B as ModuleOps<B>>::linear_x_backward(weight, grad);
+            if let (Some(node), Some(dx)) = (node_x, dx) {
                 grads.register::<B>(node.id, B::float_reshape(dx, x_shape));
             }
         }

@@ -16,6 +16,7 @@
 //! | [`Kernels::attention_packed`] | split heads (reshape, permute), `module::attention`, merge heads | per (batch, head) on rayon: strided GEMMs straight from the packed `qkv`, SIMD softmax, output written into `[b, t, d]` |
 //! | [`Kernels::attention_packed_backward`] | the backward composed of tensor ops (`attention.rs`) | per (batch, head): the softmax recomputed from the saved log-sum-exp, five strided GEMMs into the packed gradient |
 //! | [`Kernels::linear_rows`] | `ModuleOps::linear` (matmul, then the bias added on one thread) | bias rows written first, one `gemm` over all rows accumulating into them, on rayon; under `Autodiff` ∂W is one GEMM over all rows |
+//! | [`Kernels::linear_rows_backward`] | `ModuleOps::linear_{x,weight,bias}_backward` | ∂x and ∂W as one parallel `gemm` each on strided views (no transposed copies), ∂b summed per task |
 //! | [`Kernels::layer_norm`] | `ModuleOps::layer_norm` (burn-flex: SIMD, rayon) | the default |
 //! | [`Kernels::layer_norm_backward`] | the backward composed of tensor ops (`layer_norm.rs`) | rows on rayon, one SIMD pass per row, γ and β gradients reduced per task |
 
@@ -82,6 +83,12 @@ pub trait Kernels: Backend {
     /// `x` `[…, in]`, `weight` `[in, out]`, `bias` `[out]` → `[…, out]`
     fn linear_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         <Self as ModuleOps<Self>>::linear(x, weight, bias)
+    }
+
+    /// `[∂L/∂x, ∂L/∂W, ∂L/∂b]` of [`Kernels::linear_rows`] on rows (`x` `[rows, in]`, `grad`
+    /// `[rows, out]`), each only where `need` asks for it.
+    fn linear_rows_backward(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, need: [bool; 3]) -> [Option<FloatTensor<Self>>; 3] {
+        linear::composed_backward::<Self>(x, weight, grad, need)
     }
 
     /// Whether [`Kernels::layer_norm_backward`] is this backend's own kernel: only then does
