@@ -4,12 +4,11 @@
 
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-
-use crate::layer_norm::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, silu};
 
-use crate::kernels::{Kernels, gelu};
+use crate::kernels::{Kernels, gelu, linear_layer};
+use crate::layer_norm::{LayerNorm, LayerNormConfig};
 use serde::{Deserialize, Serialize};
 
 /// Adapter non-linearity.
@@ -137,7 +136,7 @@ impl<B: Kernels> Adapter<B> {
             Some(n) => n.forward(x),
             None => x,
         };
-        let h = self.dropout.forward(self.activation.apply(self.down.forward(x)));
-        self.up.forward(h) * self.scale
+        let h = self.dropout.forward(self.activation.apply(linear_layer(&self.down, x)));
+        linear_layer(&self.up, h) * self.scale
     }
 }

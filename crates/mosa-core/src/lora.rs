@@ -9,6 +9,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::{Kernels, linear_rows};
 use crate::mosa::Experts;
 use crate::rng::Rng;
 
@@ -99,8 +100,12 @@ pub struct Lora<B: Backend> {
 }
 
 impl<B: Backend> Lora<B> {
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.dropout.forward(x).matmul(self.a.val().unsqueeze()).matmul(self.b.val().unsqueeze()) * self.scaling
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D>
+    where
+        B: Kernels,
+    {
+        let down = linear_rows(self.dropout.forward(x), self.a.val(), None);
+        linear_rows(down, self.b.val() * self.scaling, None)
     }
 
     /// `ΔW = scaling · A·B`, `[in, out]` (the product is merged, never the factors).
@@ -144,8 +149,26 @@ impl<B: Backend> LoraParts<B> {
         Tensor::cat(pieces, D - 1)
     }
 
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.placed(self.parts.iter().map(|l| l.forward(x.clone())).collect())
+    /// Each part's own dropout draw and down-projection, side by side (`[…, Σr]`), then one
+    /// up-projection into the full width by the stacked `B` of [`LoraParts::as_one`] (zeros
+    /// outside each part's columns): no zero blocks and concatenation at the output's width.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D>
+    where
+        B: Kernels,
+    {
+        let down = self.parts.iter().map(|l| linear_rows(l.dropout.forward(x.clone()), l.a.val(), None)).collect();
+        linear_rows(Tensor::cat(down, D - 1), self.stacked_b() * self.parts[0].scaling, None)
+    }
+
+    /// Each part's `B_p` in its rows and columns of `[Σr, out]`, zeros elsewhere.
+    fn stacked_b(&self) -> Tensor<B, 2> {
+        let rows: Vec<Tensor<B, 2>> = (0..self.parts.len())
+            .map(|p| {
+                let only = LoraParts { parts: vec![], windows: vec![self.windows[p]], d_out: self.d_out };
+                only.placed(vec![self.parts[p].b.val()])
+            })
+            .collect();
+        Tensor::cat(rows, 0)
     }
 
     /// `ΔW`, `[in, out]`.
@@ -157,13 +180,7 @@ impl<B: Backend> LoraParts<B> {
     /// part p's `B_p` in its rows and columns, zeros elsewhere (`[Σr, out]`); its scaling.
     pub fn as_one(&self) -> (Tensor<B, 2>, Tensor<B, 2>, f64) {
         let a = Tensor::cat(self.parts.iter().map(|l| l.a.val()).collect(), 1);
-        let rows: Vec<Tensor<B, 2>> = (0..self.parts.len())
-            .map(|p| {
-                let only = LoraParts { parts: vec![], windows: vec![self.windows[p]], d_out: self.d_out };
-                only.placed(vec![self.parts[p].b.val()])
-            })
-            .collect();
-        (a, Tensor::cat(rows, 0), self.parts[0].scaling)
+        (a, self.stacked_b(), self.parts[0].scaling)
     }
 }
 
@@ -178,7 +195,10 @@ pub struct MosaLora<B: Backend> {
 }
 
 impl<B: Backend> MosaLora<B> {
-    pub fn forward(&self, x: Tensor<B, 3>, ea: usize, eb: usize) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, ea: usize, eb: usize) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
         self.b.forward(self.a.forward(self.dropout.forward(x), ea), eb) * self.scaling
     }
 

@@ -17,13 +17,12 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::module::linear;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
 use crate::layer_norm::LayerNorm;
 use crate::mask;
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, linear_rows};
 use crate::rng::Rng;
 
 /// Which projection stays dense and shared by all experts.
@@ -83,12 +82,15 @@ impl<B: Backend> Experts<B> {
     }
 
     /// `x · W_e + b_e` with expert `e`.
-    pub fn forward(&self, x: Tensor<B, 3>, e: usize) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, e: usize) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
         let [n, i, o] = self.weight.dims();
         debug_assert!(e < n);
         let w = self.weight.val().slice([e..e + 1, 0..i, 0..o]).reshape([i, o]);
         let b = self.bias.as_ref().map(|b| b.val().slice([e..e + 1, 0..o]).reshape([o]));
-        linear(x, w, b)
+        linear_rows(x, w, b)
     }
 
     /// The weight of expert `e`, `[in, out]`.

@@ -383,6 +383,17 @@ fn linear_forward_and_gradients_match_the_default_path() {
             assert!(none[0].is_none() && none[1].is_some() && none[2].is_none());
         }
     }
+    // without a bias (LoRA's factors): the same gradients as burn's autodiff
+    let (x, w, g) = (qkv_values(2 * 9 * 7, 5, 1.0), qkv_values(7 * 11, 6, 1.0), qkv_values(2 * 9 * 11, 7, 1.0));
+    macro_rules! no_bias {
+        ($B:ty) => {{
+            let (xa, wa) = (on::<$B, 3>(&x, [2, 9, 7]).require_grad(), on::<$B, 2>(&w, [7, 11]).require_grad());
+            let gr = (linear_rows(xa.clone(), wa.clone(), None) * on::<$B, 3>(&g, [2, 9, 11])).sum().backward();
+            (host(xa.grad(&gr).unwrap()), host(wa.grad(&gr).unwrap()))
+        }};
+    }
+    let ((dx, dw), (dx_burn, dw_burn)) = (no_bias!(AF), no_bias!(AN));
+    assert!(scaled_worst(&dx, &dx_burn) < 1e-5 && scaled_worst(&dw, &dw_burn) < 1e-5);
     // a frozen weight and bias (PEFT): only x has a gradient
     let (x, w) = (qkv_values(2 * 3 * 4, 1, 1.0), qkv_values(4 * 5, 2, 1.0));
     let xa = on::<AF, 3>(&x, [2, 3, 4]).require_grad();

@@ -1,6 +1,6 @@
 //! `y = x·W + b` over the last axis of `x`, the frozen and full-rank linears of every backbone.
 //! The default is burn's `linear` op; with a fused kernel ([`Kernels::FUSED_LINEAR`]) `Autodiff`
-//! records one node whose backward flattens `x` and `∂L/∂y` to rows first, so that
+//! records one node (a missing bias is a constant zero one) whose backward flattens `x` and `∂L/∂y` to rows first, so that
 //! `∂L/∂W = xᵀ·∂L/∂y` is one GEMM over all `b·t` rows (burn's own backward of a 3-D input is a
 //! batched GEMM per sample and then a sum), `∂L/∂x = ∂L/∂y·Wᵀ`, `∂L/∂b = Σ_rows ∂L/∂y`.
 
@@ -34,10 +34,15 @@ pub(super) fn composed_backward<B: Backend>(x: FloatTensor<B>, weight: FloatTens
 
 /// The linear under `Autodiff` (module docs).
 pub(super) fn autodiff<B: Kernels, C: CheckpointStrategy>(x: FloatTensor<Autodiff<B, C>>, weight: FloatTensor<Autodiff<B, C>>, bias: Option<FloatTensor<Autodiff<B, C>>>) -> FloatTensor<Autodiff<B, C>> {
-    let bias = match bias {
-        Some(bias) if B::FUSED_LINEAR => bias,
-        bias => return <Autodiff<B, C> as ModuleOps<Autodiff<B, C>>>::linear(x, weight, bias),
-    };
+    if !B::FUSED_LINEAR {
+        return <Autodiff<B, C> as ModuleOps<Autodiff<B, C>>>::linear(x, weight, bias);
+    }
+    // without a bias: a constant zero one (no gradient is tracked for it), so that one node serves
+    let bias = bias.unwrap_or_else(|| {
+        let out = weight.shape().to_vec()[1];
+        let zeros = B::float_zeros(burn::tensor::Shape::new([out]), &B::float_device(&weight.primitive), weight.primitive.dtype().into());
+        <Autodiff<B, C> as burn::tensor::backend::AutodiffBackend>::from_inner(zeros)
+    });
 
     #[derive(Debug)]
     struct LinearBackward;

@@ -6,7 +6,7 @@
 //! CUDA and wgpu take the defaults.
 //!
 //! Models and methods are written against `B: Kernels` (training code against
-//! [`AutodiffKernels`]) and call the typed helpers here ([`gelu`], [`attention_packed`], [`linear_rows`]) or the
+//! [`AutodiffKernels`]) and call the typed helpers here ([`gelu`], [`attention_packed`], [`linear_rows`], [`linear_layer`]) or the
 //! [`LayerNorm`](crate::layer_norm::LayerNorm) module, never a backend directly.
 //!
 //! | kernel | default | Flex |
@@ -128,6 +128,11 @@ pub fn attention_packed<B: Kernels>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B
 pub fn linear_rows<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
     let y = B::linear_rows(x.into_primitive().tensor(), weight.into_primitive().tensor(), bias.map(|b| b.into_primitive().tensor()));
     Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// A burn `Linear` module's `x·W + b` through [`linear_rows`].
+pub fn linear_layer<B: Kernels, const D: usize>(layer: &burn::nn::Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    linear_rows(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
 /// Exact GELU through the backend's kernel.
