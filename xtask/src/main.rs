@@ -113,9 +113,19 @@ fn idle_share(ms: u64) -> Option<f64> {
     (t1 > t0).then(|| (i1 - i0) / (t1 - t0))
 }
 
+/// The cells of a Markdown table row, trimmed.
+fn cells(row: &str) -> Vec<&str> {
+    row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect()
+}
+
+/// The number in cell `i` of a Markdown table row.
+fn cell_number(row: &str, i: usize) -> Option<f64> {
+    cells(row).get(i)?.parse().ok()
+}
+
 /// The median seconds in a `mosa bench` table row (its sixth column).
 fn median_of_row(row: &str) -> Option<f64> {
-    row.split('|').map(str::trim).filter(|c| !c.is_empty()).nth(5)?.parse().ok()
+    cell_number(row, 5)
 }
 
 fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::Path>) -> anyhow::Result<()> {
@@ -130,7 +140,7 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
     // the FMA peak both sides are measured against
     let peak_out = Command::new(&mosa).args(["bench", "peak"]).output().context("running mosa bench peak")?;
     let peak_row = String::from_utf8_lossy(&peak_out.stdout).lines().last().unwrap_or_default().to_string();
-    let peak: Option<f64> = peak_row.split('|').map(str::trim).filter(|c| !c.is_empty()).nth(3).and_then(|c| c.parse().ok());
+    let peak = cell_number(&peak_row, 3);
     println!("measured f32 FMA peak: {} GFLOP/s ({})\n", peak.map(|p| format!("{p:.0}")).unwrap_or_else(|| "?".into()), peak_row.trim());
     println!("| measure | batch | mosa median s | mosa images/s | PyTorch median s | PyTorch images/s | mosa / PyTorch speed | mosa GFLOP/s (% of peak) | PyTorch GFLOP/s (% of peak) | CPU idle before |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -142,8 +152,8 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
             bail!("`mosa {}` failed ({})", ours.join(" "), out.status);
         }
         let row = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
-        let cols: Vec<String> = row.split('|').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
-        let (what, batch) = (cols.get(4).cloned().unwrap_or_default(), cols.get(3).cloned().unwrap_or_default());
+        let cols = cells(&row);
+        let (what, batch) = (cols.get(4).copied().unwrap_or_default(), cols.get(3).copied().unwrap_or_default());
         let m = median_of_row(&row).context("no median in mosa's row")?;
         let b: f64 = batch.parse().unwrap_or(1.0);
         let torch = match python {
@@ -160,7 +170,7 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
         };
         let f = |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
         // model GFLOP/s from mosa's row (the same workload, so PyTorch's scales by the time ratio)
-        let gflops: Option<f64> = cols.get(9).and_then(|c| c.parse().ok());
+        let gflops = cell_number(&row, 9);
         let of_peak = |g: Option<f64>| match (g, peak) {
             (Some(g), Some(p)) => format!("{g:.0} ({:.0}%)", 100.0 * g / p),
             (Some(g), None) => format!("{g:.0}"),

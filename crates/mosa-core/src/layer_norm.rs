@@ -5,10 +5,9 @@
 
 use burn::module::{Initializer, Param};
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
 use burn::tensor::ops::ModuleOps;
 
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, float, primitive};
 
 /// A [`LayerNorm`]'s configuration (the fields of burn's `LayerNormConfig`; PyTorch's ε is 1e-5,
 /// timm's ViT and ConvNeXt use 1e-6: set it explicitly).
@@ -47,11 +46,10 @@ impl<B: Kernels> LayerNorm<B> {
     /// # Shapes
     /// `[…, d]` → `[…, d]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let (x, gamma) = (x.into_primitive().tensor(), self.gamma.val().into_primitive().tensor());
-        let y = match &self.beta {
-            Some(beta) => <B as Kernels>::layer_norm(x, gamma, beta.val().into_primitive().tensor(), self.epsilon),
+        let (x, gamma) = (primitive(x), primitive(self.gamma.val()));
+        float(match &self.beta {
+            Some(beta) => <B as Kernels>::layer_norm(x, gamma, primitive(beta.val()), self.epsilon),
             None => <B as ModuleOps<B>>::layer_norm(x, gamma, None, self.epsilon),
-        };
-        Tensor::from_primitive(TensorPrimitive::Float(y))
+        })
     }
 }

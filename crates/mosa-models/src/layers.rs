@@ -11,7 +11,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::softmax;
-use mosa_core::kernels::{Kernels, attention_packed, gelu};
+use mosa_core::kernels::{Kernels, attention, attention_packed, gelu};
 use mosa_core::layer_norm::LayerNorm;
 use burn::tensor::module::linear;
 
@@ -78,14 +78,8 @@ impl<B: Kernels> Attention<B> {
 
     /// Attention with dropout on the probabilities (training only), composed of tensor ops.
     fn with_dropout(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, t, three_d] = qkv.dims();
-        let (h, d) = (self.num_heads, three_d / 3);
-        let hd = d / h;
-        let qkv = qkv.reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
-        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([b, h, t, hd]));
-        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        self.attn_drop.forward(softmax(scores, 3)).matmul(v).swap_dims(1, 2).reshape([b, t, d])
+        let [q, k, v] = attention::split(qkv, self.num_heads);
+        attention::merge_heads(self.attn_drop.forward(softmax(attention::scores(q, k), 3)).matmul(v))
     }
 }
 

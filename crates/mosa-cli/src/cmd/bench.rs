@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use clap::Subcommand;
 use mosa_core::optim::{AdamW, AdamWConfig};
-use mosa_core::{PeftHost, Rng, inject, params};
+use mosa_core::{MethodKind, PeftHost, Rng, inject, params};
 use mosa_models::presets;
 use mosa_models::BackboneConfig;
 
@@ -87,13 +87,13 @@ fn vit_forward_flops(cfg: &BackboneConfig) -> Option<f64> {
 /// A training step's FLOPs as a multiple of the forward's: the forward, then ∂x through every
 /// block (as many FLOPs again) unless only the head trains, and ∂W (again as many) when the
 /// whole backbone trains; MoSA's two passes double it.
-fn step_factor(method: &str, passes: usize) -> f64 {
+fn step_factor(method: MethodKind, two_passes: bool) -> f64 {
     let per_pass = match method {
-        "linear" => 1.0,
-        "full" => 3.0,
+        MethodKind::Linear => 1.0,
+        MethodKind::Full => 3.0,
         _ => 2.0,
     };
-    per_pass * passes as f64
+    if two_passes { 2.0 * per_pass } else { per_pass }
 }
 
 fn report(what: &str, c: &Common, batch: usize, times: Vec<f64>, flops_per_image: Option<f64>) {
@@ -147,7 +147,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let labels: Vec<i64> = (0..batch as i64).map(|i| i % common.num_classes as i64).collect();
             let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
             let recipe = mosa_train::TrainConfig::default();
-            let passes = if mosa_train::step::two_passes(&mc, &recipe) { ", two passes" } else { "" };
+            let two_passes = mosa_train::step::two_passes(&mc, &recipe);
+            let passes = if two_passes { ", two passes" } else { "" };
             let (mut rng, mut sparse_rng) = (Rng::new(seed), Rng::new(seed + 1));
             let mut times = Vec::new();
             let n = common.warmup + common.iters;
@@ -161,7 +162,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     times.push(t0.elapsed().as_secs_f64());
                 }
             }
-            let flops = vit_forward_flops(&cfg).map(|f| f * step_factor(mc.name(), if passes.is_empty() { 1 } else { 2 }));
+            let flops = vit_forward_flops(&cfg).map(|f| f * step_factor(mc.kind(), two_passes));
             report(&format!("train step, {}{passes} ({:.3} M trainable)", mc.name(), trainable as f64 / 1e6), &common, batch, times, flops);
         }
     }

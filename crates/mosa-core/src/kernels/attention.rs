@@ -16,23 +16,14 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::FloatTensor;
 
-use super::Kernels;
-
-fn wrap<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-fn unwrap<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
+use super::{Kernels, float, primitive};
 
 /// q, k, v `[b, h, t, hd]` from the packed `[b, t, 3·h·hd]`.
-fn split<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
+pub fn split<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
     let [b, t, three_d] = qkv.dims();
     let hd = three_d / 3 / heads;
     let qkv = qkv.reshape([b, t, 3, heads, hd]).permute([2, 0, 3, 1, 4]);
@@ -41,7 +32,7 @@ fn split<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
 }
 
 /// `[b, h, t, hd]` → `[b, t, h·hd]`.
-fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let [b, h, t, hd] = x.dims();
     x.swap_dims(1, 2).reshape([b, t, h * hd])
 }
@@ -51,40 +42,40 @@ fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
 /// # Shapes
 /// `[b, t, 3d]` → `[b, t, d]`
 pub(super) fn composed<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
-    let [q, k, v] = split(wrap::<B, 3>(qkv), heads);
-    unwrap(merge_heads(burn_attention(q, k, v, None, None, Default::default())))
+    let [q, k, v] = split(float::<B, 3>(qkv), heads);
+    primitive(merge_heads(burn_attention(q, k, v, None, None, Default::default())))
 }
 
-/// The scaled scores `[b, h, t, t]`.
-fn scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
+/// The scaled scores `q·kᵀ/√hd`, `[b, h, t, t]`.
+pub fn scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
     let hd = q.dims()[3];
     q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt())
 }
 
 /// The default forward that also returns the scores' row log-sum-exp `[b, h, t]`.
 pub(super) fn composed_with_lse<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> (FloatTensor<B>, FloatTensor<B>) {
-    let [q, k, v] = split(wrap::<B, 3>(qkv), heads);
+    let [q, k, v] = split(float::<B, 3>(qkv), heads);
     let s = scores(q, k);
     let max = s.clone().max_dim(3);
     let lse = (s.clone() - max.clone()).exp().sum_dim(3).log() + max;
     let out = merge_heads(softmax(s, 3).matmul(v));
-    (unwrap(out), unwrap(lse.squeeze_dim::<3>(3)))
+    (primitive(out), primitive(lse.squeeze_dim::<3>(3)))
 }
 
 /// The default backward (module docs), `∂L/∂qkv` `[b, t, 3d]` from `grad` = `∂L/∂out` `[b, t, d]`.
 pub(super) fn composed_backward<B: Backend>(qkv: FloatTensor<B>, lse: FloatTensor<B>, grad: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
-    let [q, k, v] = split(wrap::<B, 3>(qkv), heads);
+    let [q, k, v] = split(float::<B, 3>(qkv), heads);
     let [b, h, t, hd] = q.dims();
     let scale = 1.0 / (hd as f64).sqrt();
-    let p = (scores(q.clone(), k.clone()) - wrap::<B, 3>(lse).unsqueeze_dim::<4>(3)).exp();
-    let d_out = wrap::<B, 3>(grad).reshape([b, t, h, hd]).swap_dims(1, 2);
+    let p = (scores(q.clone(), k.clone()) - float::<B, 3>(lse).unsqueeze_dim::<4>(3)).exp();
+    let d_out = float::<B, 3>(grad).reshape([b, t, h, hd]).swap_dims(1, 2);
     let dv = p.clone().swap_dims(2, 3).matmul(d_out.clone());
     let dp = d_out.matmul(v.swap_dims(2, 3));
     let row = (p.clone() * dp.clone()).sum_dim(3);
     let ds = p * (dp - row);
     let dq = ds.clone().matmul(k) * scale;
     let dk = ds.swap_dims(2, 3).matmul(q) * scale;
-    unwrap(Tensor::cat(vec![merge_heads(dq), merge_heads(dk), merge_heads(dv)], 2))
+    primitive(Tensor::cat(vec![merge_heads(dq), merge_heads(dk), merge_heads(dv)], 2))
 }
 
 /// Attention as one recorded node whose backward is the inner backend's

@@ -68,59 +68,44 @@ fn zeros(n: usize) -> Vec<f32> {
     v
 }
 
-fn from_vec(v: Vec<f32>, like: &FlexTensor) -> FlexTensor {
-    FlexTensor::from_data(burn::tensor::TensorData::new(v, like.layout().shape().clone()))
+/// A contiguous `f32` tensor of `shape` owning `v` (no copy).
+fn tensor(v: Vec<f32>, shape: impl Into<Vec<usize>>) -> FlexTensor {
+    FlexTensor::from_data(burn::tensor::TensorData::new(v, shape.into()))
 }
 
-fn tensor(v: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
-    FlexTensor::from_data(burn::tensor::TensorData::new(v, shape))
+/// The shape of `t`.
+fn dims(t: &FlexTensor) -> Vec<usize> {
+    t.layout().shape().to_vec()
 }
 
 /// The attention geometry of a packed `[b, t, 3d]` f32 `qkv` with `heads` heads, `None` where the
 /// kernel does not apply (another dtype or rank, a width that does not split).
 fn geometry(qkv: &FlexTensor, heads: usize) -> Option<attention::Geometry> {
-    let dims = qkv.layout().shape().to_vec();
-    match dims[..] {
+    match dims(qkv)[..] {
         [b, t, w] if qkv.dtype() == DType::F32 && heads > 0 && w % (3 * heads) == 0 => Some(attention::Geometry { b, t, h: heads, hd: w / 3 / heads }),
         _ => None,
     }
 }
 
-/// Defines `$name(inputs…, out)` as `out[i] = $f(inputs[i]…)` over a chunk, compiled three times
-/// (AVX-512F, AVX2 + FMA, baseline) and dispatched on the running CPU.
-macro_rules! simd_map {
-    ($name:ident, |$($a:ident),+| $body:expr) => {
-        fn $name($($a: &[f32],)+ out: &mut [f32]) {
-            #[inline(always)]
-            fn body($($a: &[f32],)+ out: &mut [f32]) {
-                let n = out.len();
-                $(let $a = &$a[..n];)+
-                for i in 0..n {
-                    out[i] = { $(let $a = $a[i];)+ $body };
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512($($a: &[f32],)+ out: &mut [f32]) { body($($a,)+ out) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($a: &[f32],)+ out: &mut [f32]) { body($($a,)+ out) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the features the function is compiled for.
-                    return unsafe { avx512($($a,)+ out) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($a,)+ out) };
-                }
-            }
-            body($($a,)+ out)
+multiversion! {
+    /// `out ← GELU(x)`.
+    fn gelu_chunk(x: &[f32], out: &mut [f32]) {
+        let x = &x[..out.len()];
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = math::gelu(v);
         }
-    };
+    }
 }
 
-simd_map!(gelu_chunk, |x| math::gelu(x));
-simd_map!(gelu_grad_chunk, |x, g| math::gelu_grad(x, g));
+multiversion! {
+    /// `out ← g · GELU'(x)`.
+    fn gelu_grad_chunk(x: &[f32], g: &[f32], out: &mut [f32]) {
+        let (x, g) = (&x[..out.len()], &g[..out.len()]);
+        for i in 0..out.len() {
+            out[i] = math::gelu_grad(x[i], g[i]);
+        }
+    }
+}
 
 multiversion! {
     /// `x ← GELU(x)`.
@@ -156,7 +141,7 @@ impl Kernels for Flex {
     const FUSED_LINEAR: bool = true;
 
     fn linear_rows_backward(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, need: [bool; 3]) -> [Option<FloatTensor<Self>>; 3] {
-        let (xd, wd, gd) = (x.layout().shape().to_vec(), weight.layout().shape().to_vec(), grad.layout().shape().to_vec());
+        let (xd, wd, gd) = (dims(&x), dims(&weight), dims(&grad));
         let f32s = [x.dtype(), weight.dtype(), grad.dtype()] == [DType::F32; 3];
         let (&[rows, k], &[wk, n], &[grows, gn]) = (&xd[..], &wd[..], &gd[..]) else {
             return composed_linear::composed_backward::<Self>(x, weight, grad, need);
@@ -165,19 +150,18 @@ impl Kernels for Flex {
             return composed_linear::composed_backward::<Self>(x, weight, grad, need);
         }
         let g = values(&grad);
-        let tensor2 = |v: Vec<f32>, shape: [usize; 2]| FlexTensor::from_data(burn::tensor::TensorData::new(v, shape));
         [
-            need[0].then(|| tensor2(linear::backward_x(&values(&weight), &g, rows, k, n), [rows, k])),
-            need[1].then(|| tensor2(linear::backward_weight(&values(&x), &g, rows, k, n), [k, n])),
-            need[2].then(|| FlexTensor::from_data(burn::tensor::TensorData::new(linear::backward_bias(&g, n), [n]))),
+            need[0].then(|| tensor(linear::backward_x(&values(&weight), &g, rows, k, n), [rows, k])),
+            need[1].then(|| tensor(linear::backward_weight(&values(&x), &g, rows, k, n), [k, n])),
+            need[2].then(|| tensor(linear::backward_bias(&g, n), [n])),
         ]
     }
 
     fn linear_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
-        let (xd, wd) = (x.layout().shape().to_vec(), weight.layout().shape().to_vec());
+        let (xd, wd) = (dims(&x), dims(&weight));
         let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32 && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
         let fits = match (xd.last(), &wd[..]) {
-            (Some(&k), &[wk, n]) => k == wk && bias.as_ref().is_none_or(|b| b.layout().shape().to_vec() == [n]),
+            (Some(&k), &[wk, n]) => k == wk && bias.as_ref().is_none_or(|b| dims(b) == [n]),
             _ => false,
         };
         if !f32s || !fits {
@@ -189,25 +173,24 @@ impl Kernels for Flex {
         let out = linear::forward(&values(&x), &values(&weight), b.as_deref(), rows, k, n);
         let mut shape = xd;
         *shape.last_mut().unwrap() = n;
-        FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
+        tensor(out, shape)
     }
 
     const FUSED_LAYER_NORM: bool = true;
 
     fn layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, epsilon: f64, params: bool) -> (FloatTensor<Self>, Option<(FloatTensor<Self>, FloatTensor<Self>)>) {
-        let dims = x.layout().shape().to_vec();
-        let d = *dims.last().unwrap_or(&0);
-        let fits = [x.dtype(), gamma.dtype(), grad.dtype()] == [DType::F32; 3] && d > 0 && gamma.layout().shape().to_vec() == [d] && grad.layout().shape().to_vec() == dims;
+        let shape = dims(&x);
+        let d = *shape.last().unwrap_or(&0);
+        let fits = [x.dtype(), gamma.dtype(), grad.dtype()] == [DType::F32; 3] && d > 0 && dims(&gamma) == [d] && dims(&grad) == shape;
         if !fits {
             return composed_layer_norm::composed_backward::<Self>(x, gamma, grad, epsilon, params);
         }
         let (dx, acc) = layer_norm::backward(&values(&x), &values(&gamma), &values(&grad), epsilon as f32, params);
-        let vector = |v: Vec<f32>| FlexTensor::from_data(burn::tensor::TensorData::new(v, [d]));
         let params = acc.map(|mut acc| {
             let dbeta = acc.split_off(d);
-            (vector(acc), vector(dbeta))
+            (tensor(acc, [d]), tensor(dbeta, [d]))
         });
-        (from_vec(dx, &x), params)
+        (tensor(dx, dims(&x)), params)
     }
 
     const FUSED_ATTENTION: bool = true;
@@ -231,7 +214,7 @@ impl Kernels for Flex {
 
     fn attention_packed_backward(qkv: FloatTensor<Self>, lse: FloatTensor<Self>, grad: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         let fits = |g: &attention::Geometry| {
-            grad.dtype() == DType::F32 && lse.dtype() == DType::F32 && grad.layout().shape().to_vec() == [g.b, g.t, g.h * g.hd] && lse.layout().shape().to_vec() == [g.b, g.h, g.t]
+            grad.dtype() == DType::F32 && lse.dtype() == DType::F32 && dims(&grad) == [g.b, g.t, g.h * g.hd] && dims(&lse) == [g.b, g.h, g.t]
         };
         match geometry(&qkv, heads) {
             Some(g) if fits(&g) => {
@@ -255,7 +238,7 @@ impl Kernels for Flex {
         let src = values(&x);
         let mut out = zeros(src.len());
         out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| gelu_chunk(s, o));
-        from_vec(out, &x)
+        tensor(out, dims(&x))
     }
 
     fn gelu_exact_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -271,6 +254,6 @@ impl Kernels for Flex {
         let gs = values(&grad);
         let mut out = zeros(xs.len());
         out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK))).for_each(|(o, (a, g))| gelu_grad_chunk(a, g, o));
-        from_vec(out, &x)
+        tensor(out, dims(&x))
     }
 }

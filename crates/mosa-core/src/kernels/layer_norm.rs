@@ -13,24 +13,17 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::prelude::*;
-use burn::tensor::{TensorMetadata, TensorPrimitive};
+use burn::tensor::TensorMetadata;
 use burn::tensor::ops::{FloatTensor, ModuleOps};
 
-use super::Kernels;
-
-fn wrap<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {
-    let dims = t.shape().to_vec();
-    let d = *dims.last().unwrap_or(&1);
-    let rows = dims.iter().product::<usize>() / d.max(1);
-    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t)).reshape([rows, d])
-}
+use super::{Kernels, as_rows, float, primitive};
 
 /// The default backward, composed of tensor ops: `(dx, Some((dγ, dβ)))` (the latter only when
 /// `params`), `dx` in `x`'s shape.
 pub(super) fn composed_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, grad: FloatTensor<B>, epsilon: f64, params: bool) -> (FloatTensor<B>, Option<(FloatTensor<B>, FloatTensor<B>)>) {
     let shape = x.shape();
-    let (x, grad) = (wrap::<B>(x), wrap::<B>(grad));
-    let gamma = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(gamma)).unsqueeze::<2>();
+    let (x, grad): (Tensor<B, 2>, Tensor<B, 2>) = (float(as_rows::<B>(x)), float(as_rows::<B>(grad)));
+    let gamma = float::<B, 1>(gamma).unsqueeze::<2>();
     let mean = x.clone().mean_dim(1);
     let centred = x - mean;
     let rstd = (centred.clone().square().mean_dim(1) + epsilon).sqrt().recip();
@@ -39,11 +32,10 @@ pub(super) fn composed_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTenso
     let a = gg.clone().mean_dim(1);
     let c = (gg.clone() * xhat.clone()).mean_dim(1);
     let dx = (gg - a - xhat.clone() * c) * rstd;
-    let dx = dx.into_primitive().tensor();
-    let dx = B::float_reshape(dx, shape);
+    let dx = B::float_reshape(primitive(dx), shape);
     let params = params.then(|| {
-        let dgamma = (grad.clone() * xhat).sum_dim(0).squeeze_dim::<1>(0).into_primitive().tensor();
-        let dbeta = grad.sum_dim(0).squeeze_dim::<1>(0).into_primitive().tensor();
+        let dgamma = primitive((grad.clone() * xhat).sum_dim(0).squeeze_dim::<1>(0));
+        let dbeta = primitive(grad.sum_dim(0).squeeze_dim::<1>(0));
         (dgamma, dbeta)
     });
     (dx, params)

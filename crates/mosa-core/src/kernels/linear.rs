@@ -1,7 +1,7 @@
 //! `y = x·W + b` over the last axis of `x`, the frozen and full-rank linears of every backbone.
 //! The default is burn's `linear` op; with a fused kernel ([`Kernels::FUSED_LINEAR`]) `Autodiff`
-//! records one node (a missing bias is a constant zero one) whose backward flattens `x` and `∂L/∂y` to rows first, so that
-//! `∂L/∂W = xᵀ·∂L/∂y` is one GEMM over all `b·t` rows (burn's own backward of a 3-D input is a
+//! records one node (a missing bias is a constant zero one) whose backward flattens `x` and
+//! `∂L/∂y` to rows first, so that `∂L/∂W = xᵀ·∂L/∂y` is one GEMM over all `b·t` rows (burn's own backward of a 3-D input is a
 //! batched GEMM per sample and then a sum), `∂L/∂x = ∂L/∂y·Wᵀ`, `∂L/∂b = Σ_rows ∂L/∂y`.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -13,15 +13,7 @@ use burn::prelude::*;
 use burn::tensor::TensorMetadata;
 use burn::tensor::ops::{FloatTensor, ModuleOps};
 
-use super::Kernels;
-
-/// `x` as `[rows, last]`.
-fn rows<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
-    let dims = x.shape().to_vec();
-    let last = *dims.last().unwrap_or(&1);
-    let rows = dims.iter().product::<usize>() / last.max(1);
-    B::float_reshape(x, burn::tensor::Shape::new([rows, last]))
-}
+use super::{Kernels, as_rows};
 
 /// The default backward on rows: burn's `linear_*_backward` ops, each only where `need`s it.
 pub(super) fn composed_backward<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, grad: FloatTensor<B>, need: [bool; 3]) -> [Option<FloatTensor<B>>; 3] {
@@ -58,7 +50,7 @@ pub(super) fn autodiff<B: Kernels, C: CheckpointStrategy>(x: FloatTensor<Autodif
             let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_state);
             let x_shape = x.shape();
             let need = [node_x.is_some(), node_weight.is_some(), node_bias.is_some()];
-            let [dx, dweight, dbias] = B::linear_rows_backward(rows::<B>(x), weight, rows::<B>(grad), need);
+            let [dx, dweight, dbias] = B::linear_rows_backward(as_rows::<B>(x), weight, as_rows::<B>(grad), need);
             if let (Some(node), Some(dweight)) = (node_weight, dweight) {
                 grads.register::<B>(node.id, dweight);
             }

@@ -26,7 +26,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
+use burn::tensor::{TensorMetadata, TensorPrimitive};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{ActivationOps, FloatTensor, ModuleOps};
 
@@ -73,8 +73,9 @@ pub trait Kernels: Backend {
         attention::composed_backward::<Self>(qkv, lse, grad, heads)
     }
 
-    /// Whether [`Kernels::linear_rows`] is this backend's own kernel: only then does `Autodiff`
-    /// record a linear with a bias as one node with a row-flattened backward ([`linear`] docs).
+    /// Whether [`Kernels::linear_rows`] and [`Kernels::linear_rows_backward`] are this backend's
+    /// own kernels: only then does `Autodiff` record a linear as one node with a row-flattened
+    /// backward ([`linear`] docs).
     const FUSED_LINEAR: bool = false;
 
     /// `x·W + b` over the last axis.
@@ -112,13 +113,31 @@ pub trait Kernels: Backend {
 pub trait AutodiffKernels: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
 impl<B> AutodiffKernels for B where B: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
 
+/// A backend float primitive as a tensor of rank `D`.
+pub(crate) fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// A tensor's float primitive.
+pub(crate) fn primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+/// `t` reshaped to `[rows, last]`, its leading axes flattened.
+pub(crate) fn as_rows<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
+    let dims = t.shape().to_vec();
+    let last = *dims.last().unwrap_or(&1);
+    let rows = dims.iter().product::<usize>() / last.max(1);
+    B::float_reshape(t, burn::tensor::Shape::new([rows, last]))
+}
+
 /// Multi-head self-attention from the packed `[b, t, 3d]` projection through the backend's
 /// kernel ([`attention`] module docs).
 ///
 /// # Shapes
 /// `[b, t, 3d]` → `[b, t, d]`
 pub fn attention_packed<B: Kernels>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::attention_packed(qkv.into_primitive().tensor(), heads)))
+    float(B::attention_packed(primitive(qkv), heads))
 }
 
 /// `x·W + b` over the last axis through the backend's kernel ([`linear`] module docs).
@@ -126,8 +145,7 @@ pub fn attention_packed<B: Kernels>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B
 /// # Shapes
 /// `x` `[…, in]`, `weight` `[in, out]`, `bias` `[out]` → `[…, out]`
 pub fn linear_rows<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
-    let y = B::linear_rows(x.into_primitive().tensor(), weight.into_primitive().tensor(), bias.map(|b| b.into_primitive().tensor()));
-    Tensor::from_primitive(TensorPrimitive::Float(y))
+    float(B::linear_rows(primitive(x), primitive(weight), bias.map(primitive)))
 }
 
 /// A burn `Linear` module's `x·W + b` through [`linear_rows`].
@@ -137,7 +155,7 @@ pub fn linear_layer<B: Kernels, const D: usize>(layer: &burn::nn::Linear<B>, x: 
 
 /// Exact GELU through the backend's kernel.
 pub fn gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::gelu_exact(x.into_primitive().tensor())))
+    float(B::gelu_exact(primitive(x)))
 }
 
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
