@@ -46,6 +46,12 @@ pub struct TrainConfig {
     pub max_train_images: Option<usize>,
     /// Evaluate on at most N images per split.
     pub max_eval_images: Option<usize>,
+    /// Evaluate (validation and test) after every K-th epoch and after the last; the epochs in
+    /// between have no accuracies, and "test at best val" picks among the evaluated epochs.
+    /// `None`: after every epoch, as the reference does. Not serialised when `None`, so run
+    /// directories without it keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<usize>,
     /// Read losses back from the device every N steps (NaN check, progress).
     pub sync_every: usize,
     /// The backbone's dropout in training, as the MoSA reference trains ViT-B/16 (spec §1): this
@@ -81,6 +87,7 @@ impl Default for TrainConfig {
             head_init: HeadInit::Zero,
             max_train_images: None,
             max_eval_images: None,
+            eval_every: None,
             sync_every: 10,
             backbone_dropout: None,
             vtab_resize: mosa_data::VtabResize::default(),
@@ -89,6 +96,12 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Whether the model is evaluated after epoch `epoch` (1-based): every `eval_every`-th
+    /// epoch and the last.
+    pub fn evaluates_after(&self, epoch: usize) -> bool {
+        epoch == self.epochs || epoch % self.eval_every.unwrap_or(1).max(1) == 0
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.epochs == 0 || self.batch_size == 0 || self.resolution == 0 {
             return Err("epochs, batch size and resolution must be > 0".into());
@@ -113,7 +126,7 @@ impl TrainConfig {
                 return Err(format!("AdamW {name} must be in [0, 1), got {b}"));
             }
         }
-        for (flag, v) in [("--max-train-images", self.max_train_images), ("--max-eval-images", self.max_eval_images)] {
+        for (flag, v) in [("--max-train-images", self.max_train_images), ("--max-eval-images", self.max_eval_images), ("--eval-every", self.eval_every)] {
             if v == Some(0) {
                 return Err(format!("{flag} must be at least 1 (leave it out for every image)"));
             }

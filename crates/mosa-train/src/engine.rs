@@ -223,7 +223,7 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
         let (m, tr) = train_epoch(model, &mut optim, epoch, &ctx, rep)?;
         model = m;
 
-        let (val_acc, test_acc, evaluated, eval_seconds) = evaluate_merged(&model, &data, eval_bs, t.max_eval_images, device);
+        let (val_acc, test_acc, evaluated, eval_seconds) = if t.evaluates_after(epoch + 1) { evaluate_merged(&model, &data, eval_bs, t.max_eval_images, device) } else { (None, None, 0, 0.0) };
         let m = EpochMetrics {
             epoch: epoch + 1,
             lr: tr.lr,

@@ -78,7 +78,7 @@ impl Reporter for Console {
             b.finish_and_clear();
         }
         eprintln!(
-            "{}epoch {}/{} lr {:.2e} loss {:.4} train {} val {} test {} | train {:.1} img/s, eval {:.1} img/s, {:.1} s",
+            "{}epoch {}/{} lr {:.2e} loss {:.4} train {} val {} test {} | train {:.1} img/s, {}{:.1} s",
             if self.prefix.is_empty() { String::new() } else { format!("{} ", self.prefix) },
             m.epoch,
             self.epochs,
@@ -88,7 +88,7 @@ impl Reporter for Console {
             pct(m.val_acc),
             pct(m.test_acc),
             m.train_images_per_second,
-            m.eval_images_per_second,
+            if m.eval_seconds > 0.0 { format!("eval {:.1} img/s, ", m.eval_images_per_second) } else { String::new() },
             m.train_seconds + m.eval_seconds
         );
     }

@@ -79,6 +79,9 @@ pub struct TrainArgs {
     max_train_images: Option<usize>,
     #[arg(long)]
     max_eval_images: Option<usize>,
+    /// Evaluate after every K-th epoch and after the last [default: every epoch].
+    #[arg(long)]
+    eval_every: Option<usize>,
     #[arg(long)]
     sync_every: Option<usize>,
     /// Skip unreadable images (with a warning and a count) instead of failing.
@@ -119,6 +122,9 @@ fn recipe_on(mut t: TrainConfig, a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if a.max_eval_images.is_some() {
         t.max_eval_images = a.max_eval_images;
+    }
+    if a.eval_every.is_some() {
+        t.eval_every = a.eval_every;
     }
     if a.deepreg {
         t.deepreg = true;
