@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 mod bench_experts;
 mod bench_merge;
 mod bench_vtab;
+mod curves;
 mod mini_vtab;
 use clap::{Parser, Subcommand};
 
@@ -255,12 +256,16 @@ struct BenchArgs {
     batch_size: Option<usize>,
     #[arg(long)]
     lr: Option<f64>,
-    /// Train on at most N images per task (default run: 256).
+    /// Train on at most N images per task [default: all].
     #[arg(long)]
     max_train_images: Option<usize>,
     /// Evaluate on at most N images per split (default: every image of val and test).
     #[arg(long)]
     max_eval_images: Option<usize>,
+    /// Evaluate every K-th epoch and after the last (`mosa train --eval-every`) [default: 5; with
+    /// --full every epoch, as the reference].
+    #[arg(long)]
+    eval_every: Option<usize>,
     /// Train every cell with N seeds (the recipe's 3407, then 3408, …); the table shows the mean
     /// and the 95% interval over seeds.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
@@ -303,7 +308,8 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let (i, n) = parse_shard(&a.shard)?;
     let tasks = if a.tasks.is_empty() { bench_vtab::discover_tasks(&a.root, kind)? } else { a.tasks.clone() };
     // defaults: the CPU-sized embedded run, or the published recipe with --full
-    let (res, ep, wu, bs, lr, mt, me) = if a.full { (224, 100, 10, 128, 0.005, None, None) } else { (56, 3, 0, 32, 0.005, Some(256), None) };
+    // (the CPU default: issue #16 item 9, docs/benchmarks.md "The default (embedded) run")
+    let (res, ep, wu, bs, lr, mt, me, ev) = if a.full { (224, 100, 10, 128, 0.005, None, None, None) } else { (56, 10, 1, 32, 0.005, None, None, Some(5)) };
     let res = a.resolution.unwrap_or(res);
     let ep = a.epochs.unwrap_or(ep);
     let wu = a.warmup_epochs.unwrap_or(wu);
@@ -312,6 +318,10 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let mt = a.max_train_images.or(mt);
     let me = a.max_eval_images.or(me);
     let mut train_args = recipe_args(&a.model, a.weights.as_deref(), (res, ep, wu, bs), mt, me);
+    let ev = a.eval_every.or(ev);
+    if let Some(k) = ev {
+        train_args.extend(["--eval-every".to_string(), k.to_string()]);
+    }
     // FGVC with --full: the reference's per-dataset settings (lr, r 64, Cars N 2 / share up / DEEPREG)
     let per_dataset = kind == "fgvc" && a.full && a.lr.is_none();
     if !per_dataset {
@@ -331,7 +341,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     // the defaults `mosa train` applies, read from their one source
     let (recipe, mosa_opts) = (mosa_train::TrainConfig::default(), mosa_core::mosa::MosaOptions::new());
     let settings = format!(
-        "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, lr {lr}, {}, head init {}{}, MoSA r {} N {} share {}; train images per task {}, eval images per split {}; backend feature {}.",
+        "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, lr {lr}, {}, head init {}{}, MoSA r {} N {} share {}; train images per task {}, eval images per split {}{}; backend feature {}.",
         a.model,
         a.weights.as_deref().unwrap_or("preset default"),
         enum_name(recipe.schedule),
@@ -343,6 +353,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         enum_name(mosa_opts.share),
         mt.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
         me.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
+        ev.map(|k| format!(", evaluated every {k} epochs and after the last")).unwrap_or_default(),
         a.backend.features
     );
     let name = a.name.clone().unwrap_or_else(|| if a.full { format!("{kind}-full-{}", a.model) } else { format!("{kind}-{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) });
@@ -421,7 +432,7 @@ struct ExpertArgs {
     warmup_epochs: Option<usize>,
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Train on at most N images per task (default run: 256).
+    /// Train on at most N images per task [default: all].
     #[arg(long)]
     max_train_images: Option<usize>,
     /// Evaluate on at most the first N images per split (default run: 200).

@@ -94,6 +94,20 @@ fn bench_vtab_smoke() {
     assert!(md.contains("Test images per task: svhn 8, clevr_count 8."), "{md}");
     let svg = std::fs::read_to_string(out.join("accuracy.svg")).unwrap();
     assert_eq!(svg.matches("<rect x=").count(), 4 + 2, "4 bars + 2 legend boxes");
+    // learning curves: every cell's two epochs, the loss as in its metrics.jsonl; evaluated only
+    // after the last epoch (the default --eval-every 5 is longer than the run)
+    let curves = std::fs::read_to_string(out.join("curves.csv")).unwrap();
+    assert_eq!(curves.lines().count(), 1 + 4 * 2, "{curves}");
+    for l in curves.lines().skip(1) {
+        let f: Vec<&str> = l.split(',').collect();
+        let metrics = std::fs::read_to_string(out.join("runs").join(f[0]).join(f[1]).join("metrics.jsonl")).unwrap();
+        let e: serde_json::Value = serde_json::from_str(metrics.lines().nth(f[3].parse::<usize>().unwrap() - 1).unwrap()).unwrap();
+        assert_eq!(f[5].parse::<f64>().unwrap(), e["train_loss"].as_f64().unwrap(), "{l}");
+        assert_eq!(f[8].is_empty(), f[3] == "1", "{l}: test accuracy only after the last epoch");
+    }
+    let loss = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    assert_eq!(loss.matches("<polyline").count(), 4, "one line per cell");
+    assert!(md.contains("| method | svhn | clevr_count |\n|---|---:|---:|\n| linear | — | — |"), "runs under 4 epochs have no plateau share: {md}");
     // finished cells are skipped on a re-run
     let o = run();
     let err = String::from_utf8_lossy(&o.stderr);

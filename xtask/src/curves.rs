@@ -1,0 +1,124 @@
+//! Learning curves of a benchmark grid: every run's per-epoch training loss (from its
+//! `metrics.jsonl`) as `curves.csv`, one panel per task in `loss.svg`, and a plateau measure per
+//! cell: the share of the run's loss decrease made in its last quarter of epochs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use mosa_train::{EpochMetrics, RunDir};
+
+use crate::bench_vtab::Grid;
+
+/// One cell's curve: the training loss after each epoch (1-based epochs in order).
+pub type Curve = Vec<f64>;
+
+/// The per-epoch metrics of a run directory (empty when it has none yet).
+pub fn read_metrics(run: &RunDir) -> anyhow::Result<Vec<EpochMetrics>> {
+    let path = run.metrics_jsonl();
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
+    text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))).collect()
+}
+
+/// The share of the loss decrease from the first to the last epoch that happened after the
+/// epoch three quarters of the way through (`round(0.75·E)`, at least 1): 0 is flat at the end,
+/// 0.25 is a straight line. `None` for runs under 4 epochs or without a decrease.
+pub fn late_share(c: &[f64]) -> Option<f64> {
+    let e = c.len();
+    if e < 4 {
+        return None;
+    }
+    let q = ((0.75 * e as f64).round() as usize).max(1);
+    let total = c[0] - c[e - 1];
+    (total > 0.0).then(|| (c[q - 1] - c[e - 1]) / total)
+}
+
+/// Every finished cell's curve (the first seed's), keyed by (task, method).
+pub fn curves(g: &Grid) -> anyhow::Result<BTreeMap<(String, String), Curve>> {
+    let mut out = BTreeMap::new();
+    for t in &g.tasks {
+        for m in &g.methods {
+            let run = RunDir::new(g.run_dir(t, m, 0));
+            if run.finished() {
+                out.insert((t.clone(), m.clone()), read_metrics(&run)?.iter().map(|e| e.train_loss).collect());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `curves.csv`: one row per task, method, seed and epoch.
+pub fn csv(g: &Grid) -> anyhow::Result<String> {
+    let mut s = String::from("task,method,seed,epoch,lr,train_loss,train_acc,val_acc,test_acc\n");
+    let o = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    for t in &g.tasks {
+        for m in &g.methods {
+            for k in 0..g.seeds.max(1) {
+                for e in read_metrics(&RunDir::new(g.run_dir(t, m, k)))? {
+                    writeln!(s, "{t},{m},{},{},{},{},{},{},{}", crate::bench_vtab::seed_of(k), e.epoch, e.lr, e.train_loss, e.train_acc, o(e.val_acc), o(e.test_acc))?;
+                }
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// The Markdown paragraph and table of the plateau measure (task columns, method rows).
+pub fn plateau_table(g: &Grid, c: &BTreeMap<(String, String), Curve>) -> String {
+    let mut md = String::from("Learning curves (`loss.svg`, `curves.csv`): the share of each run's training-loss decrease (epoch 1 → last) made in its last quarter of epochs; 0 is flat at the end, 0.25 a straight line (the cosine schedule's small late learning rates push it down by themselves).\n\n");
+    md += &format!("| method | {} |\n|---|{}\n", g.tasks.join(" | "), "---:|".repeat(g.tasks.len()));
+    for m in &g.methods {
+        let cells: Vec<String> = g.tasks.iter().map(|t| c.get(&(t.clone(), m.clone())).and_then(|v| late_share(v)).map(|x| format!("{x:.3}")).unwrap_or_else(|| "—".into())).collect();
+        md += &format!("| {m} | {} |\n", cells.join(" | "));
+    }
+    md
+}
+
+/// Small multiples: one panel per task, one line per method, training loss against epoch.
+pub fn svg(tasks: &[String], methods: &[String], c: &BTreeMap<(String, String), Curve>) -> String {
+    let colours = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+    let (pw, ph, pad, cols) = (230.0, 160.0, 42.0, 4usize);
+    let rows = tasks.len().div_ceil(cols).max(1);
+    let (w, h) = (pad + (pw + pad) * cols as f64, 40.0 + (ph + pad + 14.0) * rows as f64 + 30.0);
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    s += &format!("<text x=\"{pad}\" y=\"18\" font-size=\"13\">Training loss per epoch (first seed), one panel per task</text>\n");
+    for (i, t) in tasks.iter().enumerate() {
+        let (x0, y0) = (pad + (pw + pad) * (i % cols) as f64, 40.0 + (ph + pad + 14.0) * (i / cols) as f64);
+        let lines: Vec<(usize, &Curve)> = methods.iter().enumerate().filter_map(|(j, m)| c.get(&(t.clone(), m.clone())).map(|v| (j, v))).collect();
+        let epochs = lines.iter().map(|(_, v)| v.len()).max().unwrap_or(1).max(2);
+        let top = lines.iter().flat_map(|(_, v)| v.iter().copied()).filter(|x| x.is_finite()).fold(0.0f64, f64::max).max(1e-6) * 1.05;
+        let (sx, sy) = (|e: usize| x0 + pw * (e - 1) as f64 / (epochs - 1) as f64, |l: f64| y0 + ph - ph * (l / top).clamp(0.0, 1.0));
+        s += &format!("<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n", y0 - 4.0);
+        for f in [0.0, 0.5, 1.0] {
+            s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.2}</text>\n", x0 - 3.0, sy(top * f) + 3.0, top * f);
+        }
+        s += &format!("<text x=\"{x0}\" y=\"{}\">1</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">epoch {epochs}</text>\n", y0 + ph + 12.0, x0 + pw, y0 + ph + 12.0);
+        for (j, v) in lines {
+            let pts: Vec<String> = v.iter().enumerate().map(|(e, l)| format!("{:.1},{:.1}", sx(e + 1), sy(*l))).collect();
+            s += &format!("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{}\"><title>{t} {}</title></polyline>\n", colours[j % colours.len()], pts.join(" "), methods[j]);
+        }
+    }
+    for (j, m) in methods.iter().enumerate() {
+        let x = pad + 110.0 * j as f64;
+        s += &format!("<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n", h - 24.0, colours[j % colours.len()], x + 14.0, h - 15.0);
+    }
+    s + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::late_share;
+
+    #[test]
+    fn late_share_of_known_curves() {
+        // a straight line from 4 to 0 over 8 epochs: epoch 6 is at 8/7, 2/7 of the decrease left
+        let line: Vec<f64> = (0..8).map(|e| 4.0 - 4.0 * e as f64 / 7.0).collect();
+        assert!((late_share(&line).unwrap() - 2.0 / 7.0).abs() < 1e-12);
+        // flat after epoch 3
+        assert_eq!(late_share(&[3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]), Some(0.0));
+        // still falling fast at the end: three quarters of the decrease after epoch 6
+        assert_eq!(late_share(&[2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.0, 0.0]), Some(0.75));
+        // too short, or no decrease
+        assert_eq!(late_share(&[3.0, 2.0, 1.0]), None);
+        assert_eq!(late_share(&[1.0, 1.0, 1.0, 1.0]), None);
+    }
+}
