@@ -419,7 +419,8 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
             "published": if g.full { PUBLISHED_VTAB.iter().find(|(n, _)| n == m).map(|(_, p)| json!({"Natural": p[0], "Specialized": p[1], "Structured": p[2], "mean_of_groups": p[3], "source": "spec §8: MoSA as reprinted by SNELL (NeurIPS 2024); baselines VPT (arXiv 2203.12119) Table 1"})) } else { None },
         }));
     }
-    let curves = crate::curves::curves(g)?;
+    let runs = crate::curves::read(g)?;
+    let curves = crate::curves::curves(g, &runs);
     md += &format!("\n{}", crate::curves::plateau_table(g, &curves));
     let json = json!({ "settings": g.settings, "tasks": g.tasks, "methods": rows_json });
     let write = |name: &str, text: &str| -> anyhow::Result<()> { mosa_core::fsio::write_atomic(&g.out.join(name), text.as_bytes()).map_err(anyhow::Error::msg) };
@@ -429,7 +430,7 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
     let means: BTreeMap<(String, String), Value> = scored.iter().map(|(k, s)| (k.clone(), json!({ shown: s.accuracy }))).collect();
     write("accuracy.svg", &svg(&g.tasks, &g.methods, &means, shown))?;
     write("loss.svg", &crate::curves::svg(&g.tasks, &g.methods, &curves))?;
-    write("curves.csv", &crate::curves::csv(g)?)?;
+    write("curves.csv", &crate::curves::csv(g, &runs)?)?;
     Ok(md)
 }
 

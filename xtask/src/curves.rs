@@ -12,48 +12,54 @@ use crate::bench_vtab::Grid;
 /// One cell's curve: the training loss after each epoch (1-based epochs in order).
 pub type Curve = Vec<f64>;
 
-/// The per-epoch metrics of a run directory (empty when it has none yet).
-pub fn read_metrics(run: &RunDir) -> anyhow::Result<Vec<EpochMetrics>> {
-    let path = run.metrics_jsonl();
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
-    text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))).collect()
-}
+/// Every run's per-epoch metrics, keyed by (task, method, seed index), each file read once.
+pub type Runs = BTreeMap<(String, String, usize), Vec<EpochMetrics>>;
 
-/// The share of the loss decrease from the first to the last epoch that happened after the
-/// epoch three quarters of the way through (`round(0.75·E)`, at least 1): 0 is flat at the end,
-/// 0.25 is a straight line. `None` for runs under 4 epochs or without a decrease.
-pub fn late_share(c: &[f64]) -> Option<f64> {
-    let e = c.len();
-    if e < 4 {
-        return None;
-    }
-    let q = ((0.75 * e as f64).round() as usize).max(1);
-    let total = c[0] - c[e - 1];
-    (total > 0.0).then(|| (c[q - 1] - c[e - 1]) / total)
-}
-
-/// Every finished cell's curve (the first seed's), keyed by (task, method).
-pub fn curves(g: &Grid) -> anyhow::Result<BTreeMap<(String, String), Curve>> {
-    let mut out = BTreeMap::new();
+/// The per-epoch metrics of every run of the grid that has any.
+pub fn read(g: &Grid) -> anyhow::Result<Runs> {
+    let mut out = Runs::new();
     for t in &g.tasks {
         for m in &g.methods {
-            let run = RunDir::new(g.run_dir(t, m, 0));
-            if run.finished() {
-                out.insert((t.clone(), m.clone()), read_metrics(&run)?.iter().map(|e| e.train_loss).collect());
+            for k in 0..g.seeds.max(1) {
+                let metrics = RunDir::new(g.run_dir(t, m, k)).metrics()?;
+                if !metrics.is_empty() {
+                    out.insert((t.clone(), m.clone(), k), metrics);
+                }
             }
         }
     }
     Ok(out)
 }
 
-/// `curves.csv`: one row per task, method, seed and epoch.
-pub fn csv(g: &Grid) -> anyhow::Result<String> {
+/// The share of the loss decrease from the first to the last epoch that happened after the
+/// epoch three quarters of the way through (`round(0.75·E)`): 0 is flat at the end, 0.25 is a
+/// straight line. `None` for runs under 4 epochs or without a decrease.
+pub fn late_share(c: &[f64]) -> Option<f64> {
+    let e = c.len();
+    if e < 4 {
+        return None;
+    }
+    let q = (0.75 * e as f64).round() as usize;
+    let total = c[0] - c[e - 1];
+    (total > 0.0).then(|| (c[q - 1] - c[e - 1]) / total)
+}
+
+/// Every finished cell's curve (the first seed's), keyed by (task, method).
+pub fn curves(g: &Grid, runs: &Runs) -> BTreeMap<(String, String), Curve> {
+    runs.iter()
+        .filter(|((t, m, k), _)| *k == 0 && RunDir::new(g.run_dir(t, m, 0)).finished())
+        .map(|((t, m, _), e)| ((t.clone(), m.clone()), e.iter().map(|e| e.train_loss).collect()))
+        .collect()
+}
+
+/// `curves.csv`: one row per task, method, seed and epoch (grid order).
+pub fn csv(g: &Grid, runs: &Runs) -> anyhow::Result<String> {
     let mut s = String::from("task,method,seed,epoch,lr,train_loss,train_acc,val_acc,test_acc\n");
     let o = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
     for t in &g.tasks {
         for m in &g.methods {
             for k in 0..g.seeds.max(1) {
-                for e in read_metrics(&RunDir::new(g.run_dir(t, m, k)))? {
+                for e in runs.get(&(t.clone(), m.clone(), k)).into_iter().flatten() {
                     writeln!(s, "{t},{m},{},{},{},{},{},{},{}", crate::bench_vtab::seed_of(k), e.epoch, e.lr, e.train_loss, e.train_acc, o(e.val_acc), o(e.test_acc))?;
                 }
             }

@@ -432,7 +432,7 @@ struct ExpertArgs {
     warmup_epochs: Option<usize>,
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Train on at most N images per task [default: all].
+    /// Train on at most N images per task (default run: 256).
     #[arg(long)]
     max_train_images: Option<usize>,
     /// Evaluate on at most the first N images per split (default run: 200).

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{BackboneId, write_text};
 use crate::config::TrainConfig;
-use crate::metrics::Summary;
+use crate::metrics::{EpochMetrics, Summary};
 use crate::{Error, Result};
 
 /// The layout version this build writes. Formats 1 (no `format` key), 2 and 3 are read and
@@ -233,6 +233,16 @@ impl RunDir {
         let p = self.summary_path();
         let text = mosa_core::fsio::read_text(&p, mosa_core::fsio::caps::CONFIG).map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))?;
         serde_json::from_str(&text).map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))
+    }
+
+    /// Reads `metrics.jsonl` (no file yet: no epochs).
+    pub fn metrics(&self) -> Result<Vec<EpochMetrics>> {
+        let p = self.metrics_jsonl();
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let text = mosa_core::fsio::read_text(&p, mosa_core::fsio::caps::CONFIG).map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))?;
+        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::Checkpoint(format!("{}:{}: {e}", p.display(), i + 1)))).collect()
     }
 
     pub fn write_summary(&self, s: &Summary) -> Result<()> {
