@@ -249,12 +249,31 @@ impl Progress {
     }
 }
 
+/// The `mosa train` arguments a finished cell was trained with, one per line, beside its run.
+const CELL_ARGS: &str = "cell_args.txt";
+
+/// Refuses a kept cell whose recorded arguments are not this grid's (a finished cell is skipped,
+/// so a changed setting would otherwise keep the old result silently). Cells from before the
+/// record was kept pass.
+fn check_cell_args(cell: &Cell) -> anyhow::Result<()> {
+    let path = cell.dir.join(CELL_ARGS);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let old: Vec<&str> = text.lines().collect();
+    if old == cell.args.iter().map(String::as_str).collect::<Vec<_>>() {
+        return Ok(());
+    }
+    let k = old.iter().zip(&cell.args).position(|(a, b)| *a != b.as_str()).unwrap_or(old.len().min(cell.args.len()));
+    let (was, now) = (old[k.saturating_sub(1)..old.len().min(k + 1)].join(" "), cell.args[k.saturating_sub(1)..cell.args.len().min(k + 1)].join(" "));
+    bail!("{}: this cell was trained with other arguments (`{was}`, now `{now}`); delete the folder to retrain it, or write the results under another --name", path.display())
+}
+
 /// Runs the cells: finished ones are skipped, interrupted ones resumed, the rest started afresh;
 /// the peak memory of each run is kept beside it. Returns the labels of the cells that failed.
 pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: usize) -> anyhow::Result<Vec<String>> {
     let mut failed = Vec::new();
     for (k, cell) in cells.iter().enumerate() {
         let run = RunDir::new(&cell.dir);
+        check_cell_args(cell)?;
         let done = run.finished();
         progress.line(offset + k, &cell.label, done);
         if done {
@@ -273,6 +292,7 @@ pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: u
         progress.ran();
         if ok {
             std::fs::write(cell.dir.join("peak_memory_mib.txt"), format!("{rss:.1}\n"))?;
+            std::fs::write(cell.dir.join(CELL_ARGS), cell.args.join("\n") + "\n")?;
         } else {
             eprintln!("[{}/{}] {} FAILED (its run directory is kept: {})", offset + k + 1, progress.total, cell.label, cell.dir.display());
             failed.push(cell.label.clone());

@@ -256,6 +256,10 @@ struct BenchArgs {
     batch_size: Option<usize>,
     #[arg(long)]
     lr: Option<f64>,
+    /// Learning rate of `lora` [default: 0.001 on the CPU default, where the shared 0.005 makes
+    /// LoRA diverge on 6 of 7 tasks (docs/benchmarks.md); with --full the shared --lr].
+    #[arg(long)]
+    lora_lr: Option<f64>,
     /// Train on at most N images per task [default: all].
     #[arg(long)]
     max_train_images: Option<usize>,
@@ -324,9 +328,13 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     }
     // FGVC with --full: the reference's per-dataset settings (lr, r 64, Cars N 2 / share up / DEEPREG)
     let per_dataset = kind == "fgvc" && a.full && a.lr.is_none();
-    if !per_dataset {
-        train_args.extend(["--lr".to_string(), lr.to_string()]);
-    }
+    // each method's lr (LoRA may have its own, see --lora-lr); FGVC's per-dataset table sets its own
+    let lora_lr = a.lora_lr.unwrap_or(if a.full { lr } else { 0.001 });
+    let method_args: std::collections::BTreeMap<String, Vec<String>> = if per_dataset {
+        Default::default()
+    } else {
+        a.methods.iter().map(|m| (m.clone(), vec!["--lr".to_string(), if m == "lora" { lora_lr } else { lr }.to_string()])).collect()
+    };
     // the published setting uses the reference's head init (spec §1: zero stays the default, as
     // the reference init was measured to stall MoSA on DINOv2)
     let head_init = a.head_init.clone().or(a.full.then(|| "reference".to_string()));
@@ -341,10 +349,11 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     // the defaults `mosa train` applies, read from their one source
     let (recipe, mosa_opts) = (mosa_train::TrainConfig::default(), mosa_core::mosa::MosaOptions::new());
     let settings = format!(
-        "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, lr {lr}, {}, head init {}{}, MoSA r {} N {} share {}; train images per task {}, eval images per split {}{}; backend feature {}.",
+        "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, lr {lr}{}, {}, head init {}{}, MoSA r {} N {} share {}; train images per task {}, eval images per split {}{}; backend feature {}.",
         a.model,
         a.weights.as_deref().unwrap_or("preset default"),
         enum_name(recipe.schedule),
+        if a.methods.iter().any(|m| m == "lora") && lora_lr != lr && !per_dataset { format!(" (lora {lora_lr})") } else { String::new() },
         if a.seeds > 1 { format!("seeds {}–{}", recipe.seed, recipe.seed + a.seeds - 1) } else { format!("seed {}", recipe.seed) },
         head_init.clone().unwrap_or_else(|| enum_name(recipe.head_init)),
         dropout.map(|p| format!(", backbone dropout {p}")).unwrap_or_default(),
@@ -359,7 +368,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let name = a.name.clone().unwrap_or_else(|| if a.full { format!("{kind}-full-{}", a.model) } else { format!("{kind}-{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) });
     let task_args = if per_dataset { tasks.iter().map(|t| (t.clone(), bench_vtab::fgvc_task_args(t))).collect() } else { Default::default() };
     let settings = if per_dataset { settings.replace(&format!("lr {lr}"), "per-dataset lr and r 64 (spec §5; Cars: N 2, share up, DEEPREG)") } else { settings };
-    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, method_args: Default::default(), task_args, settings, full: a.full && kind == "vtab", seeds: a.seeds as usize };
+    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, method_args, task_args, settings, full: a.full && kind == "vtab", seeds: a.seeds as usize };
     let mosa = match &a.mosa_bin {
         Some(p) => p.clone(),
         None => build_mosa(&a.backend)?,

@@ -130,6 +130,22 @@ fn bench_vtab_smoke() {
             assert!((mean - m).abs() < 1e-12 && (sd - s).abs() < 1e-12 && (lo - (m - half)).abs() < 1e-9 && (hi - (m + half)).abs() < 1e-9, "{name} {t}: {row:?} vs {a}, {b}");
         }
     }
+    // a changed setting is refused, not silently kept: each finished cell recorded its arguments
+    let o = run_with(&["--lr", "0.02"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("cell_args.txt: this cell was trained with other arguments (`--lr 0.005`, now `--lr 0.02`)"), "{err}");
+    // LoRA trains at its own lr (the CPU default's 0.001), every other method at the shared one
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(tmp.path())
+        .args(["bench-vtab", "--root", root.to_str().unwrap(), "--tasks", "svhn", "--methods", "linear,lora", "--model", model.to_str().unwrap(), "--weights", "none"])
+        .args(["--resolution", "16", "--epochs", "1", "--batch-size", "8", "--max-train-images", "8", "--max-eval-images", "8", "--name", "smoke-lora", "--mosa-bin"])
+        .arg(mosa_bin())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lr = |m: &str| read_json(&tmp.path().join("results/smoke-lora/runs/svhn").join(m).join("config.json"))["run"]["train"]["lr"].as_f64().unwrap();
+    assert_eq!((lr("linear"), lr("lora")), (0.005, 0.001));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("lr 0.005 (lora 0.001)"));
 }
 
 /// bench-vtab takes every family: a tiny random Swin and ConvNeXt (timm-style configs), linear
