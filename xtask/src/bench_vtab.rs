@@ -219,20 +219,22 @@ pub fn shard_of<T>(items: Vec<T>, shard: (usize, usize)) -> Vec<T> {
 }
 
 /// Progress over a list of work items: `[k/n] label (elapsed, ETA)` lines, the ETA from the
-/// items that did run (skipped ones cost nothing).
+/// items that did run, over the items still to run (skipped ones cost nothing).
 pub struct Progress {
     start: Instant,
     ran: usize,
     total: usize,
+    /// Items from the current one on that are already done (set by whoever knows it).
+    done_ahead: usize,
 }
 
 impl Progress {
     pub fn new(total: usize) -> Self {
-        Self { start: Instant::now(), ran: 0, total }
+        Self { start: Instant::now(), ran: 0, total, done_ahead: 0 }
     }
 
     pub fn line(&self, k: usize, label: &str, skipped: bool) {
-        let eta = if self.ran > 0 { fmt_eta(self.start.elapsed().as_secs_f64() / self.ran as f64 * (self.total - k) as f64) } else { "?".into() };
+        let eta = if self.ran > 0 { fmt_eta(self.start.elapsed().as_secs_f64() / self.ran as f64 * (self.total - k).saturating_sub(self.done_ahead) as f64) } else { "?".into() };
         eprintln!("[{}/{}] {label}{} (elapsed {}, ETA {eta})", k + 1, self.total, if skipped { ": done, skipped" } else { "" }, fmt_eta(self.start.elapsed().as_secs_f64()));
     }
 
@@ -271,12 +273,15 @@ fn check_cell_args(cell: &Cell) -> anyhow::Result<()> {
 /// the peak memory of each run is kept beside it. Returns the labels of the cells that failed.
 pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: usize) -> anyhow::Result<Vec<String>> {
     let mut failed = Vec::new();
+    let mut done_left = cells.iter().filter(|c| RunDir::new(&c.dir).finished()).count();
     for (k, cell) in cells.iter().enumerate() {
         let run = RunDir::new(&cell.dir);
         check_cell_args(cell)?;
         let done = run.finished();
+        progress.done_ahead = done_left;
         progress.line(offset + k, &cell.label, done);
         if done {
+            done_left -= 1;
             continue;
         }
         let mut args: Vec<String> = vec!["train".into(), "--out".into(), cell.dir.display().to_string()];
