@@ -231,21 +231,27 @@ fn attention_gradients_match_burns_autodiff_of_the_composition() {
             }
         };
         let (ours, burns) = (grad(true), grad(false));
-        if t <= 50 {
-            let x2: Vec<f32> = v.iter().map(|x| 2.0 * x).collect();
-            let exact: Vec<f32> = attention_grad_f64(&x2, &w, [b, t, h, hd]).iter().map(|g| 2.0 * g).collect();
-            let (e_ours, e_burn) = (scaled_worst(&ours, &exact), scaled_worst(&burns, &exact));
+        // the f64 loops are the tight reference: burn's autodiff of the composition is itself
+        // only an f32 result whose reductions round by the SIMD width of the machine (on an AVX2
+        // Zen 3 it is 9.4e-5 of the largest gradient from f64 at [2, 7, 3, 5], where ours is
+        // 3.8e-7), so against it the bound only has to catch wrong wiring (errors of ~1e-1)
+        let x2: Vec<f32> = v.iter().map(|x| 2.0 * x).collect();
+        let exact: Option<Vec<f32>> = (t <= 50).then(|| attention_grad_f64(&x2, &w, [b, t, h, hd]).iter().map(|g| 2.0 * g).collect());
+        if let Some(exact) = &exact {
+            let (e_ours, e_burn) = (scaled_worst(&ours, exact), scaled_worst(&burns, exact));
             assert!(e_ours < 2e-5 && e_ours <= 2.0 * e_burn.max(1e-6), "{:?}: vs f64 {e_ours} (burn's autodiff {e_burn})", [b, t, h, hd]);
         }
-        assert!(scaled_worst(&ours, &burns) < 5e-5, "{:?}: vs burn's autodiff {}", [b, t, h, hd], scaled_worst(&ours, &burns));
+        assert!(scaled_worst(&ours, &burns) < 5e-4, "{:?}: vs burn's autodiff {}", [b, t, h, hd], scaled_worst(&ours, &burns));
         // the trait's default backward (the composed formula, used where a backend has no kernel
-        // of its own) agrees with autodiff too
-        let x2: Vec<f32> = v.iter().map(|x| 2.0 * x).collect();
+        // of its own) agrees with f64 and with autodiff too
         let prim = |x: &[f32], s: [usize; 3]| on::<NdArray, 3>(x, s).into_primitive().tensor();
         let (_, lse) = <NdArray as Kernels>::attention_packed_with_lse(prim(&x2, shape), h);
         let dx = <NdArray as Kernels>::attention_packed_backward(prim(&x2, shape), lse, prim(&w, [b, t, h * hd]), h);
         let dx: Vec<f32> = host(Tensor::<NdArray, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(dx))).iter().map(|g| 2.0 * g).collect();
-        assert!(scaled_worst(&dx, &burns) < 5e-5, "{:?}: default backward {}", [b, t, h, hd], worst(&dx, &burns));
+        if let Some(exact) = &exact {
+            assert!(scaled_worst(&dx, exact) < 1e-4, "{:?}: default backward vs f64 {}", [b, t, h, hd], scaled_worst(&dx, exact));
+        }
+        assert!(scaled_worst(&dx, &burns) < 5e-4, "{:?}: default backward {}", [b, t, h, hd], scaled_worst(&dx, &burns));
     }
 }
 
@@ -312,10 +318,14 @@ fn layer_norm_forward_and_gradients_match_the_default_path() {
         let prim1 = |v: &[f32]| on::<NdArray, 1>(v, [d]).into_primitive().tensor();
         let (dx, params) = <NdArray as Kernels>::layer_norm_backward(prim3(&x), prim1(&gamma), prim3(&w), 1e-6, true);
         let dx = host(Tensor::<NdArray, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(dx)));
-        assert!(scaled_worst(&dx, &dx_exact) < 1e-4, "({rows}, {d}): default ∂/∂x {}", scaled_worst(&dx, &dx_exact));
+        // the composition's f32 reductions round by the machine's SIMD width: on an AVX2 Zen 3 it
+        // (and burn's autodiff of the forward alike) is 1.6e-4 from f64 at (394, 384), ours 1e-7;
+        // a wrong or missing term of the formula is off by ~1e-1
+        assert!(scaled_worst(&dx, &dx_exact) < 1e-3, "({rows}, {d}): default ∂/∂x {}", scaled_worst(&dx, &dx_exact));
         let dgamma = host(Tensor::<NdArray, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(params.unwrap().0)));
         // the default sums each column in one accumulator, so it is further from f64 than ours
-        assert!(scaled_worst(&dgamma, &dgamma_exact) < 1e-4, "({rows}, {d}): default ∂/∂gamma {}", scaled_worst(&dgamma, &dgamma_exact));
+        // (7.5e-5 at (394, 384) on the AVX2 Zen 3, ours 1.8e-7)
+        assert!(scaled_worst(&dgamma, &dgamma_exact) < 5e-4, "({rows}, {d}): default ∂/∂gamma {}", scaled_worst(&dgamma, &dgamma_exact));
         assert!(<NdArray as Kernels>::layer_norm_backward(prim3(&x), prim1(&gamma), prim3(&w), 1e-6, false).1.is_none());
     }
     // frozen γ and β (PEFT): only x has a gradient, and it is the same
