@@ -325,7 +325,7 @@ fn layer_norm_forward_and_gradients_match_the_default_path() {
         let dgamma = host(Tensor::<NdArray, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(params.unwrap().0)));
         // the default sums each column in one accumulator, so it is further from f64 than ours
         // (7.5e-5 at (394, 384) on the AVX2 Zen 3, ours 1.8e-7)
-        assert!(scaled_worst(&dgamma, &dgamma_exact) < 5e-4, "({rows}, {d}): default ∂/∂gamma {}", scaled_worst(&dgamma, &dgamma_exact));
+        assert!(scaled_worst(&dgamma, &dgamma_exact) < 1e-4, "({rows}, {d}): default ∂/∂gamma {}", scaled_worst(&dgamma, &dgamma_exact));
         assert!(<NdArray as Kernels>::layer_norm_backward(prim3(&x), prim1(&gamma), prim3(&w), 1e-6, false).1.is_none());
     }
     // frozen γ and β (PEFT): only x has a gradient, and it is the same
