@@ -42,6 +42,7 @@ macro_rules! multiversion {
 }
 
 mod attention;
+mod gemm;
 mod layer_norm;
 mod linear;
 

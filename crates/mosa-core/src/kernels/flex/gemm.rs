@@ -1,0 +1,488 @@
+//! Our f32 GEMM for CPUs with AVX2 + FMA and no AVX-512, used by the linears ([`super::linear`])
+//! where it is faster than the `gemm` crate (`docs/timings.md`); everywhere else, and for small
+//! products, [`matmul`] calls the `gemm` crate.
+//!
+//! The structure is the usual one for a packed GEMM (Goto and van de Geijn, "Anatomy of
+//! high-performance matrix multiplication", ACM TOMS 2008; the BLIS loop order): for each block
+//! of `KC` rows of `B` (and `NC` columns), `B` is packed into panels of `NR` columns, on all
+//! threads; the rows of `A` are cut into as many blocks of about `MC` rows as a multiple of the
+//! thread count, and each task packs its block of `A` into panels of `MR` rows and runs the
+//! `MR × NR` register tile over every pair of panels, the `B` panel staying in L1 while the `A`
+//! panels stream from L2. The tile holds 12 of the 16 `ymm` registers as accumulators, its inner
+//! loop is unrolled four times (one loop iteration per four rank-1 updates reaches the FMA
+//! peak, one per update reached 80% of it on a Zen 3), and it prefetches the `C` rows it will
+//! read and write before it starts (without that, the tile's first touch of `C` stalled it by
+//! about a fifth). Both operands are read through strides, so `Aᵀ` and `Bᵀ` cost nothing but a
+//! strided packing pass.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Rows of the register tile.
+const MR: usize = 6;
+/// Columns of the register tile (two `ymm` vectors).
+const NR: usize = 16;
+
+/// Block sizes: `KC × NR` floats of `B` (16 KiB) fit L1, `MC × KC` of `A` (144 KiB) fit L2.
+#[derive(Clone, Copy, Debug)]
+struct Blocking {
+    kc: usize,
+    mc: usize,
+    nc: usize,
+}
+
+const BLOCKING: Blocking = Blocking { kc: 256, mc: 144, nc: 4080 };
+
+/// Below this many multiply-adds (or with a side under [`MIN_SIDE`]) the `gemm` crate's
+/// unpacked paths are faster than packing.
+const OURS_MIN_MACS: usize = 64 * 64 * 64;
+const MIN_SIDE: usize = 32;
+
+/// A read-only strided matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct View {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: a `View` is only read, and only while the buffer it points into is borrowed by the caller.
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+
+/// The output pointer, shared by tasks that write disjoint rows.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+// SAFETY: tasks write disjoint row blocks of the output.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// A packing buffer aligned to a cache line (so the tile's vector loads never split one).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+thread_local! {
+    /// Each thread's buffer for packed `A` blocks, and the calling thread's for packed `B`, kept
+    /// between calls: a fresh one of this size is an `mmap` whose pages fault in on every call.
+    static PACKED_A: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PACKED_B: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of this thread's buffer in `slot` (a fresh buffer if that one is in use).
+fn with_buffer<R>(slot: &'static std::thread::LocalKey<std::cell::RefCell<Vec<Line>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let lines = len.div_ceil(16);
+    let floats = |buffer: &mut [Line]| {
+        // SAFETY: `Line` is 16 `f32`s with no padding (repr(C), size 64).
+        unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr().cast::<f32>(), len) }
+    };
+    slot.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            if buffer.len() < lines {
+                buffer.resize(lines, Line([0.0; 16]));
+            }
+            f(floats(&mut buffer[..lines]))
+        }
+        Err(_) => f(floats(&mut vec![Line([0.0; 16]); lines])),
+    })
+}
+
+/// Whether this CPU takes our kernel for large products: AVX2 + FMA without AVX-512F (where
+/// AVX-512 is present, the `gemm` crate's AVX-512 kernels are used: we have not measured ours
+/// against them there). `MOSA_GEMM=crate` in the environment forces the `gemm` crate, for
+/// before/after benchmarks on one machine.
+fn ours_preferred() -> bool {
+    static PREFERRED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PREFERRED.get_or_init(|| available() && !avx512() && std::env::var("MOSA_GEMM").as_deref() != Ok("crate"))
+}
+
+/// Whether the CPU can run our kernel at all.
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `c[m × n] = a[m × k]·b[k × n]`, or `c += a·b` when `accumulate`; `c` row-major with row
+/// stride `ldc` (initialised either way). Products of at least `parallel_macs` multiply-adds run on rayon's threads.
+///
+/// # Safety
+/// `a` and `b` must address `m × k` and `k × n` readable elements, `c` `m` rows of `ldc ≥ n`
+/// initialised ones that nothing else reads or writes during the call.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize, accumulate: bool, parallel_macs: usize) {
+    let parallel = m * n * k >= parallel_macs;
+    if takes_ours(m, n, k) {
+        // SAFETY: the caller's contract, and the CPU has AVX2 + FMA.
+        unsafe { packed(m, n, k, a, b, c, ldc, accumulate, parallel, BLOCKING) };
+    } else {
+        let parallelism = if parallel { Parallelism::Rayon(0) } else { Parallelism::None };
+        if !accumulate && k == 0 {
+            // SAFETY: the caller's contract.
+            (0..m).for_each(|i| unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) });
+            return;
+        }
+        // SAFETY: the caller's contract; `gemm` takes column strides first.
+        unsafe { gemm::gemm(m, n, k, c, 1, ldc as isize, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, 1.0, false, false, false, parallelism) };
+    }
+}
+
+/// Whether [`matmul`] runs our kernel for this size.
+fn takes_ours(m: usize, n: usize, k: usize) -> bool {
+    ours_preferred() && m * n * k >= OURS_MIN_MACS && m.min(n).min(k) >= MIN_SIDE
+}
+
+/// `a[m × k]·b[k × n]` as a new row-major buffer, on rayon's threads from `parallel_macs`
+/// multiply-adds; our kernel writes every element, so only the `gemm` crate's path zeroes it first.
+///
+/// # Safety
+/// `a` and `b` must address `m × k` and `k × n` readable elements.
+pub(super) unsafe fn product(m: usize, n: usize, k: usize, a: View, b: View, parallel_macs: usize) -> Vec<f32> {
+    if !takes_ours(m, n, k) {
+        let mut out = super::zeros(m * n);
+        // SAFETY: the caller's contract; `out` has m rows of n.
+        unsafe { matmul(m, n, k, a, b, out.as_mut_ptr(), n, false, parallel_macs) };
+        return out;
+    }
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: the caller's contract; without accumulation the packed GEMM only writes `out`, every
+    // element of its m rows of n (k ≥ MIN_SIDE > 0), so all of it is initialised after the call.
+    unsafe {
+        packed(m, n, k, a, b, out.as_mut_ptr(), n, false, m * n * k >= parallel_macs, BLOCKING);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// Splits `len` into a multiple of `parts` blocks of about `target` each, every block a multiple of `unit`.
+fn block(len: usize, target: usize, unit: usize, parts: usize) -> usize {
+    let parts = parts.max(1);
+    let blocks = len.div_ceil(target).div_ceil(parts) * parts;
+    len.div_ceil(blocks).div_ceil(unit) * unit
+}
+
+/// The packed GEMM (module docs), with [`matmul`]'s contract and an AVX2 + FMA CPU.
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize, accumulate: bool, parallel: bool, blocking: Blocking) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            // SAFETY: `c` has `m` rows of `ldc ≥ n` writable elements.
+            (0..m).for_each(|i| unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) });
+        }
+        return;
+    }
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let kc = block(k, blocking.kc, 1, 1);
+    let mc = block(m, blocking.mc, MR, threads);
+    let nc = block(n, blocking.nc, NR, 1);
+    let c = Out(c);
+    with_buffer(&PACKED_B, kc * nc.div_ceil(NR) * NR, |b_packed| {
+        for jc in (0..n).step_by(nc) {
+            let nb = nc.min(n - jc);
+            let panels = nb.div_ceil(NR);
+            for pc in (0..k).step_by(kc) {
+                let kb = kc.min(k - pc);
+                let b_panels = &mut b_packed[..panels * kb * NR];
+                let pack = |(jp, dst): (usize, &mut [f32])| {
+                    // SAFETY: columns jc + jp·NR … of rows pc … pc + kb lie inside `b`.
+                    unsafe { pack_b(dst, b, pc, kb, jc + jp * NR, (nb - jp * NR).min(NR)) }
+                };
+                if parallel {
+                    b_panels.par_chunks_mut(kb * NR).enumerate().for_each(pack);
+                } else {
+                    b_panels.chunks_mut(kb * NR).enumerate().for_each(pack);
+                }
+                let b_panels = &*b_panels;
+                let accumulate = accumulate || pc > 0;
+                let rows = |ic: usize| {
+                    let mb = mc.min(m - ic);
+                    with_buffer(&PACKED_A, kb * mb.div_ceil(MR) * MR, |a_packed| {
+                        for (ip, dst) in a_packed.chunks_mut(kb * MR).enumerate() {
+                            // SAFETY: rows ic + ip·MR … of columns pc … pc + kb lie inside `a`.
+                            unsafe { pack_a(dst, a, ic + ip * MR, (mb - ip * MR).min(MR), pc, kb) };
+                        }
+                        for (jp, b_panel) in b_panels.chunks(kb * NR).enumerate() {
+                            let j0 = jc + jp * NR;
+                            for (ip, a_panel) in a_packed.chunks(kb * MR).enumerate() {
+                                let i0 = ic + ip * MR;
+                                let out = c;
+                                // SAFETY: the tile (i0.., j0..) lies inside `c`, in this task's rows.
+                                unsafe { tile(kb, a_panel.as_ptr(), b_panel.as_ptr(), out.0.add(i0 * ldc + j0), ldc, (m - i0).min(MR), (n - j0).min(NR), accumulate) };
+                            }
+                        }
+                    })
+                };
+                if parallel {
+                    (0..m).into_par_iter().step_by(mc).for_each(rows);
+                } else {
+                    (0..m).step_by(mc).for_each(rows);
+                }
+            }
+        }
+    });
+}
+
+/// Packs rows `i0 … i0 + mr` × columns `p0 … p0 + kb` of `a` as `kb` groups of `MR` values,
+/// zero past `mr`; each row is read along its contiguous axis when it has one.
+///
+/// # Safety
+/// Those elements must lie inside `a`.
+unsafe fn pack_a(dst: &mut [f32], a: View, i0: usize, mr: usize, p0: usize, kb: usize) {
+    let dst = &mut dst[..kb * MR];
+    // SAFETY (all reads): the caller's contract.
+    let at = |i: usize, p: usize| unsafe { a.ptr.offset((i0 + i) as isize * a.rs + (p0 + p) as isize * a.cs) };
+    if a.cs == 1 && mr == MR {
+        // rows contiguous (x in the forward, g in ∂x): the MR rows read side by side
+        // SAFETY: kb contiguous elements of each row.
+        let rows: [&[f32]; MR] = std::array::from_fn(|i| unsafe { std::slice::from_raw_parts(at(i, 0), kb) });
+        for (p, group) in dst.chunks_exact_mut(MR).enumerate() {
+            for (v, row) in group.iter_mut().zip(&rows) {
+                *v = row[p];
+            }
+        }
+    } else if a.rs == 1 && mr == MR {
+        // columns contiguous (xᵀ in ∂W): MR values per column
+        for (p, group) in dst.chunks_exact_mut(MR).enumerate() {
+            // SAFETY: MR contiguous elements of column p.
+            group.copy_from_slice(unsafe { std::slice::from_raw_parts(at(0, p), MR) });
+        }
+    } else {
+        for (p, group) in dst.chunks_exact_mut(MR).enumerate() {
+            for (i, v) in group.iter_mut().enumerate() {
+                *v = if i < mr { unsafe { *at(i, p) } } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Packs rows `p0 … p0 + kb` × columns `j0 … j0 + nr` of `b` as `kb` groups of `NR` values,
+/// zero past `nr`; read along `b`'s contiguous axis when it has one.
+///
+/// # Safety
+/// Those elements must lie inside `b`.
+unsafe fn pack_b(dst: &mut [f32], b: View, p0: usize, kb: usize, j0: usize, nr: usize) {
+    let dst = &mut dst[..kb * NR];
+    // SAFETY (all reads): the caller's contract.
+    let at = |p: usize, j: usize| unsafe { b.ptr.offset((p0 + p) as isize * b.rs + (j0 + j) as isize * b.cs) };
+    if b.cs == 1 {
+        // rows contiguous (W in the forward, g in ∂W)
+        for (p, group) in dst.chunks_exact_mut(NR).enumerate() {
+            // SAFETY: nr contiguous elements of row p.
+            let row = unsafe { std::slice::from_raw_parts(at(p, 0), nr) };
+            group[..nr].copy_from_slice(row);
+            group[nr..].iter_mut().for_each(|v| *v = 0.0);
+        }
+    } else if b.rs == 1 && nr == NR {
+        // columns contiguous (Wᵀ in ∂x): the NR columns read side by side
+        // SAFETY: kb contiguous elements of each column.
+        let columns: [&[f32]; NR] = std::array::from_fn(|j| unsafe { std::slice::from_raw_parts(at(0, j), kb) });
+        for (p, group) in dst.chunks_exact_mut(NR).enumerate() {
+            for (v, column) in group.iter_mut().zip(&columns) {
+                *v = column[p];
+            }
+        }
+    } else {
+        for (p, group) in dst.chunks_exact_mut(NR).enumerate() {
+            for (j, v) in group.iter_mut().enumerate() {
+                *v = if j < nr { unsafe { *at(p, j) } } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// One `mr × nr` tile of `c` (`mr ≤ MR`, `nr ≤ NR`) from a packed `A` and `B` panel; a partial
+/// tile goes through a full one on the stack.
+///
+/// # Safety
+/// The panels hold `kb` groups; the tile lies inside `c`; the CPU has AVX2 + FMA.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, mr: usize, nr: usize, accumulate: bool) {
+    if mr == MR && nr == NR {
+        // SAFETY: the caller's contract.
+        return unsafe { kernel(kb, a, b, c, ldc, accumulate) };
+    }
+    let mut full = [0f32; MR * NR];
+    for i in 0..mr {
+        for j in 0..nr {
+            // SAFETY: (i, j) lies inside the tile.
+            full[i * NR + j] = if accumulate { unsafe { *c.add(i * ldc + j) } } else { 0.0 };
+        }
+    }
+    // SAFETY: `full` is a whole tile with row stride NR.
+    unsafe { kernel(kb, a, b, full.as_mut_ptr(), NR, accumulate) };
+    for i in 0..mr {
+        for j in 0..nr {
+            // SAFETY: as above.
+            unsafe { *c.add(i * ldc + j) = full[i * NR + j] };
+        }
+    }
+}
+
+/// The `MR × NR` register tile: `c (+)= Σ_p a[p]ᵀ·b[p]` over `kb` packed groups.
+///
+/// # Safety
+/// As [`tile`], for a whole tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract: `a` has kb·MR floats, `b` kb·NR, `c` MR rows of NR.
+    unsafe {
+        let mut r = [[_mm256_setzero_ps(); 2]; MR];
+        for i in 0..MR {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
+        }
+        let (mut a, mut b) = (a, b);
+        macro_rules! update {
+            ($p:expr) => {{
+                let b0 = _mm256_loadu_ps(b.add($p * NR));
+                let b1 = _mm256_loadu_ps(b.add($p * NR + 8));
+                for (i, row) in r.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*a.add($p * MR + i));
+                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                }
+            }};
+        }
+        for _ in 0..kb / 4 {
+            _mm_prefetch::<_MM_HINT_T0>(a.add(8 * 4 * MR).cast());
+            update!(0);
+            update!(1);
+            update!(2);
+            update!(3);
+            a = a.add(4 * MR);
+            b = b.add(4 * NR);
+        }
+        for _ in 0..kb % 4 {
+            update!(0);
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        for (i, row) in r.iter().enumerate() {
+            let out = c.add(i * ldc);
+            if accumulate {
+                _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), row[0]));
+                _mm256_storeu_ps(out.add(8), _mm256_add_ps(_mm256_loadu_ps(out.add(8)), row[1]));
+            } else {
+                _mm256_storeu_ps(out, row[0]);
+                _mm256_storeu_ps(out.add(8), row[1]);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
+    unreachable!("the packed GEMM runs only where `available()`")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// A `rows × cols` matrix stored row-major (layout 0), column-major (1, a transposed view) or
+    /// with neither axis contiguous (2: every other element of a wider row-major buffer).
+    fn stored(rows: usize, cols: usize, layout: usize, seed: u64) -> (Vec<f32>, isize, isize) {
+        match layout {
+            0 => (values(rows * cols, seed), cols as isize, 1),
+            1 => (values(rows * cols, seed), 1, rows as isize),
+            _ => (values(rows * cols * 2, seed), 2 * cols as isize, 2),
+        }
+    }
+
+    /// Our packed GEMM against f64 loops, on odd sizes that leave partial tiles, several `KC`,
+    /// `MC` and `NC` blocks (small blockings), each operand in each layout, with and without
+    /// accumulation, on one thread and on rayon's.
+    #[test]
+    fn packed_gemm_matches_f64_loops() {
+        if !available() {
+            eprintln!("skipped: no AVX2 + FMA");
+            return;
+        }
+        let blockings = [BLOCKING, Blocking { kc: 7, mc: 12, nc: 32 }, Blocking { kc: 64, mc: 6, nc: 16 }];
+        let mut seed = 1;
+        for (m, n, k) in [(1, 1, 1), (5, 3, 2), (6, 16, 4), (7, 17, 9), (13, 40, 31), (45, 71, 130), (100, 33, 300)] {
+            for (ta, tb) in (0..3).flat_map(|ta| (0..3).map(move |tb| (ta, tb))) {
+                seed += 1;
+                let (a, ars, acs) = stored(m, k, ta, seed);
+                let (b, brs, bcs) = stored(k, n, tb, seed + 100);
+                let at = |i: usize, p: usize| a[(i as isize * ars + p as isize * acs) as usize] as f64;
+                let bt = |p: usize, j: usize| b[(p as isize * brs + j as isize * bcs) as usize] as f64;
+                let ldc = n + 3;
+                let start = values(m * ldc, seed + 200);
+                for blocking in blockings {
+                    for accumulate in [false, true] {
+                        for parallel in [false, true] {
+                            let mut c = start.clone();
+                            let (av, bv) = (View { ptr: a.as_ptr(), rs: ars, cs: acs }, View { ptr: b.as_ptr(), rs: brs, cs: bcs });
+                            // SAFETY: the buffers have the sizes the views and ldc describe.
+                            unsafe { packed(m, n, k, av, bv, c.as_mut_ptr(), ldc, accumulate, parallel, blocking) };
+                            for i in 0..m {
+                                for j in 0..ldc {
+                                    let got = c[i * ldc + j] as f64;
+                                    let want = if j >= n {
+                                        start[i * ldc + j] as f64
+                                    } else {
+                                        (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>() + if accumulate { start[i * ldc + j] as f64 } else { 0.0 }
+                                    };
+                                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(), "{m}×{n}×{k} layouts {ta} {tb} {blocking:?} acc {accumulate} par {parallel}: ({i}, {j}) {got} vs {want}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `k = 0` writes zeros (or leaves `c`) and empty outputs touch nothing.
+    #[test]
+    fn packed_gemm_edge_sizes() {
+        if !available() {
+            return;
+        }
+        let mut c = vec![3f32; 12];
+        let none = View { ptr: std::ptr::null(), rs: 0, cs: 0 };
+        // SAFETY: k = 0 reads nothing; c has 3 rows of 4.
+        unsafe { packed(3, 4, 0, none, none, c.as_mut_ptr(), 4, true, false, BLOCKING) };
+        assert!(c.iter().all(|&v| v == 3.0));
+        unsafe { packed(3, 4, 0, none, none, c.as_mut_ptr(), 4, false, false, BLOCKING) };
+        assert!(c.iter().all(|&v| v == 0.0));
+        unsafe { packed(0, 4, 5, none, none, c.as_mut_ptr(), 4, false, true, BLOCKING) };
+        assert_eq!(block(1576, 144, MR, 2), 132);
+        assert_eq!(block(384, 144, MR, 2), 96);
+    }
+}
