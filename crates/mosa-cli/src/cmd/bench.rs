@@ -60,6 +60,10 @@ pub enum Command {
     Merge(crate::cmd::bench_merge::Args),
     /// This machine's f32 FMA peak on all threads (the ceiling for GFLOP/s figures).
     Peak(crate::cmd::bench_peak::Args),
+    /// Our packed GEMM against the `gemm` crate on the linears of a ViT-S/16 training step,
+    /// alternating in every iteration (flex builds, AVX2 + FMA CPUs).
+    #[cfg(feature = "flex")]
+    Gemm(crate::cmd::bench_gemm::Args),
 }
 
 fn stats(mut t: Vec<f64>) -> (f64, f64, f64) {
@@ -115,11 +119,15 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     let cmd = match cmd {
         Command::Merge(a) => return crate::cmd::bench_merge::run(a),
         Command::Peak(a) => return crate::cmd::bench_peak::run(a),
+        #[cfg(feature = "flex")]
+        Command::Gemm(a) => return crate::cmd::bench_gemm::run(a),
         cmd => cmd,
     };
     let device = backend::device();
     match cmd {
         Command::Merge(_) | Command::Peak(_) => unreachable!(),
+        #[cfg(feature = "flex")]
+        Command::Gemm(_) => unreachable!(),
         Command::Forward { common, batch } => {
             let cfg = presets::resolve_model(&common.model)?.with_num_classes(common.num_classes).with_img_size(common.resolution);
             let model = cfg.init::<Backend>(&device);

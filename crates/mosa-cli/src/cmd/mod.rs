@@ -1,6 +1,8 @@
 //! One module per `mosa` command.
 
 pub mod bench;
+#[cfg(feature = "flex")]
+pub mod bench_gemm;
 pub mod bench_merge;
 pub mod bench_peak;
 pub mod data;

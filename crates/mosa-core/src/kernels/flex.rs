@@ -42,7 +42,7 @@ macro_rules! multiversion {
 }
 
 mod attention;
-mod gemm;
+pub mod gemm;
 mod layer_norm;
 mod linear;
 

@@ -171,6 +171,38 @@ pub(super) unsafe fn product(m: usize, n: usize, k: usize, a: View, b: View, par
     out
 }
 
+/// The GEMM [`multiply`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gemm {
+    /// Our packed kernel (AVX2 + FMA CPUs only).
+    Ours,
+    /// The `gemm` crate (what burn-flex's matmul uses).
+    Crate,
+}
+
+/// `c = a·b` on rayon's threads with the GEMM `which`, each operand row-major or (`*_transposed`)
+/// read as the transpose of a row-major buffer: `a` `[m × k]` (or `[k × m]` transposed), `b`
+/// `[k × n]` (or `[n × k]`), `c` `[m × n]`; the entry point of `mosa bench gemm`.
+#[allow(clippy::too_many_arguments)]
+pub fn multiply(which: Gemm, m: usize, n: usize, k: usize, a: &[f32], a_transposed: bool, b: &[f32], b_transposed: bool, c: &mut [f32]) -> Result<(), String> {
+    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
+        return Err(format!("multiply: {m}×{k} · {k}×{n} → {m}×{n} needs {}, {} and {} floats, got {}, {} and {}", m * k, k * n, m * n, a.len(), b.len(), c.len()));
+    }
+    if which == Gemm::Ours && !available() {
+        return Err("our GEMM needs a CPU with AVX2 and FMA".into());
+    }
+    let view = |v: &[f32], cols: usize, rows: usize, transposed: bool| if transposed { View { ptr: v.as_ptr(), rs: 1, cs: rows as isize } } else { View { ptr: v.as_ptr(), rs: cols as isize, cs: 1 } };
+    let (av, bv) = (view(a, k, m, a_transposed), view(b, n, k, b_transposed));
+    // SAFETY: the lengths are checked above; the views address exactly those buffers.
+    unsafe {
+        match which {
+            Gemm::Ours => packed(m, n, k, av, bv, c.as_mut_ptr(), n, false, true, BLOCKING),
+            Gemm::Crate => gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, av.ptr, av.cs, av.rs, bv.ptr, bv.cs, bv.rs, 0.0, 1.0, false, false, false, Parallelism::Rayon(0)),
+        }
+    }
+    Ok(())
+}
+
 /// Splits `len` into a multiple of `parts` blocks of about `target` each, every block a multiple of `unit`.
 fn block(len: usize, target: usize, unit: usize, parts: usize) -> usize {
     let parts = parts.max(1);
@@ -466,6 +498,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The benchmark entry: both GEMMs give the f64 product for each operand layout, and wrong
+    /// buffer lengths are an error, not a read out of bounds.
+    #[test]
+    fn multiply_runs_both_gemms_on_each_layout() {
+        let (m, n, k) = (70, 45, 66);
+        let (a, b) = (values(m * k, 1), values(k * n, 2));
+        for (at, bt) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a_at = |i: usize, p: usize| if at { a[p * m + i] } else { a[i * k + p] } as f64;
+            let b_at = |p: usize, j: usize| if bt { b[j * k + p] } else { b[p * n + j] } as f64;
+            for which in [Gemm::Ours, Gemm::Crate] {
+                if which == Gemm::Ours && !available() {
+                    continue;
+                }
+                let mut c = vec![f32::NAN; m * n];
+                multiply(which, m, n, k, &a, at, &b, bt, &mut c).unwrap();
+                for (idx, &got) in c.iter().enumerate() {
+                    let (i, j) = (idx / n, idx % n);
+                    let want: f64 = (0..k).map(|p| a_at(i, p) * b_at(p, j)).sum();
+                    assert!((got as f64 - want).abs() < 1e-5, "{which:?} at {at} bt {bt} ({i}, {j}): {got} vs {want}");
+                }
+            }
+        }
+        let mut c = vec![0f32; m * n];
+        assert!(multiply(Gemm::Crate, m, n, k, &a[1..], false, &b, false, &mut c).unwrap_err().contains("needs"));
     }
 
     /// `k = 0` writes zeros (or leaves `c`) and empty outputs touch nothing.
