@@ -18,17 +18,10 @@ pub struct Args {
     rows: usize,
 }
 
-/// Values in [-0.5, 0.5) from a fixed xorshift stream.
+/// Values in [-0.5, 0.5) from the seeded stream `seed`.
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    let mut rng = mosa_core::rng::Rng::new(seed);
+    (0..n).map(|_| rng.uniform() as f32 - 0.5).collect()
 }
 
 fn median(mut t: Vec<f64>) -> f64 {
