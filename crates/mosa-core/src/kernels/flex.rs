@@ -46,6 +46,13 @@ pub mod gemm;
 mod layer_norm;
 mod linear;
 
+/// A raw output pointer shared by rayon tasks that each write their own disjoint elements.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every user hands each task a disjoint part of the buffer to write (see the uses).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
 /// Elements per rayon task: large enough to amortise the task, small enough to balance.
 const CHUNK: usize = 16 * 1024;
 

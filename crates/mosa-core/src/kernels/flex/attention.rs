@@ -10,6 +10,8 @@ use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use super::super::math::{self, row_dot, row_max, row_sum};
+use super::Shared;
+use super::gemm::View;
 
 /// The problem: `b` sequences of `t` tokens, `h` heads of width `hd`, `d = h·hd`.
 #[derive(Clone, Copy, Debug)]
@@ -36,30 +38,6 @@ impl Geometry {
     }
 }
 
-/// A strided read-only matrix view.
-#[derive(Clone, Copy)]
-struct View {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
-}
-
-impl View {
-    fn rows(ptr: *const f32, rs: usize) -> Self {
-        View { ptr, rs: rs as isize, cs: 1 }
-    }
-
-    fn t(self) -> Self {
-        View { ptr: self.ptr, rs: self.cs, cs: self.rs }
-    }
-}
-
-/// A raw output pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every task writes only its own (batch, head) elements (module docs).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
 #[derive(Clone, Copy)]
 struct SharedRead(*const f32);
 // SAFETY: read only.

@@ -50,13 +50,22 @@ pub(super) struct View {
 unsafe impl Send for View {}
 unsafe impl Sync for View {}
 
-/// The output pointer, shared by tasks that write disjoint rows.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
+impl View {
+    /// Rows `rs` apart, each contiguous.
+    pub fn rows(ptr: *const f32, rs: usize) -> Self {
+        View { ptr, rs: rs as isize, cs: 1 }
+    }
 
-// SAFETY: tasks write disjoint row blocks of the output.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
+    /// A row-major `[_, cols]` buffer.
+    pub fn row_major(v: &[f32], cols: usize) -> Self {
+        View::rows(v.as_ptr(), cols)
+    }
+
+    /// The transpose.
+    pub fn t(self) -> Self {
+        View { ptr: self.ptr, rs: self.cs, cs: self.rs }
+    }
+}
 
 /// A packing buffer aligned to a cache line (so the tile's vector loads never split one).
 #[derive(Clone, Copy)]
@@ -136,8 +145,7 @@ pub(super) unsafe fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: *
         let parallelism = if parallel { Parallelism::Rayon(0) } else { Parallelism::None };
         if !accumulate && k == 0 {
             // SAFETY: the caller's contract.
-            (0..m).for_each(|i| unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) });
-            return;
+            return unsafe { zero_rows(c, m, n, ldc) };
         }
         // SAFETY: the caller's contract; `gemm` takes column strides first.
         unsafe { gemm::gemm(m, n, k, c, 1, ldc as isize, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, 1.0, false, false, false, parallelism) };
@@ -191,7 +199,7 @@ pub fn multiply(which: Gemm, m: usize, n: usize, k: usize, a: &[f32], a_transpos
     if which == Gemm::Ours && !available() {
         return Err("our GEMM needs a CPU with AVX2 and FMA".into());
     }
-    let view = |v: &[f32], cols: usize, rows: usize, transposed: bool| if transposed { View { ptr: v.as_ptr(), rs: 1, cs: rows as isize } } else { View { ptr: v.as_ptr(), rs: cols as isize, cs: 1 } };
+    let view = |v: &[f32], cols: usize, rows: usize, transposed: bool| if transposed { View::row_major(v, rows).t() } else { View::row_major(v, cols) };
     let (av, bv) = (view(a, k, m, a_transposed), view(b, n, k, b_transposed));
     // SAFETY: the lengths are checked above; the views address exactly those buffers.
     unsafe {
@@ -201,6 +209,15 @@ pub fn multiply(which: Gemm, m: usize, n: usize, k: usize, a: &[f32], a_transpos
         }
     }
     Ok(())
+}
+
+/// `c = 0` (an empty product).
+///
+/// # Safety
+/// `c` must have `m` rows of `ldc ≥ n` writable elements.
+unsafe fn zero_rows(c: *mut f32, m: usize, n: usize, ldc: usize) {
+    // SAFETY: the caller's contract.
+    (0..m).for_each(|i| unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) });
 }
 
 /// Splits `len` into a multiple of `parts` blocks of about `target` each, every block a multiple of `unit`.
@@ -218,8 +235,8 @@ unsafe fn packed(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ld
     }
     if k == 0 {
         if !accumulate {
-            // SAFETY: `c` has `m` rows of `ldc ≥ n` writable elements.
-            (0..m).for_each(|i| unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) });
+            // SAFETY: the caller's contract.
+            unsafe { zero_rows(c, m, n, ldc) };
         }
         return;
     }
@@ -227,7 +244,7 @@ unsafe fn packed(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ld
     let kc = block(k, blocking.kc, 1, 1);
     let mc = block(m, blocking.mc, MR, threads);
     let nc = block(n, blocking.nc, NR, 1);
-    let c = Out(c);
+    let c = super::Shared(c);
     with_buffer(&PACKED_B, kc * nc.div_ceil(NR) * NR, |b_packed| {
         for jc in (0..n).step_by(nc) {
             let nb = nc.min(n - jc);

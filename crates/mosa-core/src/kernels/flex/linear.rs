@@ -18,7 +18,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, k
     assert!(x.len() == rows * k && w.len() == k * n && bias.is_none_or(|b| b.len() == n));
     let Some(b) = bias else {
         // SAFETY: the buffers have the lengths checked above.
-        return unsafe { product(rows, n, k, row_major(x, k), row_major(w, n), PARALLEL_MACS) };
+        return unsafe { product(rows, n, k, View::row_major(x, k), View::row_major(w, n), PARALLEL_MACS) };
     };
     let mut out = Vec::with_capacity(rows * n);
     out.spare_capacity_mut().par_chunks_mut(n.max(1) * 64).for_each(|chunk| {
@@ -31,32 +31,22 @@ pub(super) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, k
     // SAFETY: every row was written above (the capacity is whole rows).
     unsafe { out.set_len(rows * n) };
     // SAFETY: the three buffers have the lengths checked above; out is written by the GEMM alone.
-    unsafe { matmul(rows, n, k, row_major(x, k), row_major(w, n), out.as_mut_ptr(), n, true, PARALLEL_MACS) };
+    unsafe { matmul(rows, n, k, View::row_major(x, k), View::row_major(w, n), out.as_mut_ptr(), n, true, PARALLEL_MACS) };
     out
-}
-
-/// A row-major `[_, cols]` buffer as a view.
-fn row_major(v: &[f32], cols: usize) -> View {
-    View { ptr: v.as_ptr(), rs: cols as isize, cs: 1 }
-}
-
-/// The transpose of a row-major `[_, cols]` buffer as a view.
-fn transposed(v: &[f32], cols: usize) -> View {
-    View { ptr: v.as_ptr(), rs: 1, cs: cols as isize }
 }
 
 /// `∂L/∂x = g·Wᵀ` `[rows × k]` from `g` `[rows × n]` and `w` `[k × n]`.
 pub(super) fn backward_x(w: &[f32], g: &[f32], rows: usize, k: usize, n: usize) -> Vec<f32> {
     assert!(w.len() == k * n && g.len() == rows * n);
     // SAFETY: lengths checked above; Wᵀ's element (o, i) is w[i·n + o].
-    unsafe { product(rows, k, n, row_major(g, n), transposed(w, n), PARALLEL_MACS) }
+    unsafe { product(rows, k, n, View::row_major(g, n), View::row_major(w, n).t(), PARALLEL_MACS) }
 }
 
 /// `∂L/∂W = xᵀ·g` `[k × n]` from `x` `[rows × k]` and `g` `[rows × n]`: one GEMM over all rows.
 pub(super) fn backward_weight(x: &[f32], g: &[f32], rows: usize, k: usize, n: usize) -> Vec<f32> {
     assert!(x.len() == rows * k && g.len() == rows * n);
     // SAFETY: lengths checked above; xᵀ's element (i, r) is x[r·k + i].
-    unsafe { product(k, n, rows, transposed(x, k), row_major(g, n), PARALLEL_MACS) }
+    unsafe { product(k, n, rows, View::row_major(x, k).t(), View::row_major(g, n), PARALLEL_MACS) }
 }
 
 /// `∂L/∂b = Σ_rows g` `[n]`: partial sums per task of 64 rows, added in task order (deterministic).
