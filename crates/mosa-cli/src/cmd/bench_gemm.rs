@@ -1,12 +1,13 @@
-//! `mosa bench gemm`: our packed GEMM (`mosa_core::kernels::flex::gemm`) against the `gemm`
-//! crate on the linears of a ViT-S/16 training step at 224 px, batch 8 (`rows` = 8 · 197 tokens):
-//! the forward `x·W`, `∂x = g·Wᵀ` and `∂W = xᵀ·g` of qkv, fc1 and fc2. The two run alternately
-//! in every iteration (so a noisy neighbour slows both alike); medians, their ratio, GFLOP/s
-//! against the measured FMA peak, and the largest difference between the two results.
+//! `mosa bench gemm`: our packed GEMM (`mosa_core::kernels::flex::gemm`, with each register
+//! tile this CPU can run) against the `gemm` crate on the linears of a ViT-S/16 training step at
+//! 224 px, batch 8 (`rows` = 8 · 197 tokens): the forward `x·W`, `∂x = g·Wᵀ` and `∂W = xᵀ·g` of
+//! qkv, fc1 and fc2. They run in turn in every iteration (so a noisy neighbour slows all alike);
+//! medians, each tile's speed against the crate, GFLOP/s against the measured FMA peak, and the
+//! largest difference from the crate's result.
 
 use std::time::Instant;
 
-use mosa_core::kernels::flex::gemm::{Gemm, multiply};
+use mosa_core::kernels::flex::gemm::{Gemm, Tile, available, multiply};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -45,36 +46,52 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     ];
     println!("f32 FMA peak: {peak:.0} GFLOP/s ({isa}, {} threads)", rayon::current_num_threads());
     println!();
-    println!("| product | m × n × k | ours median ms | ours GFLOP/s (% of peak) | gemm crate median ms | gemm crate GFLOP/s (% of peak) | ours / crate speed | max abs difference |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    for (i, (name, m, n, k, at, bt)) in shapes.into_iter().enumerate() {
+    let tiles: Vec<Tile> = [Tile::Avx2, Tile::Avx512].into_iter().filter(|&t| available(t)).collect();
+    if tiles.is_empty() {
+        anyhow::bail!("our GEMM needs a CPU with AVX2 and FMA (or AVX-512); this one has neither");
+    }
+    let mut runs: Vec<Gemm> = tiles.iter().map(|&t| Gemm::Ours(t)).collect();
+    runs.push(Gemm::Crate);
+    let name = |g: &Gemm| match g {
+        Gemm::Ours(Tile::Avx2) => "ours (AVX2 6×16)",
+        Gemm::Ours(Tile::Avx512) => "ours (AVX-512 12×32)",
+        Gemm::Crate => "gemm crate",
+    };
+    let mut header = String::from("| product | m × n × k |");
+    for g in &runs {
+        header += &format!(" {} median ms | {} GFLOP/s (% of peak) |", name(g), name(g));
+    }
+    for &t in &tiles {
+        header += &format!(" {} / crate speed |", name(&Gemm::Ours(t)));
+    }
+    println!("{header} max abs difference |");
+    println!("|---|---|{}---:|", "---:|".repeat(2 * runs.len() + tiles.len()));
+    for (i, (product, m, n, k, at, bt)) in shapes.into_iter().enumerate() {
         let (x, y) = (values(m * k, 2 * i as u64 + 1), values(k * n, 2 * i as u64 + 2));
-        let (mut ours, mut theirs) = (vec![0f32; m * n], vec![0f32; m * n]);
-        let (mut t_ours, mut t_crate) = (Vec::new(), Vec::new());
+        let mut outs = vec![vec![0f32; m * n]; runs.len()];
+        let mut times = vec![Vec::new(); runs.len()];
         for it in 0..=a.iters.max(1) {
-            let t0 = Instant::now();
-            multiply(Gemm::Ours, m, n, k, &x, at, &y, bt, &mut ours).map_err(anyhow::Error::msg)?;
-            let t1 = Instant::now();
-            multiply(Gemm::Crate, m, n, k, &x, at, &y, bt, &mut theirs).map_err(anyhow::Error::msg)?;
-            let t2 = Instant::now();
-            if it > 0 {
-                t_ours.push((t1 - t0).as_secs_f64());
-                t_crate.push((t2 - t1).as_secs_f64());
+            for ((g, out), t) in runs.iter().zip(&mut outs).zip(&mut times) {
+                let t0 = Instant::now();
+                multiply(*g, m, n, k, &x, at, &y, bt, out).map_err(anyhow::Error::msg)?;
+                if it > 0 {
+                    t.push(t0.elapsed().as_secs_f64());
+                }
             }
         }
-        let diff = ours.iter().zip(&theirs).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-        let (mo, mc) = (median(t_ours), median(t_crate));
+        let crate_out = outs.last().expect("the crate runs");
+        let diff = outs.iter().flat_map(|o| o.iter().zip(crate_out).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max);
+        let medians: Vec<f64> = times.into_iter().map(median).collect();
         let gf = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
-        println!(
-            "| {name} | {m} × {n} × {k} | {:.2} | {:.0} ({:.0}%) | {:.2} | {:.0} ({:.0}%) | {:.2}× | {diff:.1e} |",
-            mo * 1e3,
-            gf(mo),
-            100.0 * gf(mo) / peak,
-            mc * 1e3,
-            gf(mc),
-            100.0 * gf(mc) / peak,
-            mc / mo
-        );
+        let mut row = format!("| {product} | {m} × {n} × {k} |");
+        for &s in &medians {
+            row += &format!(" {:.2} | {:.0} ({:.0}%) |", s * 1e3, gf(s), 100.0 * gf(s) / peak);
+        }
+        let crate_s = medians[medians.len() - 1];
+        for &s in &medians[..tiles.len()] {
+            row += &format!(" {:.2}× |", crate_s / s);
+        }
+        println!("{row} {diff:.1e} |");
     }
     println!();
     println!("command: mosa bench gemm --iters {} --rows {rows}", a.iters);

@@ -15,7 +15,7 @@
 //! | [`Kernels::gelu_exact_backward`] | `ActivationOps::gelu_backward` | the same, fused with the incoming gradient |
 //! | [`Kernels::attention_packed`] | split heads (reshape, permute), `module::attention`, merge heads | per (batch, head) on rayon: strided GEMMs straight from the packed `qkv`, SIMD softmax, output written into `[b, t, d]` |
 //! | [`Kernels::attention_packed_backward`] | the backward composed of tensor ops (`attention.rs`) | per (batch, head): the softmax recomputed from the saved log-sum-exp, five strided GEMMs into the packed gradient |
-//! | [`Kernels::linear_rows`] | `ModuleOps::linear` (matmul, then the bias added on one thread) | bias rows written first, one GEMM over all rows accumulating into them, on rayon (ours, `flex/gemm.rs`, on AVX2 CPUs without AVX-512; the `gemm` crate elsewhere); under `Autodiff` ∂W is one GEMM over all rows |
+//! | [`Kernels::linear_rows`] | `ModuleOps::linear` (matmul, then the bias added on one thread) | bias rows written first, one GEMM over all rows accumulating into them, on rayon (ours, `flex/gemm.rs`, on AVX2 CPUs without AVX-512, a 6 × 16 tile; the `gemm` crate elsewhere, or our 12 × 32 AVX-512 tile with `MOSA_GEMM=avx512`); under `Autodiff` ∂W is one GEMM over all rows |
 //! | [`Kernels::linear_rows_backward`] | `ModuleOps::linear_{x,weight,bias}_backward` | ∂x and ∂W as one parallel GEMM each on strided views (no transposed copies), ∂b summed per task |
 //! | [`Kernels::layer_norm`] | `ModuleOps::layer_norm` (burn-flex: SIMD, rayon) | the default |
 //! | [`Kernels::layer_norm_backward`] | the backward composed of tensor ops (`layer_norm.rs`) | rows on rayon, one SIMD pass per row, γ and β gradients reduced per task |

@@ -1,6 +1,6 @@
-//! Our f32 GEMM for CPUs with AVX2 + FMA and no AVX-512, used by the linears ([`super::linear`])
-//! where it is faster than the `gemm` crate (`docs/timings.md`); everywhere else, and for small
-//! products, [`matmul`] calls the `gemm` crate.
+//! Our f32 GEMM for x86 CPUs with AVX2 + FMA or AVX-512, used by the linears
+//! ([`super::linear`]) where it is faster than the `gemm` crate (`docs/timings.md`); everywhere
+//! else, and for small products, [`matmul`] calls the `gemm` crate.
 //!
 //! The structure is the usual one for a packed GEMM (Goto and van de Geijn, "Anatomy of
 //! high-performance matrix multiplication", ACM TOMS 2008; the BLIS loop order): for each block
@@ -8,22 +8,18 @@
 //! threads; the rows of `A` are cut into as many blocks of about `MC` rows as a multiple of the
 //! thread count, and each task packs its block of `A` into panels of `MR` rows and runs the
 //! `MR × NR` register tile over every pair of panels, the `B` panel staying in L1 while the `A`
-//! panels stream from L2. The tile holds 12 of the 16 `ymm` registers as accumulators, its inner
-//! loop is unrolled four times (one loop iteration per four rank-1 updates reaches the FMA
-//! peak, one per update reached 80% of it on a Zen 3), and it prefetches the `C` rows it will
-//! read and write before it starts (without that, the tile's first touch of `C` stalled it by
-//! about a fifth). Both operands are read through strides, so `Aᵀ` and `Bᵀ` cost nothing but a
-//! strided packing pass.
+//! panels stream from L2. Two tiles ([`Tile`]): 6 × 16 with AVX2 (12 of the 16 `ymm` registers
+//! as accumulators) and 12 × 32 with AVX-512 (24 of the 32 `zmm`). Each tile's inner loop is
+//! unrolled four times (one loop iteration per four rank-1 updates reaches the FMA peak, one per
+//! update reached 80% of it on a Zen 3), and it prefetches the `C` rows it will read and write
+//! before it starts (without that, the tile's first touch of `C` stalled it by about a fifth).
+//! Both operands are read through strides, so `Aᵀ` and `Bᵀ` cost nothing but a strided packing
+//! pass.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Rows of the register tile.
-const MR: usize = 6;
-/// Columns of the register tile (two `ymm` vectors).
-const NR: usize = 16;
-
-/// Block sizes: `KC × NR` floats of `B` (16 KiB) fit L1, `MC × KC` of `A` (144 KiB) fit L2.
+/// Block sizes of one register tile: `KC × NR` floats of `B` fit L1, `MC × KC` of `A` fit L2.
 #[derive(Clone, Copy, Debug)]
 struct Blocking {
     kc: usize,
@@ -31,7 +27,36 @@ struct Blocking {
     nc: usize,
 }
 
-const BLOCKING: Blocking = Blocking { kc: 256, mc: 144, nc: 4080 };
+/// The register tile (and instruction set) of our packed GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// A 6 × 16 tile (two `ymm` per row, 12 accumulators of 16 registers).
+    Avx2,
+    /// A 12 × 32 tile (two `zmm` per row, 24 accumulators of 32 registers).
+    Avx512,
+}
+
+impl Tile {
+    /// The tile's blocking, `A` blocks of 144 KiB in L2 for both: AVX2 `B` panels of 16 KiB
+    /// (`KC` 256 × 16) in L1; AVX-512 `B` panels of 48 KiB (`KC` 384 × 32), beyond a 32 KiB L1
+    /// but measured on a Zen 4 up to 5% faster than `KC` 192 (24 KiB, `docs/timings.md`).
+    fn blocking(self) -> Blocking {
+        match self {
+            Tile::Avx2 => Blocking { kc: 256, mc: 144, nc: 4080 },
+            Tile::Avx512 => Blocking { kc: 384, mc: 96, nc: 4064 },
+        }
+    }
+}
+
+/// What CPUs with AVX-512 run large products with: the `gemm` crate's AVX-512 kernels. On a
+/// Zen 4 (`docs/timings.md`) the crate reaches 80–94% of the FMA peak on a ViT-S step's
+/// products, our 12 × 32 tile 0.93–1.02× the crate's speed and the adapter step 1–7% slower with
+/// it; CPUs with full-width AVX-512 (Zen 5, Sapphire Rapids) have not been measured with it
+/// (`MOSA_GEMM=avx512 mosa bench step …` and `mosa bench gemm` measure it there).
+const DEFAULT_AVX512: Option<Tile> = None;
+
+/// The largest tile (`MR × NR` floats), for the stack copy of a partial one.
+const MAX_TILE: usize = 12 * 32;
 
 /// Below this many multiply-adds (or with a side under [`MIN_SIDE`]) the `gemm` crate's
 /// unpacked paths are faster than packing.
@@ -97,34 +122,44 @@ fn with_buffer<R>(slot: &'static std::thread::LocalKey<std::cell::RefCell<Vec<Li
     })
 }
 
-/// Whether this CPU takes our kernel for large products: AVX2 + FMA without AVX-512F (where
-/// AVX-512 is present, the `gemm` crate's AVX-512 kernels are used: we have not measured ours
-/// against them there). `MOSA_GEMM=crate` in the environment forces the `gemm` crate, for
-/// before/after benchmarks on one machine.
-fn ours_preferred() -> bool {
-    static PREFERRED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PREFERRED.get_or_init(|| available() && !avx512() && std::env::var("MOSA_GEMM").as_deref() != Ok("crate"))
+/// The tile our kernel runs with for large products on this CPU, or `None` where the `gemm`
+/// crate is used: AVX2 + FMA CPUs without AVX-512 take the AVX2 tile; CPUs with AVX-512 take
+/// [`DEFAULT_AVX512`].
+/// `MOSA_GEMM` in the environment overrides it for before/after benchmarks on one machine:
+/// `crate` forces the `gemm` crate, `avx2` and `avx512` our tile with that instruction set
+/// (where the CPU has it).
+fn preferred() -> Option<Tile> {
+    static PREFERRED: std::sync::OnceLock<Option<Tile>> = std::sync::OnceLock::new();
+    *PREFERRED.get_or_init(|| match std::env::var("MOSA_GEMM").as_deref() {
+        Ok("crate") => None,
+        Ok("avx2") => available(Tile::Avx2).then_some(Tile::Avx2),
+        Ok("avx512") => available(Tile::Avx512).then_some(Tile::Avx512),
+        _ => default_tile(),
+    })
 }
 
-/// Whether the CPU can run our kernel at all.
-pub(super) fn available() -> bool {
+/// [`preferred`] without the environment.
+fn default_tile() -> Option<Tile> {
+    if available(Tile::Avx512) {
+        DEFAULT_AVX512
+    } else {
+        available(Tile::Avx2).then_some(Tile::Avx2)
+    }
+}
+
+/// Whether the CPU can run our kernel with `tile`.
+pub fn available(tile: Tile) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        use std::arch::is_x86_feature_detected as has;
+        match tile {
+            Tile::Avx2 => has!("avx2") && has!("fma"),
+            Tile::Avx512 => has!("avx512f"),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
-    }
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
+        let _ = tile;
         false
     }
 }
@@ -138,9 +173,9 @@ fn avx512() -> bool {
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize, accumulate: bool, parallel_macs: usize) {
     let parallel = m * n * k >= parallel_macs;
-    if takes_ours(m, n, k) {
-        // SAFETY: the caller's contract, and the CPU has AVX2 + FMA.
-        unsafe { packed(m, n, k, a, b, c, ldc, accumulate, parallel, BLOCKING) };
+    if let Some(tile) = takes_ours(m, n, k) {
+        // SAFETY: the caller's contract, and the CPU has the tile's instructions.
+        unsafe { packed(tile, m, n, k, a, b, c, ldc, accumulate, parallel, tile.blocking()) };
     } else {
         let parallelism = if parallel { Parallelism::Rayon(0) } else { Parallelism::None };
         if !accumulate && k == 0 {
@@ -152,9 +187,9 @@ pub(super) unsafe fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: *
     }
 }
 
-/// Whether [`matmul`] runs our kernel for this size.
-fn takes_ours(m: usize, n: usize, k: usize) -> bool {
-    ours_preferred() && m * n * k >= OURS_MIN_MACS && m.min(n).min(k) >= MIN_SIDE
+/// The tile [`matmul`] runs our kernel with for this size, if it does.
+fn takes_ours(m: usize, n: usize, k: usize) -> Option<Tile> {
+    preferred().filter(|_| m * n * k >= OURS_MIN_MACS && m.min(n).min(k) >= MIN_SIDE)
 }
 
 /// `a[m × k]·b[k × n]` as a new row-major buffer, on rayon's threads from `parallel_macs`
@@ -163,17 +198,17 @@ fn takes_ours(m: usize, n: usize, k: usize) -> bool {
 /// # Safety
 /// `a` and `b` must address `m × k` and `k × n` readable elements.
 pub(super) unsafe fn product(m: usize, n: usize, k: usize, a: View, b: View, parallel_macs: usize) -> Vec<f32> {
-    if !takes_ours(m, n, k) {
+    let Some(tile) = takes_ours(m, n, k) else {
         let mut out = super::zeros(m * n);
         // SAFETY: the caller's contract; `out` has m rows of n.
         unsafe { matmul(m, n, k, a, b, out.as_mut_ptr(), n, false, parallel_macs) };
         return out;
-    }
+    };
     let mut out = Vec::with_capacity(m * n);
     // SAFETY: the caller's contract; without accumulation the packed GEMM only writes `out`, every
     // element of its m rows of n (k ≥ MIN_SIDE > 0), so all of it is initialised after the call.
     unsafe {
-        packed(m, n, k, a, b, out.as_mut_ptr(), n, false, m * n * k >= parallel_macs, BLOCKING);
+        packed(tile, m, n, k, a, b, out.as_mut_ptr(), n, false, m * n * k >= parallel_macs, tile.blocking());
         out.set_len(m * n);
     }
     out
@@ -182,8 +217,8 @@ pub(super) unsafe fn product(m: usize, n: usize, k: usize, a: View, b: View, par
 /// The GEMM [`multiply`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gemm {
-    /// Our packed kernel (AVX2 + FMA CPUs only).
-    Ours,
+    /// Our packed kernel with this tile (CPUs that have its instructions).
+    Ours(Tile),
     /// The `gemm` crate (what burn-flex's matmul uses).
     Crate,
 }
@@ -196,15 +231,17 @@ pub fn multiply(which: Gemm, m: usize, n: usize, k: usize, a: &[f32], a_transpos
     if a.len() != m * k || b.len() != k * n || c.len() != m * n {
         return Err(format!("multiply: {m}×{k} · {k}×{n} → {m}×{n} needs {}, {} and {} floats, got {}, {} and {}", m * k, k * n, m * n, a.len(), b.len(), c.len()));
     }
-    if which == Gemm::Ours && !available() {
-        return Err("our GEMM needs a CPU with AVX2 and FMA".into());
+    if let Gemm::Ours(tile) = which
+        && !available(tile)
+    {
+        return Err(format!("our GEMM's {tile:?} tile needs a CPU with its instructions"));
     }
     let view = |v: &[f32], cols: usize, rows: usize, transposed: bool| if transposed { View::row_major(v, rows).t() } else { View::row_major(v, cols) };
     let (av, bv) = (view(a, k, m, a_transposed), view(b, n, k, b_transposed));
     // SAFETY: the lengths are checked above; the views address exactly those buffers.
     unsafe {
         match which {
-            Gemm::Ours => packed(m, n, k, av, bv, c.as_mut_ptr(), n, false, true, BLOCKING),
+            Gemm::Ours(tile) => packed(tile, m, n, k, av, bv, c.as_mut_ptr(), n, false, true, tile.blocking()),
             Gemm::Crate => gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, av.ptr, av.cs, av.rs, bv.ptr, bv.cs, bv.rs, 0.0, 1.0, false, false, false, Parallelism::Rayon(0)),
         }
     }
@@ -227,9 +264,23 @@ fn block(len: usize, target: usize, unit: usize, parts: usize) -> usize {
     len.div_ceil(blocks).div_ceil(unit) * unit
 }
 
-/// The packed GEMM (module docs), with [`matmul`]'s contract and an AVX2 + FMA CPU.
+/// A register tile's kernel: `c (+)= Σ_p a[p]ᵀ·b[p]` over `kb` packed groups ([`kernel_avx2`]).
+type Kernel = unsafe fn(usize, *const f32, *const f32, *mut f32, usize, bool);
+
+/// The packed GEMM (module docs) with `tile`, with [`matmul`]'s contract and a CPU that has the
+/// tile's instructions.
 #[allow(clippy::too_many_arguments)]
-unsafe fn packed(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize, accumulate: bool, parallel: bool, blocking: Blocking) {
+unsafe fn packed(tile: Tile, m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize, accumulate: bool, parallel: bool, blocking: Blocking) {
+    // SAFETY (both): the caller's contract.
+    match tile {
+        Tile::Avx2 => unsafe { packed_with::<6, 16>(kernel_avx2, m, n, k, a, b, c, ldc, accumulate, parallel, blocking) },
+        Tile::Avx512 => unsafe { packed_with::<12, 32>(kernel_avx512, m, n, k, a, b, c, ldc, accumulate, parallel, blocking) },
+    }
+}
+
+/// [`packed`] with an `MR × NR` tile and its kernel.
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_with<const MR: usize, const NR: usize>(kernel: Kernel, m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize, accumulate: bool, parallel: bool, blocking: Blocking) {
     if m == 0 || n == 0 {
         return;
     }
@@ -254,7 +305,7 @@ unsafe fn packed(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ld
                 let b_panels = &mut b_packed[..panels * kb * NR];
                 let pack = |(jp, dst): (usize, &mut [f32])| {
                     // SAFETY: columns jc + jp·NR … of rows pc … pc + kb lie inside `b`.
-                    unsafe { pack_b(dst, b, pc, kb, jc + jp * NR, (nb - jp * NR).min(NR)) }
+                    unsafe { pack_b::<NR>(dst, b, pc, kb, jc + jp * NR, (nb - jp * NR).min(NR)) }
                 };
                 if parallel {
                     b_panels.par_chunks_mut(kb * NR).enumerate().for_each(pack);
@@ -268,7 +319,7 @@ unsafe fn packed(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ld
                     with_buffer(&PACKED_A, kb * mb.div_ceil(MR) * MR, |a_packed| {
                         for (ip, dst) in a_packed.chunks_mut(kb * MR).enumerate() {
                             // SAFETY: rows ic + ip·MR … of columns pc … pc + kb lie inside `a`.
-                            unsafe { pack_a(dst, a, ic + ip * MR, (mb - ip * MR).min(MR), pc, kb) };
+                            unsafe { pack_a::<MR>(dst, a, ic + ip * MR, (mb - ip * MR).min(MR), pc, kb) };
                         }
                         for (jp, b_panel) in b_panels.chunks(kb * NR).enumerate() {
                             let j0 = jc + jp * NR;
@@ -276,7 +327,7 @@ unsafe fn packed(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ld
                                 let i0 = ic + ip * MR;
                                 let out = c;
                                 // SAFETY: the tile (i0.., j0..) lies inside `c`, in this task's rows.
-                                unsafe { tile(kb, a_panel.as_ptr(), b_panel.as_ptr(), out.0.add(i0 * ldc + j0), ldc, (m - i0).min(MR), (n - j0).min(NR), accumulate) };
+                                unsafe { tile::<MR, NR>(kernel, kb, a_panel.as_ptr(), b_panel.as_ptr(), out.0.add(i0 * ldc + j0), ldc, (m - i0).min(MR), (n - j0).min(NR), accumulate) };
                             }
                         }
                     })
@@ -296,7 +347,7 @@ unsafe fn packed(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ld
 ///
 /// # Safety
 /// Those elements must lie inside `a`.
-unsafe fn pack_a(dst: &mut [f32], a: View, i0: usize, mr: usize, p0: usize, kb: usize) {
+unsafe fn pack_a<const MR: usize>(dst: &mut [f32], a: View, i0: usize, mr: usize, p0: usize, kb: usize) {
     let dst = &mut dst[..kb * MR];
     // SAFETY (all reads): the caller's contract.
     let at = |i: usize, p: usize| unsafe { a.ptr.offset((i0 + i) as isize * a.rs + (p0 + p) as isize * a.cs) };
@@ -329,7 +380,7 @@ unsafe fn pack_a(dst: &mut [f32], a: View, i0: usize, mr: usize, p0: usize, kb: 
 ///
 /// # Safety
 /// Those elements must lie inside `b`.
-unsafe fn pack_b(dst: &mut [f32], b: View, p0: usize, kb: usize, j0: usize, nr: usize) {
+unsafe fn pack_b<const NR: usize>(dst: &mut [f32], b: View, p0: usize, kb: usize, j0: usize, nr: usize) {
     let dst = &mut dst[..kb * NR];
     // SAFETY (all reads): the caller's contract.
     let at = |p: usize, j: usize| unsafe { b.ptr.offset((p0 + p) as isize * b.rs + (j0 + j) as isize * b.cs) };
@@ -365,12 +416,13 @@ unsafe fn pack_b(dst: &mut [f32], b: View, p0: usize, kb: usize, j0: usize, nr: 
 /// # Safety
 /// The panels hold `kb` groups; the tile lies inside `c`; the CPU has AVX2 + FMA.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, mr: usize, nr: usize, accumulate: bool) {
+unsafe fn tile<const MR: usize, const NR: usize>(kernel: Kernel, kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, mr: usize, nr: usize, accumulate: bool) {
     if mr == MR && nr == NR {
         // SAFETY: the caller's contract.
         return unsafe { kernel(kb, a, b, c, ldc, accumulate) };
     }
-    let mut full = [0f32; MR * NR];
+    debug_assert!(MR * NR <= MAX_TILE);
+    let mut full = [0f32; MAX_TILE];
     for i in 0..mr {
         for j in 0..nr {
             // SAFETY: (i, j) lies inside the tile.
@@ -387,14 +439,16 @@ unsafe fn tile(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize,
     }
 }
 
-/// The `MR × NR` register tile: `c (+)= Σ_p a[p]ᵀ·b[p]` over `kb` packed groups.
+/// The 6 × 16 AVX2 register tile: `c (+)= Σ_p a[p]ᵀ·b[p]` over `kb` packed groups.
 ///
 /// # Safety
 /// As [`tile`], for a whole tile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+unsafe fn kernel_avx2(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
     use std::arch::x86_64::*;
+    const MR: usize = 6;
+    const NR: usize = 16;
     // SAFETY: the caller's contract: `a` has kb·MR floats, `b` kb·NR, `c` MR rows of NR.
     unsafe {
         let mut r = [[_mm256_setzero_ps(); 2]; MR];
@@ -441,8 +495,70 @@ unsafe fn kernel(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usiz
     }
 }
 
+/// The 12 × 32 AVX-512 register tile, as [`kernel_avx2`] (24 `zmm` accumulators, two `B`
+/// vectors and one broadcast of `A` per row and step).
+///
+/// # Safety
+/// As [`tile`], for a whole tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+    use std::arch::x86_64::*;
+    const MR: usize = 12;
+    const NR: usize = 32;
+    // SAFETY: the caller's contract: `a` has kb·MR floats, `b` kb·NR, `c` MR rows of NR.
+    unsafe {
+        let mut r = [[_mm512_setzero_ps(); 2]; MR];
+        for i in 0..MR {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
+        }
+        let (mut a, mut b) = (a, b);
+        macro_rules! update {
+            ($p:expr) => {{
+                let b0 = _mm512_loadu_ps(b.add($p * NR));
+                let b1 = _mm512_loadu_ps(b.add($p * NR + 16));
+                for (i, row) in r.iter_mut().enumerate() {
+                    let ai = _mm512_set1_ps(*a.add($p * MR + i));
+                    row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                }
+            }};
+        }
+        for _ in 0..kb / 4 {
+            _mm_prefetch::<_MM_HINT_T0>(a.add(8 * 4 * MR).cast());
+            update!(0);
+            update!(1);
+            update!(2);
+            update!(3);
+            a = a.add(4 * MR);
+            b = b.add(4 * NR);
+        }
+        for _ in 0..kb % 4 {
+            update!(0);
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        for (i, row) in r.iter().enumerate() {
+            let out = c.add(i * ldc);
+            if accumulate {
+                _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), row[0]));
+                _mm512_storeu_ps(out.add(16), _mm512_add_ps(_mm512_loadu_ps(out.add(16)), row[1]));
+            } else {
+                _mm512_storeu_ps(out, row[0]);
+                _mm512_storeu_ps(out.add(16), row[1]);
+            }
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
+unsafe fn kernel_avx2(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
+    unreachable!("the packed GEMM runs only where `available()`")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_avx512(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
     unreachable!("the packed GEMM runs only where `available()`")
 }
 
@@ -470,13 +586,19 @@ mod tests {
     /// accumulation, on one thread and on rayon's.
     #[test]
     fn packed_gemm_matches_f64_loops() {
-        if !available() {
-            eprintln!("skipped: no AVX2 + FMA");
-            return;
+        for tile in [Tile::Avx2, Tile::Avx512] {
+            if available(tile) {
+                packed_gemm_matches_f64_loops_with(tile);
+            } else {
+                eprintln!("skipped {tile:?}: not on this CPU");
+            }
         }
-        let blockings = [BLOCKING, Blocking { kc: 7, mc: 12, nc: 32 }, Blocking { kc: 64, mc: 6, nc: 16 }];
+    }
+
+    fn packed_gemm_matches_f64_loops_with(tile: Tile) {
+        let blockings = [tile.blocking(), Blocking { kc: 7, mc: 12, nc: 32 }, Blocking { kc: 64, mc: 6, nc: 16 }, Blocking { kc: 5, mc: 24, nc: 64 }];
         let mut seed = 1;
-        for (m, n, k) in [(1, 1, 1), (5, 3, 2), (6, 16, 4), (7, 17, 9), (13, 40, 31), (45, 71, 130), (100, 33, 300)] {
+        for (m, n, k) in [(1, 1, 1), (5, 3, 2), (6, 16, 4), (7, 17, 9), (12, 32, 8), (13, 40, 31), (25, 65, 19), (45, 71, 130), (100, 33, 300)] {
             for (ta, tb) in (0..3).flat_map(|ta| (0..3).map(move |tb| (ta, tb))) {
                 seed += 1;
                 let (a, ars, acs) = stored(m, k, ta, seed);
@@ -491,7 +613,7 @@ mod tests {
                             let mut c = start.clone();
                             let (av, bv) = (View { ptr: a.as_ptr(), rs: ars, cs: acs }, View { ptr: b.as_ptr(), rs: brs, cs: bcs });
                             // SAFETY: the buffers have the sizes the views and ldc describe.
-                            unsafe { packed(m, n, k, av, bv, c.as_mut_ptr(), ldc, accumulate, parallel, blocking) };
+                            unsafe { packed(tile, m, n, k, av, bv, c.as_mut_ptr(), ldc, accumulate, parallel, blocking) };
                             for i in 0..m {
                                 for j in 0..ldc {
                                     let got = c[i * ldc + j] as f64;
@@ -500,7 +622,7 @@ mod tests {
                                     } else {
                                         (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>() + if accumulate { start[i * ldc + j] as f64 } else { 0.0 }
                                     };
-                                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(), "{m}×{n}×{k} layouts {ta} {tb} {blocking:?} acc {accumulate} par {parallel}: ({i}, {j}) {got} vs {want}");
+                                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(), "{tile:?} {m}×{n}×{k} layouts {ta} {tb} {blocking:?} acc {accumulate} par {parallel}: ({i}, {j}) {got} vs {want}");
                                 }
                             }
                         }
@@ -519,8 +641,11 @@ mod tests {
         for (at, bt) in [(false, false), (true, false), (false, true), (true, true)] {
             let a_at = |i: usize, p: usize| if at { a[p * m + i] } else { a[i * k + p] } as f64;
             let b_at = |p: usize, j: usize| if bt { b[j * k + p] } else { b[p * n + j] } as f64;
-            for which in [Gemm::Ours, Gemm::Crate] {
-                if which == Gemm::Ours && !available() {
+            for which in [Gemm::Ours(Tile::Avx2), Gemm::Ours(Tile::Avx512), Gemm::Crate] {
+                if let Gemm::Ours(tile) = which
+                    && !available(tile)
+                {
+                    assert!(multiply(which, m, n, k, &a, at, &b, bt, &mut vec![0.0; m * n]).unwrap_err().contains("needs a CPU"));
                     continue;
                 }
                 let mut c = vec![f32::NAN; m * n];
@@ -539,18 +664,18 @@ mod tests {
     /// `k = 0` writes zeros (or leaves `c`) and empty outputs touch nothing.
     #[test]
     fn packed_gemm_edge_sizes() {
-        if !available() {
-            return;
+        assert_eq!(block(1576, 144, 6, 2), 132);
+        assert_eq!(block(384, 144, 6, 2), 96);
+        assert_eq!(block(1576, 144, 12, 2), 132);
+        for tile in [Tile::Avx2, Tile::Avx512].into_iter().filter(|&t| available(t)) {
+            let mut c = vec![3f32; 12];
+            let none = View { ptr: std::ptr::null(), rs: 0, cs: 0 };
+            // SAFETY: k = 0 reads nothing; c has 3 rows of 4.
+            unsafe { packed(tile, 3, 4, 0, none, none, c.as_mut_ptr(), 4, true, false, tile.blocking()) };
+            assert!(c.iter().all(|&v| v == 3.0));
+            unsafe { packed(tile, 3, 4, 0, none, none, c.as_mut_ptr(), 4, false, false, tile.blocking()) };
+            assert!(c.iter().all(|&v| v == 0.0));
+            unsafe { packed(tile, 0, 4, 5, none, none, c.as_mut_ptr(), 4, false, true, tile.blocking()) };
         }
-        let mut c = vec![3f32; 12];
-        let none = View { ptr: std::ptr::null(), rs: 0, cs: 0 };
-        // SAFETY: k = 0 reads nothing; c has 3 rows of 4.
-        unsafe { packed(3, 4, 0, none, none, c.as_mut_ptr(), 4, true, false, BLOCKING) };
-        assert!(c.iter().all(|&v| v == 3.0));
-        unsafe { packed(3, 4, 0, none, none, c.as_mut_ptr(), 4, false, false, BLOCKING) };
-        assert!(c.iter().all(|&v| v == 0.0));
-        unsafe { packed(0, 4, 5, none, none, c.as_mut_ptr(), 4, false, true, BLOCKING) };
-        assert_eq!(block(1576, 144, MR, 2), 132);
-        assert_eq!(block(384, 144, MR, 2), 96);
     }
 }
