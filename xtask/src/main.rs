@@ -47,7 +47,7 @@ enum Task {
         compare_pytorch: Option<PathBuf>,
     },
     /// The benchmark: `mosa train` over tasks x methods, then results/<name>/results.{md,csv,json}
-    /// and accuracy.svg. Default: the embedded mini-VTAB with DINOv2 ViT-S/14 (about 30 min on 2 cores).
+    /// and accuracy.svg. Default: the embedded mini-VTAB with DINOv2 ViT-S/14 (40–60 min on 2 cores).
     BenchVtab(BenchArgs),
     /// The same over FGVC datasets in the VPT JSON layout (`--root` with one folder per dataset).
     BenchFgvc(BenchArgs),
