@@ -541,6 +541,7 @@ fn the_pruned_adapter_trains_one_fixed_random_nth_of_every_adapter_tensor() {
     let (before, model) = train(0.0);
     let after = values(&model);
     let (mut seen, mut trained, mut masked) = (0, 0, 0);
+    let mut per_kind: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     for b in 0..model.blocks.len() {
         for (suffix, mask) in pruned_masks(&model, b) {
             let path = format!("blocks.{b}.adapter.Pruned.{suffix}");
@@ -552,8 +553,8 @@ fn the_pruned_adapter_trains_one_fixed_random_nth_of_every_adapter_tensor() {
             // nothing off the mask moves (no decay here), and the mask's entries do train
             assert!(changed.iter().zip(&mask).all(|(&c, &k)| !c || k == 1.0), "{path}: an entry off the mask changed");
             let on = changed.iter().zip(&mask).filter(|(c, k)| **c && **k == 1.0).count();
-            // (r = 4 ReLU units: a dead unit leaves its Down column and Up row at a zero gradient)
-            assert!(mask.len() / n < 8 || on > 0, "{path}: none of its {} masked entries trained", mask.len() / n);
+            let kind = per_kind.entry(suffix.to_string()).or_default();
+            *kind = (kind.0 + on, kind.1 + mask.len() / n);
             trained += on;
             masked += mask.len() / n;
             seen += 1;
@@ -562,6 +563,13 @@ fn the_pruned_adapter_trains_one_fixed_random_nth_of_every_adapter_tensor() {
         let down = &before[&format!("blocks.{b}.adapter.Pruned.adapter.down.weight")];
         let off_nonzero = down.iter().zip(&pruned_masks(&model, b)[2].1).filter(|(w, k)| **k == 0.0 && **w != 0.0).count();
         assert_eq!(off_nonzero, down.len() - down.len() / n, "block {b}: Down off its mask");
+    }
+    // each kind of tensor trains somewhere: per tensor this is not certain in 4 steps (Up starts
+    // at zero, so Down and the LayerNorm get a gradient only through the Up entries trained so
+    // far, and r = 4 ReLU units can all be dead for a block's input: the adapter LayerNorm's γ of
+    // one block had none of its 8 masked entries moved in about 3 of 90 runs)
+    for (kind, (on, of)) in &per_kind {
+        assert!(*of < 8 || *on > 0, "{kind}: none of its {of} masked entries trained in any block");
     }
     assert_eq!(seen, 6 * model.blocks.len(), "every trainable non-head tensor is masked");
     assert!(trained * 2 >= masked, "{trained} of {masked} masked entries trained");
