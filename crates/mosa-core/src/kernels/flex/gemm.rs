@@ -439,128 +439,83 @@ unsafe fn tile<const MR: usize, const NR: usize>(kernel: Kernel, kb: usize, a: *
     }
 }
 
-/// The 6 × 16 AVX2 register tile: `c (+)= Σ_p a[p]ᵀ·b[p]` over `kb` packed groups.
+/// Defines a register-tile kernel `$name(kb, a, b, c, ldc, accumulate)`: `c (+)= Σ_p a[p]ᵀ·b[p]`
+/// over `kb` packed groups, for an `MR × 2·lanes` tile held as two vectors per row, with the
+/// given intrinsics (set zero, unaligned load and store, broadcast, fused multiply-add, add).
 ///
-/// # Safety
-/// As [`tile`], for a whole tile.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
-    use std::arch::x86_64::*;
-    const MR: usize = 6;
-    const NR: usize = 16;
-    // SAFETY: the caller's contract: `a` has kb·MR floats, `b` kb·NR, `c` MR rows of NR.
-    unsafe {
-        let mut r = [[_mm256_setzero_ps(); 2]; MR];
-        for i in 0..MR {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
-        }
-        let (mut a, mut b) = (a, b);
-        macro_rules! update {
-            ($p:expr) => {{
-                let b0 = _mm256_loadu_ps(b.add($p * NR));
-                let b1 = _mm256_loadu_ps(b.add($p * NR + 8));
-                for (i, row) in r.iter_mut().enumerate() {
-                    let ai = _mm256_broadcast_ss(&*a.add($p * MR + i));
-                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+/// The kernel's safety contract is [`tile`]'s for a whole tile: `a` has `kb·MR` floats, `b`
+/// `kb·NR`, `c` `MR` rows of `NR`, and the CPU has `$feature`.
+macro_rules! register_tile {
+    ($(#[$doc:meta])* $name:ident, $feature:literal, $mr:literal, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident, $add:ident) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $name(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+            use std::arch::x86_64::*;
+            const MR: usize = $mr;
+            const NR: usize = 2 * $lanes;
+            // SAFETY: the caller's contract (the macro's docs).
+            unsafe {
+                let mut r = [[$zero(); 2]; MR];
+                for i in 0..MR {
+                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
                 }
-            }};
-        }
-        for _ in 0..kb / 4 {
-            _mm_prefetch::<_MM_HINT_T0>(a.add(8 * 4 * MR).cast());
-            update!(0);
-            update!(1);
-            update!(2);
-            update!(3);
-            a = a.add(4 * MR);
-            b = b.add(4 * NR);
-        }
-        for _ in 0..kb % 4 {
-            update!(0);
-            a = a.add(MR);
-            b = b.add(NR);
-        }
-        for (i, row) in r.iter().enumerate() {
-            let out = c.add(i * ldc);
-            if accumulate {
-                _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), row[0]));
-                _mm256_storeu_ps(out.add(8), _mm256_add_ps(_mm256_loadu_ps(out.add(8)), row[1]));
-            } else {
-                _mm256_storeu_ps(out, row[0]);
-                _mm256_storeu_ps(out.add(8), row[1]);
+                let (mut a, mut b) = (a, b);
+                macro_rules! update {
+                    ($p:expr) => {{
+                        let b0 = $load(b.add($p * NR));
+                        let b1 = $load(b.add($p * NR + $lanes));
+                        for (i, row) in r.iter_mut().enumerate() {
+                            let ai = $set1(*a.add($p * MR + i));
+                            row[0] = $fmadd(ai, b0, row[0]);
+                            row[1] = $fmadd(ai, b1, row[1]);
+                        }
+                    }};
+                }
+                for _ in 0..kb / 4 {
+                    _mm_prefetch::<_MM_HINT_T0>(a.add(8 * 4 * MR).cast());
+                    update!(0);
+                    update!(1);
+                    update!(2);
+                    update!(3);
+                    a = a.add(4 * MR);
+                    b = b.add(4 * NR);
+                }
+                for _ in 0..kb % 4 {
+                    update!(0);
+                    a = a.add(MR);
+                    b = b.add(NR);
+                }
+                for (i, row) in r.iter().enumerate() {
+                    let out = c.add(i * ldc);
+                    if accumulate {
+                        $store(out, $add($load(out), row[0]));
+                        $store(out.add($lanes), $add($load(out.add($lanes)), row[1]));
+                    } else {
+                        $store(out, row[0]);
+                        $store(out.add($lanes), row[1]);
+                    }
+                }
             }
         }
-    }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe fn $name(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
+            unreachable!("the packed GEMM runs only where `available()`")
+        }
+    };
 }
 
-/// The 12 × 32 AVX-512 register tile, as [`kernel_avx2`] (24 `zmm` accumulators, two `B`
-/// vectors and one broadcast of `A` per row and step).
-///
-/// # Safety
-/// As [`tile`], for a whole tile.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
-    use std::arch::x86_64::*;
-    const MR: usize = 12;
-    const NR: usize = 32;
-    // SAFETY: the caller's contract: `a` has kb·MR floats, `b` kb·NR, `c` MR rows of NR.
-    unsafe {
-        let mut r = [[_mm512_setzero_ps(); 2]; MR];
-        for i in 0..MR {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
-        }
-        let (mut a, mut b) = (a, b);
-        macro_rules! update {
-            ($p:expr) => {{
-                let b0 = _mm512_loadu_ps(b.add($p * NR));
-                let b1 = _mm512_loadu_ps(b.add($p * NR + 16));
-                for (i, row) in r.iter_mut().enumerate() {
-                    let ai = _mm512_set1_ps(*a.add($p * MR + i));
-                    row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                    row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
-                }
-            }};
-        }
-        for _ in 0..kb / 4 {
-            _mm_prefetch::<_MM_HINT_T0>(a.add(8 * 4 * MR).cast());
-            update!(0);
-            update!(1);
-            update!(2);
-            update!(3);
-            a = a.add(4 * MR);
-            b = b.add(4 * NR);
-        }
-        for _ in 0..kb % 4 {
-            update!(0);
-            a = a.add(MR);
-            b = b.add(NR);
-        }
-        for (i, row) in r.iter().enumerate() {
-            let out = c.add(i * ldc);
-            if accumulate {
-                _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), row[0]));
-                _mm512_storeu_ps(out.add(16), _mm512_add_ps(_mm512_loadu_ps(out.add(16)), row[1]));
-            } else {
-                _mm512_storeu_ps(out, row[0]);
-                _mm512_storeu_ps(out.add(16), row[1]);
-            }
-        }
-    }
-}
+register_tile!(
+    /// The 6 × 16 AVX2 register tile (12 `ymm` accumulators).
+    kernel_avx2, "avx2,fma", 6, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps
+);
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_avx2(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
-    unreachable!("the packed GEMM runs only where `available()`")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_avx512(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
-    unreachable!("the packed GEMM runs only where `available()`")
-}
+register_tile!(
+    /// The 12 × 32 AVX-512 register tile (24 `zmm` accumulators).
+    kernel_avx512, "avx512f", 12, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps
+);
 
 #[cfg(test)]
 mod tests {
