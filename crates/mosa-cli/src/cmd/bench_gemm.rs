@@ -46,16 +46,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     ];
     println!("f32 FMA peak: {peak:.0} GFLOP/s ({isa}, {} threads)", rayon::current_num_threads());
     println!();
-    let tiles: Vec<Tile> = [Tile::Avx2, Tile::Avx512].into_iter().filter(|&t| available(t)).collect();
+    let tiles: Vec<Tile> = Tile::ALL.into_iter().filter(|&t| available(t)).collect();
     if tiles.is_empty() {
         anyhow::bail!("our GEMM needs a CPU with AVX2 and FMA (or AVX-512); this one has neither");
     }
     let mut runs: Vec<Gemm> = tiles.iter().map(|&t| Gemm::Ours(t)).collect();
     runs.push(Gemm::Crate);
     let name = |g: &Gemm| match g {
-        Gemm::Ours(Tile::Avx2) => "ours (AVX2 6×16)",
-        Gemm::Ours(Tile::Avx512) => "ours (AVX-512 12×32)",
-        Gemm::Crate => "gemm crate",
+        Gemm::Ours(t) => format!("ours ({t})"),
+        Gemm::Crate => "gemm crate".to_string(),
     };
     let mut header = String::from("| product | m × n × k |");
     for g in &runs {

@@ -37,6 +37,9 @@ pub enum Tile {
 }
 
 impl Tile {
+    /// Every tile, whether or not this CPU can run it ([`available`]).
+    pub const ALL: [Tile; 2] = [Tile::Avx2, Tile::Avx512];
+
     /// The tile's blocking, `A` blocks of 144 KiB in L2 for both: AVX2 `B` panels of 16 KiB
     /// (`KC` 256 × 16) in L1; AVX-512 `B` panels of 48 KiB (`KC` 384 × 32), beyond a 32 KiB L1
     /// but measured on a Zen 4 up to 5% faster than `KC` 192 (24 KiB, `docs/timings.md`).
@@ -48,6 +51,17 @@ impl Tile {
     }
 }
 
+impl std::fmt::Display for Tile {
+    /// The instruction set and shape, e.g. `AVX2 6×16`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (isa, mr, nr) = match self {
+            Tile::Avx2 => ("AVX2", avx2::MR, avx2::NR),
+            Tile::Avx512 => ("AVX-512", avx512::MR, avx512::NR),
+        };
+        write!(f, "{isa} {mr}×{nr}")
+    }
+}
+
 /// What CPUs with AVX-512 run large products with: the `gemm` crate's AVX-512 kernels. On a
 /// Zen 4 (`docs/timings.md`) the crate reaches 80–94% of the FMA peak on a ViT-S step's
 /// products, our 12 × 32 tile 0.93–1.02× the crate's speed and the adapter step 1–7% slower with
@@ -56,7 +70,10 @@ impl Tile {
 const DEFAULT_AVX512: Option<Tile> = None;
 
 /// The largest tile (`MR × NR` floats), for the stack copy of a partial one.
-const MAX_TILE: usize = 12 * 32;
+const MAX_TILE: usize = {
+    let (a, b) = (avx2::MR * avx2::NR, avx512::MR * avx512::NR);
+    if a > b { a } else { b }
+};
 
 /// Below this many multiply-adds (or with a side under [`MIN_SIDE`]) the `gemm` crate's
 /// unpacked paths are faster than packing.
@@ -264,7 +281,7 @@ fn block(len: usize, target: usize, unit: usize, parts: usize) -> usize {
     len.div_ceil(blocks).div_ceil(unit) * unit
 }
 
-/// A register tile's kernel: `c (+)= Σ_p a[p]ᵀ·b[p]` over `kb` packed groups ([`kernel_avx2`]).
+/// A register tile's kernel: `c (+)= Σ_p a[p]ᵀ·b[p]` over `kb` packed groups ([`avx2::kernel`]).
 type Kernel = unsafe fn(usize, *const f32, *const f32, *mut f32, usize, bool);
 
 /// The packed GEMM (module docs) with `tile`, with [`matmul`]'s contract and a CPU that has the
@@ -273,8 +290,8 @@ type Kernel = unsafe fn(usize, *const f32, *const f32, *mut f32, usize, bool);
 unsafe fn packed(tile: Tile, m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize, accumulate: bool, parallel: bool, blocking: Blocking) {
     // SAFETY (both): the caller's contract.
     match tile {
-        Tile::Avx2 => unsafe { packed_with::<6, 16>(kernel_avx2, m, n, k, a, b, c, ldc, accumulate, parallel, blocking) },
-        Tile::Avx512 => unsafe { packed_with::<12, 32>(kernel_avx512, m, n, k, a, b, c, ldc, accumulate, parallel, blocking) },
+        Tile::Avx2 => unsafe { packed_with::<{ avx2::MR }, { avx2::NR }>(avx2::kernel, m, n, k, a, b, c, ldc, accumulate, parallel, blocking) },
+        Tile::Avx512 => unsafe { packed_with::<{ avx512::MR }, { avx512::NR }>(avx512::kernel, m, n, k, a, b, c, ldc, accumulate, parallel, blocking) },
     }
 }
 
@@ -414,7 +431,7 @@ unsafe fn pack_b<const NR: usize>(dst: &mut [f32], b: View, p0: usize, kb: usize
 /// tile goes through a full one on the stack.
 ///
 /// # Safety
-/// The panels hold `kb` groups; the tile lies inside `c`; the CPU has AVX2 + FMA.
+/// The panels hold `kb` groups; the tile lies inside `c`; the CPU has the kernel's instructions.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const MR: usize, const NR: usize>(kernel: Kernel, kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, mr: usize, nr: usize, accumulate: bool) {
     if mr == MR && nr == NR {
@@ -439,82 +456,96 @@ unsafe fn tile<const MR: usize, const NR: usize>(kernel: Kernel, kb: usize, a: *
     }
 }
 
-/// Defines a register-tile kernel `$name(kb, a, b, c, ldc, accumulate)`: `c (+)= Σ_p a[p]ᵀ·b[p]`
-/// over `kb` packed groups, for an `MR × 2·lanes` tile held as two vectors per row, with the
-/// given intrinsics (set zero, unaligned load and store, broadcast, fused multiply-add, add).
+/// Defines a register tile as a module `$name`: its shape `MR × NR` (`NR` = two vectors of
+/// `lanes`) and its `kernel(kb, a, b, c, ldc, accumulate)`, `c (+)= Σ_p a[p]ᵀ·b[p]` over `kb`
+/// packed groups, with the given intrinsics (set zero, unaligned load and store, broadcast,
+/// fused multiply-add, add).
 ///
 /// The kernel's safety contract is [`tile`]'s for a whole tile: `a` has `kb·MR` floats, `b`
 /// `kb·NR`, `c` `MR` rows of `NR`, and the CPU has `$feature`.
 macro_rules! register_tile {
     ($(#[$doc:meta])* $name:ident, $feature:literal, $mr:literal, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident, $add:ident) => {
         $(#[$doc])*
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $feature)]
-        unsafe fn $name(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
-            use std::arch::x86_64::*;
-            const MR: usize = $mr;
-            const NR: usize = 2 * $lanes;
-            // SAFETY: the caller's contract (the macro's docs).
-            unsafe {
-                let mut r = [[$zero(); 2]; MR];
-                for i in 0..MR {
-                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
-                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
-                }
-                let (mut a, mut b) = (a, b);
-                macro_rules! update {
-                    ($p:expr) => {{
-                        let b0 = $load(b.add($p * NR));
-                        let b1 = $load(b.add($p * NR + $lanes));
-                        for (i, row) in r.iter_mut().enumerate() {
-                            let ai = $set1(*a.add($p * MR + i));
-                            row[0] = $fmadd(ai, b0, row[0]);
-                            row[1] = $fmadd(ai, b1, row[1]);
+        mod $name {
+            /// Rows of the tile.
+            pub const MR: usize = $mr;
+            /// Columns of the tile (two vectors).
+            pub const NR: usize = 2 * $lanes;
+
+            /// The tile's kernel (the macro's docs).
+            ///
+            /// # Safety
+            /// [`super::tile`]'s contract for a whole tile, on a CPU with the tile's instructions.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = $feature)]
+            pub unsafe fn kernel(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+                use std::arch::x86_64::*;
+                // SAFETY: the caller's contract (the macro's docs).
+                unsafe {
+                    let mut r = [[$zero(); 2]; MR];
+                    for i in 0..MR {
+                        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
+                    }
+                    let (mut a, mut b) = (a, b);
+                    macro_rules! update {
+                        ($p:expr) => {{
+                            let b0 = $load(b.add($p * NR));
+                            let b1 = $load(b.add($p * NR + $lanes));
+                            for (i, row) in r.iter_mut().enumerate() {
+                                let ai = $set1(*a.add($p * MR + i));
+                                row[0] = $fmadd(ai, b0, row[0]);
+                                row[1] = $fmadd(ai, b1, row[1]);
+                            }
+                        }};
+                    }
+                    for _ in 0..kb / 4 {
+                        _mm_prefetch::<_MM_HINT_T0>(a.add(8 * 4 * MR).cast());
+                        update!(0);
+                        update!(1);
+                        update!(2);
+                        update!(3);
+                        a = a.add(4 * MR);
+                        b = b.add(4 * NR);
+                    }
+                    for _ in 0..kb % 4 {
+                        update!(0);
+                        a = a.add(MR);
+                        b = b.add(NR);
+                    }
+                    for (i, row) in r.iter().enumerate() {
+                        let out = c.add(i * ldc);
+                        if accumulate {
+                            $store(out, $add($load(out), row[0]));
+                            $store(out.add($lanes), $add($load(out.add($lanes)), row[1]));
+                        } else {
+                            $store(out, row[0]);
+                            $store(out.add($lanes), row[1]);
                         }
-                    }};
-                }
-                for _ in 0..kb / 4 {
-                    _mm_prefetch::<_MM_HINT_T0>(a.add(8 * 4 * MR).cast());
-                    update!(0);
-                    update!(1);
-                    update!(2);
-                    update!(3);
-                    a = a.add(4 * MR);
-                    b = b.add(4 * NR);
-                }
-                for _ in 0..kb % 4 {
-                    update!(0);
-                    a = a.add(MR);
-                    b = b.add(NR);
-                }
-                for (i, row) in r.iter().enumerate() {
-                    let out = c.add(i * ldc);
-                    if accumulate {
-                        $store(out, $add($load(out), row[0]));
-                        $store(out.add($lanes), $add($load(out.add($lanes)), row[1]));
-                    } else {
-                        $store(out, row[0]);
-                        $store(out.add($lanes), row[1]);
                     }
                 }
             }
-        }
 
-        #[cfg(not(target_arch = "x86_64"))]
-        unsafe fn $name(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
-            unreachable!("the packed GEMM runs only where `available()`")
+            /// Never called: the packed GEMM runs only where `available()`.
+            ///
+            /// # Safety
+            /// None needed; it panics.
+            #[cfg(not(target_arch = "x86_64"))]
+            pub unsafe fn kernel(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: bool) {
+                unreachable!("the packed GEMM runs only where `available()`")
+            }
         }
     };
 }
 
 register_tile!(
     /// The 6 × 16 AVX2 register tile (12 `ymm` accumulators).
-    kernel_avx2, "avx2,fma", 6, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps
+    avx2, "avx2,fma", 6, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps
 );
 
 register_tile!(
     /// The 12 × 32 AVX-512 register tile (24 `zmm` accumulators).
-    kernel_avx512, "avx512f", 12, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps
+    avx512, "avx512f", 12, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps
 );
 
 #[cfg(test)]
@@ -541,7 +572,7 @@ mod tests {
     /// accumulation, on one thread and on rayon's.
     #[test]
     fn packed_gemm_matches_f64_loops() {
-        for tile in [Tile::Avx2, Tile::Avx512] {
+        for tile in Tile::ALL {
             if available(tile) {
                 packed_gemm_matches_f64_loops_with(tile);
             } else {
@@ -596,7 +627,7 @@ mod tests {
         for (at, bt) in [(false, false), (true, false), (false, true), (true, true)] {
             let a_at = |i: usize, p: usize| if at { a[p * m + i] } else { a[i * k + p] } as f64;
             let b_at = |p: usize, j: usize| if bt { b[j * k + p] } else { b[p * n + j] } as f64;
-            for which in [Gemm::Ours(Tile::Avx2), Gemm::Ours(Tile::Avx512), Gemm::Crate] {
+            for which in Tile::ALL.map(Gemm::Ours).into_iter().chain([Gemm::Crate]) {
                 if let Gemm::Ours(tile) = which
                     && !available(tile)
                 {
@@ -622,7 +653,7 @@ mod tests {
         assert_eq!(block(1576, 144, 6, 2), 132);
         assert_eq!(block(384, 144, 6, 2), 96);
         assert_eq!(block(1576, 144, 12, 2), 132);
-        for tile in [Tile::Avx2, Tile::Avx512].into_iter().filter(|&t| available(t)) {
+        for tile in Tile::ALL.into_iter().filter(|&t| available(t)) {
             let mut c = vec![3f32; 12];
             let none = View { ptr: std::ptr::null(), rs: 0, cs: 0 };
             // SAFETY: k = 0 reads nothing; c has 3 rows of 4.
