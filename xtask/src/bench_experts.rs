@@ -25,7 +25,7 @@ use mosa_train::RunDir;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::bench_vtab::{Cell, Grid, Progress, mean, run_cells, shard_of};
+use crate::bench_vtab::{Cell, Grid, Progress, Scored, mean, run_cells, run_training, shard_of, wilson95};
 
 /// The expert kinds and the `mosa train` method that makes each.
 pub const KINDS: &[&str] = &["sparse", "lora", "full"];
@@ -258,7 +258,7 @@ fn run_job(e: &Experiment, j: &Job, mosa: &Path, hashes: &mut Hashes) -> anyhow:
 
 pub fn run(e: &Experiment, mosa: &Path) -> anyhow::Result<()> {
     let g = &e.grid;
-    let cells = shard_of(g.cells(), g.shard);
+    let steps = g.training_steps();
     let jobs = shard_of(e.jobs(), g.shard);
     let probes: Vec<(String, String)> = if e.held_out { shard_of(e.kinds.iter().flat_map(|k| g.tasks.iter().map(move |t| (k.clone(), t.clone()))).collect(), g.shard) } else { vec![] };
     std::fs::create_dir_all(&g.out)?;
@@ -266,7 +266,7 @@ pub fn run(e: &Experiment, mosa: &Path) -> anyhow::Result<()> {
         "bench-experts: {} tasks x {} kinds; {} training runs, {} merges, {} held-out probes in shard {}/{} -> {}",
         g.tasks.len(),
         e.kinds.len(),
-        cells.len(),
+        steps,
         jobs.len(),
         probes.len(),
         g.shard.0,
@@ -274,21 +274,20 @@ pub fn run(e: &Experiment, mosa: &Path) -> anyhow::Result<()> {
         g.out.display()
     );
     eprintln!("{}", settings_line(e));
-    let mut progress = Progress::new(cells.len() + jobs.len() + probes.len());
-    let mut failed = run_cells(&cells, mosa, &mut progress, 0)?;
-    let mut waiting = Vec::new();
+    let mut progress = Progress::new(steps + jobs.len() + probes.len());
+    let (mut failed, mut waiting) = run_training(g, mosa, &mut progress, 0)?;
     let mut hashes = Hashes::default();
     for (k, j) in jobs.iter().enumerate() {
         let label = format!("merge {} {} of {} ({})", j.kind, j.method, e.subset_name(&j.tasks), if j.evaluate { "evaluated" } else { "for a probe" });
         let r = run_job(e, j, mosa, &mut hashes);
         match r {
-            Ok(JobOutcome::Skipped) => progress.line(cells.len() + k, &label, true),
+            Ok(JobOutcome::Skipped) => progress.line(steps + k, &label, true),
             Ok(JobOutcome::Ran) => {
                 progress.ran();
-                progress.line(cells.len() + k, &label, false);
+                progress.line(steps + k, &label, false);
             }
             Ok(JobOutcome::Waiting(why)) => {
-                progress.line(cells.len() + k, &format!("{label}: waiting ({why})"), false);
+                progress.line(steps + k, &format!("{label}: waiting ({why})"), false);
                 waiting.push(label);
             }
             Err(err) => {
@@ -297,7 +296,7 @@ pub fn run(e: &Experiment, mosa: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    let offset = cells.len() + jobs.len();
+    let offset = steps + jobs.len();
     for (k, (kind, task)) in probes.iter().enumerate() {
         let others: Vec<String> = g.tasks.iter().filter(|o| *o != task).cloned().collect();
         let job = Job { kind: kind.clone(), method: e.paper_merge.clone(), tasks: others, evaluate: false, probe_for: Some(task.clone()) };
@@ -349,6 +348,10 @@ struct ExpertRow {
     trainable_params: usize,
     stored_bytes: u64,
     train_seconds: f64,
+    /// The lr its deltas trained at (under `--protocol vpt`, the one its search chose).
+    lr: f64,
+    /// 95% Wilson interval of `individual` over its test images.
+    ci95: Option<(f64, f64)>,
 }
 
 fn expert_row(e: &Experiment, kind: &str, task: &str) -> Option<ExpertRow> {
@@ -360,14 +363,17 @@ fn expert_row(e: &Experiment, kind: &str, task: &str) -> Option<ExpertRow> {
     let c = run.read_config().ok()?;
     let test = c.dataset.test.unwrap_or(0);
     let bytes = std::fs::metadata(run.expert()).map(|m| m.len()).unwrap_or(0);
+    let test_images = c.run.train.max_eval_images.map_or(test, |m| m.min(test));
     Some(ExpertRow {
         kind: kind.into(),
         task: task.into(),
         individual: s.last_test,
-        test_images: c.run.train.max_eval_images.map_or(test, |m| m.min(test)),
+        test_images,
         trainable_params: s.trainable_params,
         stored_bytes: bytes,
         train_seconds: s.train_seconds,
+        lr: c.run.train.lr,
+        ci95: s.last_test.filter(|_| test_images > 0).map(|p| wilson95(p, test_images)),
     })
 }
 
@@ -412,25 +418,31 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     let mut md = format!("{}\n\n", settings_line(e));
 
     // the experts alone
-    md += "## The experts alone\n\nTest accuracy (%) of each task's expert with its own head; trainable parameters include the head; stored = the expert file.\n\n";
+    md += "## The experts alone\n\nTest accuracy (%) of each task's expert with its own head, ± the half-width of its 95% Wilson interval over the test images; `linear (base)` is a new head on the base backbone, the bar every expert should clear; trainable parameters include the head; stored = the expert file.\n\n";
     md += &format!("| kind | {} | mean | trainable (M) | stored (MB) | train s |\n|---|{}---:|---:|---:|---:|\n", all.join(" | "), "---:|".repeat(all.len()));
     let mut experts_json = Vec::new();
-    let mut experts_csv = String::from("kind,task,individual,test_images,trainable_params,stored_bytes,train_seconds\n");
-    for k in &e.kinds {
-        let rows: Vec<Option<&ExpertRow>> = all.iter().map(|t| experts.get(&(k.clone(), t.clone()))).collect();
+    let mut experts_csv = String::from("kind,task,individual,test_images,trainable_params,stored_bytes,train_seconds,lr,ci95_low,ci95_high\n");
+    let base_rows: BTreeMap<String, ExpertRow> = if e.held_out { all.iter().filter_map(|t| expert_row(e, "linear", t).map(|r| (t.clone(), r))).collect() } else { BTreeMap::new() };
+    let shown_kinds: Vec<String> = e.kinds.iter().cloned().chain(e.held_out.then(|| "linear".to_string())).collect();
+    for k in &shown_kinds {
+        let rows: Vec<Option<&ExpertRow>> = all.iter().map(|t| if k == "linear" { base_rows.get(t) } else { experts.get(&(k.clone(), t.clone())) }).collect();
         let present: Vec<&ExpertRow> = rows.iter().flatten().copied().collect();
         let avg = |f: fn(&ExpertRow) -> f64| mean(&present.iter().map(|r| f(r)).collect::<Vec<_>>());
         md += &format!(
-            "| {k} | {} | {} | {} | {} | {} |\n",
-            rows.iter().map(|r| pct(r.and_then(|r| r.individual))).collect::<Vec<_>>().join(" | "),
+            "| {} | {} | {} | {} | {} | {} |\n",
+            if k == "linear" { "linear (base)" } else { k.as_str() },
+            rows.iter().map(|r| r.and_then(|r| Scored::new(&r.individual.into_iter().collect::<Vec<_>>(), Some(r.test_images))).map(|s| s.cell()).unwrap_or_default()).collect::<Vec<_>>().join(" | "),
             pct(mean(&present.iter().filter_map(|r| r.individual).collect::<Vec<_>>())),
             avg(|r| r.trainable_params as f64).map(|v| format!("{:.3}", v / 1e6)).unwrap_or_default(),
             avg(|r| r.stored_bytes as f64).map(|v| format!("{:.2}", v / 1e6)).unwrap_or_default(),
             avg(|r| r.train_seconds).map(|v| format!("{v:.0}")).unwrap_or_default(),
         );
         for r in present {
-            experts_csv += &format!("{},{},{},{},{},{},{}\n", r.kind, r.task, r.individual.map(|v| v.to_string()).unwrap_or_default(), r.test_images, r.trainable_params, r.stored_bytes, r.train_seconds);
-            experts_json.push(serde_json::to_value(r)?);
+            let o = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+            experts_csv += &format!("{},{},{},{},{},{},{},{},{},{}\n", r.kind, r.task, o(r.individual), r.test_images, r.trainable_params, r.stored_bytes, r.train_seconds, r.lr, o(r.ci95.map(|c| c.0)), o(r.ci95.map(|c| c.1)));
+            if k != "linear" {
+                experts_json.push(serde_json::to_value(r)?);
+            }
         }
     }
 
@@ -527,8 +539,18 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         md += &format!("| mean | {} |\n", cols.iter().map(|c| pct(mean(c))).collect::<Vec<_>>().join(" | "));
     }
 
+    // the experts' learning curves (and the base probes'), and the lr search under `vpt`
+    let runs = crate::curves::read(g)?;
+    let loss_curves = crate::curves::curves(g, &runs);
+    md += &format!("\n## Training\n\n{}", crate::curves::plateau_table(g, &loss_curves));
+    let searches = g.searches()?;
+    if !searches.is_empty() {
+        md += &format!("\n{}", crate::protocol::sweep_table(g, &searches));
+    }
     let json = json!({
         "settings": settings_line(e),
+        "base_probe": base_rows.values().collect::<Vec<_>>(),
+        "lr_search": searches,
         "tasks": all,
         "kinds": e.kinds,
         "merges": e.merges,
@@ -547,6 +569,12 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         write(&format!("scaling-{k}.svg"), &scaling_svg(std::slice::from_ref(&(k.clone(), pts.clone())), all.len(), &e.paper_merge))?;
     }
     write("scaling.svg", &scaling_svg(&curves, all.len(), &e.paper_merge))?;
+    write("loss.svg", &crate::curves::svg(&g.tasks, &g.methods, &loss_curves))?;
+    write("curves.csv", &crate::curves::csv(g, &runs)?)?;
+    if !searches.is_empty() {
+        write("lr_sweep.csv", &crate::protocol::sweep_csv(&searches))?;
+        write("lr_sweep.svg", &crate::protocol::sweep_svg(g, &searches))?;
+    }
     Ok(md)
 }
 

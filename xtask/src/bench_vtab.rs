@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 use mosa_train::RunDir;
 use serde_json::{Value, json};
 
+use crate::protocol::Protocol;
+
 /// The published group means (ViT-B/16 IN-21k), spec §8: MoSA from SNELL/DA-VPT reprints,
 /// baselines from the VPT paper (arXiv 2203.12119, Table 1). Per-task numbers are not known.
 pub const PUBLISHED_VTAB: &[(&str, [f64; 4])] = &[
@@ -40,6 +42,8 @@ pub struct Grid {
     pub full: bool,
     /// Training seeds per cell: the recipe's seed, then seed + 1, … (`--seeds N`).
     pub seeds: usize,
+    /// How each cell's learning rate is chosen (`--protocol`).
+    pub protocol: Protocol,
 }
 
 /// The reference's FGVC settings per dataset (spec §5): r 64, N 4, share down, and
@@ -120,27 +124,83 @@ impl Grid {
         self.out.join("runs").join(task).join(name)
     }
 
-    /// The grid's cells (task-major, then method, then seed), all shards.
+    /// The `mosa train` arguments of a task × method × seed index under the `single` protocol
+    /// (the `vpt` protocol changes only their `--lr`, and its search runs' training split).
+    pub fn cell_args(&self, task: &str, method: &str, k: usize) -> Vec<String> {
+        let mut args: Vec<String> = vec!["--method".into(), method.into(), "--dataset".into(), format!("{}:{}", self.kind, self.root.join(task).display())];
+        args.extend(self.train_args.iter().cloned());
+        args.extend(self.method_args.get(method).into_iter().flatten().cloned());
+        args.extend(self.task_args.get(task).into_iter().flatten().cloned());
+        if k > 0 {
+            args.extend(["--seed".into(), seed_of(k).to_string()]);
+        }
+        args
+    }
+
+    /// The grid's cells (task-major, then method, then seed), all shards, as the `single`
+    /// protocol trains them.
     pub fn cells(&self) -> Vec<Cell> {
         let mut v = Vec::new();
         for task in &self.tasks {
             for method in &self.methods {
                 for k in 0..self.seeds.max(1) {
-                    let mut args: Vec<String> = vec!["--method".into(), method.clone(), "--dataset".into(), format!("{}:{}", self.kind, self.root.join(task).display())];
-                    args.extend(self.train_args.iter().cloned());
-                    args.extend(self.method_args.get(method.as_str()).into_iter().flatten().cloned());
-                    args.extend(self.task_args.get(task.as_str()).into_iter().flatten().cloned());
                     let mut label = format!("{task} / {method}");
                     if k > 0 {
-                        args.extend(["--seed".into(), seed_of(k).to_string()]);
                         label += &format!(" / seed {}", seed_of(k));
                     }
-                    v.push(Cell { label, dir: self.run_dir(task, method, k), args });
+                    v.push(Cell { label, dir: self.run_dir(task, method, k), args: self.cell_args(task, method, k) });
                 }
             }
         }
         v
     }
+
+    /// The reported runs as the protocol has them now (all shards, [`Grid::cells`]' order): a
+    /// cell to run, or (`vpt`) the label of one still waiting for its search to finish.
+    pub fn final_cells(&self) -> anyhow::Result<Vec<Result<Cell, String>>> {
+        let cells = self.cells();
+        if self.protocol == Protocol::Single {
+            return Ok(cells.into_iter().map(Ok).collect());
+        }
+        let mut chosen = BTreeMap::new();
+        for s in self.searches()? {
+            chosen.insert((s.task.clone(), s.method.clone()), s.chosen);
+        }
+        let mut v = Vec::new();
+        for task in &self.tasks {
+            for method in &self.methods {
+                for k in 0..self.seeds.max(1) {
+                    let cell = &cells[v.len()];
+                    v.push(match chosen.get(&(task.clone(), method.clone())).copied().flatten() {
+                        Some(lr) => Ok(Cell { label: format!("{} (lr {lr}, chosen on val200)", cell.label), dir: cell.dir.clone(), args: crate::protocol::with_lr(&self.cell_args(task, method, k), lr) }),
+                        None => Err(format!("{}: waiting for its lr search", cell.label)),
+                    });
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// The training runs this shard has to go through: the search runs, then the reported ones.
+    pub fn training_steps(&self) -> usize {
+        shard_of(self.sweep_cells(), self.shard).len() + shard_of(self.cells(), self.shard).len()
+    }
+}
+
+/// Trains this shard's share of the grid under its protocol: the search runs (`vpt`), then the
+/// reported runs whose lr is known. Returns the labels of the runs that failed and of those
+/// that wait for another shard's search runs.
+pub fn run_training(g: &Grid, mosa: &Path, progress: &mut Progress, offset: usize) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let sweep = shard_of(g.sweep_cells(), g.shard);
+    let mut failed = run_cells(&sweep, mosa, progress, offset)?;
+    let (ready, waiting): (Vec<_>, Vec<_>) = shard_of(g.final_cells()?, g.shard).into_iter().partition(Result::is_ok);
+    let ready: Vec<Cell> = ready.into_iter().flatten().collect();
+    let waiting: Vec<String> = waiting.into_iter().filter_map(Result::err).collect();
+    failed.extend(run_cells(&ready, mosa, progress, offset + sweep.len())?);
+    for (k, w) in waiting.iter().enumerate() {
+        progress.line(offset + sweep.len() + ready.len() + k, w, false);
+    }
+    Ok((failed, waiting))
 }
 
 /// The training seed of seed index `k`: the recipe's default seed + k.
@@ -307,17 +367,19 @@ pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: u
 }
 
 pub fn run_grid(g: &Grid, mosa: &Path) -> anyhow::Result<()> {
-    let cells = g.cells();
-    let total = cells.len();
-    let mine = shard_of(cells, g.shard);
+    let total = g.cells().len() + g.sweep_cells().len();
+    let mine = g.training_steps();
     std::fs::create_dir_all(&g.out)?;
-    eprintln!("bench: {} tasks x {} methods = {total} runs ({} in shard {}/{}) -> {}", g.tasks.len(), g.methods.len(), mine.len(), g.shard.0, g.shard.1, g.out.display());
+    eprintln!("bench: {} tasks x {} methods = {total} runs ({mine} in shard {}/{}) -> {}", g.tasks.len(), g.methods.len(), g.shard.0, g.shard.1, g.out.display());
     eprintln!("{}", g.settings);
-    let mut progress = Progress::new(mine.len());
-    let failed = run_cells(&mine, mosa, &mut progress, 0)?;
+    let mut progress = Progress::new(mine);
+    let (failed, waiting) = run_training(g, mosa, &mut progress, 0)?;
     let table = write_results(g)?;
     println!("{table}");
     eprintln!("bench: wall time {} for {} runs; results in {}", progress.elapsed(), progress.ran_count(), g.out.display());
+    if !waiting.is_empty() {
+        eprintln!("bench: {} run(s) wait for lr searches of other shards; run again when they have finished", waiting.len());
+    }
     if !failed.is_empty() {
         bail!("{} run(s) failed: {}", failed.len(), failed.join(", "));
     }
@@ -352,6 +414,8 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
                     let mut s = serde_json::to_value(run.summary()?)?;
                     let rss = std::fs::read_to_string(d.join("peak_memory_mib.txt")).ok().and_then(|x| x.trim().parse::<f64>().ok());
                     s["peak_memory_mib"] = json!(rss);
+                    // the lr the reported run trained at (under `vpt`, the one its search chose)
+                    s["lr"] = json!(run.read_config().ok().map(|c| c.run.train.lr));
                     v = s[shown].as_f64();
                     acc.entry((t.clone(), m.clone())).or_insert(s);
                 }
@@ -376,7 +440,7 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
     md += &format!("Test accuracy (%) after the last epoch (`{shown}`; test at best val and best test are in results.csv/json). Trainable parameters include the head; `after merge` is what inference carries beyond the frozen backbone (LoRA folds into the weights, MoSA experts merge into one adapter). {}\n\n{interval} Test images per task: {}.\n\n", g.settings, images.join(", "));
     md += &format!("| method | {} |{} mean | groups mean | trainable (M) | after merge (M) | train img/s | eval img/s | peak RSS (MiB) |{}\n", g.tasks.join(" | "), groups.iter().map(|x| format!(" {x} |")).collect::<String>(), if g.full { " published Natural | Specialized | Structured | mean of groups |" } else { "" });
     md += &format!("|---|{}{}---:|---:|---:|---:|---:|---:|---:|{}\n", "---:|".repeat(g.tasks.len()), "---:|".repeat(groups.len()), if g.full { "---:|---:|---:|---:|" } else { "" });
-    let mut csv = String::from("method,task,group,test_at_best_val,best_val_epoch,best_test,last_test,trainable_params,merged_trainable_params,train_images_per_second,eval_images_per_second,peak_memory_mib,train_seconds,seeds,test_images,accuracy_mean_over_seeds,std_over_seeds,ci95_low,ci95_high\n");
+    let mut csv = String::from("method,task,group,test_at_best_val,best_val_epoch,best_test,last_test,trainable_params,merged_trainable_params,train_images_per_second,eval_images_per_second,peak_memory_mib,train_seconds,seeds,test_images,accuracy_mean_over_seeds,std_over_seeds,ci95_low,ci95_high,lr\n");
     let mut rows_json = Vec::new();
     for m in &g.methods {
         let cells: Vec<Option<&Value>> = g.tasks.iter().map(|t| acc.get(&(t.clone(), m.clone()))).collect();
@@ -420,9 +484,9 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
                 let f = |k: &str| s[k].as_f64().map(|v| v.to_string()).unwrap_or_default();
                 let o = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
                 csv += &format!(
-                    "{m},{t},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    "{m},{t},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                     group_of(t).unwrap_or(""), f("test_at_best_val"), s["best_val_epoch"], f("best_test"), f("last_test"), f("trainable_params"), f("merged_trainable_params"), f("train_images_per_second"), f("eval_images_per_second"), f("peak_memory_mib"), f("train_seconds"),
-                    s2.seeds, s2.test_images.map(|n| n.to_string()).unwrap_or_default(), s2.accuracy, o(s2.std_over_seeds), o(s2.ci95.map(|c| c.0)), o(s2.ci95.map(|c| c.1))
+                    s2.seeds, s2.test_images.map(|n| n.to_string()).unwrap_or_default(), s2.accuracy, o(s2.std_over_seeds), o(s2.ci95.map(|c| c.0)), o(s2.ci95.map(|c| c.1)), o(s["lr"].as_f64())
                 );
             }
         }
@@ -446,8 +510,12 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
     }
     let runs = crate::curves::read(g)?;
     let curves = crate::curves::curves(g, &runs);
+    let searches = g.searches()?;
+    if !searches.is_empty() {
+        md += &format!("\n{}", crate::protocol::sweep_table(g, &searches));
+    }
     md += &format!("\n{}", crate::curves::plateau_table(g, &curves));
-    let json = json!({ "settings": g.settings, "tasks": g.tasks, "methods": rows_json });
+    let json = json!({ "settings": g.settings, "tasks": g.tasks, "methods": rows_json, "lr_search": searches });
     let write = |name: &str, text: &str| -> anyhow::Result<()> { mosa_core::fsio::write_atomic(&g.out.join(name), text.as_bytes()).map_err(anyhow::Error::msg) };
     write("results.md", &md)?;
     write("results.csv", &csv)?;
@@ -456,6 +524,10 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
     write("accuracy.svg", &svg(&g.tasks, &g.methods, &means, shown))?;
     write("loss.svg", &crate::curves::svg(&g.tasks, &g.methods, &curves))?;
     write("curves.csv", &crate::curves::csv(g, &runs)?)?;
+    if !searches.is_empty() {
+        write("lr_sweep.csv", &crate::protocol::sweep_csv(&searches))?;
+        write("lr_sweep.svg", &crate::protocol::sweep_svg(g, &searches))?;
+    }
     Ok(md)
 }
 

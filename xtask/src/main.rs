@@ -13,6 +13,8 @@ mod bench_merge;
 mod bench_vtab;
 mod curves;
 mod mini_vtab;
+mod protocol;
+mod study;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -55,6 +57,25 @@ enum Task {
     /// kind merged with every merge method, the scaling curve and held-out probes, then
     /// results/experts-<name>/. Default: mini-VTAB with DINOv2 ViT-S/14 (about 40 min on 2 cores).
     BenchExperts(ExpertArgs),
+    /// MoSA against the adapter at 10, 30 and 100 epochs and with VPT's lr search (issue #28):
+    /// one bench-vtab grid per budget on the tasks where MoSA trails most, then
+    /// results/mosa-vs-adapter/ (about 5 h on 2 cores; every cell resumes).
+    StudyMosaAdapter {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Only these budgets, comma-separated (10ep, 30ep, 100ep, 30ep-vpt) [default: all].
+        #[arg(long, value_delimiter = ',')]
+        budgets: Vec<String>,
+        /// Only write the tables and plots from the runs that have finished.
+        #[arg(long)]
+        report: bool,
+        /// Run only cells i, i+n, … of each budget's grid (`i/n`).
+        #[arg(long, default_value = "0/1")]
+        shard: String,
+        /// Use this `mosa` binary instead of building one.
+        #[arg(long)]
+        mosa_bin: Option<PathBuf>,
+    },
     /// Merge speed of sparse experts: N ∈ {2, 5, 10, 20, 50} × density ∈ {0.2%, 1%, 5%} synthetic
     /// experts on ViT-B/16-shaped weights (index space vs dense expansion vs memcpy).
     BenchMerge {
@@ -282,6 +303,8 @@ struct BenchArgs {
     /// the reference's 0.1].
     #[arg(long)]
     backbone_dropout: Option<f64>,
+    #[command(flatten)]
+    protocol: ProtocolArgs,
     /// Run only cells i, i+n, i+2n, ... of the task x method grid (`i/n`, 0-based).
     #[arg(long, default_value = "0/1")]
     shard: String,
@@ -291,6 +314,34 @@ struct BenchArgs {
     /// Use this `mosa` binary instead of building one.
     #[arg(long)]
     mosa_bin: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+struct ProtocolArgs {
+    /// How each cell's lr is chosen: `single` (one lr per method) or `vpt` (per task and method,
+    /// each lr of --lr-grid trained on train800 and scored on val200, the best retrained on
+    /// train800val200; docs/benchmarks.md).
+    #[arg(long, value_enum, default_value = "single")]
+    protocol: protocol::ProtocolKind,
+    /// The lrs `--protocol vpt` searches, comma-separated: multiples of each method's own lr
+    /// (`0.3x`) or learning rates (`0.001`) [default: 0.3x,1x,3x].
+    #[arg(long, value_delimiter = ',')]
+    lr_grid: Vec<protocol::LrPoint>,
+}
+
+impl ProtocolArgs {
+    fn protocol(&self) -> anyhow::Result<protocol::Protocol> {
+        protocol::Protocol::new(self.protocol, &self.lr_grid)
+    }
+
+    /// The default results name's suffix: `-vpt` under the VPT protocol, so that its runs never
+    /// meet the single-lr grid's.
+    fn suffix(&self) -> &'static str {
+        match self.protocol {
+            protocol::ProtocolKind::Single => "",
+            protocol::ProtocolKind::Vpt => "-vpt",
+        }
+    }
 }
 
 /// The `mosa train` arguments every run of a benchmark grid gets: the model, its weights and the
@@ -310,6 +361,10 @@ fn recipe_args(model: &str, weights: Option<&str>, (res, ep, wu, bs): (usize, us
 
 fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let (i, n) = parse_shard(&a.shard)?;
+    let protocol = a.protocol.protocol()?;
+    if kind == "fgvc" && protocol != protocol::Protocol::Single {
+        bail!("--protocol vpt searches on VTAB-1k's train800 / val200 lists; the FGVC splits have no train800 (use bench-vtab, or --protocol single)");
+    }
     let tasks = if a.tasks.is_empty() { bench_vtab::discover_tasks(&a.root, kind)? } else { a.tasks.clone() };
     // defaults: the CPU-sized embedded run, or the published recipe with --full
     // (the CPU default: issue #16 item 9, docs/benchmarks.md "The default (embedded) run")
@@ -365,10 +420,11 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         ev.map(|k| format!(", evaluated every {k} epochs and after the last")).unwrap_or_default(),
         a.backend.features
     );
-    let name = a.name.clone().unwrap_or_else(|| if a.full { format!("{kind}-full-{}", a.model) } else { format!("{kind}-{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) });
+    let settings = format!("{settings} Tuning: {}.", protocol.describe());
+    let name = a.name.clone().unwrap_or_else(|| if a.full { format!("{kind}-full-{}", a.model) } else { format!("{kind}-{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) } + a.protocol.suffix());
     let task_args = if per_dataset { tasks.iter().map(|t| (t.clone(), bench_vtab::fgvc_task_args(t))).collect() } else { Default::default() };
     let settings = if per_dataset { settings.replace(&format!("lr {lr}"), "per-dataset lr and r 64 (spec §5; Cars: N 2, share up, DEEPREG)") } else { settings };
-    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, method_args, task_args, settings, full: a.full && kind == "vtab", seeds: a.seeds as usize };
+    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, method_args, task_args, settings, full: a.full && kind == "vtab", seeds: a.seeds as usize, protocol };
     let mosa = match &a.mosa_bin {
         Some(p) => p.clone(),
         None => build_mosa(&a.backend)?,
@@ -450,6 +506,8 @@ struct ExpertArgs {
     /// Keep every merged model file (by default each is deleted once evaluated / probed).
     #[arg(long)]
     keep_merged: bool,
+    #[command(flatten)]
+    protocol: ProtocolArgs,
     /// Run only items i, i+n, … of each phase (`i/n`); a later run finishes what waited.
     #[arg(long, default_value = "0/1")]
     shard: String,
@@ -467,6 +525,7 @@ fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
 
 fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     let shard = parse_shard(&a.shard)?;
+    let protocol = a.protocol.protocol()?;
     for k in &a.kinds {
         if !bench_experts::KINDS.contains(&k.as_str()) {
             bail!("unknown expert kind `{k}` (kinds: {})", bench_experts::KINDS.join(", "));
@@ -525,8 +584,9 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
         me.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
         a.backend.features
     );
-    let name = a.name.clone().unwrap_or_else(|| format!("experts-{}{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks"), if a.full { "-full" } else { "" }));
-    let grid = bench_vtab::Grid { root: a.root.clone(), kind: "vtab", tasks, methods, out: PathBuf::from("results").join(name), shard, train_args, method_args, task_args: Default::default(), settings, full: false, seeds: 1 };
+    let settings = format!("{settings} Tuning: {}.", protocol.describe());
+    let name = a.name.clone().unwrap_or_else(|| format!("experts-{}{}{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks"), if a.full { "-full" } else { "" }, a.protocol.suffix()));
+    let grid = bench_vtab::Grid { root: a.root.clone(), kind: "vtab", tasks, methods, out: PathBuf::from("results").join(name), shard, train_args, method_args, task_args: Default::default(), settings, full: false, seeds: 1, protocol };
     let exp = bench_experts::Experiment {
         grid,
         kinds: a.kinds.clone(),
@@ -602,6 +662,13 @@ fn main() -> ExitCode {
         Task::BenchVtab(a) => bench(a, "vtab"),
         Task::BenchFgvc(a) => bench(a, "fgvc"),
         Task::BenchExperts(a) => bench_experts_task(a),
+        Task::StudyMosaAdapter { backend, budgets, report, shard, mosa_bin } => {
+            if report {
+                study::write().map(|md| println!("{md}"))
+            } else {
+                parse_shard(&shard).and_then(|_| mosa_bin.map_or_else(|| build_mosa(&backend), Ok)).and_then(|m| study::run(&budgets, &m, &shard))
+            }
+        }
         Task::PrepareMiniVtab { out, downloads, task } => mini_vtab::prepare(&out, &downloads, task.as_deref()),
         Task::BenchMerge { backend, experts, density, iters, json, no_dense, mosa_bin } => bench_merge_task(&backend, experts.zip(density), iters, json, !no_dense, mosa_bin),
     };

@@ -148,6 +148,76 @@ fn bench_vtab_smoke() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("lr 0.005 (lora 0.001)"));
 }
 
+/// `--protocol vpt` on two tiny tasks: per task and method every lr of the grid is trained on
+/// train800 and scored on val200; the chosen lr is the one with the best last-epoch val200
+/// accuracy (ties: the smaller), recomputed here from the search runs' own metrics; the reported
+/// run trains on train800val200 at it; the table and CSVs carry it; a re-run skips every run.
+#[test]
+fn bench_vtab_vpt_protocol_smoke() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tasks");
+    task(&root, "svhn", ShapesTask::Position);
+    task(&root, "clevr_count", ShapesTask::Count);
+    let model = tmp.path().join("tiny.json");
+    std::fs::write(&model, r#"{"kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}"#).unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(tmp.path())
+            .args(["bench-vtab", "--root", root.to_str().unwrap(), "--methods", "linear,adapter", "--model", model.to_str().unwrap(), "--weights", "none"])
+            .args(["--resolution", "16", "--epochs", "2", "--batch-size", "8", "--protocol", "vpt", "--lr-grid", "0.001,0.05,1x", "--name", "vpt"])
+            .arg("--mosa-bin")
+            .arg(mosa_bin())
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // 2 tasks x 2 methods x 3 lrs searched, then 4 reported runs
+    assert!(err.contains("[12/16] clevr_count / adapter / search lr 0.05") && err.contains("[16/16] clevr_count / adapter (lr "), "{err}");
+    let out = tmp.path().join("results/vpt");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let sweep = std::fs::read_to_string(out.join("lr_sweep.csv")).unwrap();
+    assert_eq!(sweep.lines().count(), 1 + 12, "{sweep}");
+    let md = String::from_utf8_lossy(&o.stdout);
+    for t in ["svhn", "clevr_count"] {
+        for m in ["linear", "adapter"] {
+            // each search run: train800 (16 images), its last epoch scored on val200 (8 images)
+            let mut trials = Vec::new();
+            for lr in [0.001, 0.005, 0.05] {
+                let dir = out.join("sweep").join(t).join(m).join(format!("lr{lr}"));
+                let cfg = read_json(&dir.join("config.json"));
+                assert_eq!(cfg["run"]["train"]["train_split"], "train800", "{t} {m} {lr}");
+                assert_eq!(cfg["run"]["train"]["lr"].as_f64().unwrap(), lr);
+                assert_eq!((cfg["dataset"]["train"].as_u64(), cfg["dataset"]["val"].as_u64()), (Some(16), Some(8)));
+                let last = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().last().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).unwrap();
+                let val = last["val_acc"].as_f64().unwrap();
+                assert!(sweep.contains(&format!("{t},{m},{lr},{val},")), "{sweep}");
+                trials.push((lr, val));
+            }
+            // the best val; on a tie the first (smallest) lr keeps it
+            let best = trials.iter().fold(trials[0], |b, x| if x.1 > b.1 { *x } else { b });
+            let cfg = read_json(&out.join("runs").join(t).join(m).join("config.json"));
+            assert_eq!(cfg["run"]["train"]["lr"].as_f64().unwrap(), best.0, "{t} {m}: {trials:?}");
+            assert!(cfg["run"]["train"].get("train_split").is_none(), "the reported run trains on the dataset's training split");
+            assert_eq!(cfg["dataset"]["train"].as_u64(), Some(24), "train800val200");
+            let row: Vec<&str> = csv.lines().find(|l| l.starts_with(&format!("{m},{t},"))).unwrap().split(',').collect();
+            assert_eq!(row[19].parse::<f64>().unwrap(), best.0, "the CSV's lr column");
+            assert!(sweep.contains(&format!("{t},{m},{},{},", best.0, best.1)) && sweep.lines().filter(|l| l.starts_with(&format!("{t},{m},")) && l.ends_with(",true")).count() == 1, "{sweep}");
+            assert!(md.contains(&format!("**{}** (", best.0)), "{md}");
+        }
+    }
+    assert!(out.join("lr_sweep.svg").exists());
+    assert!(md.contains("protocol vpt (lr grid 0.001, 0.05, 1x"), "{md}");
+    // a re-run skips every run, searched and reported
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.matches("done, skipped").count() == 16, "{err}");
+    // the VPT search needs VTAB's train800: bench-fgvc refuses it
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask")).current_dir(tmp.path()).args(["bench-fgvc", "--root", root.to_str().unwrap(), "--protocol", "vpt", "--mosa-bin", "/nonexistent"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--protocol vpt searches on VTAB-1k's train800"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// bench-vtab takes every family: a tiny random Swin and ConvNeXt (timm-style configs), linear
 /// and MoSA on two tasks.
 #[test]

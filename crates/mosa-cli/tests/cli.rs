@@ -216,6 +216,10 @@ fn bad_recipe_and_method_values_are_refused_before_anything_runs() {
         ("mosa", vec!["--kl-weight=-1"], "--kl-weight"),
         ("adapter", vec!["--max-train-images", "0"], "--max-train-images"),
         ("adapter", vec!["--max-eval-images", "0"], "--max-eval-images"),
+        // the tuning protocol's search trains on train800; what selects or scores is never trained on
+        ("adapter", vec!["--train-split", "test"], "--train-split test: that is digits8x8's validation or test split"),
+        ("adapter", vec!["--train-split", "val200"], "--train-split val200"),
+        ("adapter", vec!["--train-split", "train900"], "has no such list (it has train800val200"),
     ] {
         let mut args = vec!["train", "--method", method, "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--resolution", "16", "--out", out.to_str().unwrap()];
         args.extend(flags.iter().copied());

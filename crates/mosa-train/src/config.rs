@@ -60,6 +60,12 @@ pub struct TrainConfig {
     /// every preset). Not serialised when `None`, so run directories without it keep their hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backbone_dropout: Option<f64>,
+    /// The list to train on instead of the dataset's training split, e.g. VTAB-1k's `train800`
+    /// for the tuning protocol's search (`val200` stays the validation split, disjoint from it).
+    /// `None`: the dataset's (VTAB: `train800val200`). Not serialised when `None`, so run
+    /// directories without it keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_split: Option<String>,
     /// How VTAB-style datasets are resized: TensorFlow's bilinear (the reference), or PIL's
     /// antialiased one that runs of formats 1–3 trained with (their configs are converted to it).
     pub vtab_resize: mosa_data::VtabResize,
@@ -90,6 +96,7 @@ impl Default for TrainConfig {
             eval_every: None,
             sync_every: 10,
             backbone_dropout: None,
+            train_split: None,
             vtab_resize: mosa_data::VtabResize::default(),
         }
     }

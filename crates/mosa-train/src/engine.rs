@@ -110,7 +110,25 @@ struct Data {
 
 fn open_dataset(spec: &RunSpec) -> Result<Dataset> {
     let ds_spec: DatasetSpec = spec.dataset.parse()?;
-    Ok(Dataset::open(&ds_spec)?)
+    let mut dataset = Dataset::open(&ds_spec)?;
+    if let Some(name) = &spec.train.train_split {
+        dataset.train = train_split(&dataset, name)?;
+    }
+    Ok(dataset)
+}
+
+/// The list `--train-split` names: one of the dataset's lists other than its validation and
+/// test splits (training on what selects or scores the model is refused).
+fn train_split(dataset: &Dataset, name: &str) -> Result<mosa_data::list::Split> {
+    let held = [dataset.val.as_ref(), dataset.test.as_ref()].into_iter().flatten().any(|s| s.name == name);
+    if held {
+        return Err(Error::Config(format!("--train-split {name}: that is {}'s validation or test split, which is not trained on", dataset.name)));
+    }
+    let known: Vec<&str> = [&dataset.train].into_iter().chain(&dataset.extra).map(|s| s.name.as_str()).collect();
+    match dataset.split(name) {
+        Some(s) => Ok(s.clone()),
+        None => Err(Error::Config(format!("--train-split {name}: {} has no such list (it has {})", dataset.name, known.join(", ")))),
+    }
 }
 
 fn load_data(spec: &RunSpec, dataset: Dataset, rep: &mut dyn Reporter) -> Result<Data> {

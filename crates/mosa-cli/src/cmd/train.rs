@@ -75,6 +75,10 @@ pub struct TrainArgs {
     /// and in the MLP at this rate, attention 0 (the reference: 0.1 on ViT-B/16) [default: none].
     #[arg(long)]
     backbone_dropout: Option<f64>,
+    /// Train on this list instead of the dataset's training split (VTAB-1k: `train800`, the
+    /// tuning protocol's search split; default `train800val200`).
+    #[arg(long)]
+    train_split: Option<String>,
     #[arg(long)]
     max_train_images: Option<usize>,
     #[arg(long)]
@@ -116,6 +120,9 @@ fn recipe_on(mut t: TrainConfig, a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if a.eval_batch_size.is_some() {
         t.eval_batch_size = a.eval_batch_size;
+    }
+    if a.train_split.is_some() {
+        t.train_split = a.train_split.clone();
     }
     if a.max_train_images.is_some() {
         t.max_train_images = a.max_train_images;
@@ -224,8 +231,8 @@ pub fn train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     }
     let t = &spec.train;
     let header = format!(
-        "mosa train: {} on {} with {} | {} epochs (warm-up {}), lr {} {:?}, batch {}, {} px, seed {}, head init {:?}, backend {}",
-        spec.model_name, spec.dataset, spec.method.name(), t.epochs, t.warmup_epochs, t.lr, t.schedule, t.batch_size, t.resolution, t.seed, t.head_init, backend::NAME
+        "mosa train: {} on {}{} with {} | {} epochs (warm-up {}), lr {} {:?}, batch {}, {} px, seed {}, head init {:?}, backend {}",
+        spec.model_name, spec.dataset, t.train_split.as_ref().map(|s| format!(" (trained on {s})")).unwrap_or_default(), spec.method.name(), t.epochs, t.warmup_epochs, t.lr, t.schedule, t.batch_size, t.resolution, t.seed, t.head_init, backend::NAME
     );
     let device = backend::device();
     let mut rep = Console::new("").with_header(header);

@@ -1,0 +1,250 @@
+//! `cargo xtask study-mosa-adapter`: MoSA against the plain adapter at growing budgets (issue
+//! #28 item 3), on the mini-VTAB tasks where MoSA trails most at the default's 10 epochs.
+//!
+//! Each budget is one `bench-vtab` grid (its own results folder, so every cell is skipped when
+//! finished and resumed when interrupted, `--shard` splits it): the default's recipe with
+//! `--epochs E --warmup-epochs E/10` (warm-up 10% of the epochs, as the default's 1 of 10 and the
+//! paper's 10 of 100), plus VPT's lr search at 30 epochs on shapes_count. The study then reads
+//! every finished run and writes `results/mosa-vs-adapter/`: `results.md` (test accuracy per
+//! budget and task with 95% intervals, MoSA − adapter with the interval of the difference, final
+//! training loss and accuracy, the plateau share), `results.csv`, `accuracy.svg` (test accuracy
+//! against the budget) and each budget's `loss-<budget>.svg`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use mosa_train::RunDir;
+
+use crate::bench_vtab::{Scored, fmt_eta, wilson95};
+use crate::curves::late_share;
+
+/// One budget of the study.
+pub struct Budget {
+    /// Its name and results folder suffix (`mosa-vs-adapter-<name>`).
+    pub name: &'static str,
+    pub epochs: usize,
+    pub tasks: &'static [&'static str],
+    pub eval_every: usize,
+    /// VPT's lr search (`--protocol vpt` with the default 3-value grid 0.3×, 1×, 3×).
+    pub vpt: bool,
+}
+
+pub const BUDGETS: &[Budget] = &[
+    Budget { name: "10ep", epochs: 10, tasks: &["shapes_count", "mnist", "digits8x8"], eval_every: 5, vpt: false },
+    Budget { name: "30ep", epochs: 30, tasks: &["shapes_count", "mnist", "digits8x8"], eval_every: 5, vpt: false },
+    Budget { name: "100ep", epochs: 100, tasks: &["shapes_count", "mnist"], eval_every: 10, vpt: false },
+    Budget { name: "30ep-vpt", epochs: 30, tasks: &["shapes_count"], eval_every: 5, vpt: true },
+];
+
+const METHODS: [&str; 2] = ["adapter", "mosa"];
+
+impl Budget {
+    fn results(&self) -> PathBuf {
+        PathBuf::from("results").join(format!("mosa-vs-adapter-{}", self.name))
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut v: Vec<String> = vec!["bench-vtab".into(), "--tasks".into(), self.tasks.join(","), "--methods".into(), METHODS.join(",")];
+        v.extend(["--epochs", &self.epochs.to_string(), "--warmup-epochs", &(self.epochs / 10).to_string(), "--eval-every", &self.eval_every.to_string()].map(String::from));
+        if self.vpt {
+            v.extend(["--protocol", "vpt"].map(String::from));
+        }
+        v.extend(["--name".into(), format!("mosa-vs-adapter-{}", self.name)]);
+        v
+    }
+
+    /// The `cargo xtask` command that runs this budget alone.
+    pub fn command(&self) -> String {
+        format!("cargo xtask {}", self.args().join(" "))
+    }
+}
+
+/// One finished run of the study.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    budget: String,
+    epochs: usize,
+    task: String,
+    method: String,
+    test: f64,
+    test_images: usize,
+    ci95: (f64, f64),
+    lr: f64,
+    final_train_loss: f64,
+    final_train_acc: f64,
+    late_share: Option<f64>,
+    train_seconds: f64,
+}
+
+fn row(b: &Budget, task: &str, method: &str) -> anyhow::Result<Option<Row>> {
+    let run = RunDir::new(b.results().join("runs").join(task).join(method));
+    if !run.finished() {
+        return Ok(None);
+    }
+    let (s, c, m) = (run.summary()?, run.read_config()?, run.metrics()?);
+    let (Some(test), Some(n), Some(last)) = (s.last_test, c.dataset.test, m.last()) else { return Ok(None) };
+    let n = c.run.train.max_eval_images.map_or(n, |k| k.min(n));
+    Ok(Some(Row {
+        budget: b.name.into(),
+        epochs: b.epochs,
+        task: task.into(),
+        method: method.into(),
+        test,
+        test_images: n,
+        ci95: wilson95(test, n),
+        lr: c.run.train.lr,
+        final_train_loss: last.train_loss,
+        final_train_acc: last.train_acc,
+        late_share: late_share(&m.iter().map(|e| e.train_loss).collect::<Vec<_>>()),
+        train_seconds: s.train_seconds,
+    }))
+}
+
+/// Runs the budgets (each a `bench-vtab` grid run by this same xtask binary), then writes the study.
+pub fn run(only: &[String], mosa: &Path, shard: &str) -> anyhow::Result<()> {
+    for n in only {
+        if !BUDGETS.iter().any(|b| b.name == n) {
+            bail!("unknown budget `{n}` (budgets: {})", BUDGETS.iter().map(|b| b.name).collect::<Vec<_>>().join(", "));
+        }
+    }
+    let start = std::time::Instant::now();
+    let me = std::env::current_exe().context("the xtask binary")?;
+    for b in BUDGETS.iter().filter(|b| only.is_empty() || only.iter().any(|n| n == b.name)) {
+        eprintln!("study: budget {} ({} epochs{}, {}): {}", b.name, b.epochs, if b.vpt { ", VPT lr search" } else { "" }, b.tasks.join(", "), b.command());
+        let st = Command::new(&me).args(b.args()).args(["--shard", shard, "--mosa-bin"]).arg(mosa).status().context("running bench-vtab")?;
+        if !st.success() {
+            bail!("budget {} failed ({st}); its finished cells are kept, run the study again to resume", b.name);
+        }
+    }
+    let md = write()?;
+    println!("{md}");
+    eprintln!("study: wall time {}; results in results/mosa-vs-adapter", fmt_eta(start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// Reads every finished run of every budget and writes `results/mosa-vs-adapter/`.
+pub fn write() -> anyhow::Result<String> {
+    let out = PathBuf::from("results/mosa-vs-adapter");
+    std::fs::create_dir_all(&out)?;
+    let mut rows = Vec::new();
+    for b in BUDGETS {
+        for t in b.tasks {
+            for m in METHODS {
+                rows.extend(row(b, t, m)?);
+            }
+        }
+    }
+    let pct = |v: f64| format!("{:.1}", 100.0 * v);
+    let find = |b: &str, t: &str, m: &str| rows.iter().find(|r| r.budget == b && r.task == t && r.method == m);
+    let mut md = String::from("MoSA against the adapter at growing budgets: DINOv2 ViT-S/14 at 56 px, the default's recipe (batch 32, lr 0.005, per-epoch cosine, warm-up 10% of the epochs, head init zero, MoSA r 16 / N 4 / share down, trained on train800val200), one seed (3407). `30ep-vpt`: each method's lr chosen by VPT's search (0.3×, 1×, 3× of 0.005 trained on train800, best val200) and retrained on train800val200.\n\n");
+    md += "Test accuracy (%) after the last epoch ± the half-width of its 95% Wilson interval; MoSA − adapter in points with the 95% interval of the difference of two independent binomials (conservative: both runs see the same images); final training loss and accuracy (MoSA's: the first pass, one random expert per block, plus the consistency KL); plateau = share of the loss decrease made in the last quarter of the epochs.\n\n";
+    md += "| budget | task | test images | adapter | MoSA | MoSA − adapter | lr adapter / MoSA | train loss adapter / MoSA | train acc adapter / MoSA | plateau adapter / MoSA |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    let mut csv = String::from("budget,epochs,task,method,test_acc,test_images,ci95_low,ci95_high,lr,final_train_loss,final_train_acc,late_share,train_seconds\n");
+    for r in &rows {
+        csv += &format!("{},{},{},{},{},{},{},{},{},{},{},{},{}\n", r.budget, r.epochs, r.task, r.method, r.test, r.test_images, r.ci95.0, r.ci95.1, r.lr, r.final_train_loss, r.final_train_acc, r.late_share.map(|v| v.to_string()).unwrap_or_default(), r.train_seconds);
+    }
+    for b in BUDGETS {
+        for t in b.tasks {
+            let (a, m) = (find(b.name, t, "adapter"), find(b.name, t, "mosa"));
+            if a.is_none() && m.is_none() {
+                continue;
+            }
+            let cell = |r: Option<&Row>| r.and_then(|r| Scored::new(&[r.test], Some(r.test_images))).map(|s| s.cell()).unwrap_or_else(|| "…".into());
+            let diff = match (a, m) {
+                (Some(a), Some(m)) => {
+                    let half = 1.959964 * (a.test * (1.0 - a.test) / a.test_images as f64 + m.test * (1.0 - m.test) / m.test_images as f64).sqrt();
+                    let d = m.test - a.test;
+                    format!("{:+.1} ±{:.1}{}", 100.0 * d, 100.0 * half, if d.abs() > half { " *" } else { "" })
+                }
+                _ => "…".into(),
+            };
+            let pair = |f: &dyn Fn(&Row) -> String| format!("{} / {}", a.map(f).unwrap_or_else(|| "…".into()), m.map(f).unwrap_or_else(|| "…".into()));
+            md += &format!(
+                "| {} | {t} | {} | {} | {} | {diff} | {} | {} | {} | {} |\n",
+                b.name,
+                a.or(m).map(|r| r.test_images).unwrap_or(0),
+                cell(a),
+                cell(m),
+                pair(&|r| r.lr.to_string()),
+                pair(&|r| format!("{:.3}", r.final_train_loss)),
+                pair(&|r| pct(r.final_train_acc)),
+                pair(&|r| r.late_share.map(|v| format!("{v:.3}")).unwrap_or_else(|| "—".into())),
+            );
+        }
+    }
+    md += "\n`*`: the difference is beyond its 95% interval. Commands, one per budget (each resumable; `cargo xtask study-mosa-adapter` runs them all and writes this table):\n\n";
+    for b in BUDGETS {
+        md += &format!("- `{}`: `{}`\n", b.name, b.command());
+    }
+    let write = |name: &str, text: &str| -> anyhow::Result<()> { mosa_core::fsio::write_atomic(&out.join(name), text.as_bytes()).map_err(anyhow::Error::msg) };
+    write("results.md", &md)?;
+    write("results.csv", &csv)?;
+    write("accuracy.svg", &accuracy_svg(&rows))?;
+    for b in BUDGETS {
+        if let Ok(svg) = std::fs::read_to_string(b.results().join("loss.svg")) {
+            write(&format!("loss-{}.svg", b.name), &svg)?;
+        }
+    }
+    Ok(md)
+}
+
+/// One panel per task: test accuracy against the epochs (log scale), adapter and MoSA, the
+/// single-lr budgets as lines with their 95% intervals as whiskers, the VPT budget as open marks.
+fn accuracy_svg(rows: &[Row]) -> String {
+    let tasks: Vec<&str> = BUDGETS.iter().flat_map(|b| b.tasks.iter().copied()).fold(Vec::new(), |mut v, t| {
+        if !v.contains(&t) {
+            v.push(t);
+        }
+        v
+    });
+    let colours = ["#4e79a7", "#e15759"];
+    let (pw, ph, pad) = (230.0, 180.0, 46.0);
+    let (w, h) = (pad + (pw + pad) * tasks.len() as f64, 40.0 + ph + 60.0);
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    s += &format!("<text x=\"{pad}\" y=\"18\" font-size=\"13\">Test accuracy (%) against training epochs (log scale), 95% Wilson intervals; open marks: VPT lr search at 30 epochs</text>\n");
+    let lo_ep = 10f64.log10();
+    let hi_ep = 100f64.log10();
+    for (i, t) in tasks.iter().enumerate() {
+        let (x0, y0) = (pad + (pw + pad) * i as f64, 40.0);
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.task == *t).collect();
+        let floor = mine.iter().map(|r| r.ci95.0).fold(1.0f64, f64::min);
+        let ymin = ((floor * 10.0).floor() / 10.0).clamp(0.0, 0.9);
+        let sx = |e: usize| x0 + 10.0 + (pw - 20.0) * ((e as f64).log10() - lo_ep) / (hi_ep - lo_ep);
+        let sy = |a: f64| y0 + ph - ph * ((a - ymin) / (1.0 - ymin)).clamp(0.0, 1.0);
+        s += &format!("<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n", y0 - 4.0);
+        for f in [ymin, (ymin + 1.0) / 2.0, 1.0] {
+            s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>\n", x0 - 3.0, sy(f) + 3.0, 100.0 * f);
+        }
+        for e in [10, 30, 100] {
+            s += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{e}</text>\n", sx(e), y0 + ph + 12.0);
+        }
+        for (j, m) in METHODS.iter().enumerate() {
+            let c = colours[j];
+            let line: Vec<&&Row> = mine.iter().filter(|r| r.method == *m && !r.budget.ends_with("vpt")).collect();
+            let pts: Vec<String> = line.iter().map(|r| format!("{:.1},{:.1}", sx(r.epochs), sy(r.test))).collect();
+            s += &format!("<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\" points=\"{}\"/>\n", pts.join(" "));
+            for r in &mine {
+                if r.method != *m {
+                    continue;
+                }
+                let (x, dx) = (sx(r.epochs), if j == 0 { -2.0 } else { 2.0 });
+                let vpt = r.budget.ends_with("vpt");
+                s += &format!("<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{c}\"/>\n", x + dx, x + dx, sy(r.ci95.0), sy(r.ci95.1));
+                s += &format!(
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\" stroke=\"{c}\"><title>{t} {m} {}: {:.1}%</title></circle>\n",
+                    x + dx + if vpt { 6.0 * dx } else { 0.0 },
+                    sy(r.test),
+                    if vpt { "white" } else { c },
+                    r.budget,
+                    100.0 * r.test
+                );
+            }
+        }
+    }
+    for (j, m) in METHODS.iter().enumerate() {
+        let x = pad + 110.0 * j as f64;
+        s += &format!("<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n", h - 24.0, colours[j], x + 14.0, h - 15.0);
+    }
+    s + "</svg>\n"
+}
