@@ -16,9 +16,25 @@ fn mosa_bin() -> PathBuf {
     bin
 }
 
+/// `cargo xtask <args> --mosa-bin <the test build's mosa>` in `dir`.
+fn xtask(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask")).current_dir(dir).args(args).arg("--mosa-bin").arg(mosa_bin()).output().unwrap()
+}
+
 fn task(root: &Path, name: &str, kind: ShapesTask) {
     let imgs: Vec<_> = (0..40).map(|i| shapes_image(kind, 16, 9, i)).collect();
     write_vtab_task(&root.join(name), &imgs, 16, 8, false).unwrap();
+}
+
+/// Two tiny generated tasks (`svhn`, `clevr_count`) under `<dir>/tasks` and a tiny random ViT's
+/// config: the folder and the config file.
+fn two_tasks_and_a_tiny_vit(dir: &Path) -> (PathBuf, PathBuf) {
+    let root = dir.join("tasks");
+    task(&root, "svhn", ShapesTask::Position);
+    task(&root, "clevr_count", ShapesTask::Count);
+    let model = dir.join("tiny.json");
+    std::fs::write(&model, r#"{"kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}"#).unwrap();
+    (root, model)
 }
 
 /// The 95% Wilson score interval, written out independently of the harness.
@@ -33,11 +49,7 @@ fn wilson(p: f64, n: f64) -> (f64, f64) {
 #[test]
 fn bench_vtab_smoke() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("tasks");
-    task(&root, "svhn", ShapesTask::Position);
-    task(&root, "clevr_count", ShapesTask::Count);
-    let model = tmp.path().join("tiny.json");
-    std::fs::write(&model, r#"{"kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}"#).unwrap();
+    let (root, model) = two_tasks_and_a_tiny_vit(tmp.path());
     let run_with = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_xtask"))
             .current_dir(tmp.path())
@@ -155,20 +167,10 @@ fn bench_vtab_smoke() {
 #[test]
 fn bench_vtab_vpt_protocol_smoke() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("tasks");
-    task(&root, "svhn", ShapesTask::Position);
-    task(&root, "clevr_count", ShapesTask::Count);
-    let model = tmp.path().join("tiny.json");
-    std::fs::write(&model, r#"{"kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}"#).unwrap();
+    let (root, model) = two_tasks_and_a_tiny_vit(tmp.path());
     let run = || {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .current_dir(tmp.path())
-            .args(["bench-vtab", "--root", root.to_str().unwrap(), "--methods", "linear,adapter", "--model", model.to_str().unwrap(), "--weights", "none"])
-            .args(["--resolution", "16", "--epochs", "2", "--batch-size", "8", "--protocol", "vpt", "--lr-grid", "0.001,0.05,1x", "--name", "vpt"])
-            .arg("--mosa-bin")
-            .arg(mosa_bin())
-            .output()
-            .unwrap()
+        let a = ["bench-vtab", "--root", root.to_str().unwrap(), "--methods", "linear,adapter", "--model", model.to_str().unwrap(), "--weights", "none"];
+        xtask(tmp.path(), &[&a[..], &["--resolution", "16", "--epochs", "2", "--batch-size", "8", "--protocol", "vpt", "--lr-grid", "0.001,0.05,1x", "--name", "vpt"]].concat())
     };
     let o = run();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -284,15 +286,10 @@ fn bench_experts_smoke() {
     }
     let f = fixtures();
     let run = || {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .current_dir(tmp.path())
-            .args(["bench-experts", "--root", root.to_str().unwrap(), "--kinds", "sparse,lora,full", "--merges", "overlap-mean,ties", "--scaling-sizes", "2", "--scaling-seeds", "2"])
-            .args(["--model", f.join("vit.json").to_str().unwrap(), "--weights", f.join("vit.safetensors").to_str().unwrap()])
-            .args(["--resolution", "32", "--epochs", "3", "--batch-size", "8", "--max-train-images", "48", "--max-eval-images", "48", "--sparse-lr", "0.01", "--lora-lr", "0.02", "--full-lr", "0.001", "--head-lr", "0.05", "--name", "smoke"])
-            .arg("--mosa-bin")
-            .arg(mosa_bin())
-            .output()
-            .unwrap()
+        let a = ["bench-experts", "--root", root.to_str().unwrap(), "--kinds", "sparse,lora,full", "--merges", "overlap-mean,ties", "--scaling-sizes", "2", "--scaling-seeds", "2"];
+        let (vit, weights) = (f.join("vit.json"), f.join("vit.safetensors"));
+        let b = ["--model", vit.to_str().unwrap(), "--weights", weights.to_str().unwrap()];
+        xtask(tmp.path(), &[&a[..], &b, &["--resolution", "32", "--epochs", "3", "--batch-size", "8", "--max-train-images", "48", "--max-eval-images", "48", "--sparse-lr", "0.01", "--lora-lr", "0.02", "--full-lr", "0.001", "--head-lr", "0.05", "--name", "smoke"]].concat())
     };
     let o = run();
     let err = String::from_utf8_lossy(&o.stderr);

@@ -75,8 +75,17 @@ fn main() -> ExitCode {
             // stdout was closed by the reader (`mosa info | head`): stop quietly, as SIGPIPE would.
             std::process::exit(141);
         }
+        if let Some(stream) = ["stdout", "stderr"].into_iter().find(|s| msg.starts_with(&format!("failed printing to {s}"))) {
+            // `> /dev/full`, a closed terminal: not a bug. Say so where it can still be said (never
+            // a second panic: that would abort), and exit with EX_IOERR. Every file a command writes
+            // is whole (written atomically), and an interrupted run resumes.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: cannot write to {stream} ({}); exiting", msg.rsplit(": ").next().unwrap_or("write error"));
+            std::process::exit(EXIT_OUTPUT);
+        }
         let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
-        eprintln!("error: internal error: {}{at}; please report it", msg.replace('\n', " "));
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "error: internal error: {}{at}; please report it", msg.replace('\n', " "));
     }));
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -100,11 +109,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            use std::io::Write;
+            // stderr itself may be unwritable (`2> /dev/full`): the exit status still says it
+            let _ = writeln!(std::io::stderr(), "error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
+
+/// The exit status when stdout or stderr cannot be written (`> /dev/full`): EX_IOERR of sysexits.h.
+const EXIT_OUTPUT: i32 = 74;
 
 /// The error and its causes on one line, each cause once: an error whose message already
 /// includes its source's text (`path: No such file or directory`) does not repeat it.

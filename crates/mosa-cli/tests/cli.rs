@@ -175,8 +175,8 @@ fn bad_input_gives_one_clear_line() {
     std::fs::copy(&w, &wcopy).unwrap();
     let before = (std::fs::read(&io).unwrap(), std::fs::read(&wcopy).unwrap());
     let fwd = |out: &Path| mosa(&["forward", "--model", cfg.to_str().unwrap(), "--weights", wcopy.to_str().unwrap(), "--input", io.to_str().unwrap(), "--out", out.to_str().unwrap()], tmp.path());
-    assert_one_line_error(&fwd(&io), &["is the --input file"]);
-    assert_one_line_error(&fwd(&tmp.path().join(".").join("w.safetensors")), &["is the --weights file"]);
+    assert_one_line_error(&fwd(&io), &["same file as the input", "io.safetensors"]);
+    assert_one_line_error(&fwd(&tmp.path().join(".").join("w.safetensors")), &["same file as the input", "w.safetensors"]);
     assert_eq!((std::fs::read(&io).unwrap(), std::fs::read(&wcopy).unwrap()), before);
     assert!(!out.exists(), "no output may be written on failure");
     // weights fetch from a file that is not the model
@@ -832,4 +832,280 @@ fn lora_and_full_experts_merge_back_to_their_runs_model() {
     // kinds are not mixed in one merge
     let (l, fu) = (tmp.path().join("lora/expert.safetensors"), tmp.path().join("full/expert.safetensors"));
     assert_one_line_error(&mosa(&["merge", l.to_str().unwrap(), fu.to_str().unwrap(), "--method", "mean", "--out", tmp.path().join("mix.safetensors").to_str().unwrap()], tmp.path()), &["cannot mix expert kinds"]);
+}
+
+/// Two tiny sparse runs on the timm ViT fixture (tasks dsprites_loc and clevr_count): their run
+/// directories, each with its `expert.safetensors`.
+fn tiny_sparse_runs(dir: &Path) -> Vec<PathBuf> {
+    let f = fixtures();
+    let mut runs = Vec::new();
+    for (name, shapes) in [("dsprites_loc", mosa_data::synth::ShapesTask::Position), ("clevr_count", mosa_data::synth::ShapesTask::Count)] {
+        let imgs: Vec<_> = (0..40).map(|i| mosa_data::synth::shapes_image(shapes, 32, 4, i)).collect();
+        mosa_data::synth::write_vtab_task(&dir.join(name), &imgs, 24, 8, false).unwrap();
+        let out = dir.join(format!("run-{name}"));
+        let ds = format!("vtab:{}/{name}", dir.display());
+        let o = mosa(
+            &["train", "--method", "sparse", "--model", f.join("vit.json").to_str().unwrap(), "--weights", f.join("vit.safetensors").to_str().unwrap(), "--dataset", &ds, "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "32", "--lr", "0.01", "--keep-ratio", "0.1", "--out", out.to_str().unwrap()],
+            dir,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        runs.push(out);
+    }
+    runs
+}
+
+/// A device node made for the test (`mknod`, as root), or why it could not be made.
+fn device_node(path: &Path) -> Result<(), String> {
+    let o = Command::new("mknod").arg(path).args(["c", "1", "3"]).output().map_err(|e| format!("mknod: {e}"))?;
+    if o.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&o.stderr).trim().to_string()) }
+}
+
+/// Issue #29 items 1–3: an output path never replaces a device, a FIFO, a symlink, one of the
+/// command's inputs (however spelled) or a run directory's own files, in `merge`, `expert export`
+/// and `forward`; the refused path is left exactly as it was.
+#[test]
+fn output_paths_never_replace_devices_links_inputs_or_run_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tiny_sparse_runs(tmp.path());
+    let experts: Vec<PathBuf> = runs.iter().map(|r| r.join("expert.safetensors")).collect();
+    let (e0, e1) = (experts[0].to_str().unwrap(), experts[1].to_str().unwrap());
+    let f = fixtures();
+    let merge_to = |out: &Path| mosa(&["merge", e0, e1, "--method", "mean", "--out", out.to_str().unwrap()], tmp.path());
+    let export_to = |out: &Path| mosa(&["expert", "export", "--run", runs[0].to_str().unwrap(), "--out", out.to_str().unwrap()], tmp.path());
+    let io = f.join("vit_io.safetensors");
+    let forward_to = |out: &Path| mosa(&["forward", "--model", f.join("vit.json").to_str().unwrap(), "--weights", f.join("vit.safetensors").to_str().unwrap(), "--input", io.to_str().unwrap(), "--out", out.to_str().unwrap()], tmp.path());
+    // 1. a device node (as root), a FIFO, a symlink, a folder
+    let dev = tmp.path().join("null-device");
+    match device_node(&dev) {
+        Ok(()) => {
+            for o in [merge_to(&dev), export_to(&dev), forward_to(&dev)] {
+                assert_one_line_error(&o, &["null-device", "a device is there"]);
+            }
+            use std::os::unix::fs::FileTypeExt;
+            assert!(std::fs::symlink_metadata(&dev).unwrap().file_type().is_char_device(), "the device node is still a device");
+        }
+        Err(why) => eprintln!("SKIPPED (device nodes): cannot make one here ({why}); run the tests as root to check them"),
+    }
+    let fifo = tmp.path().join("fifo");
+    assert_eq!(unsafe { libc::mkfifo(std::ffi::CString::new(fifo.to_str().unwrap()).unwrap().as_ptr(), 0o644) }, 0);
+    let target = tmp.path().join("target.safetensors");
+    std::fs::write(&target, b"precious").unwrap();
+    let link = tmp.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let folder = tmp.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    for o in [merge_to(&fifo), export_to(&fifo), forward_to(&fifo)] {
+        assert_one_line_error(&o, &["fifo", "a FIFO is there"]);
+    }
+    for o in [merge_to(&link), export_to(&link), forward_to(&link)] {
+        assert_one_line_error(&o, &["link.safetensors", "symbolic link", "target.safetensors"]);
+    }
+    assert_one_line_error(&merge_to(&folder), &["a directory is there"]);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink() && std::fs::read(&target).unwrap() == b"precious");
+    // 2. an input however spelled: `w/../w/b`, absolute against relative, a hard link
+    let w = tmp.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    let (a, b) = (w.join("a.safetensors"), w.join("b.safetensors"));
+    std::fs::copy(&experts[0], &a).unwrap();
+    std::fs::copy(&experts[1], &b).unwrap();
+    let before = std::fs::read(&b).unwrap();
+    let dotted = w.join("..").join("w").join("b.safetensors");
+    let hard = tmp.path().join("hard.safetensors");
+    std::fs::hard_link(&b, &hard).unwrap();
+    for out in [&dotted, &hard] {
+        assert_one_line_error(&mosa(&["merge", a.to_str().unwrap(), b.to_str().unwrap(), "--method", "mean", "--out", out.to_str().unwrap()], tmp.path()), &["same file as the input", "b.safetensors"]);
+    }
+    let rel = Command::new(env!("CARGO_BIN_EXE_mosa")).current_dir(&w).args(["merge", "a.safetensors", "b.safetensors", "--method", "mean", "--out"]).arg(&b).env("MOSA_CACHE", tmp.path()).output().unwrap();
+    assert_one_line_error(&rel, &["same file as the input b.safetensors"]);
+    assert_eq!(std::fs::read(&b).unwrap(), before, "the input expert is untouched");
+    // … and a run's own expert, as an input, is a run file too
+    assert_one_line_error(&merge_to(&runs[1].join("..").join("run-clevr_count").join("expert.safetensors")), &["run directory", "expert.safetensors"]);
+    let base = tmp.path().join("base.safetensors");
+    std::fs::copy(f.join("vit.safetensors"), &base).unwrap();
+    assert_one_line_error(&mosa(&["merge", e0, "--method", "mean", "--base", base.to_str().unwrap(), "--out", tmp.path().join(".").join("base.safetensors").to_str().unwrap()], tmp.path()), &["same file as the input", "base.safetensors"]);
+    let io_copy = w.join("io.safetensors");
+    std::fs::copy(&io, &io_copy).unwrap();
+    let o = mosa(&["forward", "--model", f.join("vit.json").to_str().unwrap(), "--weights", f.join("vit.safetensors").to_str().unwrap(), "--input", io_copy.to_str().unwrap(), "--out", w.join(".").join("io.safetensors").to_str().unwrap()], tmp.path());
+    assert_one_line_error(&o, &["same file as the input"]);
+    // 3. a run's own files: its checkpoint (breaks --resume), its model (breaks eval --run)
+    let ckpt = std::fs::read(runs[0].join("checkpoint.safetensors")).ok();
+    assert_one_line_error(&export_to(&runs[0].join("checkpoint.safetensors")), &["run directory", "checkpoint.safetensors"]);
+    assert_one_line_error(&merge_to(&runs[0].join("model.safetensors")), &["run directory", "model.safetensors"]);
+    assert_one_line_error(&merge_to(&runs[1].join("config.json")), &["run directory", "config.json"]);
+    assert_eq!(std::fs::read(runs[0].join("checkpoint.safetensors")).ok(), ckpt);
+    let o = mosa(&["eval", "--run", runs[0].to_str().unwrap()], tmp.path());
+    assert!(o.status.success(), "the run still evaluates: {}", stderr(&o));
+    // … while export may rewrite the run's own expert, and a plain file is replaced as before
+    assert!(export_to(&runs[0].join("expert.safetensors")).status.success());
+    let plain = tmp.path().join("merged.safetensors");
+    std::fs::write(&plain, b"old").unwrap();
+    let o = merge_to(&plain);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Issue #29 items 6 and 7: a merge that would write inf is refused, naming the tensor and the
+/// experts; `eval` refuses a model file holding non-finite weights; an expert without a head is
+/// refused at merge, not at evaluation.
+#[test]
+fn merges_refuse_overflow_and_headless_experts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tiny_sparse_runs(tmp.path());
+    let e0 = runs[0].join("expert.safetensors");
+    let mut big = mosa_core::expert::Expert::read(&e0).unwrap();
+    for t in &mut big.tensors {
+        if let mosa_core::expert::Delta::Sparse { values, .. } = &mut t.delta {
+            values.iter_mut().for_each(|v| *v = 3e38);
+        }
+    }
+    let bigf = tmp.path().join("big.safetensors");
+    big.write(&bigf).unwrap();
+    let out = tmp.path().join("m.safetensors");
+    let o = mosa(&["merge", bigf.to_str().unwrap(), "--method", "task-arithmetic", "--lambda", "10", "--out", out.to_str().unwrap()], tmp.path());
+    assert_one_line_error(&o, &["non-finite", "blocks.0.attn.qkv.weight", "big.safetensors", "nothing was written"]);
+    assert!(!out.exists());
+    // a merged file whose weights were damaged to inf afterwards: eval refuses it
+    let o = mosa(&["merge", e0.to_str().unwrap(), "--method", "mean", "--out", out.to_str().unwrap()], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let meta = safetensors::read_metadata(&out).unwrap();
+    let mut sd = safetensors::read(&out).unwrap();
+    sd.tensors.get_mut("blocks.1.mlp.fc2.weight").unwrap().data[5] = f32::INFINITY;
+    let named: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
+    std::fs::write(&out, safetensors::serialize(&named, Some(meta)).unwrap()).unwrap();
+    assert_one_line_error(&mosa(&["eval", "--weights", out.to_str().unwrap(), "--task", "dsprites_loc"], tmp.path()), &["m.safetensors", "blocks.1.mlp.fc2.weight", "non-finite"]);
+    // a model that wants a head, on a merged file without --task: told the file's tasks
+    let f = fixtures();
+    let o = mosa(&["forward", "--model", f.join("vit.json").to_str().unwrap(), "--weights", out.to_str().unwrap(), "--input", f.join("vit_io.safetensors").to_str().unwrap(), "--out", tmp.path().join("fwd.safetensors").to_str().unwrap()], tmp.path());
+    assert_one_line_error(&o, &["merged model", "dsprites_loc", "--task"]);
+    // an expert without its head
+    let mut headless = mosa_core::expert::Expert::read(&e0).unwrap();
+    headless.head = None;
+    let hf = tmp.path().join("headless.safetensors");
+    headless.write(&hf).unwrap();
+    let out2 = tmp.path().join("m2.safetensors");
+    assert_one_line_error(&mosa(&["merge", runs[1].join("expert.safetensors").to_str().unwrap(), hf.to_str().unwrap(), "--method", "mean", "--out", out2.to_str().unwrap()], tmp.path()), &["headless.safetensors", "no task head"]);
+    assert!(!out2.exists());
+}
+
+/// Issue #29 item 8: an unwritable stdout or stderr ends with a clear status (74, EX_IOERR), never
+/// a panic or an abort; the run's files are complete (stdout) or the run finishes (stderr).
+#[test]
+fn unwritable_stdout_or_stderr_ends_cleanly() {
+    let full = Path::new("/dev/full");
+    if !full.exists() {
+        eprintln!("SKIPPED (unwritable output): no /dev/full on this system");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, dataset) = tiny_model_and_data();
+    let args = |out: &Path| -> Vec<String> {
+        ["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()].map(String::from).to_vec()
+    };
+    // stdout: the run finishes, then the table cannot be printed
+    let out = tmp.path().join("a");
+    let o = Command::new(env!("CARGO_BIN_EXE_mosa")).args(args(&out)).env("MOSA_CACHE", tmp.path()).stdout(std::fs::File::create(full).unwrap()).output().unwrap();
+    assert_eq!(o.status.code(), Some(74), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot write to stdout") && !stderr(&o).contains("internal error"), "{}", stderr(&o));
+    assert!(mosa_train::RunDir::new(&out).finished() && out.join("model.safetensors").exists());
+    // stderr: the progress lines are lost, the run is not; the table goes to stdout
+    let out = tmp.path().join("b");
+    let o = Command::new(env!("CARGO_BIN_EXE_mosa")).args(args(&out)).env("MOSA_CACHE", tmp.path()).stderr(std::fs::File::create(full).unwrap()).output().unwrap();
+    assert!(o.status.success(), "exit {:?}", o.status);
+    assert!(mosa_train::RunDir::new(&out).finished() && String::from_utf8_lossy(&o.stdout).contains("| dataset | method |"));
+    // both: the error cannot be said, the status says it
+    let o = Command::new(env!("CARGO_BIN_EXE_mosa")).args(["merge", "nope.safetensors", "--method", "mean", "--out", "x.safetensors"]).current_dir(tmp.path()).stderr(std::fs::File::create(full).unwrap()).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+}
+
+/// Issue #29 items 9 and 10: messages that say what happened and what to do; the warm-up follows
+/// the run's length; `forward` on a merged model names its tasks; help ends with a newline.
+#[test]
+fn messages_say_what_happened_and_first_runs_just_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, dataset) = tiny_model_and_data();
+    // an interrupted run: export says so and how to resume
+    let run = tmp.path().join("stopped");
+    let o = mosa(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", run.to_str().unwrap(), "--stop-after", "1"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_one_line_error(&mosa(&["expert", "export", "--run", run.to_str().unwrap()], tmp.path()), &["has not finished", "mosa train --resume --out"]);
+    // a config.json that says format 1 is read as format 1, not called "newer"
+    let done = tmp.path().join("done");
+    assert!(train_tiny_linear(&model, &dataset, &done, &[], tmp.path()).status.success());
+    let cfg = done.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["format"] = 7.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    assert_one_line_error(&mosa(&["eval", "--run", done.to_str().unwrap()], tmp.path()), &["format 7 is newer"]);
+    v["format"] = 0.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let o = mosa(&["eval", "--run", done.to_str().unwrap()], tmp.path());
+    assert!(!stderr(&o).contains("newer"), "{}", stderr(&o));
+    // a damaged cache: forward says damaged, not "no cached weights"
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(cache.join("weights")).unwrap();
+    std::fs::write(cache.join("weights/dinov2-vits14.safetensors"), b"garbage").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mosa")).args(["forward", "--model", "dinov2-vits14", "--input", "in.safetensors", "--out", "o.safetensors"]).current_dir(tmp.path()).env("MOSA_CACHE", &cache).output().unwrap();
+    assert_one_line_error(&o, &["damaged", "mosa weights fetch dinov2-vits14"]);
+    // merge errors are not called `checkpoint:` or `config:`
+    let o = mosa(&["merge", tmp.path().join("missing.safetensors").to_str().unwrap(), "--method", "mean", "--out", tmp.path().join("x.safetensors").to_str().unwrap()], tmp.path());
+    assert_one_line_error(&o, &["missing.safetensors"]);
+    assert!(!stderr(&o).starts_with("error: checkpoint:") && !stderr(&o).starts_with("error: config:"), "{}", stderr(&o));
+    // 10. three epochs without --warmup-epochs: warm-up 0 (10% of 3), not "warm-up (10) longer"
+    let three = tmp.path().join("three");
+    let a = ["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "3", "--batch-size", "8", "--resolution", "16", "--out", three.to_str().unwrap()];
+    let o = mosa(&a, tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(three.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["run"]["train"]["warmup_epochs"], 0);
+    // a recipe file's warm-up, or the flag, still wins
+    let recipe = tmp.path().join("r.toml");
+    std::fs::write(&recipe, "epochs = 3\nwarmup_epochs = 2\n").unwrap();
+    let r2 = tmp.path().join("r2");
+    let o = mosa(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--config", recipe.to_str().unwrap(), "--batch-size", "8", "--resolution", "16", "--out", r2.to_str().unwrap()], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(r2.join("config.json")).unwrap()).unwrap();
+    assert_eq!((c["run"]["train"]["epochs"].as_u64(), c["run"]["train"]["warmup_epochs"].as_u64()), (Some(3), Some(2)));
+    // help ends with a newline, whichever way it is asked for
+    for args in [&["--help"][..], &["help"], &[]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_mosa")).args(args).output().unwrap();
+        let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+        assert!(text.ends_with(b"\n"), "{args:?}");
+    }
+}
+
+/// Issue #29 item 5: what a run, an evaluation or `inspect` will allocate is estimated from its
+/// sizes and refused before anything is allocated when it exceeds the memory available (pinned
+/// here with `MOSA_MEMORY_LIMIT` so that the test does not depend on the machine).
+#[test]
+fn memory_is_bounded_before_anything_is_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limited = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_mosa")).args(args).env("MOSA_CACHE", tmp.path()).env("MOSA_MEMORY_LIMIT", "8e9").output().unwrap();
+    let (model, dataset) = tiny_model_and_data();
+    let out = tmp.path().join("huge");
+    let o = limited(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--batch-size", "8", "--resolution", "2048", "--out", out.to_str().unwrap()]);
+    assert_one_line_error(&o, &["--resolution 2048", "decoded images", "one batch's activations", "8.0 GB of memory available", "lower --resolution"]);
+    assert!(!out.exists(), "nothing written");
+    // the same run at its usual size trains
+    assert!(limited(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()]).status.success());
+    // a 7.25e9-parameter config: inspect refuses it from the config, without building it
+    let big = tmp.path().join("big.json");
+    std::fs::write(&big, r#"{"kwargs": {"img_size": 224, "patch_size": 16, "embed_dim": 8192, "depth": 9, "num_heads": 64}}"#).unwrap();
+    let t0 = std::time::Instant::now();
+    let o = limited(&["inspect", "--model", big.to_str().unwrap(), "--method", "adapter"]);
+    assert_one_line_error(&o, &["inspecting", "7.2", "parameters", "GB"]);
+    assert!(t0.elapsed().as_secs() < 20, "refused before building");
+    // eval of a model whose recorded resolution is huge
+    let runs = tiny_sparse_runs(tmp.path());
+    let merged = tmp.path().join("m.safetensors");
+    assert!(mosa(&["merge", runs[0].join("expert.safetensors").to_str().unwrap(), "--method", "mean", "--out", merged.to_str().unwrap()], tmp.path()).status.success());
+    let mut meta = safetensors::read_metadata(&merged).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&meta["mosa.merged"]).unwrap();
+    m["tasks"][0]["resolution"] = 4096.into();
+    meta.insert("mosa.merged".into(), m.to_string());
+    let sd = safetensors::read(&merged).unwrap();
+    let named: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
+    std::fs::write(&merged, safetensors::serialize(&named, Some(meta)).unwrap()).unwrap();
+    let o = limited(&["eval", "--weights", merged.to_str().unwrap(), "--task", "dsprites_loc"]);
+    assert_one_line_error(&o, &["evaluating", "4096 px", "GB of memory available"]);
 }

@@ -12,6 +12,13 @@ use std::path::Path;
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let err = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
+    // the rename would replace whatever is there: never a device, a FIFO, a socket or a folder
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        let ft = md.file_type();
+        if !ft.is_file() && !ft.is_symlink() {
+            return Err(format!("{}: a {} is there; only a regular file is ever replaced", path.display(), kind_name(ft)));
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let prefix = format!(".{name}.{}.", std::process::id());
@@ -72,6 +79,11 @@ impl std::fmt::Display for ReadError {
 }
 
 impl std::error::Error for ReadError {}
+
+/// What kind of file a file type is, in words ("FIFO", "device", "socket", "directory").
+pub fn kind_name(ft: std::fs::FileType) -> &'static str {
+    kind(ft)
+}
 
 fn kind(ft: std::fs::FileType) -> &'static str {
     #[cfg(unix)]

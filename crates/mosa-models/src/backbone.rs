@@ -131,6 +131,24 @@ impl BackboneConfig {
         }
     }
 
+    /// The parameter count estimated from the config alone (before anything is allocated).
+    pub fn estimated_params(&self) -> f64 {
+        match self {
+            BackboneConfig::Vit(c) => c.estimated_params(),
+            BackboneConfig::Swin(c) => c.estimated_params(),
+            BackboneConfig::ConvNext(c) => c.estimated_params(),
+        }
+    }
+
+    /// Classes of the config's head (0: no head).
+    pub fn num_classes(&self) -> usize {
+        match self {
+            BackboneConfig::Vit(c) => c.num_classes,
+            BackboneConfig::Swin(c) => c.num_classes,
+            BackboneConfig::ConvNext(c) => c.num_classes,
+        }
+    }
+
     pub fn with_num_classes(self, n: usize) -> Self {
         match self {
             BackboneConfig::Vit(c) => BackboneConfig::Vit(c.with_num_classes(n)),

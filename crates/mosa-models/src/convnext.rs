@@ -99,6 +99,12 @@ impl ConvNextConfig {
         n + 2 * f + if self.num_classes > 0 { f * self.num_classes + self.num_classes } else { 0 }
     }
 
+    /// The parameter count, estimated in floating point from the config alone.
+    pub fn estimated_params(&self) -> f64 {
+        let blocks: f64 = self.depths.iter().zip(&self.dims).map(|(&n, &d)| n as f64 * (2.0 * self.mlp_ratio * (d as f64).powi(2) + (self.kernel_size * self.kernel_size) as f64 * d as f64)).sum();
+        blocks + self.num_classes as f64 * self.dims.last().copied().unwrap_or(0) as f64
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.depths.is_empty() || self.depths.len() != self.dims.len() {
             return Err(format!("depths ({}) and dims ({}) must be non-empty and of one length", self.depths.len(), self.dims.len()));
@@ -118,9 +124,8 @@ impl ConvNextConfig {
             return Err(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
         }
         let blocks = self.depths.iter().try_fold(0usize, |a, &d| a.checked_add(d)).unwrap_or(usize::MAX);
-        let params: f64 = self.depths.iter().zip(&self.dims).map(|(&n, &d)| n as f64 * (2.0 * self.mlp_ratio * (d as f64).powi(2) + (self.kernel_size * self.kernel_size) as f64 * d as f64)).sum();
         let tokens = (self.img_size / self.patch_size.max(1)).saturating_pow(2);
-        crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, blocks, params + self.num_classes as f64 * self.dims[self.dims.len() - 1] as f64)?;
+        crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, blocks, self.estimated_params())?;
         for (name, p) in [("drop_rate", self.drop_rate), ("drop_path_rate", self.drop_path_rate)] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("{name} must be in [0, 1), got {p}"));

@@ -137,6 +137,12 @@ impl SwinConfig {
         n + 2 * f + if self.num_classes > 0 { f * self.num_classes + self.num_classes } else { 0 }
     }
 
+    /// The parameter count, estimated in floating point from the config alone.
+    pub fn estimated_params(&self) -> f64 {
+        let blocks: f64 = self.depths.iter().enumerate().map(|(i, &d)| crate::limits::transformer_params(d, self.stage_dim(i), self.mlp_ratio)).sum();
+        blocks + self.num_classes as f64 * self.depths.len().checked_sub(1).map_or(0, |l| self.stage_dim(l)) as f64
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.depths.is_empty() || self.depths.len() != self.num_heads.len() {
             return Err(format!("depths ({}) and num_heads ({}) must be non-empty and of one length", self.depths.len(), self.num_heads.len()));
@@ -162,9 +168,8 @@ impl SwinConfig {
             return Err(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
         }
         let blocks = self.depths.iter().try_fold(0usize, |a, &d| a.checked_add(d)).unwrap_or(usize::MAX);
-        let params: f64 = self.depths.iter().enumerate().map(|(i, &d)| crate::limits::transformer_params(d, self.stage_dim(i), self.mlp_ratio)).sum();
         let tokens = (self.img_size / self.patch_size).saturating_pow(2);
-        crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, blocks, params + self.num_classes as f64 * self.stage_dim(self.depths.len() - 1) as f64)?;
+        crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, blocks, self.estimated_params())?;
         for (name, p) in [("drop_rate", self.drop_rate), ("proj_drop_rate", self.proj_drop_rate), ("attn_drop_rate", self.attn_drop_rate), ("drop_path_rate", self.drop_path_rate)] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("{name} must be in [0, 1), got {p}"));

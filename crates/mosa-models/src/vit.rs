@@ -102,6 +102,12 @@ impl VitConfig {
         (d * c * p * p + d) + d + (1 + gh * gw) * d + self.depth * block + 2 * d + head
     }
 
+    /// The parameter count, estimated in floating point from the config alone (no overflow on a
+    /// hostile config; checked before anything is allocated).
+    pub fn estimated_params(&self) -> f64 {
+        crate::limits::transformer_params(self.depth, self.embed_dim, self.mlp_ratio) + self.in_chans as f64 * (self.patch_size * self.patch_size * self.embed_dim) as f64 + self.num_classes as f64 * self.embed_dim as f64
+    }
+
     /// Checks the configuration for consistency.
     pub fn validate(&self) -> Result<(), String> {
         if self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 || self.patch_size == 0 {
@@ -123,8 +129,7 @@ impl VitConfig {
             return Err(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
         }
         let tokens = (self.img_size / self.patch_size).saturating_pow(2).saturating_add(1);
-        let params = crate::limits::transformer_params(self.depth, self.embed_dim, self.mlp_ratio) + self.in_chans as f64 * (self.patch_size * self.patch_size * self.embed_dim) as f64 + self.num_classes as f64 * self.embed_dim as f64;
-        crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, self.depth, params)?;
+        crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, self.depth, self.estimated_params())?;
         for (name, p) in [
             ("drop_rate", self.drop_rate),
             ("pos_drop_rate", self.pos_drop_rate),

@@ -154,7 +154,13 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
     spec.method.validate().map_err(Error::Config)?;
     // the lists and the model's size are checked before anything is written or decoded
     let dataset = open_dataset(spec)?;
-    model_config(spec, dataset.num_classes)?;
+    let cfg = model_config(spec, dataset.num_classes)?;
+    // the memory the run will hold, bounded before anything is decoded or built
+    let t = &spec.train;
+    let eval_cap = |n: usize| t.max_eval_images.map_or(n, |m| m.min(n));
+    let images = t.max_train_images.map_or(dataset.train.entries.len(), |m| m.min(dataset.train.entries.len())) + [dataset.val.as_ref(), dataset.test.as_ref()].into_iter().flatten().map(|s| eval_cap(s.entries.len())).sum::<usize>();
+    let batch = t.batch_size.max(t.eval_batch_size.unwrap_or(0));
+    crate::memory::Footprint { images, resolution: t.resolution, batch, params: cfg.estimated_params(), training: true }.check(&format!("training `{}` at --resolution {} and --batch-size {}", spec.model_name, t.resolution, t.batch_size))?;
     let dir = RunDir::new(out);
     std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
     let ckpt_path = dir.checkpoint();

@@ -151,6 +151,15 @@ pub fn expert_of<B: Kernels>(model: &Backbone<B>, o: &Origin<'_>, values: ValueD
 /// the file size.
 pub fn export_run<B: Kernels>(dir: &Path, out: &Path, values: ValueDtype, device: &B::Device) -> Result<(Expert, u64)> {
     let rd = crate::rundir::RunDir::new(dir);
+    if !rd.config().exists() {
+        return Err(Error::Input(format!("--run {}: not a run directory (no config.json)", dir.display())));
+    }
+    if !rd.finished() {
+        let how = if rd.resumable() { format!("it was interrupted or is still training; finish it with `mosa train --resume --out {}`", dir.display()) } else { "it never finished an epoch; train it again".to_string() };
+        return Err(Error::Input(format!("--run {}: the run has not finished (no summary.json yet): {how}", dir.display())));
+    }
+    // the expert may replace none of the run's other files (only its own expert.safetensors)
+    crate::output::check_output(out, &[rd.checkpoint().as_path(), rd.model().as_path(), rd.config().as_path()], Some(&rd.expert()))?;
     let cfg = rd.read_config()?;
     let summary = rd.summary()?;
     let model = crate::engine::load_run_unmerged::<B>(dir, device)?;

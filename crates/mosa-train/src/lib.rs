@@ -15,8 +15,10 @@ pub mod epoch;
 pub mod evaluate;
 pub mod expert;
 pub mod loss;
+pub mod memory;
 pub mod merged;
 pub mod metrics;
+pub mod output;
 pub mod progress;
 pub mod rundir;
 pub mod step;
@@ -36,6 +38,10 @@ pub enum Error {
     Config(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A bad input or output named by the message itself (a file, a flag), about neither a
+    /// checkpoint nor a recipe.
+    #[error("{0}")]
+    Input(String),
     #[error("non-finite loss ({value}) at epoch {epoch}, step {step}: training stopped; {kept}")]
     NonFinite { epoch: usize, step: usize, value: f32, kept: String },
 }

@@ -77,15 +77,15 @@ impl Merged {
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Checkpoint(format!("{}: {e}", path.display()))
+    Error::Input(format!("{}: {e}", path.display()))
 }
 
 /// Merges expert files onto their base weights and writes the merged file atomically. The base
 /// is `weights` or the file the experts record; its SHA-256 must be the one they were trained on.
 pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfig, out: &Path) -> Result<MergedMeta> {
-    if experts.iter().any(|e| e == out) || weights == Some(out) {
-        return Err(Error::Config(format!("--out {} is one of the inputs", out.display())));
-    }
+    // the output may replace neither an input (however spelled) nor a device, a link or a run's file
+    let inputs: Vec<&Path> = experts.iter().map(PathBuf::as_path).chain(weights).collect();
+    crate::output::check_output(out, &inputs, None)?;
     // each expert file is read once: parsed, and hashed for the record
     let (loaded, hashes): (Vec<Expert>, Vec<String>) = experts
         .iter()
@@ -97,15 +97,20 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .unzip();
-    let first = loaded.first().ok_or_else(|| Error::Config("no experts to merge".into()))?;
+    let first = loaded.first().ok_or_else(|| Error::Input("no experts to merge".into()))?;
+    // a merged model carries every task's head: an expert without one would only fail at evaluation
+    if let Some((p, e)) = experts.iter().zip(&loaded).find(|(_, e)| e.head.is_none()) {
+        return Err(err(p, format!("the expert of task `{}` has no task head, and a merged model needs each task's head (export it from a run that trained one)", e.meta.task)));
+    }
     let base_path = match weights {
         Some(w) => w.to_path_buf(),
-        None => PathBuf::from(first.meta.backbone.weights.clone().ok_or_else(|| Error::Config(format!("{}: trained from random weights; give the base with --weights", experts[0].display())))?),
+        None => PathBuf::from(first.meta.backbone.weights.clone().ok_or_else(|| Error::Input(format!("{}: trained from random weights; give the base with --base", experts[0].display())))?),
     };
+    crate::output::check_output(out, &[base_path.as_path()], None)?;
     let sha = file_sha256(&base_path)?;
     for (p, e) in experts.iter().zip(&loaded) {
         if e.meta.backbone.sha256.as_deref() != Some(sha.as_str()) {
-            return Err(Error::Config(format!("{}: made on backbone {} with SHA-256 {}, but {} has {sha}", p.display(), e.meta.backbone.model, e.meta.backbone.sha256.as_deref().unwrap_or("none"), base_path.display())));
+            return Err(Error::Input(format!("{}: made on backbone {} with SHA-256 {}, but {} has {sha}", p.display(), e.meta.backbone.model, e.meta.backbone.sha256.as_deref().unwrap_or("none"), base_path.display())));
         }
     }
     let mut sd = mosa_models::read_checkpoint(&base_path).map_err(|e| Error::Model(e.to_string()))?;
@@ -113,7 +118,18 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
     let head = serde_json::from_value::<mosa_models::BackboneConfig>(first.meta.backbone.config.clone()).map(|c| c.head_key()).unwrap_or("head");
     sd.tensors.retain(|k, _| k != &format!("{head}.weight") && k != &format!("{head}.bias") && !k.starts_with("heads."));
     let refs: Vec<&Expert> = loaded.iter().collect();
-    let report = merge::merge(&mut sd.tensors, &refs, cfg).map_err(|e| Error::Config(format!("merge: {e}")))?;
+    let report = merge::merge(&mut sd.tensors, &refs, cfg).map_err(|e| Error::Input(format!("merge: {e}")))?;
+    // an overflow (a large λ on large values) is refused, not written as inf for eval to score
+    if let Some((name, t)) = sd.tensors.iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
+        let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+        let from: Vec<String> = experts.iter().zip(&loaded).filter(|(_, e)| e.tensors.iter().any(|x| &x.name == name)).map(|(p, _)| p.display().to_string()).collect();
+        return Err(Error::Input(format!(
+            "merge: tensor `{name}` would hold {bad} non-finite value(s) after {:?} (λ {}) of {}; nothing was written (lower --lambda or --weights, or check the experts)",
+            cfg.method,
+            cfg.lambda(),
+            if from.is_empty() { "the experts".to_string() } else { from.join(", ") }
+        )));
+    }
     let tasks: Vec<TaskInfo> = experts
         .iter()
         .zip(loaded.iter().zip(hashes))
@@ -131,7 +147,7 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
     }
     let header = HashMap::from([("mosa.merged".to_string(), serde_json::to_string(&meta).map_err(|e| Error::Config(e.to_string()))?)]);
     let bytes = mosa_models::load::safetensors::serialize(&named, Some(header)).map_err(|e| err(out, e))?;
-    mosa_core::fsio::write_atomic(out, &bytes).map_err(Error::Checkpoint)?;
+    mosa_core::fsio::write_atomic(out, &bytes).map_err(Error::Input)?;
     Ok(meta)
 }
 
@@ -150,5 +166,10 @@ pub fn read_merged(path: &Path) -> Result<Merged> {
         }
     }
     sd.tensors.retain(|k, _| !k.starts_with("heads."));
+    let heads_iter = heads.iter().flat_map(|(t, h)| [(format!("heads.{t}.weight"), &h.weight)].into_iter().chain(h.bias.as_ref().map(|b| (format!("heads.{t}.bias"), b))));
+    let all: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(k, v)| (k.clone(), v)).chain(heads_iter).collect();
+    if let Some((name, t)) = all.iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
+        return Err(err(path, format!("tensor `{name}` holds {} non-finite value(s); a model with inf or NaN weights is not evaluated", t.data.iter().filter(|v| !v.is_finite()).count())));
+    }
     Ok(Merged { meta, backbone: sd, heads })
 }

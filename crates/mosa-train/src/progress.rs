@@ -40,9 +40,16 @@ impl Console {
 
     fn flush_header(&mut self) {
         if let Some(h) = self.header.take() {
-            eprintln!("{h}");
+            say(&h);
         }
     }
+}
+
+/// A progress line on stderr. Progress is information, not a result: a stderr that cannot be
+/// written (`2> /dev/full`) loses the lines, not the run.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -77,7 +84,7 @@ impl Reporter for Console {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
-        eprintln!(
+        say(&format!(
             "{}epoch {}/{} lr {:.2e} loss {:.4} train {} val {} test {} | train {:.1} img/s, {}{:.1} s",
             if self.prefix.is_empty() { String::new() } else { format!("{} ", self.prefix) },
             m.epoch,
@@ -90,13 +97,13 @@ impl Reporter for Console {
             m.train_images_per_second,
             if m.eval_seconds > 0.0 { format!("eval {:.1} img/s, ", m.eval_images_per_second) } else { String::new() },
             m.train_seconds + m.eval_seconds
-        );
+        ));
     }
     fn message(&mut self, s: &str) {
         self.flush_header();
         match &self.bar {
             Some(b) => b.println(s),
-            None => eprintln!("{s}"),
+            None => say(s),
         }
     }
 }

@@ -117,6 +117,11 @@ impl RunDir {
         self.path.join("metrics.csv")
     }
 
+    /// Every file the run directory owns by name (what other commands may not write there).
+    pub fn own_files(&self) -> [PathBuf; 8] {
+        [self.config(), self.checkpoint(), self.model(), self.expert(), self.summary_path(), self.metrics_jsonl(), self.metrics_csv(), self.lock_file()]
+    }
+
     /// Whether the run finished (its summary exists).
     pub fn finished(&self) -> bool {
         self.summary_path().exists()
@@ -216,11 +221,13 @@ impl RunDir {
         let text = mosa_core::fsio::read_text(&p, mosa_core::fsio::caps::CONFIG).map_err(|e| err(&e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&e))?;
         match v.get("format").and_then(|f| f.as_u64()) {
-            None => legacy::config(v).map_err(|e| err(&e)),
+            // format 1 wrote no `format`; one that says 1 is read the same way
+            None | Some(1) => legacy::config(v).map_err(|e| err(&e)),
             Some(2) => legacy::config2(v).map_err(|e| err(&e)),
             Some(3) => legacy::config3(v).map_err(|e| err(&e)),
             Some(4) => serde_json::from_value(v).map_err(|e| err(&e)),
-            Some(f) => Err(err(&format!("run directory format {f} is newer than this mosa reads ({FORMAT}); use a newer mosa"))),
+            Some(f) if f > FORMAT as u64 => Err(err(&format!("run directory format {f} is newer than this mosa reads ({FORMAT}); use a newer mosa"))),
+            Some(f) => Err(err(&format!("`format` {f} is no run directory format (1 to {FORMAT}); the file is damaged"))),
         }
     }
 

@@ -39,19 +39,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = presets::resolve_model(&args.model)?;
     let weights_path = match args.weights {
         Some(p) => p,
-        None => weights::known(&args.model)
-            .ok()
-            .and_then(weights::present)
-            .with_context(|| format!("no --weights given and no cached weights for `{}`", args.model))?,
+        None => {
+            let known = weights::known(&args.model).with_context(|| format!("no --weights given, and `{}` has no known weights to take from the cache", args.model))?;
+            match weights::cached(known) {
+                weights::Cached::Present(p) => p,
+                weights::Cached::Missing => bail!("no --weights given and no cached weights for `{}`; run `mosa weights fetch {}`", args.model, known.name),
+                weights::Cached::Damaged(p, why) => bail!("no --weights given, and the cached weights of `{}` are damaged ({}: {why}); run `mosa weights fetch {}` to convert them again", args.model, p.display(), known.name),
+            }
+        }
     };
-    // the output must not replace one of the inputs (issue #11 case 9)
-    let same = |a: &std::path::Path, b: &std::path::Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    };
-    for (what, p) in [("--weights", &weights_path), ("--input", &args.input)] {
-        if same(&args.out, p) {
-            bail!("--out {} is the {what} file; write the outputs elsewhere", args.out.display());
+    // the output may replace neither an input (however spelled) nor a device, a link or a run's
+    // file (issues #11 case 9, #29)
+    mosa_train::output::check_output(&args.out, &[weights_path.as_path(), args.input.as_path()], None)?;
+    // a merged model (`mosa merge`) has one head per task: a model that wants a head is told which
+    // tasks there are, instead of "missing tensor head.weight" (a preset or a config without
+    // classes reads the merged backbone alone)
+    let wants_head = config.num_classes() > 0 && presets::preset(&args.model).is_none();
+    if args.task.is_none() && wants_head && mosa_core::fsio::check_regular(&weights_path, mosa_core::fsio::caps::TENSORS).is_ok() {
+        if let Ok(meta) = load::safetensors::read_metadata(&weights_path) {
+            if let Some(m) = meta.get("mosa.merged").and_then(|t| serde_json::from_str::<mosa_train::merged::MergedMeta>(t).ok()) {
+                bail!("{} is a merged model with one head per task ({}); pick one with --task", weights_path.display(), m.tasks.iter().map(|t| t.task.as_str()).collect::<Vec<_>>().join(", "));
+            }
         }
     }
     let sd = match &args.task {

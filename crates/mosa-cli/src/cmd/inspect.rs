@@ -26,6 +26,9 @@ fn m(n: usize) -> String {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = presets::resolve_model(&args.model)?.with_num_classes(args.num_classes);
     let method = args.method.method()?;
+    // inspect builds the model (and its merged copy) to count what a method trains: bounded first
+    let params = cfg.estimated_params();
+    mosa_models::limits::fits_memory(&format!("inspecting `{}` (about {params:.3e} parameters)", args.model), &[("the model and its merged copy", params * 8.0)], "the model's size").map_err(anyhow::Error::msg)?;
     // Parameters are counted on the autodiff backend, where trainability is real.
     let device = backend::device();
     let model = cfg.init::<burn::backend::Autodiff<Backend>>(&device);

@@ -40,6 +40,7 @@ pub struct TrainArgs {
     seed: Option<u64>,
     #[arg(long)]
     epochs: Option<usize>,
+    /// Linear warm-up epochs [default: 10% of --epochs, the reference's 10 of 100].
     #[arg(long)]
     warmup_epochs: Option<usize>,
     /// Base learning rate (reference: 0.005 on VTAB-1k).
@@ -96,12 +97,24 @@ pub struct TrainArgs {
     stop_after: Option<usize>,
 }
 
+/// A new run's recipe: the file's (or the defaults), then the flags. Unless the warm-up is given
+/// (flag or file), it follows the run's length: 10% of the epochs, the reference's 10 of 100.
 fn recipe(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
-    let t = match &a.config {
-        Some(p) => recipe_file(p)?,
-        None => TrainConfig::default(),
+    let (mut t, warmup_in_file) = match &a.config {
+        Some(p) => (recipe_file(p)?, recipe_keys(p)?.iter().any(|k| k == "warmup_epochs")),
+        None => (TrainConfig::default(), false),
     };
+    if a.warmup_epochs.is_none() && !warmup_in_file {
+        t.warmup_epochs = a.epochs.unwrap_or(t.epochs) / 10;
+    }
     recipe_on(t, a)
+}
+
+/// The keys a recipe file sets.
+fn recipe_keys(p: &Path) -> anyhow::Result<Vec<String>> {
+    let text = mosa_core::fsio::read_text(p, mosa_core::fsio::caps::CONFIG).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    let v: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.to_string().replace('\n', " ")))?;
+    Ok(v.keys().cloned().collect())
 }
 
 fn recipe_file(p: &Path) -> anyhow::Result<TrainConfig> {
@@ -352,6 +365,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         if let Some(n) = a.max_images {
             split.entries.truncate(n);
         }
+        mosa_train::memory::Footprint { images: split.entries.len(), resolution: m.resolution, batch: a.batch_size, params: 0.0, training: false }.check(&format!("evaluating {} at {} px", m.what, m.resolution))?;
         let (loaded, _) = LoadedSplit::load(&split, m.classes, Transform::new(ds.style, m.resolution, false).with_vtab_resize(m.vtab_resize), &LoadOptions::default())?;
         let t0 = std::time::Instant::now();
         let (acc, n) = mosa_train::evaluate::evaluate(&m.model, &loaded, a.batch_size, None, &device);

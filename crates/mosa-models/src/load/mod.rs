@@ -14,6 +14,7 @@
 pub mod hf_dinov2;
 pub mod npz;
 pub mod onnx;
+mod pickle_scan;
 pub mod pth;
 pub mod safetensors;
 mod state;
