@@ -301,7 +301,19 @@ pub fn run(e: &Experiment, mosa: &Path) -> anyhow::Result<()> {
         let others: Vec<String> = g.tasks.iter().filter(|o| *o != task).cloned().collect();
         let job = Job { kind: kind.clone(), method: e.paper_merge.clone(), tasks: others, evaluate: false, probe_for: Some(task.clone()) };
         let merged = e.job_dir(&job).join("merged.safetensors");
-        let cell = e.probe_cell(kind, task, &merged);
+        let mut cell = e.probe_cell(kind, task, &merged);
+        // under `vpt`, the held-out probe trains at the lr the base probe of its task chose, so
+        // the two probes compared differ only in their backbone
+        if g.protocol != crate::protocol::Protocol::Single {
+            match g.search(task, "linear")?.chosen {
+                Some(lr) => cell.args = crate::protocol::with_lr(&cell.args, lr),
+                None => {
+                    progress.line(offset + k, &format!("{}: waiting (the base probe's lr search)", cell.label), false);
+                    waiting.push(cell.label);
+                    continue;
+                }
+            }
+        }
         if !RunDir::new(&cell.dir).finished() && !merged.exists() {
             progress.line(offset + k, &format!("{}: waiting (no merged backbone yet)", cell.label), false);
             waiting.push(cell.label);

@@ -69,6 +69,10 @@ enum Task {
         /// Only write the tables and plots from the runs that have finished.
         #[arg(long)]
         report: bool,
+        /// After the report, copy it and every finished run's small files (configs, metrics,
+        /// summaries; no weights) into this folder, e.g. docs/results/mosa-vs-adapter.
+        #[arg(long)]
+        record: Option<PathBuf>,
         /// Run only cells i, i+n, … of each budget's grid (`i/n`).
         #[arg(long, default_value = "0/1")]
         shard: String,
@@ -662,12 +666,16 @@ fn main() -> ExitCode {
         Task::BenchVtab(a) => bench(a, "vtab"),
         Task::BenchFgvc(a) => bench(a, "fgvc"),
         Task::BenchExperts(a) => bench_experts_task(a),
-        Task::StudyMosaAdapter { backend, budgets, report, shard, mosa_bin } => {
-            if report {
+        Task::StudyMosaAdapter { backend, budgets, report, record, shard, mosa_bin } => {
+            let ran = if report {
                 study::write().map(|md| println!("{md}"))
             } else {
                 parse_shard(&shard).and_then(|_| mosa_bin.map_or_else(|| build_mosa(&backend), Ok)).and_then(|m| study::run(&budgets, &m, &shard))
-            }
+            };
+            ran.and_then(|()| match record {
+                Some(dir) => study::record(&dir).map(|n| eprintln!("study: recorded the report and {n} finished runs in {}", dir.display())),
+                None => Ok(()),
+            })
         }
         Task::PrepareMiniVtab { out, downloads, task } => mini_vtab::prepare(&out, &downloads, task.as_deref()),
         Task::BenchMerge { backend, experts, density, iters, json, no_dense, mosa_bin } => bench_merge_task(&backend, experts.zip(density), iters, json, !no_dense, mosa_bin),

@@ -248,3 +248,60 @@ fn accuracy_svg(rows: &[Row]) -> String {
     }
     s + "</svg>\n"
 }
+
+/// The files of a finished run that the record keeps: enough for the tables, the curves and for a
+/// later `bench-vtab` to skip the cell (no weights).
+const RECORDED: [&str; 5] = ["config.json", "summary.json", "metrics.jsonl", "cell_args.txt", "peak_memory_mib.txt"];
+
+/// Copies the study's report (`results/mosa-vs-adapter/`) and every finished run's small files
+/// (`cells/<budget>/{runs,sweep}/…`) into `dir`, e.g. `docs/results/mosa-vs-adapter`. Copying a
+/// budget's `cells/<budget>/` back into `results/mosa-vs-adapter-<budget>/` lets a new checkout
+/// skip those cells (`cp -rn`).
+pub fn record(dir: &Path) -> anyhow::Result<usize> {
+    let mut n = 0;
+    std::fs::create_dir_all(dir)?;
+    for e in std::fs::read_dir("results/mosa-vs-adapter")? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), dir.join(e.file_name()))?;
+        }
+    }
+    for b in BUDGETS {
+        for sub in ["runs", "sweep"] {
+            let from = b.results().join(sub);
+            for run in walk_runs(&from)? {
+                if !RunDir::new(&run).finished() {
+                    continue;
+                }
+                let rel = run.strip_prefix(b.results())?;
+                let to = dir.join("cells").join(b.name).join(rel);
+                std::fs::create_dir_all(&to)?;
+                for f in RECORDED {
+                    if run.join(f).exists() {
+                        std::fs::copy(run.join(f), to.join(f))?;
+                    }
+                }
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Every folder under `root` holding a `config.json` (a run directory).
+fn walk_runs(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root) else { return Ok(out) };
+    for e in rd {
+        let p = e?.path();
+        if p.is_dir() {
+            if p.join("config.json").exists() {
+                out.push(p);
+            } else {
+                out.extend(walk_runs(&p)?);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

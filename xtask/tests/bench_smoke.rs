@@ -402,3 +402,39 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     v
 }
+
+/// bench-experts under `--protocol vpt`: every expert kind and the base probe search their lr on
+/// val200; each expert is trained at its chosen lr, and each held-out probe at the lr its task's
+/// base probe chose (so base and merged probes differ only in the backbone).
+#[test]
+fn bench_experts_vpt_protocol_smoke() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, _) = two_tasks_and_a_tiny_vit(tmp.path());
+    let f = fixtures();
+    let (vit, weights) = (f.join("vit.json"), f.join("vit.safetensors"));
+    let a = ["bench-experts", "--root", root.to_str().unwrap(), "--kinds", "lora", "--merges", "overlap-mean", "--scaling-sizes", "2", "--scaling-seeds", "1", "--model", vit.to_str().unwrap(), "--weights", weights.to_str().unwrap()];
+    let b = ["--resolution", "32", "--epochs", "1", "--batch-size", "8", "--lora-lr", "0.02", "--head-lr", "0.05", "--protocol", "vpt", "--lr-grid", "0.5x,1x", "--name", "evpt"];
+    let o = xtask(tmp.path(), &[&a[..], &b].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let out = tmp.path().join("results/evpt");
+    let sweep = std::fs::read_to_string(out.join("lr_sweep.csv")).unwrap();
+    for t in ["svhn", "clevr_count"] {
+        let chosen = |m: &str| -> f64 {
+            let rows: Vec<Vec<String>> = sweep.lines().filter(|l| l.starts_with(&format!("{t},{m},"))).map(|l| l.split(',').map(String::from).collect()).collect();
+            assert_eq!(rows.len(), 2, "{sweep}");
+            // the best val200 accuracy, the smaller lr on a tie (rows are in ascending lr)
+            let best = rows.iter().fold(&rows[0], |b, r| if r[3].parse::<f64>().unwrap() > b[3].parse::<f64>().unwrap() { r } else { b });
+            assert_eq!(best[5], "true", "{sweep}");
+            best[2].parse().unwrap()
+        };
+        let (lora, linear) = (chosen("lora"), chosen("linear"));
+        assert!([0.01, 0.02].contains(&lora) && [0.025, 0.05].contains(&linear), "{lora} {linear}");
+        let lr = |dir: PathBuf| read_json(&dir.join("config.json"))["run"]["train"]["lr"].as_f64().unwrap();
+        assert_eq!(lr(out.join("runs").join(t).join("lora")), lora);
+        assert_eq!(lr(out.join("runs").join(t).join("linear")), linear);
+        assert_eq!(lr(out.join("heldout/lora").join(t)), linear, "the held-out probe trains at its base probe's lr");
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("protocol vpt") && md.contains("| lora |") && md.contains("## Training"), "{md}");
+}
