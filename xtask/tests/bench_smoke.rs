@@ -137,7 +137,7 @@ fn bench_vtab_smoke() {
             let (seeds, mean, sd, lo, hi): (usize, f64, f64, f64, f64) = (row[13].parse().unwrap(), row[15].parse().unwrap(), row[16].parse().unwrap(), row[17].parse().unwrap(), row[18].parse().unwrap());
             let m = (a + b) / 2.0;
             let s = ((a - m).powi(2) + (b - m).powi(2)).sqrt(); // n − 1 = 1
-            let half = 12.706 * s / 2f64.sqrt(); // t(0.975, 1 df)
+            let half = (std::f64::consts::PI * 0.475).tan() * s / 2f64.sqrt(); // t(0.975, 1 df): the Cauchy quantile tan(π(p − ½))
             assert_eq!(seeds, 2);
             assert!((mean - m).abs() < 1e-12 && (sd - s).abs() < 1e-12 && (lo - (m - half)).abs() < 1e-9 && (hi - (m + half)).abs() < 1e-9, "{name} {t}: {row:?} vs {a}, {b}");
         }
