@@ -974,6 +974,15 @@ fn merges_refuse_overflow_and_headless_experts() {
     let named: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
     std::fs::write(&out, safetensors::serialize(&named, Some(meta)).unwrap()).unwrap();
     assert_one_line_error(&mosa(&["eval", "--weights", out.to_str().unwrap(), "--task", "dsprites_loc"], tmp.path()), &["m.safetensors", "blocks.1.mlp.fc2.weight", "non-finite"]);
+    // … and so does `eval --run` of a run whose model file was damaged to inf
+    let model = runs[1].join("model.safetensors");
+    let meta = safetensors::read_metadata(&model).unwrap();
+    let mut sd = safetensors::read(&model).unwrap();
+    let name = sd.tensors.keys().next().unwrap().clone();
+    sd.tensors.get_mut(&name).unwrap().data[0] = f32::NAN;
+    let named: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
+    std::fs::write(&model, safetensors::serialize(&named, Some(meta)).unwrap()).unwrap();
+    assert_one_line_error(&mosa(&["eval", "--run", runs[1].to_str().unwrap()], tmp.path()), &["model.safetensors", "non-finite"]);
     // a model that wants a head, on a merged file without --task: told the file's tasks
     let f = fixtures();
     let o = mosa(&["forward", "--model", f.join("vit.json").to_str().unwrap(), "--weights", out.to_str().unwrap(), "--input", f.join("vit_io.safetensors").to_str().unwrap(), "--out", tmp.path().join("fwd.safetensors").to_str().unwrap()], tmp.path());

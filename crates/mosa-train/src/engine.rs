@@ -373,6 +373,10 @@ fn load_run_parts<B: Kernels>(dir: &Path, device: &B::Device) -> Result<(RunSpec
     let (spec, nc) = (cfg.run, cfg.dataset.classes);
     let model_path = rd.model();
     let (values, meta) = crate::checkpoint::read_model(&model_path)?;
+    // a damaged model is refused, not scored (a run's own training stops at a non-finite loss)
+    if let Some((name, t)) = values.iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
+        return Err(Error::Checkpoint(format!("{}: tensor `{name}` holds {} non-finite value(s); a model with inf or NaN weights is not evaluated", model_path.display(), t.data.iter().filter(|v| !v.is_finite()).count())));
+    }
     let values = if meta.contains_key("mosa.format") { values } else { values.into_iter().map(|(k, v)| (crate::rundir::legacy::path(&k), v)).collect() };
     if let (Some(b), Some(w)) = (meta.get("mosa.backbone"), &spec.weights) {
         let id: BackboneId = serde_json::from_str(b).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
