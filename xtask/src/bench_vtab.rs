@@ -569,7 +569,7 @@ pub fn mean_interval(sc: &[Option<&Scored>], per_seed: &[Vec<Option<f64>>], seed
 
 /// Grouped bars: one group per task, one bar per method.
 fn svg(tasks: &[String], methods: &[String], acc: &BTreeMap<(String, String), Value>, key: &str) -> String {
-    let colours = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+    let colours = crate::curves::PALETTE;
     let (bw, gap, h, top, left) = (14.0, 18.0, 260.0, 30.0, 50.0);
     let gw = bw * methods.len() as f64 + gap;
     let w = left + gw * tasks.len() as f64 + 20.0;

@@ -9,6 +9,9 @@ use mosa_train::{EpochMetrics, RunDir};
 
 use crate::bench_vtab::Grid;
 
+/// The plots' line and bar colours (Tableau 10), one per method in grid order.
+pub const PALETTE: [&str; 10] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+
 /// One cell's curve: the training loss after each epoch (1-based epochs in order).
 pub type Curve = Vec<f64>;
 
@@ -81,7 +84,7 @@ pub fn plateau_table(g: &Grid, c: &BTreeMap<(String, String), Curve>) -> String 
 
 /// Small multiples: one panel per task, one line per method, training loss against epoch.
 pub fn svg(tasks: &[String], methods: &[String], c: &BTreeMap<(String, String), Curve>) -> String {
-    let colours = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+    let colours = PALETTE;
     let (pw, ph, pad, cols) = (230.0, 160.0, 42.0, 4usize);
     let rows = tasks.len().div_ceil(cols).max(1);
     let (w, h) = (pad + (pw + pad) * cols as f64, 40.0 + (ph + pad + 14.0) * rows as f64 + 30.0);

@@ -259,7 +259,7 @@ pub fn sweep_table(g: &Grid, searches: &[Search]) -> String {
 /// Small multiples: one panel per task, val200 accuracy against lr (log axis), one line per
 /// method, the chosen lr circled.
 pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
-    let colours = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+    let colours = crate::curves::PALETTE;
     let (pw, ph, pad, cols) = (230.0, 160.0, 42.0, 4usize);
     let rows = g.tasks.len().div_ceil(cols).max(1);
     let (w, h) = (pad + (pw + pad) * cols as f64, 40.0 + (ph + pad + 14.0) * rows as f64 + 30.0);
