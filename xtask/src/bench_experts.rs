@@ -389,6 +389,29 @@ fn expert_row(e: &Experiment, kind: &str, task: &str) -> Option<ExpertRow> {
     })
 }
 
+/// The sentence naming every expert that does not beat the base probe on its own task, and
+/// whether the shortfall is beyond the 95% interval of the difference of two binomials.
+fn below_base(kinds: &[String], tasks: &[String], experts: &BTreeMap<(String, String), ExpertRow>, base: &BTreeMap<String, ExpertRow>) -> String {
+    let mut below = Vec::new();
+    let mut compared = 0;
+    for k in kinds {
+        for t in tasks {
+            let (Some(x), Some(b)) = (experts.get(&(k.clone(), t.clone())), base.get(t)) else { continue };
+            let (Some(p), Some(q)) = (x.individual, b.individual) else { continue };
+            compared += 1;
+            if p <= q {
+                let half = 1.959964 * (p * (1.0 - p) / x.test_images.max(1) as f64 + q * (1.0 - q) / b.test_images.max(1) as f64).sqrt();
+                below.push(format!("{k} on {t} ({:.1} vs {:.1}, {:+.1} ±{:.1}{})", 100.0 * p, 100.0 * q, 100.0 * (p - q), 100.0 * half, if q - p > half { ", beyond its interval" } else { ", within its interval" }));
+            }
+        }
+    }
+    match (compared, below.is_empty()) {
+        (0, _) => "No expert could be compared with the base probe yet.".into(),
+        (n, true) => format!("Every expert beats the base probe on its own task ({n} of {n})."),
+        (n, false) => format!("{} of {n} experts do not beat the base probe on their own task: {}.", below.len(), below.join("; ")),
+    }
+}
+
 fn std_dev(v: &[f64]) -> Option<f64> {
     let m = mean(v)?;
     if v.len() < 2 {
@@ -456,6 +479,12 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
                 experts_json.push(serde_json::to_value(r)?);
             }
         }
+    }
+
+    let counts: Vec<String> = all.iter().map(|t| e.kinds.iter().chain(std::iter::once(&"linear".to_string())).find_map(|k| if k == "linear" { base_rows.get(t) } else { experts.get(&(k.clone(), t.clone())) }).map(|r| r.test_images.to_string()).unwrap_or_default()).collect();
+    md += &format!("| test images | {} | | | | |\n", counts.join(" | "));
+    if e.held_out {
+        md += &format!("\n{}\n", below_base(&e.kinds, &all, &experts, &base_rows));
     }
 
     // in distribution: all tasks merged
@@ -593,7 +622,7 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
 /// Normalised accuracy (y) against merged experts (x): one line per kind with a ±std band, from
 /// the expert alone (1 expert, 1.0 by definition) to all.
 fn scaling_svg(curves: &[(String, Vec<(usize, f64, f64, usize)>)], n: usize, merge: &str) -> String {
-    let colours = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f"];
+    let colours = crate::curves::PALETTE;
     let (w, h, left, top, right, bottom) = (560.0, 320.0, 55.0, 35.0, 130.0, 45.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     // the y range in quarters, at least to 1.25 (normalised accuracy 1 = the expert alone)

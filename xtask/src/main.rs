@@ -507,6 +507,10 @@ struct ExpertArgs {
     /// Evaluate on at most the first N images per split (default run: 200).
     #[arg(long)]
     max_eval_images: Option<usize>,
+    /// Evaluate every K-th epoch and after the last (`mosa train --eval-every`) [default: only
+    /// after the last; the loss curves come from every epoch's training loss].
+    #[arg(long)]
+    eval_every: Option<usize>,
     /// Keep every merged model file (by default each is deleted once evaluated / probed).
     #[arg(long)]
     keep_merged: bool,
@@ -544,14 +548,16 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     if tasks.len() < 2 {
         bail!("bench-experts merges experts of at least 2 tasks ({} given)", tasks.len());
     }
-    let (res, ep, wu, bs, mt, me, seeds) = if a.full { (224, 30, 3, 64, None, None, 5) } else { (56, 2, 0, 32, Some(256), Some(200), 3) };
+    // the CPU default: every image of train800val200 and of each test split, 5 epochs (issue #28
+    // item 1, docs/benchmarks.md "bench-experts: the default")
+    let (res, ep, wu, bs, mt, me, seeds) = if a.full { (224, 30, 3, 64, None, None, 5) } else { (56, 5, 0, 32, None, None, 3) };
     let (res, ep, wu, bs) = (a.resolution.unwrap_or(res), a.epochs.unwrap_or(ep), a.warmup_epochs.unwrap_or(wu), a.batch_size.unwrap_or(bs));
     let (mt, me, seeds) = (a.max_train_images.or(mt), a.max_eval_images.or(me), a.scaling_seeds.unwrap_or(seeds));
     // each kind's learning rates: ΔW of the pretrained weights needs a far smaller lr than an
     // adapter (docs/experts.md); every head trains at head_lr
     let (sparse_lr, lora_lr, full_lr, head_lr) = (a.sparse_lr.unwrap_or(5e-4), a.lora_lr.unwrap_or(0.005), a.full_lr.unwrap_or(FULL_LR), a.head_lr.unwrap_or(0.005));
     let mut train_args = recipe_args(&a.model, a.weights.as_deref(), (res, ep, wu, bs), mt, me);
-    train_args.extend(["--head-lr".to_string(), head_lr.to_string()]);
+    train_args.extend(["--head-lr".to_string(), head_lr.to_string(), "--eval-every".to_string(), a.eval_every.unwrap_or(ep).to_string()]);
     let lr = |v: f64| vec!["--lr".to_string(), v.to_string()];
     let mut sparse = lr(sparse_lr);
     if !a.sparse_targets.is_empty() {

@@ -253,22 +253,61 @@ pub fn sweep_table(g: &Grid, searches: &[Search]) -> String {
             .collect();
         md += &format!("| {m} | {} |\n", cells.join(" | "));
     }
+    if g.tasks.len() > 1 {
+        md += "\nOne lr per method for every task (how a single-lr default is chosen from this search): the mean val200 accuracy (%) over the tasks at each lr, the best marked (ties to the smaller lr).\n\n| method | mean val200 per lr | best |\n|---|---|---:|\n";
+        for m in &g.methods {
+            let Some((means, best)) = pooled(searches, m) else { continue };
+            let cells: Vec<String> = means.iter().map(|t| format!("{}: {}{}", t.lr, t.val.map(|v| format!("{:.1}", 100.0 * v)).unwrap_or_else(|| "…".into()), if best == Some(t.lr) { "*" } else { "" })).collect();
+            md += &format!("| {m} | {} | {} |\n", cells.join(", "), best.map(|b| b.to_string()).unwrap_or_else(|| "waiting".into()));
+        }
+    }
     md
+}
+
+/// A method's trials pooled over its tasks: per lr, the mean val200 accuracy (finished only when
+/// every task's run at that lr has), and the lr [`choose`] picks from those means.
+pub fn pooled(searches: &[Search], method: &str) -> Option<(Vec<Trial>, Option<f64>)> {
+    let mine: Vec<&Search> = searches.iter().filter(|s| s.method == method).collect();
+    let first = mine.first()?;
+    let means: Vec<Trial> = first
+        .trials
+        .iter()
+        .map(|t| {
+            let same: Vec<&Trial> = mine.iter().filter_map(|s| s.trials.iter().find(|x| x.lr == t.lr)).collect();
+            let finished = same.len() == mine.len() && same.iter().all(|x| x.finished && x.val.is_some());
+            let val = finished.then(|| same.iter().filter_map(|x| x.val).sum::<f64>() / same.len() as f64);
+            Trial { lr: t.lr, val, test: None, finished }
+        })
+        .collect();
+    let best = choose(&means);
+    Some((means, best))
 }
 
 /// Small multiples: one panel per task, val200 accuracy against lr (log axis), one line per
 /// method, the chosen lr circled.
 pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
     let colours = crate::curves::PALETTE;
+    // the tasks' panels, then (with several tasks) one of the means over them
+    let mut panels: Vec<String> = g.tasks.clone();
+    let mut searches = searches.to_vec();
+    if g.tasks.len() > 1 {
+        let mean = format!("mean of {} tasks", g.tasks.len());
+        for m in &g.methods {
+            if let Some((trials, chosen)) = pooled(&searches, m) {
+                searches.push(Search { task: mean.clone(), method: m.clone(), trials, chosen });
+            }
+        }
+        panels.push(mean);
+    }
     let (pw, ph, pad, cols) = (230.0, 160.0, 42.0, 4usize);
-    let rows = g.tasks.len().div_ceil(cols).max(1);
+    let rows = panels.len().div_ceil(cols).max(1);
     let (w, h) = (pad + (pw + pad) * cols as f64, 40.0 + (ph + pad + 14.0) * rows as f64 + 30.0);
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
     s += &format!("<text x=\"{pad}\" y=\"18\" font-size=\"13\">val200 accuracy (%) after training on {SEARCH_SPLIT}, against the learning rate (log scale); circled: chosen</text>\n");
     let lrs: Vec<f64> = searches.iter().flat_map(|x| x.trials.iter().map(|t| t.lr)).collect();
     let (lo, hi) = (lrs.iter().copied().fold(f64::INFINITY, f64::min), lrs.iter().copied().fold(0.0f64, f64::max));
     let (llo, lhi) = (lo.log10(), hi.log10().max(lo.log10() + 1e-9));
-    for (i, t) in g.tasks.iter().enumerate() {
+    for (i, t) in panels.iter().enumerate() {
         let (x0, y0) = (pad + (pw + pad) * (i % cols) as f64, 40.0 + (ph + pad + 14.0) * (i / cols) as f64);
         let sx = |lr: f64| x0 + pw * (lr.log10() - llo) / (lhi - llo);
         let sy = |a: f64| y0 + ph - ph * a.clamp(0.0, 1.0);
@@ -304,6 +343,20 @@ mod tests {
 
     fn trial(lr: f64, val: Option<f64>) -> Trial {
         Trial { lr, val, test: None, finished: val.is_some() }
+    }
+
+    #[test]
+    fn pooled_means_over_tasks_and_waits_for_every_task() {
+        let search = |task: &str, vals: [Option<f64>; 3]| Search { task: task.into(), method: "m".into(), trials: [0.1, 0.3, 1.0].iter().zip(vals).map(|(&lr, v)| trial(lr, v)).collect(), chosen: None };
+        // task a prefers 0.1, task b 1.0; the means are 0.6, 0.65, 0.65: the tie goes to 0.3
+        let s = [search("a", [Some(0.9), Some(0.8), Some(0.5)]), search("b", [Some(0.3), Some(0.5), Some(0.8)])];
+        let (means, best) = pooled(&s, "m").unwrap();
+        let v: Vec<f64> = means.iter().map(|t| t.val.unwrap()).collect();
+        assert!((v[0] - 0.6).abs() < 1e-12 && (v[1] - 0.65).abs() < 1e-12 && (v[2] - 0.65).abs() < 1e-12, "{v:?}");
+        assert_eq!(best, Some(0.3));
+        let s = [search("a", [Some(0.9), Some(0.8), Some(0.5)]), search("b", [Some(0.3), None, Some(0.8)])];
+        assert_eq!(pooled(&s, "m").unwrap().1, None, "an unfinished task's run leaves the choice waiting");
+        assert!(pooled(&s, "other").is_none());
     }
 
     #[test]

@@ -198,7 +198,7 @@ fn accuracy_svg(rows: &[Row]) -> String {
         }
         v
     });
-    let colours = ["#4e79a7", "#e15759"];
+    let colours = [crate::curves::PALETTE[0], crate::curves::PALETTE[2]];
     let (pw, ph, pad) = (230.0, 180.0, 46.0);
     let (w, h) = (pad + (pw + pad) * tasks.len() as f64, 40.0 + ph + 60.0);
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
