@@ -28,13 +28,18 @@ pub struct Budget {
     pub eval_every: usize,
     /// VPT's lr search (`--protocol vpt` with the default 3-value grid 0.3×, 1×, 3×).
     pub vpt: bool,
+    /// A recorded bench-vtab table run with this budget's exact arguments (`results.json` and
+    /// `curves.csv`), read for a cell the budget has not run itself.
+    pub recorded: Option<&'static str>,
 }
 
 pub const BUDGETS: &[Budget] = &[
-    Budget { name: "10ep", epochs: 10, tasks: &["shapes_count", "mnist", "digits8x8"], eval_every: 5, vpt: false },
-    Budget { name: "30ep", epochs: 30, tasks: &["shapes_count", "mnist", "digits8x8"], eval_every: 5, vpt: false },
-    Budget { name: "100ep", epochs: 100, tasks: &["shapes_count", "mnist"], eval_every: 10, vpt: false },
-    Budget { name: "30ep-vpt", epochs: 30, tasks: &["shapes_count"], eval_every: 5, vpt: true },
+    // the default's own arguments: `cargo xtask bench-vtab` is `--epochs 10 --warmup-epochs 1
+    // --eval-every 5` with everything else as here, and its recorded table holds these cells
+    Budget { name: "10ep", epochs: 10, tasks: &["shapes_count", "mnist", "digits8x8"], eval_every: 5, vpt: false, recorded: Some("docs/results/mini-vtab") },
+    Budget { name: "30ep", epochs: 30, tasks: &["shapes_count", "mnist", "digits8x8"], eval_every: 5, vpt: false, recorded: None },
+    Budget { name: "100ep", epochs: 100, tasks: &["shapes_count", "mnist"], eval_every: 10, vpt: false, recorded: None },
+    Budget { name: "30ep-vpt", epochs: 30, tasks: &["shapes_count"], eval_every: 5, vpt: true, recorded: None },
 ];
 
 const METHODS: [&str; 2] = ["adapter", "mosa"];
@@ -75,12 +80,17 @@ struct Row {
     final_train_acc: f64,
     late_share: Option<f64>,
     train_seconds: f64,
+    /// Where the cell was read: its own run directory, or a recorded table (`Budget::recorded`).
+    source: String,
 }
 
 fn row(b: &Budget, task: &str, method: &str) -> anyhow::Result<Option<Row>> {
     let run = RunDir::new(b.results().join("runs").join(task).join(method));
     if !run.finished() {
-        return Ok(None);
+        return match b.recorded {
+            Some(dir) => recorded_row(b, Path::new(dir), task, method),
+            None => Ok(None),
+        };
     }
     let (s, c, m) = (run.summary()?, run.read_config()?, run.metrics()?);
     let (Some(test), Some(n), Some(last)) = (s.last_test, c.dataset.test, m.last()) else { return Ok(None) };
@@ -98,6 +108,54 @@ fn row(b: &Budget, task: &str, method: &str) -> anyhow::Result<Option<Row>> {
         final_train_acc: last.train_acc,
         late_share: late_share(&m.iter().map(|e| e.train_loss).collect::<Vec<_>>()),
         train_seconds: s.train_seconds,
+        source: run.path.display().to_string(),
+    }))
+}
+
+/// A cell of a recorded bench-vtab table (`results.json` for the test accuracy, its images, lr
+/// and time; `curves.csv` for the per-epoch training loss and accuracy); `None` when the table
+/// lacks it or was recorded with another number of epochs.
+fn recorded_row(b: &Budget, dir: &Path, task: &str, method: &str) -> anyhow::Result<Option<Row>> {
+    let (json, csv) = (dir.join("results.json"), dir.join("curves.csv"));
+    let (Ok(j), Ok(c)) = (std::fs::read_to_string(&json), std::fs::read_to_string(&csv)) else { return Ok(None) };
+    let v: serde_json::Value = serde_json::from_str(&j).with_context(|| format!("{}", json.display()))?;
+    let Some(cell) = v["methods"].as_array().and_then(|ms| ms.iter().find(|m| m["method"] == method)).map(|m| &m["tasks"][task]) else { return Ok(None) };
+    let (Some(test), Some(n), Some(epochs)) = (cell["last_test"].as_f64(), cell["scored"]["test_images"].as_u64(), cell["epochs"].as_u64()) else { return Ok(None) };
+    if epochs as usize != b.epochs {
+        return Ok(None);
+    }
+    let mut lines = c.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).with_context(|| format!("{}: no `{name}` column", csv.display()));
+    let (ct, cm, cs, ce, cl, ca, clr) = (col("task")?, col("method")?, col("seed")?, col("epoch")?, col("train_loss")?, col("train_acc")?, col("lr")?);
+    let mut curve: Vec<(usize, f64, f64, f64)> = Vec::new();
+    let mut seed = None;
+    for (i, line) in lines.enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != header.len() || f[ct] != task || f[cm] != method || *seed.get_or_insert(f[cs]) != f[cs] {
+            continue;
+        }
+        let num = |k: usize| f[k].parse::<f64>().with_context(|| format!("{} line {}: `{}` is not a number", csv.display(), i + 2, f[k]));
+        curve.push((f[ce].parse().with_context(|| format!("{} line {}: bad epoch", csv.display(), i + 2))?, num(cl)?, num(ca)?, num(clr)?));
+    }
+    curve.sort_by_key(|x| x.0);
+    let Some(&(_, loss, acc, _)) = curve.last() else { return Ok(None) };
+    let lr = curve.iter().map(|x| x.3).fold(0.0, f64::max);
+    let n = n as usize;
+    Ok(Some(Row {
+        budget: b.name.into(),
+        epochs: b.epochs,
+        task: task.into(),
+        method: method.into(),
+        test,
+        test_images: n,
+        ci95: wilson95(test, n),
+        lr,
+        final_train_loss: loss,
+        final_train_acc: acc,
+        late_share: late_share(&curve.iter().map(|x| x.1).collect::<Vec<_>>()),
+        train_seconds: cell["train_seconds"].as_f64().unwrap_or(0.0),
+        source: dir.display().to_string(),
     }))
 }
 
@@ -140,9 +198,9 @@ pub fn write() -> anyhow::Result<String> {
     let mut md = String::from("MoSA against the adapter at growing budgets: DINOv2 ViT-S/14 at 56 px, the default's recipe (batch 32, lr 0.005, per-epoch cosine, warm-up 10% of the epochs, head init zero, MoSA r 16 / N 4 / share down, trained on train800val200), one seed (3407). `30ep-vpt`: each method's lr chosen by VPT's search (0.3×, 1×, 3× of 0.005 trained on train800, best val200) and retrained on train800val200.\n\n");
     md += "Test accuracy (%) after the last epoch ± the half-width of its 95% Wilson interval; MoSA − adapter in points with the 95% interval of the difference of two independent binomials (conservative: both runs see the same images); final training loss and accuracy (MoSA's: the first pass, one random expert per block, plus the consistency KL); plateau = share of the loss decrease made in the last quarter of the epochs.\n\n";
     md += "| budget | task | test images | adapter | MoSA | MoSA − adapter | lr adapter / MoSA | train loss adapter / MoSA | train acc adapter / MoSA | plateau adapter / MoSA |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-    let mut csv = String::from("budget,epochs,task,method,test_acc,test_images,ci95_low,ci95_high,lr,final_train_loss,final_train_acc,late_share,train_seconds\n");
+    let mut csv = String::from("budget,epochs,task,method,test_acc,test_images,ci95_low,ci95_high,lr,final_train_loss,final_train_acc,late_share,train_seconds,source\n");
     for r in &rows {
-        csv += &format!("{},{},{},{},{},{},{},{},{},{},{},{},{}\n", r.budget, r.epochs, r.task, r.method, r.test, r.test_images, r.ci95.0, r.ci95.1, r.lr, r.final_train_loss, r.final_train_acc, r.late_share.map(|v| v.to_string()).unwrap_or_default(), r.train_seconds);
+        csv += &format!("{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", r.budget, r.epochs, r.task, r.method, r.test, r.test_images, r.ci95.0, r.ci95.1, r.lr, r.final_train_loss, r.final_train_acc, r.late_share.map(|v| v.to_string()).unwrap_or_default(), r.train_seconds, r.source);
     }
     for b in BUDGETS {
         for t in b.tasks {
@@ -150,7 +208,8 @@ pub fn write() -> anyhow::Result<String> {
             if a.is_none() && m.is_none() {
                 continue;
             }
-            let cell = |r: Option<&Row>| r.and_then(|r| Scored::new(&[r.test], Some(r.test_images))).map(|s| s.cell()).unwrap_or_else(|| "…".into());
+            let mark = |r: &Row| if b.recorded.is_some_and(|d| r.source == d) { " †" } else { "" };
+            let cell = |r: Option<&Row>| r.and_then(|r| Scored::new(&[r.test], Some(r.test_images)).map(|s| s.cell() + mark(r))).unwrap_or_else(|| "…".into());
             let diff = match (a, m) {
                 (Some(a), Some(m)) => {
                     let half = 1.959964 * (a.test * (1.0 - a.test) / a.test_images as f64 + m.test * (1.0 - m.test) / m.test_images as f64).sqrt();
@@ -171,6 +230,11 @@ pub fn write() -> anyhow::Result<String> {
                 pair(&|r| pct(r.final_train_acc)),
                 pair(&|r| r.late_share.map(|v| format!("{v:.3}")).unwrap_or_else(|| "—".into())),
             );
+        }
+    }
+    for b in BUDGETS {
+        if let Some(d) = b.recorded.filter(|d| rows.iter().any(|r| r.budget == b.name && r.source == *d)) {
+            md += &format!("\n`†`: read from the recorded table `{d}` (its `results.json` and `curves.csv`: the same arguments, cell for cell), as budget `{}` has not run this cell itself; a run of the budget replaces it.\n", b.name);
         }
     }
     md += "\n`*`: the difference is beyond its 95% interval. Commands, one per budget (each resumable; `cargo xtask study-mosa-adapter` runs them all and writes this table):\n\n";
@@ -304,4 +368,27 @@ fn walk_runs(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_cell_is_read_from_its_table_and_curves() {
+        let d = tempfile::tempdir().unwrap();
+        let json = r#"{"methods": [{"method": "mosa", "tasks": {"t": {"last_test": 0.7, "epochs": 4, "train_seconds": 12.5, "scored": {"test_images": 200}}}}]}"#;
+        std::fs::write(d.path().join("results.json"), json).unwrap();
+        // another method's rows, a second seed and the epochs out of order must not leak in
+        let csv = "task,method,seed,epoch,lr,train_loss,train_acc,val_acc,test_acc\nt,mosa,1,2,0.005,1.5,0.5,,\nt,mosa,1,1,0,2.0,0.1,,\nt,adapter,1,3,0.004,0.1,1.0,,\nt,mosa,1,3,0.004,1.2,0.8,,\nt,mosa,1,4,0.001,1.0,0.9,0.6,0.7\nt,mosa,2,4,0.001,9.0,0.0,,\n";
+        std::fs::write(d.path().join("curves.csv"), csv).unwrap();
+        let b = Budget { name: "4ep", epochs: 4, tasks: &["t"], eval_every: 2, vpt: false, recorded: None };
+        let r = recorded_row(&b, d.path(), "t", "mosa").unwrap().expect("the recorded cell");
+        assert_eq!((r.test, r.test_images, r.lr, r.final_train_loss, r.final_train_acc, r.train_seconds), (0.7, 200, 0.005, 1.0, 0.9, 12.5));
+        // the last quarter (epoch 3 -> 4) made 0.2 of the 1.0 decrease
+        assert!((r.late_share.unwrap() - 0.2).abs() < 1e-12, "{:?}", r.late_share);
+        assert!(recorded_row(&b, d.path(), "t", "lora").unwrap().is_none(), "a method the table lacks");
+        let other = Budget { epochs: 10, ..b };
+        assert!(recorded_row(&other, d.path(), "t", "mosa").unwrap().is_none(), "a table of another length is not this budget's");
+    }
 }
