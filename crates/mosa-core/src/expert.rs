@@ -21,7 +21,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::host::{HostTensor, f16_to_f32, f32_to_f16};
+use crate::host::HostTensor;
 
 /// The expert format this build writes and reads.
 pub const EXPERT_FORMAT: u32 = 1;
@@ -292,7 +292,7 @@ impl Expert {
                     }
                     let (dt, bytes) = match meta.values {
                         ValueDtype::F32 => (Dtype::F32, bytes_f32(values)),
-                        ValueDtype::F16 => (Dtype::F16, values.iter().flat_map(|&v| f32_to_f16(v).to_le_bytes()).collect()),
+                        ValueDtype::F16 => (Dtype::F16, values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()),
                     };
                     blobs.push((format!("{}.values", t.name), dt, vec![values.len()], bytes));
                     (if bitmap { "bitmap" } else { "indices" }, None)
@@ -371,7 +371,7 @@ impl Expert {
                     let v = st.tensor(&vname).map_err(|_| format!("tensor `{vname}` is missing"))?;
                     let values = match v.dtype() {
                         Dtype::F32 => f32s(v.data()),
-                        Dtype::F16 => v.data().chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+                        Dtype::F16 => v.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
                         other => return Err(format!("tensor `{vname}` is {other:?}, expected F32 or F16")),
                     };
                     Delta::Sparse { indices, values }

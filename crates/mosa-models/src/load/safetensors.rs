@@ -14,8 +14,8 @@ pub fn to_f32(path: &Path, name: &str, view: &TensorView<'_>) -> Result<HostTens
     let data: Vec<f32> = match view.dtype() {
         Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Dtype::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        Dtype::F16 => b.chunks_exact(2).map(|c| mosa_core::host::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        Dtype::BF16 => b.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+        Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         other => return Err(Error::format(path, format!("tensor `{name}` has dtype {other:?}; a float type is needed"))),
     };
     Ok(HostTensor::new(view.shape().to_vec(), data))
@@ -58,17 +58,12 @@ pub fn serialize(tensors: &[(String, &HostTensor)], metadata: Option<HashMap<Str
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(n, t)| {
-            let bytes: &[u8] = bytemuck_f32(&t.data);
+            let bytes: &[u8] = bytemuck::cast_slice(&t.data);
             TensorView::new(Dtype::F32, t.shape.clone(), bytes).map(|v| (n.clone(), v))
         })
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::Config(format!("cannot serialise tensors: {e}")))?;
     safetensors::serialize(views, metadata).map_err(|e| Error::Config(format!("cannot serialise tensors: {e}")))
-}
-
-fn bytemuck_f32(data: &[f32]) -> &[u8] {
-    // f32 has no padding and u8 has alignment 1, so viewing the buffer as bytes is sound.
-    unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) }
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
@@ -88,12 +83,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn f16_conversion_matches_known_values() {
-        assert_eq!(mosa_core::host::f16_to_f32(0x3c00), 1.0);
-        assert_eq!(mosa_core::host::f16_to_f32(0xc000), -2.0);
-        assert_eq!(mosa_core::host::f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(mosa_core::host::f16_to_f32(0x0001), 5.960_464_5e-8); // smallest subnormal
-        assert!(mosa_core::host::f16_to_f32(0x7c00).is_infinite());
+    fn f16_and_bf16_tensors_read_as_known_values() {
+        // 1, -2, 1/3 rounded, the smallest subnormal, +inf
+        let bits: [u16; 5] = [0x3c00, 0xc000, 0x3555, 0x0001, 0x7c00];
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F16, vec![5], &bytes).unwrap();
+        let t = to_f32(Path::new("x.safetensors"), "w", &view).unwrap();
+        assert_eq!(t.data[..4], [1.0, -2.0, 0.333_251_95, 5.960_464_5e-8]);
+        assert!(t.data[4].is_infinite() && t.data[4] > 0.0);
+        // bf16 is the high half of an f32: 1.5 = 0x3fc0, -0.0078125 = 0xbc00
+        let bytes: Vec<u8> = [0x3fc0u16, 0xbc00].iter().flat_map(|b| b.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::BF16, vec![2], &bytes).unwrap();
+        assert_eq!(to_f32(Path::new("x.safetensors"), "w", &view).unwrap().data, [1.5, -0.0078125]);
     }
 
     #[test]
