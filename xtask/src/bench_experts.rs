@@ -150,7 +150,8 @@ impl Experiment {
     }
 
     fn probe_cell(&self, kind: &str, task: &str, merged: &Path) -> Cell {
-        let mut args: Vec<String> = vec!["--method".into(), "linear".into(), "--dataset".into(), format!("{}:{}", self.grid.kind, self.grid.root.join(task).display())];
+        let mut args: Vec<String> =
+            vec!["--method".into(), "linear".into(), "--dataset".into(), format!("{}:{}", self.grid.kind, self.grid.root.join(task).display())];
         // the recipe's arguments, with the merged backbone in place of the base weights
         let mut it = self.grid.train_args.iter();
         while let Some(a) = it.next() {
@@ -248,7 +249,16 @@ fn run_job(e: &Experiment, j: &Job, mosa: &Path, hashes: &mut Hashes) -> anyhow:
             bail!("`mosa eval` scored {} of the {} tasks of {}", accuracy.len(), j.tasks.len(), merged.display());
         }
     }
-    let r = JobResult { kind: j.kind.clone(), method: j.method.clone(), tasks: j.tasks.clone(), experts, accuracy, images, merge_seconds, eval_seconds: t1.elapsed().as_secs_f64() };
+    let r = JobResult {
+        kind: j.kind.clone(),
+        method: j.method.clone(),
+        tasks: j.tasks.clone(),
+        experts,
+        accuracy,
+        images,
+        merge_seconds,
+        eval_seconds: t1.elapsed().as_secs_f64(),
+    };
     mosa_core::fsio::write_atomic(&dir.join("result.json"), (serde_json::to_string_pretty(&r)? + "\n").as_bytes()).map_err(anyhow::Error::msg)?;
     if !e.keep_merged && !probe_needs_file {
         std::fs::remove_file(&merged)?;
@@ -260,7 +270,8 @@ pub fn run(e: &Experiment, mosa: &Path) -> anyhow::Result<()> {
     let g = &e.grid;
     let steps = g.training_steps();
     let jobs = shard_of(e.jobs(), g.shard);
-    let probes: Vec<(String, String)> = if e.held_out { shard_of(e.kinds.iter().flat_map(|k| g.tasks.iter().map(move |t| (k.clone(), t.clone()))).collect(), g.shard) } else { vec![] };
+    let probes: Vec<(String, String)> =
+        if e.held_out { shard_of(e.kinds.iter().flat_map(|k| g.tasks.iter().map(move |t| (k.clone(), t.clone()))).collect(), g.shard) } else { vec![] };
     std::fs::create_dir_all(&g.out)?;
     eprintln!(
         "bench-experts: {} tasks x {} kinds; {} training runs, {} merges, {} held-out probes in shard {}/{} -> {}",
@@ -401,7 +412,14 @@ fn below_base(kinds: &[String], tasks: &[String], experts: &BTreeMap<(String, St
             compared += 1;
             if p <= q {
                 let half = 1.959964 * (p * (1.0 - p) / x.test_images.max(1) as f64 + q * (1.0 - q) / b.test_images.max(1) as f64).sqrt();
-                below.push(format!("{k} on {t} ({:.1} vs {:.1}, {:+.1} ±{:.1}{})", 100.0 * p, 100.0 * q, 100.0 * (p - q), 100.0 * half, if q - p > half { ", beyond its interval" } else { ", within its interval" }));
+                below.push(format!(
+                    "{k} on {t} ({:.1} vs {:.1}, {:+.1} ±{:.1}{})",
+                    100.0 * p,
+                    100.0 * q,
+                    100.0 * (p - q),
+                    100.0 * half,
+                    if q - p > half { ", beyond its interval" } else { ", within its interval" }
+                ));
             }
         }
     }
@@ -457,7 +475,8 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     md += &format!("| kind | {} | mean | trainable (M) | stored (MB) | train s |\n|---|{}---:|---:|---:|---:|\n", all.join(" | "), "---:|".repeat(all.len()));
     let mut experts_json = Vec::new();
     let mut experts_csv = String::from("kind,task,individual,test_images,trainable_params,stored_bytes,train_seconds,lr,ci95_low,ci95_high\n");
-    let base_rows: BTreeMap<String, ExpertRow> = if e.held_out { all.iter().filter_map(|t| expert_row(e, "linear", t).map(|r| (t.clone(), r))).collect() } else { BTreeMap::new() };
+    let base_rows: BTreeMap<String, ExpertRow> =
+        if e.held_out { all.iter().filter_map(|t| expert_row(e, "linear", t).map(|r| (t.clone(), r))).collect() } else { BTreeMap::new() };
     let shown_kinds: Vec<String> = e.kinds.iter().cloned().chain(e.held_out.then(|| "linear".to_string())).collect();
     for k in &shown_kinds {
         let rows: Vec<Option<&ExpertRow>> = all.iter().map(|t| if k == "linear" { base_rows.get(t) } else { experts.get(&(k.clone(), t.clone())) }).collect();
@@ -466,7 +485,10 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         md += &format!(
             "| {} | {} | {} | {} | {} | {} |\n",
             if k == "linear" { "linear (base)" } else { k.as_str() },
-            rows.iter().map(|r| r.and_then(|r| Scored::new(&r.individual.into_iter().collect::<Vec<_>>(), Some(r.test_images))).map(|s| s.cell()).unwrap_or_default()).collect::<Vec<_>>().join(" | "),
+            rows.iter()
+                .map(|r| r.and_then(|r| Scored::new(&r.individual.into_iter().collect::<Vec<_>>(), Some(r.test_images))).map(|s| s.cell()).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(" | "),
             pct(mean(&present.iter().filter_map(|r| r.individual).collect::<Vec<_>>())),
             avg(|r| r.trainable_params as f64).map(|v| format!("{:.3}", v / 1e6)).unwrap_or_default(),
             avg(|r| r.stored_bytes as f64).map(|v| format!("{:.2}", v / 1e6)).unwrap_or_default(),
@@ -474,21 +496,46 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         );
         for r in present {
             let o = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-            experts_csv += &format!("{},{},{},{},{},{},{},{},{},{}\n", r.kind, r.task, o(r.individual), r.test_images, r.trainable_params, r.stored_bytes, r.train_seconds, r.lr, o(r.ci95.map(|c| c.0)), o(r.ci95.map(|c| c.1)));
+            experts_csv += &format!(
+                "{},{},{},{},{},{},{},{},{},{}\n",
+                r.kind,
+                r.task,
+                o(r.individual),
+                r.test_images,
+                r.trainable_params,
+                r.stored_bytes,
+                r.train_seconds,
+                r.lr,
+                o(r.ci95.map(|c| c.0)),
+                o(r.ci95.map(|c| c.1))
+            );
             if k != "linear" {
                 experts_json.push(serde_json::to_value(r)?);
             }
         }
     }
 
-    let counts: Vec<String> = all.iter().map(|t| e.kinds.iter().chain(std::iter::once(&"linear".to_string())).find_map(|k| if k == "linear" { base_rows.get(t) } else { experts.get(&(k.clone(), t.clone())) }).map(|r| r.test_images.to_string()).unwrap_or_default()).collect();
+    let counts: Vec<String> = all
+        .iter()
+        .map(|t| {
+            e.kinds
+                .iter()
+                .chain(std::iter::once(&"linear".to_string()))
+                .find_map(|k| if k == "linear" { base_rows.get(t) } else { experts.get(&(k.clone(), t.clone())) })
+                .map(|r| r.test_images.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
     md += &format!("| test images | {} | | | | |\n", counts.join(" | "));
     if e.held_out {
         md += &format!("\n{}\n", below_base(&e.kinds, &all, &experts, &base_rows));
     }
 
     // in distribution: all tasks merged
-    md += &format!("\n## In distribution: all {} experts of a kind merged\n\nEach task with its own head on the merged backbone: test accuracy (%) and, in brackets, normalised = merged / the expert alone. Means over tasks.\n\n", all.len());
+    md += &format!(
+        "\n## In distribution: all {} experts of a kind merged\n\nEach task with its own head on the merged backbone: test accuracy (%) and, in brackets, normalised = merged / the expert alone. Means over tasks.\n\n",
+        all.len()
+    );
     md += &format!("| kind | merge | {} | mean accuracy | mean normalised |\n|---|---|{}---:|---:|\n", all.join(" | "), "---:|".repeat(all.len()));
     let mut csv = String::from("kind,method,experts_merged,subset,task,individual,merged,normalised,test_images\n");
     let mut in_dist = Vec::new();
@@ -500,7 +547,10 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
             let mnorm = mean(&rows.iter().filter_map(|x| x.2).collect::<Vec<_>>());
             md += &format!(
                 "| {k} | {m} | {} | {} | {} |\n",
-                all.iter().map(|t| rows.iter().find(|x| &x.0 == t).map(|x| format!("{} ({})", pct(Some(x.1)), ratio(x.2))).unwrap_or_default()).collect::<Vec<_>>().join(" | "),
+                all.iter()
+                    .map(|t| rows.iter().find(|x| &x.0 == t).map(|x| format!("{} ({})", pct(Some(x.1)), ratio(x.2))).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
                 pct(macc),
                 ratio(mnorm)
             );
@@ -517,7 +567,15 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         if let Some(r) = result(&j.kind, &j.method, &j.tasks) {
             for (t, acc, norm, n) in per_task(&r, &experts) {
                 let ind = experts.get(&(j.kind.clone(), t.clone())).and_then(|x| x.individual);
-                csv += &format!("{},{},{},{},{t},{},{acc},{},{n}\n", j.kind, j.method, j.tasks.len(), e.subset_name(&j.tasks), ind.map(|v| v.to_string()).unwrap_or_default(), norm.map(|v| v.to_string()).unwrap_or_default());
+                csv += &format!(
+                    "{},{},{},{},{t},{},{acc},{},{n}\n",
+                    j.kind,
+                    j.method,
+                    j.tasks.len(),
+                    e.subset_name(&j.tasks),
+                    ind.map(|v| v.to_string()).unwrap_or_default(),
+                    norm.map(|v| v.to_string()).unwrap_or_default()
+                );
             }
         }
     }
@@ -527,7 +585,10 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     sizes.push(all.len());
     sizes.dedup();
     let subsets = e.subsets();
-    md += &format!("\n## Scaling: normalised accuracy against the number of merged experts ({})\n\nMean ± std over the seeded random task subsets (the same subsets for every kind); a subset's value is the mean normalised accuracy of its tasks.\n\n", e.paper_merge);
+    md += &format!(
+        "\n## Scaling: normalised accuracy against the number of merged experts ({})\n\nMean ± std over the seeded random task subsets (the same subsets for every kind); a subset's value is the mean normalised accuracy of its tasks.\n\n",
+        e.paper_merge
+    );
     md += &format!("| kind | {} |\n|---|{}\n", sizes.iter().map(|s| format!("{s} experts")).collect::<Vec<_>>().join(" | "), "---:|".repeat(sizes.len()));
     let mut scaling_json = Vec::new();
     let mut curves: Vec<(String, Vec<(usize, f64, f64, usize)>)> = Vec::new();
@@ -562,20 +623,30 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     // held-out
     let mut held_json = Vec::new();
     if e.held_out {
-        md += &format!("\n## Held-out: a new head (linear probe) on the merge of the other tasks ({})\n\nTest accuracy (%) of the probe; `base` is the same probe on the base backbone.\n\n", e.paper_merge);
-        md += &format!("| task | base | {} |\n|---|---:|{}\n", e.kinds.iter().map(|k| format!("merged {k}")).collect::<Vec<_>>().join(" | "), "---:|".repeat(e.kinds.len()));
+        md += &format!(
+            "\n## Held-out: a new head (linear probe) on the merge of the other tasks ({})\n\nTest accuracy (%) of the probe; `base` is the same probe on the base backbone.\n\n",
+            e.paper_merge
+        );
+        md += &format!(
+            "| task | base | {} |\n|---|---:|{}\n",
+            e.kinds.iter().map(|k| format!("merged {k}")).collect::<Vec<_>>().join(" | "),
+            "---:|".repeat(e.kinds.len())
+        );
         let probe = |d: PathBuf| RunDir::new(d).summary().ok().and_then(|s| s.last_test);
         let mut cols: Vec<Vec<f64>> = vec![Vec::new(); e.kinds.len() + 1];
         for t in &all {
             let base = if RunDir::new(g.out.join("runs").join(t).join("linear")).finished() { probe(g.out.join("runs").join(t).join("linear")) } else { None };
-            let merged: Vec<Option<f64>> = e.kinds.iter().map(|k| if RunDir::new(e.probe_dir(k, t)).finished() { probe(e.probe_dir(k, t)) } else { None }).collect();
+            let merged: Vec<Option<f64>> =
+                e.kinds.iter().map(|k| if RunDir::new(e.probe_dir(k, t)).finished() { probe(e.probe_dir(k, t)) } else { None }).collect();
             for (c, v) in std::iter::once(base).chain(merged.iter().copied()).enumerate() {
                 if let Some(v) = v {
                     cols[c].push(v);
                 }
             }
             md += &format!("| {t} | {} | {} |\n", pct(base), merged.iter().map(|v| pct(*v)).collect::<Vec<_>>().join(" | "));
-            held_json.push(json!({"task": t, "base": base, "merged": e.kinds.iter().zip(&merged).map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()}));
+            held_json.push(
+                json!({"task": t, "base": base, "merged": e.kinds.iter().zip(&merged).map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()}),
+            );
         }
         md += &format!("| mean | {} |\n", cols.iter().map(|c| pct(mean(c))).collect::<Vec<_>>().join(" | "));
     }
@@ -601,7 +672,8 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         "scaling": scaling_json,
         "held_out": held_json,
     });
-    let write = |name: &str, text: &str| -> anyhow::Result<()> { mosa_core::fsio::write_atomic(&g.out.join(name), text.as_bytes()).map_err(anyhow::Error::msg) };
+    let write =
+        |name: &str, text: &str| -> anyhow::Result<()> { mosa_core::fsio::write_atomic(&g.out.join(name), text.as_bytes()).map_err(anyhow::Error::msg) };
     write("results.md", &md)?;
     write("results.csv", &csv)?;
     write("experts.csv", &experts_csv)?;
@@ -629,11 +701,20 @@ fn scaling_svg(curves: &[(String, Vec<(usize, f64, f64, usize)>)], n: usize, mer
     let ymax = (curves.iter().flat_map(|(_, p)| p.iter().map(|x| x.1 + x.2)).fold(1.1f64, f64::max) * 4.0).ceil() / 4.0;
     let x = |k: usize| left + pw * (k as f64 - 1.0) / ((n.max(2) - 1) as f64);
     let y = |v: f64| top + ph - ph * (v / ymax).clamp(0.0, 1.0);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
     s += &format!("<text x=\"{left}\" y=\"20\" font-size=\"13\">Normalised accuracy (merged / alone) vs merged experts ({merge})</text>\n");
     for i in 0..=((ymax * 4.0).round() as usize) {
         let v = i as f64 * 0.25;
-        s += &format!("<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.2}</text>\n", left + pw, y(v), y(v), left - 5.0, y(v) + 4.0);
+        s += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.2}</text>\n",
+            left + pw,
+            y(v),
+            y(v),
+            left - 5.0,
+            y(v) + 4.0
+        );
     }
     for k in 1..=n {
         s += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{k}</text>\n", x(k), top + ph + 16.0);
@@ -649,9 +730,22 @@ fn scaling_svg(curves: &[(String, Vec<(usize, f64, f64, usize)>)], n: usize, mer
         let line: Vec<String> = all.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1))).collect();
         s += &format!("<polyline points=\"{}\" fill=\"none\" stroke=\"{col}\" stroke-width=\"2\"/>\n", line.join(" "));
         for p in &all {
-            s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{col}\"><title>{kind}, {} experts: {:.3} ± {:.3}</title></circle>\n", x(p.0), y(p.1), p.0, p.1, p.2);
+            s += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{col}\"><title>{kind}, {} experts: {:.3} ± {:.3}</title></circle>\n",
+                x(p.0),
+                y(p.1),
+                p.0,
+                p.1,
+                p.2
+            );
         }
-        s += &format!("<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{col}\"/><text x=\"{}\" y=\"{}\">{kind}</text>\n", left + pw + 15.0, top + 16.0 * c as f64, left + pw + 30.0, top + 16.0 * c as f64 + 9.0);
+        s += &format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{col}\"/><text x=\"{}\" y=\"{}\">{kind}</text>\n",
+            left + pw + 15.0,
+            top + 16.0 * c as f64,
+            left + pw + 30.0,
+            top + 16.0 * c as f64 + 9.0
+        );
     }
     s + "</svg>\n"
 }

@@ -34,7 +34,9 @@ pub fn run(mosa: &Path, rows: &[(usize, f64)], iters: usize, dense: bool) -> any
 /// The Markdown table of the rows.
 pub fn table(rows: &[Value]) -> String {
     let f = |v: &Value, k: &str, p: usize| v[k].as_f64().map(|x| format!("{x:.p$}")).unwrap_or_default();
-    let mut md = String::from("| experts | density | median s | GB/s | memcpy GB/s | of memcpy | dense-expansion s | × faster than dense | peak RSS MiB | base + experts MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut md = String::from(
+        "| experts | density | median s | GB/s | memcpy GB/s | of memcpy | dense-expansion s | × faster than dense | peak RSS MiB | base + experts MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
     for v in rows {
         md += &format!(
             "| {} | {}% | {} | {} | {} | {:.0}% | {} | {} | {} | {} |\n",

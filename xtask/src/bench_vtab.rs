@@ -172,7 +172,11 @@ impl Grid {
                 for k in 0..self.seeds.max(1) {
                     let cell = &cells[v.len()];
                     v.push(match chosen.get(&(task.clone(), method.clone())).copied().flatten() {
-                        Some(lr) => Ok(Cell { label: format!("{} (lr {lr}, chosen on val200)", cell.label), dir: cell.dir.clone(), args: crate::protocol::with_lr(&self.cell_args(task, method, k), lr) }),
+                        Some(lr) => Ok(Cell {
+                            label: format!("{} (lr {lr}, chosen on val200)", cell.label),
+                            dir: cell.dir.clone(),
+                            args: crate::protocol::with_lr(&self.cell_args(task, method, k), lr),
+                        }),
                         None => Err(format!("{}: waiting for its lr search", cell.label)),
                     });
                 }
@@ -311,8 +315,18 @@ impl Progress {
     }
 
     pub fn line(&self, k: usize, label: &str, skipped: bool) {
-        let eta = if self.ran > 0 { fmt_eta(self.start.elapsed().as_secs_f64() / self.ran as f64 * (self.total - k).saturating_sub(self.done_ahead) as f64) } else { "?".into() };
-        eprintln!("[{}/{}] {label}{} (elapsed {}, ETA {eta})", k + 1, self.total, if skipped { ": done, skipped" } else { "" }, fmt_eta(self.start.elapsed().as_secs_f64()));
+        let eta = if self.ran > 0 {
+            fmt_eta(self.start.elapsed().as_secs_f64() / self.ran as f64 * (self.total - k).saturating_sub(self.done_ahead) as f64)
+        } else {
+            "?".into()
+        };
+        eprintln!(
+            "[{}/{}] {label}{} (elapsed {}, ETA {eta})",
+            k + 1,
+            self.total,
+            if skipped { ": done, skipped" } else { "" },
+            fmt_eta(self.start.elapsed().as_secs_f64())
+        );
     }
 
     pub fn ran(&mut self) {
@@ -343,7 +357,10 @@ fn check_cell_args(cell: &Cell) -> anyhow::Result<()> {
     }
     let k = old.iter().zip(&cell.args).position(|(a, b)| *a != b.as_str()).unwrap_or(old.len().min(cell.args.len()));
     let (was, now) = (old[k.saturating_sub(1)..old.len().min(k + 1)].join(" "), cell.args[k.saturating_sub(1)..cell.args.len().min(k + 1)].join(" "));
-    bail!("{}: this cell was trained with other arguments (`{was}`, now `{now}`); delete the folder to retrain it, or write the results under another --name", path.display())
+    bail!(
+        "{}: this cell was trained with other arguments (`{was}`, now `{now}`); delete the folder to retrain it, or write the results under another --name",
+        path.display()
+    )
 }
 
 /// Runs the cells: finished ones are skipped, interrupted ones resumed, the rest started afresh;
@@ -387,7 +404,14 @@ pub fn run_grid(g: &Grid, mosa: &Path) -> anyhow::Result<()> {
     let total = g.cells().len() + g.sweep_cells().len();
     let mine = g.training_steps();
     std::fs::create_dir_all(&g.out)?;
-    eprintln!("bench: {} tasks x {} methods = {total} runs ({mine} in shard {}/{}) -> {}", g.tasks.len(), g.methods.len(), g.shard.0, g.shard.1, g.out.display());
+    eprintln!(
+        "bench: {} tasks x {} methods = {total} runs ({mine} in shard {}/{}) -> {}",
+        g.tasks.len(),
+        g.methods.len(),
+        g.shard.0,
+        g.shard.1,
+        g.out.display()
+    );
     eprintln!("{}", g.settings);
     let mut progress = Progress::new(mine);
     let (failed, waiting) = run_training(g, mosa, &mut progress, 0)?;
@@ -446,18 +470,42 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
         }
     }
     let pct = |v: Option<f64>| v.map(|x| format!("{:.1}", 100.0 * x)).unwrap_or_default();
-    let images: Vec<String> = g.tasks.iter().map(|t| format!("{t} {}", scored.iter().find(|((tt, _), _)| tt == t).and_then(|(_, s)| s.test_images).map(|n| n.to_string()).unwrap_or("?".into()))).collect();
+    let images: Vec<String> = g
+        .tasks
+        .iter()
+        .map(|t| format!("{t} {}", scored.iter().find(|((tt, _), _)| tt == t).and_then(|(_, s)| s.test_images).map(|n| n.to_string()).unwrap_or("?".into())))
+        .collect();
     let interval = if g.seeds > 1 {
-        format!("Each accuracy is the mean over {} training seeds ({}…); ± is the half-width of its 95% interval over seeds (Student's t; the standard deviations are in results.csv/json).", g.seeds, seed_of(0))
+        format!(
+            "Each accuracy is the mean over {} training seeds ({}…); ± is the half-width of its 95% interval over seeds (Student's t; the standard deviations are in results.csv/json).",
+            g.seeds,
+            seed_of(0)
+        )
     } else {
         "One training seed; ± is the half-width of each accuracy's 95% interval over its test images (Wilson; for the mean, the normal interval of the mean of the tasks' binomials).".to_string()
     };
     let groups: Vec<&str> = if g.kind == "vtab" { vec!["Natural", "Specialized", "Structured"] } else { vec![] };
     let mut md = String::new();
-    md += &format!("Test accuracy (%) after the last epoch (`{shown}`; test at best val and best test are in results.csv/json). Trainable parameters include the head; `after merge` is what inference carries beyond the frozen backbone (LoRA folds into the weights, MoSA experts merge into one adapter). {}\n\n{interval} Test images per task: {}.\n\n", g.settings, images.join(", "));
-    md += &format!("| method | {} |{} mean | groups mean | trainable (M) | after merge (M) | train img/s | eval img/s | peak RSS (MiB) |{}\n", g.tasks.join(" | "), groups.iter().map(|x| format!(" {x} |")).collect::<String>(), if g.full { " published Natural | Specialized | Structured | mean of groups |" } else { "" });
-    md += &format!("|---|{}{}---:|---:|---:|---:|---:|---:|---:|{}\n", "---:|".repeat(g.tasks.len()), "---:|".repeat(groups.len()), if g.full { "---:|---:|---:|---:|" } else { "" });
-    let mut csv = String::from("method,task,group,test_at_best_val,best_val_epoch,best_test,last_test,trainable_params,merged_trainable_params,train_images_per_second,eval_images_per_second,peak_memory_mib,train_seconds,seeds,test_images,accuracy_mean_over_seeds,std_over_seeds,ci95_low,ci95_high,lr\n");
+    md += &format!(
+        "Test accuracy (%) after the last epoch (`{shown}`; test at best val and best test are in results.csv/json). Trainable parameters include the head; `after merge` is what inference carries beyond the frozen backbone (LoRA folds into the weights, MoSA experts merge into one adapter). {}\n\n{interval} Test images per task: {}.\n\n",
+        g.settings,
+        images.join(", ")
+    );
+    md += &format!(
+        "| method | {} |{} mean | groups mean | trainable (M) | after merge (M) | train img/s | eval img/s | peak RSS (MiB) |{}\n",
+        g.tasks.join(" | "),
+        groups.iter().map(|x| format!(" {x} |")).collect::<String>(),
+        if g.full { " published Natural | Specialized | Structured | mean of groups |" } else { "" }
+    );
+    md += &format!(
+        "|---|{}{}---:|---:|---:|---:|---:|---:|---:|{}\n",
+        "---:|".repeat(g.tasks.len()),
+        "---:|".repeat(groups.len()),
+        if g.full { "---:|---:|---:|---:|" } else { "" }
+    );
+    let mut csv = String::from(
+        "method,task,group,test_at_best_val,best_val_epoch,best_test,last_test,trainable_params,merged_trainable_params,train_images_per_second,eval_images_per_second,peak_memory_mib,train_seconds,seeds,test_images,accuracy_mean_over_seeds,std_over_seeds,ci95_low,ci95_high,lr\n",
+    );
     let mut rows_json = Vec::new();
     for m in &g.methods {
         let cells: Vec<Option<&Value>> = g.tasks.iter().map(|t| acc.get(&(t.clone(), m.clone()))).collect();
@@ -487,7 +535,12 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
             merged.map(|p| format!("{:.4}", p / 1e6)).unwrap_or_default(),
             avg("train_images_per_second").map(|v| format!("{v:.1}")).unwrap_or_default(),
             avg("eval_images_per_second").map(|v| format!("{v:.1}")).unwrap_or_default(),
-            present.iter().filter_map(|s| s["peak_memory_mib"].as_f64()).fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b)))).map(|v| format!("{v:.0}")).unwrap_or_default(),
+            present
+                .iter()
+                .filter_map(|s| s["peak_memory_mib"].as_f64())
+                .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))))
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_default(),
         );
         if g.full {
             match PUBLISHED_VTAB.iter().find(|(n, _)| n == m) {
@@ -502,8 +555,24 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
                 let o = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
                 csv += &format!(
                     "{m},{t},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-                    group_of(t).unwrap_or(""), f("test_at_best_val"), s["best_val_epoch"], f("best_test"), f("last_test"), f("trainable_params"), f("merged_trainable_params"), f("train_images_per_second"), f("eval_images_per_second"), f("peak_memory_mib"), f("train_seconds"),
-                    s2.seeds, s2.test_images.map(|n| n.to_string()).unwrap_or_default(), s2.accuracy, o(s2.std_over_seeds), o(s2.ci95.map(|c| c.0)), o(s2.ci95.map(|c| c.1)), o(s["lr"].as_f64())
+                    group_of(t).unwrap_or(""),
+                    f("test_at_best_val"),
+                    s["best_val_epoch"],
+                    f("best_test"),
+                    f("last_test"),
+                    f("trainable_params"),
+                    f("merged_trainable_params"),
+                    f("train_images_per_second"),
+                    f("eval_images_per_second"),
+                    f("peak_memory_mib"),
+                    f("train_seconds"),
+                    s2.seeds,
+                    s2.test_images.map(|n| n.to_string()).unwrap_or_default(),
+                    s2.accuracy,
+                    o(s2.std_over_seeds),
+                    o(s2.ci95.map(|c| c.0)),
+                    o(s2.ci95.map(|c| c.1)),
+                    o(s["lr"].as_f64())
                 );
             }
         }
@@ -533,7 +602,8 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
     }
     md += &format!("\n{}", crate::curves::plateau_table(g, &curves));
     let json = json!({ "settings": g.settings, "tasks": g.tasks, "methods": rows_json, "lr_search": searches });
-    let write = |name: &str, text: &str| -> anyhow::Result<()> { mosa_core::fsio::write_atomic(&g.out.join(name), text.as_bytes()).map_err(anyhow::Error::msg) };
+    let write =
+        |name: &str, text: &str| -> anyhow::Result<()> { mosa_core::fsio::write_atomic(&g.out.join(name), text.as_bytes()).map_err(anyhow::Error::msg) };
     write("results.md", &md)?;
     write("results.csv", &csv)?;
     write("results.json", &(serde_json::to_string_pretty(&json)? + "\n"))?;
@@ -557,7 +627,8 @@ fn per_seed_of(per_seed: &BTreeMap<(String, String), Vec<Option<f64>>>, tasks: &
 /// seeds with every task), or for one seed the normal interval of a mean of independent binomials.
 pub fn mean_interval(sc: &[Option<&Scored>], per_seed: &[Vec<Option<f64>>], seeds: usize) -> Option<(f64, f64)> {
     if seeds > 1 {
-        let means: Vec<f64> = (0..seeds).filter_map(|k| per_seed.iter().map(|v| v.get(k).copied().flatten()).collect::<Option<Vec<f64>>>()).filter_map(|v| mean(&v)).collect();
+        let means: Vec<f64> =
+            (0..seeds).filter_map(|k| per_seed.iter().map(|v| v.get(k).copied().flatten()).collect::<Option<Vec<f64>>>()).filter_map(|v| mean(&v)).collect();
         return mean_std_ci(&means).map(|(_, _, ci)| ci);
     }
     let parts: Vec<(f64, usize)> = sc.iter().flatten().map(|s| s.test_images.map(|n| (s.accuracy, n))).collect::<Option<Vec<_>>>()?;
@@ -573,26 +644,50 @@ fn svg(tasks: &[String], methods: &[String], acc: &BTreeMap<(String, String), Va
     let (bw, gap, h, top, left) = (14.0, 18.0, 260.0, 30.0, 50.0);
     let gw = bw * methods.len() as f64 + gap;
     let w = left + gw * tasks.len() as f64 + 20.0;
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n", h + top + 110.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        h + top + 110.0
+    );
     s += &format!("<text x=\"{left}\" y=\"18\" font-size=\"13\">Test accuracy (%, {key}) per task and method</text>\n");
     for p in [0, 25, 50, 75, 100] {
         let y = top + h - h * p as f64 / 100.0;
-        s += &format!("<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{p}</text>\n", w - 20.0, left - 5.0, y + 4.0);
+        s += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{p}</text>\n",
+            w - 20.0,
+            left - 5.0,
+            y + 4.0
+        );
     }
     for (i, t) in tasks.iter().enumerate() {
         let x0 = left + gw * i as f64 + gap / 2.0;
         for (j, m) in methods.iter().enumerate() {
             if let Some(v) = acc.get(&(t.clone(), m.clone())).and_then(|s| s[key].as_f64()) {
                 let bh = h * v;
-                s += &format!("<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw}\" height=\"{bh:.1}\" fill=\"{}\"><title>{t} {m}: {:.1}%</title></rect>\n", x0 + bw * j as f64, top + h - bh, colours[j % colours.len()], 100.0 * v);
+                s += &format!(
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw}\" height=\"{bh:.1}\" fill=\"{}\"><title>{t} {m}: {:.1}%</title></rect>\n",
+                    x0 + bw * j as f64,
+                    top + h - bh,
+                    colours[j % colours.len()],
+                    100.0 * v
+                );
             }
         }
         let cx = x0 + bw * methods.len() as f64 / 2.0;
-        s += &format!("<text x=\"{cx:.1}\" y=\"{:.1}\" text-anchor=\"end\" transform=\"rotate(-35 {cx:.1} {:.1})\">{t}</text>\n", top + h + 14.0, top + h + 14.0);
+        s += &format!(
+            "<text x=\"{cx:.1}\" y=\"{:.1}\" text-anchor=\"end\" transform=\"rotate(-35 {cx:.1} {:.1})\">{t}</text>\n",
+            top + h + 14.0,
+            top + h + 14.0
+        );
     }
     for (j, m) in methods.iter().enumerate() {
         let x = left + 110.0 * j as f64;
-        s += &format!("<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n", top + h + 90.0, colours[j % colours.len()], x + 14.0, top + h + 99.0);
+        s += &format!(
+            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n",
+            top + h + 90.0,
+            colours[j % colours.len()],
+            x + 14.0,
+            top + h + 99.0
+        );
     }
     s + "</svg>\n"
 }

@@ -63,7 +63,17 @@ pub fn csv(g: &Grid, runs: &Runs) -> anyhow::Result<String> {
         for m in &g.methods {
             for k in 0..g.seeds.max(1) {
                 for e in runs.get(&(t.clone(), m.clone(), k)).into_iter().flatten() {
-                    writeln!(s, "{t},{m},{},{},{},{},{},{},{}", crate::bench_vtab::seed_of(k), e.epoch, e.lr, e.train_loss, e.train_acc, o(e.val_acc), o(e.test_acc))?;
+                    writeln!(
+                        s,
+                        "{t},{m},{},{},{},{},{},{},{}",
+                        crate::bench_vtab::seed_of(k),
+                        e.epoch,
+                        e.lr,
+                        e.train_loss,
+                        e.train_acc,
+                        o(e.val_acc),
+                        o(e.test_acc)
+                    )?;
                 }
             }
         }
@@ -73,10 +83,16 @@ pub fn csv(g: &Grid, runs: &Runs) -> anyhow::Result<String> {
 
 /// The Markdown paragraph and table of the plateau measure (task columns, method rows).
 pub fn plateau_table(g: &Grid, c: &BTreeMap<(String, String), Curve>) -> String {
-    let mut md = String::from("Learning curves (`loss.svg`, `curves.csv`): the share of each run's training-loss decrease (epoch 1 → last) made in its last quarter of epochs; 0 is flat at the end, 0.25 a straight line (the cosine schedule's small late learning rates push it down by themselves).\n\n");
+    let mut md = String::from(
+        "Learning curves (`loss.svg`, `curves.csv`): the share of each run's training-loss decrease (epoch 1 → last) made in its last quarter of epochs; 0 is flat at the end, 0.25 a straight line (the cosine schedule's small late learning rates push it down by themselves).\n\n",
+    );
     md += &format!("| method | {} |\n|---|{}\n", g.tasks.join(" | "), "---:|".repeat(g.tasks.len()));
     for m in &g.methods {
-        let cells: Vec<String> = g.tasks.iter().map(|t| c.get(&(t.clone(), m.clone())).and_then(|v| late_share(v)).map(|x| format!("{x:.3}")).unwrap_or_else(|| "—".into())).collect();
+        let cells: Vec<String> = g
+            .tasks
+            .iter()
+            .map(|t| c.get(&(t.clone(), m.clone())).and_then(|v| late_share(v)).map(|x| format!("{x:.3}")).unwrap_or_else(|| "—".into()))
+            .collect();
         md += &format!("| {m} | {} |\n", cells.join(" | "));
     }
     md
@@ -88,7 +104,9 @@ pub fn svg(tasks: &[String], methods: &[String], c: &BTreeMap<(String, String), 
     let (pw, ph, pad, cols) = (230.0, 160.0, 42.0, 4usize);
     let rows = tasks.len().div_ceil(cols).max(1);
     let (w, h) = (pad + (pw + pad) * cols as f64, 40.0 + (ph + pad + 14.0) * rows as f64 + 30.0);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
     s += &format!("<text x=\"{pad}\" y=\"18\" font-size=\"13\">Training loss per epoch (first seed), one panel per task</text>\n");
     for (i, t) in tasks.iter().enumerate() {
         let (x0, y0) = (pad + (pw + pad) * (i % cols) as f64, 40.0 + (ph + pad + 14.0) * (i / cols) as f64);
@@ -96,19 +114,38 @@ pub fn svg(tasks: &[String], methods: &[String], c: &BTreeMap<(String, String), 
         let epochs = lines.iter().map(|(_, v)| v.len()).max().unwrap_or(1).max(2);
         let top = lines.iter().flat_map(|(_, v)| v.iter().copied()).filter(|x| x.is_finite()).fold(0.0f64, f64::max).max(1e-6) * 1.05;
         let (sx, sy) = (|e: usize| x0 + pw * (e - 1) as f64 / (epochs - 1) as f64, |l: f64| y0 + ph - ph * (l / top).clamp(0.0, 1.0));
-        s += &format!("<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n", y0 - 4.0);
+        s += &format!(
+            "<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n",
+            y0 - 4.0
+        );
         for f in [0.0, 0.5, 1.0] {
             s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.2}</text>\n", x0 - 3.0, sy(top * f) + 3.0, top * f);
         }
-        s += &format!("<text x=\"{x0}\" y=\"{}\">1</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">epoch {epochs}</text>\n", y0 + ph + 12.0, x0 + pw, y0 + ph + 12.0);
+        s += &format!(
+            "<text x=\"{x0}\" y=\"{}\">1</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">epoch {epochs}</text>\n",
+            y0 + ph + 12.0,
+            x0 + pw,
+            y0 + ph + 12.0
+        );
         for (j, v) in lines {
             let pts: Vec<String> = v.iter().enumerate().map(|(e, l)| format!("{:.1},{:.1}", sx(e + 1), sy(*l))).collect();
-            s += &format!("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{}\"><title>{t} {}</title></polyline>\n", colours[j % colours.len()], pts.join(" "), methods[j]);
+            s += &format!(
+                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{}\"><title>{t} {}</title></polyline>\n",
+                colours[j % colours.len()],
+                pts.join(" "),
+                methods[j]
+            );
         }
     }
     for (j, m) in methods.iter().enumerate() {
         let x = pad + 110.0 * j as f64;
-        s += &format!("<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n", h - 24.0, colours[j % colours.len()], x + 14.0, h - 15.0);
+        s += &format!(
+            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n",
+            h - 24.0,
+            colours[j % colours.len()],
+            x + 14.0,
+            h - 15.0
+        );
     }
     s + "</svg>\n"
 }

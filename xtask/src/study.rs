@@ -51,7 +51,10 @@ impl Budget {
 
     fn args(&self) -> Vec<String> {
         let mut v: Vec<String> = vec!["bench-vtab".into(), "--tasks".into(), self.tasks.join(","), "--methods".into(), METHODS.join(",")];
-        v.extend(["--epochs", &self.epochs.to_string(), "--warmup-epochs", &(self.epochs / 10).to_string(), "--eval-every", &self.eval_every.to_string()].map(String::from));
+        v.extend(
+            ["--epochs", &self.epochs.to_string(), "--warmup-epochs", &(self.epochs / 10).to_string(), "--eval-every", &self.eval_every.to_string()]
+                .map(String::from),
+        );
         if self.vpt {
             v.extend(["--protocol", "vpt"].map(String::from));
         }
@@ -120,7 +123,9 @@ fn recorded_row(b: &Budget, dir: &Path, task: &str, method: &str) -> anyhow::Res
     let (Ok(j), Ok(c)) = (std::fs::read_to_string(&json), std::fs::read_to_string(&csv)) else { return Ok(None) };
     let v: serde_json::Value = serde_json::from_str(&j).with_context(|| format!("{}", json.display()))?;
     let Some(cell) = v["methods"].as_array().and_then(|ms| ms.iter().find(|m| m["method"] == method)).map(|m| &m["tasks"][task]) else { return Ok(None) };
-    let (Some(test), Some(n), Some(epochs)) = (cell["last_test"].as_f64(), cell["scored"]["test_images"].as_u64(), cell["epochs"].as_u64()) else { return Ok(None) };
+    let (Some(test), Some(n), Some(epochs)) = (cell["last_test"].as_f64(), cell["scored"]["test_images"].as_u64(), cell["epochs"].as_u64()) else {
+        return Ok(None);
+    };
     if epochs as usize != b.epochs {
         return Ok(None);
     }
@@ -195,12 +200,31 @@ pub fn write() -> anyhow::Result<String> {
     }
     let pct = |v: f64| format!("{:.1}", 100.0 * v);
     let find = |b: &str, t: &str, m: &str| rows.iter().find(|r| r.budget == b && r.task == t && r.method == m);
-    let mut md = String::from("MoSA against the adapter at growing budgets: DINOv2 ViT-S/14 at 56 px, the default's recipe (batch 32, lr 0.005, per-epoch cosine, warm-up 10% of the epochs, head init zero, MoSA r 16 / N 4 / share down, trained on train800val200), one seed (3407). `30ep-vpt`: each method's lr chosen by VPT's search (0.3×, 1×, 3× of 0.005 trained on train800, best val200) and retrained on train800val200.\n\n");
+    let mut md = String::from(
+        "MoSA against the adapter at growing budgets: DINOv2 ViT-S/14 at 56 px, the default's recipe (batch 32, lr 0.005, per-epoch cosine, warm-up 10% of the epochs, head init zero, MoSA r 16 / N 4 / share down, trained on train800val200), one seed (3407). `30ep-vpt`: each method's lr chosen by VPT's search (0.3×, 1×, 3× of 0.005 trained on train800, best val200) and retrained on train800val200.\n\n",
+    );
     md += "Test accuracy (%) after the last epoch ± the half-width of its 95% Wilson interval; MoSA − adapter in points with the 95% interval of the difference of two independent binomials (conservative: both runs see the same images); final training loss and accuracy (MoSA's: the first pass, one random expert per block, plus the consistency KL); plateau = share of the loss decrease made in the last quarter of the epochs.\n\n";
     md += "| budget | task | test images | adapter | MoSA | MoSA − adapter | lr adapter / MoSA | train loss adapter / MoSA | train acc adapter / MoSA | plateau adapter / MoSA |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-    let mut csv = String::from("budget,epochs,task,method,test_acc,test_images,ci95_low,ci95_high,lr,final_train_loss,final_train_acc,late_share,train_seconds,source\n");
+    let mut csv =
+        String::from("budget,epochs,task,method,test_acc,test_images,ci95_low,ci95_high,lr,final_train_loss,final_train_acc,late_share,train_seconds,source\n");
     for r in &rows {
-        csv += &format!("{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", r.budget, r.epochs, r.task, r.method, r.test, r.test_images, r.ci95.0, r.ci95.1, r.lr, r.final_train_loss, r.final_train_acc, r.late_share.map(|v| v.to_string()).unwrap_or_default(), r.train_seconds, r.source);
+        csv += &format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.budget,
+            r.epochs,
+            r.task,
+            r.method,
+            r.test,
+            r.test_images,
+            r.ci95.0,
+            r.ci95.1,
+            r.lr,
+            r.final_train_loss,
+            r.final_train_acc,
+            r.late_share.map(|v| v.to_string()).unwrap_or_default(),
+            r.train_seconds,
+            r.source
+        );
     }
     for b in BUDGETS {
         for t in b.tasks {
@@ -234,7 +258,10 @@ pub fn write() -> anyhow::Result<String> {
     }
     for b in BUDGETS {
         if let Some(d) = b.recorded.filter(|d| rows.iter().any(|r| r.budget == b.name && r.source == *d)) {
-            md += &format!("\n`†`: read from the recorded table `{d}` (its `results.json` and `curves.csv`: the same arguments, cell for cell), as budget `{}` has not run this cell itself; a run of the budget replaces it.\n", b.name);
+            md += &format!(
+                "\n`†`: read from the recorded table `{d}` (its `results.json` and `curves.csv`: the same arguments, cell for cell), as budget `{}` has not run this cell itself; a run of the budget replaces it.\n",
+                b.name
+            );
         }
     }
     md += "\n`*`: the difference is beyond its 95% interval. Commands, one per budget (each resumable; `cargo xtask study-mosa-adapter` runs them all and writes this table):\n\n";
@@ -265,8 +292,12 @@ fn accuracy_svg(rows: &[Row]) -> String {
     let colours = [crate::curves::PALETTE[0], crate::curves::PALETTE[2]];
     let (pw, ph, pad) = (230.0, 180.0, 46.0);
     let (w, h) = (pad + (pw + pad) * tasks.len() as f64, 40.0 + ph + 60.0);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-    s += &format!("<text x=\"{pad}\" y=\"18\" font-size=\"13\">Test accuracy (%) against training epochs (log scale), 95% Wilson intervals; open marks: VPT lr search at 30 epochs</text>\n");
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    s += &format!(
+        "<text x=\"{pad}\" y=\"18\" font-size=\"13\">Test accuracy (%) against training epochs (log scale), 95% Wilson intervals; open marks: VPT lr search at 30 epochs</text>\n"
+    );
     let lo_ep = 10f64.log10();
     let hi_ep = 100f64.log10();
     for (i, t) in tasks.iter().enumerate() {
@@ -276,7 +307,10 @@ fn accuracy_svg(rows: &[Row]) -> String {
         let ymin = ((floor * 10.0).floor() / 10.0).clamp(0.0, 0.9);
         let sx = |e: usize| x0 + 10.0 + (pw - 20.0) * ((e as f64).log10() - lo_ep) / (hi_ep - lo_ep);
         let sy = |a: f64| y0 + ph - ph * ((a - ymin) / (1.0 - ymin)).clamp(0.0, 1.0);
-        s += &format!("<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n", y0 - 4.0);
+        s += &format!(
+            "<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n",
+            y0 - 4.0
+        );
         for f in [ymin, (ymin + 1.0) / 2.0, 1.0] {
             s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>\n", x0 - 3.0, sy(f) + 3.0, 100.0 * f);
         }
@@ -308,7 +342,13 @@ fn accuracy_svg(rows: &[Row]) -> String {
     }
     for (j, m) in METHODS.iter().enumerate() {
         let x = pad + 110.0 * j as f64;
-        s += &format!("<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n", h - 24.0, colours[j], x + 14.0, h - 15.0);
+        s += &format!(
+            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n",
+            h - 24.0,
+            colours[j],
+            x + 14.0,
+            h - 15.0
+        );
     }
     s + "</svg>\n"
 }
@@ -377,7 +417,8 @@ mod tests {
     #[test]
     fn a_recorded_cell_is_read_from_its_table_and_curves() {
         let d = tempfile::tempdir().unwrap();
-        let json = r#"{"methods": [{"method": "mosa", "tasks": {"t": {"last_test": 0.7, "epochs": 4, "train_seconds": 12.5, "scored": {"test_images": 200}}}}]}"#;
+        let json =
+            r#"{"methods": [{"method": "mosa", "tasks": {"t": {"last_test": 0.7, "epochs": 4, "train_seconds": 12.5, "scored": {"test_images": 200}}}}]}"#;
         std::fs::write(d.path().join("results.json"), json).unwrap();
         // another method's rows, a second seed and the epochs out of order must not leak in
         let csv = "task,method,seed,epoch,lr,train_loss,train_acc,val_acc,test_acc\nt,mosa,1,2,0.005,1.5,0.5,,\nt,mosa,1,1,0,2.0,0.1,,\nt,adapter,1,3,0.004,0.1,1.0,,\nt,mosa,1,3,0.004,1.2,0.8,,\nt,mosa,1,4,0.001,1.0,0.9,0.6,0.7\nt,mosa,2,4,0.001,9.0,0.0,,\n";

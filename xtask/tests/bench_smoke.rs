@@ -91,7 +91,8 @@ fn bench_vtab_smoke() {
             let last: f64 = row[6].parse().unwrap();
             assert_eq!(last, *a);
             // each accuracy with its images (the 8 scored of the test split) and its Wilson interval
-            let (seeds, n, lo, hi): (usize, f64, f64, f64) = (row[13].parse().unwrap(), row[14].parse().unwrap(), row[17].parse().unwrap(), row[18].parse().unwrap());
+            let (seeds, n, lo, hi): (usize, f64, f64, f64) =
+                (row[13].parse().unwrap(), row[14].parse().unwrap(), row[17].parse().unwrap(), row[18].parse().unwrap());
             let (wl, wh) = wilson(*a, 8.0);
             assert_eq!((seeds, n), (1, 8.0), "{name} {t}");
             assert!((lo - wl).abs() < 1e-9 && (hi - wh).abs() < 1e-9, "{name} {t}: [{lo}, {hi}] vs Wilson [{wl}, {wh}]");
@@ -101,7 +102,10 @@ fn bench_vtab_smoke() {
         // the mean's interval: normal, from the two binomial variances
         let se = (per.iter().map(|p| p * (1.0 - p) / 8.0).sum::<f64>()).sqrt() / 2.0;
         let ci = m["mean_ci95"].as_array().unwrap();
-        assert!((ci[0].as_f64().unwrap() - (mean - 1.959964 * se)).abs() < 1e-9 && (ci[1].as_f64().unwrap() - (mean + 1.959964 * se)).abs() < 1e-9, "{name}: {ci:?}");
+        assert!(
+            (ci[0].as_f64().unwrap() - (mean - 1.959964 * se)).abs() < 1e-9 && (ci[1].as_f64().unwrap() - (mean + 1.959964 * se)).abs() < 1e-9,
+            "{name}: {ci:?}"
+        );
     }
     assert!(md.contains("Test images per task: svhn 8, clevr_count 8."), "{md}");
     let svg = std::fs::read_to_string(out.join("accuracy.svg")).unwrap();
@@ -134,12 +138,16 @@ fn bench_vtab_smoke() {
             let acc = |dir: &str| read_json(&out.join("runs").join(t).join(dir).join("summary.json"))["last_test"].as_f64().unwrap();
             let (a, b) = (acc(name), acc(&format!("{name}@seed3408")));
             let row: Vec<&str> = csv.lines().find(|l| l.starts_with(&format!("{name},{t},"))).unwrap().split(',').collect();
-            let (seeds, mean, sd, lo, hi): (usize, f64, f64, f64, f64) = (row[13].parse().unwrap(), row[15].parse().unwrap(), row[16].parse().unwrap(), row[17].parse().unwrap(), row[18].parse().unwrap());
+            let (seeds, mean, sd, lo, hi): (usize, f64, f64, f64, f64) =
+                (row[13].parse().unwrap(), row[15].parse().unwrap(), row[16].parse().unwrap(), row[17].parse().unwrap(), row[18].parse().unwrap());
             let m = (a + b) / 2.0;
             let s = ((a - m).powi(2) + (b - m).powi(2)).sqrt(); // n − 1 = 1
             let half = (std::f64::consts::PI * 0.475).tan() * s / 2f64.sqrt(); // t(0.975, 1 df): the Cauchy quantile tan(π(p − ½))
             assert_eq!(seeds, 2);
-            assert!((mean - m).abs() < 1e-12 && (sd - s).abs() < 1e-12 && (lo - (m - half)).abs() < 1e-9 && (hi - (m + half)).abs() < 1e-9, "{name} {t}: {row:?} vs {a}, {b}");
+            assert!(
+                (mean - m).abs() < 1e-12 && (sd - s).abs() < 1e-12 && (lo - (m - half)).abs() < 1e-9 && (hi - (m + half)).abs() < 1e-9,
+                "{name} {t}: {row:?} vs {a}, {b}"
+            );
         }
     }
     // a changed setting is refused, not silently kept: each finished cell recorded its arguments
@@ -149,8 +157,34 @@ fn bench_vtab_smoke() {
     // LoRA trains at its own lr (the CPU default's 0.001), every other method at the shared one
     let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .current_dir(tmp.path())
-        .args(["bench-vtab", "--root", root.to_str().unwrap(), "--tasks", "svhn", "--methods", "linear,lora", "--model", model.to_str().unwrap(), "--weights", "none"])
-        .args(["--resolution", "16", "--epochs", "1", "--batch-size", "8", "--max-train-images", "8", "--max-eval-images", "8", "--name", "smoke-lora", "--mosa-bin"])
+        .args([
+            "bench-vtab",
+            "--root",
+            root.to_str().unwrap(),
+            "--tasks",
+            "svhn",
+            "--methods",
+            "linear,lora",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            "none",
+        ])
+        .args([
+            "--resolution",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-train-images",
+            "8",
+            "--max-eval-images",
+            "8",
+            "--name",
+            "smoke-lora",
+            "--mosa-bin",
+        ])
         .arg(mosa_bin())
         .output()
         .unwrap();
@@ -170,7 +204,11 @@ fn bench_vtab_vpt_protocol_smoke() {
     let (root, model) = two_tasks_and_a_tiny_vit(tmp.path());
     let run = || {
         let a = ["bench-vtab", "--root", root.to_str().unwrap(), "--methods", "linear,adapter", "--model", model.to_str().unwrap(), "--weights", "none"];
-        xtask(tmp.path(), &[&a[..], &["--resolution", "16", "--epochs", "2", "--batch-size", "8", "--protocol", "vpt", "--lr-grid", "0.001,0.05,1x", "--name", "vpt"]].concat())
+        xtask(
+            tmp.path(),
+            &[&a[..], &["--resolution", "16", "--epochs", "2", "--batch-size", "8", "--protocol", "vpt", "--lr-grid", "0.001,0.05,1x", "--name", "vpt"]]
+                .concat(),
+        )
     };
     let o = run();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -192,7 +230,12 @@ fn bench_vtab_vpt_protocol_smoke() {
                 assert_eq!(cfg["run"]["train"]["train_split"], "train800", "{t} {m} {lr}");
                 assert_eq!(cfg["run"]["train"]["lr"].as_f64().unwrap(), lr);
                 assert_eq!((cfg["dataset"]["train"].as_u64(), cfg["dataset"]["val"].as_u64()), (Some(16), Some(8)));
-                let last = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().last().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).unwrap();
+                let last = std::fs::read_to_string(dir.join("metrics.jsonl"))
+                    .unwrap()
+                    .lines()
+                    .last()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                    .unwrap();
                 let val = last["val_acc"].as_f64().unwrap();
                 assert!(sweep.contains(&format!("{t},{m},{lr},{val},")), "{sweep}");
                 trials.push((lr, val));
@@ -205,7 +248,11 @@ fn bench_vtab_vpt_protocol_smoke() {
             assert_eq!(cfg["dataset"]["train"].as_u64(), Some(24), "train800val200");
             let row: Vec<&str> = csv.lines().find(|l| l.starts_with(&format!("{m},{t},"))).unwrap().split(',').collect();
             assert_eq!(row[19].parse::<f64>().unwrap(), best.0, "the CSV's lr column");
-            assert!(sweep.contains(&format!("{t},{m},{},{},", best.0, best.1)) && sweep.lines().filter(|l| l.starts_with(&format!("{t},{m},")) && l.ends_with(",true")).count() == 1, "{sweep}");
+            assert!(
+                sweep.contains(&format!("{t},{m},{},{},", best.0, best.1))
+                    && sweep.lines().filter(|l| l.starts_with(&format!("{t},{m},")) && l.ends_with(",true")).count() == 1,
+                "{sweep}"
+            );
             assert!(md.contains(&format!("**{}** (", best.0)), "{md}");
         }
     }
@@ -216,8 +263,16 @@ fn bench_vtab_vpt_protocol_smoke() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.matches("done, skipped").count() == 16, "{err}");
     // the VPT search needs VTAB's train800: bench-fgvc refuses it
-    let o = Command::new(env!("CARGO_BIN_EXE_xtask")).current_dir(tmp.path()).args(["bench-fgvc", "--root", root.to_str().unwrap(), "--protocol", "vpt", "--mosa-bin", "/nonexistent"]).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--protocol vpt searches on VTAB-1k's train800"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(tmp.path())
+        .args(["bench-fgvc", "--root", root.to_str().unwrap(), "--protocol", "vpt", "--mosa-bin", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--protocol vpt searches on VTAB-1k's train800"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// bench-vtab takes every family: a tiny random Swin and ConvNeXt (timm-style configs), linear
@@ -229,7 +284,10 @@ fn bench_vtab_runs_swin_and_convnext() {
     task(&root, "svhn", ShapesTask::Position);
     task(&root, "clevr_count", ShapesTask::Count);
     let configs = [
-        ("swin", r#"{"source": "timm SwinTransformer", "kwargs": {"img_size": 16, "patch_size": 2, "embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4], "window_size": 4}}"#),
+        (
+            "swin",
+            r#"{"source": "timm SwinTransformer", "kwargs": {"img_size": 16, "patch_size": 2, "embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4], "window_size": 4}}"#,
+        ),
         ("convnext", r#"{"source": "timm ConvNeXt", "kwargs": {"depths": [1, 1], "dims": [8, 16]}}"#),
     ];
     for (family, json) in configs {
@@ -286,10 +344,51 @@ fn bench_experts_smoke() {
     }
     let f = fixtures();
     let run = || {
-        let a = ["bench-experts", "--root", root.to_str().unwrap(), "--kinds", "sparse,lora,full", "--merges", "overlap-mean,ties", "--scaling-sizes", "2", "--scaling-seeds", "2"];
+        let a = [
+            "bench-experts",
+            "--root",
+            root.to_str().unwrap(),
+            "--kinds",
+            "sparse,lora,full",
+            "--merges",
+            "overlap-mean,ties",
+            "--scaling-sizes",
+            "2",
+            "--scaling-seeds",
+            "2",
+        ];
         let (vit, weights) = (f.join("vit.json"), f.join("vit.safetensors"));
         let b = ["--model", vit.to_str().unwrap(), "--weights", weights.to_str().unwrap()];
-        xtask(tmp.path(), &[&a[..], &b, &["--resolution", "32", "--epochs", "3", "--batch-size", "8", "--max-train-images", "48", "--max-eval-images", "48", "--sparse-lr", "0.01", "--lora-lr", "0.02", "--full-lr", "0.001", "--head-lr", "0.05", "--name", "smoke"]].concat())
+        xtask(
+            tmp.path(),
+            &[
+                &a[..],
+                &b,
+                &[
+                    "--resolution",
+                    "32",
+                    "--epochs",
+                    "3",
+                    "--batch-size",
+                    "8",
+                    "--max-train-images",
+                    "48",
+                    "--max-eval-images",
+                    "48",
+                    "--sparse-lr",
+                    "0.01",
+                    "--lora-lr",
+                    "0.02",
+                    "--full-lr",
+                    "0.001",
+                    "--head-lr",
+                    "0.05",
+                    "--name",
+                    "smoke",
+                ],
+            ]
+            .concat(),
+        )
     };
     let o = run();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -324,7 +423,12 @@ fn bench_experts_smoke() {
                 let (merged, a) = (c["merged"].as_f64().unwrap(), alone[&(k.to_string(), t.to_string())]);
                 assert!((0.0..=1.0).contains(&merged));
                 // undefined where the expert alone scored 0
-                let norm = if a > 0.0 { c["normalised"].as_f64().unwrap() } else { assert!(c["normalised"].is_null()); merged };
+                let norm = if a > 0.0 {
+                    c["normalised"].as_f64().unwrap()
+                } else {
+                    assert!(c["normalised"].is_null());
+                    merged
+                };
                 if a > 0.0 {
                     assert!(close(norm, merged / a), "{k} {m} {t}");
                 }
@@ -390,7 +494,12 @@ fn bench_experts_smoke() {
     assert!(o.status.success(), "{err}");
     let ran: Vec<&str> = err.lines().filter(|l| l.starts_with('[') && !l.contains("done, skipped")).collect();
     assert_eq!(ran.len(), 3, "{err}");
-    assert!(ran[0].contains("merge sparse overlap-mean of all (evaluated)") && ran[1].contains("merge lora overlap-mean of without-svhn (for a probe)") && ran[2].contains("held-out svhn: probe on merged lora"), "{ran:?}");
+    assert!(
+        ran[0].contains("merge sparse overlap-mean of all (evaluated)")
+            && ran[1].contains("merge lora overlap-mean of without-svhn (for a probe)")
+            && ran[2].contains("held-out svhn: probe on merged lora"),
+        "{ran:?}"
+    );
     assert!(err.contains("for 3 steps run"), "{err}");
 }
 
@@ -412,8 +521,41 @@ fn bench_experts_vpt_protocol_smoke() {
     let (root, _) = two_tasks_and_a_tiny_vit(tmp.path());
     let f = fixtures();
     let (vit, weights) = (f.join("vit.json"), f.join("vit.safetensors"));
-    let a = ["bench-experts", "--root", root.to_str().unwrap(), "--kinds", "lora", "--merges", "overlap-mean", "--scaling-sizes", "2", "--scaling-seeds", "1", "--model", vit.to_str().unwrap(), "--weights", weights.to_str().unwrap()];
-    let b = ["--resolution", "32", "--epochs", "1", "--batch-size", "8", "--lora-lr", "0.02", "--head-lr", "0.05", "--protocol", "vpt", "--lr-grid", "0.5x,1x", "--name", "evpt"];
+    let a = [
+        "bench-experts",
+        "--root",
+        root.to_str().unwrap(),
+        "--kinds",
+        "lora",
+        "--merges",
+        "overlap-mean",
+        "--scaling-sizes",
+        "2",
+        "--scaling-seeds",
+        "1",
+        "--model",
+        vit.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+    ];
+    let b = [
+        "--resolution",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--lora-lr",
+        "0.02",
+        "--head-lr",
+        "0.05",
+        "--protocol",
+        "vpt",
+        "--lr-grid",
+        "0.5x,1x",
+        "--name",
+        "evpt",
+    ];
     let o = xtask(tmp.path(), &[&a[..], &b].concat());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -421,7 +563,8 @@ fn bench_experts_vpt_protocol_smoke() {
     let sweep = std::fs::read_to_string(out.join("lr_sweep.csv")).unwrap();
     for t in ["svhn", "clevr_count"] {
         let chosen = |m: &str| -> f64 {
-            let rows: Vec<Vec<String>> = sweep.lines().filter(|l| l.starts_with(&format!("{t},{m},"))).map(|l| l.split(',').map(String::from).collect()).collect();
+            let rows: Vec<Vec<String>> =
+                sweep.lines().filter(|l| l.starts_with(&format!("{t},{m},"))).map(|l| l.split(',').map(String::from).collect()).collect();
             assert_eq!(rows.len(), 2, "{sweep}");
             // the best val200 accuracy, the smaller lr on a tie (rows are in ascending lr)
             let best = rows.iter().fold(&rows[0], |b, r| if r[3].parse::<f64>().unwrap() > b[3].parse::<f64>().unwrap() { r } else { b });

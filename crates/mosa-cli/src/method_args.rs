@@ -152,7 +152,28 @@ impl MethodArgs {
         macro_rules! given {
             ($($flag:ident),*) => { [$((stringify!($flag), a.$flag.is_some())),*] };
         }
-        let flags = given!(r, scale, adapter_dropout, activation, adapter_position, experts, share, lora_r, lora_alpha, lora_dropout, lora_split, targets, prompt_tokens, keep_ratio, criterion, scope, reselect_every, on_drop, sparse_warmup_steps, selection_lr);
+        let flags = given!(
+            r,
+            scale,
+            adapter_dropout,
+            activation,
+            adapter_position,
+            experts,
+            share,
+            lora_r,
+            lora_alpha,
+            lora_dropout,
+            lora_split,
+            targets,
+            prompt_tokens,
+            keep_ratio,
+            criterion,
+            scope,
+            reselect_every,
+            on_drop,
+            sparse_warmup_steps,
+            selection_lr
+        );
         for (flag, _) in flags.iter().filter(|(f, given)| *given && !has.contains(f)) {
             eprintln!("note: --{} does not apply to method {}; ignored", flag.replace('_', "-"), m.name());
         }

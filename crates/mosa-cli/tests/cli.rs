@@ -7,9 +7,7 @@ use std::process::{Command, Output};
 use mosa_models::load::{HostTensor, StateDict, safetensors};
 
 fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("MOSA_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
+    let dir = std::env::var_os("MOSA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
     assert!(dir.join("README.md").exists(), "parity fixtures not found at {} (set MOSA_FIXTURES)", dir.display());
     dir
 }
@@ -111,7 +109,10 @@ fn inspect_counts_swin_b_and_convnext_b() {
     // merge: one adapter per block, 33·d + 16 parameters (Down d·16 + 16, Up 16·d + d; no LayerNorm
     // of its own: it reads the MLP's normalised input) at each stage's width d (Swin-B 2/2/18/2
     // blocks at 128/256/512/1024, ConvNeXt-B 3/3/27/3)
-    for (model, backbone, merged) in [("swin-b", "| backbone | 0.000 M | 86.743 M | 0 | 86743224 |", "(397440 params"), ("convnext-b", "| backbone | 0.000 M | 87.566 M | 0 | 87566464 |", "(596160 params")] {
+    for (model, backbone, merged) in [
+        ("swin-b", "| backbone | 0.000 M | 86.743 M | 0 | 86743224 |", "(397440 params"),
+        ("convnext-b", "| backbone | 0.000 M | 87.566 M | 0 | 87566464 |", "(596160 params"),
+    ] {
         let o = mosa(&["inspect", "--model", model, "--method", "mosa"], tmp.path());
         assert!(o.status.success(), "{}", stderr(&o));
         let out = String::from_utf8_lossy(&o.stdout);
@@ -149,7 +150,17 @@ fn bad_input_gives_one_clear_line() {
     let out = tmp.path().join("out.safetensors");
     let run = |model: &Path, weights: &Path, input: &Path| {
         mosa(
-            &["forward", "--model", model.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()],
+            &[
+                "forward",
+                "--model",
+                model.to_str().unwrap(),
+                "--weights",
+                weights.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
             tmp.path(),
         )
     };
@@ -174,7 +185,22 @@ fn bad_input_gives_one_clear_line() {
     let wcopy = tmp.path().join("w.safetensors");
     std::fs::copy(&w, &wcopy).unwrap();
     let before = (std::fs::read(&io).unwrap(), std::fs::read(&wcopy).unwrap());
-    let fwd = |out: &Path| mosa(&["forward", "--model", cfg.to_str().unwrap(), "--weights", wcopy.to_str().unwrap(), "--input", io.to_str().unwrap(), "--out", out.to_str().unwrap()], tmp.path());
+    let fwd = |out: &Path| {
+        mosa(
+            &[
+                "forward",
+                "--model",
+                cfg.to_str().unwrap(),
+                "--weights",
+                wcopy.to_str().unwrap(),
+                "--input",
+                io.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            tmp.path(),
+        )
+    };
     assert_one_line_error(&fwd(&io), &["same file as the input", "io.safetensors"]);
     assert_one_line_error(&fwd(&tmp.path().join(".").join("w.safetensors")), &["same file as the input", "w.safetensors"]);
     assert_eq!((std::fs::read(&io).unwrap(), std::fs::read(&wcopy).unwrap()), before);
@@ -194,7 +220,27 @@ fn tiny_model_and_data() -> (PathBuf, String) {
 
 /// `mosa train`: one epoch of `linear` on the tiny model at 16 px into `out`, plus `extra`.
 fn train_tiny_linear(model: &Path, dataset: &str, out: &Path, extra: &[&str], cache: &Path) -> Output {
-    let mut a = vec!["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", dataset, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()];
+    let mut a = vec![
+        "train",
+        "--method",
+        "linear",
+        "--model",
+        model.to_str().unwrap(),
+        "--weights",
+        "none",
+        "--dataset",
+        dataset,
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--batch-size",
+        "8",
+        "--resolution",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     a.extend_from_slice(extra);
     mosa(&a, cache)
 }
@@ -221,7 +267,23 @@ fn bad_recipe_and_method_values_are_refused_before_anything_runs() {
         ("adapter", vec!["--train-split", "val200"], "--train-split val200"),
         ("adapter", vec!["--train-split", "train900"], "has no such list (it has train800val200"),
     ] {
-        let mut args = vec!["train", "--method", method, "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--resolution", "16", "--out", out.to_str().unwrap()];
+        let mut args = vec![
+            "train",
+            "--method",
+            method,
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            "none",
+            "--dataset",
+            &dataset,
+            "--epochs",
+            "1",
+            "--resolution",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
+        ];
         args.extend(flags.iter().copied());
         assert_one_line_error(&mosa(&args, tmp.path()), &[needle]);
         assert!(!out.exists(), "{flags:?}: nothing may be written");
@@ -273,7 +335,34 @@ fn resume_refuses_changed_inputs_and_contradicting_flags() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, weights, data, ds) = writable_run_inputs(tmp.path());
     let out = tmp.path().join("run");
-    let o = mosa(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--dataset", &ds, "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "32", "--lr", "0.01", "--out", out.to_str().unwrap(), "--stop-after", "1"], tmp.path());
+    let o = mosa(
+        &[
+            "train",
+            "--method",
+            "linear",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--dataset",
+            &ds,
+            "--epochs",
+            "2",
+            "--warmup-epochs",
+            "0",
+            "--batch-size",
+            "8",
+            "--resolution",
+            "32",
+            "--lr",
+            "0.01",
+            "--out",
+            out.to_str().unwrap(),
+            "--stop-after",
+            "1",
+        ],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let resume = |extra: &[&str]| {
         let mut a = vec!["train", "--resume", "--out", out.to_str().unwrap()];
@@ -365,8 +454,35 @@ fn hostile_input_is_refused_before_anything_is_allocated() {
     assert_one_line_error(&mosa(&["data", "check", &format!("list:{}", list.display())], tmp.path()), &["l.txt:2", "at most 100000 classes"]);
     // model sizes and the resolution
     let out = tmp.path().join("run");
-    let train = |model: &str, res: &str| mosa(&["train", "--method", "linear", "--model", model, "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--warmup-epochs", "0", "--resolution", res, "--out", out.to_str().unwrap()], tmp.path());
-    for (kwargs, needle) in [(r#""depth": 100000000"#, "blocks 100000000"), (r#""depth": 2, "img_size": 1000000"#, "img_size 1000000"), (r#""depth": 40, "embed_dim": 60000, "num_heads": 2"#, "parameters")] {
+    let train = |model: &str, res: &str| {
+        mosa(
+            &[
+                "train",
+                "--method",
+                "linear",
+                "--model",
+                model,
+                "--weights",
+                "none",
+                "--dataset",
+                &dataset,
+                "--epochs",
+                "1",
+                "--warmup-epochs",
+                "0",
+                "--resolution",
+                res,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            tmp.path(),
+        )
+    };
+    for (kwargs, needle) in [
+        (r#""depth": 100000000"#, "blocks 100000000"),
+        (r#""depth": 2, "img_size": 1000000"#, "img_size 1000000"),
+        (r#""depth": 40, "embed_dim": 60000, "num_heads": 2"#, "parameters"),
+    ] {
         let f = tmp.path().join("m.json");
         std::fs::write(&f, format!(r#"{{"kwargs": {{"patch_size": 4, "embed_dim": 32, "num_heads": 2, {kwargs}}}}}"#)).unwrap();
         assert_one_line_error(&train(f.to_str().unwrap(), "16"), &[needle]);
@@ -403,7 +519,11 @@ fn smaller_reliability_cases() {
     for (c, n) in [("a", 2), ("b", 0), ("c", 1)] {
         std::fs::create_dir_all(folder.join(c)).unwrap();
         for i in 0..n {
-            std::fs::write(folder.join(c).join(format!("{i}.png")), mosa_data::image::encode_png(&mosa_data::synth::shapes_image(mosa_data::synth::ShapesTask::Position, 8, 4, i as u64).0, false)).unwrap();
+            std::fs::write(
+                folder.join(c).join(format!("{i}.png")),
+                mosa_data::image::encode_png(&mosa_data::synth::shapes_image(mosa_data::synth::ShapesTask::Position, 8, 4, i as u64).0, false),
+            )
+            .unwrap();
         }
     }
     let o = mosa(&["data", "check", &format!("folder:{}", folder.display())], tmp.path());
@@ -553,7 +673,23 @@ fn train_resume_and_eval_from_the_command_line() {
     let out = tmp.path().join("run");
     let ds = format!("vtab:{}/dsprites_loc", tmp.path().display());
     let args = |extra: &[&str]| {
-        let mut v = vec!["train", "--method", "mosa", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &ds, "--config", recipe.to_str().unwrap(), "--lr", "0.01", "--out", out.to_str().unwrap()];
+        let mut v = vec![
+            "train",
+            "--method",
+            "mosa",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            "none",
+            "--dataset",
+            &ds,
+            "--config",
+            recipe.to_str().unwrap(),
+            "--lr",
+            "0.01",
+            "--out",
+            out.to_str().unwrap(),
+        ];
         v.extend_from_slice(extra);
         v.into_iter().map(String::from).collect::<Vec<_>>()
     };
@@ -587,7 +723,11 @@ fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() { copy_dir(&e.path(), &dest) } else { std::fs::copy(e.path(), dest).unwrap(); }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest)
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
     }
 }
 
@@ -648,7 +788,27 @@ fn format2_runs_keep_their_adapter_epsilon_when_resumed_and_evaluated() {
     let got: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     assert_eq!(got["accuracy"], want["last_test"], "{got}");
     // a new run records the reference's epsilon
-    let o = run(&["train", "--method", "adapter", "--model", "tiny.json", "--weights", "none", "--dataset", "vtab:data/digits8x8", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", "new"]);
+    let o = run(&[
+        "train",
+        "--method",
+        "adapter",
+        "--model",
+        "tiny.json",
+        "--weights",
+        "none",
+        "--dataset",
+        "vtab:data/digits8x8",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--batch-size",
+        "8",
+        "--resolution",
+        "16",
+        "--out",
+        "new",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("new/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["run"]["method"]["norm_eps"].as_f64(), Some(1e-6));
@@ -700,7 +860,21 @@ fn the_recipe_seed_is_kept_unless_the_flag_is_given() {
     let ds = format!("vtab:{}/dsprites_loc", tmp.path().display());
     for (extra, want) in [(vec![], 11), (vec!["--seed", "12"], 12)] {
         let out = tmp.path().join(format!("run{want}"));
-        let mut args = vec!["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &ds, "--config", recipe.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        let mut args = vec![
+            "train",
+            "--method",
+            "linear",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            "none",
+            "--dataset",
+            &ds,
+            "--config",
+            recipe.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
         args.extend(extra);
         let o = mosa(&args, tmp.path());
         assert!(o.status.success(), "{}", stderr(&o));
@@ -721,7 +895,33 @@ fn sparse_experts_train_merge_and_evaluate_end_to_end() {
         let out = tmp.path().join(format!("run-{name}"));
         let ds = format!("vtab:{}/{name}", tmp.path().display());
         let o = mosa(
-            &["train", "--method", "sparse", "--model", model.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--dataset", &ds, "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "32", "--lr", "0.01", "--keep-ratio", "0.1", "--targets", "qkv,fc1", "--out", out.to_str().unwrap()],
+            &[
+                "train",
+                "--method",
+                "sparse",
+                "--model",
+                model.to_str().unwrap(),
+                "--weights",
+                weights.to_str().unwrap(),
+                "--dataset",
+                &ds,
+                "--epochs",
+                "2",
+                "--warmup-epochs",
+                "0",
+                "--batch-size",
+                "8",
+                "--resolution",
+                "32",
+                "--lr",
+                "0.01",
+                "--keep-ratio",
+                "0.1",
+                "--targets",
+                "qkv,fc1",
+                "--out",
+                out.to_str().unwrap(),
+            ],
             tmp.path(),
         );
         assert!(o.status.success(), "{}", stderr(&o));
@@ -781,27 +981,52 @@ fn sparse_experts_train_merge_and_evaluate_end_to_end() {
     assert_eq!(first4["images"], 4);
     let correct4 = first4["accuracy"].as_f64().unwrap() * 4.0;
     assert!((correct4 - correct4.round()).abs() < 1e-9 && correct4.round() <= (alone[0]["accuracy"].as_f64().unwrap() * 16.0).round());
-    assert_one_line_error(&mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", "dsprites_loc", "--max-images", "0"], tmp.path()), &["--max-images"]);
+    assert_one_line_error(
+        &mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", "dsprites_loc", "--max-images", "0"], tmp.path()),
+        &["--max-images"],
+    );
     assert_one_line_error(&mosa(&["eval", "--weights", merged.to_str().unwrap(), "--task", "nope"], tmp.path()), &["no task `nope`", "dsprites_loc"]);
     // (the merged backbone has no head of its own: a config with num_classes 0 reads it)
     let backbone = tmp.path().join("backbone.json");
     std::fs::write(&backbone, r#"{"kwargs": {"depth": 2, "embed_dim": 48, "img_size": 32, "num_classes": 0, "num_heads": 3, "patch_size": 8}}"#).unwrap();
     let io = f.join("vit_io.safetensors");
     let fwd = tmp.path().join("fwd.safetensors");
-    let o = mosa(&["forward", "--model", backbone.to_str().unwrap(), "--weights", merged.to_str().unwrap(), "--input", io.to_str().unwrap(), "--out", fwd.to_str().unwrap()], tmp.path());
+    let o = mosa(
+        &[
+            "forward",
+            "--model",
+            backbone.to_str().unwrap(),
+            "--weights",
+            merged.to_str().unwrap(),
+            "--input",
+            io.to_str().unwrap(),
+            "--out",
+            fwd.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let x = tmp.path().join("x.safetensors").display().to_string();
     // bad merges: the same task twice, an unknown method, λ out of range, a file that is no expert
-    assert_one_line_error(&mosa(&["merge", &experts[0], &experts[0], "--method", "mean", "--out", tmp.path().join("x.safetensors").to_str().unwrap()], tmp.path()), &["appears twice"]);
+    assert_one_line_error(
+        &mosa(&["merge", &experts[0], &experts[0], "--method", "mean", "--out", tmp.path().join("x.safetensors").to_str().unwrap()], tmp.path()),
+        &["appears twice"],
+    );
     assert!(!tmp.path().join("x.safetensors").exists(), "no partial output");
     let o = mosa(&["merge", &experts[0], "--method", "average", "--out", x.as_str()], tmp.path());
     assert!(!o.status.success() && stderr(&o).contains("average"));
     assert_one_line_error(&mosa(&["merge", &experts[0], "--method", "ties", "--ties-k", "1.5", "--out", x.as_str()], tmp.path()), &["--ties-k"]);
-    assert_one_line_error(&mosa(&["merge", weights.to_str().unwrap(), "--method", "mean", "--out", x.as_str()], tmp.path()), &["vit.safetensors", "not a mosa expert"]);
+    assert_one_line_error(
+        &mosa(&["merge", weights.to_str().unwrap(), "--method", "mean", "--out", x.as_str()], tmp.path()),
+        &["vit.safetensors", "not a mosa expert"],
+    );
     assert_one_line_error(&mosa(&["merge", &experts[0], "--method", "mean", "--lambda", "NaN", "--out", x.as_str()], tmp.path()), &["λ must be finite"]);
     // another base than the one the expert was trained on (its SHA-256 differs)
     let other = f.join("vit_layerscale_resized.safetensors");
-    assert_one_line_error(&mosa(&["merge", &experts[0], "--method", "mean", "--base", other.to_str().unwrap(), "--out", x.as_str()], tmp.path()), &["expert.safetensors", "SHA-256", "vit_layerscale_resized.safetensors"]);
+    assert_one_line_error(
+        &mosa(&["merge", &experts[0], "--method", "mean", "--base", other.to_str().unwrap(), "--out", x.as_str()], tmp.path()),
+        &["expert.safetensors", "SHA-256", "vit_layerscale_resized.safetensors"],
+    );
     assert!(!tmp.path().join("x.safetensors").exists());
 }
 
@@ -815,7 +1040,32 @@ fn lora_and_full_experts_merge_back_to_their_runs_model() {
     let ds = format!("vtab:{}/dsprites_loc", tmp.path().display());
     for (method, lr, kind) in [("lora", "0.01", "Lora"), ("full", "0.001", "Full")] {
         let out = tmp.path().join(method);
-        let o = mosa(&["train", "--method", method, "--model", model.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "--dataset", &ds, "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "32", "--lr", lr, "--out", out.to_str().unwrap()], tmp.path());
+        let o = mosa(
+            &[
+                "train",
+                "--method",
+                method,
+                "--model",
+                model.to_str().unwrap(),
+                "--weights",
+                weights.to_str().unwrap(),
+                "--dataset",
+                &ds,
+                "--epochs",
+                "2",
+                "--warmup-epochs",
+                "0",
+                "--batch-size",
+                "8",
+                "--resolution",
+                "32",
+                "--lr",
+                lr,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            tmp.path(),
+        );
         assert!(o.status.success(), "{method}: {}", stderr(&o));
         let e = out.join("expert.safetensors");
         let info = mosa(&["expert", "info", e.to_str().unwrap()], tmp.path());
@@ -831,7 +1081,13 @@ fn lora_and_full_experts_merge_back_to_their_runs_model() {
     }
     // kinds are not mixed in one merge
     let (l, fu) = (tmp.path().join("lora/expert.safetensors"), tmp.path().join("full/expert.safetensors"));
-    assert_one_line_error(&mosa(&["merge", l.to_str().unwrap(), fu.to_str().unwrap(), "--method", "mean", "--out", tmp.path().join("mix.safetensors").to_str().unwrap()], tmp.path()), &["cannot mix expert kinds"]);
+    assert_one_line_error(
+        &mosa(
+            &["merge", l.to_str().unwrap(), fu.to_str().unwrap(), "--method", "mean", "--out", tmp.path().join("mix.safetensors").to_str().unwrap()],
+            tmp.path(),
+        ),
+        &["cannot mix expert kinds"],
+    );
 }
 
 /// Two tiny sparse runs on the timm ViT fixture (tasks dsprites_loc and clevr_count): their run
@@ -845,7 +1101,31 @@ fn tiny_sparse_runs(dir: &Path) -> Vec<PathBuf> {
         let out = dir.join(format!("run-{name}"));
         let ds = format!("vtab:{}/{name}", dir.display());
         let o = mosa(
-            &["train", "--method", "sparse", "--model", f.join("vit.json").to_str().unwrap(), "--weights", f.join("vit.safetensors").to_str().unwrap(), "--dataset", &ds, "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "32", "--lr", "0.01", "--keep-ratio", "0.1", "--out", out.to_str().unwrap()],
+            &[
+                "train",
+                "--method",
+                "sparse",
+                "--model",
+                f.join("vit.json").to_str().unwrap(),
+                "--weights",
+                f.join("vit.safetensors").to_str().unwrap(),
+                "--dataset",
+                &ds,
+                "--epochs",
+                "2",
+                "--warmup-epochs",
+                "0",
+                "--batch-size",
+                "8",
+                "--resolution",
+                "32",
+                "--lr",
+                "0.01",
+                "--keep-ratio",
+                "0.1",
+                "--out",
+                out.to_str().unwrap(),
+            ],
             dir,
         );
         assert!(o.status.success(), "{}", stderr(&o));
@@ -873,7 +1153,22 @@ fn output_paths_never_replace_devices_links_inputs_or_run_files() {
     let merge_to = |out: &Path| mosa(&["merge", e0, e1, "--method", "mean", "--out", out.to_str().unwrap()], tmp.path());
     let export_to = |out: &Path| mosa(&["expert", "export", "--run", runs[0].to_str().unwrap(), "--out", out.to_str().unwrap()], tmp.path());
     let io = f.join("vit_io.safetensors");
-    let forward_to = |out: &Path| mosa(&["forward", "--model", f.join("vit.json").to_str().unwrap(), "--weights", f.join("vit.safetensors").to_str().unwrap(), "--input", io.to_str().unwrap(), "--out", out.to_str().unwrap()], tmp.path());
+    let forward_to = |out: &Path| {
+        mosa(
+            &[
+                "forward",
+                "--model",
+                f.join("vit.json").to_str().unwrap(),
+                "--weights",
+                f.join("vit.safetensors").to_str().unwrap(),
+                "--input",
+                io.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            tmp.path(),
+        )
+    };
     // 1. a device node (as root), a FIFO, a symlink, a folder
     let dev = tmp.path().join("null-device");
     match device_node(&dev) {
@@ -915,19 +1210,47 @@ fn output_paths_never_replace_devices_links_inputs_or_run_files() {
     let hard = tmp.path().join("hard.safetensors");
     std::fs::hard_link(&b, &hard).unwrap();
     for out in [&dotted, &hard] {
-        assert_one_line_error(&mosa(&["merge", a.to_str().unwrap(), b.to_str().unwrap(), "--method", "mean", "--out", out.to_str().unwrap()], tmp.path()), &["same file as the input", "b.safetensors"]);
+        assert_one_line_error(
+            &mosa(&["merge", a.to_str().unwrap(), b.to_str().unwrap(), "--method", "mean", "--out", out.to_str().unwrap()], tmp.path()),
+            &["same file as the input", "b.safetensors"],
+        );
     }
-    let rel = Command::new(env!("CARGO_BIN_EXE_mosa")).current_dir(&w).args(["merge", "a.safetensors", "b.safetensors", "--method", "mean", "--out"]).arg(&b).env("MOSA_CACHE", tmp.path()).output().unwrap();
+    let rel = Command::new(env!("CARGO_BIN_EXE_mosa"))
+        .current_dir(&w)
+        .args(["merge", "a.safetensors", "b.safetensors", "--method", "mean", "--out"])
+        .arg(&b)
+        .env("MOSA_CACHE", tmp.path())
+        .output()
+        .unwrap();
     assert_one_line_error(&rel, &["same file as the input b.safetensors"]);
     assert_eq!(std::fs::read(&b).unwrap(), before, "the input expert is untouched");
     // … and a run's own expert, as an input, is a run file too
     assert_one_line_error(&merge_to(&runs[1].join("..").join("run-clevr_count").join("expert.safetensors")), &["run directory", "expert.safetensors"]);
     let base = tmp.path().join("base.safetensors");
     std::fs::copy(f.join("vit.safetensors"), &base).unwrap();
-    assert_one_line_error(&mosa(&["merge", e0, "--method", "mean", "--base", base.to_str().unwrap(), "--out", tmp.path().join(".").join("base.safetensors").to_str().unwrap()], tmp.path()), &["same file as the input", "base.safetensors"]);
+    assert_one_line_error(
+        &mosa(
+            &["merge", e0, "--method", "mean", "--base", base.to_str().unwrap(), "--out", tmp.path().join(".").join("base.safetensors").to_str().unwrap()],
+            tmp.path(),
+        ),
+        &["same file as the input", "base.safetensors"],
+    );
     let io_copy = w.join("io.safetensors");
     std::fs::copy(&io, &io_copy).unwrap();
-    let o = mosa(&["forward", "--model", f.join("vit.json").to_str().unwrap(), "--weights", f.join("vit.safetensors").to_str().unwrap(), "--input", io_copy.to_str().unwrap(), "--out", w.join(".").join("io.safetensors").to_str().unwrap()], tmp.path());
+    let o = mosa(
+        &[
+            "forward",
+            "--model",
+            f.join("vit.json").to_str().unwrap(),
+            "--weights",
+            f.join("vit.safetensors").to_str().unwrap(),
+            "--input",
+            io_copy.to_str().unwrap(),
+            "--out",
+            w.join(".").join("io.safetensors").to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
     assert_one_line_error(&o, &["same file as the input"]);
     // 3. a run's own files: its checkpoint (breaks --resume), its model (breaks eval --run)
     let ckpt = std::fs::read(runs[0].join("checkpoint.safetensors")).ok();
@@ -973,7 +1296,10 @@ fn merges_refuse_overflow_and_headless_experts() {
     sd.tensors.get_mut("blocks.1.mlp.fc2.weight").unwrap().data[5] = f32::INFINITY;
     let named: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
     std::fs::write(&out, safetensors::serialize(&named, Some(meta)).unwrap()).unwrap();
-    assert_one_line_error(&mosa(&["eval", "--weights", out.to_str().unwrap(), "--task", "dsprites_loc"], tmp.path()), &["m.safetensors", "blocks.1.mlp.fc2.weight", "non-finite"]);
+    assert_one_line_error(
+        &mosa(&["eval", "--weights", out.to_str().unwrap(), "--task", "dsprites_loc"], tmp.path()),
+        &["m.safetensors", "blocks.1.mlp.fc2.weight", "non-finite"],
+    );
     // … and so does `eval --run` of a run whose model file was damaged to inf
     let model = runs[1].join("model.safetensors");
     let meta = safetensors::read_metadata(&model).unwrap();
@@ -985,7 +1311,20 @@ fn merges_refuse_overflow_and_headless_experts() {
     assert_one_line_error(&mosa(&["eval", "--run", runs[1].to_str().unwrap()], tmp.path()), &["model.safetensors", "non-finite"]);
     // a model that wants a head, on a merged file without --task: told the file's tasks
     let f = fixtures();
-    let o = mosa(&["forward", "--model", f.join("vit.json").to_str().unwrap(), "--weights", out.to_str().unwrap(), "--input", f.join("vit_io.safetensors").to_str().unwrap(), "--out", tmp.path().join("fwd.safetensors").to_str().unwrap()], tmp.path());
+    let o = mosa(
+        &[
+            "forward",
+            "--model",
+            f.join("vit.json").to_str().unwrap(),
+            "--weights",
+            out.to_str().unwrap(),
+            "--input",
+            f.join("vit_io.safetensors").to_str().unwrap(),
+            "--out",
+            tmp.path().join("fwd.safetensors").to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
     assert_one_line_error(&o, &["merged model", "dsprites_loc", "--task"]);
     // an expert without its head
     let mut headless = mosa_core::expert::Expert::read(&e0).unwrap();
@@ -993,7 +1332,13 @@ fn merges_refuse_overflow_and_headless_experts() {
     let hf = tmp.path().join("headless.safetensors");
     headless.write(&hf).unwrap();
     let out2 = tmp.path().join("m2.safetensors");
-    assert_one_line_error(&mosa(&["merge", runs[1].join("expert.safetensors").to_str().unwrap(), hf.to_str().unwrap(), "--method", "mean", "--out", out2.to_str().unwrap()], tmp.path()), &["headless.safetensors", "no task head"]);
+    assert_one_line_error(
+        &mosa(
+            &["merge", runs[1].join("expert.safetensors").to_str().unwrap(), hf.to_str().unwrap(), "--method", "mean", "--out", out2.to_str().unwrap()],
+            tmp.path(),
+        ),
+        &["headless.safetensors", "no task head"],
+    );
     assert!(!out2.exists());
 }
 
@@ -1009,21 +1354,48 @@ fn unwritable_stdout_or_stderr_ends_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, dataset) = tiny_model_and_data();
     let args = |out: &Path| -> Vec<String> {
-        ["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()].map(String::from).to_vec()
+        [
+            "train",
+            "--method",
+            "linear",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            "none",
+            "--dataset",
+            &dataset,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--resolution",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
     };
     // stdout: the run finishes, then the table cannot be printed
     let out = tmp.path().join("a");
-    let o = Command::new(env!("CARGO_BIN_EXE_mosa")).args(args(&out)).env("MOSA_CACHE", tmp.path()).stdout(std::fs::File::create(full).unwrap()).output().unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_mosa")).args(args(&out)).env("MOSA_CACHE", tmp.path()).stdout(std::fs::File::create(full).unwrap()).output().unwrap();
     assert_eq!(o.status.code(), Some(74), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot write to stdout") && !stderr(&o).contains("internal error"), "{}", stderr(&o));
     assert!(mosa_train::RunDir::new(&out).finished() && out.join("model.safetensors").exists());
     // stderr: the progress lines are lost, the run is not; the table goes to stdout
     let out = tmp.path().join("b");
-    let o = Command::new(env!("CARGO_BIN_EXE_mosa")).args(args(&out)).env("MOSA_CACHE", tmp.path()).stderr(std::fs::File::create(full).unwrap()).output().unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_mosa")).args(args(&out)).env("MOSA_CACHE", tmp.path()).stderr(std::fs::File::create(full).unwrap()).output().unwrap();
     assert!(o.status.success(), "exit {:?}", o.status);
     assert!(mosa_train::RunDir::new(&out).finished() && String::from_utf8_lossy(&o.stdout).contains("| dataset | method |"));
     // both: the error cannot be said, the status says it
-    let o = Command::new(env!("CARGO_BIN_EXE_mosa")).args(["merge", "nope.safetensors", "--method", "mean", "--out", "x.safetensors"]).current_dir(tmp.path()).stderr(std::fs::File::create(full).unwrap()).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mosa"))
+        .args(["merge", "nope.safetensors", "--method", "mean", "--out", "x.safetensors"])
+        .current_dir(tmp.path())
+        .stderr(std::fs::File::create(full).unwrap())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
 }
 
@@ -1035,7 +1407,32 @@ fn messages_say_what_happened_and_first_runs_just_work() {
     let (model, dataset) = tiny_model_and_data();
     // an interrupted run: export says so and how to resume
     let run = tmp.path().join("stopped");
-    let o = mosa(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "8", "--resolution", "16", "--out", run.to_str().unwrap(), "--stop-after", "1"], tmp.path());
+    let o = mosa(
+        &[
+            "train",
+            "--method",
+            "linear",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            "none",
+            "--dataset",
+            &dataset,
+            "--epochs",
+            "2",
+            "--warmup-epochs",
+            "0",
+            "--batch-size",
+            "8",
+            "--resolution",
+            "16",
+            "--out",
+            run.to_str().unwrap(),
+            "--stop-after",
+            "1",
+        ],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_one_line_error(&mosa(&["expert", "export", "--run", run.to_str().unwrap()], tmp.path()), &["has not finished", "mosa train --resume --out"]);
     // a config.json that says format 1 is read as format 1, not called "newer"
@@ -1054,15 +1451,41 @@ fn messages_say_what_happened_and_first_runs_just_work() {
     let cache = tmp.path().join("cache");
     std::fs::create_dir_all(cache.join("weights")).unwrap();
     std::fs::write(cache.join("weights/dinov2-vits14.safetensors"), b"garbage").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_mosa")).args(["forward", "--model", "dinov2-vits14", "--input", "in.safetensors", "--out", "o.safetensors"]).current_dir(tmp.path()).env("MOSA_CACHE", &cache).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mosa"))
+        .args(["forward", "--model", "dinov2-vits14", "--input", "in.safetensors", "--out", "o.safetensors"])
+        .current_dir(tmp.path())
+        .env("MOSA_CACHE", &cache)
+        .output()
+        .unwrap();
     assert_one_line_error(&o, &["damaged", "mosa weights fetch dinov2-vits14"]);
     // merge errors are not called `checkpoint:` or `config:`
-    let o = mosa(&["merge", tmp.path().join("missing.safetensors").to_str().unwrap(), "--method", "mean", "--out", tmp.path().join("x.safetensors").to_str().unwrap()], tmp.path());
+    let o = mosa(
+        &["merge", tmp.path().join("missing.safetensors").to_str().unwrap(), "--method", "mean", "--out", tmp.path().join("x.safetensors").to_str().unwrap()],
+        tmp.path(),
+    );
     assert_one_line_error(&o, &["missing.safetensors"]);
     assert!(!stderr(&o).starts_with("error: checkpoint:") && !stderr(&o).starts_with("error: config:"), "{}", stderr(&o));
     // 10. three epochs without --warmup-epochs: warm-up 0 (10% of 3), not "warm-up (10) longer"
     let three = tmp.path().join("three");
-    let a = ["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "3", "--batch-size", "8", "--resolution", "16", "--out", three.to_str().unwrap()];
+    let a = [
+        "train",
+        "--method",
+        "linear",
+        "--model",
+        model.to_str().unwrap(),
+        "--weights",
+        "none",
+        "--dataset",
+        &dataset,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--resolution",
+        "16",
+        "--out",
+        three.to_str().unwrap(),
+    ];
     let o = mosa(&a, tmp.path());
     assert!(o.status.success(), "{}", stderr(&o));
     let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(three.join("config.json")).unwrap()).unwrap();
@@ -1071,7 +1494,28 @@ fn messages_say_what_happened_and_first_runs_just_work() {
     let recipe = tmp.path().join("r.toml");
     std::fs::write(&recipe, "epochs = 3\nwarmup_epochs = 2\n").unwrap();
     let r2 = tmp.path().join("r2");
-    let o = mosa(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--config", recipe.to_str().unwrap(), "--batch-size", "8", "--resolution", "16", "--out", r2.to_str().unwrap()], tmp.path());
+    let o = mosa(
+        &[
+            "train",
+            "--method",
+            "linear",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            "none",
+            "--dataset",
+            &dataset,
+            "--config",
+            recipe.to_str().unwrap(),
+            "--batch-size",
+            "8",
+            "--resolution",
+            "16",
+            "--out",
+            r2.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(r2.join("config.json")).unwrap()).unwrap();
     assert_eq!((c["run"]["train"]["epochs"].as_u64(), c["run"]["train"]["warmup_epochs"].as_u64()), (Some(3), Some(2)));
@@ -1089,14 +1533,55 @@ fn messages_say_what_happened_and_first_runs_just_work() {
 #[test]
 fn memory_is_bounded_before_anything_is_allocated() {
     let tmp = tempfile::tempdir().unwrap();
-    let limited = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_mosa")).args(args).env("MOSA_CACHE", tmp.path()).env("MOSA_MEMORY_LIMIT", "8e9").output().unwrap();
+    let limited =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_mosa")).args(args).env("MOSA_CACHE", tmp.path()).env("MOSA_MEMORY_LIMIT", "8e9").output().unwrap();
     let (model, dataset) = tiny_model_and_data();
     let out = tmp.path().join("huge");
-    let o = limited(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--batch-size", "8", "--resolution", "2048", "--out", out.to_str().unwrap()]);
+    let o = limited(&[
+        "train",
+        "--method",
+        "linear",
+        "--model",
+        model.to_str().unwrap(),
+        "--weights",
+        "none",
+        "--dataset",
+        &dataset,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--resolution",
+        "2048",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_one_line_error(&o, &["--resolution 2048", "decoded images", "one batch's activations", "8.0 GB of memory available", "lower --resolution"]);
     assert!(!out.exists(), "nothing written");
     // the same run at its usual size trains
-    assert!(limited(&["train", "--method", "linear", "--model", model.to_str().unwrap(), "--weights", "none", "--dataset", &dataset, "--epochs", "1", "--batch-size", "8", "--resolution", "16", "--out", out.to_str().unwrap()]).status.success());
+    assert!(
+        limited(&[
+            "train",
+            "--method",
+            "linear",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            "none",
+            "--dataset",
+            &dataset,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--resolution",
+            "16",
+            "--out",
+            out.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
     // a 7.25e9-parameter config: inspect refuses it from the config, without building it
     let big = tmp.path().join("big.json");
     std::fs::write(&big, r#"{"kwargs": {"img_size": 224, "patch_size": 16, "embed_dim": 8192, "depth": 9, "num_heads": 64}}"#).unwrap();
@@ -1107,7 +1592,11 @@ fn memory_is_bounded_before_anything_is_allocated() {
     // eval of a model whose recorded resolution is huge
     let runs = tiny_sparse_runs(tmp.path());
     let merged = tmp.path().join("m.safetensors");
-    assert!(mosa(&["merge", runs[0].join("expert.safetensors").to_str().unwrap(), "--method", "mean", "--out", merged.to_str().unwrap()], tmp.path()).status.success());
+    assert!(
+        mosa(&["merge", runs[0].join("expert.safetensors").to_str().unwrap(), "--method", "mean", "--out", merged.to_str().unwrap()], tmp.path())
+            .status
+            .success()
+    );
     let mut meta = safetensors::read_metadata(&merged).unwrap();
     let mut m: serde_json::Value = serde_json::from_str(&meta["mosa.merged"]).unwrap();
     m["tasks"][0]["resolution"] = 4096.into();

@@ -90,9 +90,7 @@ impl AdapterConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Adapter<B> {
         let (o, r) = (&self.options, self.options.r);
         let bound = 1.0 / (self.d_model as f64).sqrt();
-        let mut down = LinearConfig::new(self.d_model, r)
-            .with_initializer(Initializer::Uniform { min: -bound, max: bound })
-            .init(device);
+        let mut down = LinearConfig::new(self.d_model, r).with_initializer(Initializer::Uniform { min: -bound, max: bound }).init(device);
         down.bias = Some(Param::from_tensor(Tensor::zeros([r], device)));
         let up = LinearConfig::new(r, self.d_model).with_initializer(Initializer::Zeros).init(device);
         Adapter {

@@ -222,7 +222,10 @@ impl Expert {
             if !seen.insert(name) {
                 return Err(format!("tensor `{name}` appears twice"));
             }
-            let kind_ok = matches!((self.meta.kind, &t.delta), (ExpertKind::Sparse, Delta::Sparse { .. }) | (ExpertKind::Lora, Delta::LowRank { .. }) | (ExpertKind::Full, Delta::Dense(_)));
+            let kind_ok = matches!(
+                (self.meta.kind, &t.delta),
+                (ExpertKind::Sparse, Delta::Sparse { .. }) | (ExpertKind::Lora, Delta::LowRank { .. }) | (ExpertKind::Full, Delta::Dense(_))
+            );
             if !kind_ok {
                 return Err(format!("tensor `{name}` is not stored as a {:?} expert's tensors are", self.meta.kind));
             }
@@ -245,7 +248,12 @@ impl Expert {
                     }
                 }
                 Delta::LowRank { a, b, scale } => {
-                    let ok = t.shape.len() == 2 && a.shape.len() == 2 && b.shape.len() == 2 && a.shape[1] == t.shape[1] && b.shape[0] == t.shape[0] && a.shape[0] == b.shape[1];
+                    let ok = t.shape.len() == 2
+                        && a.shape.len() == 2
+                        && b.shape.len() == 2
+                        && a.shape[1] == t.shape[1]
+                        && b.shape[0] == t.shape[0]
+                        && a.shape[0] == b.shape[1];
                     if !ok {
                         return Err(format!("tensor `{name}`: LoRA factors {:?} and {:?} do not make {:?}", a.shape, b.shape, t.shape));
                     }
@@ -315,8 +323,11 @@ impl Expert {
                 blobs.push(("head.bias".into(), Dtype::F32, b.shape.clone(), bytes_f32(&b.data)));
             }
         }
-        let views: Vec<(String, TensorView<'_>)> =
-            blobs.iter().map(|(n, dt, s, b)| TensorView::new(*dt, s.clone(), b).map(|v| (n.clone(), v))).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        let views: Vec<(String, TensorView<'_>)> = blobs
+            .iter()
+            .map(|(n, dt, s, b)| TensorView::new(*dt, s.clone(), b).map(|v| (n.clone(), v)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
         let header = HashMap::from([("mosa.expert".to_string(), serde_json::to_string(&meta).map_err(|e| e.to_string())?)]);
         safetensors::serialize(views, Some(header)).map_err(|e| e.to_string())
     }
@@ -376,7 +387,11 @@ impl Expert {
                     };
                     Delta::Sparse { indices, values }
                 }
-                "lora" => Delta::LowRank { a: host(&format!("{name}.lora_a"))?, b: host(&format!("{name}.lora_b"))?, scale: tm.scale.ok_or_else(|| format!("tensor `{name}`: LoRA without a scale"))? },
+                "lora" => Delta::LowRank {
+                    a: host(&format!("{name}.lora_a"))?,
+                    b: host(&format!("{name}.lora_b"))?,
+                    scale: tm.scale.ok_or_else(|| format!("tensor `{name}`: LoRA without a scale"))?,
+                },
                 "dense" => {
                     let d = host(&format!("{name}.delta"))?;
                     if d.shape != tm.shape {

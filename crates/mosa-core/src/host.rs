@@ -90,4 +90,3 @@ impl HostTensor {
 
 /// Named host tensors, in a stable order.
 pub type NamedTensors = Vec<(String, HostTensor)>;
-

@@ -16,8 +16,8 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::adapter::{AdapterConfig, AdapterOptions};
 use crate::host::HostTensor;
 use crate::method::Method;
-use crate::pruned::PrunedSlot;
 use crate::params::{Tally, is_bias_field, set_trainable, tally};
+use crate::pruned::PrunedSlot;
 use crate::rng::Rng;
 use crate::site::{PeftHost, Placement, SiteMut, Targets};
 use crate::slot::{AdapterSlot, LinearBranch};
@@ -230,7 +230,12 @@ pub fn after_backward<B: AutodiffBackend, H: PeftHost<B>>(
 
 /// Re-selects every sparse delta's mask from the gradients of the last backward pass (see
 /// [`sparse::reselect`]); errors name the tensor.
-pub fn reselect_sparse<B: AutodiffBackend, H: PeftHost<B>>(mut host: H, grads: &GradientsParams, cfg: &sparse::SparseConfig, rng: &mut Rng) -> Result<H, String> {
+pub fn reselect_sparse<B: AutodiffBackend, H: PeftHost<B>>(
+    mut host: H,
+    grads: &GradientsParams,
+    cfg: &sparse::SparseConfig,
+    rng: &mut Rng,
+) -> Result<H, String> {
     let mut sites = host.sites_mut();
     let mut owners = Vec::new();
     let mut deltas = Vec::new();
@@ -338,7 +343,10 @@ impl Groups {
 
     /// `(name, tally)` of the non-empty groups, in name order.
     pub fn rows(&self) -> Vec<(&'static str, Tally)> {
-        [("adapter", self.adapter), ("backbone", self.backbone), ("experts", self.experts), ("head", self.head)].into_iter().filter(|(_, t)| t.total > 0).collect()
+        [("adapter", self.adapter), ("backbone", self.backbone), ("experts", self.experts), ("head", self.head)]
+            .into_iter()
+            .filter(|(_, t)| t.total > 0)
+            .collect()
     }
 }
 

@@ -69,7 +69,6 @@ impl LoraOptions {
         let len = d_out / n;
         LoraParts { parts: parts.iter().map(|_| self.init(d_in, len, device)).collect(), windows: parts.iter().map(|&p| (p * len, len)).collect(), d_out }
     }
-
 }
 
 impl MosaLoraOptions {

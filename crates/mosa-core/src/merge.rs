@@ -321,10 +321,19 @@ pub fn check(base: &BTreeMap<String, HostTensor>, experts: &[&Expert]) -> Result
     let mut tasks = HashSet::new();
     for e in experts {
         if e.meta.kind != first.meta.kind {
-            return Err(format!("cannot mix expert kinds in one merge: task `{}` is {:?}, task `{}` is {:?}", first.meta.task, first.meta.kind, e.meta.task, e.meta.kind));
+            return Err(format!(
+                "cannot mix expert kinds in one merge: task `{}` is {:?}, task `{}` is {:?}",
+                first.meta.task, first.meta.kind, e.meta.task, e.meta.kind
+            ));
         }
         if e.meta.backbone.sha256 != first.meta.backbone.sha256 {
-            return Err(format!("task `{}` was trained on another backbone (SHA-256 {}) than task `{}` ({})", e.meta.task, e.meta.backbone.sha256.as_deref().unwrap_or("none"), first.meta.task, first.meta.backbone.sha256.as_deref().unwrap_or("none")));
+            return Err(format!(
+                "task `{}` was trained on another backbone (SHA-256 {}) than task `{}` ({})",
+                e.meta.task,
+                e.meta.backbone.sha256.as_deref().unwrap_or("none"),
+                first.meta.task,
+                first.meta.backbone.sha256.as_deref().unwrap_or("none")
+            ));
         }
         if !tasks.insert(&e.meta.task) {
             return Err(format!("task `{}` appears twice", e.meta.task));
@@ -332,7 +341,9 @@ pub fn check(base: &BTreeMap<String, HostTensor>, experts: &[&Expert]) -> Result
         for t in &e.tensors {
             match base.get(&t.name) {
                 None => return Err(format!("task `{}`: tensor `{}` is not a weight of the backbone", e.meta.task, t.name)),
-                Some(b) if b.shape != t.shape => return Err(format!("task `{}`: tensor `{}` has shape {:?}, the backbone's is {:?}", e.meta.task, t.name, t.shape, b.shape)),
+                Some(b) if b.shape != t.shape => {
+                    return Err(format!("task `{}`: tensor `{}` has shape {:?}, the backbone's is {:?}", e.meta.task, t.name, t.shape, b.shape));
+                }
                 _ => {}
             }
         }

@@ -5,11 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pruned::PrunedOptions;
 use crate::adapter::{Activation, AdapterOptions, SequentialPosition};
 use crate::lora::{LoraOptions, MosaLoraOptions};
 use crate::mosa::MosaOptions;
 use crate::prompt::PromptOptions;
+use crate::pruned::PrunedOptions;
 use crate::sparse::SparseConfig;
 
 /// Every method mosa implements, by name (`--method`).
@@ -138,7 +138,12 @@ impl Method {
             MethodKind::Adapter => Method::Adapter(AdapterOptions::new().with_activation(Activation::Relu)),
             MethodKind::Pfeiffer => Method::Pfeiffer(AdapterOptions::new().with_scale(1.0).with_dropout(0.0).with_activation(Activation::Relu)),
             MethodKind::Houlsby => Method::Houlsby(
-                AdapterOptions::new().with_scale(1.0).with_dropout(0.0).with_norm(false).with_activation(Activation::Silu).with_position(SequentialPosition::Stream),
+                AdapterOptions::new()
+                    .with_scale(1.0)
+                    .with_dropout(0.0)
+                    .with_norm(false)
+                    .with_activation(Activation::Silu)
+                    .with_position(SequentialPosition::Stream),
             ),
             MethodKind::Lora => Method::Lora(LoraOptions::new()),
             MethodKind::VptShallow => Method::VptShallow(PromptOptions::new()),

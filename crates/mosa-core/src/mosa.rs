@@ -20,9 +20,9 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
+use crate::kernels::{Kernels, linear_rows};
 use crate::layer_norm::LayerNorm;
 use crate::mask;
-use crate::kernels::{Kernels, linear_rows};
 use crate::rng::Rng;
 
 /// Which projection stays dense and shared by all experts.

@@ -72,7 +72,9 @@ impl<B: AutodiffBackend> MapParam<B> for Stepper<'_, B> {
         let g = grad.reshape([n]);
         let p = tensor.inner().reshape([n]);
         let (m, v) = match self.opt.state.remove(&path) {
-            Some(s) => (s.m.mul_scalar(c.beta1).add(g.clone().mul_scalar(1.0 - c.beta1)), s.v.mul_scalar(c.beta2).add(g.clone().mul(g).mul_scalar(1.0 - c.beta2))),
+            Some(s) => {
+                (s.m.mul_scalar(c.beta1).add(g.clone().mul_scalar(1.0 - c.beta1)), s.v.mul_scalar(c.beta2).add(g.clone().mul(g).mul_scalar(1.0 - c.beta2)))
+            }
             None => (g.clone().mul_scalar(1.0 - c.beta1), g.clone().mul(g).mul_scalar(1.0 - c.beta2)),
         };
         let t = self.opt.step as i32;

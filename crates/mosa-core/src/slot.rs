@@ -145,4 +145,3 @@ impl<B: AutodiffBackend> LinearBranch<B> {
         }
     }
 }
-

@@ -304,10 +304,7 @@ pub fn reselect<B: burn::tensor::backend::AutodiffBackend>(
     for (d, name) in deltas.iter().zip(names) {
         let [i, o] = d.delta.dims();
         let w = d.delta.val().inner().into_data().to_vec::<f32>().unwrap_or_default();
-        let g = grads
-            .get::<B::InnerBackend, 2>(d.delta.id)
-            .map(|g| g.into_data().to_vec::<f32>().unwrap_or_default())
-            .unwrap_or_else(|| vec![0.0; i * o]);
+        let g = grads.get::<B::InnerBackend, 2>(d.delta.id).map(|g| g.into_data().to_vec::<f32>().unwrap_or_default()).unwrap_or_else(|| vec![0.0; i * o]);
         let sc = cfg.score(&w, &g, rng);
         if sc.iter().any(|x| !x.is_finite()) {
             return Err(format!("sparse mask selection: `{name}` has non-finite scores"));

@@ -136,7 +136,8 @@ fn attention_grad_f64(qkv: &[f32], w: &[f32], [b, t, h, hd]: [usize; 4]) -> Vec<
     for bi in 0..b {
         for hi in 0..h {
             for i in 0..t {
-                let s: Vec<f64> = (0..t).map(|j| (0..hd).map(|c| qkv[idx(bi, i, 0, hi, c)] as f64 * qkv[idx(bi, j, 1, hi, c)] as f64).sum::<f64>() * scale).collect();
+                let s: Vec<f64> =
+                    (0..t).map(|j| (0..hd).map(|c| qkv[idx(bi, i, 0, hi, c)] as f64 * qkv[idx(bi, j, 1, hi, c)] as f64).sum::<f64>() * scale).collect();
                 let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
                 let p: Vec<f64> = s.iter().map(|x| (x - max).exp() / z).collect();
@@ -203,7 +204,10 @@ fn attention_forward_matches_the_default_path_and_f64_loops() {
     use mosa_core::kernels::Kernels;
     let (_, lse) = <F as Kernels>::attention_packed_with_lse(on::<Flex, 3>(&dense, [b, t, 3 * h * hd]).into_primitive().tensor(), h);
     let (_, lse_default) = <NdArray as Kernels>::attention_packed_with_lse(on::<NdArray, 3>(&dense, [b, t, 3 * h * hd]).into_primitive().tensor(), h);
-    let (lse, lse_default) = (host(Tensor::<Flex, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(lse))), host(Tensor::<NdArray, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(lse_default))));
+    let (lse, lse_default) = (
+        host(Tensor::<Flex, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(lse))),
+        host(Tensor::<NdArray, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(lse_default))),
+    );
     assert_eq!(lse.len(), b * h * t);
     assert!(worst(&lse, &lse_default) < 2e-6, "lse {}", worst(&lse, &lse_default));
 }
@@ -369,7 +373,8 @@ fn linear_forward_and_gradients_match_the_default_path() {
         let grads = |fused: bool| -> [Vec<f32>; 3] {
             macro_rules! run {
                 ($B:ty) => {{
-                    let (xa, wa, ba) = (on::<$B, 3>(&x, [b, t, i]).require_grad(), on::<$B, 2>(&w, [i, o]).require_grad(), on::<$B, 1>(&bias, [o]).require_grad());
+                    let (xa, wa, ba) =
+                        (on::<$B, 3>(&x, [b, t, i]).require_grad(), on::<$B, 2>(&w, [i, o]).require_grad(), on::<$B, 1>(&bias, [o]).require_grad());
                     let gr = (linear_rows(xa.clone(), wa.clone(), Some(ba.clone())) * on::<$B, 3>(&g, [b, t, o])).sum().backward();
                     [host(xa.grad(&gr).unwrap()), host(wa.grad(&gr).unwrap()), host(ba.grad(&gr).unwrap())]
                 }};

@@ -90,7 +90,13 @@ fn reference(base: &BTreeMap<String, HostTensor>, experts: &[&Expert], cfg: &Mer
             out.insert(name.clone(), b.data.clone());
             continue;
         }
-        let tensor_index = experts.iter().flat_map(|e| e.tensors.iter().map(|t| t.name.clone())).collect::<std::collections::BTreeSet<_>>().iter().position(|x| x == name).unwrap() as u64;
+        let tensor_index = experts
+            .iter()
+            .flat_map(|e| e.tensors.iter().map(|t| t.name.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .iter()
+            .position(|x| x == name)
+            .unwrap() as u64;
         if matches!(cfg.method, MergeMethod::Dare | MergeMethod::DareTies) {
             for (t, x) in d.iter_mut().enumerate() {
                 if let Some((v, m)) = x {
@@ -147,7 +153,15 @@ fn max_diff(a: &BTreeMap<String, HostTensor>, b: &BTreeMap<String, Vec<f32>>) ->
     a.iter().map(|(k, t)| t.data.iter().zip(&b[k]).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)).fold(0.0, f32::max)
 }
 
-const METHODS: [MergeMethod; 7] = [MergeMethod::OverlapMean, MergeMethod::Mean, MergeMethod::TaskArithmetic, MergeMethod::Ties, MergeMethod::TiesOverlap, MergeMethod::Dare, MergeMethod::DareTies];
+const METHODS: [MergeMethod; 7] = [
+    MergeMethod::OverlapMean,
+    MergeMethod::Mean,
+    MergeMethod::TaskArithmetic,
+    MergeMethod::Ties,
+    MergeMethod::TiesOverlap,
+    MergeMethod::Dare,
+    MergeMethod::DareTies,
+];
 
 #[test]
 fn every_method_matches_the_dense_reference_on_random_experts() {
@@ -267,10 +281,18 @@ fn expert_files_round_trip_for_every_kind() {
     let mut r = |n: usize| (0..n).map(|_| rng.uniform() as f32).collect::<Vec<_>>();
     let lora = Expert {
         meta: meta(ExpertKind::Lora, "l"),
-        tensors: vec![ExpertTensor { name: "blocks.0.attn.qkv.weight".into(), shape: vec![12, 4], delta: Delta::LowRank { a: HostTensor::new(vec![2, 4], r(8)), b: HostTensor::new(vec![12, 2], r(24)), scale: 0.5 } }],
+        tensors: vec![ExpertTensor {
+            name: "blocks.0.attn.qkv.weight".into(),
+            shape: vec![12, 4],
+            delta: Delta::LowRank { a: HostTensor::new(vec![2, 4], r(8)), b: HostTensor::new(vec![12, 2], r(24)), scale: 0.5 },
+        }],
         head: None,
     };
-    let full = Expert { meta: meta(ExpertKind::Full, "f"), tensors: vec![ExpertTensor { name: "blocks.0.mlp.fc1.weight".into(), shape: vec![8, 4], delta: Delta::Dense(r(32)) }], head: None };
+    let full = Expert {
+        meta: meta(ExpertKind::Full, "f"),
+        tensors: vec![ExpertTensor { name: "blocks.0.mlp.fc1.weight".into(), shape: vec![8, 4], delta: Delta::Dense(r(32)) }],
+        head: None,
+    };
     // LoRA's ΔW is scale·B·A
     let Delta::LowRank { a, b, scale } = &lora.tensors[0].delta else { panic!() };
     let d = lora.tensors[0].delta.to_dense(48);
@@ -288,7 +310,8 @@ fn expert_files_round_trip_for_every_kind() {
 
 /// Writes a safetensors file with the given raw tensors and an expert header.
 fn raw(path: &std::path::Path, meta: &ExpertMeta, tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors.iter().map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
     let header = HashMap::from([("mosa.expert".to_string(), serde_json::to_string(meta).unwrap())]);
     std::fs::write(path, safetensors::serialize(views, Some(header)).unwrap()).unwrap();
 }
@@ -319,7 +342,14 @@ fn bad_expert_files_name_the_file_and_tensor() {
     let fl = |n: usize| vec![0u8; 4 * n];
     for (idx, nvals, want) in [(vec![1u32, 40], 2, "out of range"), (vec![3, 1], 2, "unsorted"), (vec![2, 2], 2, "duplicated"), (vec![1, 2], 3, "3 values")] {
         let b = dir.path().join("bad.safetensors");
-        raw(&b, &m, &[(&format!("{name}.indices"), safetensors::Dtype::U32, vec![idx.len()], u(&idx)), (&format!("{name}.values"), safetensors::Dtype::F32, vec![nvals], fl(nvals))]);
+        raw(
+            &b,
+            &m,
+            &[
+                (&format!("{name}.indices"), safetensors::Dtype::U32, vec![idx.len()], u(&idx)),
+                (&format!("{name}.values"), safetensors::Dtype::F32, vec![nvals], fl(nvals)),
+            ],
+        );
         let e = Expert::read(&b).unwrap_err();
         assert!(e.contains("bad.safetensors") && e.contains(name) && e.contains(want), "{want}: {e}");
     }

@@ -35,11 +35,7 @@ pub fn check(ds: &Dataset, all: bool) -> CheckReport {
         if !all && !problems.is_empty() {
             continue;
         }
-        let errs: Vec<Option<String>> = split
-            .entries
-            .par_iter()
-            .map(|e| decode_entry(e).err().map(|err| err.to_string()))
-            .collect();
+        let errs: Vec<Option<String>> = split.entries.par_iter().map(|e| decode_entry(e).err().map(|err| err.to_string())).collect();
         decoded += split.len();
         problems.extend(errs.into_iter().flatten());
     }

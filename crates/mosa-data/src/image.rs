@@ -41,10 +41,19 @@ pub fn decode_bytes(bytes: &[u8], name: &Path) -> Result<Rgb8> {
     use image::DynamicImage as D;
     let data = match img {
         D::ImageLuma8(g) => g.into_raw().into_iter().flat_map(|v| [v, v, v]).collect(),
-        D::ImageLumaA8(g) => g.into_raw().chunks_exact(2).flat_map(|p| { let v = on_white(p[0], p[1]); [v, v, v] }).collect(),
+        D::ImageLumaA8(g) => g
+            .into_raw()
+            .chunks_exact(2)
+            .flat_map(|p| {
+                let v = on_white(p[0], p[1]);
+                [v, v, v]
+            })
+            .collect(),
         D::ImageRgb8(i) => i.into_raw(),
         D::ImageRgba8(i) => i.into_raw().chunks_exact(4).flat_map(|p| [on_white(p[0], p[3]), on_white(p[1], p[3]), on_white(p[2], p[3])]).collect(),
-        other if other.color().has_alpha() => other.into_rgba8().into_raw().chunks_exact(4).flat_map(|p| [on_white(p[0], p[3]), on_white(p[1], p[3]), on_white(p[2], p[3])]).collect(),
+        other if other.color().has_alpha() => {
+            other.into_rgba8().into_raw().chunks_exact(4).flat_map(|p| [on_white(p[0], p[3]), on_white(p[1], p[3]), on_white(p[2], p[3])]).collect()
+        }
         other => other.into_rgb8().into_raw(),
     };
     Ok(Rgb8::new(w, h, data))

@@ -68,7 +68,9 @@ pub fn relative(p: &str) -> std::result::Result<&Path, String> {
     match path.components().find(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
         None if !p.is_empty() => Ok(path),
         None => Err("empty image path".into()),
-        Some(Component::ParentDir) => Err(format!("image path `{p}` leaves the dataset folder (`..`); list paths are relative to it (a symlink inside the folder may point elsewhere)")),
+        Some(Component::ParentDir) => {
+            Err(format!("image path `{p}` leaves the dataset folder (`..`); list paths are relative to it (a symlink inside the folder may point elsewhere)"))
+        }
         Some(_) => Err(format!("image path `{p}` is absolute; list paths are relative to the dataset folder (a symlink inside it may point elsewhere)")),
     }
 }
@@ -84,16 +86,17 @@ pub fn read_list(path: &Path, base: &Path, num_classes: usize, name: &str) -> Re
         if l.is_empty() {
             continue;
         }
-        let (p, lab) = l.rsplit_once(char::is_whitespace).ok_or_else(|| {
-            DataError::line(path, line, format!("expected `<image path> <label>`, found `{l}`"))
-        })?;
+        let (p, lab) =
+            l.rsplit_once(char::is_whitespace).ok_or_else(|| DataError::line(path, line, format!("expected `<image path> <label>`, found `{l}`")))?;
         let p = p.trim_end();
-        let label: i64 = lab
-            .parse()
-            .map_err(|_| DataError::line(path, line, format!("label `{lab}` is not an integer")))?;
+        let label: i64 = lab.parse().map_err(|_| DataError::line(path, line, format!("label `{lab}` is not an integer")))?;
         if label < 0 || label as usize >= num_classes {
             let max = crate::source::MAX_CLASSES;
-            let msg = if num_classes >= max { format!("label {label} out of range: at most {max} classes are supported (0..{})", max - 1) } else { format!("label {label} out of range: the task has {num_classes} classes (0..{})", num_classes - 1) };
+            let msg = if num_classes >= max {
+                format!("label {label} out of range: at most {max} classes are supported (0..{})", max - 1)
+            } else {
+                format!("label {label} out of range: the task has {num_classes} classes (0..{})", num_classes - 1)
+            };
             return Err(DataError::line(path, line, msg));
         }
         let rel = relative(p).map_err(|m| DataError::line(path, line, m))?;
@@ -108,9 +111,8 @@ pub fn read_list(path: &Path, base: &Path, num_classes: usize, name: &str) -> Re
 /// Reads an FGVC JSON split: raw class ids, with the 1-based line on which each key appears.
 pub fn read_json_split(path: &Path) -> Result<Vec<(String, i64, usize)>> {
     let text = read_text(path)?;
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
-        DataError::line(path, e.line(), format!("not a JSON object of `\"path\": class id`: {e}"))
-    })?;
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| DataError::line(path, e.line(), format!("not a JSON object of `\"path\": class id`: {e}")))?;
     // Line of each key: scan the text once, in order (serde_json keeps insertion order only with
     // `preserve_order`; we look each key up by its quoted form instead).
     let line_starts: Vec<usize> = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();

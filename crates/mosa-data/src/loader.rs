@@ -73,7 +73,13 @@ impl LoadedSplit {
         let cache_file = opts.disk_cache.as_ref().map(|d| d.join(format!("{}.u8cache", cache_key(split, &transform))));
         if let Some(f) = &cache_file {
             if let Some(loaded) = read_cache(f, split, transform, num_classes) {
-                let report = LoadReport { split: split.name.clone(), images: loaded.images.len(), skipped: vec![], seconds: start.elapsed().as_secs_f64(), from_disk_cache: true };
+                let report = LoadReport {
+                    split: split.name.clone(),
+                    images: loaded.images.len(),
+                    skipped: vec![],
+                    seconds: start.elapsed().as_secs_f64(),
+                    from_disk_cache: true,
+                };
                 return Ok((loaded, report));
             }
         }
@@ -101,7 +107,8 @@ impl LoadedSplit {
                 eprintln!("warning: cannot write the image cache {}: {e}", f.display());
             }
         }
-        let report = LoadReport { split: split.name.clone(), images: loaded.images.len(), skipped, seconds: start.elapsed().as_secs_f64(), from_disk_cache: false };
+        let report =
+            LoadReport { split: split.name.clone(), images: loaded.images.len(), skipped, seconds: start.elapsed().as_secs_f64(), from_disk_cache: false };
         Ok((loaded, report))
     }
 

@@ -34,13 +34,7 @@ pub struct TaskInfo {
     pub test_images: Option<usize>,
 }
 
-const fn t(
-    name: &'static str,
-    aliases: &'static [&'static str],
-    group: Group,
-    num_classes: usize,
-    test: usize,
-) -> TaskInfo {
+const fn t(name: &'static str, aliases: &'static [&'static str], group: Group, num_classes: usize, test: usize) -> TaskInfo {
     TaskInfo { name, aliases, group, num_classes, test_images: Some(test) }
 }
 
@@ -87,14 +81,10 @@ pub const MINI_VTAB_TASKS: [TaskInfo; 7] = [
 /// Looks a task up by canonical name or alias, in VTAB-1k then mini-VTAB.
 pub fn lookup_task(name: &str) -> Result<&'static TaskInfo> {
     let key = name.trim_end_matches('/').to_ascii_lowercase();
-    VTAB_TASKS
-        .iter()
-        .chain(MINI_VTAB_TASKS.iter())
-        .find(|t| t.name == key || t.aliases.contains(&key.as_str()))
-        .ok_or_else(|| DataError::UnknownTask {
-            name: name.to_string(),
-            known: VTAB_TASKS.iter().chain(MINI_VTAB_TASKS.iter()).map(|t| t.name).collect::<Vec<_>>().join(", "),
-        })
+    VTAB_TASKS.iter().chain(MINI_VTAB_TASKS.iter()).find(|t| t.name == key || t.aliases.contains(&key.as_str())).ok_or_else(|| DataError::UnknownTask {
+        name: name.to_string(),
+        known: VTAB_TASKS.iter().chain(MINI_VTAB_TASKS.iter()).map(|t| t.name).collect::<Vec<_>>().join(", "),
+    })
 }
 
 /// One FGVC dataset in the VPT JSON layout.
@@ -134,7 +124,8 @@ mod tests {
         assert_eq!(lookup_task("dsprites_location").unwrap().name, "dsprites_loc");
         assert_eq!(lookup_task("mnist").unwrap().group, Group::Specialized);
         assert!(matches!(lookup_task("imagenet"), Err(DataError::UnknownTask { .. })));
-        let mut names: Vec<&str> = VTAB_TASKS.iter().chain(MINI_VTAB_TASKS.iter()).flat_map(|t| std::iter::once(t.name).chain(t.aliases.iter().copied())).collect();
+        let mut names: Vec<&str> =
+            VTAB_TASKS.iter().chain(MINI_VTAB_TASKS.iter()).flat_map(|t| std::iter::once(t.name).chain(t.aliases.iter().copied())).collect();
         let n = names.len();
         names.sort();
         names.dedup();

@@ -28,9 +28,9 @@ pub enum DatasetSpec {
 impl std::str::FromStr for DatasetSpec {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self> {
-        let (kind, rest) = s.split_once(':').ok_or_else(|| {
-            DataError::Spec(format!("dataset `{s}`: expected vtab:<root>/<task>, fgvc:<root>/<name>, folder:<path> or list:<file>"))
-        })?;
+        let (kind, rest) = s
+            .split_once(':')
+            .ok_or_else(|| DataError::Spec(format!("dataset `{s}`: expected vtab:<root>/<task>, fgvc:<root>/<name>, folder:<path> or list:<file>")))?;
         let p = PathBuf::from(rest.trim_end_matches('/'));
         let split_last = |p: &Path| -> Result<(PathBuf, String)> {
             let name = p.file_name().and_then(|n| n.to_str()).ok_or_else(|| DataError::Spec(format!("dataset `{s}`: no task name at the end of the path")))?;
@@ -198,10 +198,8 @@ fn open_fgvc(spec: &DatasetSpec, root: &Path, name: &str) -> Result<Dataset> {
     }
     let info = lookup_fgvc(name);
     let prefix = info.map(|i| i.prefix).unwrap_or("");
-    let raw: Vec<(String, Vec<(String, i64, usize)>)> = ["train", "val", "test"]
-        .iter()
-        .map(|s| Ok((s.to_string(), read_json_split(&dir.join(format!("{s}.json")))?)))
-        .collect::<Result<_>>()?;
+    let raw: Vec<(String, Vec<(String, i64, usize)>)> =
+        ["train", "val", "test"].iter().map(|s| Ok((s.to_string(), read_json_split(&dir.join(format!("{s}.json")))?))).collect::<Result<_>>()?;
     // Class ids map to 0..C-1 by sorting the distinct ids (of all splits).
     let mut ids: Vec<i64> = raw.iter().flat_map(|(_, v)| v.iter().map(|(_, id, _)| *id)).collect();
     ids.sort_unstable();
@@ -247,10 +245,8 @@ fn is_image(p: &Path) -> bool {
 }
 
 fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| DataError::io(dir, e))?
-        .map(|e| e.map(|e| e.path()).map_err(|e| DataError::io(dir, e)))
-        .collect::<Result<_>>()?;
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?.map(|e| e.map(|e| e.path()).map_err(|e| DataError::io(dir, e))).collect::<Result<_>>()?;
     v.sort();
     Ok(v)
 }
@@ -263,11 +259,8 @@ fn open_folder(spec: &DatasetSpec, path: &Path) -> Result<Dataset> {
     }
     let split_root = path.join("train").is_dir();
     let train_dir = if split_root { path.join("train") } else { path.to_path_buf() };
-    let classes: Vec<String> = sorted_dir(&train_dir)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(String::from))
-        .collect();
+    let classes: Vec<String> =
+        sorted_dir(&train_dir)?.into_iter().filter(|p| p.is_dir()).filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(String::from)).collect();
     if classes.is_empty() {
         return Err(DataError::file(&train_dir, "no class folders (expected <path>/<class>/*.jpg|png)"));
     }
@@ -275,16 +268,20 @@ fn open_folder(spec: &DatasetSpec, path: &Path) -> Result<Dataset> {
         let mut entries = Vec::new();
         for sub in sorted_dir(dir)?.into_iter().filter(|p| p.is_dir()) {
             let cname = sub.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let label = classes.iter().position(|c| c == cname).ok_or_else(|| {
-                DataError::file(&sub, format!("class folder `{cname}` does not exist in {}", train_dir.display()))
-            })?;
+            let label = classes
+                .iter()
+                .position(|c| c == cname)
+                .ok_or_else(|| DataError::file(&sub, format!("class folder `{cname}` does not exist in {}", train_dir.display())))?;
             let before = entries.len();
             for f in sorted_dir(&sub)?.into_iter().filter(|p| p.is_file() && is_image(p)) {
                 entries.push(Entry { path: f, label, origin: None });
             }
             if entries.len() == before && name == "train" {
                 // still a class (labels follow the sorted names), but one the model cannot learn
-                eprintln!("warning: {}: class folder `{cname}` has no .jpg/.jpeg/.png images; it is counted as class {label} with no training images", sub.display());
+                eprintln!(
+                    "warning: {}: class folder `{cname}` has no .jpg/.jpeg/.png images; it is counted as class {label} with no training images",
+                    sub.display()
+                );
             }
         }
         if entries.is_empty() {

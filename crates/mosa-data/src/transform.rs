@@ -87,11 +87,8 @@ impl Transform {
             (Style::Vtab, VtabResize::Pil) => to_chw_normalised(&p.pixels, false, out),
             (Style::Fgvc, _) => {
                 let img = &p.pixels;
-                let (left, top) = if self.train {
-                    (rng.below(img.width - s + 1), rng.below(img.height - s + 1))
-                } else {
-                    center_crop_offsets(img.width, img.height, s)
-                };
+                let (left, top) =
+                    if self.train { (rng.below(img.width - s + 1), rng.below(img.height - s + 1)) } else { center_crop_offsets(img.width, img.height, s) };
                 let flip = self.train && rng.uniform() < 0.5;
                 to_chw_normalised(&crop(img, left, top, s, s), flip, out);
             }
@@ -133,9 +130,12 @@ mod tests {
         let mut out = vec![0.0; 6];
         to_chw_normalised(&img, false, &mut out);
         let want = [
-            (1.0 - 0.485) / 0.229, (0.0 - 0.485) / 0.229, // R
-            (0.0 - 0.456) / 0.224, (1.0 - 0.456) / 0.224, // G
-            (128.0 / 255.0 - 0.406) / 0.225, (64.0 / 255.0 - 0.406) / 0.225, // B
+            (1.0 - 0.485) / 0.229,
+            (0.0 - 0.485) / 0.229, // R
+            (0.0 - 0.456) / 0.224,
+            (1.0 - 0.456) / 0.224, // G
+            (128.0 / 255.0 - 0.406) / 0.225,
+            (64.0 / 255.0 - 0.406) / 0.225, // B
         ];
         for (g, w) in out.iter().zip(want) {
             assert!((g - w).abs() < 1e-5, "{g} vs {w}");

@@ -205,7 +205,14 @@ fn bad_input_errors_name_file_and_line() {
     vtab_fixture(root, "eurosat", ShapesTask::Count, (3, 2, 3));
     let t = root.join("eurosat");
     let open = || Dataset::open(&spec(&format!("vtab:{}/eurosat", root.display())));
-    let load = |ds: &Dataset, skip| LoadedSplit::load(ds.test.as_ref().unwrap(), ds.num_classes, Transform::new(Style::Vtab, 8, false), &LoadOptions { skip_unreadable: skip, disk_cache: None });
+    let load = |ds: &Dataset, skip| {
+        LoadedSplit::load(
+            ds.test.as_ref().unwrap(),
+            ds.num_classes,
+            Transform::new(Style::Vtab, 8, false),
+            &LoadOptions { skip_unreadable: skip, disk_cache: None },
+        )
+    };
 
     // corrupt image (line 2 of test.txt) and a missing one (line 3)
     std::fs::write(t.join("images/test/000001.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();

@@ -9,19 +9,12 @@ use mosa_data::{Style, Transform};
 use safetensors::SafeTensors;
 
 fn f32s(t: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
-    t.data()
-        .chunks(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
+    t.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
 #[test]
 fn vtab_resize_and_normalisation_match_tensorflow() {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/tf_resize.safetensors"
-    ))
-    .unwrap();
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tf_resize.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let cases = st.names().iter().filter(|n| n.starts_with("src.")).count();
     assert!(cases >= 5, "fixture has {cases} cases");
@@ -34,42 +27,23 @@ fn vtab_resize_and_normalisation_match_tensorflow() {
         let s = st.tensor(&format!("resized.{k}")).unwrap().shape()[0];
         // the resize alone: TensorFlow's float output, exactly up to f32 rounding
         let got = TfBilinear::new(w, h, s, s).resize(&img);
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            worst <= 1e-4,
-            "case {k} ({w}x{h} -> {s}): resize differs by {worst}"
-        );
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-4, "case {k} ({w}x{h} -> {s}): resize differs by {worst}");
         // the whole evaluation transform, through the cacheable compacted image
         let t = Transform::new(Style::Vtab, s, false);
         let mut input = vec![0.0; 3 * s * s];
         t.finish(&t.prepare(&img), &mut Rng::new(0), &mut input);
         let want_input = f32s(&st.tensor(&format!("model_input.{k}")).unwrap());
-        let worst = input
-            .iter()
-            .zip(&want_input)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = input.iter().zip(&want_input).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst <= 1e-5, "case {k}: model input differs by {worst}");
         // and it is not PIL's antialiased, 8-bit resize: shrinking gives other values
         if w > s && h > s {
             let pil = resize_bilinear(&img, s, s);
-            let pil_worst = pil
-                .data
-                .iter()
-                .zip(&want)
-                .map(|(&a, b)| (a as f32 - b).abs())
-                .fold(0.0f32, f32::max);
+            let pil_worst = pil.data.iter().zip(&want).map(|(&a, b)| (a as f32 - b).abs()).fold(0.0f32, f32::max);
             if pil_worst > 5.0 {
                 shrunk_differs_from_pil += 1;
             }
         }
     }
-    assert!(
-        shrunk_differs_from_pil >= 2,
-        "the fixture's shrinking cases should tell TF from PIL"
-    );
+    assert!(shrunk_differs_from_pil >= 2, "the fixture's shrinking cases should tell TF from PIL");
 }

@@ -118,7 +118,9 @@ impl BackboneConfig {
     pub fn describe(&self) -> String {
         match self {
             BackboneConfig::Vit(c) => format!("d {}, {} blocks, {} heads, patch {}", c.embed_dim, c.depth, c.num_heads, c.patch_size),
-            BackboneConfig::Swin(c) => format!("Swin d {}, depths {:?}, heads {:?}, window {}, patch {}", c.embed_dim, c.depths, c.num_heads, c.window_size, c.patch_size),
+            BackboneConfig::Swin(c) => {
+                format!("Swin d {}, depths {:?}, heads {:?}, window {}, patch {}", c.embed_dim, c.depths, c.num_heads, c.window_size, c.patch_size)
+            }
             BackboneConfig::ConvNext(c) => format!("ConvNeXt dims {:?}, depths {:?}, kernel {}", c.dims, c.depths, c.kernel_size),
         }
     }

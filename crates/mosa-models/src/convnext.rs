@@ -18,9 +18,9 @@
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, PaddingConfig2d};
-use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use mosa_core::kernels::Kernels;
+use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
@@ -101,7 +101,12 @@ impl ConvNextConfig {
 
     /// The parameter count, estimated in floating point from the config alone.
     pub fn estimated_params(&self) -> f64 {
-        let blocks: f64 = self.depths.iter().zip(&self.dims).map(|(&n, &d)| n as f64 * (2.0 * self.mlp_ratio * (d as f64).powi(2) + (self.kernel_size * self.kernel_size) as f64 * d as f64)).sum();
+        let blocks: f64 = self
+            .depths
+            .iter()
+            .zip(&self.dims)
+            .map(|(&n, &d)| n as f64 * (2.0 * self.mlp_ratio * (d as f64).powi(2) + (self.kernel_size * self.kernel_size) as f64 * d as f64))
+            .sum();
         blocks + self.num_classes as f64 * self.dims.last().copied().unwrap_or(0) as f64
     }
 
@@ -140,7 +145,12 @@ impl ConvNextConfig {
         let init = Initializer::Normal { mean: 0.0, std: 0.02 };
         let norm = |d: usize| LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device);
         let conv = |i: usize, o: usize, k: usize, stride: usize, groups: usize, pad: usize| -> Conv2d<B> {
-            let mut c = Conv2dConfig::new([i, o], [k, k]).with_stride([stride, stride]).with_groups(groups).with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad)).with_initializer(init.clone()).init(device);
+            let mut c = Conv2dConfig::new([i, o], [k, k])
+                .with_stride([stride, stride])
+                .with_groups(groups)
+                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                .with_initializer(init.clone())
+                .init(device);
             c.bias = c.bias.map(|b| Param::from_tensor(Tensor::zeros(b.dims(), device)));
             c
         };
@@ -162,7 +172,11 @@ impl ConvNextConfig {
                         ConvNextBlock {
                             conv_dw: conv(d, d, self.kernel_size, 1, d, self.kernel_size / 2),
                             norm: norm(d),
-                            mlp: Mlp { fc1: TunableLinear::from(init_linear(d, h, true, device)), fc2: TunableLinear::from(init_linear(h, d, true, device)), drop: DropoutConfig::new(0.0).init() },
+                            mlp: Mlp {
+                                fc1: TunableLinear::from(init_linear(d, h, true, device)),
+                                fc2: TunableLinear::from(init_linear(h, d, true, device)),
+                                drop: DropoutConfig::new(0.0).init(),
+                            },
                             gamma: self.ls_init_value.map(|v| Param::from_tensor(Tensor::full([d], v, device))),
                             adapter: None,
                             adapter_mlp: None,

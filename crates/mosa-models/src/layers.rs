@@ -11,9 +11,9 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::softmax;
+use burn::tensor::module::linear;
 use mosa_core::kernels::{Kernels, attention, attention_packed, gelu};
 use mosa_core::layer_norm::LayerNorm;
-use burn::tensor::module::linear;
 
 use mosa_core::Rng;
 use mosa_core::site::{AdapterSite, LinearSite, Placement, SiteMut, TunableLinear};
@@ -68,11 +68,7 @@ impl<B: Kernels> Attention<B> {
     /// `[b, t, d]` → `[b, t, d]`
     pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
         let qkv = self.qkv.forward(x, rng);
-        let out = if self.attn_drop.prob > 0.0 && B::ad_enabled(&qkv.device()) {
-            self.with_dropout(qkv)
-        } else {
-            attention_packed(qkv, self.num_heads)
-        };
+        let out = if self.attn_drop.prob > 0.0 && B::ad_enabled(&qkv.device()) { self.with_dropout(qkv) } else { attention_packed(qkv, self.num_heads) };
         self.proj_drop.forward(self.proj.forward(out, rng))
     }
 
@@ -128,7 +124,6 @@ pub fn opt_scale<B: Backend>(ls: &Option<LayerScale<B>>, x: Tensor<B, 3>) -> Ten
     }
 }
 
-
 /// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`), with the channels-last [`LayerNorm`].
 ///
 /// # Shapes
@@ -165,7 +160,12 @@ impl<'a, B: Backend> BlockSlots<'a, B> {
             let (d_in, d_out) = l.dims();
             LinearSite { block, target, path: format!("{prefix}.{path}"), d_in, d_out }
         };
-        let (qkv, proj, fc1, fc2) = (linear("qkv", "attn.qkv", self.qkv), linear("proj", "attn.proj", self.proj), linear("fc1", "mlp.fc1", self.fc1), linear("fc2", "mlp.fc2", self.fc2));
+        let (qkv, proj, fc1, fc2) = (
+            linear("qkv", "attn.qkv", self.qkv),
+            linear("proj", "attn.proj", self.proj),
+            linear("fc1", "mlp.fc1", self.fc1),
+            linear("fc2", "mlp.fc2", self.fc2),
+        );
         vec![
             SiteMut::Adapter { site: adapter(Placement::Parallel), slot: self.adapter },
             SiteMut::Adapter { site: adapter(Placement::AfterAttention), slot: self.adapter_attn },

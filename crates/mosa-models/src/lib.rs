@@ -25,9 +25,9 @@ pub mod weights;
 
 pub use backbone::{Backbone, BackboneConfig, BackboneOutput, Preprocess, Spatial};
 pub use convnext::{ConvNeXt, ConvNextConfig};
-pub use swin::{SwinConfig, SwinTransformer};
 pub use error::{Error, Result};
 pub use load::{HeadPolicy, StateDict, load_vit, read_checkpoint};
 pub use posembed::Resample;
 pub use presets::{PRESETS, preset, resolve_model};
+pub use swin::{SwinConfig, SwinTransformer};
 pub use vit::{VisionTransformer, VitConfig};

@@ -59,18 +59,48 @@ pub const PRESETS: &[Preset] = &[
         config: || BackboneConfig::Vit(vit(384, 12, 6, 14).with_img_size(518).with_init_values(Some(1.0)).with_pos_resample(Resample::Bicubic)),
         preprocess: IN224,
     },
-    Preset { name: "swin-t", description: "Swin-T (d 96, depths 2-2-6-2, window 7, 224)", config: || swin(96, [2, 2, 6, 2], [3, 6, 12, 24]), preprocess: IN224 },
-    Preset { name: "swin-s", description: "Swin-S (d 96, depths 2-2-18-2, window 7, 224)", config: || swin(96, [2, 2, 18, 2], [3, 6, 12, 24]), preprocess: IN224 },
-    Preset { name: "swin-b", description: "Swin-B (d 128, depths 2-2-18-2, window 7, 224)", config: || swin(128, [2, 2, 18, 2], [4, 8, 16, 32]), preprocess: IN224 },
+    Preset {
+        name: "swin-t",
+        description: "Swin-T (d 96, depths 2-2-6-2, window 7, 224)",
+        config: || swin(96, [2, 2, 6, 2], [3, 6, 12, 24]),
+        preprocess: IN224,
+    },
+    Preset {
+        name: "swin-s",
+        description: "Swin-S (d 96, depths 2-2-18-2, window 7, 224)",
+        config: || swin(96, [2, 2, 18, 2], [3, 6, 12, 24]),
+        preprocess: IN224,
+    },
+    Preset {
+        name: "swin-b",
+        description: "Swin-B (d 128, depths 2-2-18-2, window 7, 224)",
+        config: || swin(128, [2, 2, 18, 2], [4, 8, 16, 32]),
+        preprocess: IN224,
+    },
     Preset {
         name: "swin-b-22k",
         description: "Swin-B for ImageNet-22k weights (`swin_base_patch4_window7_224.ms_in22k`, the MoSA paper's Swin)",
         config: || swin(128, [2, 2, 18, 2], [4, 8, 16, 32]),
         preprocess: IN224,
     },
-    Preset { name: "convnext-t", description: "ConvNeXt-T (dims 96-768, depths 3-3-9-3)", config: || convnext([3, 3, 9, 3], [96, 192, 384, 768]), preprocess: IN224 },
-    Preset { name: "convnext-s", description: "ConvNeXt-S (dims 96-768, depths 3-3-27-3)", config: || convnext([3, 3, 27, 3], [96, 192, 384, 768]), preprocess: IN224 },
-    Preset { name: "convnext-b", description: "ConvNeXt-B (dims 128-1024, depths 3-3-27-3)", config: || convnext([3, 3, 27, 3], [128, 256, 512, 1024]), preprocess: IN224 },
+    Preset {
+        name: "convnext-t",
+        description: "ConvNeXt-T (dims 96-768, depths 3-3-9-3)",
+        config: || convnext([3, 3, 9, 3], [96, 192, 384, 768]),
+        preprocess: IN224,
+    },
+    Preset {
+        name: "convnext-s",
+        description: "ConvNeXt-S (dims 96-768, depths 3-3-27-3)",
+        config: || convnext([3, 3, 27, 3], [96, 192, 384, 768]),
+        preprocess: IN224,
+    },
+    Preset {
+        name: "convnext-b",
+        description: "ConvNeXt-B (dims 128-1024, depths 3-3-27-3)",
+        config: || convnext([3, 3, 27, 3], [128, 256, 512, 1024]),
+        preprocess: IN224,
+    },
 ];
 
 pub fn preset(name: &str) -> Option<BackboneConfig> {
@@ -88,10 +118,7 @@ pub fn resolve_model(spec: &str) -> Result<BackboneConfig> {
     }
     let path = Path::new(spec);
     if !path.exists() {
-        return Err(Error::Config(format!(
-            "unknown model `{spec}`: not a preset ({}) and no such config file",
-            preset_names().join(", ")
-        )));
+        return Err(Error::Config(format!("unknown model `{spec}`: not a preset ({}) and no such config file", preset_names().join(", "))));
     }
     config_from_json_file(path)
 }
@@ -283,7 +310,24 @@ mod tests {
 
     #[test]
     fn presets_are_valid_and_named_as_documented() {
-        assert_eq!(preset_names(), ["vit-ti16", "vit-s16", "vit-b16", "vit-l16", "vit-h14", "dinov2-vits14", "swin-t", "swin-s", "swin-b", "swin-b-22k", "convnext-t", "convnext-s", "convnext-b"]);
+        assert_eq!(
+            preset_names(),
+            [
+                "vit-ti16",
+                "vit-s16",
+                "vit-b16",
+                "vit-l16",
+                "vit-h14",
+                "dinov2-vits14",
+                "swin-t",
+                "swin-s",
+                "swin-b",
+                "swin-b-22k",
+                "convnext-t",
+                "convnext-s",
+                "convnext-b"
+            ]
+        );
         for p in PRESETS {
             (p.config)().validate().unwrap();
         }

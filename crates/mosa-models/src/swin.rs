@@ -20,11 +20,11 @@
 use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
-use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use mosa_core::kernels::Kernels;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, Int, TensorData};
+use mosa_core::kernels::Kernels;
+use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
@@ -170,7 +170,12 @@ impl SwinConfig {
         let blocks = self.depths.iter().try_fold(0usize, |a, &d| a.checked_add(d)).unwrap_or(usize::MAX);
         let tokens = (self.img_size / self.patch_size).saturating_pow(2);
         crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, blocks, self.estimated_params())?;
-        for (name, p) in [("drop_rate", self.drop_rate), ("proj_drop_rate", self.proj_drop_rate), ("attn_drop_rate", self.attn_drop_rate), ("drop_path_rate", self.drop_path_rate)] {
+        for (name, p) in [
+            ("drop_rate", self.drop_rate),
+            ("proj_drop_rate", self.proj_drop_rate),
+            ("attn_drop_rate", self.attn_drop_rate),
+            ("drop_path_rate", self.drop_path_rate),
+        ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("{name} must be in [0, 1), got {p}"));
             }
@@ -192,7 +197,8 @@ impl SwinConfig {
             .map(|(i, &depth)| {
                 let d = self.stage_dim(i);
                 let (ws, shift) = self.window(i);
-                let downsample = (i > 0).then(|| PatchMerging { norm: norm(4 * self.stage_dim(i - 1)), reduction: init_linear(4 * self.stage_dim(i - 1), d, false, device) });
+                let downsample = (i > 0)
+                    .then(|| PatchMerging { norm: norm(4 * self.stage_dim(i - 1)), reduction: init_linear(4 * self.stage_dim(i - 1), d, false, device) });
                 let blocks = (0..depth)
                     .map(|j| {
                         let dpr = if total > 1 { self.drop_path_rate * k as f64 / (total - 1) as f64 } else { 0.0 };
@@ -202,14 +208,22 @@ impl SwinConfig {
                             attn: WindowAttention {
                                 qkv: tlin(d, 3 * d, self.qkv_bias),
                                 proj: tlin(d, d, true),
-                                relative_position_bias_table: Param::from_tensor(Tensor::random([(2 * ws - 1).pow(2), self.num_heads[i]], Distribution::Normal(0.0, 0.02), device)),
+                                relative_position_bias_table: Param::from_tensor(Tensor::random(
+                                    [(2 * ws - 1).pow(2), self.num_heads[i]],
+                                    Distribution::Normal(0.0, 0.02),
+                                    device,
+                                )),
                                 attn_drop: DropoutConfig::new(self.attn_drop_rate).init(),
                                 proj_drop: DropoutConfig::new(self.proj_drop_rate).init(),
                                 num_heads: self.num_heads[i],
                                 window: ws,
                             },
                             norm2: norm(d),
-                            mlp: Mlp { fc1: tlin(d, self.mlp_hidden(d), true), fc2: tlin(self.mlp_hidden(d), d, true), drop: DropoutConfig::new(self.proj_drop_rate).init() },
+                            mlp: Mlp {
+                                fc1: tlin(d, self.mlp_hidden(d), true),
+                                fc2: tlin(self.mlp_hidden(d), d, true),
+                                drop: DropoutConfig::new(self.proj_drop_rate).init(),
+                            },
                             adapter: None,
                             adapter_attn: None,
                             adapter_mlp: None,
@@ -252,7 +266,15 @@ fn relative_position_index(w: usize) -> Vec<i64> {
 /// The shifted-window attention mask `[windows, w², w²]` of a padded `hp × wp` grid: 0 within a
 /// region, −100 between the regions the cyclic shift brought together.
 fn shift_mask<B: Backend>(hp: usize, wp: usize, w: usize, shift: usize, device: &B::Device) -> Tensor<B, 3> {
-    let region = |x: usize, size: usize| if x < size - w { 0 } else if x < size - shift { 1 } else { 2 };
+    let region = |x: usize, size: usize| {
+        if x < size - w {
+            0
+        } else if x < size - shift {
+            1
+        } else {
+            2
+        }
+    };
     let (nh, nw, n) = (hp / w, wp / w, w * w);
     let mut data = Vec::with_capacity(nh * nw * n * n);
     for bh in 0..nh {
@@ -400,7 +422,15 @@ impl<B: Kernels> SwinBlock<B> {
     /// The block's sites: three adapter slots (the parallel one reads the normalised MLP input),
     /// then the four linear sites of [`TARGETS`].
     fn sites_mut(&mut self, stage: usize, index: usize, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
-        let slots = BlockSlots { adapter: &mut self.adapter, adapter_attn: &mut self.adapter_attn, adapter_mlp: &mut self.adapter_mlp, qkv: &mut self.attn.qkv, proj: &mut self.attn.proj, fc1: &mut self.mlp.fc1, fc2: &mut self.mlp.fc2 };
+        let slots = BlockSlots {
+            adapter: &mut self.adapter,
+            adapter_attn: &mut self.adapter_attn,
+            adapter_mlp: &mut self.adapter_mlp,
+            qkv: &mut self.attn.qkv,
+            proj: &mut self.attn.proj,
+            fc1: &mut self.mlp.fc1,
+            fc2: &mut self.mlp.fc2,
+        };
         slots.sites(block, stage, d, &format!("layers.{stage}.blocks.{index}"), true)
     }
 }
@@ -577,7 +607,8 @@ pub fn official_to_timm(mut sd: StateDict) -> StateDict {
 /// Whether a state dict is in the original release's layout (patch merging in stage 0, or a
 /// bare `head.weight`).
 pub fn looks_official(sd: &StateDict) -> bool {
-    sd.tensors.keys().any(|k| k.starts_with("layers.0.downsample.") || k == "head.weight") && sd.tensors.keys().any(|k| k.contains("relative_position_bias_table"))
+    sd.tensors.keys().any(|k| k.starts_with("layers.0.downsample.") || k == "head.weight")
+        && sd.tensors.keys().any(|k| k.contains("relative_position_bias_table"))
 }
 
 /// Loads a timm-layout state dict (`load::read_checkpoint` maps the original release's) into a

@@ -14,10 +14,10 @@
 use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use mosa_core::kernels::Kernels;
 use burn::tensor::Distribution;
+use mosa_core::kernels::Kernels;
+use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
@@ -105,7 +105,9 @@ impl VitConfig {
     /// The parameter count, estimated in floating point from the config alone (no overflow on a
     /// hostile config; checked before anything is allocated).
     pub fn estimated_params(&self) -> f64 {
-        crate::limits::transformer_params(self.depth, self.embed_dim, self.mlp_ratio) + self.in_chans as f64 * (self.patch_size * self.patch_size * self.embed_dim) as f64 + self.num_classes as f64 * self.embed_dim as f64
+        crate::limits::transformer_params(self.depth, self.embed_dim, self.mlp_ratio)
+            + self.in_chans as f64 * (self.patch_size * self.patch_size * self.embed_dim) as f64
+            + self.num_classes as f64 * self.embed_dim as f64
     }
 
     /// Checks the configuration for consistency.
@@ -121,7 +123,10 @@ impl VitConfig {
         }
         if self.img_size % self.patch_size != 0 {
             let (lo, hi) = (self.img_size / self.patch_size * self.patch_size, (self.img_size / self.patch_size + 1) * self.patch_size);
-            return Err(format!("img_size {} is not a multiple of patch_size {} (the patch grid would drop the last pixels); use {lo} or {hi}", self.img_size, self.patch_size));
+            return Err(format!(
+                "img_size {} is not a multiple of patch_size {} (the patch grid would drop the last pixels); use {lo} or {hi}",
+                self.img_size, self.patch_size
+            ));
         }
         crate::limits::at_most("embed_dim", self.embed_dim, crate::limits::MAX_WIDTH)?;
         crate::limits::at_most("patch_size", self.patch_size, crate::limits::MAX_WIDTH)?;
@@ -157,9 +162,7 @@ impl VitConfig {
         };
         let tlin = |i: usize, o: usize, bias: bool| TunableLinear::from(lin(i, o, bias));
         let norm = || LayerNormConfig::new(d).with_epsilon(self.norm_eps).init(device);
-        let ls = || {
-            self.init_values.map(|v| LayerScale { gamma: Param::from_tensor(Tensor::full([d], v, device)) })
-        };
+        let ls = || self.init_values.map(|v| LayerScale { gamma: Param::from_tensor(Tensor::full([d], v, device)) });
         let blocks = (0..self.depth)
             .map(|i| {
                 let dpr = if self.depth > 1 { self.drop_path_rate * i as f64 / (self.depth - 1) as f64 } else { 0.0 };
@@ -246,7 +249,15 @@ impl<B: Kernels> Block<B> {
 
     /// The block's sites: three adapter slots, then the four linear sites of [`TARGETS`].
     fn sites_mut(&mut self, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
-        let slots = BlockSlots { adapter: &mut self.adapter, adapter_attn: &mut self.adapter_attn, adapter_mlp: &mut self.adapter_mlp, qkv: &mut self.attn.qkv, proj: &mut self.attn.proj, fc1: &mut self.mlp.fc1, fc2: &mut self.mlp.fc2 };
+        let slots = BlockSlots {
+            adapter: &mut self.adapter,
+            adapter_attn: &mut self.adapter_attn,
+            adapter_mlp: &mut self.adapter_mlp,
+            qkv: &mut self.attn.qkv,
+            proj: &mut self.attn.proj,
+            fc1: &mut self.mlp.fc1,
+            fc2: &mut self.mlp.fc2,
+        };
         slots.sites(block, 0, d, &format!("blocks.{block}"), false)
     }
 }

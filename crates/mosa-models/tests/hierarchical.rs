@@ -34,7 +34,11 @@ fn diff(got: &HostTensor, want: &HostTensor) -> f32 {
 }
 
 fn check(name: &str, out: &BackboneOutput<B>, want: &StateDict) {
-    let got = [("features", out.features_as_reference()), ("pre_logits", HostTensor::from_tensor(out.pre_logits.clone())), ("logits", HostTensor::from_tensor(out.logits.clone()))];
+    let got = [
+        ("features", out.features_as_reference()),
+        ("pre_logits", HostTensor::from_tensor(out.pre_logits.clone())),
+        ("logits", HostTensor::from_tensor(out.logits.clone())),
+    ];
     for (o, g) in &got {
         let d = diff(g, want.get(o).unwrap_or_else(|| panic!("{name}: no `{o}` in the reference")));
         assert!(d <= 1e-4, "{name}: `{o}` differs from timm by {d}");

@@ -91,7 +91,12 @@ fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 /// One training step (CE loss, masked expert gradients). Returns the model and the gradients.
-fn step<O: Optimizer<VisionTransformer<AB>, AB>>(model: VisionTransformer<AB>, optim: &mut O, rng: &mut Rng, seed: u64) -> (VisionTransformer<AB>, GradientsParams) {
+fn step<O: Optimizer<VisionTransformer<AB>, AB>>(
+    model: VisionTransformer<AB>,
+    optim: &mut O,
+    rng: &mut Rng,
+    seed: u64,
+) -> (VisionTransformer<AB>, GradientsParams) {
     let out = model.forward_rng(input(seed), false, rng);
     let loss = CrossEntropyLossConfig::new().init(&Default::default()).forward(out.logits, labels());
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -222,7 +227,11 @@ fn trained(kind: &str) -> VisionTransformer<B> {
     let mut rng = Rng::new(2);
     for s in 0..3 {
         let (m, grads) = step(model, &mut adam, &mut rng, s);
-        model = if kind == "sparse" && s == 0 { inject::reselect_sparse(m, &grads, &mc.sparse().unwrap().clone().with_keep_ratio(0.3), &mut rng).unwrap() } else { m };
+        model = if kind == "sparse" && s == 0 {
+            inject::reselect_sparse(m, &grads, &mc.sparse().unwrap().clone().with_keep_ratio(0.3), &mut rng).unwrap()
+        } else {
+            m
+        };
     }
     model.valid()
 }
@@ -633,7 +642,11 @@ fn lora_defaults_to_the_query_and_value_parts_of_qkv() {
     let e = (a.matmul(b) - parts.delta()).abs().max().into_scalar();
     assert!(e < 1e-5, "as_one: {e}");
     // parts are LoRA's only, and a linear is targeted whole or by parts
-    for (kind, targets, needle) in [("sparse", vec!["q"], "only lora targets parts"), ("lora", vec!["q", "qkv"], "twice"), ("lora", vec!["x"], "LoRA also takes the parts q, k, v (of qkv)")] {
+    for (kind, targets, needle) in [
+        ("sparse", vec!["q"], "only lora targets parts"),
+        ("lora", vec!["q", "qkv"], "twice"),
+        ("lora", vec!["x"], "LoRA also takes the parts q, k, v (of qkv)"),
+    ] {
         let mut m = method(kind);
         match &mut m {
             Method::Lora(o) => o.targets = targets.iter().map(|s| s.to_string()).collect(),

@@ -13,9 +13,7 @@ use mosa_models::{Error, HeadPolicy, VitConfig, load_vit};
 type B = Flex;
 
 fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("MOSA_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
+    let dir = std::env::var_os("MOSA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
     assert!(dir.join("README.md").exists(), "parity fixtures not found at {} (set MOSA_FIXTURES)", dir.display());
     dir
 }

@@ -85,7 +85,13 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
             v.insert(path(p), t.data);
         }
     }
-    let mut adam: Vec<_> = m.into_iter().map(|(k, mm)| { let vv = v.remove(&k).unwrap_or_else(|| vec![0.0; mm.len()]); (k, mm, vv) }).collect();
+    let mut adam: Vec<_> = m
+        .into_iter()
+        .map(|(k, mm)| {
+            let vv = v.remove(&k).unwrap_or_else(|| vec![0.0; mm.len()]);
+            (k, mm, vv)
+        })
+        .collect();
     adam.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Checkpoint { params, adam, state })
 }

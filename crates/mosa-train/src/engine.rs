@@ -68,7 +68,8 @@ fn head_init<B: Kernels>(mut model: Backbone<B>, init: HeadInit, seed: u64) -> B
 /// The run's backbone config at its resolution with `num_classes` classes, validated.
 fn model_config(spec: &RunSpec, num_classes: usize) -> Result<mosa_models::BackboneConfig> {
     let cfg = spec.model.clone().with_num_classes(num_classes).with_img_size(spec.train.resolution);
-    cfg.validate().map_err(|e| Error::Config(format!("model `{}` at --resolution {} with {num_classes} classes: {e}", spec.model_name, spec.train.resolution)))?;
+    cfg.validate()
+        .map_err(|e| Error::Config(format!("model `{}` at --resolution {} with {num_classes} classes: {e}", spec.model_name, spec.train.resolution)))?;
     Ok(cfg)
 }
 
@@ -158,9 +159,11 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
     // the memory the run will hold, bounded before anything is decoded or built
     let t = &spec.train;
     let eval_cap = |n: usize| t.max_eval_images.map_or(n, |m| m.min(n));
-    let images = t.max_train_images.map_or(dataset.train.entries.len(), |m| m.min(dataset.train.entries.len())) + [dataset.val.as_ref(), dataset.test.as_ref()].into_iter().flatten().map(|s| eval_cap(s.entries.len())).sum::<usize>();
+    let images = t.max_train_images.map_or(dataset.train.entries.len(), |m| m.min(dataset.train.entries.len()))
+        + [dataset.val.as_ref(), dataset.test.as_ref()].into_iter().flatten().map(|s| eval_cap(s.entries.len())).sum::<usize>();
     let batch = t.batch_size.max(t.eval_batch_size.unwrap_or(0));
-    crate::memory::Footprint { images, resolution: t.resolution, batch, params: cfg.estimated_params(), training: true }.check(&format!("training `{}` at --resolution {} and --batch-size {}", spec.model_name, t.resolution, t.batch_size))?;
+    crate::memory::Footprint { images, resolution: t.resolution, batch, params: cfg.estimated_params(), training: true }
+        .check(&format!("training `{}` at --resolution {} and --batch-size {}", spec.model_name, t.resolution, t.batch_size))?;
     let dir = RunDir::new(out);
     std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
     let ckpt_path = dir.checkpoint();
@@ -175,7 +178,10 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
         // older formats hashed their own config layout; their settings come from their converted
         // config.json
         if c.state.format == Some(FORMAT) && c.state.config_sha256 != config_sha {
-            return Err(Error::Config(format!("{}: the run was started with other settings (see its config.json); resume with the same settings", out.display())));
+            return Err(Error::Config(format!(
+                "{}: the run was started with other settings (see its config.json); resume with the same settings",
+                out.display()
+            )));
         }
         Some(c)
     } else {
@@ -203,7 +209,15 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
             format: FORMAT,
             run: spec.clone(),
             backbone: backbone.clone(),
-            dataset: DatasetInfo { name: ds.name.clone(), classes: nc, style: serde_json::to_value(ds.style).unwrap_or_default(), train: data.train.len(), val: data.val.as_ref().map(|v| v.len()), test: data.test.as_ref().map(|v| v.len()), fingerprint: Some(fingerprint) },
+            dataset: DatasetInfo {
+                name: ds.name.clone(),
+                classes: nc,
+                style: serde_json::to_value(ds.style).unwrap_or_default(),
+                train: data.train.len(),
+                val: data.val.as_ref().map(|v| v.len()),
+                test: data.test.as_ref().map(|v| v.len()),
+                fingerprint: Some(fingerprint),
+            },
             trainable_params: trainable,
             backend: std::any::type_name::<B>().to_string(),
         })?;
@@ -243,11 +257,21 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
     let eval_bs = t.eval_batch_size.unwrap_or(t.batch_size);
 
     for epoch in start_epoch..t.epochs {
-        let ctx = EpochCtx { method: &spec.method, t, schedule: &schedule, train: &data.train, subset: &subset, device, epochs_done: metrics.len(), checkpoint: &ckpt_path };
+        let ctx = EpochCtx {
+            method: &spec.method,
+            t,
+            schedule: &schedule,
+            train: &data.train,
+            subset: &subset,
+            device,
+            epochs_done: metrics.len(),
+            checkpoint: &ckpt_path,
+        };
         let (m, tr) = train_epoch(model, &mut optim, epoch, &ctx, rep)?;
         model = m;
 
-        let (val_acc, test_acc, evaluated, eval_seconds) = if t.evaluates_after(epoch + 1) { evaluate_merged(&model, &data, eval_bs, t.max_eval_images, device) } else { (None, None, 0, 0.0) };
+        let (val_acc, test_acc, evaluated, eval_seconds) =
+            if t.evaluates_after(epoch + 1) { evaluate_merged(&model, &data, eval_bs, t.max_eval_images, device) } else { (None, None, 0, 0.0) };
         let m = EpochMetrics {
             epoch: epoch + 1,
             lr: tr.lr,
@@ -263,7 +287,14 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
         rep.epoch_end(&m);
         metrics.push(m);
         write_metrics(&dir, &metrics)?;
-        let state = RunState { epochs_done: epoch + 1, optim_step: optim.step, metrics: metrics.clone(), rng: rng.clone(), config_sha256: config_sha.clone(), format: Some(FORMAT) };
+        let state = RunState {
+            epochs_done: epoch + 1,
+            optim_step: optim.step,
+            metrics: metrics.clone(),
+            rng: rng.clone(),
+            config_sha256: config_sha.clone(),
+            format: Some(FORMAT),
+        };
         write_checkpoint(&ckpt_path, &with_masks(params::export_trainable(&model), &mut model), optim.export(), &state)?;
         if control.stop_after_epochs == Some(epoch + 1) && epoch + 1 < t.epochs {
             return Ok(Outcome::Interrupted { epochs_done: epoch + 1 });
@@ -271,7 +302,12 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
     }
 
     let summary = summary_of::<B>(spec, &metrics, trainable, merged_trainable);
-    write_model(&dir.model(), &with_masks(params::export_trainable(&model), &mut model), &backbone, &[("run_config_sha256", config_sha), ("format", FORMAT.to_string())])?;
+    write_model(
+        &dir.model(),
+        &with_masks(params::export_trainable(&model), &mut model),
+        &backbone,
+        &[("run_config_sha256", config_sha), ("format", FORMAT.to_string())],
+    )?;
     // the task expert (a full expert is W − W0, so it needs the base weights file)
     let makes_expert = match crate::expert::kind_of(&spec.method) {
         Some(mosa_core::expert::ExpertKind::Full) => spec.weights.is_some(),
@@ -288,7 +324,13 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
 
 /// Merges (MoSA: mean of the experts; branches folded) and evaluates on the inner backend:
 /// validation and test accuracy, images evaluated, seconds.
-fn evaluate_merged<B: AutodiffKernels>(model: &Backbone<B>, data: &Data, batch: usize, limit: Option<usize>, device: &B::Device) -> (Option<f64>, Option<f64>, usize, f64) {
+fn evaluate_merged<B: AutodiffKernels>(
+    model: &Backbone<B>,
+    data: &Data,
+    batch: usize,
+    limit: Option<usize>,
+    device: &B::Device,
+) -> (Option<f64>, Option<f64>, usize, f64) {
     let t1 = Instant::now();
     let eval_model = inject::merged(&model.valid());
     let mut evaluated = 0;
@@ -335,7 +377,10 @@ fn summary_of<B: Kernels>(spec: &RunSpec, metrics: &[EpochMetrics], trainable: u
 /// Whether `config.json` is already in this build's format (an older run is converted when it
 /// is resumed).
 fn is_current_format(dir: &RunDir) -> bool {
-    std::fs::read_to_string(dir.config()).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|v| v.get("format").and_then(|f| f.as_u64()) == Some(FORMAT as u64))
+    std::fs::read_to_string(dir.config())
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v.get("format").and_then(|f| f.as_u64()) == Some(FORMAT as u64))
 }
 
 const MASK_PREFIX: &str = "sparse_mask/";
@@ -375,14 +420,24 @@ fn load_run_parts<B: Kernels>(dir: &Path, device: &B::Device) -> Result<(RunSpec
     let (values, meta) = crate::checkpoint::read_model(&model_path)?;
     // a damaged model is refused, not scored (a run's own training stops at a non-finite loss)
     if let Some((name, t)) = values.iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
-        return Err(Error::Checkpoint(format!("{}: tensor `{name}` holds {} non-finite value(s); a model with inf or NaN weights is not evaluated", model_path.display(), t.data.iter().filter(|v| !v.is_finite()).count())));
+        return Err(Error::Checkpoint(format!(
+            "{}: tensor `{name}` holds {} non-finite value(s); a model with inf or NaN weights is not evaluated",
+            model_path.display(),
+            t.data.iter().filter(|v| !v.is_finite()).count()
+        )));
     }
     let values = if meta.contains_key("mosa.format") { values } else { values.into_iter().map(|(k, v)| (crate::rundir::legacy::path(&k), v)).collect() };
     if let (Some(b), Some(w)) = (meta.get("mosa.backbone"), &spec.weights) {
         let id: BackboneId = serde_json::from_str(b).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
         let now = file_sha256(w)?;
         if id.sha256.as_deref() != Some(now.as_str()) {
-            return Err(Error::Checkpoint(format!("{}: trained on backbone {} with SHA-256 {}, but {} now has {now}", model_path.display(), id.model, id.sha256.unwrap_or_default(), w.display())));
+            return Err(Error::Checkpoint(format!(
+                "{}: trained on backbone {} with SHA-256 {}, but {} now has {now}",
+                model_path.display(),
+                id.model,
+                id.sha256.unwrap_or_default(),
+                w.display()
+            )));
         }
     }
     let model = build_model::<B>(&spec, nc, device)?;

@@ -48,7 +48,13 @@ pub struct EpochCtx<'a, B: AutodiffKernels> {
 }
 
 /// Trains one epoch (0-based `epoch`).
-pub fn train_epoch<B: AutodiffKernels>(mut model: Backbone<B>, optim: &mut AdamW<B>, epoch: usize, c: &EpochCtx<'_, B>, rep: &mut dyn Reporter) -> Result<(Backbone<B>, EpochTrain)> {
+pub fn train_epoch<B: AutodiffKernels>(
+    mut model: Backbone<B>,
+    optim: &mut AdamW<B>,
+    epoch: usize,
+    c: &EpochCtx<'_, B>,
+    rep: &mut dyn Reporter,
+) -> Result<(Backbone<B>, EpochTrain)> {
     let t = c.t;
     let t0 = Instant::now();
     let steps = c.subset.len().div_ceil(t.batch_size);
@@ -93,7 +99,11 @@ pub fn train_epoch<B: AutodiffKernels>(mut model: Backbone<B>, optim: &mut AdamW
                         epoch: epoch + 1,
                         step: first + k + 1,
                         value: *v,
-                        kept: if c.epochs_done > 0 { format!("the last good checkpoint (epoch {}) is kept in {}", c.epochs_done, c.checkpoint.display()) } else { "no epoch had finished, so there is no checkpoint".into() },
+                        kept: if c.epochs_done > 0 {
+                            format!("the last good checkpoint (epoch {}) is kept in {}", c.epochs_done, c.checkpoint.display())
+                        } else {
+                            "no epoch had finished, so there is no checkpoint".into()
+                        },
                     });
                 }
                 loss_sum += *v as f64;

@@ -1,8 +1,8 @@
 //! Evaluation: accuracy of a (merged) model on a split, in evaluation mode (the inner,
 //! non-autodiff backend: no dropout, MoSA slots use their merged adapter).
 
-use mosa_core::kernels::Kernels;
 use burn::prelude::*;
+use mosa_core::kernels::Kernels;
 use mosa_data::LoadedSplit;
 use mosa_models::Backbone;
 

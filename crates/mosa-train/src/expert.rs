@@ -59,12 +59,21 @@ fn tensors<B: Kernels>(spec: &RunSpec, model: &Backbone<B>, kind: ExpertKind, de
                     Some(LinearBranch::Sparse(d)) => {
                         let mask = HostTensor::from_tensor(d.mask.clone());
                         let delta = HostTensor::from_tensor(d.delta.val());
-                        let mut kept: Vec<(u32, f32)> = mask.data.iter().enumerate().filter(|(_, m)| **m == 1.0).map(|(k, _)| (to_timm(k, d_in, d_out), delta.data[k])).collect();
+                        let mut kept: Vec<(u32, f32)> =
+                            mask.data.iter().enumerate().filter(|(_, m)| **m == 1.0).map(|(k, _)| (to_timm(k, d_in, d_out), delta.data[k])).collect();
                         kept.sort_by_key(|x| x.0);
-                        out.push(ExpertTensor { name, shape, delta: Delta::Sparse { indices: kept.iter().map(|x| x.0).collect(), values: kept.iter().map(|x| x.1).collect() } });
+                        out.push(ExpertTensor {
+                            name,
+                            shape,
+                            delta: Delta::Sparse { indices: kept.iter().map(|x| x.0).collect(), values: kept.iter().map(|x| x.1).collect() },
+                        });
                     }
                     Some(LinearBranch::Lora(l)) => {
-                        out.push(ExpertTensor { name, shape, delta: Delta::LowRank { a: transposed(l.a.val()), b: transposed(l.b.val()), scale: l.scaling as f32 } });
+                        out.push(ExpertTensor {
+                            name,
+                            shape,
+                            delta: Delta::LowRank { a: transposed(l.a.val()), b: transposed(l.b.val()), scale: l.scaling as f32 },
+                        });
                     }
                     Some(LinearBranch::LoraParts(l)) => {
                         // as one LoRA of rank Σr whose B is zero outside each part's columns
@@ -130,7 +139,12 @@ pub fn expert_of<B: Kernels>(model: &Backbone<B>, o: &Origin<'_>, values: ValueD
     let meta = ExpertMeta {
         format: EXPERT_FORMAT,
         kind,
-        backbone: BackboneIdentity { model: o.backbone.model.clone(), config: serde_json::to_value(&spec.model).unwrap_or_default(), weights: o.backbone.weights.clone(), sha256: o.backbone.sha256.clone() },
+        backbone: BackboneIdentity {
+            model: o.backbone.model.clone(),
+            config: serde_json::to_value(&spec.model).unwrap_or_default(),
+            weights: o.backbone.weights.clone(),
+            sha256: o.backbone.sha256.clone(),
+        },
         method: serde_json::to_value(&spec.method).unwrap_or_default(),
         task: o.task.clone(),
         dataset: spec.dataset.clone(),
@@ -155,7 +169,11 @@ pub fn export_run<B: Kernels>(dir: &Path, out: &Path, values: ValueDtype, device
         return Err(Error::Input(format!("--run {}: not a run directory (no config.json)", dir.display())));
     }
     if !rd.finished() {
-        let how = if rd.resumable() { format!("it was interrupted or is still training; finish it with `mosa train --resume --out {}`", dir.display()) } else { "it never finished an epoch; train it again".to_string() };
+        let how = if rd.resumable() {
+            format!("it was interrupted or is still training; finish it with `mosa train --resume --out {}`", dir.display())
+        } else {
+            "it never finished an epoch; train it again".to_string()
+        };
         return Err(Error::Input(format!("--run {}: the run has not finished (no summary.json yet): {how}", dir.display())));
     }
     // the expert may replace none of the run's other files (only its own expert.safetensors)

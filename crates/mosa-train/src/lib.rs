@@ -25,8 +25,8 @@ pub mod step;
 
 pub use config::{HeadInit, TrainConfig};
 pub use engine::{Control, Outcome, run};
-pub use rundir::{RunConfig, RunDir, RunSpec};
 pub use metrics::{EpochMetrics, Summary};
+pub use rundir::{RunConfig, RunDir, RunSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -100,7 +100,10 @@ mod tests {
         assert!(b.grad(&grads).is_none(), "the target of the KL must be detached");
         let ga = a.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
         // d/dz1 of KL(p2 || softmax(z1)) / batch = (softmax(z1) - p2) / batch
-        let sm = |x: f32, y: f32| { let (ex, ey) = (x.exp(), y.exp()); [ex / (ex + ey), ey / (ex + ey)] };
+        let sm = |x: f32, y: f32| {
+            let (ex, ey) = (x.exp(), y.exp());
+            [ex / (ex + ey), ey / (ex + ey)]
+        };
         let (p1, q1) = (sm(1.0, 2.0), sm(0.0, 1.0));
         let (p2, q2) = (sm(0.5, -1.0), sm(1.0, 2.0));
         let want = [(p1[0] - q1[0]) / 2.0, (p1[1] - q1[1]) / 2.0, (p2[0] - q2[0]) / 2.0, (p2[1] - q2[1]) / 2.0];

@@ -52,7 +52,12 @@ pub struct Merged {
 impl Merged {
     pub fn task(&self, name: &str) -> Result<(&TaskInfo, &Head)> {
         let names = || self.meta.tasks.iter().map(|t| t.task.as_str()).collect::<Vec<_>>().join(", ");
-        let info = self.meta.tasks.iter().find(|t| t.task == name).ok_or_else(|| Error::Config(format!("no task `{name}` in the merged model (tasks: {})", names())))?;
+        let info = self
+            .meta
+            .tasks
+            .iter()
+            .find(|t| t.task == name)
+            .ok_or_else(|| Error::Config(format!("no task `{name}` in the merged model (tasks: {})", names())))?;
         let head = self.heads.get(name).ok_or_else(|| Error::Config(format!("the merged model has no head for task `{name}`")))?;
         Ok((info, head))
     }
@@ -72,7 +77,8 @@ impl Merged {
 
     /// The backbone's configuration as the experts recorded it.
     pub fn backbone_config(&self) -> Result<mosa_models::BackboneConfig> {
-        serde_json::from_value(self.meta.backbone.config.clone()).map_err(|e| Error::Config(format!("{}: backbone config: {e}", self.backbone.source.display())))
+        serde_json::from_value(self.meta.backbone.config.clone())
+            .map_err(|e| Error::Config(format!("{}: backbone config: {e}", self.backbone.source.display())))
     }
 }
 
@@ -100,17 +106,33 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
     let first = loaded.first().ok_or_else(|| Error::Input("no experts to merge".into()))?;
     // a merged model carries every task's head: an expert without one would only fail at evaluation
     if let Some((p, e)) = experts.iter().zip(&loaded).find(|(_, e)| e.head.is_none()) {
-        return Err(err(p, format!("the expert of task `{}` has no task head, and a merged model needs each task's head (export it from a run that trained one)", e.meta.task)));
+        return Err(err(
+            p,
+            format!("the expert of task `{}` has no task head, and a merged model needs each task's head (export it from a run that trained one)", e.meta.task),
+        ));
     }
     let base_path = match weights {
         Some(w) => w.to_path_buf(),
-        None => PathBuf::from(first.meta.backbone.weights.clone().ok_or_else(|| Error::Input(format!("{}: trained from random weights; give the base with --base", experts[0].display())))?),
+        None => PathBuf::from(
+            first
+                .meta
+                .backbone
+                .weights
+                .clone()
+                .ok_or_else(|| Error::Input(format!("{}: trained from random weights; give the base with --base", experts[0].display())))?,
+        ),
     };
     crate::output::check_output(out, &[base_path.as_path()], None)?;
     let sha = file_sha256(&base_path)?;
     for (p, e) in experts.iter().zip(&loaded) {
         if e.meta.backbone.sha256.as_deref() != Some(sha.as_str()) {
-            return Err(Error::Input(format!("{}: made on backbone {} with SHA-256 {}, but {} has {sha}", p.display(), e.meta.backbone.model, e.meta.backbone.sha256.as_deref().unwrap_or("none"), base_path.display())));
+            return Err(Error::Input(format!(
+                "{}: made on backbone {} with SHA-256 {}, but {} has {sha}",
+                p.display(),
+                e.meta.backbone.model,
+                e.meta.backbone.sha256.as_deref().unwrap_or("none"),
+                base_path.display()
+            )));
         }
     }
     let mut sd = mosa_models::read_checkpoint(&base_path).map_err(|e| Error::Model(e.to_string()))?;
@@ -122,7 +144,8 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
     // an overflow (a large λ on large values) is refused, not written as inf for eval to score
     if let Some((name, t)) = sd.tensors.iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
         let bad = t.data.iter().filter(|v| !v.is_finite()).count();
-        let from: Vec<String> = experts.iter().zip(&loaded).filter(|(_, e)| e.tensors.iter().any(|x| &x.name == name)).map(|(p, _)| p.display().to_string()).collect();
+        let from: Vec<String> =
+            experts.iter().zip(&loaded).filter(|(_, e)| e.tensors.iter().any(|x| &x.name == name)).map(|(p, _)| p.display().to_string()).collect();
         return Err(Error::Input(format!(
             "merge: tensor `{name}` would hold {bad} non-finite value(s) after {:?} (λ {}) of {}; nothing was written (lower --lambda or --weights, or check the experts)",
             cfg.method,
@@ -133,9 +156,24 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
     let tasks: Vec<TaskInfo> = experts
         .iter()
         .zip(loaded.iter().zip(hashes))
-        .map(|(p, (e, sha))| TaskInfo { task: e.meta.task.clone(), dataset: e.meta.dataset.clone(), classes: e.meta.classes.clone(), resolution: e.meta.resolution, expert: p.display().to_string(), expert_sha256: sha })
+        .map(|(p, (e, sha))| TaskInfo {
+            task: e.meta.task.clone(),
+            dataset: e.meta.dataset.clone(),
+            classes: e.meta.classes.clone(),
+            resolution: e.meta.resolution,
+            expert: p.display().to_string(),
+            expert_sha256: sha,
+        })
         .collect();
-    let meta = MergedMeta { format: MERGED_FORMAT, merge: cfg.clone(), kind: first.meta.kind, backbone: first.meta.backbone.clone(), base: base_path.display().to_string(), tasks, report };
+    let meta = MergedMeta {
+        format: MERGED_FORMAT,
+        merge: cfg.clone(),
+        kind: first.meta.kind,
+        backbone: first.meta.backbone.clone(),
+        base: base_path.display().to_string(),
+        tasks,
+        report,
+    };
     let mut named: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
     for e in &loaded {
         if let Some(h) = &e.head {
@@ -166,10 +204,17 @@ pub fn read_merged(path: &Path) -> Result<Merged> {
         }
     }
     sd.tensors.retain(|k, _| !k.starts_with("heads."));
-    let heads_iter = heads.iter().flat_map(|(t, h)| [(format!("heads.{t}.weight"), &h.weight)].into_iter().chain(h.bias.as_ref().map(|b| (format!("heads.{t}.bias"), b))));
+    let heads_iter =
+        heads.iter().flat_map(|(t, h)| [(format!("heads.{t}.weight"), &h.weight)].into_iter().chain(h.bias.as_ref().map(|b| (format!("heads.{t}.bias"), b))));
     let all: Vec<(String, &HostTensor)> = sd.tensors.iter().map(|(k, v)| (k.clone(), v)).chain(heads_iter).collect();
     if let Some((name, t)) = all.iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
-        return Err(err(path, format!("tensor `{name}` holds {} non-finite value(s); a model with inf or NaN weights is not evaluated", t.data.iter().filter(|v| !v.is_finite()).count())));
+        return Err(err(
+            path,
+            format!(
+                "tensor `{name}` holds {} non-finite value(s); a model with inf or NaN weights is not evaluated",
+                t.data.iter().filter(|v| !v.is_finite()).count()
+            ),
+        ));
     }
     Ok(Merged { meta, backbone: sd, heads })
 }

@@ -75,7 +75,16 @@ pub fn write_metrics(dir: &RunDir, m: &[EpochMetrics]) -> Result<()> {
     for e in m {
         csv += &format!(
             "{},{:.8},{:.6},{:.6},{},{},{:.3},{:.3},{:.2},{:.2}\n",
-            e.epoch, e.lr, e.train_loss, e.train_acc, opt(e.val_acc), opt(e.test_acc), e.train_seconds, e.eval_seconds, e.train_images_per_second, e.eval_images_per_second
+            e.epoch,
+            e.lr,
+            e.train_loss,
+            e.train_acc,
+            opt(e.val_acc),
+            opt(e.test_acc),
+            e.train_seconds,
+            e.eval_seconds,
+            e.train_images_per_second,
+            e.eval_images_per_second
         );
     }
     write_text(&dir.metrics_csv(), &csv)

@@ -173,11 +173,8 @@ impl RunDir {
             return Err(Error::Config(format!("{p} already holds a mosa run; use --resume to continue it, or another --out")));
         }
         let Ok(rd) = std::fs::read_dir(&self.path) else { return Ok(()) };
-        let mut other: Vec<String> = rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".lock" && !n.ends_with(mosa_core::fsio::TMP_SUFFIX))
-            .collect();
+        let mut other: Vec<String> =
+            rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != ".lock" && !n.ends_with(mosa_core::fsio::TMP_SUFFIX)).collect();
         if !other.is_empty() {
             other.sort();
             let more = if other.len() > 3 { format!(" and {} more", other.len() - 3) } else { String::new() };
@@ -205,7 +202,11 @@ impl RunDir {
         let Some(fp) = &saved.dataset.fingerprint else { return Ok(()) };
         if *fp != dataset.fingerprint() {
             let was = &saved.dataset;
-            let counts = [("train", Some(was.train), Some(dataset.train.len())), ("val", was.val, dataset.val.as_ref().map(|s| s.len())), ("test", was.test, dataset.test.as_ref().map(|s| s.len()))];
+            let counts = [
+                ("train", Some(was.train), Some(dataset.train.len())),
+                ("val", was.val, dataset.val.as_ref().map(|s| s.len())),
+                ("test", was.test, dataset.test.as_ref().map(|s| s.len())),
+            ];
             let n = |v: Option<usize>| v.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
             let changed: Vec<String> = counts.iter().filter(|(_, a, b)| a != b).map(|(s, a, b)| format!("{s} {} → {} images", n(*a), n(*b))).collect();
             let what = if changed.is_empty() { "the same counts, but other paths or labels".to_string() } else { changed.join(", ") };
@@ -249,7 +250,11 @@ impl RunDir {
             return Ok(Vec::new());
         }
         let text = mosa_core::fsio::read_text(&p, mosa_core::fsio::caps::CONFIG).map_err(|e| Error::Checkpoint(format!("{}: {e}", p.display())))?;
-        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::Checkpoint(format!("{}:{}: {e}", p.display(), i + 1)))).collect()
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::Checkpoint(format!("{}:{}: {e}", p.display(), i + 1))))
+            .collect()
     }
 
     pub fn write_summary(&self, s: &Summary) -> Result<()> {
@@ -297,11 +302,17 @@ pub mod legacy {
                 .with_norm_eps(LEGACY_ADAPTER_NORM_EPS)
                 .with_activation(Method::legacy_activation(kind)))
         };
-        let mosa = || -> Result<MosaOptions, String> { Ok(MosaOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_share(get(m, "share")?)) };
+        let mosa =
+            || -> Result<MosaOptions, String> { Ok(MosaOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_share(get(m, "share")?)) };
         let lora = || -> Result<LoraOptions, String> {
-            Ok(LoraOptions::new().with_r(get(m, "lora_r")?).with_alpha(get(m, "lora_alpha")?).with_dropout(get(m, "lora_dropout")?).with_targets(get(m, "targets")?))
+            Ok(LoraOptions::new()
+                .with_r(get(m, "lora_r")?)
+                .with_alpha(get(m, "lora_alpha")?)
+                .with_dropout(get(m, "lora_dropout")?)
+                .with_targets(get(m, "targets")?))
         };
-        let prompt = || -> Result<PromptOptions, String> { Ok(PromptOptions::new().with_tokens(get(m, "prompt_tokens")?).with_dropout(get(m, "prompt_dropout")?)) };
+        let prompt =
+            || -> Result<PromptOptions, String> { Ok(PromptOptions::new().with_tokens(get(m, "prompt_tokens")?).with_dropout(get(m, "prompt_dropout")?)) };
         Ok(match kind {
             MethodKind::Linear => Method::Linear,
             MethodKind::Full => Method::Full,
@@ -313,8 +324,12 @@ pub mod legacy {
             MethodKind::VptShallow => Method::VptShallow(prompt()?),
             MethodKind::VptDeep => Method::VptDeep(prompt()?),
             MethodKind::Mosa => Method::Mosa(mosa()?),
-            MethodKind::PrunedAdapter => Method::PrunedAdapter(PrunedOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_style(PruneStyle::Legacy)),
-            MethodKind::MosaLora => Method::MosaLora(MosaLoraOptions::new().with_lora(lora()?).with_experts(get(m, "experts")?).with_split(get(m, "lora_split")?)),
+            MethodKind::PrunedAdapter => {
+                Method::PrunedAdapter(PrunedOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_style(PruneStyle::Legacy))
+            }
+            MethodKind::MosaLora => {
+                Method::MosaLora(MosaLoraOptions::new().with_lora(lora()?).with_experts(get(m, "experts")?).with_split(get(m, "lora_split")?))
+            }
             MethodKind::Sparse => {
                 let mut s = m.get("sparse").cloned().unwrap_or(Value::Null);
                 if let Some(o) = s.as_object_mut() {

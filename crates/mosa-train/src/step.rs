@@ -3,10 +3,10 @@
 //! consistency terms between them (symmetric KL with stop-gradient, optionally DEEPREG); then
 //! backward and the method's post-backward hook ([`inject::after_backward`]).
 
-use mosa_core::kernels::AutodiffKernels;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use mosa_core::kernels::AutodiffKernels;
 use mosa_core::{Method, Passes, Rng, inject};
 use mosa_models::Backbone;
 

@@ -80,7 +80,10 @@ fn ours(name: &str, t: &HostTensor) -> (String, HostTensor) {
         ("norm", "weight") => (format!("{module}.gamma"), t.clone()),
         ("norm", "bias") => (format!("{module}.beta"), t.clone()),
         // the shared Down is one expert: [r, d] → [1, d, r]
-        ("down", "weight") => (name.clone(), { let s = swap_last(t); HostTensor::new([vec![1], s.shape.clone()].concat(), s.data) }),
+        ("down", "weight") => (name.clone(), {
+            let s = swap_last(t);
+            HostTensor::new([vec![1], s.shape.clone()].concat(), s.data)
+        }),
         ("down", "bias") => (name.clone(), HostTensor::new([vec![1], t.shape.clone()].concat(), t.data.clone())),
         ("up", "weight") | ("head", "weight") => (name.clone(), swap_last(t)),
         _ => (name.clone(), t.clone()),
@@ -105,7 +108,11 @@ fn mosa_step_parity() {
     // the backbone and the method, every size from the fixture
     let cfg = mosa_models::presets::config_from_json_file(&f.join(spec["backbone"]["config"].as_str().unwrap())).unwrap();
     let model: Backbone<AB> = cfg.load(&f.join(spec["backbone"]["weights"].as_str().unwrap()), HeadPolicy::Load, &Default::default()).unwrap();
-    let adapter = AdapterOptions::new().with_r(num(&m["r"]) as usize).with_scale(num(&m["scale"])).with_dropout(num(&m["adapter_dropout"])).with_norm_eps(num(&m["adapter_norm_eps"]));
+    let adapter = AdapterOptions::new()
+        .with_r(num(&m["r"]) as usize)
+        .with_scale(num(&m["scale"]))
+        .with_dropout(num(&m["adapter_dropout"]))
+        .with_norm_eps(num(&m["adapter_norm_eps"]));
     let method = Method::Mosa(MosaOptions::new().with_adapter(adapter).with_experts(num(&m["experts"]) as usize).with_share(Share::Down));
     let mut model = inject::apply(model, &method, 0, &Default::default()).unwrap();
 
@@ -118,16 +125,26 @@ fn mosa_step_parity() {
     got_paths.sort();
     assert_eq!(got_paths, want_paths, "the trainables are the fixture's");
     model = params::load_by_path(model, &init).unwrap();
-    for (block, s) in model.sites_mut().into_iter().filter_map(|s| match s {
-        SiteMut::Adapter { site, slot: Some(AdapterSlot::Mosa(a)) } => Some((site.block, a)),
-        _ => None,
-    }).enumerate().map(|(i, (b, a))| { assert_eq!(i, b); (b, a) }) {
+    for (block, s) in model
+        .sites_mut()
+        .into_iter()
+        .filter_map(|s| match s {
+            SiteMut::Adapter { site, slot: Some(AdapterSlot::Mosa(a)) } => Some((site.block, a)),
+            _ => None,
+        })
+        .enumerate()
+        .map(|(i, (b, a))| {
+            assert_eq!(i, b);
+            (b, a)
+        })
+    {
         s.up.mask = Some(tensor(&swap_last(&fx[&format!("mask.blocks.{block}.adapter.up")])));
     }
 
     let t = TrainConfig { kl_weight: num(&st["kl_weight"]), deepreg: false, ..TrainConfig::default() };
     let betas = st["betas"].as_array().unwrap();
-    let mut optim = AdamW::<AB>::new(AdamWConfig { beta1: num(&betas[0]), beta2: num(&betas[1]), eps: num(&st["eps"]), weight_decay: num(&st["weight_decay"]) });
+    let mut optim =
+        AdamW::<AB>::new(AdamWConfig { beta1: num(&betas[0]), beta2: num(&betas[1]), eps: num(&st["eps"]), weight_decay: num(&st["weight_decay"]) });
     let draws: Vec<usize> = fx["draws"].data.iter().map(|d| *d as usize).collect();
     let mut experts = Rng::scripted(draws);
     let (x, y) = (&fx["x"], &fx["y"]);
@@ -173,7 +190,10 @@ fn mosa_step_parity() {
         let off: Vec<(f32, f32)> = up.data.iter().zip(&up0.data).zip(&mask.data).filter(|(_, m)| **m == 0.0).map(|((w, w0), _)| (*w, *w0)).collect();
         assert!(!off.is_empty());
         for (w, w0) in off {
-            assert!((w as f64 - w0 as f64 * decay).abs() <= 1e-7 * (1.0 + w0.abs() as f64), "{k}: an entry outside its expert's mask moved beyond the decay: {w0} → {w}");
+            assert!(
+                (w as f64 - w0 as f64 * decay).abs() <= 1e-7 * (1.0 + w0.abs() as f64),
+                "{k}: an entry outside its expert's mask moved beyond the decay: {w0} → {w}"
+            );
         }
     }
     // the merged model's logits (mean of the experts)
@@ -188,7 +208,9 @@ fn mosa_step_parity() {
 /// 3.7e-2 over 60 unseeded runs (at std 0.5 it fell below 1e-3 in 1 run of 40).
 fn wired_model() -> (Backbone<AB>, Method) {
     use burn::tensor::Distribution;
-    let cfg = mosa_models::BackboneConfig::Vit(mosa_models::VitConfig::new().with_embed_dim(32).with_depth(2).with_num_heads(2).with_img_size(16).with_patch_size(4).with_num_classes(5));
+    let cfg = mosa_models::BackboneConfig::Vit(
+        mosa_models::VitConfig::new().with_embed_dim(32).with_depth(2).with_num_heads(2).with_img_size(16).with_patch_size(4).with_num_classes(5),
+    );
     let adapter = AdapterOptions::new().with_r(4).with_dropout(0.0);
     let method = Method::Mosa(MosaOptions::new().with_adapter(adapter).with_experts(4).with_share(Share::Down));
     let mut model = inject::apply(cfg.init::<AB>(&Default::default()), &method, 7, &Default::default()).unwrap();
@@ -249,22 +271,25 @@ fn the_engine_step_adds_the_kl_draws_each_pass_anew_and_detaches_the_target() {
     assert!(got - ce_only > 1e-4, "the KL term is in the loss ({got} vs CE {ce_only}), beyond 10× the tolerance above");
     let trainable: Vec<_> = params::list::<AB, _>(&model).into_iter().filter(|p| p.trainable).collect();
     let diff = |a: &GradientsParams, b: &GradientsParams| {
-        trainable.iter().map(|p| {
-            let v = |g: &GradientsParams| -> Vec<f32> {
-                for d in 1..=3 {
-                    let t = match d {
-                        1 => g.get::<B, 1>(p.id).map(|t| t.into_data().to_vec::<f32>().unwrap()),
-                        2 => g.get::<B, 2>(p.id).map(|t| t.into_data().to_vec::<f32>().unwrap()),
-                        _ => g.get::<B, 3>(p.id).map(|t| t.into_data().to_vec::<f32>().unwrap()),
-                    };
-                    if let Some(t) = t {
-                        return t;
+        trainable
+            .iter()
+            .map(|p| {
+                let v = |g: &GradientsParams| -> Vec<f32> {
+                    for d in 1..=3 {
+                        let t = match d {
+                            1 => g.get::<B, 1>(p.id).map(|t| t.into_data().to_vec::<f32>().unwrap()),
+                            2 => g.get::<B, 2>(p.id).map(|t| t.into_data().to_vec::<f32>().unwrap()),
+                            _ => g.get::<B, 3>(p.id).map(|t| t.into_data().to_vec::<f32>().unwrap()),
+                        };
+                        if let Some(t) = t {
+                            return t;
+                        }
                     }
-                }
-                vec![]
-            };
-            v(a).iter().zip(v(b)).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
-        }).fold(0.0f32, f32::max)
+                    vec![]
+                };
+                v(a).iter().zip(v(b)).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+            })
+            .fold(0.0f32, f32::max)
     };
     let detached = grads_of(want);
     assert!(diff(&out.grads, &detached) < 1e-5, "the step's gradients are those of the detached loss");

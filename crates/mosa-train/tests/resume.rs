@@ -75,4 +75,3 @@ fn resume_equals_uninterrupted() {
     let (acc, _) = mosa_train::evaluate::evaluate(&model, &test, 7, None, &device);
     assert_eq!(Some(acc), full.last_test);
 }
-

@@ -10,8 +10,8 @@ use burn::tensor::{Distribution, TensorData};
 use clap::Subcommand;
 use mosa_core::optim::{AdamW, AdamWConfig};
 use mosa_core::{MethodKind, PeftHost, Rng, inject, params};
-use mosa_models::presets;
 use mosa_models::BackboneConfig;
+use mosa_models::presets;
 
 use crate::backend::{self, Backend};
 use crate::method_args::MethodArgs;

@@ -144,7 +144,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let shapes = vit_b16();
     let numel: usize = shapes.iter().map(|(_, s)| s[0] * s[1]).sum();
     let mut g = Fill(1);
-    let mut base: BTreeMap<String, HostTensor> = shapes.iter().map(|(n, s)| (n.clone(), HostTensor::new(s.to_vec(), (0..s[0] * s[1]).map(|_| g.f32()).collect()))).collect();
+    let mut base: BTreeMap<String, HostTensor> =
+        shapes.iter().map(|(n, s)| (n.clone(), HostTensor::new(s.to_vec(), (0..s[0] * s[1]).map(|_| g.f32()).collect()))).collect();
     let experts: Vec<Expert> = (0..a.experts).map(|t| expert(t, &shapes, a.density)).collect();
     let refs: Vec<&Expert> = experts.iter().collect();
     let nnz: usize = experts.iter().map(|e| e.nnz()).sum();

@@ -121,7 +121,14 @@ fn check(ds: &Dataset, all: bool, resize: Option<usize>, json: bool) -> anyhow::
         println!();
         println!("decoded {:.0} images/s", report.images_per_second);
         for r in &resize_rows {
-            println!("decode + resize to {}: {} {} images in {:.2} s = {:.0} images/s", resize.unwrap_or(0), r.split, r.images, r.seconds, r.images_per_second());
+            println!(
+                "decode + resize to {}: {} {} images in {:.2} s = {:.0} images/s",
+                resize.unwrap_or(0),
+                r.split,
+                r.images,
+                r.seconds,
+                r.images_per_second()
+            );
         }
     }
     if let Some(first) = report.problems.first() {

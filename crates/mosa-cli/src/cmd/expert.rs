@@ -31,7 +31,14 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         Command::Export { run, out, values } => {
             let out = out.unwrap_or_else(|| run.join("expert.safetensors"));
             let (e, bytes) = mosa_train::expert::export_run::<Backend>(&run, &out, values, &backend::device())?;
-            println!("wrote {} ({:?} expert of task {}, {} tensors, {} entries, {bytes} bytes)", out.display(), e.meta.kind, e.meta.task, e.tensors.len(), e.nnz());
+            println!(
+                "wrote {} ({:?} expert of task {}, {} tensors, {} entries, {bytes} bytes)",
+                out.display(),
+                e.meta.kind,
+                e.meta.task,
+                e.tensors.len(),
+                e.nnz()
+            );
         }
         Command::Info { file } => info(&file)?,
     }
@@ -42,8 +49,21 @@ fn info(file: &std::path::Path) -> anyhow::Result<()> {
     let e = Expert::read(file).map_err(anyhow::Error::msg)?;
     let bytes = std::fs::metadata(file).with_context(|| file.display().to_string())?.len();
     let m = &e.meta;
-    println!("{}: {:?} expert of task `{}` ({} classes, {} px), method {}", file.display(), m.kind, m.task, m.classes.len(), m.resolution.map(|r| r.to_string()).unwrap_or("?".into()), m.method["method"].as_str().unwrap_or("?"));
-    println!("backbone: {} (weights {}, SHA-256 {})", m.backbone.model, m.backbone.weights.as_deref().unwrap_or("none"), m.backbone.sha256.as_deref().unwrap_or("none"));
+    println!(
+        "{}: {:?} expert of task `{}` ({} classes, {} px), method {}",
+        file.display(),
+        m.kind,
+        m.task,
+        m.classes.len(),
+        m.resolution.map(|r| r.to_string()).unwrap_or("?".into()),
+        m.method["method"].as_str().unwrap_or("?")
+    );
+    println!(
+        "backbone: {} (weights {}, SHA-256 {})",
+        m.backbone.model,
+        m.backbone.weights.as_deref().unwrap_or("none"),
+        m.backbone.sha256.as_deref().unwrap_or("none")
+    );
     if let (Some(k), Some(c)) = (m.keep_ratio, &m.criterion) {
         println!("keep ratio {k}, criterion {c}, values {:?}", m.values);
     }
@@ -61,7 +81,13 @@ fn info(file: &std::path::Path) -> anyhow::Result<()> {
     }
     let (nnz, numel) = (e.nnz(), e.numel());
     println!();
-    println!("total: {} tensors, {nnz} entries of {numel} ({:.4}), file {bytes} bytes = {:.2} bytes per stored entry; the dense f32 ΔW it replaces: {} bytes", e.tensors.len(), nnz as f64 / numel.max(1) as f64, bytes as f64 / nnz.max(1) as f64, 4 * numel);
+    println!(
+        "total: {} tensors, {nnz} entries of {numel} ({:.4}), file {bytes} bytes = {:.2} bytes per stored entry; the dense f32 ΔW it replaces: {} bytes",
+        e.tensors.len(),
+        nnz as f64 / numel.max(1) as f64,
+        bytes as f64 / nnz.max(1) as f64,
+        4 * numel
+    );
     if let Some(acc) = m.summary.get("last_test").and_then(|v| v.as_f64()) {
         println!("training: last test accuracy {:.2} % on {}", 100.0 * acc, m.dataset);
     }

@@ -40,11 +40,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let weights_path = match args.weights {
         Some(p) => p,
         None => {
-            let known = weights::known(&args.model).with_context(|| format!("no --weights given, and `{}` has no known weights to take from the cache", args.model))?;
+            let known =
+                weights::known(&args.model).with_context(|| format!("no --weights given, and `{}` has no known weights to take from the cache", args.model))?;
             match weights::cached(known) {
                 weights::Cached::Present(p) => p,
                 weights::Cached::Missing => bail!("no --weights given and no cached weights for `{}`; run `mosa weights fetch {}`", args.model, known.name),
-                weights::Cached::Damaged(p, why) => bail!("no --weights given, and the cached weights of `{}` are damaged ({}: {why}); run `mosa weights fetch {}` to convert them again", args.model, p.display(), known.name),
+                weights::Cached::Damaged(p, why) => bail!(
+                    "no --weights given, and the cached weights of `{}` are damaged ({}: {why}); run `mosa weights fetch {}` to convert them again",
+                    args.model,
+                    p.display(),
+                    known.name
+                ),
             }
         }
     };
@@ -58,7 +64,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.task.is_none() && wants_head && mosa_core::fsio::check_regular(&weights_path, mosa_core::fsio::caps::TENSORS).is_ok() {
         if let Ok(meta) = load::safetensors::read_metadata(&weights_path) {
             if let Some(m) = meta.get("mosa.merged").and_then(|t| serde_json::from_str::<mosa_train::merged::MergedMeta>(t).ok()) {
-                bail!("{} is a merged model with one head per task ({}); pick one with --task", weights_path.display(), m.tasks.iter().map(|t| t.task.as_str()).collect::<Vec<_>>().join(", "));
+                bail!(
+                    "{} is a merged model with one head per task ({}); pick one with --task",
+                    weights_path.display(),
+                    m.tasks.iter().map(|t| t.task.as_str()).collect::<Vec<_>>().join(", ")
+                );
             }
         }
     }

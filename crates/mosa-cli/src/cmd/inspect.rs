@@ -28,7 +28,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let method = args.method.method()?;
     // inspect builds the model (and its merged copy) to count what a method trains: bounded first
     let params = cfg.estimated_params();
-    mosa_models::limits::fits_memory(&format!("inspecting `{}` (about {params:.3e} parameters)", args.model), &[("the model and its merged copy", params * 8.0)], "the model's size").map_err(anyhow::Error::msg)?;
+    mosa_models::limits::fits_memory(
+        &format!("inspecting `{}` (about {params:.3e} parameters)", args.model),
+        &[("the model and its merged copy", params * 8.0)],
+        "the model's size",
+    )
+    .map_err(anyhow::Error::msg)?;
     // Parameters are counted on the autodiff backend, where trainability is real.
     let device = backend::device();
     let model = cfg.init::<burn::backend::Autodiff<Backend>>(&device);

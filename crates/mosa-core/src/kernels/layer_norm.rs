@@ -20,7 +20,13 @@ use super::{Kernels, as_rows, float, primitive};
 
 /// The default backward, composed of tensor ops: `(dx, Some((dγ, dβ)))` (the latter only when
 /// `params`), `dx` in `x`'s shape.
-pub(super) fn composed_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, grad: FloatTensor<B>, epsilon: f64, params: bool) -> (FloatTensor<B>, Option<(FloatTensor<B>, FloatTensor<B>)>) {
+pub(super) fn composed_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    epsilon: f64,
+    params: bool,
+) -> (FloatTensor<B>, Option<(FloatTensor<B>, FloatTensor<B>)>) {
     let shape = x.shape();
     let (x, grad): (Tensor<B, 2>, Tensor<B, 2>) = (float(as_rows::<B>(x)), float(as_rows::<B>(grad)));
     let gamma = float::<B, 1>(gamma).unsqueeze::<2>();
@@ -42,7 +48,12 @@ pub(super) fn composed_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTenso
 }
 
 /// LayerNorm with a bias under `Autodiff` (module docs).
-pub(super) fn autodiff<B: Kernels, C: CheckpointStrategy>(x: FloatTensor<Autodiff<B, C>>, gamma: FloatTensor<Autodiff<B, C>>, beta: FloatTensor<Autodiff<B, C>>, epsilon: f64) -> FloatTensor<Autodiff<B, C>> {
+pub(super) fn autodiff<B: Kernels, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    gamma: FloatTensor<Autodiff<B, C>>,
+    beta: FloatTensor<Autodiff<B, C>>,
+    epsilon: f64,
+) -> FloatTensor<Autodiff<B, C>> {
     if !B::FUSED_LAYER_NORM {
         return <Autodiff<B, C> as ModuleOps<Autodiff<B, C>>>::layer_norm(x, gamma, Some(beta), epsilon);
     }

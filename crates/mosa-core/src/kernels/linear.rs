@@ -25,7 +25,11 @@ pub(super) fn composed_backward<B: Backend>(x: FloatTensor<B>, weight: FloatTens
 }
 
 /// The linear under `Autodiff` (module docs).
-pub(super) fn autodiff<B: Kernels, C: CheckpointStrategy>(x: FloatTensor<Autodiff<B, C>>, weight: FloatTensor<Autodiff<B, C>>, bias: Option<FloatTensor<Autodiff<B, C>>>) -> FloatTensor<Autodiff<B, C>> {
+pub(super) fn autodiff<B: Kernels, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    bias: Option<FloatTensor<Autodiff<B, C>>>,
+) -> FloatTensor<Autodiff<B, C>> {
     if !B::FUSED_LINEAR {
         return <Autodiff<B, C> as ModuleOps<Autodiff<B, C>>>::linear(x, weight, bias);
     }

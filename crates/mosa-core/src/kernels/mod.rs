@@ -26,9 +26,9 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::prelude::*;
-use burn::tensor::{TensorMetadata, TensorPrimitive};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{ActivationOps, FloatTensor, ModuleOps};
+use burn::tensor::{TensorMetadata, TensorPrimitive};
 
 pub mod attention;
 #[cfg(feature = "flex")]
@@ -104,7 +104,13 @@ pub trait Kernels: Backend {
     /// `(∂L/∂x, (∂L/∂γ, ∂L/∂β))` from `grad` = `∂L/∂y`; the parameters' gradients only when
     /// `params`.
     #[allow(clippy::type_complexity)]
-    fn layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, epsilon: f64, params: bool) -> (FloatTensor<Self>, Option<(FloatTensor<Self>, FloatTensor<Self>)>) {
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        params: bool,
+    ) -> (FloatTensor<Self>, Option<(FloatTensor<Self>, FloatTensor<Self>)>) {
         layer_norm::composed_backward::<Self>(x, gamma, grad, epsilon, params)
     }
 }

@@ -35,13 +35,7 @@ pub fn to_timm_with(mut sd: StateDict, only_prefix: bool) -> Result<StateDict> {
     sd.tensors.remove(&format!("{pre}embeddings.mask_token")); // only used for masked pre-training
 
     let layer_prefix = format!("{pre}encoder.layer.");
-    let depth = sd
-        .tensors
-        .keys()
-        .filter_map(|k| k.strip_prefix(&layer_prefix)?.split('.').next()?.parse::<usize>().ok())
-        .map(|i| i + 1)
-        .max()
-        .unwrap_or(0);
+    let depth = sd.tensors.keys().filter_map(|k| k.strip_prefix(&layer_prefix)?.split('.').next()?.parse::<usize>().ok()).map(|i| i + 1).max().unwrap_or(0);
     for i in 0..depth {
         let l = format!("{layer_prefix}{i}.");
         let o = format!("blocks.{i}.");
@@ -63,10 +57,7 @@ pub fn to_timm_with(mut sd: StateDict, only_prefix: bool) -> Result<StateDict> {
             out.insert(format!("{o}{to}"), take(from)?);
         }
         for kind in ["weight", "bias"] {
-            let parts: Vec<HostTensor> = ["query", "key", "value"]
-                .iter()
-                .map(|p| take(&format!("attention.attention.{p}.{kind}")))
-                .collect::<Result<_>>()?;
+            let parts: Vec<HostTensor> = ["query", "key", "value"].iter().map(|p| take(&format!("attention.attention.{p}.{kind}"))).collect::<Result<_>>()?;
             let fused = HostTensor::cat0(&parts.iter().collect::<Vec<_>>())
                 .ok_or_else(|| Error::format(&path, format!("{l}attention: query/key/value {kind} shapes differ")))?;
             out.insert(format!("{o}attn.qkv.{kind}"), fused);

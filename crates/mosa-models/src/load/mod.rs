@@ -81,10 +81,7 @@ pub(crate) fn check_depth(config: &VitConfig, sd: &StateDict) -> Result<()> {
     config.validate().map_err(Error::Config)?;
     let depth = sd.depth();
     if depth != config.depth {
-        return Err(Error::Mismatch {
-            path: sd.source.clone(),
-            problems: vec![format!("checkpoint has {depth} blocks, the model {}", config.depth)],
-        });
+        return Err(Error::Mismatch { path: sd.source.clone(), problems: vec![format!("checkpoint has {depth} blocks, the model {}", config.depth)] });
     }
     Ok(())
 }
@@ -216,12 +213,7 @@ impl Writer {
 /// Loads a timm-layout state dict into `model`. Every missing, unexpected or mis-shaped tensor
 /// is reported in one [`Error::Mismatch`]. A stored position grid of another size is resampled
 /// to the model's grid with the model's resampling method.
-pub fn apply<B: Backend>(
-    mut model: VisionTransformer<B>,
-    config: &VitConfig,
-    sd: StateDict,
-    head: HeadPolicy,
-) -> Result<VisionTransformer<B>> {
+pub fn apply<B: Backend>(mut model: VisionTransformer<B>, config: &VitConfig, sd: StateDict, head: HeadPolicy) -> Result<VisionTransformer<B>> {
     config.validate().map_err(Error::Config)?;
     let device = model.cls_token.device();
     let path = sd.source.clone();

@@ -95,7 +95,10 @@ pub fn read(path: &Path) -> Result<StateDict> {
             return Err(bad_shape(&name, &w));
         }
         let d = w.shape[2];
-        out.insert(format!("{o}.attn.proj.weight"), w.reshape(vec![d, d]).ok_or_else(|| Error::format(path, format!("array `{name}` is not heads × head_dim × d")))?.t());
+        out.insert(
+            format!("{o}.attn.proj.weight"),
+            w.reshape(vec![d, d]).ok_or_else(|| Error::format(path, format!("array `{name}` is not heads × head_dim × d")))?.t(),
+        );
         out.insert(format!("{o}.attn.proj.bias"), src.take(&format!("{att}/out/bias"))?);
         for (j, fc) in [(0, "fc1"), (1, "fc2")] {
             let name = format!("{b}/MlpBlock_3/Dense_{j}/kernel");

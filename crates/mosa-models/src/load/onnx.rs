@@ -29,11 +29,8 @@ fn tensor_to_host(path: &Path, t: &TensorProto) -> Result<HostTensor> {
     }
     let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let n: usize = shape.iter().product();
-    let data: Vec<f32> = if !t.raw_data.is_empty() {
-        t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-    } else {
-        t.float_data.clone()
-    };
+    let data: Vec<f32> =
+        if !t.raw_data.is_empty() { t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() } else { t.float_data.clone() };
     if data.len() != n {
         return Err(Error::format(path, format!("initialiser `{name}` holds {} values for shape {shape:?}", data.len())));
     }

@@ -24,7 +24,8 @@ pub fn check_pickles(bytes: &[u8], total: usize, max_pickles: usize) -> Result<(
         let le = |at: usize, n: usize| -> Option<u64> { bytes.get(at..at + n).map(|b| b.iter().rev().fold(0u64, |a, &x| (a << 8) | x as u64)) };
         // (bytes of the fixed argument, whether it is a length of data that follows)
         let (fixed, length): (usize, bool) = match op {
-            b'(' | b'.' | b'0' | b'1' | b'2' | b'N' | 0x88 | 0x89 | b'a' | b'e' | b'b' | b'd' | b'}' | b']' | b')' | b'l' | b'R' | b's' | b'u' | b't' | 0x85 | 0x86 | 0x87 | 0x81 | 0x92 | 0x93 | 0x94 | 0x8f | 0x90 | 0x91 | b'o' | b'Q' | 0x97 | 0x98 => (0, false),
+            b'(' | b'.' | b'0' | b'1' | b'2' | b'N' | 0x88 | 0x89 | b'a' | b'e' | b'b' | b'd' | b'}' | b']' | b')' | b'l' | b'R' | b's' | b'u' | b't'
+            | 0x85 | 0x86 | 0x87 | 0x81 | 0x92 | 0x93 | 0x94 | 0x8f | 0x90 | 0x91 | b'o' | b'Q' | 0x97 | 0x98 => (0, false),
             b'K' | b'h' | b'q' | 0x80 | 0x82 => (1, false),
             b'U' | 0x8c | b'C' | 0x8a => (1, true),
             b'M' | 0x83 => (2, false),
@@ -47,7 +48,11 @@ pub fn check_pickles(bytes: &[u8], total: usize, max_pickles: usize) -> Result<(
             _ => return Ok(()),
         };
         let Some(v) = le(at, fixed) else {
-            return if bytes.len() < total { Ok(()) } else { Err(format!("pickle opcode 0x{op:02x} at byte {start}: its argument runs past the end of the data")) };
+            return if bytes.len() < total {
+                Ok(())
+            } else {
+                Err(format!("pickle opcode 0x{op:02x} at byte {start}: its argument runs past the end of the data"))
+            };
         };
         at += fixed;
         if length {
@@ -82,7 +87,10 @@ pub fn check_checkpoint(path: &std::path::Path) -> Result<(), String> {
         let mut f = zip.by_index(i).map_err(|e| format!("zip entry {i}: {e}"))?;
         let name = f.name().to_string();
         if f.compression() != zip::CompressionMethod::Stored {
-            return Err(format!("zip entry `{name}` is compressed ({:?}); PyTorch stores checkpoints uncompressed, and a compressed entry could expand without bound", f.compression()));
+            return Err(format!(
+                "zip entry `{name}` is compressed ({:?}); PyTorch stores checkpoints uncompressed, and a compressed entry could expand without bound",
+                f.compression()
+            ));
         }
         if f.size() > total {
             return Err(format!("zip entry `{name}` claims {} bytes, more than the whole file ({total})", f.size()));

@@ -31,7 +31,13 @@ pub fn read(path: &Path) -> Result<StateDict> {
         // a tensor cannot hold more data than the file has (its storage is stored uncompressed)
         let bytes = shape.iter().try_fold(snap.dtype.size() as u64, |a, &d| a.checked_mul(d as u64));
         if bytes.is_none_or(|b| b > file_len) {
-            return Err(Error::format(path, format!("tensor `{name}` claims shape {shape:?} ({} bytes), more than the file's {file_len} bytes", bytes.map_or("over 2^64".to_string(), |b| b.to_string()))));
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{name}` claims shape {shape:?} ({} bytes), more than the file's {file_len} bytes",
+                    bytes.map_or("over 2^64".to_string(), |b| b.to_string())
+                ),
+            ));
         }
         let data = snap.to_data().map_err(|e| Error::format(path, format!("tensor `{name}`: {e}")))?;
         let values = data.convert::<f32>().to_vec::<f32>().map_err(|e| Error::format(path, format!("tensor `{name}`: {e:?}")))?;

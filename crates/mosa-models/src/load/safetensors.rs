@@ -48,9 +48,7 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
     let meta = v.get("__metadata__").and_then(|m| m.as_object());
-    Ok(meta
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-        .unwrap_or_default())
+    Ok(meta.map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()).unwrap_or_default())
 }
 
 /// Serialises named f32 host tensors with metadata.

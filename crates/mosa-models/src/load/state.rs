@@ -30,9 +30,7 @@ impl StateDict {
 
     /// Remove and return a tensor, or a format error naming it.
     pub fn take(&mut self, name: &str) -> Result<HostTensor> {
-        self.tensors
-            .remove(name)
-            .ok_or_else(|| Error::format(&self.source, format!("tensor `{name}` is missing")))
+        self.tensors.remove(name).ok_or_else(|| Error::format(&self.source, format!("tensor `{name}` is missing")))
     }
 
     pub fn path(&self) -> &Path {
@@ -46,11 +44,6 @@ impl StateDict {
 
     /// Depth implied by the `blocks.N.` prefixes.
     pub fn depth(&self) -> usize {
-        self.tensors
-            .keys()
-            .filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
-            .map(|i| i + 1)
-            .max()
-            .unwrap_or(0)
+        self.tensors.keys().filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok()).map(|i| i + 1).max().unwrap_or(0)
     }
 }

@@ -19,7 +19,12 @@ pub fn dataset(root: &Path) -> String {
     let imgs: Vec<(Rgb8, usize)> = (0..60)
         .map(|i| {
             let label = i % 3;
-            let mut data: Vec<u8> = (0..16 * 16).flat_map(|_| { let g = 100 + rng.below(40) as u8; [g, g, g] }).collect();
+            let mut data: Vec<u8> = (0..16 * 16)
+                .flat_map(|_| {
+                    let g = 100 + rng.below(40) as u8;
+                    [g, g, g]
+                })
+                .collect();
             let (x0, y0) = (rng.below(10), rng.below(10));
             for y in y0..y0 + 6 {
                 for x in x0..x0 + 6 {
@@ -81,4 +86,3 @@ pub fn finish(o: Outcome) -> mosa_train::Summary {
 pub fn metrics(dir: &Path) -> Vec<mosa_train::EpochMetrics> {
     std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
-

@@ -157,11 +157,7 @@ fn preferred() -> Option<Tile> {
 
 /// [`preferred`] without the environment.
 fn default_tile() -> Option<Tile> {
-    if available(Tile::Avx512) {
-        DEFAULT_AVX512
-    } else {
-        available(Tile::Avx2).then_some(Tile::Avx2)
-    }
+    if available(Tile::Avx512) { DEFAULT_AVX512 } else { available(Tile::Avx2).then_some(Tile::Avx2) }
 }
 
 /// Whether the CPU can run our kernel with `tile`.
@@ -246,7 +242,15 @@ pub enum Gemm {
 #[allow(clippy::too_many_arguments)]
 pub fn multiply(which: Gemm, m: usize, n: usize, k: usize, a: &[f32], a_transposed: bool, b: &[f32], b_transposed: bool, c: &mut [f32]) -> Result<(), String> {
     if a.len() != m * k || b.len() != k * n || c.len() != m * n {
-        return Err(format!("multiply: {m}×{k} · {k}×{n} → {m}×{n} needs {}, {} and {} floats, got {}, {} and {}", m * k, k * n, m * n, a.len(), b.len(), c.len()));
+        return Err(format!(
+            "multiply: {m}×{k} · {k}×{n} → {m}×{n} needs {}, {} and {} floats, got {}, {} and {}",
+            m * k,
+            k * n,
+            m * n,
+            a.len(),
+            b.len(),
+            c.len()
+        ));
     }
     if let Gemm::Ours(tile) = which
         && !available(tile)
@@ -259,7 +263,27 @@ pub fn multiply(which: Gemm, m: usize, n: usize, k: usize, a: &[f32], a_transpos
     unsafe {
         match which {
             Gemm::Ours(tile) => packed(tile, m, n, k, av, bv, c.as_mut_ptr(), n, false, true, tile.blocking()),
-            Gemm::Crate => gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, av.ptr, av.cs, av.rs, bv.ptr, bv.cs, bv.rs, 0.0, 1.0, false, false, false, Parallelism::Rayon(0)),
+            Gemm::Crate => gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                av.ptr,
+                av.cs,
+                av.rs,
+                bv.ptr,
+                bv.cs,
+                bv.rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::Rayon(0),
+            ),
         }
     }
     Ok(())
@@ -297,7 +321,19 @@ unsafe fn packed(tile: Tile, m: usize, n: usize, k: usize, a: View, b: View, c: 
 
 /// [`packed`] with an `MR × NR` tile and its kernel.
 #[allow(clippy::too_many_arguments)]
-unsafe fn packed_with<const MR: usize, const NR: usize>(kernel: Kernel, m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize, accumulate: bool, parallel: bool, blocking: Blocking) {
+unsafe fn packed_with<const MR: usize, const NR: usize>(
+    kernel: Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+    blocking: Blocking,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -344,7 +380,19 @@ unsafe fn packed_with<const MR: usize, const NR: usize>(kernel: Kernel, m: usize
                                 let i0 = ic + ip * MR;
                                 let out = c;
                                 // SAFETY: the tile (i0.., j0..) lies inside `c`, in this task's rows.
-                                unsafe { tile::<MR, NR>(kernel, kb, a_panel.as_ptr(), b_panel.as_ptr(), out.0.add(i0 * ldc + j0), ldc, (m - i0).min(MR), (n - j0).min(NR), accumulate) };
+                                unsafe {
+                                    tile::<MR, NR>(
+                                        kernel,
+                                        kb,
+                                        a_panel.as_ptr(),
+                                        b_panel.as_ptr(),
+                                        out.0.add(i0 * ldc + j0),
+                                        ldc,
+                                        (m - i0).min(MR),
+                                        (n - j0).min(NR),
+                                        accumulate,
+                                    )
+                                };
                             }
                         }
                     })
@@ -433,7 +481,17 @@ unsafe fn pack_b<const NR: usize>(dst: &mut [f32], b: View, p0: usize, kb: usize
 /// # Safety
 /// The panels hold `kb` groups; the tile lies inside `c`; the CPU has the kernel's instructions.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const MR: usize, const NR: usize>(kernel: Kernel, kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, mr: usize, nr: usize, accumulate: bool) {
+unsafe fn tile<const MR: usize, const NR: usize>(
+    kernel: Kernel,
+    kb: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    accumulate: bool,
+) {
     if mr == MR && nr == NR {
         // SAFETY: the caller's contract.
         return unsafe { kernel(kb, a, b, c, ldc, accumulate) };
@@ -608,7 +666,10 @@ mod tests {
                                     } else {
                                         (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>() + if accumulate { start[i * ldc + j] as f64 } else { 0.0 }
                                     };
-                                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(), "{tile:?} {m}×{n}×{k} layouts {ta} {tb} {blocking:?} acc {accumulate} par {parallel}: ({i}, {j}) {got} vs {want}");
+                                    assert!(
+                                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(),
+                                        "{tile:?} {m}×{n}×{k} layouts {ta} {tb} {blocking:?} acc {accumulate} par {parallel}: ({i}, {j}) {got} vs {want}"
+                                    );
                                 }
                             }
                         }
