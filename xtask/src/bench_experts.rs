@@ -591,7 +591,7 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     );
     md += &format!("| kind | {} |\n|---|{}\n", sizes.iter().map(|s| format!("{s} experts")).collect::<Vec<_>>().join(" | "), "---:|".repeat(sizes.len()));
     let mut scaling_json = Vec::new();
-    let mut curves: Vec<(String, Vec<(usize, f64, f64, usize)>)> = Vec::new();
+    let mut curves: Vec<(String, Vec<ScalingPoint>)> = Vec::new();
     for k in &e.kinds {
         let mut points = Vec::new();
         let mut cells = Vec::new();
@@ -691,9 +691,12 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     Ok(md)
 }
 
+/// One point of a scaling curve: (experts merged, mean, std, subsets).
+type ScalingPoint = (usize, f64, f64, usize);
+
 /// Normalised accuracy (y) against merged experts (x): one line per kind with a ±std band, from
 /// the expert alone (1 expert, 1.0 by definition) to all.
-fn scaling_svg(curves: &[(String, Vec<(usize, f64, f64, usize)>)], n: usize, merge: &str) -> String {
+fn scaling_svg(curves: &[(String, Vec<ScalingPoint>)], n: usize, merge: &str) -> String {
     let colours = crate::curves::PALETTE;
     let (w, h, left, top, right, bottom) = (560.0, 320.0, 55.0, 35.0, 130.0, 45.0);
     let (pw, ph) = (w - left - right, h - top - bottom);

@@ -635,7 +635,7 @@ pub fn mean_interval(sc: &[Option<&Scored>], per_seed: &[Vec<Option<f64>>], seed
     let t = parts.len() as f64;
     let m = parts.iter().map(|(p, _)| p).sum::<f64>() / t;
     let se = parts.iter().map(|(p, n)| p * (1.0 - p) / *n as f64).sum::<f64>().sqrt() / t;
-    (t > 0.0).then(|| (m - 1.959964 * se, m + 1.959964 * se))
+    (t > 0.0).then_some((m - 1.959964 * se, m + 1.959964 * se))
 }
 
 /// Grouped bars: one group per task, one bar per method.

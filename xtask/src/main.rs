@@ -3,6 +3,9 @@
 //! xtask itself does not depend on burn: it builds `mosa` in release mode with the backend
 //! feature you pick (`--features cuda`, …) and drives it, so the same task runs on any backend.
 
+// the doc comments of the clap arguments are `--help` text, where `<name>` is a placeholder, not HTML
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 

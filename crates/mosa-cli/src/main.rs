@@ -1,5 +1,8 @@
 //! `mosa`: parameter-efficient fine-tuning of vision backbones with sparse adapters.
 
+// the doc comments of the clap arguments are `--help` text, where `<run>` is a placeholder, not HTML
+#![allow(rustdoc::invalid_html_tags)]
+
 mod backend;
 mod cmd;
 mod method_args;

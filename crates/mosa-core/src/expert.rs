@@ -238,10 +238,10 @@ impl Expert {
                         let why = if indices[w] == indices[w + 1] { "duplicated" } else { "unsorted" };
                         return Err(format!("tensor `{name}`: indices are {why} at position {}", w + 1));
                     }
-                    if let Some(&last) = indices.last() {
-                        if last as usize >= n {
-                            return Err(format!("tensor `{name}`: index {last} out of range for shape {:?} ({n} entries)", t.shape));
-                        }
+                    if let Some(&last) = indices.last()
+                        && last as usize >= n
+                    {
+                        return Err(format!("tensor `{name}`: index {last} out of range for shape {:?} ({n} entries)", t.shape));
                     }
                     if let Some(k) = values.iter().position(|v| !v.is_finite()) {
                         return Err(format!("tensor `{name}`: value {k} is not finite"));

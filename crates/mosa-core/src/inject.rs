@@ -146,10 +146,8 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
 /// one without a LayerNorm of its own.
 fn adapter_slot<B: Backend>(method: &Method, d: usize, normalised_input: bool, rng: &mut Rng, device: &B::Device) -> AdapterSlot<B> {
     let mut own = method.clone();
-    if normalised_input {
-        if let Some(a) = own.adapter_options_mut() {
-            a.norm = false;
-        }
+    if normalised_input && let Some(a) = own.adapter_options_mut() {
+        a.norm = false;
     }
     let method = &own;
     match method {
@@ -199,13 +197,16 @@ pub fn before_forward<B: Backend, H: PeftHost<B>>(host: &mut H, method: &Method,
 
 fn set_sparse_scoring<B: Backend, H: PeftHost<B>>(host: &mut H, on: bool) {
     for s in host.sites_mut() {
-        if let SiteMut::Linear { linear, .. } = s {
-            if let Some(LinearBranch::Sparse(d)) = &mut linear.branch {
-                d.score_all = on;
-            }
+        if let SiteMut::Linear { linear, .. } = s
+            && let Some(LinearBranch::Sparse(d)) = &mut linear.branch
+        {
+            d.score_all = on;
         }
     }
 }
+
+/// The sparse masks a reselection changed, by parameter name.
+pub type ChangedMasks<B> = Vec<(String, Tensor<B, 2>)>;
 
 /// The method's post-backward hook: sparse re-selection when its schedule says so, then the
 /// expert-gradient masks. Returns the new sparse masks when they changed (the optimiser resets
@@ -216,13 +217,13 @@ pub fn after_backward<B: AutodiffBackend, H: PeftHost<B>>(
     method: &Method,
     (epoch, step, steps): (usize, usize, usize),
     rng: &mut Rng,
-) -> Result<(H, Vec<(String, Tensor<B, 2>)>), String> {
+) -> Result<(H, ChangedMasks<B>), String> {
     let mut changed = Vec::new();
-    if let Some(cfg) = method.sparse() {
-        if cfg.action(epoch, step, steps) == SparseAction::Reselect {
-            host = reselect_sparse(host, grads, cfg, rng)?;
-            changed = sparse_masks(&mut host);
-        }
+    if let Some(cfg) = method.sparse()
+        && cfg.action(epoch, step, steps) == SparseAction::Reselect
+    {
+        host = reselect_sparse(host, grads, cfg, rng)?;
+        changed = sparse_masks(&mut host);
     }
     mask_gradients(&mut host, grads);
     Ok((host, changed))
@@ -241,12 +242,12 @@ pub fn reselect_sparse<B: AutodiffBackend, H: PeftHost<B>>(
     let mut deltas = Vec::new();
     let mut names = Vec::new();
     for (k, s) in sites.iter_mut().enumerate() {
-        if let SiteMut::Linear { linear, site } = s {
-            if let Some(LinearBranch::Sparse(d)) = linear.branch.take_if(|b| matches!(b, LinearBranch::Sparse(_))) {
-                owners.push(k);
-                deltas.push(d);
-                names.push(format!("{}.weight", site.path));
-            }
+        if let SiteMut::Linear { linear, site } = s
+            && let Some(LinearBranch::Sparse(d)) = linear.branch.take_if(|b| matches!(b, LinearBranch::Sparse(_)))
+        {
+            owners.push(k);
+            deltas.push(d);
+            names.push(format!("{}.weight", site.path));
         }
     }
     // on an error the deltas are gone from the host, which is then dropped by the caller
@@ -290,10 +291,10 @@ fn mask_key(layer_path: &str) -> String {
 pub fn sparse_masks<B: Backend, H: PeftHost<B>>(host: &mut H) -> Vec<(String, Tensor<B, 2>)> {
     let mut v = Vec::new();
     for s in host.sites_mut() {
-        if let SiteMut::Linear { site, linear } = s {
-            if let Some(LinearBranch::Sparse(d)) = &linear.branch {
-                v.push((mask_key(&site.path), d.mask.clone()));
-            }
+        if let SiteMut::Linear { site, linear } = s
+            && let Some(LinearBranch::Sparse(d)) = &linear.branch
+        {
+            v.push((mask_key(&site.path), d.mask.clone()));
         }
     }
     v
@@ -304,17 +305,17 @@ pub fn sparse_masks<B: Backend, H: PeftHost<B>>(host: &mut H) -> Vec<(String, Te
 pub fn with_sparse_masks<B: Backend, H: PeftHost<B>>(mut host: H, masks: &HashMap<String, HostTensor>) -> Result<H, String> {
     let mut used = 0;
     for s in host.sites_mut() {
-        if let SiteMut::Linear { site, linear } = s {
-            if let Some(LinearBranch::Sparse(d)) = &mut linear.branch {
-                let key = mask_key(&site.path);
-                if let Some(m) = masks.get(&key) {
-                    let dims = d.mask.dims();
-                    if m.shape.as_slice() != dims.as_slice() {
-                        return Err(format!("sparse mask {key}: shape {:?}, the model has {dims:?}", m.shape));
-                    }
-                    d.mask = m.to_tensor(&d.mask.device());
-                    used += 1;
+        if let SiteMut::Linear { site, linear } = s
+            && let Some(LinearBranch::Sparse(d)) = &mut linear.branch
+        {
+            let key = mask_key(&site.path);
+            if let Some(m) = masks.get(&key) {
+                let dims = d.mask.dims();
+                if m.shape.as_slice() != dims.as_slice() {
+                    return Err(format!("sparse mask {key}: shape {:?}, the model has {dims:?}", m.shape));
                 }
+                d.mask = m.to_tensor(&d.mask.device());
+                used += 1;
             }
         }
     }

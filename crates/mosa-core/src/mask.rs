@@ -71,7 +71,7 @@ mod tests {
         }
         // not a trivial block split: every expert owns entries in the first tenth
         for e in 0..4 {
-            assert!(owner[..100].iter().any(|&o| o == e));
+            assert!(owner[..100].contains(&e));
         }
         assert_eq!(partition(1000, 4, &mut Rng::new(3407)), owner, "seeded");
         assert_ne!(partition(1000, 4, &mut Rng::new(1)), owner);

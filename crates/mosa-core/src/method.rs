@@ -261,10 +261,10 @@ impl Method {
                 return Err(format!("the LoRA alpha (--lora-alpha) must be finite, got {}", l.alpha));
             }
         }
-        if let Method::VptShallow(p) | Method::VptDeep(p) = self {
-            if !(0.0..1.0).contains(&p.dropout) {
-                return Err(format!("the prompt dropout must be in [0, 1), got {}", p.dropout));
-            }
+        if let Method::VptShallow(p) | Method::VptDeep(p) = self
+            && !(0.0..1.0).contains(&p.dropout)
+        {
+            return Err(format!("the prompt dropout must be in [0, 1), got {}", p.dropout));
         }
         let experts = match self {
             Method::Mosa(m) => Some(m.experts),

@@ -159,10 +159,13 @@ pub fn tally<B: Backend, M: Module<B>>(module: &M) -> Tally {
     Tally { trainable: count_trainable(&l), total: l.iter().map(|p| p.numel).sum() }
 }
 
+/// Picks parameters by `(container type, field)`.
+pub type FieldFilter = dyn Fn(&str, &str) -> bool;
+
 /// Sets whether every parameter of `module` trains, or only those `select` picks by their
 /// `(container type, field)` (e.g. BitFit's biases); the others keep their state.
-pub fn set_trainable<B: Backend, M: Module<B>>(module: M, train: bool, select: Option<&dyn Fn(&str, &str) -> bool>) -> M {
-    struct Set<'a>(bool, Option<&'a dyn Fn(&str, &str) -> bool>);
+pub fn set_trainable<B: Backend, M: Module<B>>(module: M, train: bool, select: Option<&FieldFilter>) -> M {
+    struct Set<'a>(bool, Option<&'a FieldFilter>);
     impl<B: Backend> MapParam<B> for Set<'_> {
         fn param<const D: usize>(&mut self, _: &str, (c, f): (&str, &str), p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             if self.1.is_none_or(|s| s(c, f)) { p.set_require_grad(self.0) } else { p }

@@ -84,6 +84,7 @@ impl<B: AutodiffBackend> AdapterSlot<B> {
 
 /// A trainable branch on a frozen linear layer.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer, built once: boxing would only add an indirection
 pub enum LinearBranch<B: Backend> {
     Lora(Lora<B>),
     /// LoRA on parts of a fused linear (`q`, `v` of `qkv`).

@@ -3,7 +3,7 @@
 //!
 //! The forward pass folds the masked delta into the weight, so it costs one matmul, and the
 //! gradient of `ΔW` is masked by construction. The mask starts all-ones (dense warm-up), is
-//! re-selected every K steps during the first epoch, then frozen: [`SparseSchedule`] says when,
+//! re-selected every K steps during the first epoch, then frozen: [`SparseConfig::action`] says when,
 //! [`select`] computes the masks from per-layer scores.
 
 use burn::module::Param;
@@ -128,7 +128,7 @@ impl SparseConfig {
             return SparseAction::Keep;
         }
         let since = step + 1 - self.warmup_steps;
-        if since % self.reselect_every.max(1) == 0 { SparseAction::Reselect } else { SparseAction::Keep }
+        if since.is_multiple_of(self.reselect_every.max(1)) { SparseAction::Reselect } else { SparseAction::Keep }
     }
 
     /// Per-entry scores of one matrix from its delta and gradient (host values).
@@ -242,6 +242,41 @@ impl<B: Backend> SparseDelta<B> {
     }
 }
 
+/// Scores every delta from its current gradient and installs new masks (one host round trip per
+/// re-selection, which happens only every K steps of the first epoch). The gradient is the one of
+/// a pass with [`SparseDelta::score_all`] on, so every entry is scored as if the mask were all
+/// ones. A tensor whose scores are all zero or not finite is an error naming it (`names`), never
+/// a tie-break, which would silently make every criterion `random`. Returns the deltas in order.
+pub fn reselect<B: burn::tensor::backend::AutodiffBackend>(
+    deltas: Vec<SparseDelta<B>>,
+    names: &[String],
+    grads: &burn::optim::GradientsParams,
+    cfg: &SparseConfig,
+    rng: &mut Rng,
+) -> Result<Vec<SparseDelta<B>>, String> {
+    let mut scores = Vec::with_capacity(deltas.len());
+    let mut shapes = Vec::with_capacity(deltas.len());
+    for (d, name) in deltas.iter().zip(names) {
+        let [i, o] = d.delta.dims();
+        let w = d.delta.val().inner().into_data().to_vec::<f32>().unwrap_or_default();
+        let g = grads.get::<B::InnerBackend, 2>(d.delta.id).map(|g| g.into_data().to_vec::<f32>().unwrap_or_default()).unwrap_or_else(|| vec![0.0; i * o]);
+        let sc = cfg.score(&w, &g, rng);
+        if sc.iter().any(|x| !x.is_finite()) {
+            return Err(format!("sparse mask selection: `{name}` has non-finite scores"));
+        }
+        if sc.iter().all(|&x| x == 0.0) {
+            return Err(format!(
+                "sparse mask selection: every {:?} score of `{name}` is 0 (ΔW or its gradient is still 0: train more dense steps before the first selection, --sparse warm-up, or use a non-zero learning rate)",
+                cfg.criterion
+            ));
+        }
+        scores.push(sc);
+        shapes.push([i, o]);
+    }
+    let kept = select(cfg, &scores, &shapes, rng);
+    Ok(deltas.into_iter().zip(kept).map(|(d, k)| d.set_mask(&k, cfg.on_drop)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,39 +320,4 @@ mod tests {
         let r = SparseConfig::new().with_criterion(Criterion::Random).score(&w, &g, &mut rng);
         assert!(r.iter().all(|x| (0.0..1.0).contains(x)));
     }
-}
-
-/// Scores every delta from its current gradient and installs new masks (one host round trip per
-/// re-selection, which happens only every K steps of the first epoch). The gradient is the one of
-/// a pass with [`SparseDelta::score_all`] on, so every entry is scored as if the mask were all
-/// ones. A tensor whose scores are all zero or not finite is an error naming it (`names`), never
-/// a tie-break, which would silently make every criterion `random`. Returns the deltas in order.
-pub fn reselect<B: burn::tensor::backend::AutodiffBackend>(
-    deltas: Vec<SparseDelta<B>>,
-    names: &[String],
-    grads: &burn::optim::GradientsParams,
-    cfg: &SparseConfig,
-    rng: &mut Rng,
-) -> Result<Vec<SparseDelta<B>>, String> {
-    let mut scores = Vec::with_capacity(deltas.len());
-    let mut shapes = Vec::with_capacity(deltas.len());
-    for (d, name) in deltas.iter().zip(names) {
-        let [i, o] = d.delta.dims();
-        let w = d.delta.val().inner().into_data().to_vec::<f32>().unwrap_or_default();
-        let g = grads.get::<B::InnerBackend, 2>(d.delta.id).map(|g| g.into_data().to_vec::<f32>().unwrap_or_default()).unwrap_or_else(|| vec![0.0; i * o]);
-        let sc = cfg.score(&w, &g, rng);
-        if sc.iter().any(|x| !x.is_finite()) {
-            return Err(format!("sparse mask selection: `{name}` has non-finite scores"));
-        }
-        if sc.iter().all(|&x| x == 0.0) {
-            return Err(format!(
-                "sparse mask selection: every {:?} score of `{name}` is 0 (ΔW or its gradient is still 0: train more dense steps before the first selection, --sparse warm-up, or use a non-zero learning rate)",
-                cfg.criterion
-            ));
-        }
-        scores.push(sc);
-        shapes.push([i, o]);
-    }
-    let kept = select(cfg, &scores, &shapes, rng);
-    Ok(deltas.into_iter().zip(kept).map(|(d, k)| d.set_mask(&k, cfg.on_drop)).collect())
 }

@@ -173,7 +173,7 @@ fn scaled_worst(a: &[f32], b: &[f32]) -> f32 {
 fn qkv_values(n: usize, seed: u64, spread: f32) -> Vec<f32> {
     Flex::seed(&Default::default(), seed);
     let v = host(Tensor::<Flex, 1>::random([n], Distribution::Normal(0.0, 1.0), &Default::default()));
-    v.iter().enumerate().map(|(i, x)| x * spread * if (i as u64 + seed) % 97 == 0 { 8.0 } else { 1.0 }).collect()
+    v.iter().enumerate().map(|(i, x)| x * spread * if (i as u64 + seed).is_multiple_of(97) { 8.0 } else { 1.0 }).collect()
 }
 
 #[test]

@@ -108,8 +108,11 @@ pub fn read_list(path: &Path, base: &Path, num_classes: usize, name: &str) -> Re
     Ok(Split { name: name.to_string(), entries })
 }
 
+/// One entry of an FGVC split file: (image path, raw class id, the 1-based line of its key).
+pub type JsonEntry = (String, i64, usize);
+
 /// Reads an FGVC JSON split: raw class ids, with the 1-based line on which each key appears.
-pub fn read_json_split(path: &Path) -> Result<Vec<(String, i64, usize)>> {
+pub fn read_json_split(path: &Path) -> Result<Vec<JsonEntry>> {
     let text = read_text(path)?;
     let map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&text).map_err(|e| DataError::line(path, e.line(), format!("not a JSON object of `\"path\": class id`: {e}")))?;

@@ -71,17 +71,17 @@ impl LoadedSplit {
             return Err(DataError::Spec(format!("{}: label {} out of range ({} classes)", e.describe(), e.label, num_classes)));
         }
         let cache_file = opts.disk_cache.as_ref().map(|d| d.join(format!("{}.u8cache", cache_key(split, &transform))));
-        if let Some(f) = &cache_file {
-            if let Some(loaded) = read_cache(f, split, transform, num_classes) {
-                let report = LoadReport {
-                    split: split.name.clone(),
-                    images: loaded.images.len(),
-                    skipped: vec![],
-                    seconds: start.elapsed().as_secs_f64(),
-                    from_disk_cache: true,
-                };
-                return Ok((loaded, report));
-            }
+        if let Some(f) = &cache_file
+            && let Some(loaded) = read_cache(f, split, transform, num_classes)
+        {
+            let report = LoadReport {
+                split: split.name.clone(),
+                images: loaded.images.len(),
+                skipped: vec![],
+                seconds: start.elapsed().as_secs_f64(),
+                from_disk_cache: true,
+            };
+            return Ok((loaded, report));
         }
         let results: Vec<Result<Prepared>> = split.entries.par_iter().map(|e| decode_entry(e).map(|img| transform.prepare(&img))).collect();
         let mut images = Vec::with_capacity(results.len());

@@ -198,16 +198,16 @@ fn open_fgvc(spec: &DatasetSpec, root: &Path, name: &str) -> Result<Dataset> {
     }
     let info = lookup_fgvc(name);
     let prefix = info.map(|i| i.prefix).unwrap_or("");
-    let raw: Vec<(String, Vec<(String, i64, usize)>)> =
+    let raw: Vec<(String, Vec<crate::list::JsonEntry>)> =
         ["train", "val", "test"].iter().map(|s| Ok((s.to_string(), read_json_split(&dir.join(format!("{s}.json")))?))).collect::<Result<_>>()?;
     // Class ids map to 0..C-1 by sorting the distinct ids (of all splits).
     let mut ids: Vec<i64> = raw.iter().flat_map(|(_, v)| v.iter().map(|(_, id, _)| *id)).collect();
     ids.sort_unstable();
     ids.dedup();
-    if let Some(i) = info {
-        if ids.len() != i.num_classes {
-            return Err(DataError::file(&dir, format!("{} distinct class ids in train/val/test, {} expects {}", ids.len(), i.name, i.num_classes)));
-        }
+    if let Some(i) = info
+        && ids.len() != i.num_classes
+    {
+        return Err(DataError::file(&dir, format!("{} distinct class ids in train/val/test, {} expects {}", ids.len(), i.name, i.num_classes)));
     }
     let train_ids: std::collections::BTreeSet<i64> = raw[0].1.iter().map(|(_, id, _)| *id).collect();
     let mut splits = raw.into_iter().map(|(s, v)| {

@@ -1,5 +1,5 @@
 //! Preprocessing (data.md): what is cached per image ([`Prepared`], 8 bits) and what is done per
-//! draw (VTAB: TensorFlow's float bilinear resize; FGVC: crop and flip; then [0,1] scaling,
+//! draw (VTAB: TensorFlow's float bilinear resize; FGVC: crop and flip; then `[0, 1]` scaling,
 //! ImageNet normalisation, CHW float layout).
 
 use mosa_core::Rng;

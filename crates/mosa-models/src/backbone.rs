@@ -235,6 +235,7 @@ impl BackboneConfig {
 
 /// A backbone of any family.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per model: boxing would only add an indirection
 pub enum Backbone<B: Backend> {
     Vit(VisionTransformer<B>),
     Swin(SwinTransformer<B>),

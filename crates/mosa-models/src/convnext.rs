@@ -8,7 +8,7 @@
 //! depthwise conv, LayerNorm (channels last), the pointwise MLP (fc1 → GELU → fc2) and the layer
 //! scale `gamma`, with drop path on the residual; the head averages, normalises and classifies.
 //!
-//! Hook points (sites) are declared once, in [`ConvNextBlock::sites_mut`]: per block an adapter
+//! Hook points (sites) are declared once, in `ConvNextBlock::sites_mut`: per block an adapter
 //! parallel to the pointwise MLP (reading the MLP's own input, the normalised depthwise-conv output,
 //! without a LayerNorm of its own — the MoSA reference's Swin convention, our reading for ConvNeXt —
 //! and summed with the scaled MLP output under one drop path) and one after the MLP (Pfeiffer), and the
@@ -117,7 +117,7 @@ impl ConvNextConfig {
         if self.depths.len() > 8 {
             return Err(format!("{} stages: at most 8 are supported", self.depths.len()));
         }
-        if self.dims.contains(&0) || self.depths.contains(&0) || self.patch_size == 0 || self.kernel_size % 2 == 0 {
+        if self.dims.contains(&0) || self.depths.contains(&0) || self.patch_size == 0 || self.kernel_size.is_multiple_of(2) {
             return Err("dims, depths and patch_size must be positive and kernel_size odd".into());
         }
         for (i, &d) in self.dims.iter().enumerate() {

@@ -32,7 +32,7 @@ pub fn check(img_size: usize, in_chans: usize, num_classes: usize, tokens: usize
     at_most("num_classes", num_classes, MAX_CLASSES)?;
     at_most("tokens", tokens, MAX_TOKENS)?;
     at_most("blocks", blocks, MAX_BLOCKS)?;
-    if !(params <= MAX_PARAMS) {
+    if params.is_nan() || params > MAX_PARAMS {
         return Err(format!("about {params:.3e} parameters, more than the supported {MAX_PARAMS:.0e}"));
     }
     Ok(())

@@ -11,7 +11,7 @@
 //! position bias from a `(2w−1)²` table, patch merging of 2×2 neighbours (`x0, x1, x2, x3` order)
 //! with a LayerNorm over 4C and a bias-free reduction, mean pooling before the head.
 //!
-//! Hook points (sites) are declared once, in [`SwinBlock::sites_mut`]: per block three adapter
+//! Hook points (sites) are declared once, in `SwinBlock::sites_mut`: per block three adapter
 //! slots (parallel to the MLP, reading the MLP's own input `norm2(h)` without a LayerNorm of its
 //! own, the MLP and the adapter summed under one drop path, as the MoSA reference's Swin; after
 //! the attention; after the MLP) and the four linear sites of [`TARGETS`]. VPT prompts are not
@@ -154,7 +154,7 @@ impl SwinConfig {
             return Err(format!("{} stages: at most 8 are supported", self.depths.len()));
         }
         for (i, &h) in self.num_heads.iter().enumerate() {
-            if self.stage_dim(i) % h != 0 {
+            if !self.stage_dim(i).is_multiple_of(h) {
                 return Err(format!("stage {i}: width {} is not divisible by {h} heads", self.stage_dim(i)));
             }
         }
@@ -643,7 +643,7 @@ pub fn load_state<B: Backend>(cfg: &SwinConfig, sd: StateDict, head: HeadPolicy,
             let ws = b.attn.window;
             if let Some(t) = l.sd.tensors.get_mut(&name) {
                 // a table of another window (checkpoint at another resolution): resample it
-                let side = ((t.shape[0] as f64).sqrt().round() as usize + 1) / 2;
+                let side = ((t.shape[0] as f64).sqrt().round() as usize).div_ceil(2);
                 if t.shape.len() == 2 && t.shape[1] == cfg.num_heads[i] && (2 * side - 1).pow(2) == t.shape[0] && side != ws {
                     *t = resample_table(t, side, ws);
                 }

@@ -115,13 +115,13 @@ impl VitConfig {
         if self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 || self.patch_size == 0 {
             return Err("embed_dim, depth, num_heads and patch_size must be positive".into());
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(format!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads));
         }
         if self.img_size < self.patch_size {
             return Err(format!("img_size {} is smaller than patch_size {}", self.img_size, self.patch_size));
         }
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             let (lo, hi) = (self.img_size / self.patch_size * self.patch_size, (self.img_size / self.patch_size + 1) * self.patch_size);
             return Err(format!(
                 "img_size {} is not a multiple of patch_size {} (the patch grid would drop the last pixels); use {lo} or {hi}",
@@ -338,7 +338,7 @@ impl<B: Kernels> VisionTransformer<B> {
         BackboneOutput { features: tokens, pre_logits, logits, hidden, spatial: None }
     }
 
-    /// Forward pass; `collect_hidden` keeps every block's output in [`VitOutput::hidden`];
+    /// Forward pass; `collect_hidden` keeps every block's output in [`BackboneOutput::hidden`];
     /// `rng` draws the active experts of MoSA methods (one per block and pass, whole batch).
     pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
         let mut x = self.embed(x);

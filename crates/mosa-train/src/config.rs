@@ -106,7 +106,7 @@ impl TrainConfig {
     /// Whether the model is evaluated after epoch `epoch` (1-based): every `eval_every`-th
     /// epoch and the last.
     pub fn evaluates_after(&self, epoch: usize) -> bool {
-        epoch == self.epochs || epoch % self.eval_every.unwrap_or(1).max(1) == 0
+        epoch == self.epochs || epoch.is_multiple_of(self.eval_every.unwrap_or(1).max(1))
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -141,15 +141,15 @@ impl TrainConfig {
         if self.warmup_epochs > self.epochs {
             return Err(format!("warm-up ({}) longer than training ({} epochs)", self.warmup_epochs, self.epochs));
         }
-        if let Some(h) = self.head_lr {
-            if !(h.is_finite() && h >= 0.0 && self.lr > 0.0) {
-                return Err(format!("--head-lr {h} needs to be finite and ≥ 0, with --lr > 0"));
-            }
+        if let Some(h) = self.head_lr
+            && !(h.is_finite() && h >= 0.0 && self.lr > 0.0)
+        {
+            return Err(format!("--head-lr {h} needs to be finite and ≥ 0, with --lr > 0"));
         }
-        if let Some(p) = self.backbone_dropout {
-            if !(0.0..1.0).contains(&p) {
-                return Err(format!("--backbone-dropout {p} must be in [0, 1)"));
-            }
+        if let Some(p) = self.backbone_dropout
+            && !(0.0..1.0).contains(&p)
+        {
+            return Err(format!("--backbone-dropout {p} must be in [0, 1)"));
         }
         Ok(())
     }

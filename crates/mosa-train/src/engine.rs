@@ -22,7 +22,7 @@ use crate::checkpoint::{BackboneId, RunState, Tensors, file_sha256, read_checkpo
 use crate::config::HeadInit;
 use crate::epoch::{EpochCtx, streams, train_epoch};
 use crate::evaluate::evaluate;
-use crate::metrics::{EpochMetrics, Summary, summarize, write_metrics};
+use crate::metrics::{Accuracies, EpochMetrics, Summary, summarize, write_metrics};
 use crate::progress::Reporter;
 use crate::rundir::{DatasetInfo, FORMAT, RunConfig, RunDir, RunSpec};
 use crate::{Error, Result};
@@ -349,7 +349,7 @@ fn evaluate_merged<B: AutodiffKernels>(
 /// The run's summary from its per-epoch metrics.
 fn summary_of<B: Kernels>(spec: &RunSpec, metrics: &[EpochMetrics], trainable: usize, merged_trainable: usize) -> Summary {
     let t = &spec.train;
-    let (best_val_epoch, best_val, test_at_best_val, best_test_epoch, best_test, last_test) = summarize(metrics);
+    let Accuracies { best_val_epoch, best_val, test_at_best_val, best_test_epoch, best_test, last_test } = summarize(metrics);
     let total = |f: fn(&EpochMetrics) -> f64| metrics.iter().map(f).sum::<f64>();
     let (ts, es) = (total(|m| m.train_seconds), total(|m| m.eval_seconds));
     Summary {

@@ -48,23 +48,43 @@ pub struct Summary {
     pub backend: String,
 }
 
-pub fn summarize(m: &[EpochMetrics]) -> (Option<usize>, Option<f64>, Option<f64>, Option<usize>, Option<f64>, Option<f64>) {
+/// The accuracies a run's summary reports, read from its per-epoch metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Accuracies {
+    pub best_val_epoch: Option<usize>,
+    pub best_val: Option<f64>,
+    /// Test accuracy at the epoch of the best validation accuracy.
+    pub test_at_best_val: Option<f64>,
+    pub best_test_epoch: Option<usize>,
+    pub best_test: Option<f64>,
+    /// Test accuracy of the last epoch that evaluated test.
+    pub last_test: Option<f64>,
+}
+
+pub fn summarize(m: &[EpochMetrics]) -> Accuracies {
     let mut best_val: Option<(usize, f64)> = None;
     let mut best_test: Option<(usize, f64)> = None;
     for e in m {
-        if let Some(v) = e.val_acc {
-            if best_val.is_none_or(|(_, b)| v > b) {
-                best_val = Some((e.epoch, v));
-            }
+        if let Some(v) = e.val_acc
+            && best_val.is_none_or(|(_, b)| v > b)
+        {
+            best_val = Some((e.epoch, v));
         }
-        if let Some(t) = e.test_acc {
-            if best_test.is_none_or(|(_, b)| t > b) {
-                best_test = Some((e.epoch, t));
-            }
+        if let Some(t) = e.test_acc
+            && best_test.is_none_or(|(_, b)| t > b)
+        {
+            best_test = Some((e.epoch, t));
         }
     }
     let test_at_best = best_val.and_then(|(ep, _)| m.iter().find(|e| e.epoch == ep).and_then(|e| e.test_acc));
-    (best_val.map(|b| b.0), best_val.map(|b| b.1), test_at_best, best_test.map(|b| b.0), best_test.map(|b| b.1), m.last().and_then(|e| e.test_acc))
+    Accuracies {
+        best_val_epoch: best_val.map(|b| b.0),
+        best_val: best_val.map(|b| b.1),
+        test_at_best_val: test_at_best,
+        best_test_epoch: best_test.map(|b| b.0),
+        best_test: best_test.map(|b| b.1),
+        last_test: m.last().and_then(|e| e.test_acc),
+    }
 }
 
 pub fn write_metrics(dir: &RunDir, m: &[EpochMetrics]) -> Result<()> {

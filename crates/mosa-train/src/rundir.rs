@@ -347,10 +347,12 @@ pub mod legacy {
     /// The adapters' LayerNorm epsilon of formats 1 and 2 (PyTorch's default; not recorded).
     pub const LEGACY_ADAPTER_NORM_EPS: f64 = 1e-5;
 
+    type Object = serde_json::Map<String, Value>;
+
     /// The adapter options of a format-2/3 method config (the method's kind, the options), if
     /// it has adapters: at the method's top level (adapter, pfeiffer, houlsby) or under
     /// `adapter` (mosa, pruned-adapter).
-    fn adapter_options(v: &mut Value) -> Result<Option<(MethodKind, &mut serde_json::Map<String, Value>)>, String> {
+    fn adapter_options(v: &mut Value) -> Result<Option<(MethodKind, &mut Object)>, String> {
         let m = v.get_mut("run").and_then(|r| r.get_mut("method")).ok_or("no `run.method`")?;
         let kind: MethodKind = get(m, "method")?;
         let target = match kind {
@@ -379,11 +381,11 @@ pub mod legacy {
             o.entry("position").or_insert("branch".into());
         }
         // the pruned adapter was a one-expert MoSA adapter (see `mosa_core::pruned`)
-        if let Some(m) = v.get_mut("run").and_then(|r| r.get_mut("method")).and_then(Value::as_object_mut) {
-            if m.get("method").and_then(Value::as_str) == Some("pruned-adapter") {
-                m.entry("style").or_insert("legacy".into());
-                m.remove("share");
-            }
+        if let Some(m) = v.get_mut("run").and_then(|r| r.get_mut("method")).and_then(Value::as_object_mut)
+            && m.get("method").and_then(Value::as_str) == Some("pruned-adapter")
+        {
+            m.entry("style").or_insert("legacy".into());
+            m.remove("share");
         }
         finish(v, 3)
     }

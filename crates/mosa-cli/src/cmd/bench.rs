@@ -35,6 +35,7 @@ pub struct Common {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Inference (evaluation mode) throughput.
     Forward {

@@ -61,16 +61,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // tasks there are, instead of "missing tensor head.weight" (a preset or a config without
     // classes reads the merged backbone alone)
     let wants_head = config.num_classes() > 0 && presets::preset(&args.model).is_none();
-    if args.task.is_none() && wants_head && mosa_core::fsio::check_regular(&weights_path, mosa_core::fsio::caps::TENSORS).is_ok() {
-        if let Ok(meta) = load::safetensors::read_metadata(&weights_path) {
-            if let Some(m) = meta.get("mosa.merged").and_then(|t| serde_json::from_str::<mosa_train::merged::MergedMeta>(t).ok()) {
-                bail!(
-                    "{} is a merged model with one head per task ({}); pick one with --task",
-                    weights_path.display(),
-                    m.tasks.iter().map(|t| t.task.as_str()).collect::<Vec<_>>().join(", ")
-                );
-            }
-        }
+    if args.task.is_none()
+        && wants_head
+        && mosa_core::fsio::check_regular(&weights_path, mosa_core::fsio::caps::TENSORS).is_ok()
+        && let Ok(meta) = load::safetensors::read_metadata(&weights_path)
+        && let Some(m) = meta.get("mosa.merged").and_then(|t| serde_json::from_str::<mosa_train::merged::MergedMeta>(t).ok())
+    {
+        bail!(
+            "{} is a merged model with one head per task ({}); pick one with --task",
+            weights_path.display(),
+            m.tasks.iter().map(|t| t.task.as_str()).collect::<Vec<_>>().join(", ")
+        );
     }
     let sd = match &args.task {
         None => load::read_checkpoint(&weights_path)?,

@@ -10,14 +10,14 @@ pub fn run() -> anyhow::Result<()> {
     println!("device:  {:?}", backend::device());
     println!();
     println!("model presets (--model NAME, or a config JSON):");
-    println!("  {:<15} {:>12}  {}", "name", "params", "description");
+    println!("  {:<15} {:>12}  description", "name", "params");
     for p in PRESETS {
         let cfg = (p.config)();
         println!("  {:<15} {:>11.1}M  {}", p.name, cfg.num_params() as f64 / 1e6, p.description);
     }
     println!();
     println!("weights cache: {}", weights::cache_dir().display());
-    println!("  {:<15} {:<8} {}", "name", "status", "path / how to get it");
+    println!("  {:<15} {:<8} path / how to get it", "name", "status");
     for w in weights::KNOWN {
         match weights::present(w) {
             Some(path) => println!("  {:<15} {:<8} {}", w.name, "present", path.display()),

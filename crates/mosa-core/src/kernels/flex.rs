@@ -1,5 +1,5 @@
 //! [`Kernels`] for burn-flex: element-wise kernels over contiguous `f32` storage, split into
-//! chunks over rayon's threads, each chunk a loop of [`math`](super::math)'s branch-free
+//! chunks over rayon's threads, each chunk a loop of [`super::math`]'s branch-free
 //! functions compiled for the best SIMD level the CPU has (AVX-512, AVX2 + FMA, or the
 //! baseline), chosen at run time; and fused attention (`flex/attention.rs`). Other dtypes take
 //! burn-flex's own kernels or the defaults.

@@ -18,15 +18,12 @@ use burn::tensor::ops::{FloatTensor, ModuleOps};
 
 use super::{Kernels, as_rows, float, primitive};
 
+/// `(dx, Some((dγ, dβ)))`.
+pub(super) type LayerNormGrads<B> = (FloatTensor<B>, Option<(FloatTensor<B>, FloatTensor<B>)>);
+
 /// The default backward, composed of tensor ops: `(dx, Some((dγ, dβ)))` (the latter only when
 /// `params`), `dx` in `x`'s shape.
-pub(super) fn composed_backward<B: Backend>(
-    x: FloatTensor<B>,
-    gamma: FloatTensor<B>,
-    grad: FloatTensor<B>,
-    epsilon: f64,
-    params: bool,
-) -> (FloatTensor<B>, Option<(FloatTensor<B>, FloatTensor<B>)>) {
+pub(super) fn composed_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, grad: FloatTensor<B>, epsilon: f64, params: bool) -> LayerNormGrads<B> {
     let shape = x.shape();
     let (x, grad): (Tensor<B, 2>, Tensor<B, 2>) = (float(as_rows::<B>(x)), float(as_rows::<B>(grad)));
     let gamma = float::<B, 1>(gamma).unsqueeze::<2>();

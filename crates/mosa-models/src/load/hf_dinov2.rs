@@ -31,7 +31,6 @@ pub fn to_timm_with(mut sd: StateDict, only_prefix: bool) -> Result<StateDict> {
     out.insert("patch_embed.proj.bias", take("embeddings.patch_embeddings.projection.bias")?);
     out.insert("norm.weight", take("layernorm.weight")?);
     out.insert("norm.bias", take("layernorm.bias")?);
-    drop(take);
     sd.tensors.remove(&format!("{pre}embeddings.mask_token")); // only used for masked pre-training
 
     let layer_prefix = format!("{pre}encoder.layer.");

@@ -49,6 +49,7 @@ unsafe impl Sync for SharedRead {}
 /// # Safety
 /// The views must address `m × k` and `k × n` valid values, `dst` `m × n` writable ones that no
 /// other thread touches meanwhile.
+#[allow(clippy::too_many_arguments)] // a GEMM call: shapes, destination, operands, beta
 unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs: View, rhs: View, beta: f32) {
     unsafe {
         gemm(m, n, k, dst, 1, dst_rs as isize, false, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs, 0.0, beta, false, false, false, Parallelism::None)

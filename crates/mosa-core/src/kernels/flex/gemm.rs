@@ -1,6 +1,6 @@
 //! Our f32 GEMM for x86 CPUs with AVX2 + FMA or AVX-512, used by the linears
-//! ([`super::linear`]) where it is faster than the `gemm` crate (`docs/timings.md`); everywhere
-//! else, and for small products, [`matmul`] calls the `gemm` crate.
+//! (`kernels::flex::linear`) where it is faster than the `gemm` crate (`docs/timings.md`); everywhere
+//! else, and for small products, `matmul` calls the `gemm` crate.
 //!
 //! The structure is the usual one for a packed GEMM (Goto and van de Geijn, "Anatomy of
 //! high-performance matrix multiplication", ACM TOMS 2008; the BLIS loop order): for each block

@@ -38,7 +38,7 @@ multiversion! {
 /// `dx` (in `x`'s layout) and, with `params`, `[dγ…, dβ…]`.
 pub(super) fn backward(x: &[f32], gamma: &[f32], grad: &[f32], epsilon: f32, params: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let d = gamma.len();
-    assert!(d > 0 && x.len() == grad.len() && x.len() % d == 0);
+    assert!(d > 0 && x.len() == grad.len() && x.len().is_multiple_of(d));
     let mut dx = super::zeros(x.len());
     let chunk = ROWS * d;
     let tasks = dx.par_chunks_mut(chunk).zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)));
