@@ -214,8 +214,8 @@ fn run_job(e: &Experiment, j: &Job, mosa: &Path, hashes: &mut Hashes) -> anyhow:
     if let Some(t) = &j.probe_for {
         // a probe trained on a merge of other experts than these is stale
         let probe = e.probe_dir(&j.kind, t);
-        if probe.exists() && old.as_ref().is_none_or(|r| r.experts != experts) {
-            std::fs::remove_dir_all(&probe)?;
+        if probe.exists() && old.as_ref().is_none_or(|r| r.experts != experts) && !crate::bench_vtab::clear_run_dir(&probe)? {
+            return Ok(JobOutcome::Waiting(format!("its stale probe {} is in use by another run", probe.display())));
         }
     }
     let probe_needs_file = j.probe_for.as_ref().is_some_and(|t| !RunDir::new(e.probe_dir(&j.kind, t)).finished());

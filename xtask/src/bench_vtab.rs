@@ -363,6 +363,29 @@ fn check_cell_args(cell: &Cell) -> anyhow::Result<()> {
     )
 }
 
+/// Empties a run directory to start it afresh, under its run lock: `false` (nothing touched) when
+/// another process holds the lock, i.e. is training in it. The lock file itself stays, so a run
+/// that starts meanwhile locks the same file (deleting it would let two runs lock two files).
+pub fn clear_run_dir(dir: &Path) -> anyhow::Result<bool> {
+    if !dir.exists() {
+        return Ok(true);
+    }
+    let run = RunDir::new(dir);
+    let _guard = match run.lock() {
+        Ok(g) => g,
+        Err(mosa_train::Error::Config(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p == run.lock_file() {
+            continue;
+        }
+        if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p)? } else { std::fs::remove_file(&p)? }
+    }
+    Ok(true)
+}
+
 /// Runs the cells: finished ones are skipped, interrupted ones resumed, the rest started afresh;
 /// the peak memory of each run is kept beside it. Returns the labels of the cells that failed.
 pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: usize) -> anyhow::Result<Vec<String>> {
@@ -382,8 +405,11 @@ pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: u
         if run.resumable() {
             args.push("--resume".into());
         } else {
-            if cell.dir.exists() {
-                std::fs::remove_dir_all(&cell.dir)?; // a run that never finished an epoch
+            // a run that never finished an epoch, unless another process is training it now
+            if !clear_run_dir(&cell.dir)? {
+                eprintln!("[{}/{}] {}: in use by another run, left to it", offset + k + 1, progress.total, cell.label);
+                failed.push(format!("{} (in use by another run)", cell.label));
+                continue;
             }
             args.extend(cell.args.iter().cloned());
         }
@@ -690,4 +716,33 @@ fn svg(tasks: &[String], methods: &[String], acc: &BTreeMap<(String, String), Va
         );
     }
     s + "</svg>\n"
+}
+
+#[cfg(test)]
+mod run_dir_tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_run_in_progress_is_never_cleared_and_its_lock_file_survives() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cell");
+        assert!(clear_run_dir(&dir).unwrap(), "a missing directory is free");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        std::fs::write(dir.join("sub/x"), "x").unwrap();
+        let run = RunDir::new(&dir);
+        let held = run.lock().unwrap(); // a training process in the directory
+        let inode = std::fs::metadata(run.lock_file()).unwrap().ino();
+        assert!(!clear_run_dir(&dir).unwrap(), "a locked run must be left alone");
+        assert!(dir.join("config.json").exists() && dir.join("sub/x").exists());
+        drop(held);
+        assert!(clear_run_dir(&dir).unwrap());
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [".lock"], "everything but the lock file goes");
+        // the same lock file, so a run that locked it meanwhile still excludes the next one
+        assert_eq!(std::fs::metadata(run.lock_file()).unwrap().ino(), inode);
+        let _again = run.lock().unwrap();
+        assert!(!clear_run_dir(&dir).unwrap());
+    }
 }
