@@ -98,21 +98,46 @@ fn row(b: &Budget, task: &str, method: &str) -> anyhow::Result<Option<Row>> {
     let (s, c, m) = (run.summary()?, run.read_config()?, run.metrics()?);
     let (Some(test), Some(n), Some(last)) = (s.last_test, c.dataset.test, m.last()) else { return Ok(None) };
     let n = c.run.train.max_eval_images.map_or(n, |k| k.min(n));
-    Ok(Some(Row {
-        budget: b.name.into(),
-        epochs: b.epochs,
-        task: task.into(),
-        method: method.into(),
-        test,
-        test_images: n,
-        ci95: wilson95(test, n),
-        lr: c.run.train.lr,
-        final_train_loss: last.train_loss,
-        final_train_acc: last.train_acc,
-        late_share: late_share(&m.iter().map(|e| e.train_loss).collect::<Vec<_>>()),
-        train_seconds: s.train_seconds,
-        source: run.path.display().to_string(),
-    }))
+    let losses = m.iter().map(|e| e.train_loss).collect();
+    let source = run.path.display().to_string();
+    Ok(Some(Row::new(
+        b,
+        task,
+        method,
+        Measured { test, test_images: n, lr: c.run.train.lr, losses, final_train_acc: last.train_acc, train_seconds: s.train_seconds, source },
+    )))
+}
+
+/// What a finished cell measured, wherever it was read.
+struct Measured {
+    test: f64,
+    test_images: usize,
+    lr: f64,
+    /// The training loss of every epoch.
+    losses: Vec<f64>,
+    final_train_acc: f64,
+    train_seconds: f64,
+    source: String,
+}
+
+impl Row {
+    fn new(b: &Budget, task: &str, method: &str, m: Measured) -> Self {
+        Row {
+            budget: b.name.into(),
+            epochs: b.epochs,
+            task: task.into(),
+            method: method.into(),
+            test: m.test,
+            test_images: m.test_images,
+            ci95: wilson95(m.test, m.test_images),
+            lr: m.lr,
+            final_train_loss: m.losses.last().copied().unwrap_or(f64::NAN),
+            final_train_acc: m.final_train_acc,
+            late_share: late_share(&m.losses),
+            train_seconds: m.train_seconds,
+            source: m.source,
+        }
+    }
 }
 
 /// A cell of a recorded bench-vtab table (`results.json` for the test accuracy, its images, lr
@@ -144,24 +169,15 @@ fn recorded_row(b: &Budget, dir: &Path, task: &str, method: &str) -> anyhow::Res
         curve.push((f[ce].parse().with_context(|| format!("{} line {}: bad epoch", csv.display(), i + 2))?, num(cl)?, num(ca)?, num(clr)?));
     }
     curve.sort_by_key(|x| x.0);
-    let Some(&(_, loss, acc, _)) = curve.last() else { return Ok(None) };
+    let Some(&(_, _, final_train_acc, _)) = curve.last() else { return Ok(None) };
     let lr = curve.iter().map(|x| x.3).fold(0.0, f64::max);
-    let n = n as usize;
-    Ok(Some(Row {
-        budget: b.name.into(),
-        epochs: b.epochs,
-        task: task.into(),
-        method: method.into(),
-        test,
-        test_images: n,
-        ci95: wilson95(test, n),
-        lr,
-        final_train_loss: loss,
-        final_train_acc: acc,
-        late_share: late_share(&curve.iter().map(|x| x.1).collect::<Vec<_>>()),
-        train_seconds: cell["train_seconds"].as_f64().unwrap_or(0.0),
-        source: dir.display().to_string(),
-    }))
+    let (losses, train_seconds) = (curve.iter().map(|x| x.1).collect(), cell["train_seconds"].as_f64().unwrap_or(0.0));
+    Ok(Some(Row::new(
+        b,
+        task,
+        method,
+        Measured { test, test_images: n as usize, lr, losses, final_train_acc, train_seconds, source: dir.display().to_string() },
+    )))
 }
 
 /// Runs the budgets (each a `bench-vtab` grid run by this same xtask binary), then writes the study.
