@@ -266,48 +266,16 @@ fn mosa(backend: &BackendArgs, args: &[&str]) -> anyhow::Result<()> {
 #[derive(clap::Args, Clone)]
 struct BenchArgs {
     #[command(flatten)]
-    backend: BackendArgs,
-    /// Folder of tasks (VTAB-1k layout, or FGVC datasets for bench-fgvc).
-    #[arg(long, default_value = "datasets/mini-vtab")]
-    root: PathBuf,
-    /// Comma-separated task subset (default: all under --root).
-    #[arg(long, value_delimiter = ',')]
-    tasks: Vec<String>,
+    grid: GridArgs,
     /// Comma-separated methods.
     #[arg(long, value_delimiter = ',', default_value = "linear,adapter,lora,mosa")]
     methods: Vec<String>,
-    #[arg(long, default_value = "dinov2-vits14")]
-    model: String,
-    /// Backbone weights (file, known name, or `none`); default: the preset's known weights.
-    #[arg(long)]
-    weights: Option<String>,
-    /// The published recipe: 224 px, 100 epochs (warm-up 10), batch 128, lr 0.005 (for GPUs).
-    #[arg(long)]
-    full: bool,
-    #[arg(long)]
-    resolution: Option<usize>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    warmup_epochs: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
     #[arg(long)]
     lr: Option<f64>,
     /// Learning rate of `lora` [default: 0.001 on the CPU default, where the shared 0.005 makes
     /// LoRA diverge on 6 of 7 tasks (docs/benchmarks.md); with --full the shared --lr].
     #[arg(long)]
     lora_lr: Option<f64>,
-    /// Train on at most N images per task [default: all].
-    #[arg(long)]
-    max_train_images: Option<usize>,
-    /// Evaluate on at most N images per split (default: every image of val and test).
-    #[arg(long)]
-    max_eval_images: Option<usize>,
-    /// Evaluate every K-th epoch and after the last (`mosa train --eval-every`) [default: 5; with
-    /// --full every epoch, as the reference].
-    #[arg(long)]
-    eval_every: Option<usize>,
     /// Train every cell with N seeds (the recipe's 3407, then 3408, …); the table shows the mean
     /// and the 95% interval over seeds.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
@@ -320,12 +288,57 @@ struct BenchArgs {
     /// the reference's 0.1].
     #[arg(long)]
     backbone_dropout: Option<f64>,
+}
+
+/// The flags every grid benchmark shares (bench-vtab, bench-fgvc, bench-experts); each
+/// benchmark's defaults are in its own `--help` and in docs/benchmarks.md.
+#[derive(clap::Args, Clone)]
+struct GridArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Folder of tasks (VTAB-1k layout, or FGVC datasets for bench-fgvc).
+    #[arg(long, default_value = "datasets/mini-vtab")]
+    root: PathBuf,
+    /// Comma-separated task subset (default: all under --root).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    #[arg(long, default_value = "dinov2-vits14")]
+    model: String,
+    /// Backbone weights (file, known name, or `none`); default: the preset's known weights.
+    #[arg(long)]
+    weights: Option<String>,
+    /// The GPU-sized setting: bench-vtab / bench-fgvc the published recipe (224 px, 100 epochs,
+    /// warm-up 10, batch 128, lr 0.005); bench-experts 224 px, 30 epochs (warm-up 3), batch 64,
+    /// 5 task subsets per scaling size 2, 4, 8, 16. Every image either way.
+    #[arg(long)]
+    full: bool,
+    #[arg(long)]
+    resolution: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Train on at most N images per task [default: all].
+    #[arg(long)]
+    max_train_images: Option<usize>,
+    /// Evaluate on at most the first N images per split [default: all of val and test].
+    #[arg(long)]
+    max_eval_images: Option<usize>,
+    /// Evaluate every K-th epoch and after the last (`mosa train --eval-every`) [default:
+    /// bench-vtab 5, with --full every epoch as the reference; bench-experts only after the last,
+    /// the loss curves come from every epoch's training loss].
+    #[arg(long)]
+    eval_every: Option<usize>,
     #[command(flatten)]
     protocol: ProtocolArgs,
-    /// Run only cells i, i+n, i+2n, ... of the task x method grid (`i/n`, 0-based).
+    /// Run only items i, i+n, i+2n, … of each phase (`i/n`, 0-based); a later run finishes what
+    /// waited for another shard.
     #[arg(long, default_value = "0/1")]
     shard: String,
-    /// Results folder name under results/.
+    /// Results folder name under results/ [default: vtab-, fgvc- or experts-<root folder>, and
+    /// `-vpt` with --protocol vpt].
     #[arg(long)]
     name: Option<String>,
     /// Use this `mosa` binary instead of building one.
@@ -390,31 +403,32 @@ fn recipe_args(
 }
 
 fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
-    let (i, n) = parse_shard(&a.shard)?;
-    let protocol = a.protocol.protocol()?;
+    let (i, n) = parse_shard(&a.grid.shard)?;
+    let protocol = a.grid.protocol.protocol()?;
     if kind == "fgvc" && protocol != protocol::Protocol::Single {
         bail!("--protocol vpt searches on VTAB-1k's train800 / val200 lists; the FGVC splits have no train800 (use bench-vtab, or --protocol single)");
     }
-    let tasks = if a.tasks.is_empty() { bench_vtab::discover_tasks(&a.root, kind)? } else { a.tasks.clone() };
+    let tasks = if a.grid.tasks.is_empty() { bench_vtab::discover_tasks(&a.grid.root, kind)? } else { a.grid.tasks.clone() };
     // defaults: the CPU-sized embedded run, or the published recipe with --full
     // (the CPU default: issue #16 item 9, docs/benchmarks.md "The default (embedded) run")
-    let (res, ep, wu, bs, lr, mt, me, ev) = if a.full { (224, 100, 10, 128, 0.005, None, None, None) } else { (56, 10, 1, 32, 0.005, None, None, Some(5)) };
-    let res = a.resolution.unwrap_or(res);
-    let ep = a.epochs.unwrap_or(ep);
-    let wu = a.warmup_epochs.unwrap_or(wu);
-    let bs = a.batch_size.unwrap_or(bs);
+    let (res, ep, wu, bs, lr, mt, me, ev) =
+        if a.grid.full { (224, 100, 10, 128, 0.005, None, None, None) } else { (56, 10, 1, 32, 0.005, None, None, Some(5)) };
+    let res = a.grid.resolution.unwrap_or(res);
+    let ep = a.grid.epochs.unwrap_or(ep);
+    let wu = a.grid.warmup_epochs.unwrap_or(wu);
+    let bs = a.grid.batch_size.unwrap_or(bs);
     let lr = a.lr.unwrap_or(lr);
-    let mt = a.max_train_images.or(mt);
-    let me = a.max_eval_images.or(me);
-    let mut train_args = recipe_args(&a.model, a.weights.as_deref(), (res, ep, wu, bs), mt, me);
-    let ev = a.eval_every.or(ev);
+    let mt = a.grid.max_train_images.or(mt);
+    let me = a.grid.max_eval_images.or(me);
+    let mut train_args = recipe_args(&a.grid.model, a.grid.weights.as_deref(), (res, ep, wu, bs), mt, me);
+    let ev = a.grid.eval_every.or(ev);
     if let Some(k) = ev {
         train_args.extend(["--eval-every".to_string(), k.to_string()]);
     }
     // FGVC with --full: the reference's per-dataset settings (lr, r 64, Cars N 2 / share up / DEEPREG)
-    let per_dataset = kind == "fgvc" && a.full && a.lr.is_none();
+    let per_dataset = kind == "fgvc" && a.grid.full && a.lr.is_none();
     // each method's lr (LoRA may have its own, see --lora-lr); FGVC's per-dataset table sets its own
-    let lora_lr = a.lora_lr.unwrap_or(if a.full { lr } else { 0.001 });
+    let lora_lr = a.lora_lr.unwrap_or(if a.grid.full { lr } else { 0.001 });
     let method_args: std::collections::BTreeMap<String, Vec<String>> = if per_dataset {
         Default::default()
     } else {
@@ -422,12 +436,12 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     };
     // the published setting uses the reference's head init (spec §1: zero stays the default, as
     // the reference init was measured to stall MoSA on DINOv2)
-    let head_init = a.head_init.clone().or(a.full.then(|| "reference".to_string()));
+    let head_init = a.head_init.clone().or(a.grid.full.then(|| "reference".to_string()));
     if let Some(h) = &head_init {
         train_args.extend(["--head-init".into(), h.clone()]);
     }
     // and its backbone dropout (0.1 after the position embedding and in the MLPs)
-    let dropout = a.backbone_dropout.or(a.full.then_some(0.1));
+    let dropout = a.backbone_dropout.or(a.grid.full.then_some(0.1));
     if let Some(p) = dropout {
         train_args.extend(["--backbone-dropout".into(), p.to_string()]);
     }
@@ -435,8 +449,8 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let (recipe, mosa_opts) = (mosa_train::TrainConfig::default(), mosa_core::mosa::MosaOptions::new());
     let settings = format!(
         "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, lr {lr}{}, {}, head init {}{}, MoSA r {} N {} share {}; train images per task {}, eval images per split {}{}; backend feature {}.",
-        a.model,
-        a.weights.as_deref().unwrap_or("preset default"),
+        a.grid.model,
+        a.grid.weights.as_deref().unwrap_or("preset default"),
         enum_name(recipe.schedule),
         if a.methods.iter().any(|m| m == "lora") && lora_lr != lr && !per_dataset { format!(" (lora {lora_lr})") } else { String::new() },
         if a.seeds > 1 { format!("seeds {}–{}", recipe.seed, recipe.seed + a.seeds - 1) } else { format!("seed {}", recipe.seed) },
@@ -448,15 +462,15 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         mt.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
         me.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
         ev.map(|k| format!(", evaluated every {k} epochs and after the last")).unwrap_or_default(),
-        a.backend.features
+        a.grid.backend.features
     );
     let settings = format!("{settings} Tuning: {}.", protocol.describe());
-    let name = a.name.clone().unwrap_or_else(|| if a.full { format!("{kind}-full-{}", a.model) } else { format!("{kind}-{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) } + a.protocol.suffix());
+    let name = a.grid.name.clone().unwrap_or_else(|| if a.grid.full { format!("{kind}-full-{}", a.grid.model) } else { format!("{kind}-{}", a.grid.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks")) } + a.grid.protocol.suffix());
     let task_args = if per_dataset { tasks.iter().map(|t| (t.clone(), bench_vtab::fgvc_task_args(t))).collect() } else { Default::default() };
     let settings =
         if per_dataset { settings.replace(&format!("lr {lr}"), "per-dataset lr and r 64 (spec §5; Cars: N 2, share up, DEEPREG)") } else { settings };
     let grid = bench_vtab::Grid {
-        root: a.root.clone(),
+        root: a.grid.root.clone(),
         kind,
         tasks,
         methods: a.methods.clone(),
@@ -466,13 +480,13 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         method_args,
         task_args,
         settings,
-        full: a.full && kind == "vtab",
+        full: a.grid.full && kind == "vtab",
         seeds: a.seeds as usize,
         protocol,
     };
-    let mosa = match &a.mosa_bin {
+    let mosa = match &a.grid.mosa_bin {
         Some(p) => p.clone(),
-        None => build_mosa(&a.backend)?,
+        None => build_mosa(&a.grid.backend)?,
     };
     bench_vtab::run_grid(&grid, &mosa)
 }
@@ -480,13 +494,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
 #[derive(clap::Args, Clone)]
 struct ExpertArgs {
     #[command(flatten)]
-    backend: BackendArgs,
-    /// Folder of tasks in the VTAB-1k layout.
-    #[arg(long, default_value = "datasets/mini-vtab")]
-    root: PathBuf,
-    /// Comma-separated task subset (default: all under --root).
-    #[arg(long, value_delimiter = ',')]
-    tasks: Vec<String>,
+    grid: GridArgs,
     /// Expert kinds, comma-separated: sparse, lora, full.
     #[arg(long, value_delimiter = ',', default_value = "sparse,lora,full")]
     kinds: Vec<String>,
@@ -525,47 +533,9 @@ struct ExpertArgs {
     /// Skip the held-out probes.
     #[arg(long)]
     no_held_out: bool,
-    #[arg(long, default_value = "dinov2-vits14")]
-    model: String,
-    /// Backbone weights (file or known name); default: the preset's.
-    #[arg(long)]
-    weights: Option<String>,
-    /// A GPU-sized run: 224 px, 30 epochs (warm-up 3), batch 64, every image, 5 subsets per size
-    /// of 2, 4, 8 and 16 experts.
-    #[arg(long)]
-    full: bool,
-    #[arg(long)]
-    resolution: Option<usize>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    warmup_epochs: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Train on at most N images per task (default run: 256).
-    #[arg(long)]
-    max_train_images: Option<usize>,
-    /// Evaluate on at most the first N images per split (default run: 200).
-    #[arg(long)]
-    max_eval_images: Option<usize>,
-    /// Evaluate every K-th epoch and after the last (`mosa train --eval-every`) [default: only
-    /// after the last; the loss curves come from every epoch's training loss].
-    #[arg(long)]
-    eval_every: Option<usize>,
     /// Keep every merged model file (by default each is deleted once evaluated / probed).
     #[arg(long)]
     keep_merged: bool,
-    #[command(flatten)]
-    protocol: ProtocolArgs,
-    /// Run only items i, i+n, … of each phase (`i/n`); a later run finishes what waited.
-    #[arg(long, default_value = "0/1")]
-    shard: String,
-    /// Results folder name under results/ (default: experts-<root folder>).
-    #[arg(long)]
-    name: Option<String>,
-    /// Use this `mosa` binary instead of building one.
-    #[arg(long)]
-    mosa_bin: Option<PathBuf>,
 }
 
 fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -576,8 +546,8 @@ fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
 }
 
 fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
-    let shard = parse_shard(&a.shard)?;
-    let protocol = a.protocol.protocol()?;
+    let shard = parse_shard(&a.grid.shard)?;
+    let protocol = a.grid.protocol.protocol()?;
     for k in &a.kinds {
         if !bench_experts::KINDS.contains(&k.as_str()) {
             bail!("unknown expert kind `{k}` (kinds: {})", bench_experts::KINDS.join(", "));
@@ -588,21 +558,22 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
             bail!("unknown merge method `{m}` (methods: {})", bench_experts::MERGES.join(", "));
         }
     }
-    let tasks = if a.tasks.is_empty() { bench_vtab::discover_tasks(&a.root, "vtab")? } else { a.tasks.clone() };
+    let tasks = if a.grid.tasks.is_empty() { bench_vtab::discover_tasks(&a.grid.root, "vtab")? } else { a.grid.tasks.clone() };
     if tasks.len() < 2 {
         bail!("bench-experts merges experts of at least 2 tasks ({} given)", tasks.len());
     }
     // the CPU default: every image of train800val200 and of each test split, 5 epochs (issue #28
     // item 1, docs/benchmarks.md "bench-experts: the default")
-    let (res, ep, wu, bs, mt, me, seeds) = if a.full { (224, 30, 3, 64, None, None, 5) } else { (56, 5, 0, 32, None, None, 3) };
-    let (res, ep, wu, bs) = (a.resolution.unwrap_or(res), a.epochs.unwrap_or(ep), a.warmup_epochs.unwrap_or(wu), a.batch_size.unwrap_or(bs));
-    let (mt, me, seeds) = (a.max_train_images.or(mt), a.max_eval_images.or(me), a.scaling_seeds.unwrap_or(seeds));
+    let (res, ep, wu, bs, mt, me, seeds) = if a.grid.full { (224, 30, 3, 64, None, None, 5) } else { (56, 5, 0, 32, None, None, 3) };
+    let (res, ep, wu, bs) =
+        (a.grid.resolution.unwrap_or(res), a.grid.epochs.unwrap_or(ep), a.grid.warmup_epochs.unwrap_or(wu), a.grid.batch_size.unwrap_or(bs));
+    let (mt, me, seeds) = (a.grid.max_train_images.or(mt), a.grid.max_eval_images.or(me), a.scaling_seeds.unwrap_or(seeds));
     // each kind's learning rates: ΔW of the pretrained weights needs a far smaller lr than an
     // adapter (docs/experts.md); every head trains at head_lr
     let (sparse_lr, lora_lr, full_lr, head_lr) =
         (a.sparse_lr.unwrap_or(5e-4), a.lora_lr.unwrap_or(0.005), a.full_lr.unwrap_or(FULL_LR), a.head_lr.unwrap_or(0.005));
-    let mut train_args = recipe_args(&a.model, a.weights.as_deref(), (res, ep, wu, bs), mt, me);
-    train_args.extend(["--head-lr".to_string(), head_lr.to_string(), "--eval-every".to_string(), a.eval_every.unwrap_or(ep).to_string()]);
+    let mut train_args = recipe_args(&a.grid.model, a.grid.weights.as_deref(), (res, ep, wu, bs), mt, me);
+    train_args.extend(["--head-lr".to_string(), head_lr.to_string(), "--eval-every".to_string(), a.grid.eval_every.unwrap_or(ep).to_string()]);
     let lr = |v: f64| vec!["--lr".to_string(), v.to_string()];
     let mut sparse = lr(sparse_lr);
     if !a.sparse_targets.is_empty() {
@@ -626,8 +597,8 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     let sp = mosa_core::sparse::SparseConfig::new();
     let settings = format!(
         "Settings: model {} (weights {}), {res} px, {ep} epochs (warm-up {wu}, {} cosine), batch {bs}, seed {}; lr: sparse {sparse_lr} ({} of {}, {}), lora {lora_lr} (r {}, alpha {}, {}), full {full_lr}, heads and probes {head_lr}; train images per task {}, eval images per split {}; backend feature {}.",
-        a.model,
-        a.weights.as_deref().unwrap_or("preset default"),
+        a.grid.model,
+        a.grid.weights.as_deref().unwrap_or("preset default"),
         enum_name(recipe.schedule),
         recipe.seed,
         a.keep_ratio.unwrap_or(sp.keep_ratio),
@@ -638,14 +609,19 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
         EXPERT_LORA.2,
         mt.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
         me.map(|m| format!("≤ {m}")).unwrap_or("all".into()),
-        a.backend.features
+        a.grid.backend.features
     );
     let settings = format!("{settings} Tuning: {}.", protocol.describe());
-    let name = a.name.clone().unwrap_or_else(|| {
-        format!("experts-{}{}{}", a.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks"), if a.full { "-full" } else { "" }, a.protocol.suffix())
+    let name = a.grid.name.clone().unwrap_or_else(|| {
+        format!(
+            "experts-{}{}{}",
+            a.grid.root.file_name().and_then(|f| f.to_str()).unwrap_or("tasks"),
+            if a.grid.full { "-full" } else { "" },
+            a.grid.protocol.suffix()
+        )
     });
     let grid = bench_vtab::Grid {
-        root: a.root.clone(),
+        root: a.grid.root.clone(),
         kind: "vtab",
         tasks,
         methods,
@@ -666,7 +642,7 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
         paper_merge: a.paper_merge.clone(),
         sizes: if !a.scaling_sizes.is_empty() {
             a.scaling_sizes.clone()
-        } else if a.full {
+        } else if a.grid.full {
             vec![2, 4, 8, 16]
         } else {
             vec![2, 4]
@@ -677,9 +653,9 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
         probe_args: lr(head_lr),
         keep_merged: a.keep_merged,
     };
-    let mosa = match &a.mosa_bin {
+    let mosa = match &a.grid.mosa_bin {
         Some(p) => p.clone(),
-        None => build_mosa(&a.backend)?,
+        None => build_mosa(&a.grid.backend)?,
     };
     bench_experts::run(&exp, &mosa)
 }
