@@ -27,11 +27,6 @@ use serde_json::{Value, json};
 
 use crate::bench_vtab::{Cell, Grid, Progress, Scored, mean, run_cells, run_training, shard_of, wilson95};
 
-/// The expert kinds and the `mosa train` method that makes each.
-pub const KINDS: &[&str] = &["sparse", "lora", "full"];
-/// The merge methods compared (`mosa merge --method`).
-pub const MERGES: &[&str] = &["overlap-mean", "mean", "task-arithmetic", "ties", "dare"];
-
 /// The experiment: its training grid (tasks × kinds, plus `linear` for the base-backbone probes)
 /// and what is merged and measured.
 #[derive(Debug, Clone)]

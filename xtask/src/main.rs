@@ -267,9 +267,9 @@ fn mosa(backend: &BackendArgs, args: &[&str]) -> anyhow::Result<()> {
 struct BenchArgs {
     #[command(flatten)]
     grid: GridArgs,
-    /// Comma-separated methods.
-    #[arg(long, value_delimiter = ',', default_value = "linear,adapter,lora,mosa")]
-    methods: Vec<String>,
+    /// Comma-separated methods (`mosa train --method`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "linear,adapter,lora,mosa")]
+    methods: Vec<mosa_core::MethodKind>,
     #[arg(long)]
     lr: Option<f64>,
     /// Learning rate of `lora` [default: 0.001 on the CPU default, where the shared 0.005 makes
@@ -282,8 +282,8 @@ struct BenchArgs {
     seeds: u64,
     /// Head init (`mosa train --head-init`) [default: zero; with --full the reference's,
     /// kaiming-normal fan-out and bias −ln 99].
-    #[arg(long)]
-    head_init: Option<String>,
+    #[arg(long, value_enum)]
+    head_init: Option<mosa_train::HeadInit>,
     /// Backbone dropout in training (`mosa train --backbone-dropout`) [default: none; with --full
     /// the reference's 0.1].
     #[arg(long)]
@@ -409,6 +409,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         bail!("--protocol vpt searches on VTAB-1k's train800 / val200 lists; the FGVC splits have no train800 (use bench-vtab, or --protocol single)");
     }
     let tasks = if a.grid.tasks.is_empty() { bench_vtab::discover_tasks(&a.grid.root, kind)? } else { a.grid.tasks.clone() };
+    let methods: Vec<String> = a.methods.iter().copied().map(enum_name).collect();
     // defaults: the CPU-sized embedded run, or the published recipe with --full
     // (the CPU default: issue #16 item 9, docs/benchmarks.md "The default (embedded) run")
     let (res, ep, wu, bs, lr, mt, me, ev) =
@@ -432,11 +433,11 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let method_args: std::collections::BTreeMap<String, Vec<String>> = if per_dataset {
         Default::default()
     } else {
-        a.methods.iter().map(|m| (m.clone(), vec!["--lr".to_string(), if m == "lora" { lora_lr } else { lr }.to_string()])).collect()
+        methods.iter().map(|m| (m.clone(), vec!["--lr".to_string(), if m == "lora" { lora_lr } else { lr }.to_string()])).collect()
     };
     // the published setting uses the reference's head init (spec §1: zero stays the default, as
     // the reference init was measured to stall MoSA on DINOv2)
-    let head_init = a.head_init.clone().or(a.grid.full.then(|| "reference".to_string()));
+    let head_init = a.head_init.map(enum_name).or(a.grid.full.then(|| "reference".to_string()));
     if let Some(h) = &head_init {
         train_args.extend(["--head-init".into(), h.clone()]);
     }
@@ -452,7 +453,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         a.grid.model,
         a.grid.weights.as_deref().unwrap_or("preset default"),
         enum_name(recipe.schedule),
-        if a.methods.iter().any(|m| m == "lora") && lora_lr != lr && !per_dataset { format!(" (lora {lora_lr})") } else { String::new() },
+        if methods.iter().any(|m| m == "lora") && lora_lr != lr && !per_dataset { format!(" (lora {lora_lr})") } else { String::new() },
         if a.seeds > 1 { format!("seeds {}–{}", recipe.seed, recipe.seed + a.seeds - 1) } else { format!("seed {}", recipe.seed) },
         head_init.clone().unwrap_or_else(|| enum_name(recipe.head_init)),
         dropout.map(|p| format!(", backbone dropout {p}")).unwrap_or_default(),
@@ -473,7 +474,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         root: a.grid.root.clone(),
         kind,
         tasks,
-        methods: a.methods.clone(),
+        methods: methods.clone(),
         out: PathBuf::from("results").join(name),
         shard: (i, n),
         train_args,
@@ -495,15 +496,15 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
 struct ExpertArgs {
     #[command(flatten)]
     grid: GridArgs,
-    /// Expert kinds, comma-separated: sparse, lora, full.
-    #[arg(long, value_delimiter = ',', default_value = "sparse,lora,full")]
-    kinds: Vec<String>,
+    /// Expert kinds, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sparse,lora,full")]
+    kinds: Vec<mosa_core::expert::ExpertKind>,
     /// Merge methods, comma-separated (`mosa merge --method`).
-    #[arg(long, value_delimiter = ',', default_value = "overlap-mean,mean,task-arithmetic,ties,dare")]
-    merges: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "overlap-mean,mean,task-arithmetic,ties,dare")]
+    merges: Vec<mosa_core::merge::MergeMethod>,
     /// The merge of the scaling curve and the held-out backbones.
-    #[arg(long, default_value = "overlap-mean")]
-    paper_merge: String,
+    #[arg(long, value_enum, default_value = "overlap-mean")]
+    paper_merge: mosa_core::merge::MergeMethod,
     /// Sparse experts' targets (`mosa train --targets`), e.g. `qkv,proj,fc1,fc2` for every block
     /// linear [default: qkv, the paper's].
     #[arg(long, value_delimiter = ',')]
@@ -548,16 +549,8 @@ fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
 fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     let shard = parse_shard(&a.grid.shard)?;
     let protocol = a.grid.protocol.protocol()?;
-    for k in &a.kinds {
-        if !bench_experts::KINDS.contains(&k.as_str()) {
-            bail!("unknown expert kind `{k}` (kinds: {})", bench_experts::KINDS.join(", "));
-        }
-    }
-    for m in a.merges.iter().chain([&a.paper_merge]) {
-        if <mosa_core::merge::MergeMethod as clap::ValueEnum>::from_str(m, false).is_err() {
-            bail!("unknown merge method `{m}` (methods: {})", bench_experts::MERGES.join(", "));
-        }
-    }
+    let names = |v: &[_]| -> Vec<String> { v.iter().copied().map(enum_name).collect() };
+    let (kinds, merges, paper_merge) = (names(&a.kinds), a.merges.iter().copied().map(enum_name).collect::<Vec<_>>(), enum_name(a.paper_merge));
     let tasks = if a.grid.tasks.is_empty() { bench_vtab::discover_tasks(&a.grid.root, "vtab")? } else { a.grid.tasks.clone() };
     if tasks.len() < 2 {
         bail!("bench-experts merges experts of at least 2 tasks ({} given)", tasks.len());
@@ -589,7 +582,7 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     let method_args: std::collections::BTreeMap<String, Vec<String>> =
         [("sparse", sparse), ("lora", lora), ("full", lr(full_lr)), ("linear", lr(head_lr))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let held_out = !a.no_held_out;
-    let mut methods = a.kinds.clone();
+    let mut methods = kinds.clone();
     if held_out {
         methods.push("linear".into()); // the base backbone's probe
     }
@@ -637,9 +630,9 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     };
     let exp = bench_experts::Experiment {
         grid,
-        kinds: a.kinds.clone(),
-        merges: a.merges.clone(),
-        paper_merge: a.paper_merge.clone(),
+        kinds,
+        merges,
+        paper_merge,
         sizes: if !a.scaling_sizes.is_empty() {
             a.scaling_sizes.clone()
         } else if a.grid.full {
