@@ -692,7 +692,7 @@ type ScalingPoint = (usize, f64, f64, usize);
 /// Normalised accuracy (y) against merged experts (x): one line per kind with a ±std band, from
 /// the expert alone (1 expert, 1.0 by definition) to all.
 fn scaling_svg(curves: &[(String, Vec<ScalingPoint>)], n: usize, merge: &str) -> String {
-    let colours = crate::curves::PALETTE;
+    let colours = crate::plot::PALETTE;
     let (w, h, left, top, right, bottom) = (560.0, 320.0, 55.0, 35.0, 130.0, 45.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     // the y range in quarters, at least to 1.25 (normalised accuracy 1 = the expert alone)

@@ -666,7 +666,7 @@ pub fn mean_interval(sc: &[Option<&Scored>], per_seed: &[Vec<Option<f64>>], seed
 
 /// Grouped bars: one group per task, one bar per method.
 fn svg(tasks: &[String], methods: &[String], acc: &BTreeMap<(String, String), Value>, key: &str) -> String {
-    let colours = crate::curves::PALETTE;
+    let colours = crate::plot::PALETTE;
     let (bw, gap, h, top, left) = (14.0, 18.0, 260.0, 30.0, 50.0);
     let gw = bw * methods.len() as f64 + gap;
     let w = left + gw * tasks.len() as f64 + 20.0;
@@ -684,10 +684,11 @@ fn svg(tasks: &[String], methods: &[String], acc: &BTreeMap<(String, String), Va
             y + 4.0
         );
     }
-    for (i, t) in tasks.iter().enumerate() {
+    for (i, task) in tasks.iter().enumerate() {
         let x0 = left + gw * i as f64 + gap / 2.0;
+        let t = crate::plot::esc(task);
         for (j, m) in methods.iter().enumerate() {
-            if let Some(v) = acc.get(&(t.clone(), m.clone())).and_then(|s| s[key].as_f64()) {
+            if let Some(v) = acc.get(&(task.clone(), m.clone())).and_then(|s| s[key].as_f64()) {
                 let bh = h * v;
                 s += &format!(
                     "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw}\" height=\"{bh:.1}\" fill=\"{}\"><title>{t} {m}: {:.1}%</title></rect>\n",

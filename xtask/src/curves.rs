@@ -8,9 +8,7 @@ use std::fmt::Write as _;
 use mosa_train::{EpochMetrics, RunDir};
 
 use crate::bench_vtab::Grid;
-
-/// The plots' line and bar colours (Tableau 10), one per method in grid order.
-pub const PALETTE: [&str; 10] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+use crate::plot::{PALETTE, Panels, esc};
 
 /// One cell's curve: the training loss after each epoch (1-based epochs in order).
 pub type Curve = Vec<f64>;
@@ -101,23 +99,16 @@ pub fn plateau_table(g: &Grid, c: &BTreeMap<(String, String), Curve>) -> String 
 /// Small multiples: one panel per task, one line per method, training loss against epoch.
 pub fn svg(tasks: &[String], methods: &[String], c: &BTreeMap<(String, String), Curve>) -> String {
     let colours = PALETTE;
-    let (pw, ph, pad, cols) = (230.0, 160.0, 42.0, 4usize);
-    let rows = tasks.len().div_ceil(cols).max(1);
-    let (w, h) = (pad + (pw + pad) * cols as f64, 40.0 + (ph + pad + 14.0) * rows as f64 + 30.0);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    s += &format!("<text x=\"{pad}\" y=\"18\" font-size=\"13\">Training loss per epoch (first seed), one panel per task</text>\n");
+    let p = Panels::new(tasks.len(), 4, (230.0, 160.0), 42.0);
+    let (pw, ph) = (p.pw, p.ph);
+    let mut s = p.open("Training loss per epoch (first seed), one panel per task");
     for (i, t) in tasks.iter().enumerate() {
-        let (x0, y0) = (pad + (pw + pad) * (i % cols) as f64, 40.0 + (ph + pad + 14.0) * (i / cols) as f64);
+        let (x0, y0) = p.origin(i);
         let lines: Vec<(usize, &Curve)> = methods.iter().enumerate().filter_map(|(j, m)| c.get(&(t.clone(), m.clone())).map(|v| (j, v))).collect();
         let epochs = lines.iter().map(|(_, v)| v.len()).max().unwrap_or(1).max(2);
         let top = lines.iter().flat_map(|(_, v)| v.iter().copied()).filter(|x| x.is_finite()).fold(0.0f64, f64::max).max(1e-6) * 1.05;
         let (sx, sy) = (|e: usize| x0 + pw * (e - 1) as f64 / (epochs - 1) as f64, |l: f64| y0 + ph - ph * (l / top).clamp(0.0, 1.0));
-        s += &format!(
-            "<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n",
-            y0 - 4.0
-        );
+        s += &p.frame(i, t);
         for f in [0.0, 0.5, 1.0] {
             s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.2}</text>\n", x0 - 3.0, sy(top * f) + 3.0, top * f);
         }
@@ -130,24 +121,16 @@ pub fn svg(tasks: &[String], methods: &[String], c: &BTreeMap<(String, String), 
         for (j, v) in lines {
             let pts: Vec<String> = v.iter().enumerate().map(|(e, l)| format!("{:.1},{:.1}", sx(e + 1), sy(*l))).collect();
             s += &format!(
-                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{}\"><title>{t} {}</title></polyline>\n",
+                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{}\"><title>{} {}</title></polyline>\n",
                 colours[j % colours.len()],
                 pts.join(" "),
-                methods[j]
+                esc(t),
+                esc(&methods[j])
             );
         }
     }
-    for (j, m) in methods.iter().enumerate() {
-        let x = pad + 110.0 * j as f64;
-        s += &format!(
-            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n",
-            h - 24.0,
-            colours[j % colours.len()],
-            x + 14.0,
-            h - 15.0
-        );
-    }
-    s + "</svg>\n"
+    let series: Vec<(&str, &str)> = methods.iter().enumerate().map(|(j, m)| (m.as_str(), colours[j % colours.len()])).collect();
+    s + &p.legend_and_close(&series)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod bench_merge;
 mod bench_vtab;
 mod curves;
 mod mini_vtab;
+mod plot;
 mod protocol;
 mod study;
 use clap::{Parser, Subcommand};

@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 use mosa_train::RunDir;
 
 use crate::bench_vtab::{Cell, Grid};
+use crate::plot::{Panels, esc};
 
 /// The list VTAB-1k's search runs train on (`mosa train --train-split`); val200 is disjoint from it.
 pub const SEARCH_SPLIT: &str = "train800";
@@ -312,7 +313,7 @@ pub fn pooled(searches: &[Search], method: &str) -> Option<(Vec<Trial>, Option<f
 /// Small multiples: one panel per task, val200 accuracy against lr (log axis), one line per
 /// method, the chosen lr circled.
 pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
-    let colours = crate::curves::PALETTE;
+    let colours = crate::plot::PALETTE;
     // the tasks' panels, then (with several tasks) one of the means over them
     let mut panels: Vec<String> = g.tasks.clone();
     let mut searches = searches.to_vec();
@@ -325,26 +326,18 @@ pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
         }
         panels.push(mean);
     }
-    let (pw, ph, pad, cols) = (230.0, 160.0, 42.0, 4usize);
-    let rows = panels.len().div_ceil(cols).max(1);
-    let (w, h) = (pad + (pw + pad) * cols as f64, 40.0 + (ph + pad + 14.0) * rows as f64 + 30.0);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    s += &format!(
-        "<text x=\"{pad}\" y=\"18\" font-size=\"13\">val200 accuracy (%) after training on {SEARCH_SPLIT}, against the learning rate (log scale); circled: chosen</text>\n"
-    );
+    let p = Panels::new(panels.len(), 4, (230.0, 160.0), 42.0);
+    let (pw, ph) = (p.pw, p.ph);
+    let mut s = p.open(&format!("val200 accuracy (%) after training on {SEARCH_SPLIT}, against the learning rate (log scale); circled: chosen"));
     let lrs: Vec<f64> = searches.iter().flat_map(|x| x.trials.iter().map(|t| t.lr)).collect();
     let (lo, hi) = (lrs.iter().copied().fold(f64::INFINITY, f64::min), lrs.iter().copied().fold(0.0f64, f64::max));
     let (llo, lhi) = (lo.log10(), hi.log10().max(lo.log10() + 1e-9));
     for (i, t) in panels.iter().enumerate() {
-        let (x0, y0) = (pad + (pw + pad) * (i % cols) as f64, 40.0 + (ph + pad + 14.0) * (i / cols) as f64);
+        let (x0, y0) = p.origin(i);
         let sx = |lr: f64| x0 + pw * (lr.log10() - llo) / (lhi - llo);
         let sy = |a: f64| y0 + ph - ph * a.clamp(0.0, 1.0);
-        s += &format!(
-            "<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n",
-            y0 - 4.0
-        );
+        s += &p.frame(i, t);
+        let te = esc(t);
         for f in [0.0, 0.5, 1.0] {
             s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>\n", x0 - 3.0, sy(f) + 3.0, 100.0 * f);
         }
@@ -360,14 +353,15 @@ pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
             let Some(x) = searches.iter().find(|x| &x.task == t && &x.method == m) else { continue };
             let pts: Vec<(f64, f64)> = x.trials.iter().filter_map(|tr| tr.val.map(|v| (sx(tr.lr), sy(v)))).collect();
             let c = colours[j % colours.len()];
+            let me = esc(m);
             s += &format!(
-                "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\" points=\"{}\"><title>{t} {m}</title></polyline>\n",
+                "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\" points=\"{}\"><title>{te} {me}</title></polyline>\n",
                 pts.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect::<Vec<_>>().join(" ")
             );
             for tr in &x.trials {
                 if let (Some(v), true) = (tr.val, x.chosen == Some(tr.lr)) {
                     s += &format!(
-                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\"><title>{t} {m}: lr {} chosen, val {:.1}%</title></circle>\n",
+                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\"><title>{te} {me}: lr {} chosen, val {:.1}%</title></circle>\n",
                         sx(tr.lr),
                         sy(v),
                         tr.lr,
@@ -377,17 +371,8 @@ pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
             }
         }
     }
-    for (j, m) in g.methods.iter().enumerate() {
-        let x = pad + 110.0 * j as f64;
-        s += &format!(
-            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n",
-            h - 24.0,
-            colours[j % colours.len()],
-            x + 14.0,
-            h - 15.0
-        );
-    }
-    s + "</svg>\n"
+    let series: Vec<(&str, &str)> = g.methods.iter().enumerate().map(|(j, m)| (m.as_str(), colours[j % colours.len()])).collect();
+    s + &p.legend_and_close(&series)
 }
 
 #[cfg(test)]

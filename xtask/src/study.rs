@@ -18,6 +18,7 @@ use mosa_train::RunDir;
 
 use crate::bench_vtab::{Scored, fmt_eta, wilson95};
 use crate::curves::late_share;
+use crate::plot::{Panels, esc};
 
 /// One budget of the study.
 pub struct Budget {
@@ -305,28 +306,20 @@ fn accuracy_svg(rows: &[Row]) -> String {
         }
         v
     });
-    let colours = [crate::curves::PALETTE[0], crate::curves::PALETTE[2]];
-    let (pw, ph, pad) = (230.0, 180.0, 46.0);
-    let (w, h) = (pad + (pw + pad) * tasks.len() as f64, 40.0 + ph + 60.0);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    s += &format!(
-        "<text x=\"{pad}\" y=\"18\" font-size=\"13\">Test accuracy (%) against training epochs (log scale), 95% Wilson intervals; open marks: VPT lr search at 30 epochs</text>\n"
-    );
+    let colours = [crate::plot::PALETTE[0], crate::plot::PALETTE[2]];
+    let p = Panels::new(tasks.len(), tasks.len(), (230.0, 180.0), 46.0);
+    let (pw, ph) = (p.pw, p.ph);
+    let mut s = p.open("Test accuracy (%) against training epochs (log scale), 95% Wilson intervals; open marks: VPT lr search at 30 epochs");
     let lo_ep = 10f64.log10();
     let hi_ep = 100f64.log10();
     for (i, t) in tasks.iter().enumerate() {
-        let (x0, y0) = (pad + (pw + pad) * i as f64, 40.0);
+        let (x0, y0) = p.origin(i);
         let mine: Vec<&Row> = rows.iter().filter(|r| r.task == *t).collect();
         let floor = mine.iter().map(|r| r.ci95.0).fold(1.0f64, f64::min);
         let ymin = ((floor * 10.0).floor() / 10.0).clamp(0.0, 0.9);
         let sx = |e: usize| x0 + 10.0 + (pw - 20.0) * ((e as f64).log10() - lo_ep) / (hi_ep - lo_ep);
         let sy = |a: f64| y0 + ph - ph * ((a - ymin) / (1.0 - ymin)).clamp(0.0, 1.0);
-        s += &format!(
-            "<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#bbb\"/><text x=\"{x0}\" y=\"{}\" font-size=\"11\">{t}</text>\n",
-            y0 - 4.0
-        );
+        s += &p.frame(i, t);
         for f in [ymin, (ymin + 1.0) / 2.0, 1.0] {
             s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>\n", x0 - 3.0, sy(f) + 3.0, 100.0 * f);
         }
@@ -346,27 +339,18 @@ fn accuracy_svg(rows: &[Row]) -> String {
                 let vpt = r.budget.ends_with("vpt");
                 s += &format!("<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{c}\"/>\n", x + dx, x + dx, sy(r.ci95.0), sy(r.ci95.1));
                 s += &format!(
-                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\" stroke=\"{c}\"><title>{t} {m} {}: {:.1}%</title></circle>\n",
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\" stroke=\"{c}\"><title>{} {m} {}: {:.1}%</title></circle>\n",
                     x + dx + if vpt { 6.0 * dx } else { 0.0 },
                     sy(r.test),
                     if vpt { "white" } else { c },
+                    esc(t),
                     r.budget,
                     100.0 * r.test
                 );
             }
         }
     }
-    for (j, m) in METHODS.iter().enumerate() {
-        let x = pad + 110.0 * j as f64;
-        s += &format!(
-            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n",
-            h - 24.0,
-            colours[j],
-            x + 14.0,
-            h - 15.0
-        );
-    }
-    s + "</svg>\n"
+    s + &p.legend_and_close(&[(METHODS[0], colours[0]), (METHODS[1], colours[1])])
 }
 
 /// The files of a finished run that the record keeps: enough for the tables, the curves and for a
