@@ -538,6 +538,10 @@ struct ExpertArgs {
     /// Keep every merged model file (by default each is deleted once evaluated / probed).
     #[arg(long)]
     keep_merged: bool,
+    /// Run nothing: write the tables and plots from the steps that have finished (e.g. an lr
+    /// search stopped before its final runs).
+    #[arg(long)]
+    report: bool,
 }
 
 fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -647,6 +651,10 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
         probe_args: lr(head_lr),
         keep_merged: a.keep_merged,
     };
+    if a.report {
+        println!("{}", bench_experts::write_results(&exp)?);
+        return Ok(());
+    }
     let mosa = match &a.grid.mosa_bin {
         Some(p) => p.clone(),
         None => build_mosa(&a.grid.backend)?,
