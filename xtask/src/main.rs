@@ -566,10 +566,10 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     let (res, ep, wu, bs) =
         (a.grid.resolution.unwrap_or(res), a.grid.epochs.unwrap_or(ep), a.grid.warmup_epochs.unwrap_or(wu), a.grid.batch_size.unwrap_or(bs));
     let (mt, me, seeds) = (a.grid.max_train_images.or(mt), a.grid.max_eval_images.or(me), a.scaling_seeds.unwrap_or(seeds));
-    // each kind's learning rates: ΔW of the pretrained weights needs a far smaller lr than an
-    // adapter (docs/experts.md); every head trains at head_lr
+    // each kind's learning rate, chosen by the recorded lr search (EXPERT_LRS); every head trains
+    // at head_lr
     let (sparse_lr, lora_lr, full_lr, head_lr) =
-        (a.sparse_lr.unwrap_or(5e-4), a.lora_lr.unwrap_or(0.005), a.full_lr.unwrap_or(FULL_LR), a.head_lr.unwrap_or(0.005));
+        (a.sparse_lr.unwrap_or(EXPERT_LRS.0), a.lora_lr.unwrap_or(EXPERT_LRS.1), a.full_lr.unwrap_or(EXPERT_LRS.2), a.head_lr.unwrap_or(0.005));
     let mut train_args = recipe_args(&a.grid.model, a.grid.weights.as_deref(), (res, ep, wu, bs), mt, me);
     train_args.extend(["--head-lr".to_string(), head_lr.to_string(), "--eval-every".to_string(), a.grid.eval_every.unwrap_or(ep).to_string()]);
     let lr = |v: f64| vec!["--lr".to_string(), v.to_string()];
@@ -662,8 +662,11 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     bench_experts::run(&exp, &mosa)
 }
 
-/// Full fine-tuning's default lr in bench-experts (AdamW on every pretrained weight).
-const FULL_LR: f64 = 2e-5;
+/// bench-experts' default lrs of the sparse, LoRA and full experts: for each kind the lr with the
+/// best mean val200 accuracy over emoji_category, mnist and shapes_count in the recorded search
+/// at the default's budget (0.1×–10× of the earlier 5e-4, 0.005, 2e-5, trained on train800:
+/// `docs/results/experts-lr-sweep/`, docs/benchmarks.md "Choosing the default").
+const EXPERT_LRS: (f64, f64, f64) = (0.0015, 0.0015, 6e-6);
 
 fn bench_merge_task(backend: &BackendArgs, one: Option<(usize, f64)>, iters: usize, json: bool, dense: bool, mosa_bin: Option<PathBuf>) -> anyhow::Result<()> {
     let mosa = match mosa_bin {
