@@ -433,6 +433,35 @@ fn std_dev(v: &[f64]) -> Option<f64> {
     Some((v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt())
 }
 
+/// A row of `experts.csv`: one expert (or base probe) alone.
+#[derive(Serialize)]
+struct ExpertCsv {
+    kind: String,
+    task: String,
+    individual: Option<f64>,
+    test_images: usize,
+    trainable_params: usize,
+    stored_bytes: u64,
+    train_seconds: f64,
+    lr: f64,
+    ci95_low: Option<f64>,
+    ci95_high: Option<f64>,
+}
+
+/// A row of `results.csv`: one task of one evaluated merge.
+#[derive(Serialize)]
+struct MergeCsv {
+    kind: String,
+    method: String,
+    experts_merged: usize,
+    subset: String,
+    task: String,
+    individual: Option<f64>,
+    merged: f64,
+    normalised: Option<f64>,
+    test_images: usize,
+}
+
 /// Per task: merged accuracy and merged / individual, from a job's result.
 fn per_task(r: &JobResult, experts: &BTreeMap<(String, String), ExpertRow>) -> Vec<(String, f64, Option<f64>, usize)> {
     r.tasks
@@ -469,7 +498,7 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     md += "## The experts alone\n\nTest accuracy (%) of each task's expert with its own head, ± the half-width of its 95% Wilson interval over the test images; `linear (base)` is a new head on the base backbone, the bar every expert should clear; trainable parameters include the head; stored = the expert file.\n\n";
     md += &format!("| kind | {} | mean | trainable (M) | stored (MB) | train s |\n|---|{}---:|---:|---:|---:|\n", all.join(" | "), "---:|".repeat(all.len()));
     let mut experts_json = Vec::new();
-    let mut experts_csv = String::from("kind,task,individual,test_images,trainable_params,stored_bytes,train_seconds,lr,ci95_low,ci95_high\n");
+    let mut experts_csv: Vec<ExpertCsv> = Vec::new();
     let base_rows: BTreeMap<String, ExpertRow> =
         if e.held_out { all.iter().filter_map(|t| expert_row(e, "linear", t).map(|r| (t.clone(), r))).collect() } else { BTreeMap::new() };
     let shown_kinds: Vec<String> = e.kinds.iter().cloned().chain(e.held_out.then(|| "linear".to_string())).collect();
@@ -490,20 +519,18 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
             avg(|r| r.train_seconds).map(|v| format!("{v:.0}")).unwrap_or_default(),
         );
         for r in present {
-            let o = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-            experts_csv += &format!(
-                "{},{},{},{},{},{},{},{},{},{}\n",
-                r.kind,
-                r.task,
-                o(r.individual),
-                r.test_images,
-                r.trainable_params,
-                r.stored_bytes,
-                r.train_seconds,
-                r.lr,
-                o(r.ci95.map(|c| c.0)),
-                o(r.ci95.map(|c| c.1))
-            );
+            experts_csv.push(ExpertCsv {
+                kind: r.kind.clone(),
+                task: r.task.clone(),
+                individual: r.individual,
+                test_images: r.test_images,
+                trainable_params: r.trainable_params,
+                stored_bytes: r.stored_bytes,
+                train_seconds: r.train_seconds,
+                lr: r.lr,
+                ci95_low: r.ci95.map(|c| c.0),
+                ci95_high: r.ci95.map(|c| c.1),
+            });
             if k != "linear" {
                 experts_json.push(serde_json::to_value(r)?);
             }
@@ -532,7 +559,7 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         all.len()
     );
     md += &format!("| kind | merge | {} | mean accuracy | mean normalised |\n|---|---|{}---:|---:|\n", all.join(" | "), "---:|".repeat(all.len()));
-    let mut csv = String::from("kind,method,experts_merged,subset,task,individual,merged,normalised,test_images\n");
+    let mut csv: Vec<MergeCsv> = Vec::new();
     let mut in_dist = Vec::new();
     for k in &e.kinds {
         for m in &e.merges {
@@ -562,15 +589,17 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         if let Some(r) = result(&j.kind, &j.method, &j.tasks) {
             for (t, acc, norm, n) in per_task(&r, &experts) {
                 let ind = experts.get(&(j.kind.clone(), t.clone())).and_then(|x| x.individual);
-                csv += &format!(
-                    "{},{},{},{},{t},{},{acc},{},{n}\n",
-                    j.kind,
-                    j.method,
-                    j.tasks.len(),
-                    e.subset_name(&j.tasks),
-                    ind.map(|v| v.to_string()).unwrap_or_default(),
-                    norm.map(|v| v.to_string()).unwrap_or_default()
-                );
+                csv.push(MergeCsv {
+                    kind: j.kind.clone(),
+                    method: j.method.clone(),
+                    experts_merged: j.tasks.len(),
+                    subset: e.subset_name(&j.tasks),
+                    task: t,
+                    individual: ind,
+                    merged: acc,
+                    normalised: norm,
+                    test_images: n,
+                });
             }
         }
     }
@@ -670,8 +699,8 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     let write =
         |name: &str, text: &str| -> anyhow::Result<()> { mosa_core::fsio::write_atomic(&g.out.join(name), text.as_bytes()).map_err(anyhow::Error::msg) };
     write("results.md", &md)?;
-    write("results.csv", &csv)?;
-    write("experts.csv", &experts_csv)?;
+    write("results.csv", &crate::table::csv_text(&csv)?)?;
+    write("experts.csv", &crate::table::csv_text(&experts_csv)?)?;
     write("results.json", &(serde_json::to_string_pretty(&json)? + "\n"))?;
     for (k, pts) in &curves {
         write(&format!("scaling-{k}.svg"), &scaling_svg(std::slice::from_ref(&(k.clone(), pts.clone())), all.len(), &e.paper_merge))?;
@@ -680,7 +709,7 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     write("loss.svg", &crate::curves::svg(&g.tasks, &g.methods, &loss_curves))?;
     write("curves.csv", &crate::curves::csv(g, &runs)?)?;
     if !searches.is_empty() {
-        write("lr_sweep.csv", &crate::protocol::sweep_csv(&searches))?;
+        write("lr_sweep.csv", &crate::protocol::sweep_csv(&searches)?)?;
         write("lr_sweep.svg", &crate::protocol::sweep_svg(g, &searches))?;
     }
     Ok(md)

@@ -461,6 +461,31 @@ fn group_of(task: &str) -> Option<&'static str> {
     mosa_data::registry::lookup_task(task).ok().map(|t| t.group.name())
 }
 
+/// A row of bench-vtab's `results.csv`: one (method, task) cell, over its seeds.
+#[derive(serde::Serialize)]
+struct CellCsv {
+    method: String,
+    task: String,
+    group: String,
+    test_at_best_val: Option<f64>,
+    best_val_epoch: Option<u64>,
+    best_test: Option<f64>,
+    last_test: Option<f64>,
+    trainable_params: Option<u64>,
+    merged_trainable_params: Option<u64>,
+    train_images_per_second: Option<f64>,
+    eval_images_per_second: Option<f64>,
+    peak_memory_mib: Option<f64>,
+    train_seconds: Option<f64>,
+    seeds: usize,
+    test_images: Option<usize>,
+    accuracy_mean_over_seeds: f64,
+    std_over_seeds: Option<f64>,
+    ci95_low: Option<f64>,
+    ci95_high: Option<f64>,
+    lr: Option<f64>,
+}
+
 /// Reads every finished cell and writes results.{md,csv,json}, accuracy.svg and the learning
 /// curves (loss.svg, curves.csv; [`crate::curves`]); returns the Markdown.
 pub fn write_results(g: &Grid) -> anyhow::Result<String> {
@@ -529,9 +554,7 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
         "---:|".repeat(groups.len()),
         if g.full { "---:|---:|---:|---:|" } else { "" }
     );
-    let mut csv = String::from(
-        "method,task,group,test_at_best_val,best_val_epoch,best_test,last_test,trainable_params,merged_trainable_params,train_images_per_second,eval_images_per_second,peak_memory_mib,train_seconds,seeds,test_images,accuracy_mean_over_seeds,std_over_seeds,ci95_low,ci95_high,lr\n",
-    );
+    let mut csv: Vec<CellCsv> = Vec::new();
     let mut rows_json = Vec::new();
     for m in &g.methods {
         let cells: Vec<Option<&Value>> = g.tasks.iter().map(|t| acc.get(&(t.clone(), m.clone()))).collect();
@@ -577,29 +600,29 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
         md += "\n";
         for ((t, c), s2) in g.tasks.iter().zip(&cells).zip(&sc) {
             if let (Some(s), Some(s2)) = (c, s2) {
-                let f = |k: &str| s[k].as_f64().map(|v| v.to_string()).unwrap_or_default();
-                let o = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-                csv += &format!(
-                    "{m},{t},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-                    group_of(t).unwrap_or(""),
-                    f("test_at_best_val"),
-                    s["best_val_epoch"],
-                    f("best_test"),
-                    f("last_test"),
-                    f("trainable_params"),
-                    f("merged_trainable_params"),
-                    f("train_images_per_second"),
-                    f("eval_images_per_second"),
-                    f("peak_memory_mib"),
-                    f("train_seconds"),
-                    s2.seeds,
-                    s2.test_images.map(|n| n.to_string()).unwrap_or_default(),
-                    s2.accuracy,
-                    o(s2.std_over_seeds),
-                    o(s2.ci95.map(|c| c.0)),
-                    o(s2.ci95.map(|c| c.1)),
-                    o(s["lr"].as_f64())
-                );
+                let f = |k: &str| s[k].as_f64();
+                csv.push(CellCsv {
+                    method: m.clone(),
+                    task: t.clone(),
+                    group: group_of(t).unwrap_or("").to_string(),
+                    test_at_best_val: f("test_at_best_val"),
+                    best_val_epoch: s["best_val_epoch"].as_u64(),
+                    best_test: f("best_test"),
+                    last_test: f("last_test"),
+                    trainable_params: s["trainable_params"].as_u64(),
+                    merged_trainable_params: s["merged_trainable_params"].as_u64(),
+                    train_images_per_second: f("train_images_per_second"),
+                    eval_images_per_second: f("eval_images_per_second"),
+                    peak_memory_mib: f("peak_memory_mib"),
+                    train_seconds: f("train_seconds"),
+                    seeds: s2.seeds,
+                    test_images: s2.test_images,
+                    accuracy_mean_over_seeds: s2.accuracy,
+                    std_over_seeds: s2.std_over_seeds,
+                    ci95_low: s2.ci95.map(|c| c.0),
+                    ci95_high: s2.ci95.map(|c| c.1),
+                    lr: f("lr"),
+                });
             }
         }
         rows_json.push(json!({
@@ -631,14 +654,14 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
     let write =
         |name: &str, text: &str| -> anyhow::Result<()> { mosa_core::fsio::write_atomic(&g.out.join(name), text.as_bytes()).map_err(anyhow::Error::msg) };
     write("results.md", &md)?;
-    write("results.csv", &csv)?;
+    write("results.csv", &crate::table::csv_text(&csv)?)?;
     write("results.json", &(serde_json::to_string_pretty(&json)? + "\n"))?;
     let means: BTreeMap<(String, String), Value> = scored.iter().map(|(k, s)| (k.clone(), json!({ shown: s.accuracy }))).collect();
     write("accuracy.svg", &svg(&g.tasks, &g.methods, &means, shown))?;
     write("loss.svg", &crate::curves::svg(&g.tasks, &g.methods, &curves))?;
     write("curves.csv", &crate::curves::csv(g, &runs)?)?;
     if !searches.is_empty() {
-        write("lr_sweep.csv", &crate::protocol::sweep_csv(&searches))?;
+        write("lr_sweep.csv", &crate::protocol::sweep_csv(&searches)?)?;
         write("lr_sweep.svg", &crate::protocol::sweep_svg(g, &searches))?;
     }
     Ok(md)

@@ -3,7 +3,6 @@
 //! cell: the share of the run's loss decrease made in its last quarter of epochs.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use mosa_train::{EpochMetrics, RunDir};
 
@@ -55,28 +54,40 @@ pub fn curves(g: &Grid, runs: &Runs) -> BTreeMap<(String, String), Curve> {
 
 /// `curves.csv`: one row per task, method, seed and epoch (grid order).
 pub fn csv(g: &Grid, runs: &Runs) -> anyhow::Result<String> {
-    let mut s = String::from("task,method,seed,epoch,lr,train_loss,train_acc,val_acc,test_acc\n");
-    let o = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        task: &'a str,
+        method: &'a str,
+        seed: u64,
+        epoch: usize,
+        lr: f64,
+        train_loss: f64,
+        train_acc: f64,
+        val_acc: Option<f64>,
+        test_acc: Option<f64>,
+    }
+    let mut rows = Vec::new();
     for t in &g.tasks {
         for m in &g.methods {
             for k in 0..g.seeds.max(1) {
                 for e in runs.get(&(t.clone(), m.clone(), k)).into_iter().flatten() {
-                    writeln!(
-                        s,
-                        "{t},{m},{},{},{},{},{},{},{}",
-                        crate::bench_vtab::seed_of(k),
-                        e.epoch,
-                        e.lr,
-                        e.train_loss,
-                        e.train_acc,
-                        o(e.val_acc),
-                        o(e.test_acc)
-                    )?;
+                    let seed = crate::bench_vtab::seed_of(k);
+                    rows.push(Row {
+                        task: t,
+                        method: m,
+                        seed,
+                        epoch: e.epoch,
+                        lr: e.lr,
+                        train_loss: e.train_loss,
+                        train_acc: e.train_acc,
+                        val_acc: e.val_acc,
+                        test_acc: e.test_acc,
+                    });
                 }
             }
         }
     }
-    Ok(s)
+    crate::table::csv_text(&rows)
 }
 
 /// The Markdown paragraph and table of the plateau measure (task columns, method rows).

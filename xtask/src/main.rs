@@ -19,6 +19,7 @@ mod mini_vtab;
 mod plot;
 mod protocol;
 mod study;
+mod table;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -13,7 +13,6 @@
 //! and a later invocation runs it.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -226,15 +225,23 @@ impl Grid {
 }
 
 /// `lr_sweep.csv`: one row per search run.
-pub fn sweep_csv(searches: &[Search]) -> String {
-    let mut s = String::from("task,method,lr,val_acc,test_acc,chosen\n");
-    let o = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
-    for x in searches {
-        for t in &x.trials {
-            let _ = writeln!(s, "{},{},{},{},{},{}", x.task, x.method, t.lr, o(t.val), o(t.test), x.chosen == Some(t.lr));
-        }
+pub fn sweep_csv(searches: &[Search]) -> anyhow::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        task: &'a str,
+        method: &'a str,
+        lr: f64,
+        val_acc: Option<f64>,
+        test_acc: Option<f64>,
+        chosen: bool,
     }
-    s
+    let rows: Vec<Row> = searches
+        .iter()
+        .flat_map(|x| {
+            x.trials.iter().map(move |t| Row { task: &x.task, method: &x.method, lr: t.lr, val_acc: t.val, test_acc: t.test, chosen: x.chosen == Some(t.lr) })
+        })
+        .collect();
+    crate::table::csv_text(&rows)
 }
 
 /// The Markdown of the search: the chosen lr per cell and every trial's val200 accuracy.

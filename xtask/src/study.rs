@@ -222,27 +222,43 @@ pub fn write() -> anyhow::Result<String> {
     );
     md += "Test accuracy (%) after the last epoch ± the half-width of its 95% Wilson interval; MoSA − adapter in points with the 95% interval of the difference of two independent binomials (conservative: both runs see the same images); final training loss and accuracy (MoSA's: the first pass, one random expert per block, plus the consistency KL); plateau = share of the loss decrease made in the last quarter of the epochs.\n\n";
     md += "| budget | task | test images | adapter | MoSA | MoSA − adapter | lr adapter / MoSA | train loss adapter / MoSA | train acc adapter / MoSA | plateau adapter / MoSA |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-    let mut csv =
-        String::from("budget,epochs,task,method,test_acc,test_images,ci95_low,ci95_high,lr,final_train_loss,final_train_acc,late_share,train_seconds,source\n");
-    for r in &rows {
-        csv += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            r.budget,
-            r.epochs,
-            r.task,
-            r.method,
-            r.test,
-            r.test_images,
-            r.ci95.0,
-            r.ci95.1,
-            r.lr,
-            r.final_train_loss,
-            r.final_train_acc,
-            r.late_share.map(|v| v.to_string()).unwrap_or_default(),
-            r.train_seconds,
-            r.source
-        );
+    #[derive(serde::Serialize)]
+    struct CsvRow<'a> {
+        budget: &'a str,
+        epochs: usize,
+        task: &'a str,
+        method: &'a str,
+        test_acc: f64,
+        test_images: usize,
+        ci95_low: f64,
+        ci95_high: f64,
+        lr: f64,
+        final_train_loss: f64,
+        final_train_acc: f64,
+        late_share: Option<f64>,
+        train_seconds: f64,
+        source: &'a str,
     }
+    let csv_rows: Vec<CsvRow> = rows
+        .iter()
+        .map(|r| CsvRow {
+            budget: &r.budget,
+            epochs: r.epochs,
+            task: &r.task,
+            method: &r.method,
+            test_acc: r.test,
+            test_images: r.test_images,
+            ci95_low: r.ci95.0,
+            ci95_high: r.ci95.1,
+            lr: r.lr,
+            final_train_loss: r.final_train_loss,
+            final_train_acc: r.final_train_acc,
+            late_share: r.late_share,
+            train_seconds: r.train_seconds,
+            source: &r.source,
+        })
+        .collect();
+    let csv = crate::table::csv_text(&csv_rows)?;
     for b in BUDGETS {
         for t in b.tasks {
             let (a, m) = (find(b.name, t, "adapter"), find(b.name, t, "mosa"));
