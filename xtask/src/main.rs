@@ -339,8 +339,8 @@ struct GridArgs {
     /// waited for another shard.
     #[arg(long, default_value = "0/1")]
     shard: String,
-    /// Results folder name under results/ [default: vtab-, fgvc- or experts-<root folder>, and
-    /// `-vpt` with --protocol vpt].
+    /// Results folder name under results/ (default: vtab-, fgvc- or experts-<root folder>, and
+    /// `-vpt` with --protocol vpt).
     #[arg(long)]
     name: Option<String>,
     /// Use this `mosa` binary instead of building one.
