@@ -25,7 +25,8 @@ use mosa_train::RunDir;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::bench_vtab::{Cell, Grid, Progress, Scored, mean, run_cells, run_training, shard_of, wilson95};
+use crate::bench_vtab::{Cell, Grid, Progress, run_cells, run_training, shard_of};
+use crate::stats::{Scored, mean, wilson95};
 
 /// The experiment: its training grid (tasks × kinds, plus `linear` for the base-backbone probes)
 /// and what is merged and measured.

@@ -18,6 +18,7 @@ mod curves;
 mod mini_vtab;
 mod plot;
 mod protocol;
+mod stats;
 mod study;
 mod table;
 use clap::{Parser, Subcommand};

@@ -16,9 +16,10 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use mosa_train::RunDir;
 
-use crate::bench_vtab::{Scored, fmt_eta, wilson95};
+use crate::bench_vtab::fmt_eta;
 use crate::curves::late_share;
 use crate::plot::{Panels, esc};
+use crate::stats::{Scored, wilson95};
 
 /// One budget of the study.
 pub struct Budget {
