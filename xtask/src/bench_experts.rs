@@ -370,7 +370,8 @@ struct ExpertRow {
     /// The lr its deltas trained at (under `--protocol vpt`, the one its search chose).
     lr: f64,
     /// 95% Wilson interval of `individual` over its test images.
-    ci95: Option<(f64, f64)>,
+    ci95_low: Option<f64>,
+    ci95_high: Option<f64>,
 }
 
 fn expert_row(e: &Experiment, kind: &str, task: &str) -> Option<ExpertRow> {
@@ -383,6 +384,7 @@ fn expert_row(e: &Experiment, kind: &str, task: &str) -> Option<ExpertRow> {
     let test = c.dataset.test.unwrap_or(0);
     let bytes = std::fs::metadata(run.expert()).map(|m| m.len()).unwrap_or(0);
     let test_images = c.run.train.max_eval_images.map_or(test, |m| m.min(test));
+    let ci95 = s.last_test.filter(|_| test_images > 0).map(|p| wilson95(p, test_images));
     Some(ExpertRow {
         kind: kind.into(),
         task: task.into(),
@@ -392,7 +394,8 @@ fn expert_row(e: &Experiment, kind: &str, task: &str) -> Option<ExpertRow> {
         stored_bytes: bytes,
         train_seconds: s.train_seconds,
         lr: c.run.train.lr,
-        ci95: s.last_test.filter(|_| test_images > 0).map(|p| wilson95(p, test_images)),
+        ci95_low: ci95.map(|c| c.0),
+        ci95_high: ci95.map(|c| c.1),
     })
 }
 
@@ -432,21 +435,6 @@ fn std_dev(v: &[f64]) -> Option<f64> {
         return Some(0.0);
     }
     Some((v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt())
-}
-
-/// A row of `experts.csv`: one expert (or base probe) alone.
-#[derive(Serialize)]
-struct ExpertCsv {
-    kind: String,
-    task: String,
-    individual: Option<f64>,
-    test_images: usize,
-    trainable_params: usize,
-    stored_bytes: u64,
-    train_seconds: f64,
-    lr: f64,
-    ci95_low: Option<f64>,
-    ci95_high: Option<f64>,
 }
 
 /// A row of `results.csv`: one task of one evaluated merge.
@@ -499,7 +487,7 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     md += "## The experts alone\n\nTest accuracy (%) of each task's expert with its own head, ± the half-width of its 95% Wilson interval over the test images; `linear (base)` is a new head on the base backbone, the bar every expert should clear; trainable parameters include the head; stored = the expert file.\n\n";
     md += &format!("| kind | {} | mean | trainable (M) | stored (MB) | train s |\n|---|{}---:|---:|---:|---:|\n", all.join(" | "), "---:|".repeat(all.len()));
     let mut experts_json = Vec::new();
-    let mut experts_csv: Vec<ExpertCsv> = Vec::new();
+    let mut experts_csv: Vec<&ExpertRow> = Vec::new();
     let base_rows: BTreeMap<String, ExpertRow> =
         if e.held_out { all.iter().filter_map(|t| expert_row(e, "linear", t).map(|r| (t.clone(), r))).collect() } else { BTreeMap::new() };
     let shown_kinds: Vec<String> = e.kinds.iter().cloned().chain(e.held_out.then(|| "linear".to_string())).collect();
@@ -520,18 +508,7 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
             avg(|r| r.train_seconds).map(|v| format!("{v:.0}")).unwrap_or_default(),
         );
         for r in present {
-            experts_csv.push(ExpertCsv {
-                kind: r.kind.clone(),
-                task: r.task.clone(),
-                individual: r.individual,
-                test_images: r.test_images,
-                trainable_params: r.trainable_params,
-                stored_bytes: r.stored_bytes,
-                train_seconds: r.train_seconds,
-                lr: r.lr,
-                ci95_low: r.ci95.map(|c| c.0),
-                ci95_high: r.ci95.map(|c| c.1),
-            });
+            experts_csv.push(r);
             if k != "linear" {
                 experts_json.push(serde_json::to_value(r)?);
             }
