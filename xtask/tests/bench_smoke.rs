@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mosa_data::synth::{ShapesTask, shapes_image, write_vtab_task};
+use mosa_testkit::{fixtures, read_json};
 
 fn mosa_bin() -> PathBuf {
     // target/<profile>/deps/bench_smoke-… -> target/<profile>/mosa (built by the workspace's tests)
@@ -313,16 +314,6 @@ fn bench_vtab_runs_swin_and_convnext() {
         let cfg = read_json(&tmp.path().join("results").join(family).join("runs/svhn/mosa/config.json"));
         assert_eq!(cfg["run"]["model"]["family"], family);
     }
-}
-
-fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("MOSA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
-    assert!(dir.join("README.md").exists(), "fixtures not found at {} (set MOSA_FIXTURES)", dir.display());
-    dir
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
 fn close(a: f64, b: f64) -> bool {

@@ -5,12 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mosa_models::load::{HostTensor, StateDict, safetensors};
-
-fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("MOSA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
-    assert!(dir.join("README.md").exists(), "parity fixtures not found at {} (set MOSA_FIXTURES)", dir.display());
-    dir
-}
+use mosa_testkit::fixtures;
 
 fn mosa(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mosa")).args(args).env("MOSA_CACHE", cache).output().expect("run mosa")

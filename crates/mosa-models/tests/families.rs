@@ -3,10 +3,8 @@
 //! methods leave the logits unchanged, only masked sparse entries train, merged models give the
 //! unmerged logits, and methods that do not apply are refused naming the family.
 
-use std::collections::BTreeMap;
-
 use burn::backend::{Autodiff, Flex};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
@@ -15,6 +13,7 @@ use mosa_core::site::{PeftHost, SiteMut};
 use mosa_core::slot::LinearBranch;
 use mosa_core::{Method, MethodKind, Rng, inject, params};
 use mosa_models::{Backbone, BackboneConfig, ConvNextConfig, SwinConfig};
+use mosa_testkit::param_values as values;
 
 type B = Flex;
 type AB = Autodiff<Flex>;
@@ -72,29 +71,6 @@ fn input<BB: Backend>(seed: u64) -> Tensor<BB, 4> {
     let mut rng = Rng::new(seed);
     let data: Vec<f32> = (0..4 * 3 * 16 * 16).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
     Tensor::from_data(TensorData::new(data, [4, 3, 16, 16]), &Default::default())
-}
-
-fn values<BB: Backend, M: Module<BB>>(m: &M) -> BTreeMap<String, Vec<f32>> {
-    struct V {
-        stack: Vec<String>,
-        out: BTreeMap<String, Vec<f32>>,
-    }
-    impl<BB: Backend> ModuleVisitor<BB> for V {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.stack.push(name.into());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.stack.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<BB, D>>) {
-            // the family enum's variant is not part of a path (as in `params::list`)
-            let path = self.stack.iter().skip_while(|s| *s == "Swin" || *s == "ConvNext").cloned().collect::<Vec<_>>().join(".");
-            self.out.insert(path, p.val().into_data().convert::<f32>().to_vec::<f32>().unwrap());
-        }
-    }
-    let mut v = V { stack: vec![], out: BTreeMap::new() };
-    m.visit(&mut v);
-    v.out
 }
 
 fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {

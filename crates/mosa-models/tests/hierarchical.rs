@@ -2,7 +2,7 @@
 //! `../shared/fixtures` (fp32; bound max |Δ| ≤ 1e-4 on `features`, `pre_logits`, `logits`, in
 //! the layouts the fixtures' JSON names: Swin NHWC, ConvNeXt NCHW), and their state dicts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::backend::Flex;
 use burn::prelude::*;
@@ -10,14 +10,9 @@ use burn::tensor::TensorData;
 use mosa_models::load::{self, HostTensor, StateDict};
 use mosa_models::presets::config_from_json_file;
 use mosa_models::{Backbone, BackboneConfig, BackboneOutput, HeadPolicy};
+use mosa_testkit::fixtures;
 
 type B = Flex;
-
-fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("MOSA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
-    assert!(dir.join("README.md").exists(), "parity fixtures not found at {} (set MOSA_FIXTURES)", dir.display());
-    dir
-}
 
 fn io(name: &str) -> StateDict {
     load::safetensors::read(&fixtures().join(format!("{name}_io.safetensors"))).unwrap()

@@ -1,10 +1,8 @@
 //! The tuning methods injected into the ViT: parameter counts, MoSA's masks and merge, freeze
 //! rules, zero-initialised outputs and sparse masks (issue 3's "must be shown" list).
 
-use std::collections::BTreeMap;
-
 use burn::backend::{Autodiff, Flex};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
@@ -14,6 +12,7 @@ use mosa_core::mosa::{MosaAdapter, MosaConfig, Share};
 use mosa_core::slot::{AdapterSlot, LinearBranch};
 use mosa_core::{Method, MethodKind, Rng, inject, params};
 use mosa_models::{VisionTransformer, VitConfig};
+use mosa_testkit::param_values as values;
 
 type B = Flex;
 type AB = Autodiff<Flex>;
@@ -62,28 +61,6 @@ fn input<BB: Backend>(seed: u64) -> Tensor<BB, 4> {
 
 fn labels() -> Tensor<AB, 1, Int> {
     Tensor::from_data(TensorData::new(vec![0i64, 1, 2, 1], [4]), &Default::default())
-}
-
-/// Every float parameter's values by path.
-fn values<BB: Backend, M: Module<BB>>(m: &M) -> BTreeMap<String, Vec<f32>> {
-    struct V {
-        stack: Vec<String>,
-        out: BTreeMap<String, Vec<f32>>,
-    }
-    impl<BB: Backend> ModuleVisitor<BB> for V {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.stack.push(name.into());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.stack.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<BB, D>>) {
-            self.out.insert(self.stack.join("."), p.val().into_data().convert::<f32>().to_vec::<f32>().unwrap());
-        }
-    }
-    let mut v = V { stack: vec![], out: BTreeMap::new() };
-    m.visit(&mut v);
-    v.out
 }
 
 fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {

@@ -1,22 +1,15 @@
 //! Parity of the ViT and its loaders with the reference outputs in `../shared/fixtures`
 //! (timm 1.0.31 / transformers 5.23, fp32). Bound: max |Δ| ≤ 1e-4 on every listed output.
 
-use std::path::{Path, PathBuf};
-
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use mosa_models::load::{self, HostTensor, StateDict};
 use mosa_models::presets::config_from_json_file;
 use mosa_models::{Error, HeadPolicy, VitConfig, load_vit};
+use mosa_testkit::fixtures;
 
 type B = Flex;
-
-fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("MOSA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
-    assert!(dir.join("README.md").exists(), "parity fixtures not found at {} (set MOSA_FIXTURES)", dir.display());
-    dir
-}
 
 fn io(name: &str) -> StateDict {
     load::safetensors::read(&fixtures().join(format!("{name}_io.safetensors"))).unwrap()

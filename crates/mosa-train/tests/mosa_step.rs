@@ -5,7 +5,7 @@
 //! saved expert draws) and our AdamW; every size comes from the fixture.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
@@ -18,17 +18,12 @@ use mosa_core::site::{PeftHost, SiteMut};
 use mosa_core::slot::AdapterSlot;
 use mosa_core::{HostTensor, Method, Rng, inject, params};
 use mosa_models::{Backbone, HeadPolicy};
+use mosa_testkit::fixtures;
 use mosa_train::TrainConfig;
 use serde_json::Value;
 
 type B = Flex;
 type AB = Autodiff<Flex>;
-
-fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("MOSA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
-    assert!(dir.join("README.md").exists(), "parity fixtures not found at {} (set MOSA_FIXTURES)", dir.display());
-    dir
-}
 
 /// Every tensor of the fixture as f32 (the integer draws and labels too), with its shape.
 fn read_fixture(path: &Path) -> HashMap<String, HostTensor> {
