@@ -410,7 +410,7 @@ fn below_base(kinds: &[String], tasks: &[String], experts: &BTreeMap<(String, St
             let (Some(p), Some(q)) = (x.individual, b.individual) else { continue };
             compared += 1;
             if p <= q {
-                let half = 1.959964 * (p * (1.0 - p) / x.test_images.max(1) as f64 + q * (1.0 - q) / b.test_images.max(1) as f64).sqrt();
+                let half = crate::stats::diff_half95(p, x.test_images, q, b.test_images);
                 below.push(format!(
                     "{k} on {t} ({:.1} vs {:.1}, {:+.1} ±{:.1}{})",
                     100.0 * p,

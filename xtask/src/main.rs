@@ -556,8 +556,8 @@ fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
 fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     let shard = parse_shard(&a.grid.shard)?;
     let protocol = a.grid.protocol.protocol()?;
-    let names = |v: &[_]| -> Vec<String> { v.iter().copied().map(enum_name).collect() };
-    let (kinds, merges, paper_merge) = (names(&a.kinds), a.merges.iter().copied().map(enum_name).collect::<Vec<_>>(), enum_name(a.paper_merge));
+    let kinds: Vec<String> = a.kinds.iter().copied().map(enum_name).collect();
+    let (merges, paper_merge): (Vec<String>, _) = (a.merges.iter().copied().map(enum_name).collect(), enum_name(a.paper_merge));
     let tasks = if a.grid.tasks.is_empty() { bench_vtab::discover_tasks(&a.grid.root, "vtab")? } else { a.grid.tasks.clone() };
     if tasks.len() < 2 {
         bail!("bench-experts merges experts of at least 2 tasks ({} given)", tasks.len());

@@ -9,6 +9,12 @@ pub fn wilson95(p: f64, n: usize) -> (f64, f64) {
     (centre - half, centre + half)
 }
 
+/// The half-width of the 95% interval of `p − q`, two accuracies measured on `n` and `m` test
+/// images, as independent binomials (conservative when both runs saw the same images).
+pub fn diff_half95(p: f64, n: usize, q: f64, m: usize) -> f64 {
+    1.959964 * (p * (1.0 - p) / n.max(1) as f64 + q * (1.0 - q) / m.max(1) as f64).sqrt()
+}
+
 /// The 97.5% quantile of Student's t with `df` degrees of freedom (df ≥ 1; NaN for 0): the
 /// half-width factor of a two-sided 95% interval. From `statrs` (the table and interpolation
 /// written here before were off beyond 10 degrees of freedom: 2.135 at 20, true 2.086).

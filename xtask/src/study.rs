@@ -156,19 +156,25 @@ fn recorded_row(b: &Budget, dir: &Path, task: &str, method: &str) -> anyhow::Res
     if epochs as usize != b.epochs {
         return Ok(None);
     }
-    let mut lines = c.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).with_context(|| format!("{}: no `{name}` column", csv.display()));
-    let (ct, cm, cs, ce, cl, ca, clr) = (col("task")?, col("method")?, col("seed")?, col("epoch")?, col("train_loss")?, col("train_acc")?, col("lr")?);
+    #[derive(serde::Deserialize)]
+    struct Epoch {
+        task: String,
+        method: String,
+        seed: String,
+        epoch: usize,
+        lr: f64,
+        train_loss: f64,
+        train_acc: f64,
+    }
     let mut curve: Vec<(usize, f64, f64, f64)> = Vec::new();
     let mut seed = None;
-    for (i, line) in lines.enumerate() {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() != header.len() || f[ct] != task || f[cm] != method || *seed.get_or_insert(f[cs]) != f[cs] {
+    for e in csv::Reader::from_reader(c.as_bytes()).deserialize::<Epoch>() {
+        let e = e.with_context(|| format!("{}", csv.display()))?;
+        // the first seed's curve only
+        if e.task != task || e.method != method || *seed.get_or_insert(e.seed.clone()) != e.seed {
             continue;
         }
-        let num = |k: usize| f[k].parse::<f64>().with_context(|| format!("{} line {}: `{}` is not a number", csv.display(), i + 2, f[k]));
-        curve.push((f[ce].parse().with_context(|| format!("{} line {}: bad epoch", csv.display(), i + 2))?, num(cl)?, num(ca)?, num(clr)?));
+        curve.push((e.epoch, e.train_loss, e.train_acc, e.lr));
     }
     curve.sort_by_key(|x| x.0);
     let Some(&(_, _, final_train_acc, _)) = curve.last() else { return Ok(None) };
@@ -270,7 +276,7 @@ pub fn write() -> anyhow::Result<String> {
             let cell = |r: Option<&Row>| r.and_then(|r| Scored::new(&[r.test], Some(r.test_images)).map(|s| s.cell() + mark(r))).unwrap_or_else(|| "…".into());
             let diff = match (a, m) {
                 (Some(a), Some(m)) => {
-                    let half = 1.959964 * (a.test * (1.0 - a.test) / a.test_images as f64 + m.test * (1.0 - m.test) / m.test_images as f64).sqrt();
+                    let half = crate::stats::diff_half95(a.test, a.test_images, m.test, m.test_images);
                     let d = m.test - a.test;
                     format!("{:+.1} ±{:.1}{}", 100.0 * d, 100.0 * half, if d.abs() > half { " *" } else { "" })
                 }
