@@ -172,7 +172,7 @@ impl Hashes {
         if let Some(h) = self.0.get(p) {
             return Ok(h.clone());
         }
-        let h = mosa_train::checkpoint::file_sha256(p)?;
+        let h = mosa_train::rundir::file_sha256(p)?;
         self.0.insert(p.to_path_buf(), h.clone());
         Ok(h)
     }

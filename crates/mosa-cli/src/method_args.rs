@@ -10,7 +10,7 @@ use mosa_core::prompt::PromptOptions;
 use mosa_core::sparse::{Criterion, OnDrop, Scope, SelectionLr, SparseConfig};
 use mosa_core::{Method, MethodKind};
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct MethodArgs {
     /// The method (default: mosa).
     #[arg(long, value_enum)]
@@ -149,32 +149,12 @@ impl MethodArgs {
             put!(lora_dropout, l.dropout);
             put!(targets, l.targets);
         }
-        macro_rules! given {
-            ($($flag:ident),*) => { [$((stringify!($flag), a.$flag.is_some())),*] };
-        }
-        let flags = given!(
-            r,
-            scale,
-            adapter_dropout,
-            activation,
-            adapter_position,
-            experts,
-            share,
-            lora_r,
-            lora_alpha,
-            lora_dropout,
-            lora_split,
-            targets,
-            prompt_tokens,
-            keep_ratio,
-            criterion,
-            scope,
-            reselect_every,
-            on_drop,
-            sparse_warmup_steps,
-            selection_lr
-        );
-        for (flag, _) in flags.iter().filter(|(f, given)| *given && !has.contains(f)) {
+        // the given flags: the non-null fields (`method` is not an option)
+        let given: Vec<String> = match serde_json::to_value(a) {
+            Ok(serde_json::Value::Object(fields)) => fields.into_iter().filter(|(k, v)| k != "method" && !v.is_null()).map(|(k, _)| k).collect(),
+            _ => Vec::new(),
+        };
+        for flag in given.iter().filter(|f| !has.contains(&f.as_str())) {
             eprintln!("note: --{} does not apply to method {}; ignored", flag.replace('_', "-"), m.name());
         }
         m.validate().map_err(anyhow::Error::msg)?;

@@ -9,6 +9,8 @@ use burn::tensor::activation::{relu, silu};
 
 use crate::kernels::{Kernels, gelu, linear_layer};
 use crate::layer_norm::{LayerNorm, LayerNormConfig};
+use crate::rng::Rng;
+use crate::slot::Slot;
 use serde::{Deserialize, Serialize};
 
 /// Adapter non-linearity.
@@ -136,5 +138,23 @@ impl<B: Kernels> Adapter<B> {
         };
         let h = self.dropout.forward(self.activation.apply(linear_layer(&self.down, x)));
         linear_layer(&self.up, h) * self.scale
+    }
+}
+
+/// The plain adapter in a slot: no experts, nothing masked.
+impl<B: Backend> Slot<B> for Adapter<B> {
+    fn forward(&self, x: Tensor<B, 3>, _rng: &mut Rng) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
+        Adapter::forward(self, x)
+    }
+
+    fn merged(&self) -> Adapter<B> {
+        self.clone()
+    }
+
+    fn on_stream(&self) -> bool {
+        self.on_stream
     }
 }

@@ -115,7 +115,7 @@ impl Delta {
     pub fn nnz(&self, numel: usize) -> usize {
         match self {
             Delta::Sparse { indices, .. } => indices.len(),
-            _ => numel,
+            Delta::LowRank { .. } | Delta::Dense(_) => numel,
         }
     }
 

@@ -13,7 +13,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::adapter::{AdapterConfig, AdapterOptions};
+use crate::adapter::AdapterConfig;
 use crate::host::HostTensor;
 use crate::method::Method;
 use crate::params::{Tally, is_bias_field, set_trainable, tally};
@@ -29,7 +29,14 @@ fn placements(method: &Method) -> &'static [Placement] {
         Method::Adapter(_) | Method::Mosa(_) | Method::PrunedAdapter(_) => &[Placement::Parallel],
         Method::Pfeiffer(_) => &[Placement::AfterMlp],
         Method::Houlsby(_) => &[Placement::AfterAttention, Placement::AfterMlp],
-        _ => &[],
+        Method::Linear
+        | Method::Full
+        | Method::Bitfit
+        | Method::Lora(_)
+        | Method::VptShallow(_)
+        | Method::VptDeep(_)
+        | Method::MosaLora(_)
+        | Method::Sparse(_) => &[],
     }
 }
 
@@ -89,7 +96,18 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
     let mut host = match method {
         Method::Full => set_trainable(host, true, None),
         Method::Bitfit => set_trainable(set_trainable(host, false, None), true, Some(&is_bias_field)),
-        _ => set_trainable(host, false, None),
+        // every other method trains only what it creates
+        Method::Linear
+        | Method::Adapter(_)
+        | Method::Pfeiffer(_)
+        | Method::Houlsby(_)
+        | Method::Lora(_)
+        | Method::VptShallow(_)
+        | Method::VptDeep(_)
+        | Method::Mosa(_)
+        | Method::PrunedAdapter(_)
+        | Method::MosaLora(_)
+        | Method::Sparse(_) => set_trainable(host, false, None),
     };
     {
         let mut sites = host.sites_mut();
@@ -108,7 +126,7 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
                 let Some((d, normalised, slot)) = found else {
                     return Err(format!("method {} needs an adapter {}; {family} has no such site in block {block}", method.name(), place.describe()));
                 };
-                **slot = Some(adapter_slot(method, d, normalised, &mut rng, device));
+                **slot = Some(adapter_slot(method, d, normalised, &mut rng, device)?);
             }
             for t in &targets {
                 let found = sites.iter_mut().find_map(|s| match s {
@@ -119,13 +137,7 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
                 // reading the weight initialises a lazily initialised (random) base here, as the
                 // first release did: seeded random-init runs stay bit-identical across versions
                 let [i, o] = linear.weight.val().dims();
-                linear.branch = Some(match (method, &t.parts) {
-                    (Method::Lora(l), Some((parts, n))) if o % n == 0 => LinearBranch::LoraParts(l.init_parts(i, o, parts, *n, device)),
-                    (Method::Lora(_), Some((_, n))) => return Err(format!("`{}` has {o} outputs, not {n} equal parts", t.site)),
-                    (Method::Lora(l), None) => LinearBranch::Lora(l.init(i, o, device)),
-                    (Method::MosaLora(m), _) => LinearBranch::MosaLora(m.init(i, o, &mut rng, device)),
-                    _ => LinearBranch::Sparse(SparseDelta::new(i, o, device)),
-                });
+                linear.branch = Some(linear_branch(method, t, [i, o], &mut rng, device)?);
             }
         }
     }
@@ -142,25 +154,54 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
     Ok(host)
 }
 
+/// The branch a method puts on the linear target `t` of shape `[i, o]`.
+fn linear_branch<B: Backend>(method: &Method, t: &Target, [i, o]: [usize; 2], rng: &mut Rng, device: &B::Device) -> Result<LinearBranch<B>, String> {
+    Ok(match method {
+        Method::Lora(l) => match &t.parts {
+            Some((parts, n)) if o % n == 0 => LinearBranch::LoraParts(l.init_parts(i, o, parts, *n, device)),
+            Some((_, n)) => return Err(format!("`{}` has {o} outputs, not {n} equal parts", t.site)),
+            None => LinearBranch::Lora(l.init(i, o, device)),
+        },
+        Method::MosaLora(m) => LinearBranch::MosaLora(m.init(i, o, rng, device)),
+        Method::Sparse(_) => LinearBranch::Sparse(SparseDelta::new(i, o, device)),
+        Method::Linear
+        | Method::Full
+        | Method::Bitfit
+        | Method::Adapter(_)
+        | Method::Pfeiffer(_)
+        | Method::Houlsby(_)
+        | Method::VptShallow(_)
+        | Method::VptDeep(_)
+        | Method::Mosa(_)
+        | Method::PrunedAdapter(_) => return Err(format!("method {} puts no branch on linear layers (`{}`)", method.name(), t.site)),
+    })
+}
+
 /// The adapter a method puts at a site of width `d`; a site that feeds it a normalised stream gets
 /// one without a LayerNorm of its own.
-fn adapter_slot<B: Backend>(method: &Method, d: usize, normalised_input: bool, rng: &mut Rng, device: &B::Device) -> AdapterSlot<B> {
+fn adapter_slot<B: Backend>(method: &Method, d: usize, normalised_input: bool, rng: &mut Rng, device: &B::Device) -> Result<AdapterSlot<B>, String> {
     let mut own = method.clone();
     if normalised_input && let Some(a) = own.adapter_options_mut() {
         a.norm = false;
     }
-    let method = &own;
-    match method {
+    Ok(match &own {
         Method::Mosa(m) => AdapterSlot::Mosa(m.config(d).init(rng, device)),
         Method::PrunedAdapter(m) => match m.init(d, rng, device) {
             PrunedSlot::Reference(p) => AdapterSlot::Pruned(p),
             PrunedSlot::Legacy(p) => AdapterSlot::Mosa(p),
         },
-        _ => {
-            let o = method.adapter_options().cloned().unwrap_or_else(AdapterOptions::new);
-            AdapterSlot::Plain(AdapterConfig::new(d, o).init(device))
+        Method::Adapter(o) | Method::Pfeiffer(o) | Method::Houlsby(o) => AdapterSlot::Plain(AdapterConfig::new(d, o.clone()).init(device)),
+        Method::Linear
+        | Method::Full
+        | Method::Bitfit
+        | Method::Lora(_)
+        | Method::VptShallow(_)
+        | Method::VptDeep(_)
+        | Method::MosaLora(_)
+        | Method::Sparse(_) => {
+            return Err(format!("method {} places no adapters", method.name()));
         }
-    }
+    })
 }
 
 /// The inference model: every MoSA slot averaged into a plain adapter and every linear branch
@@ -183,7 +224,7 @@ pub fn mask_gradients<B: AutodiffBackend, H: PeftHost<B>>(host: &mut H, grads: &
         match s {
             SiteMut::Adapter { slot: Some(a), .. } => a.mask_gradients(grads),
             SiteMut::Linear { linear: crate::site::TunableLinear { branch: Some(b), .. }, .. } => b.mask_gradients(grads),
-            _ => {}
+            SiteMut::Adapter { slot: None, .. } | SiteMut::Linear { linear: crate::site::TunableLinear { branch: None, .. }, .. } => {}
         }
     }
 }
@@ -360,7 +401,7 @@ pub fn groups<B: Backend, H: PeftHost<B>>(host: &H) -> Groups {
         let (e, a) = match s {
             SiteMut::Adapter { slot: Some(a), .. } => a.param_split(),
             SiteMut::Linear { linear: crate::site::TunableLinear { branch: Some(b), .. }, .. } => b.param_split(),
-            _ => continue,
+            SiteMut::Adapter { slot: None, .. } | SiteMut::Linear { linear: crate::site::TunableLinear { branch: None, .. }, .. } => continue,
         };
         g.experts = g.experts + e;
         g.adapter = g.adapter + a;

@@ -9,9 +9,13 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use crate::expert::Delta;
+use crate::host::HostTensor;
 use crate::kernels::{Kernels, linear_rows};
 use crate::mosa::Experts;
+use crate::params::Tally;
 use crate::rng::Rng;
+use crate::slot::{Branch, split_params};
 
 /// LoRA's options (`--lora-r`, `--lora-alpha`, `--lora-dropout`, `--targets`); the one source of
 /// their defaults: the MoSA code base's (`_C.MODEL.LORA`: `RANK 16`, `SCALAR 1.0` = alpha / r,
@@ -106,10 +110,28 @@ impl<B: Backend> Lora<B> {
         let down = linear_rows(self.dropout.forward(x), self.a.val(), None);
         linear_rows(down, self.b.val() * self.scaling, None)
     }
+}
+
+/// The factors exported as PEFT lays them out: `lora_a = Aᵀ` `[r, in]`, `lora_b = Bᵀ` `[out, r]`.
+fn low_rank<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, scaling: f64) -> Delta {
+    Delta::LowRank { a: HostTensor::from_tensor(a.transpose()), b: HostTensor::from_tensor(b.transpose()), scale: scaling as f32 }
+}
+
+impl<B: Backend> Branch<B> for Lora<B> {
+    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, _rng: &mut Rng) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
+        linear_rows(x.clone(), weight, bias) + Lora::forward(self, x)
+    }
 
     /// `ΔW = scaling · A·B`, `[in, out]` (the product is merged, never the factors).
-    pub fn delta(&self) -> Tensor<B, 2> {
+    fn delta(&self) -> Tensor<B, 2> {
         self.a.val().matmul(self.b.val()) * self.scaling
+    }
+
+    fn expert_delta(&self) -> Delta {
+        low_rank(self.a.val(), self.b.val(), self.scaling)
     }
 }
 
@@ -170,16 +192,31 @@ impl<B: Backend> LoraParts<B> {
         Tensor::cat(rows, 0)
     }
 
-    /// `ΔW`, `[in, out]`.
-    pub fn delta(&self) -> Tensor<B, 2> {
-        self.placed(self.parts.iter().map(Lora::delta).collect())
-    }
-
     /// The same update as one LoRA of rank Σr: `A = [A_1 … A_k]` (`[in, Σr]`), and `B` with
     /// part p's `B_p` in its rows and columns, zeros elsewhere (`[Σr, out]`); its scaling.
     pub fn as_one(&self) -> (Tensor<B, 2>, Tensor<B, 2>, f64) {
         let a = Tensor::cat(self.parts.iter().map(|l| l.a.val()).collect(), 1);
         (a, self.stacked_b(), self.parts[0].scaling)
+    }
+}
+
+impl<B: Backend> Branch<B> for LoraParts<B> {
+    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, _rng: &mut Rng) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
+        linear_rows(x.clone(), weight, bias) + LoraParts::forward(self, x)
+    }
+
+    /// `ΔW`, `[in, out]`.
+    fn delta(&self) -> Tensor<B, 2> {
+        self.placed(self.parts.iter().map(Branch::delta).collect())
+    }
+
+    /// As one LoRA of rank Σr whose B is zero outside each part's columns ([`LoraParts::as_one`]).
+    fn expert_delta(&self) -> Delta {
+        let (a, b, scaling) = self.as_one();
+        low_rank(a, b, scaling)
     }
 }
 
@@ -213,8 +250,37 @@ impl<B: Backend> MosaLora<B> {
     }
 }
 
-impl<B: AutodiffBackend> MosaLora<B> {
-    pub fn mask_gradients(&self, grads: &mut GradientsParams) {
+/// In training (autodiff), one expert of the split factor drawn from `rng` for the whole batch;
+/// outside training the merged LoRA.
+impl<B: Backend> Branch<B> for MosaLora<B> {
+    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
+        if B::ad_enabled(&x.device()) {
+            let (a, b) = self.draw(rng);
+            linear_rows(x.clone(), weight, bias) + MosaLora::forward(self, x, a, b)
+        } else {
+            linear_rows(x.clone(), weight, bias) + self.merge().forward(x)
+        }
+    }
+
+    fn delta(&self) -> Tensor<B, 2> {
+        Branch::delta(&self.merge())
+    }
+
+    fn expert_delta(&self) -> Delta {
+        self.merge().expert_delta()
+    }
+
+    fn expert_params(&self) -> Tally {
+        split_params([&self.a, &self.b])
+    }
+
+    fn mask_gradients(&self, grads: &mut GradientsParams)
+    where
+        B: AutodiffBackend,
+    {
         self.a.mask_gradients(grads);
         self.b.mask_gradients(grads);
     }

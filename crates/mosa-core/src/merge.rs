@@ -66,7 +66,7 @@ impl MergeConfig {
     pub fn lambda(&self) -> f32 {
         self.lambda.unwrap_or(match self.method {
             MergeMethod::TaskArithmetic | MergeMethod::Dare => 0.3,
-            _ => 1.0,
+            MergeMethod::OverlapMean | MergeMethod::Mean | MergeMethod::Ties | MergeMethod::TiesOverlap | MergeMethod::DareTies => 1.0,
         })
     }
 
@@ -344,7 +344,7 @@ pub fn check(base: &BTreeMap<String, HostTensor>, experts: &[&Expert]) -> Result
                 Some(b) if b.shape != t.shape => {
                     return Err(format!("task `{}`: tensor `{}` has shape {:?}, the backbone's is {:?}", e.meta.task, t.name, t.shape, b.shape));
                 }
-                _ => {}
+                Some(_) => {}
             }
         }
     }

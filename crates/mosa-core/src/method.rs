@@ -13,8 +13,9 @@ use crate::pruned::PrunedOptions;
 use crate::sparse::SparseConfig;
 
 /// Every method mosa implements, by name (`--method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, strum::EnumIter, strum::IntoStaticStr)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum MethodKind {
     /// Head only (linear probing).
     Linear,
@@ -45,39 +46,14 @@ pub enum MethodKind {
 }
 
 impl MethodKind {
-    pub const ALL: [MethodKind; 13] = [
-        MethodKind::Linear,
-        MethodKind::Full,
-        MethodKind::Bitfit,
-        MethodKind::Adapter,
-        MethodKind::Pfeiffer,
-        MethodKind::Houlsby,
-        MethodKind::Lora,
-        MethodKind::VptShallow,
-        MethodKind::VptDeep,
-        MethodKind::Mosa,
-        MethodKind::PrunedAdapter,
-        MethodKind::MosaLora,
-        MethodKind::Sparse,
-    ];
+    /// Every method, in declaration order.
+    pub fn all() -> impl Iterator<Item = MethodKind> {
+        <MethodKind as strum::IntoEnumIterator>::iter()
+    }
 
-    /// The `--method` name (`vpt-shallow`).
+    /// The `--method` name (`vpt-shallow`), the serde name.
     pub fn name(self) -> &'static str {
-        match self {
-            MethodKind::Linear => "linear",
-            MethodKind::Full => "full",
-            MethodKind::Bitfit => "bitfit",
-            MethodKind::Adapter => "adapter",
-            MethodKind::Pfeiffer => "pfeiffer",
-            MethodKind::Houlsby => "houlsby",
-            MethodKind::Lora => "lora",
-            MethodKind::VptShallow => "vpt-shallow",
-            MethodKind::VptDeep => "vpt-deep",
-            MethodKind::Mosa => "mosa",
-            MethodKind::PrunedAdapter => "pruned-adapter",
-            MethodKind::MosaLora => "mosa-lora",
-            MethodKind::Sparse => "sparse",
-        }
+        self.into()
     }
 }
 
@@ -90,7 +66,9 @@ impl std::fmt::Display for MethodKind {
 impl std::str::FromStr for MethodKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| format!("unknown method `{s}`; methods: {}", Self::ALL.map(|k| k.name()).join(", ")))
+        Self::all()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown method `{s}`; methods: {}", Self::all().map(|k| k.name()).collect::<Vec<_>>().join(", ")))
     }
 }
 
@@ -181,7 +159,17 @@ impl Method {
     pub fn passes(&self) -> Passes {
         match self {
             Method::Mosa(_) | Method::MosaLora(_) => Passes::Two,
-            _ => Passes::One,
+            Method::Linear
+            | Method::Full
+            | Method::Bitfit
+            | Method::Adapter(_)
+            | Method::Pfeiffer(_)
+            | Method::Houlsby(_)
+            | Method::Lora(_)
+            | Method::VptShallow(_)
+            | Method::VptDeep(_)
+            | Method::PrunedAdapter(_)
+            | Method::Sparse(_) => Passes::One,
         }
     }
 
@@ -191,7 +179,14 @@ impl Method {
             Method::Adapter(o) | Method::Pfeiffer(o) | Method::Houlsby(o) => Some(o),
             Method::Mosa(m) => Some(&m.adapter),
             Method::PrunedAdapter(m) => Some(&m.adapter),
-            _ => None,
+            Method::Linear
+            | Method::Full
+            | Method::Bitfit
+            | Method::Lora(_)
+            | Method::VptShallow(_)
+            | Method::VptDeep(_)
+            | Method::MosaLora(_)
+            | Method::Sparse(_) => None,
         }
     }
 
@@ -200,7 +195,14 @@ impl Method {
             Method::Adapter(o) | Method::Pfeiffer(o) | Method::Houlsby(o) => Some(o),
             Method::Mosa(m) => Some(&mut m.adapter),
             Method::PrunedAdapter(m) => Some(&mut m.adapter),
-            _ => None,
+            Method::Linear
+            | Method::Full
+            | Method::Bitfit
+            | Method::Lora(_)
+            | Method::VptShallow(_)
+            | Method::VptDeep(_)
+            | Method::MosaLora(_)
+            | Method::Sparse(_) => None,
         }
     }
 
@@ -221,7 +223,16 @@ impl Method {
             Method::Lora(l) => Some(&l.targets),
             Method::MosaLora(m) => Some(&m.lora.targets),
             Method::Sparse(s) => Some(&s.targets),
-            _ => None,
+            Method::Linear
+            | Method::Full
+            | Method::Bitfit
+            | Method::Adapter(_)
+            | Method::Pfeiffer(_)
+            | Method::Houlsby(_)
+            | Method::VptShallow(_)
+            | Method::VptDeep(_)
+            | Method::Mosa(_)
+            | Method::PrunedAdapter(_) => None,
         }
     }
 

@@ -23,7 +23,9 @@ use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
 use crate::kernels::{Kernels, linear_rows};
 use crate::layer_norm::LayerNorm;
 use crate::mask;
+use crate::params::Tally;
 use crate::rng::Rng;
+use crate::slot::{Slot, split_params};
 
 /// Which projection stays dense and shared by all experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -227,8 +229,34 @@ impl<B: Backend> MosaAdapter<B> {
     }
 }
 
-impl<B: AutodiffBackend> MosaAdapter<B> {
-    pub fn mask_gradients(&self, grads: &mut GradientsParams) {
+/// In training (autodiff), one expert per split projection drawn from `rng` for the whole batch;
+/// outside training the merged (mean) adapter, so that evaluating an unmerged model gives the
+/// merged model's output.
+impl<B: Backend> Slot<B> for MosaAdapter<B> {
+    fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
+        if B::ad_enabled(&x.device()) {
+            let (d, u) = self.draw(rng);
+            MosaAdapter::forward(self, x, d, u)
+        } else {
+            self.merge().forward(x)
+        }
+    }
+
+    fn merged(&self) -> Adapter<B> {
+        self.merge()
+    }
+
+    fn expert_params(&self) -> Tally {
+        split_params([&self.down, &self.up])
+    }
+
+    fn mask_gradients(&self, grads: &mut GradientsParams)
+    where
+        B: AutodiffBackend,
+    {
         self.down.mask_gradients(grads);
         self.up.mask_gradients(grads);
     }

@@ -18,9 +18,11 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
+use crate::kernels::Kernels;
 use crate::mask;
 use crate::mosa::{MosaAdapter, MosaConfig, Share};
 use crate::rng::Rng;
+use crate::slot::Slot;
 
 /// Which construction of the pruned adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -96,9 +98,23 @@ fn mask_grad<B: AutodiffBackend, const D: usize>(grads: &mut GradientsParams, p:
     }
 }
 
-impl<B: AutodiffBackend> PrunedAdapter<B> {
-    /// Multiplies every adapter gradient by its mask.
-    pub fn mask_gradients(&self, grads: &mut GradientsParams) {
+/// The adapter's own forward; after backward every adapter gradient is multiplied by its mask.
+impl<B: Backend> Slot<B> for PrunedAdapter<B> {
+    fn forward(&self, x: Tensor<B, 3>, _rng: &mut Rng) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
+        self.adapter.forward(x)
+    }
+
+    fn merged(&self) -> Adapter<B> {
+        self.adapter.clone()
+    }
+
+    fn mask_gradients(&self, grads: &mut GradientsParams)
+    where
+        B: AutodiffBackend,
+    {
         let a = &self.adapter;
         if let (Some(ln), Some((mg, mb))) = (&a.norm, &self.norm_masks) {
             mask_grad(grads, &ln.gamma, mg);

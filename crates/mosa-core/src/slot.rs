@@ -1,7 +1,12 @@
-//! What a backbone's hook points hold: an adapter slot ([`AdapterSlot`]: plain or MoSA) and a
-//! linear layer's branch ([`LinearBranch`]: LoRA, MoSA-LoRA or a sparse delta). Where the slots
-//! are is declared by each backbone as sites ([`crate::site`]); what goes into them is decided by
-//! the method ([`crate::method`], [`crate::inject`]).
+//! What a backbone's hook points hold: an adapter slot ([`AdapterSlot`]: plain, MoSA or pruned)
+//! and a linear layer's branch ([`LinearBranch`]: LoRA, LoRA on parts, MoSA-LoRA or a sparse
+//! delta). Where the slots are is declared by each backbone as sites ([`crate::site`]); what goes
+//! into them is decided by the method ([`crate::method`], [`crate::inject`]).
+//!
+//! Each kind of slot content implements [`Slot`], each kind of branch [`Branch`], in the kind's own
+//! file (`adapter.rs`, `mosa.rs`, `pruned.rs`; `lora.rs`, `sparse.rs`); the two enums only
+//! dispatch, through one exhaustive `match` each (the macros `each_slot!`, `each_branch!`). A new kind is
+//! its file, its variant and one line in the macro; the compiler names every place left to decide.
 
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -10,13 +15,82 @@ use burn::tensor::backend::AutodiffBackend;
 pub use crate::site::Placement;
 
 use crate::adapter::Adapter;
-use crate::kernels::{Kernels, linear_rows};
+use crate::expert::Delta;
+use crate::kernels::Kernels;
 use crate::lora::{Lora, LoraParts, MosaLora};
 use crate::mosa::MosaAdapter;
 use crate::params::{Tally, tally};
 use crate::pruned::PrunedAdapter;
 use crate::rng::Rng;
 use crate::sparse::SparseDelta;
+
+/// What every adapter-slot content implements (in its own file).
+pub trait Slot<B: Backend>: Module<B> {
+    /// The adapter's output (added to the stream, or replacing it for a sequential adapter, by
+    /// the block). In training a MoSA adapter draws one expert per projection from `rng`.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, tokens, width]` → `[batch, tokens, width]`
+    fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3>
+    where
+        B: Kernels;
+
+    /// The plain adapter inference uses (MoSA: the experts' mean, mode `add`).
+    fn merged(&self) -> Adapter<B>;
+
+    /// Whether a sequential adapter reads the stream after the residual
+    /// ([`crate::adapter::SequentialPosition`]).
+    fn on_stream(&self) -> bool {
+        false
+    }
+
+    /// Parameters of the expert-split tensors (the rest of the slot is "adapter").
+    fn expert_params(&self) -> Tally {
+        Tally::default()
+    }
+
+    /// Masks the gradients of tensors that train on part of their entries (after backward).
+    fn mask_gradients(&self, _grads: &mut GradientsParams)
+    where
+        B: AutodiffBackend,
+    {
+    }
+}
+
+/// What every linear-layer branch implements (in its own file).
+pub trait Branch<B: Backend>: Module<B> {
+    /// `x·W0 + b` plus the branch.
+    ///
+    /// # Shapes
+    /// - `weight`: `[in, out]`, `bias`: `[out]`
+    /// - `x`: `[batch, tokens, in]` → `[batch, tokens, out]`
+    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3>
+    where
+        B: Kernels;
+
+    /// The dense `ΔW` (`[in, out]`) the branch adds to the base weight (MoSA-LoRA: merged).
+    fn delta(&self) -> Tensor<B, 2>;
+
+    /// The branch as a task expert's update, in timm's `[out, in]` layout.
+    fn expert_delta(&self) -> Delta;
+
+    /// Parameters of the expert-split tensors (the rest of the branch is "adapter").
+    fn expert_params(&self) -> Tally {
+        Tally::default()
+    }
+
+    /// Masks the gradients of tensors that train on part of their entries (after backward).
+    fn mask_gradients(&self, _grads: &mut GradientsParams)
+    where
+        B: AutodiffBackend,
+    {
+    }
+}
+
+/// The parameters of those of `tensors` that are split into more than one expert.
+pub(crate) fn split_params<B: Backend>(tensors: [&crate::mosa::Experts<B>; 2]) -> Tally {
+    tensors.into_iter().filter(|x| x.len() > 1).map(tally).fold(Tally::default(), |a, b| a + b)
+}
 
 /// The content of an adapter slot.
 #[derive(Module, Debug)]
@@ -26,20 +100,23 @@ pub enum AdapterSlot<B: Backend> {
     Pruned(PrunedAdapter<B>),
 }
 
+/// `$body` with `$x` bound to the slot's content, whatever its kind.
+macro_rules! each_slot {
+    ($slot:expr, $x:ident => $body:expr) => {
+        match $slot {
+            AdapterSlot::Plain($x) => $body,
+            AdapterSlot::Mosa($x) => $body,
+            AdapterSlot::Pruned($x) => $body,
+        }
+    };
+}
+
 impl<B: Kernels> AdapterSlot<B> {
     /// In training, MoSA draws one expert per projection from `rng` for the whole batch; outside
     /// training (no autodiff), it uses the merged (mean) adapter, so evaluation of an unmerged
     /// model gives the merged model's output.
     pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        match self {
-            AdapterSlot::Plain(a) => a.forward(x),
-            AdapterSlot::Pruned(p) => p.adapter.forward(x),
-            AdapterSlot::Mosa(m) if B::ad_enabled(&x.device()) => {
-                let (d, u) = m.draw(rng);
-                m.forward(x, d, u)
-            }
-            AdapterSlot::Mosa(m) => m.merge().forward(x),
-        }
+        each_slot!(self, s => Slot::forward(s, x, rng))
     }
 }
 
@@ -47,38 +124,25 @@ impl<B: Backend> AdapterSlot<B> {
     /// Whether a sequential adapter in this slot reads the stream after the residual rather than
     /// the sublayer's output ([`crate::adapter::SequentialPosition`]).
     pub fn on_stream(&self) -> bool {
-        matches!(self, AdapterSlot::Plain(a) if a.on_stream)
+        each_slot!(self, s => s.on_stream())
     }
 
     /// A plain adapter in place of a MoSA one (mode `add`) or of a pruned one (its weights; the
     /// masks only shaped training).
     pub fn merged(&self) -> Self {
-        match self {
-            AdapterSlot::Mosa(m) => AdapterSlot::Plain(m.merge()),
-            AdapterSlot::Pruned(p) => AdapterSlot::Plain(p.adapter.clone()),
-            plain => plain.clone(),
-        }
+        AdapterSlot::Plain(each_slot!(self, s => s.merged()))
     }
-}
 
-impl<B: Backend> AdapterSlot<B> {
     /// Parameters of the expert-split tensors (MoSA's stacked experts) and of everything else.
     pub fn param_split(&self) -> (Tally, Tally) {
-        let experts = match self {
-            AdapterSlot::Plain(_) | AdapterSlot::Pruned(_) => Tally::default(),
-            AdapterSlot::Mosa(m) => [&m.down, &m.up].into_iter().filter(|x| x.len() > 1).map(tally).fold(Tally::default(), |a, b| a + b),
-        };
+        let experts = each_slot!(self, s => s.expert_params());
         (experts, tally(self) - experts)
     }
 }
 
 impl<B: AutodiffBackend> AdapterSlot<B> {
     pub fn mask_gradients(&self, grads: &mut GradientsParams) {
-        match self {
-            AdapterSlot::Mosa(m) => m.mask_gradients(grads),
-            AdapterSlot::Pruned(p) => p.mask_gradients(grads),
-            AdapterSlot::Plain(_) => {}
-        }
+        each_slot!(self, s => s.mask_gradients(grads))
     }
 }
 
@@ -93,56 +157,45 @@ pub enum LinearBranch<B: Backend> {
     Sparse(SparseDelta<B>),
 }
 
+/// `$body` with `$x` bound to the branch, whatever its kind.
+macro_rules! each_branch {
+    ($branch:expr, $x:ident => $body:expr) => {
+        match $branch {
+            LinearBranch::Lora($x) => $body,
+            LinearBranch::LoraParts($x) => $body,
+            LinearBranch::MosaLora($x) => $body,
+            LinearBranch::Sparse($x) => $body,
+        }
+    };
+}
+
 impl<B: Kernels> LinearBranch<B> {
     /// `x·W0 + b` plus the branch. A sparse delta is folded into the weight (one matmul).
     pub fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        match self {
-            LinearBranch::Lora(l) => linear_rows(x.clone(), weight, bias) + l.forward(x),
-            LinearBranch::LoraParts(l) => linear_rows(x.clone(), weight, bias) + l.forward(x),
-            LinearBranch::MosaLora(m) if B::ad_enabled(&x.device()) => {
-                let (a, b) = m.draw(rng);
-                linear_rows(x.clone(), weight, bias) + m.forward(x, a, b)
-            }
-            LinearBranch::MosaLora(m) => linear_rows(x.clone(), weight, bias) + m.merge().forward(x),
-            LinearBranch::Sparse(s) => linear_rows(x, s.apply(weight), bias),
-        }
+        each_branch!(self, b => Branch::forward(b, weight, bias, x, rng))
     }
 }
 
 impl<B: Backend> LinearBranch<B> {
     /// Parameters of the expert-split tensors (MoSA-LoRA's split factor) and of everything else.
     pub fn param_split(&self) -> (Tally, Tally) {
-        let experts = match self {
-            LinearBranch::MosaLora(m) => [&m.a, &m.b].into_iter().filter(|x| x.len() > 1).map(tally).fold(Tally::default(), |a, b| a + b),
-            _ => Tally::default(),
-        };
+        let experts = each_branch!(self, b => b.expert_params());
         (experts, tally(self) - experts)
     }
 
     /// The dense `ΔW` (`[in, out]`) this branch adds to the base weight.
     pub fn delta(&self) -> Tensor<B, 2> {
-        match self {
-            LinearBranch::Lora(l) => l.delta(),
-            LinearBranch::LoraParts(l) => l.delta(),
-            LinearBranch::MosaLora(m) => m.merge().delta(),
-            LinearBranch::Sparse(s) => s.delta.val() * s.mask.clone(),
-        }
+        each_branch!(self, b => Branch::delta(b))
+    }
+
+    /// The branch as a task expert's update, in timm's `[out, in]` layout.
+    pub fn expert_delta(&self) -> Delta {
+        each_branch!(self, b => b.expert_delta())
     }
 }
 
 impl<B: AutodiffBackend> LinearBranch<B> {
     pub fn mask_gradients(&self, grads: &mut GradientsParams) {
-        match self {
-            LinearBranch::MosaLora(m) => m.mask_gradients(grads),
-            // The forward pass already gives M ⊙ ∂W; masking again matters in the step of a
-            // re-selection, whose gradient was computed under the previous mask.
-            LinearBranch::Sparse(s) => {
-                let id = s.delta.id;
-                if let Some(g) = grads.remove::<B::InnerBackend, 2>(id) {
-                    grads.register::<B::InnerBackend, 2>(id, g * s.mask.clone().inner());
-                }
-            }
-            LinearBranch::Lora(_) | LinearBranch::LoraParts(_) => {}
-        }
+        each_branch!(self, b => b.mask_gradients(grads))
     }
 }

@@ -11,8 +11,15 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::expert::Delta;
+use crate::host::HostTensor;
+use crate::kernels::{Kernels, linear_rows};
 use crate::mask;
 use crate::rng::Rng;
+use crate::slot::Branch;
 
 /// How entries are scored for the mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -239,6 +246,50 @@ impl<B: Backend> SparseDelta<B> {
     /// Number of entries in the mask.
     pub fn kept(&self) -> usize {
         self.mask.clone().sum().into_scalar().elem::<f64>() as usize
+    }
+}
+
+/// `[in, out]` (burn) flat index → `[out, in]` (timm) flat index.
+fn to_timm(k: usize, d_in: usize, d_out: usize) -> u32 {
+    let (i, o) = (k / d_out, k % d_out);
+    (o * d_in + i) as u32
+}
+
+/// `W0 + M ⊙ ΔW` folded into the weight (one matmul); exported as the mask's positions and the
+/// delta's values there.
+impl<B: Backend> Branch<B> for SparseDelta<B> {
+    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, _rng: &mut Rng) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
+        linear_rows(x, self.apply(weight), bias)
+    }
+
+    fn delta(&self) -> Tensor<B, 2> {
+        self.delta.val() * self.mask.clone()
+    }
+
+    /// Flat `[out, in]` indices of the mask's entries, sorted, and the delta's values there.
+    fn expert_delta(&self) -> Delta {
+        let [d_in, d_out] = self.mask.dims();
+        let mask = HostTensor::from_tensor(self.mask.clone());
+        let delta = HostTensor::from_tensor(self.delta.val());
+        let mut kept: Vec<(u32, f32)> =
+            mask.data.iter().enumerate().filter(|(_, m)| **m == 1.0).map(|(k, _)| (to_timm(k, d_in, d_out), delta.data[k])).collect();
+        kept.sort_by_key(|x| x.0);
+        Delta::Sparse { indices: kept.iter().map(|x| x.0).collect(), values: kept.iter().map(|x| x.1).collect() }
+    }
+
+    /// The forward pass already gives `M ⊙ ∂W`; masking again matters in the step of a
+    /// re-selection, whose gradient was computed under the previous mask.
+    fn mask_gradients(&self, grads: &mut GradientsParams)
+    where
+        B: AutodiffBackend,
+    {
+        let id = self.delta.id;
+        if let Some(g) = grads.remove::<B::InnerBackend, 2>(id) {
+            grads.register::<B::InnerBackend, 2>(id, g * self.mask.clone().inner());
+        }
     }
 }
 

@@ -100,7 +100,7 @@ fn step<O: Optimizer<Backbone<AB>, AB>>(model: Backbone<AB>, optim: &mut O, rng:
 #[test]
 fn inapplicable_methods_are_refused_naming_the_family() {
     for cfg in families() {
-        for kind in MethodKind::ALL.into_iter().filter(|k| !applies(cfg.family(), *k)) {
+        for kind in MethodKind::all().filter(|k| !applies(cfg.family(), *k)) {
             let e = inject::apply(cfg.init::<B>(&Default::default()), &method(kind), SEED, &Default::default())
                 .err()
                 .unwrap_or_else(|| panic!("{} accepted {}", cfg.family(), kind.name()));
@@ -113,7 +113,7 @@ fn inapplicable_methods_are_refused_naming_the_family() {
 fn trainability_is_the_documented_rule_and_the_frozen_backbone_stays_bit_identical() {
     for cfg in families() {
         let family = cfg.family();
-        for kind in MethodKind::ALL.into_iter().filter(|k| applies(family, *k)) {
+        for kind in MethodKind::all().filter(|k| applies(family, *k)) {
             let mc = method(kind);
             let model = inject::apply(cfg.init::<AB>(&Default::default()), &mc, SEED, &Default::default()).unwrap();
             for p in params::list::<AB, _>(&model) {

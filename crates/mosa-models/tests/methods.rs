@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use mosa_core::adapter::{AdapterConfig, AdapterOptions};
 use mosa_core::mosa::{MosaAdapter, MosaConfig, Share};
-use mosa_core::slot::{AdapterSlot, LinearBranch};
+use mosa_core::slot::{AdapterSlot, Branch, LinearBranch};
 use mosa_core::{Method, MethodKind, Rng, inject, params};
 use mosa_models::{VisionTransformer, VitConfig};
 use mosa_testkit::param_values as values;
@@ -252,7 +252,7 @@ fn zero_initialised_methods_leave_the_logits_unchanged() {
 #[test]
 fn the_frozen_backbone_is_bit_identical_after_a_step() {
     let dev = Default::default();
-    for kind in MethodKind::ALL.map(|k| k.name()) {
+    for kind in MethodKind::all().map(|k| k.name()) {
         let mc = method(kind);
         let model = apply(tiny().init::<AB>(&dev), &mc);
         // trainability is decided structurally; it must agree with the documented rule

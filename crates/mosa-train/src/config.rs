@@ -1,7 +1,12 @@
 //! The training recipe: every value of spec §5 with its reference default. Read from TOML
-//! (`--config`), then overridden by command-line flags.
+//! (`--config`), then overridden by command-line flags. [`RunSpec`]: everything that defines a
+//! run (model, weights, method, dataset, recipe).
 
+use std::path::PathBuf;
+
+use mosa_core::Method;
 use mosa_core::optim::ScheduleKind;
+use mosa_models::BackboneConfig;
 use serde::{Deserialize, Serialize};
 
 /// How the classifier head starts (spec §1, note on the head init).
@@ -152,5 +157,28 @@ impl TrainConfig {
             return Err(format!("--backbone-dropout {p} must be in [0, 1)"));
         }
         Ok(())
+    }
+}
+
+/// Everything that defines a run; a resume must match it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Preset name or config file the model came from (for display).
+    pub model_name: String,
+    pub model: BackboneConfig,
+    /// Backbone weights (None: random initialisation).
+    pub weights: Option<PathBuf>,
+    pub method: Method,
+    pub dataset: String,
+    /// The recipe, including the one seed of the run (masks, draws, order, init).
+    pub train: TrainConfig,
+    pub skip_unreadable: bool,
+}
+
+impl RunSpec {
+    /// SHA-256 of the spec's canonical JSON: the checkpoint records it, a resume compares it.
+    pub fn sha256(&self) -> String {
+        let json = serde_json::to_string_pretty(self).unwrap_or_default();
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(json.as_bytes()))
     }
 }

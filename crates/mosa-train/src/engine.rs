@@ -6,25 +6,23 @@
 //! bit-for-bit (docs/training.md). Nothing here names a backbone family or a method.
 
 use mosa_core::kernels::{AutodiffKernels, Kernels};
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::prelude::*;
-use mosa_core::host::HostTensor;
 use mosa_core::optim::{AdamW, AdamWConfig, WarmupCosine};
 use mosa_core::{PeftHost, Rng, inject, params};
 use mosa_data::{Dataset, DatasetSpec, LoadOptions, LoadedSplit, Transform};
-use mosa_models::{Backbone, HeadPolicy};
+use mosa_models::Backbone;
 
-use crate::checkpoint::{BackboneId, RunState, Tensors, file_sha256, read_checkpoint, write_checkpoint, write_model};
-use crate::config::HeadInit;
+use crate::checkpoint::{RunState, read_checkpoint, write_checkpoint};
+use crate::config::RunSpec;
 use crate::epoch::{EpochCtx, streams, train_epoch};
 use crate::evaluate::evaluate;
-use crate::metrics::{Accuracies, EpochMetrics, Summary, summarize, write_metrics};
+use crate::metrics::{Accuracies, EpochMetrics, Summary, summarize};
+use crate::model::{build_model, model_config};
 use crate::progress::Reporter;
-use crate::rundir::{DatasetInfo, FORMAT, RunConfig, RunDir, RunSpec};
+use crate::rundir::{BackboneId, DatasetInfo, FORMAT, RunConfig, RunDir, file_sha256, restore, with_masks, write_model};
 use crate::{Error, Result};
 
 /// Interrupt a run after this many epochs (tests of `--resume`).
@@ -36,62 +34,6 @@ pub struct Control {
 pub enum Outcome {
     Finished(Box<Summary>),
     Interrupted { epochs_done: usize },
-}
-
-fn head_init<B: Kernels>(mut model: Backbone<B>, init: HeadInit, seed: u64) -> Backbone<B> {
-    if let Some(head) = model.head_mut() {
-        let [d, c] = head.weight.dims();
-        let device = head.weight.device();
-        let (w, b): (Vec<f32>, Vec<f32>) = match init {
-            HeadInit::Zero => (vec![0.0; d * c], vec![0.0; c]),
-            HeadInit::Reference => {
-                // kaiming-normal with fan_out (= classes for a [classes, d] PyTorch weight), gain sqrt 2
-                let std = (2.0 / c as f64).sqrt();
-                let mut rng = Rng::derive(seed, 0x4ead);
-                let w = (0..d * c)
-                    .map(|_| {
-                        let (u1, u2) = (rng.uniform().max(1e-300), rng.uniform());
-                        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
-                    })
-                    .collect();
-                (w, vec![-(99f32.ln()); c])
-            }
-        };
-        let old = head.clone();
-        let weight = old.weight.map(|_| Tensor::from_data(TensorData::new(w, [d, c]), &device));
-        let bias = old.bias.map(|p| p.map(|_| Tensor::from_data(TensorData::new(b, [c]), &device)));
-        *head = burn::nn::Linear { weight, bias };
-    }
-    model
-}
-
-/// The run's backbone config at its resolution with `num_classes` classes, validated.
-fn model_config(spec: &RunSpec, num_classes: usize) -> Result<mosa_models::BackboneConfig> {
-    let cfg = spec.model.clone().with_num_classes(num_classes).with_img_size(spec.train.resolution);
-    cfg.validate()
-        .map_err(|e| Error::Config(format!("model `{}` at --resolution {} with {num_classes} classes: {e}", spec.model_name, spec.train.resolution)))?;
-    Ok(cfg)
-}
-
-/// Builds the model of a run: backbone (loaded or seeded random), head init, method injected.
-pub fn build_model<B: Kernels>(spec: &RunSpec, num_classes: usize, device: &B::Device) -> Result<Backbone<B>> {
-    let cfg = model_config(spec, num_classes)?;
-    B::seed(device, Rng::derive(spec.train.seed, streams::BACKEND).next_u64());
-    let model = match &spec.weights {
-        Some(w) => cfg.load::<B>(w, HeadPolicy::Skip, device).map_err(|e| Error::Model(e.to_string()))?,
-        None => cfg.init::<B>(device),
-    };
-    let model = match spec.train.backbone_dropout {
-        Some(p) => model.with_training_dropout(p),
-        None => model,
-    };
-    let model = head_init(model, spec.train.head_init, spec.train.seed);
-    let model = inject::apply(model, &spec.method, spec.train.seed, device).map_err(Error::Model)?;
-    // Materialise every lazily initialised parameter now, in module order (reading its shape
-    // does): the random values of a seeded model then do not depend on what reads them first
-    // (training's forward pass, or loading a saved run for `mosa eval`).
-    let _ = params::list(&model);
-    Ok(model)
 }
 
 fn backbone_id(spec: &RunSpec) -> Result<BackboneId> {
@@ -286,7 +228,7 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
         };
         rep.epoch_end(&m);
         metrics.push(m);
-        write_metrics(&dir, &metrics)?;
+        dir.write_metrics(&metrics)?;
         let state = RunState {
             epochs_done: epoch + 1,
             optim_step: optim.step,
@@ -381,66 +323,4 @@ fn is_current_format(dir: &RunDir) -> bool {
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .is_some_and(|v| v.get("format").and_then(|f| f.as_u64()) == Some(FORMAT as u64))
-}
-
-const MASK_PREFIX: &str = "sparse_mask/";
-
-/// Trainable parameters plus the sparse masks (`sparse_mask/<delta path>`), for saving.
-fn with_masks<B: Kernels>(mut t: Tensors, model: &mut Backbone<B>) -> Tensors {
-    for (path, mask) in inject::sparse_masks(model) {
-        t.push((format!("{MASK_PREFIX}{path}"), HostTensor::from_tensor(mask)));
-    }
-    t
-}
-
-/// Loads saved parameters and sparse masks into a freshly built model.
-fn restore<B: Kernels>(model: Backbone<B>, mut values: HashMap<String, HostTensor>) -> std::result::Result<Backbone<B>, String> {
-    let keys: Vec<String> = values.keys().filter(|k| k.starts_with(MASK_PREFIX)).cloned().collect();
-    let masks: HashMap<String, HostTensor> = keys.into_iter().filter_map(|k| values.remove(&k).map(|v| (k[MASK_PREFIX.len()..].to_string(), v))).collect();
-    let model = params::load_by_path(model, &values)?;
-    if masks.is_empty() { Ok(model) } else { inject::with_sparse_masks(model, &masks) }
-}
-
-/// Rebuilds a finished run's model (backbone + saved trainables), merged, for evaluation.
-pub fn load_run<B: Kernels>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
-    let (spec, model, nc) = load_run_parts::<B>(dir, device)?;
-    Ok((spec, inject::merged(&model), nc))
-}
-
-/// Rebuilds a finished run's model as trained (experts and branches not merged).
-pub fn load_run_unmerged<B: Kernels>(dir: &Path, device: &B::Device) -> Result<Backbone<B>> {
-    Ok(load_run_parts::<B>(dir, device)?.1)
-}
-
-fn load_run_parts<B: Kernels>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
-    let rd = RunDir::new(dir);
-    let cfg = rd.read_config()?;
-    let (spec, nc) = (cfg.run, cfg.dataset.classes);
-    let model_path = rd.model();
-    let (values, meta) = crate::checkpoint::read_model(&model_path)?;
-    // a damaged model is refused, not scored (a run's own training stops at a non-finite loss)
-    if let Some((name, t)) = values.iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
-        return Err(Error::Checkpoint(format!(
-            "{}: tensor `{name}` holds {} non-finite value(s); a model with inf or NaN weights is not evaluated",
-            model_path.display(),
-            t.data.iter().filter(|v| !v.is_finite()).count()
-        )));
-    }
-    let values = if meta.contains_key("mosa.format") { values } else { values.into_iter().map(|(k, v)| (crate::rundir::legacy::path(&k), v)).collect() };
-    if let (Some(b), Some(w)) = (meta.get("mosa.backbone"), &spec.weights) {
-        let id: BackboneId = serde_json::from_str(b).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
-        let now = file_sha256(w)?;
-        if id.sha256.as_deref() != Some(now.as_str()) {
-            return Err(Error::Checkpoint(format!(
-                "{}: trained on backbone {} with SHA-256 {}, but {} now has {now}",
-                model_path.display(),
-                id.model,
-                id.sha256.unwrap_or_default(),
-                w.display()
-            )));
-        }
-    }
-    let model = build_model::<B>(&spec, nc, device)?;
-    let model = restore(model, values).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
-    Ok((spec, model, nc))
 }

@@ -15,13 +15,12 @@ use burn::prelude::*;
 use mosa_core::expert::{BackboneIdentity, Delta, EXPERT_FORMAT, Expert, ExpertKind, ExpertMeta, ExpertTensor, Head, ValueDtype};
 use mosa_core::host::HostTensor;
 use mosa_core::site::SiteMut;
-use mosa_core::slot::LinearBranch;
 use mosa_core::{Method, PeftHost};
 use mosa_models::{Backbone, HeadPolicy};
 
-use crate::checkpoint::BackboneId;
+use crate::config::RunSpec;
 use crate::metrics::Summary;
-use crate::rundir::RunSpec;
+use crate::rundir::BackboneId;
 use crate::{Error, Result};
 
 /// The expert kind a method produces, if it produces one.
@@ -30,14 +29,17 @@ pub fn kind_of(method: &Method) -> Option<ExpertKind> {
         Method::Sparse(_) => Some(ExpertKind::Sparse),
         Method::Lora(_) => Some(ExpertKind::Lora),
         Method::Full => Some(ExpertKind::Full),
-        _ => None,
+        Method::Linear
+        | Method::Bitfit
+        | Method::Adapter(_)
+        | Method::Pfeiffer(_)
+        | Method::Houlsby(_)
+        | Method::VptShallow(_)
+        | Method::VptDeep(_)
+        | Method::Mosa(_)
+        | Method::PrunedAdapter(_)
+        | Method::MosaLora(_) => None,
     }
-}
-
-/// `[in, out]` (burn) flat index → `[out, in]` (timm) flat index.
-fn to_timm(k: usize, d_in: usize, d_out: usize) -> u32 {
-    let (i, o) = (k / d_out, k % d_out);
-    (o * d_in + i) as u32
 }
 
 fn transposed(t: Tensor<impl Backend, 2>) -> HostTensor {
@@ -55,32 +57,8 @@ fn tensors<B: Kernels>(spec: &RunSpec, model: &Backbone<B>, kind: ExpertKind, de
                 let (d_in, d_out) = (site.d_in, site.d_out);
                 let name = format!("{}.weight", site.path);
                 let shape = vec![d_out, d_in];
-                match &linear.branch {
-                    Some(LinearBranch::Sparse(d)) => {
-                        let mask = HostTensor::from_tensor(d.mask.clone());
-                        let delta = HostTensor::from_tensor(d.delta.val());
-                        let mut kept: Vec<(u32, f32)> =
-                            mask.data.iter().enumerate().filter(|(_, m)| **m == 1.0).map(|(k, _)| (to_timm(k, d_in, d_out), delta.data[k])).collect();
-                        kept.sort_by_key(|x| x.0);
-                        out.push(ExpertTensor {
-                            name,
-                            shape,
-                            delta: Delta::Sparse { indices: kept.iter().map(|x| x.0).collect(), values: kept.iter().map(|x| x.1).collect() },
-                        });
-                    }
-                    Some(LinearBranch::Lora(l)) => {
-                        out.push(ExpertTensor {
-                            name,
-                            shape,
-                            delta: Delta::LowRank { a: transposed(l.a.val()), b: transposed(l.b.val()), scale: l.scaling as f32 },
-                        });
-                    }
-                    Some(LinearBranch::LoraParts(l)) => {
-                        // as one LoRA of rank Σr whose B is zero outside each part's columns
-                        let (a, b, scaling) = l.as_one();
-                        out.push(ExpertTensor { name, shape, delta: Delta::LowRank { a: transposed(a), b: transposed(b), scale: scaling as f32 } });
-                    }
-                    _ => {}
+                if let Some(b) = &linear.branch {
+                    out.push(ExpertTensor { name, shape, delta: b.expert_delta() });
                 }
             }
         }
@@ -180,7 +158,7 @@ pub fn export_run<B: Kernels>(dir: &Path, out: &Path, values: ValueDtype, device
     crate::output::check_output(out, &[rd.checkpoint().as_path(), rd.model().as_path(), rd.config().as_path()], Some(&rd.expert()))?;
     let cfg = rd.read_config()?;
     let summary = rd.summary()?;
-    let model = crate::engine::load_run_unmerged::<B>(dir, device)?;
+    let model = crate::rundir::load_run_unmerged::<B>(dir, device)?;
     let ds = mosa_data::Dataset::open(&cfg.run.dataset.parse()?)?;
     let e = expert_of(&model, &Origin::new(&cfg.run, &cfg.backbone, &summary, &ds), values, device)?;
     let bytes = e.write(out).map_err(Error::Checkpoint)?;

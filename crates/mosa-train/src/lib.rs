@@ -2,8 +2,9 @@
 //!
 //! - [`config`]: the recipe ([`TrainConfig`]); [`engine`]: the run (build, epochs, checkpoints,
 //!   resume, summary); [`epoch`]: one epoch; [`step`]: one step, shaped by the method;
-//!   [`evaluate`]: accuracy of a merged model; [`rundir`]: the typed run directory;
-//! - [`loss`]: CE, symmetric KL with stop-gradient, DEEPREG; [`checkpoint`]: atomic files;
+//!   [`evaluate`]: accuracy of a merged model; [`model`]: a run's model from its spec;
+//!   [`rundir`]: the saved run (typed directory, backbone identity, saved model, `load_run`);
+//! - [`loss`]: CE, symmetric KL with stop-gradient, DEEPREG; [`checkpoint`]: the resumable state;
 //! - [`metrics`]: per-epoch metrics and the summary; [`progress`]: terminal bar or plain lines.
 //!
 //! The optimiser and schedule live in `mosa_core::optim`.
@@ -18,15 +19,17 @@ pub mod loss;
 pub mod memory;
 pub mod merged;
 pub mod metrics;
+pub mod model;
 pub mod output;
 pub mod progress;
 pub mod rundir;
 pub mod step;
 
+pub use config::RunSpec;
 pub use config::{HeadInit, TrainConfig};
 pub use engine::{Control, Outcome, run};
 pub use metrics::{EpochMetrics, Summary};
-pub use rundir::{RunConfig, RunDir, RunSpec};
+pub use rundir::{RunConfig, RunDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

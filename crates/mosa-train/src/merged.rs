@@ -11,7 +11,7 @@ use mosa_core::host::HostTensor;
 use mosa_core::merge::{self, MergeConfig, MergeReport};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::file_sha256;
+use crate::rundir::file_sha256;
 use crate::{Error, Result};
 
 pub const MERGED_FORMAT: u32 = 1;

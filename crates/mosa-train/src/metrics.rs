@@ -3,10 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
-use crate::checkpoint::write_text;
-use crate::rundir::RunDir;
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochMetrics {
     /// 1-based.
@@ -85,27 +81,4 @@ pub fn summarize(m: &[EpochMetrics]) -> Accuracies {
         best_test: best_test.map(|b| b.1),
         last_test: m.last().and_then(|e| e.test_acc),
     }
-}
-
-pub fn write_metrics(dir: &RunDir, m: &[EpochMetrics]) -> Result<()> {
-    let jsonl: String = m.iter().map(|e| serde_json::to_string(e).unwrap_or_default() + "\n").collect();
-    write_text(&dir.metrics_jsonl(), &jsonl)?;
-    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
-    let mut csv = String::from("epoch,lr,train_loss,train_acc,val_acc,test_acc,train_seconds,eval_seconds,train_images_per_second,eval_images_per_second\n");
-    for e in m {
-        csv += &format!(
-            "{},{:.8},{:.6},{:.6},{},{},{:.3},{:.3},{:.2},{:.2}\n",
-            e.epoch,
-            e.lr,
-            e.train_loss,
-            e.train_acc,
-            opt(e.val_acc),
-            opt(e.test_acc),
-            e.train_seconds,
-            e.eval_seconds,
-            e.train_images_per_second,
-            e.eval_images_per_second
-        );
-    }
-    write_text(&dir.metrics_csv(), &csv)
 }

@@ -1,6 +1,7 @@
 //! The typed run directory, shared by the engine, `mosa eval`, xtask and the coming merge:
 //! every file name, the `config.json` and `summary.json` types, and the reading of directories
-//! written before this layout (format 1).
+//! written before this layout (formats 1–3, [`legacy`]); the backbone's identity ([`BackboneId`]),
+//! the saved model's tensors and masks, and the rebuilding of a finished run ([`load_run`]).
 //!
 //! | file | what |
 //! |---|---|
@@ -11,16 +12,20 @@
 //! | `expert.safetensors` | the task expert of a `sparse`, `lora` or `full` run (`mosa_core::expert`) |
 //! | `summary.json` | [`Summary`], written when the run finishes |
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use mosa_core::Method;
-use mosa_models::BackboneConfig;
+use mosa_core::host::{HostTensor, NamedTensors};
+use mosa_core::kernels::Kernels;
+use mosa_core::{inject, params};
+use mosa_models::Backbone;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{BackboneId, write_text};
-use crate::config::TrainConfig;
+use crate::config::RunSpec;
 use crate::metrics::{EpochMetrics, Summary};
 use crate::{Error, Result};
+
+pub mod legacy;
 
 /// The layout version this build writes. Formats 1 (no `format` key), 2 and 3 are read and
 /// converted ([`legacy`]): 3 records the adapters' LayerNorm epsilon (`norm_eps`), which 1 and 2
@@ -29,29 +34,6 @@ use crate::{Error, Result};
 /// sublayer's output before the residual), the pruned adapter's construction and LoRA's default
 /// targets.
 pub const FORMAT: u32 = 4;
-
-/// Everything that defines a run; a resume must match it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunSpec {
-    /// Preset name or config file the model came from (for display).
-    pub model_name: String,
-    pub model: BackboneConfig,
-    /// Backbone weights (None: random initialisation).
-    pub weights: Option<PathBuf>,
-    pub method: Method,
-    pub dataset: String,
-    /// The recipe, including the one seed of the run (masks, draws, order, init).
-    pub train: TrainConfig,
-    pub skip_unreadable: bool,
-}
-
-impl RunSpec {
-    /// SHA-256 of the spec's canonical JSON: the checkpoint records it, a resume compares it.
-    pub fn sha256(&self) -> String {
-        let json = serde_json::to_string_pretty(self).unwrap_or_default();
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(json.as_bytes()))
-    }
-}
 
 /// The dataset a run was trained on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,163 +242,149 @@ impl RunDir {
     pub fn write_summary(&self, s: &Summary) -> Result<()> {
         write_text(&self.summary_path(), &(serde_json::to_string_pretty(s).map_err(|e| Error::Config(e.to_string()))? + "\n"))
     }
+
+    /// Writes `metrics.jsonl` and `metrics.csv` (one line per epoch).
+    pub fn write_metrics(&self, m: &[EpochMetrics]) -> Result<()> {
+        let jsonl: String = m.iter().map(|e| serde_json::to_string(e).unwrap_or_default() + "\n").collect();
+        write_text(&self.metrics_jsonl(), &jsonl)?;
+        let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+        let mut csv =
+            String::from("epoch,lr,train_loss,train_acc,val_acc,test_acc,train_seconds,eval_seconds,train_images_per_second,eval_images_per_second\n");
+        for e in m {
+            csv += &format!(
+                "{},{:.8},{:.6},{:.6},{},{},{:.3},{:.3},{:.2},{:.2}\n",
+                e.epoch,
+                e.lr,
+                e.train_loss,
+                e.train_acc,
+                opt(e.val_acc),
+                opt(e.test_acc),
+                e.train_seconds,
+                e.eval_seconds,
+                e.train_images_per_second,
+                e.eval_images_per_second
+            );
+        }
+        write_text(&self.metrics_csv(), &csv)
+    }
 }
 
-/// Run directories of format 1 (before backbone families and per-method configs): the flat
-/// method config and bare ViT config of `config.json`, and the `<layer>_branch` parameter paths
-/// of checkpoints and saved models, are converted on reading.
-pub mod legacy {
-    use mosa_core::adapter::AdapterOptions;
-    use mosa_core::lora::{LoraOptions, MosaLoraOptions};
-    use mosa_core::mosa::MosaOptions;
-    use mosa_core::prompt::PromptOptions;
-    use mosa_core::pruned::{PruneStyle, PrunedOptions};
-    use mosa_core::sparse::SparseConfig;
-    use mosa_core::{Method, MethodKind};
-    use serde_json::Value;
+/// The backbone a run was trained on: a saved run refers to it instead of copying it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackboneId {
+    pub model: String,
+    /// The weights file used (None: random initialisation, e.g. tests).
+    pub weights: Option<String>,
+    pub sha256: Option<String>,
+}
 
-    use super::{FORMAT, RunConfig};
+/// SHA-256 of a file, hex ([`mosa_models::weights::file_sha256`], the one streamed hash).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    mosa_models::weights::file_sha256(path).map_err(|e| Error::Checkpoint(e.to_string()))
+}
 
-    /// A parameter path of format 1 in today's layout (`attn.qkv_branch.` → `attn.qkv.branch.`).
-    pub fn path(p: &str) -> String {
-        let mut s = p.to_string();
-        for l in ["qkv", "proj", "fc1", "fc2"] {
-            s = s.replace(&format!(".{l}_branch."), &format!(".{l}.branch."));
+/// Writes text atomically.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    mosa_core::fsio::write_atomic(path, text.as_bytes()).map_err(Error::Checkpoint)
+}
+pub(crate) fn io(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Checkpoint(format!("{}: {e}", path.display()))
+}
+
+/// Serialises and writes atomically.
+pub(crate) fn write_tensors(path: &Path, t: &[(String, &HostTensor)], meta: HashMap<String, String>) -> Result<()> {
+    let bytes = mosa_models::load::safetensors::serialize(t, Some(meta)).map_err(|e| io(path, e))?;
+    mosa_core::fsio::write_atomic(path, &bytes).map_err(Error::Checkpoint)
+}
+
+fn f32s(path: &Path, name: &str, v: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
+    if v.dtype() != safetensors::Dtype::F32 {
+        return Err(io(path, format!("tensor {name} is {:?}, expected F32", v.dtype())));
+    }
+    Ok(v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// Saves the method's trainable parameters (not the frozen backbone) with the backbone's identity.
+pub fn write_model(path: &Path, params: &NamedTensors, backbone: &BackboneId, extra: &[(&str, String)]) -> Result<()> {
+    let t: Vec<(String, &HostTensor)> = params.iter().map(|(p, h)| (p.clone(), h)).collect();
+    let mut meta = HashMap::from([("mosa.backbone".to_string(), serde_json::to_string(backbone).map_err(|e| io(path, e))?)]);
+    for (k, v) in extra {
+        meta.insert(format!("mosa.{k}"), v.clone());
+    }
+    write_tensors(path, &t, meta)
+}
+
+/// Reads a saved model (or any mosa safetensors file): tensors by name and the metadata.
+pub fn read_model(path: &Path) -> Result<(HashMap<String, HostTensor>, HashMap<String, String>)> {
+    let bytes = mosa_core::fsio::read_bounded(path, mosa_core::fsio::caps::TENSORS).map_err(|e| io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(path, format!("not a safetensors file: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(path, e))?;
+    let mut params = HashMap::new();
+    for (name, view) in st.tensors() {
+        params.insert(name.clone(), HostTensor::new(view.shape().to_vec(), f32s(path, &name, &view)?));
+    }
+    Ok((params, meta))
+}
+
+const MASK_PREFIX: &str = "sparse_mask/";
+
+/// Trainable parameters plus the sparse masks (`sparse_mask/<delta path>`), for saving.
+pub(crate) fn with_masks<B: Kernels>(mut t: NamedTensors, model: &mut Backbone<B>) -> NamedTensors {
+    for (path, mask) in inject::sparse_masks(model) {
+        t.push((format!("{MASK_PREFIX}{path}"), HostTensor::from_tensor(mask)));
+    }
+    t
+}
+
+/// Loads saved parameters and sparse masks into a freshly built model.
+pub(crate) fn restore<B: Kernels>(model: Backbone<B>, mut values: HashMap<String, HostTensor>) -> std::result::Result<Backbone<B>, String> {
+    let keys: Vec<String> = values.keys().filter(|k| k.starts_with(MASK_PREFIX)).cloned().collect();
+    let masks: HashMap<String, HostTensor> = keys.into_iter().filter_map(|k| values.remove(&k).map(|v| (k[MASK_PREFIX.len()..].to_string(), v))).collect();
+    let model = params::load_by_path(model, &values)?;
+    if masks.is_empty() { Ok(model) } else { inject::with_sparse_masks(model, &masks) }
+}
+
+/// Rebuilds a finished run's model (backbone + saved trainables), merged, for evaluation.
+pub fn load_run<B: Kernels>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
+    let (spec, model, nc) = load_run_parts::<B>(dir, device)?;
+    Ok((spec, inject::merged(&model), nc))
+}
+
+/// Rebuilds a finished run's model as trained (experts and branches not merged).
+pub fn load_run_unmerged<B: Kernels>(dir: &Path, device: &B::Device) -> Result<Backbone<B>> {
+    Ok(load_run_parts::<B>(dir, device)?.1)
+}
+
+fn load_run_parts<B: Kernels>(dir: &Path, device: &B::Device) -> Result<(RunSpec, Backbone<B>, usize)> {
+    let rd = RunDir::new(dir);
+    let cfg = rd.read_config()?;
+    let (spec, nc) = (cfg.run, cfg.dataset.classes);
+    let model_path = rd.model();
+    let (values, meta) = read_model(&model_path)?;
+    // a damaged model is refused, not scored (a run's own training stops at a non-finite loss)
+    if let Some((name, t)) = values.iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
+        return Err(Error::Checkpoint(format!(
+            "{}: tensor `{name}` holds {} non-finite value(s); a model with inf or NaN weights is not evaluated",
+            model_path.display(),
+            t.data.iter().filter(|v| !v.is_finite()).count()
+        )));
+    }
+    let values = if meta.contains_key("mosa.format") { values } else { values.into_iter().map(|(k, v)| (legacy::path(&k), v)).collect() };
+    if let (Some(b), Some(w)) = (meta.get("mosa.backbone"), &spec.weights) {
+        let id: BackboneId = serde_json::from_str(b).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
+        let now = file_sha256(w)?;
+        if id.sha256.as_deref() != Some(now.as_str()) {
+            return Err(Error::Checkpoint(format!(
+                "{}: trained on backbone {} with SHA-256 {}, but {} now has {now}",
+                model_path.display(),
+                id.model,
+                id.sha256.unwrap_or_default(),
+                w.display()
+            )));
         }
-        s
     }
-
-    fn get<T: serde::de::DeserializeOwned>(m: &Value, k: &str) -> Result<T, String> {
-        serde_json::from_value(m.get(k).cloned().ok_or_else(|| format!("format-1 method config has no `{k}`"))?).map_err(|e| format!("`{k}`: {e}"))
-    }
-
-    /// The flat format-1 method config as a [`Method`].
-    pub fn method(m: &Value) -> Result<Method, String> {
-        let kind: MethodKind = get(m, "method")?;
-        let adapter = || -> Result<AdapterOptions, String> {
-            Ok(AdapterOptions::new()
-                .with_r(get(m, "r")?)
-                .with_scale(get(m, "scale")?)
-                .with_dropout(get(m, "adapter_dropout")?)
-                .with_norm(get(m, "adapter_norm")?)
-                .with_norm_eps(LEGACY_ADAPTER_NORM_EPS)
-                .with_activation(Method::legacy_activation(kind)))
-        };
-        let mosa =
-            || -> Result<MosaOptions, String> { Ok(MosaOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_share(get(m, "share")?)) };
-        let lora = || -> Result<LoraOptions, String> {
-            Ok(LoraOptions::new()
-                .with_r(get(m, "lora_r")?)
-                .with_alpha(get(m, "lora_alpha")?)
-                .with_dropout(get(m, "lora_dropout")?)
-                .with_targets(get(m, "targets")?))
-        };
-        let prompt =
-            || -> Result<PromptOptions, String> { Ok(PromptOptions::new().with_tokens(get(m, "prompt_tokens")?).with_dropout(get(m, "prompt_dropout")?)) };
-        Ok(match kind {
-            MethodKind::Linear => Method::Linear,
-            MethodKind::Full => Method::Full,
-            MethodKind::Bitfit => Method::Bitfit,
-            MethodKind::Adapter => Method::Adapter(adapter()?),
-            MethodKind::Pfeiffer => Method::Pfeiffer(adapter()?),
-            MethodKind::Houlsby => Method::Houlsby(adapter()?),
-            MethodKind::Lora => Method::Lora(lora()?),
-            MethodKind::VptShallow => Method::VptShallow(prompt()?),
-            MethodKind::VptDeep => Method::VptDeep(prompt()?),
-            MethodKind::Mosa => Method::Mosa(mosa()?),
-            MethodKind::PrunedAdapter => {
-                Method::PrunedAdapter(PrunedOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_style(PruneStyle::Legacy))
-            }
-            MethodKind::MosaLora => {
-                Method::MosaLora(MosaLoraOptions::new().with_lora(lora()?).with_experts(get(m, "experts")?).with_split(get(m, "lora_split")?))
-            }
-            MethodKind::Sparse => {
-                let mut s = m.get("sparse").cloned().unwrap_or(Value::Null);
-                if let Some(o) = s.as_object_mut() {
-                    o.remove("seed");
-                    o.insert("targets".into(), m.get("targets").cloned().unwrap_or(Value::Array(vec![])));
-                    // format 1 decayed ΔW and selected masks on the recipe's schedule
-                    o.insert("weight_decay".into(), Value::Bool(true));
-                    o.insert("selection_lr".into(), Value::String("schedule".into()));
-                }
-                Method::Sparse(serde_json::from_value::<SparseConfig>(s).map_err(|e| format!("`sparse`: {e}"))?)
-            }
-        })
-    }
-
-    /// The adapters' LayerNorm epsilon of formats 1 and 2 (PyTorch's default; not recorded).
-    pub const LEGACY_ADAPTER_NORM_EPS: f64 = 1e-5;
-
-    type Object = serde_json::Map<String, Value>;
-
-    /// The adapter options of a format-2/3 method config (the method's kind, the options), if
-    /// it has adapters: at the method's top level (adapter, pfeiffer, houlsby) or under
-    /// `adapter` (mosa, pruned-adapter).
-    fn adapter_options(v: &mut Value) -> Result<Option<(MethodKind, &mut Object)>, String> {
-        let m = v.get_mut("run").and_then(|r| r.get_mut("method")).ok_or("no `run.method`")?;
-        let kind: MethodKind = get(m, "method")?;
-        let target = match kind {
-            MethodKind::Adapter | MethodKind::Pfeiffer | MethodKind::Houlsby => Some(&mut *m),
-            MethodKind::Mosa | MethodKind::PrunedAdapter => m.get_mut("adapter"),
-            _ => None,
-        };
-        Ok(target.and_then(Value::as_object_mut).map(|o| (kind, o)))
-    }
-
-    /// A format-2 `config.json` as today's: every adapter's options get the epsilon it ran with,
-    /// then as format 3.
-    pub fn config2(mut v: Value) -> Result<RunConfig, String> {
-        if let Some((_, o)) = adapter_options(&mut v)? {
-            o.entry("norm_eps").or_insert(LEGACY_ADAPTER_NORM_EPS.into());
-        }
-        config3(v)
-    }
-
-    /// A format-3 `config.json` as today's: every adapter's options get the activation and
-    /// position it ran with.
-    pub fn config3(mut v: Value) -> Result<RunConfig, String> {
-        if let Some((kind, o)) = adapter_options(&mut v)? {
-            let act = serde_json::to_value(Method::legacy_activation(kind)).map_err(|e| e.to_string())?;
-            o.entry("activation").or_insert(act);
-            o.entry("position").or_insert("branch".into());
-        }
-        // the pruned adapter was a one-expert MoSA adapter (see `mosa_core::pruned`)
-        if let Some(m) = v.get_mut("run").and_then(|r| r.get_mut("method")).and_then(Value::as_object_mut)
-            && m.get("method").and_then(Value::as_str) == Some("pruned-adapter")
-        {
-            m.entry("style").or_insert("legacy".into());
-            m.remove("share");
-        }
-        finish(v, 3)
-    }
-
-    /// What every older format shares: VTAB images were resized with PIL's filter, and LoRA
-    /// without targets meant the whole `qkv` of a ViT or Swin (today's default is `q`, `v`).
-    fn finish(mut v: Value, from: u32) -> Result<RunConfig, String> {
-        if let Some(t) = v.get_mut("run").and_then(|r| r.get_mut("train")).and_then(Value::as_object_mut) {
-            t.entry("vtab_resize").or_insert("pil".into());
-        }
-        let family = v.pointer("/run/model/family").and_then(Value::as_str).unwrap_or("vit").to_string();
-        if let Some(m) = v.pointer_mut("/run/method").and_then(Value::as_object_mut) {
-            let lora = m.get("method").and_then(Value::as_str) == Some("lora");
-            let empty = m.get("targets").and_then(Value::as_array).is_none_or(|t| t.is_empty());
-            if lora && empty && (family == "vit" || family == "swin") {
-                m.insert("targets".into(), serde_json::json!(["qkv"]));
-            }
-        }
-        v["format"] = FORMAT.into();
-        serde_json::from_value(v).map_err(|e| format!("format-{from} config: {e}"))
-    }
-
-    /// A format-1 `config.json` as today's [`RunConfig`].
-    pub fn config(mut v: Value) -> Result<RunConfig, String> {
-        let run = v.get_mut("run").ok_or("no `run`")?;
-        let m = run.get("method").cloned().ok_or("no `run.method`")?;
-        // the one seed: format 1 set the recipe's seed from the method's
-        if let (Some(seed), Some(t)) = (m.get("seed").cloned(), run.get_mut("train")) {
-            t["seed"] = seed;
-        }
-        run["method"] = serde_json::to_value(method(&m)?).map_err(|e| e.to_string())?;
-        finish(v, 1)
-    }
+    let model = crate::model::build_model::<B>(&spec, nc, device)?;
+    let model = restore(model, values).map_err(|e| Error::Checkpoint(format!("{}: {e}", model_path.display())))?;
+    Ok((spec, model, nc))
 }

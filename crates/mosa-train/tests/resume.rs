@@ -63,12 +63,12 @@ fn resume_equals_uninterrupted() {
         serde_json::to_string_pretty(&v).unwrap()
     };
     assert_eq!(without_timings(&a), without_timings(&b));
-    let (pa, _) = mosa_train::checkpoint::read_model(&a.join("model.safetensors")).unwrap();
-    let (pb, _) = mosa_train::checkpoint::read_model(&b.join("model.safetensors")).unwrap();
+    let (pa, _) = mosa_train::rundir::read_model(&a.join("model.safetensors")).unwrap();
+    let (pb, _) = mosa_train::rundir::read_model(&b.join("model.safetensors")).unwrap();
     assert_eq!(pa, pb, "final weights differ");
 
     // the saved run evaluates to the logged last-epoch test accuracy
-    let (_, model, _) = mosa_train::engine::load_run::<Flex>(&a, &device).unwrap();
+    let (_, model, _) = mosa_train::rundir::load_run::<Flex>(&a, &device).unwrap();
     let ds = mosa_data::Dataset::open(&s.dataset.parse().unwrap()).unwrap();
     let t = mosa_data::Transform::new(ds.style, 16, false);
     let (test, _) = mosa_data::LoadedSplit::load(ds.test.as_ref().unwrap(), 4, t, &Default::default()).unwrap();

@@ -12,7 +12,7 @@ fn every_method_lowers_the_loss() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(tmp.path());
     let device = Default::default();
-    for method in MethodKind::ALL {
+    for method in MethodKind::all() {
         let name = method.name();
         let out = tmp.path().join(name);
         let mut s = spec(&ds, method, 3);
@@ -28,7 +28,7 @@ fn every_method_lowers_the_loss() {
             assert!(out.join(f).exists(), "{name}: {f}");
         }
         // the saved model holds only what trains (no frozen backbone tensor)
-        let (saved, meta) = mosa_train::checkpoint::read_model(&out.join("model.safetensors")).unwrap();
+        let (saved, meta) = mosa_train::rundir::read_model(&out.join("model.safetensors")).unwrap();
         let n: usize = saved.iter().filter(|(k, _)| !k.starts_with("sparse_mask/")).map(|(_, t)| t.data.len()).sum();
         assert_eq!(n, summary.trainable_params, "{name}");
         if method == MethodKind::Sparse {
@@ -92,7 +92,7 @@ fn head_inits_have_the_reference_statistics() {
     let mut s = common::spec("vtab:unused/kitti", MethodKind::Linear, 1);
     s.train.head_init = mosa_train::HeadInit::Reference;
     s.model = mosa_models::VitConfig::new().with_embed_dim(64).with_depth(1).with_num_heads(2).with_img_size(16).with_patch_size(4).into();
-    let mut m = mosa_train::engine::build_model::<common::AB>(&s, 50, &Default::default()).unwrap();
+    let mut m = mosa_train::model::build_model::<common::AB>(&s, 50, &Default::default()).unwrap();
     let head = mosa_core::PeftHost::head_mut(&mut m).unwrap();
     let w = head.weight.val().into_data().to_vec::<f32>().unwrap();
     let b = head.bias.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
@@ -105,7 +105,7 @@ fn head_inits_have_the_reference_statistics() {
     assert!((std / want - 1.0).abs() < 0.05, "std {std} vs {want}");
     assert!(b.iter().all(|&x| (x as f64 + 99f64.ln()).abs() < 1e-6), "bias −ln 99");
     s.train.head_init = mosa_train::HeadInit::Zero;
-    let mut m = mosa_train::engine::build_model::<common::AB>(&s, 50, &Default::default()).unwrap();
+    let mut m = mosa_train::model::build_model::<common::AB>(&s, 50, &Default::default()).unwrap();
     let head = mosa_core::PeftHost::head_mut(&mut m).unwrap();
     assert!(head.weight.val().into_data().to_vec::<f32>().unwrap().iter().all(|&x| x == 0.0));
 }

@@ -332,7 +332,7 @@ struct EvalModel {
 /// The models `mosa eval` scores: the run's, or one per task of the merged model.
 fn eval_models(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::Result<Vec<EvalModel>> {
     if let Some(run) = &a.run {
-        let (spec, model, classes) = mosa_train::engine::load_run::<Backend>(run, device)?;
+        let (spec, model, classes) = mosa_train::rundir::load_run::<Backend>(run, device)?;
         return Ok(vec![EvalModel {
             model,
             dataset: spec.dataset.clone(),

@@ -117,7 +117,8 @@ pub fn read_dinov2_bytes(path: &Path, bytes: &[u8]) -> Result<StateDict> {
                         grid_pos = Some(t);
                     }
                 }
-                _ => {}
+                // every other ONNX node holds nothing the loader reads (weights come by name above)
+                _other_op => {}
             }
         }
     }

@@ -71,7 +71,14 @@ pub fn method_of(kind: MethodKind) -> Method {
             s.warmup_steps = 3;
             s.reselect_every = 1;
         }
-        _ => {}
+        Method::Linear
+        | Method::Full
+        | Method::Bitfit
+        | Method::Adapter(_)
+        | Method::Pfeiffer(_)
+        | Method::Houlsby(_)
+        | Method::Mosa(_)
+        | Method::PrunedAdapter(_) => {}
     }
     m
 }
