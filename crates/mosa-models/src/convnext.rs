@@ -27,8 +27,8 @@ use mosa_core::prompt::Prompts;
 use mosa_core::site::{AdapterSite, LinearSite, PeftHost, Placement, PromptSite, SiteMut, Targets, TunableLinear};
 use mosa_core::slot::AdapterSlot;
 
-use crate::backbone::{BackboneOutput, Spatial};
 use crate::error::Error;
+use crate::family::{BackboneOutput, Family, FamilyConfig, Spatial};
 use crate::layers::{Mlp, drop_path, init_linear, layer_norm_2d, sequential, stream};
 use crate::load::{HeadPolicy, Loader, StateDict, Writer};
 
@@ -411,4 +411,72 @@ pub fn load_state<B: Backend>(cfg: &ConvNextConfig, sd: StateDict, head: HeadPol
     l.norm(&mut model.head_norm, "head.norm", cfg.num_features());
     l.head(&mut model.head, "head.fc", cfg.num_features(), cfg.num_classes, head);
     l.finish(model)
+}
+
+impl FamilyConfig for ConvNextConfig {
+    const NAME: &'static str = "convnext";
+    type Model<B: Backend> = ConvNeXt<B>;
+
+    fn describe(&self) -> String {
+        format!("ConvNeXt dims {:?}, depths {:?}, kernel {}", self.dims, self.depths, self.kernel_size)
+    }
+    fn validate(&self) -> std::result::Result<(), String> {
+        ConvNextConfig::validate(self)
+    }
+    fn estimated_params(&self) -> f64 {
+        ConvNextConfig::estimated_params(self)
+    }
+    fn num_params(&self) -> usize {
+        ConvNextConfig::num_params(self)
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn with_num_classes(self, n: usize) -> Self {
+        ConvNextConfig::with_num_classes(self, n)
+    }
+    fn with_img_size(self, s: usize) -> Self {
+        ConvNextConfig::with_img_size(self, s)
+    }
+    fn in_chans(&self) -> usize {
+        self.in_chans
+    }
+    fn min_input(&self) -> usize {
+        ConvNextConfig::min_input(self)
+    }
+    /// `head.fc`: timm's `head.norm` belongs to the backbone.
+    fn head_key(&self) -> &'static str {
+        "head.fc"
+    }
+    fn build<B: Backend>(&self, device: &B::Device) -> ConvNeXt<B> {
+        self.init(device)
+    }
+    fn load<B: Backend>(&self, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<ConvNeXt<B>> {
+        load_state(self, sd, head, device)
+    }
+}
+
+impl<B: Kernels> Family<B> for ConvNeXt<B> {
+    type Config = ConvNextConfig;
+
+    fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
+        ConvNeXt::forward_rng(self, x, collect_hidden, rng)
+    }
+    fn num_classes(&self) -> usize {
+        ConvNeXt::num_classes(self)
+    }
+    fn state_dict(&self) -> StateDict {
+        ConvNeXt::state_dict(self)
+    }
+    /// A ConvNeXt takes any input size: unchanged.
+    fn set_img_size(self, _cfg: &ConvNextConfig, _s: usize) -> Self {
+        self
+    }
+    /// `p` in every MLP.
+    fn with_training_dropout(mut self, p: f64) -> Self {
+        for b in self.stages.iter_mut().flat_map(|s| s.blocks.iter_mut()) {
+            b.mlp.drop = DropoutConfig::new(p).init();
+        }
+        self
+    }
 }

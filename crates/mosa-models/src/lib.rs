@@ -14,6 +14,7 @@
 pub mod backbone;
 pub mod convnext;
 pub mod error;
+pub mod family;
 pub mod layers;
 pub mod limits;
 pub mod load;
@@ -23,9 +24,10 @@ pub mod swin;
 pub mod vit;
 pub mod weights;
 
-pub use backbone::{Backbone, BackboneConfig, BackboneOutput, Preprocess, Spatial};
+pub use backbone::{Backbone, BackboneConfig, Preprocess};
 pub use convnext::{ConvNeXt, ConvNextConfig};
 pub use error::{Error, Result};
+pub use family::{BackboneOutput, Family, FamilyConfig, Spatial};
 pub use load::{HeadPolicy, StateDict, load_vit, read_checkpoint};
 pub use posembed::Resample;
 pub use presets::{PRESETS, preset, resolve_model};

@@ -31,8 +31,8 @@ use mosa_core::prompt::Prompts;
 use mosa_core::site::{PeftHost, PromptSite, SiteMut, Targets, TunableLinear};
 use mosa_core::slot::AdapterSlot;
 
-use crate::backbone::{BackboneOutput, Spatial};
 use crate::error::Error;
+use crate::family::{BackboneOutput, Family, FamilyConfig, Spatial};
 use crate::layers::{BlockSlots, Mlp, PatchEmbed, drop_path, init_linear, sequential, stream};
 use crate::load::{HeadPolicy, HostTensor, Loader, StateDict, Writer};
 use crate::posembed::{self, Resample};
@@ -657,4 +657,74 @@ pub fn load_state<B: Backend>(cfg: &SwinConfig, sd: StateDict, head: HeadPolicy,
     l.norm(&mut model.norm, "norm", cfg.num_features());
     l.head(&mut model.head, "head.fc", cfg.num_features(), cfg.num_classes, head);
     l.finish(model)
+}
+
+impl FamilyConfig for SwinConfig {
+    const NAME: &'static str = "swin";
+    type Model<B: Backend> = SwinTransformer<B>;
+
+    fn describe(&self) -> String {
+        format!("Swin d {}, depths {:?}, heads {:?}, window {}, patch {}", self.embed_dim, self.depths, self.num_heads, self.window_size, self.patch_size)
+    }
+    fn validate(&self) -> std::result::Result<(), String> {
+        SwinConfig::validate(self)
+    }
+    fn estimated_params(&self) -> f64 {
+        SwinConfig::estimated_params(self)
+    }
+    fn num_params(&self) -> usize {
+        SwinConfig::num_params(self)
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn with_num_classes(self, n: usize) -> Self {
+        SwinConfig::with_num_classes(self, n)
+    }
+    /// The windows are sized for the new input.
+    fn with_img_size(self, s: usize) -> Self {
+        SwinConfig::with_img_size(self, s)
+    }
+    fn in_chans(&self) -> usize {
+        self.in_chans
+    }
+    fn min_input(&self) -> usize {
+        self.patch_size
+    }
+    /// `head.fc`: timm's `head.norm` belongs to the backbone.
+    fn head_key(&self) -> &'static str {
+        "head.fc"
+    }
+    fn build<B: Backend>(&self, device: &B::Device) -> SwinTransformer<B> {
+        self.init(device)
+    }
+    fn load<B: Backend>(&self, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<SwinTransformer<B>> {
+        load_state(self, sd, head, device)
+    }
+}
+
+impl<B: Kernels> Family<B> for SwinTransformer<B> {
+    type Config = SwinConfig;
+
+    fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
+        SwinTransformer::forward_rng(self, x, collect_hidden, rng)
+    }
+    fn num_classes(&self) -> usize {
+        SwinTransformer::num_classes(self)
+    }
+    fn state_dict(&self) -> StateDict {
+        SwinTransformer::state_dict(self)
+    }
+    fn set_img_size(self, cfg: &SwinConfig, s: usize) -> Self {
+        SwinTransformer::set_img_size(self, cfg, s)
+    }
+    /// `p` in every MLP; attention dropout 0.
+    fn with_training_dropout(mut self, p: f64) -> Self {
+        let zero = || DropoutConfig::new(0.0).init();
+        let rate = || DropoutConfig::new(p).init();
+        for b in self.layers.iter_mut().flat_map(|s| s.blocks.iter_mut()) {
+            (b.mlp.drop, b.attn.attn_drop, b.attn.proj_drop) = (rate(), zero(), zero());
+        }
+        self
+    }
 }

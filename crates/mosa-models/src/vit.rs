@@ -24,8 +24,9 @@ use mosa_core::prompt::Prompts;
 use mosa_core::site::{PeftHost, PromptSite, SiteMut, Targets, TunableLinear};
 use mosa_core::slot::AdapterSlot;
 
-use crate::backbone::BackboneOutput;
+use crate::family::{BackboneOutput, Family, FamilyConfig};
 use crate::layers::{Attention, BlockSlots, LayerScale, Mlp, PatchEmbed, drop_path, opt_scale, sequential, stream};
+use crate::load::{HeadPolicy, StateDict};
 use crate::posembed::{self, Resample};
 
 /// The ViT's target vocabulary: its linear sites, and LoRA's / sparse's default (`qkv`).
@@ -438,5 +439,77 @@ impl<B: Kernels> VisionTransformer<B> {
             }
         }
         sd
+    }
+}
+
+impl FamilyConfig for VitConfig {
+    const NAME: &'static str = "vit";
+    type Model<B: Backend> = VisionTransformer<B>;
+
+    fn describe(&self) -> String {
+        format!("d {}, {} blocks, {} heads, patch {}", self.embed_dim, self.depth, self.num_heads, self.patch_size)
+    }
+    fn validate(&self) -> Result<(), String> {
+        VitConfig::validate(self)
+    }
+    fn estimated_params(&self) -> f64 {
+        VitConfig::estimated_params(self)
+    }
+    fn num_params(&self) -> usize {
+        VitConfig::num_params(self)
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn with_num_classes(self, n: usize) -> Self {
+        VitConfig::with_num_classes(self, n)
+    }
+    /// The position grid is resampled to the new size.
+    fn with_img_size(self, s: usize) -> Self {
+        VitConfig::with_img_size(self, s)
+    }
+    fn in_chans(&self) -> usize {
+        self.in_chans
+    }
+    fn min_input(&self) -> usize {
+        self.patch_size
+    }
+    fn head_key(&self) -> &'static str {
+        "head"
+    }
+    fn build<B: Backend>(&self, device: &B::Device) -> VisionTransformer<B> {
+        self.init(device)
+    }
+    fn load<B: Backend>(&self, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<VisionTransformer<B>> {
+        crate::load::check_depth(self, &sd)?;
+        crate::load::apply(self.init(device), self, sd, head)
+    }
+}
+
+impl<B: Kernels> Family<B> for VisionTransformer<B> {
+    type Config = VitConfig;
+
+    fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
+        VisionTransformer::forward_rng(self, x, collect_hidden, rng)
+    }
+    fn num_classes(&self) -> usize {
+        VisionTransformer::num_classes(self)
+    }
+    fn state_dict(&self) -> StateDict {
+        VisionTransformer::state_dict(self)
+    }
+    /// The position embeddings are re-gridded; the config is not needed.
+    fn set_img_size(self, _cfg: &VitConfig, s: usize) -> Self {
+        VisionTransformer::set_img_size(self, s)
+    }
+    /// `p` after the position embedding and in every MLP; attention dropout 0.
+    fn with_training_dropout(mut self, p: f64) -> Self {
+        let zero = || DropoutConfig::new(0.0).init();
+        let rate = || DropoutConfig::new(p).init();
+        self.pos_drop = rate();
+        for b in &mut self.blocks {
+            (b.mlp.drop, b.attn.attn_drop, b.attn.proj_drop) = (rate(), zero(), zero());
+        }
+        self
     }
 }
