@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rng {
     s: [u64; 4],
-    /// Replayed choices: `below` returns these in order (see [`Rng::scripted`]); never saved.
+    /// Replayed choices: `below` returns these in order (see `Rng::scripted`); never saved.
+    /// Test support only (feature `scripted-rng`, which the tests enable).
+    #[cfg(feature = "scripted-rng")]
     #[serde(skip)]
     script: Option<(Vec<usize>, usize)>,
 }
@@ -23,17 +25,23 @@ fn splitmix64(x: &mut u64) -> u64 {
 impl Rng {
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
-        Self { s: [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)], script: None }
+        Self {
+            s: [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)],
+            #[cfg(feature = "scripted-rng")]
+            script: None,
+        }
     }
 
     /// A generator whose `below` calls return `draws` in order (each checked against its bound),
     /// to replay the choices of a reference run — e.g. MoSA's expert draws saved by PyTorch.
-    /// Running out of draws is a bug in the caller and panics.
+    /// Running out of draws is a bug in the caller and panics. Test support (feature `scripted-rng`).
+    #[cfg(feature = "scripted-rng")]
     pub fn scripted(draws: Vec<usize>) -> Self {
         Self { script: Some((draws, 0)), ..Self::new(0) }
     }
 
     /// How many scripted draws are left (`None` for a generator).
+    #[cfg(feature = "scripted-rng")]
     pub fn scripted_left(&self) -> Option<usize> {
         self.script.as_ref().map(|(d, i)| d.len() - i)
     }
@@ -64,6 +72,7 @@ impl Rng {
     /// Uniform integer in `0..n` (n > 0), without modulo bias.
     pub fn below(&mut self, n: usize) -> usize {
         assert!(n > 0, "below(0)");
+        #[cfg(feature = "scripted-rng")]
         if let Some((draws, i)) = &mut self.script {
             let d = *draws.get(*i).unwrap_or_else(|| panic!("scripted Rng: draw {} asked, {} given", *i + 1, draws.len()));
             assert!(d < n, "scripted Rng: draw {d} is not below {n}");

@@ -152,6 +152,13 @@ macro_rules! families {
                 }
             }
 
+            /// Model FLOPs of one image's forward pass ([`FamilyConfig::forward_flops`]).
+            pub fn forward_flops(&self) -> f64 {
+                match self {
+                    $(BackboneConfig::$variant(c) => FamilyConfig::forward_flops(c),)*
+                }
+            }
+
             /// Number of parameters of the model this config builds (closed form).
             pub fn num_params(&self) -> usize {
                 match self {
@@ -295,5 +302,16 @@ mod tests {
         assert_eq!(serde_json::from_value::<BackboneConfig>(bare).unwrap().family(), "vit");
         let err = serde_json::from_value::<BackboneConfig>(serde_json::json!({"family": "resnet"})).unwrap_err().to_string();
         assert!(err.contains("unknown backbone family `resnet`") && err.contains("vit, swin, convnext"), "{err}");
+    }
+
+    /// Forward FLOPs against the published counts (timm's model tables, GMACs at 224 px with a
+    /// 1,000-class head, × 2 FLOPs per multiply-add), within 3%.
+    #[test]
+    fn forward_flops_match_published_counts() {
+        for (preset, gmacs) in [("vit-b16", 17.58), ("swin-t", 4.51), ("swin-b", 15.47), ("convnext-t", 4.47), ("convnext-b", 15.38)] {
+            let cfg = crate::presets::preset(preset).unwrap().with_num_classes(1000).with_img_size(224);
+            let ours = cfg.forward_flops() / 2e9;
+            assert!((ours / gmacs - 1.0).abs() < 0.03, "{preset}: {ours:.2} GMACs, published {gmacs}");
+        }
     }
 }

@@ -448,6 +448,26 @@ impl FamilyConfig for ConvNextConfig {
     fn head_key(&self) -> &'static str {
         "head.fc"
     }
+    /// The stem (a p×p patch convolution); per stage its downsampling (a 2×2 stride-2
+    /// convolution) and per block the depthwise k×k convolution and the two pointwise linears;
+    /// the head.
+    fn forward_flops(&self) -> f64 {
+        let p = self.patch_size as f64;
+        let mut r = (self.img_size / self.patch_size) as f64;
+        let d0 = self.dims.first().copied().unwrap_or(0) as f64;
+        let mut f = 2.0 * r * r * self.in_chans as f64 * p * p * d0;
+        let k2 = (self.kernel_size * self.kernel_size) as f64;
+        for (i, (&depth, &d)) in self.depths.iter().zip(&self.dims).enumerate() {
+            let c = d as f64;
+            if i > 0 {
+                r = (r / 2.0).floor();
+                f += 2.0 * r * r * 4.0 * self.dims[i - 1] as f64 * c;
+            }
+            let n = r * r;
+            f += depth as f64 * (2.0 * n * c * k2 + 2.0 * n * 2.0 * c * self.mlp_hidden(d) as f64);
+        }
+        f + 2.0 * self.num_features() as f64 * self.num_classes as f64
+    }
     fn build<B: Backend>(&self, device: &B::Device) -> ConvNeXt<B> {
         self.init(device)
     }

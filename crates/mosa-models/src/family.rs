@@ -74,6 +74,9 @@ pub trait FamilyConfig: Sized {
     fn min_input(&self) -> usize;
     /// The name of the classifier in timm's layout.
     fn head_key(&self) -> &'static str;
+    /// Model FLOPs of one image's forward pass at the configured size, 2 per multiply-add: every
+    /// convolution, linear and attention matmul (`q·kᵀ`, `P·v`); element-wise work is not counted.
+    fn forward_flops(&self) -> f64;
     /// The family's model type.
     type Model<B: Backend>;
     /// A randomly initialised model.

@@ -695,6 +695,26 @@ impl FamilyConfig for SwinConfig {
     fn head_key(&self) -> &'static str {
         "head.fc"
     }
+    /// The patch embedding; per stage its patch merging (4C → 2C on the new grid) and per block
+    /// qkv, proj and window attention on the grid padded to whole windows, the MLP on the grid;
+    /// the head.
+    fn forward_flops(&self) -> f64 {
+        let grids = self.stage_grids();
+        let (c0, p) = (self.embed_dim as f64, self.patch_size as f64);
+        let mut f = 2.0 * (grids[0] as f64).powi(2) * self.in_chans as f64 * p * p * c0;
+        for (i, &depth) in self.depths.iter().enumerate() {
+            let (c, r) = (self.stage_dim(i) as f64, grids[i] as f64);
+            if i > 0 {
+                f += 2.0 * r * r * (4.0 * c / 2.0) * c;
+            }
+            let ws = self.window(i).0;
+            let padded = (grids[i].div_ceil(ws) * ws) as f64;
+            let (n, np, w2) = (r * r, padded * padded, (ws * ws) as f64);
+            let block = 2.0 * np * 4.0 * c * c + 4.0 * np * w2 * c + 2.0 * n * 2.0 * c * self.mlp_hidden(c as usize) as f64;
+            f += depth as f64 * block;
+        }
+        f + 2.0 * self.num_features() as f64 * self.num_classes as f64
+    }
     fn build<B: Backend>(&self, device: &B::Device) -> SwinTransformer<B> {
         self.init(device)
     }

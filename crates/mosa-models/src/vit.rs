@@ -477,6 +477,16 @@ impl FamilyConfig for VitConfig {
     fn head_key(&self) -> &'static str {
         "head"
     }
+    /// The patch embedding, every block's qkv, proj, fc1, fc2 and attention over all tokens (the
+    /// class token included), the head.
+    fn forward_flops(&self) -> f64 {
+        let (d, p) = (self.embed_dim as f64, self.patch_size as f64);
+        let patches = ((self.img_size / self.patch_size) as f64).powi(2);
+        let t = patches + 1.0;
+        let hidden = d * self.mlp_ratio;
+        let block = 2.0 * t * (3.0 * d * d + d * d + 2.0 * d * hidden) + 4.0 * t * t * d;
+        2.0 * patches * (self.in_chans as f64 * p * p) * d + self.depth as f64 * block + 2.0 * d * self.num_classes as f64
+    }
     fn build<B: Backend>(&self, device: &B::Device) -> VisionTransformer<B> {
         self.init(device)
     }

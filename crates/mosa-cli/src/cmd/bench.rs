@@ -10,7 +10,6 @@ use burn::tensor::{Distribution, TensorData};
 use clap::Subcommand;
 use mosa_core::optim::{AdamW, AdamWConfig};
 use mosa_core::{MethodKind, PeftHost, Rng, inject, params};
-use mosa_models::BackboneConfig;
 use mosa_models::presets;
 
 use crate::backend::{self, Backend};
@@ -76,19 +75,6 @@ fn input<BB: burn::tensor::backend::Backend>(batch: usize, res: usize, device: &
     Tensor::random([batch, 3, res, res], Distribution::Normal(0.0, 1.0), device)
 }
 
-/// Model FLOPs of one image's forward pass through a ViT: the GEMMs of the patch embedding, of
-/// every block (qkv, proj, fc1, fc2) and of the head, and attention's two matmuls (`q·kᵀ`, `P·v`),
-/// 2 per multiply-add; element-wise work is not counted. `None` for the other families.
-fn vit_forward_flops(cfg: &BackboneConfig) -> Option<f64> {
-    let BackboneConfig::Vit(v) = cfg else { return None };
-    let (d, p) = (v.embed_dim as f64, v.patch_size as f64);
-    let patches = ((v.img_size / v.patch_size) as f64).powi(2);
-    let t = patches + 1.0;
-    let hidden = d * v.mlp_ratio;
-    let block = 2.0 * t * (3.0 * d * d + d * d + 2.0 * d * hidden) + 4.0 * t * t * d;
-    Some(2.0 * patches * (v.in_chans as f64 * p * p) * d + v.depth as f64 * block + 2.0 * d * v.num_classes as f64)
-}
-
 /// A training step's FLOPs as a multiple of the forward's: the forward, then ∂x through every
 /// block (as many FLOPs again) unless only the head trains, and ∂W (again as many) when the
 /// whole backbone trains; MoSA's two passes double it.
@@ -142,7 +128,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     times.push(t0.elapsed().as_secs_f64());
                 }
             }
-            report("inference", &common, batch, times, vit_forward_flops(&cfg));
+            report("inference", &common, batch, times, Some(cfg.forward_flops()));
         }
         Command::Step { common, batch, method: margs } => {
             type AB = Autodiff<Backend>;
@@ -171,7 +157,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     times.push(t0.elapsed().as_secs_f64());
                 }
             }
-            let flops = vit_forward_flops(&cfg).map(|f| f * step_factor(mc.kind(), two_passes));
+            let flops = Some(cfg.forward_flops() * step_factor(mc.kind(), two_passes));
             report(&format!("train step, {}{passes} ({:.3} M trainable)", mc.name(), trainable as f64 / 1e6), &common, batch, times, flops);
         }
     }
