@@ -145,19 +145,20 @@ fn idle_share(ms: u64) -> Option<f64> {
     (t1 > t0).then(|| (i1 - i0) / (t1 - t0))
 }
 
-/// The cells of a Markdown table row, trimmed.
-fn cells(row: &str) -> Vec<&str> {
-    row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect()
+/// What `mosa bench forward | step --json` prints (mosa-cli's `Measurement`).
+#[derive(serde::Deserialize)]
+struct Measurement {
+    batch: usize,
+    measure: String,
+    median_s: f64,
+    gflops: Option<f64>,
 }
 
-/// The number in cell `i` of a Markdown table row.
-fn cell_number(row: &str, i: usize) -> Option<f64> {
-    cells(row).get(i)?.parse().ok()
-}
-
-/// The median seconds in a `mosa bench` table row (its sixth column).
-fn median_of_row(row: &str) -> Option<f64> {
-    cell_number(row, 5)
+/// The last line of a command's stdout as JSON of type `T`.
+fn last_json<T: serde::de::DeserializeOwned>(out: &std::process::Output, what: &str) -> anyhow::Result<T> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("{what}: not the JSON expected: `{line}`"))
 }
 
 fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::Path>) -> anyhow::Result<()> {
@@ -168,20 +169,20 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
         .iter()
         .map(|m| {
             (
-                ["bench", "step", "--model", "vit-s16", "--batch", "8", "--iters", &it, "--method", m].map(String::from).to_vec(),
+                ["bench", "step", "--json", "--model", "vit-s16", "--batch", "8", "--iters", &it, "--method", m].map(String::from).to_vec(),
                 ["step", m, "--batch", "8", "--iters", &it].map(String::from).to_vec(),
             )
         })
         .collect();
     workloads.push((
-        ["bench", "forward", "--model", "vit-s16", "--batch", "32", "--iters", &it].map(String::from).to_vec(),
+        ["bench", "forward", "--json", "--model", "vit-s16", "--batch", "32", "--iters", &it].map(String::from).to_vec(),
         ["forward", "--batch", "32", "--iters", &it].map(String::from).to_vec(),
     ));
     // the FMA peak both sides are measured against
-    let peak_out = Command::new(&mosa).args(["bench", "peak"]).output().context("running mosa bench peak")?;
-    let peak_row = String::from_utf8_lossy(&peak_out.stdout).lines().last().unwrap_or_default().to_string();
-    let peak = cell_number(&peak_row, 3);
-    println!("measured f32 FMA peak: {} GFLOP/s ({})\n", peak.map(|p| format!("{p:.0}")).unwrap_or_else(|| "?".into()), peak_row.trim());
+    let peak_out = Command::new(&mosa).args(["bench", "peak", "--json"]).output().context("running mosa bench peak")?;
+    let peak_json: serde_json::Value = last_json(&peak_out, "mosa bench peak")?;
+    let peak = peak_json["gflops"].as_f64();
+    println!("measured f32 FMA peak: {} GFLOP/s ({peak_json})\n", peak.map(|p| format!("{p:.0}")).unwrap_or_else(|| "?".into()));
     println!(
         "| measure | batch | mosa median s | mosa images/s | PyTorch median s | PyTorch images/s | mosa / PyTorch speed | mosa GFLOP/s (% of peak) | PyTorch GFLOP/s (% of peak) | CPU idle before |"
     );
@@ -193,11 +194,9 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
         if !out.status.success() {
             bail!("`mosa {}` failed ({})", ours.join(" "), out.status);
         }
-        let row = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
-        let cols = cells(&row);
-        let (what, batch) = (cols.get(4).copied().unwrap_or_default(), cols.get(3).copied().unwrap_or_default());
-        let m = median_of_row(&row).context("no median in mosa's row")?;
-        let b: f64 = batch.parse().unwrap_or(1.0);
+        let row: Measurement = last_json(&out, "mosa bench")?;
+        let (what, batch, m) = (row.measure.as_str(), row.batch, row.median_s);
+        let b = batch as f64;
         let torch = match python {
             Some(py) => {
                 eprintln!("running {} {} {}", py.display(), script.display(), theirs.join(" "));
@@ -212,7 +211,7 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
         };
         let f = |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
         // model GFLOP/s from mosa's row (the same workload, so PyTorch's scales by the time ratio)
-        let gflops = cell_number(&row, 9);
+        let gflops = row.gflops;
         let of_peak = |g: Option<f64>| match (g, peak) {
             (Some(g), Some(p)) => format!("{g:.0} ({:.0}%)", 100.0 * g / p),
             (Some(g), None) => format!("{g:.0}"),

@@ -1602,3 +1602,36 @@ fn memory_is_bounded_before_anything_is_allocated() {
     let o = limited(&["eval", "--weights", merged.to_str().unwrap(), "--task", "dsprites_loc"]);
     assert_one_line_error(&o, &["evaluating", "4096 px", "GB of memory available"]);
 }
+
+/// `mosa bench forward | step --json`: one JSON object per measurement (what `cargo xtask
+/// bench-speed` reads), its FLOP rate from a FLOP count made here by hand for the tiny ViT
+/// (16 px, patch 4, d 32, 2 blocks, MLP 128, 100 classes: 16 patches + the class token).
+#[test]
+fn bench_json_reports_the_measurement_and_its_flop_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, _) = tiny_model_and_data();
+    let (patches, t, d, hidden, classes) = (16.0, 17.0, 32.0, 128.0, 100.0);
+    let block = 2.0 * t * (4.0 * d * d + 2.0 * d * hidden) + 4.0 * t * t * d;
+    let forward = 2.0 * patches * (3.0 * 16.0) * d + 2.0 * block + 2.0 * d * classes;
+    let common = ["--model", model.to_str().unwrap(), "--resolution", "16", "--batch", "2", "--iters", "2", "--warmup", "0", "--json"];
+    // the adapter's step: the forward, then ∂x back through every block (twice the forward)
+    for (what, extra, measure, flops) in
+        [("forward", vec![], "inference", forward), ("step", vec!["--method", "adapter"], "train step, adapter", 2.0 * forward)]
+    {
+        let args: Vec<&str> = ["bench", what].into_iter().chain(common).chain(extra).collect();
+        let o = mosa(&args, tmp.path());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(text.lines().count(), 1, "one JSON line: {text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert!(v["measure"].as_str().unwrap().starts_with(measure), "{v}");
+        assert_eq!(v["batch"], 2);
+        assert_eq!(v["resolution"], 16);
+        let (median, min, max) = (v["median_s"].as_f64().unwrap(), v["min_s"].as_f64().unwrap(), v["max_s"].as_f64().unwrap());
+        assert!(min > 0.0 && min <= median && median <= max, "{v}");
+        let ips = v["images_per_second"].as_f64().unwrap();
+        assert!((ips * median / 2.0 - 1.0).abs() < 1e-9, "{v}");
+        let gflops = v["gflops"].as_f64().unwrap();
+        assert!((gflops * 1e9 * median / (2.0 * flops) - 1.0).abs() < 1e-9, "{what}: {gflops} GFLOP/s, expected {}", 2.0 * flops / median / 1e9);
+    }
+}

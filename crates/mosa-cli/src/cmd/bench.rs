@@ -31,6 +31,25 @@ pub struct Common {
     /// Timed iterations.
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// One JSON object ([`Measurement`]) instead of the Markdown table (what xtask reads).
+    #[arg(long)]
+    json: bool,
+}
+
+/// One measurement, as `--json` prints it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Measurement {
+    pub backend: String,
+    pub model: String,
+    pub resolution: usize,
+    pub batch: usize,
+    pub measure: String,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    pub images_per_second: f64,
+    /// Model GFLOP/s at the median (`None`: no FLOP count).
+    pub gflops: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -87,19 +106,32 @@ fn step_factor(method: MethodKind, two_passes: bool) -> f64 {
     if two_passes { 2.0 * per_pass } else { per_pass }
 }
 
-fn report(what: &str, c: &Common, batch: usize, times: Vec<f64>, flops_per_image: Option<f64>) {
+fn report(what: &str, c: &Common, batch: usize, times: Vec<f64>, flops_per_image: Option<f64>) -> anyhow::Result<()> {
     let (median, min, max) = stats(times);
-    let gflops = flops_per_image.map(|f| format!("{:.0}", f * batch as f64 / median / 1e9)).unwrap_or_else(|| "—".into());
+    let m = Measurement {
+        backend: backend::NAME.to_string(),
+        model: c.model.clone(),
+        resolution: c.resolution,
+        batch,
+        measure: what.to_string(),
+        median_s: median,
+        min_s: min,
+        max_s: max,
+        images_per_second: batch as f64 / median,
+        gflops: flops_per_image.map(|f| f * batch as f64 / median / 1e9),
+    };
+    if c.json {
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
+    let gflops = m.gflops.map(|g| format!("{g:.0}")).unwrap_or_else(|| "—".into());
     println!("| backend | model | resolution | batch | measure | median s | min s | max s | images/s | model GFLOP/s |");
     println!("|---|---|---:|---:|---|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {} | {} | {what} | {median:.3} | {min:.3} | {max:.3} | {:.1} | {gflops} |",
-        backend::NAME,
-        c.model,
-        c.resolution,
-        batch,
-        batch as f64 / median
+        "| {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {gflops} |",
+        m.backend, m.model, m.resolution, m.batch, m.measure, m.median_s, m.min_s, m.max_s, m.images_per_second
     );
+    Ok(())
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -128,7 +160,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     times.push(t0.elapsed().as_secs_f64());
                 }
             }
-            report("inference", &common, batch, times, Some(cfg.forward_flops()));
+            report("inference", &common, batch, times, Some(cfg.forward_flops()))?;
         }
         Command::Step { common, batch, method: margs } => {
             type AB = Autodiff<Backend>;
@@ -158,7 +190,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 }
             }
             let flops = Some(cfg.forward_flops() * step_factor(mc.kind(), two_passes));
-            report(&format!("train step, {}{passes} ({:.3} M trainable)", mc.name(), trainable as f64 / 1e6), &common, batch, times, flops);
+            report(&format!("train step, {}{passes} ({:.3} M trainable)", mc.name(), trainable as f64 / 1e6), &common, batch, times, flops)?;
         }
     }
     Ok(())

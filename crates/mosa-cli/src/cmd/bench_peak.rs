@@ -13,6 +13,9 @@ pub struct Args {
     /// Timed runs (the median is reported).
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// One JSON object (`gflops`, `threads`, `instructions`) instead of the Markdown table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Independent accumulator chains: more than FMA latency (4 cycles) × ports (2), so the units
@@ -111,6 +114,10 @@ pub fn measure(iters: usize) -> (f64, usize, &'static str) {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let (gflops, threads, isa) = measure(a.iters);
+    if a.json {
+        println!("{}", serde_json::json!({ "gflops": gflops, "threads": threads, "instructions": isa }));
+        return Ok(());
+    }
     println!("| measure | threads | instructions | GFLOP/s |");
     println!("|---|---:|---|---:|");
     println!("| f32 FMA peak | {threads} | {isa} | {gflops:.1} |");
