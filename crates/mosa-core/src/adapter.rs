@@ -14,7 +14,8 @@ use crate::slot::Slot;
 use serde::{Deserialize, Serialize};
 
 /// Adapter non-linearity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
     /// Exact (erf) GELU: MoSA (`vit_mosa.py`).
@@ -28,7 +29,8 @@ pub enum Activation {
 
 /// Where a sequential adapter (Pfeiffer, Houlsby) reads and writes, around a sublayer `f` with
 /// residual `x + f(x)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum SequentialPosition {
     /// On the sublayer's output, before the residual: `x + (f + A(f))` (Houlsby et al. 2019,

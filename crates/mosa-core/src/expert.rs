@@ -27,7 +27,8 @@ use crate::host::HostTensor;
 pub const EXPERT_FORMAT: u32 = 1;
 
 /// What an expert stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ExpertKind {
     /// A masked subset of the base weights: indices + values.
@@ -39,7 +40,8 @@ pub enum ExpertKind {
 }
 
 /// Precision of stored sparse values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ValueDtype {
     #[default]

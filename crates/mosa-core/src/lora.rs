@@ -46,7 +46,8 @@ pub struct MosaLoraOptions {
 }
 
 /// Which LoRA factor MoSA-LoRA splits into experts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum LoraSplit {
     A,

@@ -31,7 +31,8 @@ use crate::host::HostTensor;
 use crate::rng::Rng;
 
 /// A merge method (`--method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum MergeMethod {
     OverlapMean,

@@ -28,7 +28,8 @@ use crate::rng::Rng;
 use crate::slot::{Slot, split_params};
 
 /// Which projection stays dense and shared by all experts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Share {
     /// Dense shared Down, N split Up experts (the reference default).

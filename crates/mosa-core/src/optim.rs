@@ -135,7 +135,8 @@ impl<B: AutodiffBackend> AdamW<B> {
 }
 
 /// When the learning rate changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ScheduleKind {
     /// Once per epoch, as the reference code (`lr = base·e/W` in warm-up, so epoch 0 trains at 0).

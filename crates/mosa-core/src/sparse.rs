@@ -22,7 +22,8 @@ use crate::rng::Rng;
 use crate::slot::Branch;
 
 /// How entries are scored for the mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Criterion {
     /// Connection sensitivity `(∂L/∂ΔW) ⊙ ΔW`, ranked signed, as the reference code does (default).
@@ -53,7 +54,8 @@ pub enum Scope {
 }
 
 /// What happens to entries that leave the mask at a re-selection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum OnDrop {
     /// Zero their delta (and optimiser moments): the expert holds only masked entries.
@@ -98,7 +100,8 @@ pub struct SparseConfig {
 }
 
 /// The learning rate of the mask-selection phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum SelectionLr {
     /// The recipe's base learning rate, whatever its warm-up says: the dense steps before a

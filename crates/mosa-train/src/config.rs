@@ -10,7 +10,8 @@ use mosa_models::BackboneConfig;
 use serde::{Deserialize, Serialize};
 
 /// How the classifier head starts (spec §1, note on the head init).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum HeadInit {
     /// Weight and bias 0: the sensible default for backbones with large feature norms (DINOv2).
