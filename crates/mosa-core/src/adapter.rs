@@ -7,10 +7,10 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, silu};
 
-use crate::kernels::{Kernels, gelu, linear_layer};
 use crate::layer_norm::{LayerNorm, LayerNormConfig};
 use crate::rng::Rng;
 use crate::slot::Slot;
+use mosa_kernels::{Kernels, gelu, linear_layer};
 use serde::{Deserialize, Serialize};
 
 /// Adapter non-linearity.

@@ -5,9 +5,8 @@
 
 use burn::module::{Initializer, Param};
 use burn::prelude::*;
-use burn::tensor::ops::ModuleOps;
 
-use crate::kernels::{Kernels, float, primitive};
+use mosa_kernels::{Kernels, layer_norm};
 
 /// A [`LayerNorm`]'s configuration (the fields of burn's `LayerNormConfig`; PyTorch's ε is 1e-5,
 /// timm's ViT and ConvNeXt use 1e-6: set it explicitly).
@@ -46,10 +45,6 @@ impl<B: Kernels> LayerNorm<B> {
     /// # Shapes
     /// `[…, d]` → `[…, d]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let (x, gamma) = (primitive(x), primitive(self.gamma.val()));
-        float(match &self.beta {
-            Some(beta) => <B as Kernels>::layer_norm(x, gamma, primitive(beta.val()), self.epsilon),
-            None => <B as ModuleOps<B>>::layer_norm(x, gamma, None, self.epsilon),
-        })
+        layer_norm(x, self.gamma.val(), self.beta.as_ref().map(|b| b.val()), self.epsilon)
     }
 }

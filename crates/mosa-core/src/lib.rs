@@ -5,11 +5,10 @@
 //!   method to any host, merge, mask gradients, sparse masks, parameter groups;
 //! - [`slot`]: what a site holds (adapter slots, linear branches);
 //! - [`adapter`], [`mosa`], [`pruned`], [`lora`], [`prompt`], [`sparse`]: one file per method family;
-//! - [`kernels`]: our backend-extension trait ([`Kernels`]) and its CPU kernels; [`layer_norm`]:
-//!   the LayerNorm module every backbone and adapter uses (through the kernels);
+//! - [`layer_norm`]: the LayerNorm module every backbone and adapter uses (through mosa-kernels'
+//!   backend-extension trait [`Kernels`], re-exported here with [`AutodiffKernels`]);
 //! - [`mask`]: partitions and exact top-k; [`rng`]: the seeded generator behind every draw;
 //! - [`params`]: parameters by path (one path stack), values in and out;
-//! - [`optim`]: the reference AdamW and warm-up cosine;
 //! - [`expert`]: the task-expert file (sparse / LoRA / full); [`merge`]: merging experts in
 //!   index space, and hot-swap;
 //! - [`host`]: the one host tensor type; [`fsio`]: the one atomic-write helper.
@@ -19,14 +18,12 @@ pub mod expert;
 pub mod fsio;
 pub mod host;
 pub mod inject;
-pub mod kernels;
 pub mod layer_norm;
 pub mod lora;
 pub mod mask;
 pub mod merge;
 pub mod method;
 pub mod mosa;
-pub mod optim;
 pub mod params;
 pub mod prompt;
 pub mod pruned;
@@ -36,7 +33,7 @@ pub mod slot;
 pub mod sparse;
 
 pub use host::HostTensor;
-pub use kernels::{AutodiffKernels, Kernels};
 pub use method::{Method, MethodKind, Passes};
+pub use mosa_kernels::{AutodiffKernels, Kernels};
 pub use rng::Rng;
 pub use site::PeftHost;

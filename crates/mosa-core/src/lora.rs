@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::expert::Delta;
 use crate::host::HostTensor;
-use crate::kernels::{Kernels, linear_rows};
 use crate::mosa::Experts;
 use crate::params::Tally;
 use crate::rng::Rng;
 use crate::slot::{Branch, split_params};
+use mosa_kernels::{Kernels, linear_rows};
 
 /// LoRA's options (`--lora-r`, `--lora-alpha`, `--lora-dropout`, `--targets`); the one source of
 /// their defaults: the MoSA code base's (`_C.MODEL.LORA`: `RANK 16`, `SCALAR 1.0` = alpha / r,

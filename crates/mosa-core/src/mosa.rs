@@ -20,12 +20,12 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
-use crate::kernels::{Kernels, linear_rows};
 use crate::layer_norm::LayerNorm;
 use crate::mask;
 use crate::params::Tally;
 use crate::rng::Rng;
 use crate::slot::{Slot, split_params};
+use mosa_kernels::{Kernels, linear_rows};
 
 /// Which projection stays dense and shared by all experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

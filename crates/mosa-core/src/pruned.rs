@@ -18,11 +18,11 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
-use crate::kernels::Kernels;
 use crate::mask;
 use crate::mosa::{MosaAdapter, MosaConfig, Share};
 use crate::rng::Rng;
 use crate::slot::Slot;
+use mosa_kernels::Kernels;
 
 /// Which construction of the pruned adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

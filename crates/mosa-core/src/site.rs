@@ -8,10 +8,10 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 
-use crate::kernels::{Kernels, linear_rows};
 use crate::prompt::Prompts;
 use crate::rng::Rng;
 use crate::slot::{AdapterSlot, LinearBranch};
+use mosa_kernels::{Kernels, linear_rows};
 
 /// Where an adapter sits in a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

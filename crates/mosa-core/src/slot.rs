@@ -16,13 +16,13 @@ pub use crate::site::Placement;
 
 use crate::adapter::Adapter;
 use crate::expert::Delta;
-use crate::kernels::Kernels;
 use crate::lora::{Lora, LoraParts, MosaLora};
 use crate::mosa::MosaAdapter;
 use crate::params::{Tally, tally};
 use crate::pruned::PrunedAdapter;
 use crate::rng::Rng;
 use crate::sparse::SparseDelta;
+use mosa_kernels::Kernels;
 
 /// What every adapter-slot content implements (in its own file).
 pub trait Slot<B: Backend>: Module<B> {

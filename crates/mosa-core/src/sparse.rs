@@ -16,10 +16,10 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::expert::Delta;
 use crate::host::HostTensor;
-use crate::kernels::{Kernels, linear_rows};
 use crate::mask;
 use crate::rng::Rng;
 use crate::slot::Branch;
+use mosa_kernels::{Kernels, linear_rows};
 
 /// How entries are scored for the mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use mosa_core::kernels::Kernels;
+use mosa_kernels::Kernels;
 use serde::{Deserialize, Serialize};
 
 use mosa_core::Rng;

@@ -19,8 +19,8 @@ use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, PaddingConfig2d};
 use burn::prelude::*;
-use mosa_core::kernels::Kernels;
 use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
+use mosa_kernels::Kernels;
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;

@@ -4,8 +4,8 @@
 
 use burn::prelude::*;
 use mosa_core::Rng;
-use mosa_core::kernels::Kernels;
 use mosa_core::site::PeftHost;
+use mosa_kernels::Kernels;
 
 use crate::error::Result;
 use crate::load::{HeadPolicy, StateDict};

@@ -12,8 +12,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::softmax;
 use burn::tensor::module::linear;
-use mosa_core::kernels::{Kernels, attention, attention_packed, gelu};
 use mosa_core::layer_norm::LayerNorm;
+use mosa_kernels::{Kernels, attention, attention_packed, gelu};
 
 use mosa_core::Rng;
 use mosa_core::site::{AdapterSite, LinearSite, Placement, SiteMut, TunableLinear};

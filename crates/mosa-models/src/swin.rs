@@ -23,8 +23,8 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, Int, TensorData};
-use mosa_core::kernels::Kernels;
 use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
+use mosa_kernels::Kernels;
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;

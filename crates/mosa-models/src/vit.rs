@@ -16,8 +16,8 @@ use burn::nn::conv::Conv2dConfig;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use mosa_core::kernels::Kernels;
 use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
+use mosa_kernels::Kernels;
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;

@@ -504,7 +504,7 @@ fn pruned_masks(model: &VisionTransformer<AB>, b: usize) -> Vec<(&'static str, V
 
 #[test]
 fn the_pruned_adapter_trains_one_fixed_random_nth_of_every_adapter_tensor() {
-    use mosa_core::optim::{AdamW, AdamWConfig};
+    use mosa_train::optim::{AdamW, AdamWConfig};
     let dev = Default::default();
     let m = method("pruned-adapter");
     let Method::PrunedAdapter(o) = &m else { unreachable!() };

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::optim::ScheduleKind;
 use mosa_core::Method;
-use mosa_core::optim::ScheduleKind;
 use mosa_models::BackboneConfig;
 use serde::{Deserialize, Serialize};
 

@@ -5,12 +5,12 @@
 //! AdamW, a per-epoch schedule, merge-before-evaluation, and checkpoints that resume
 //! bit-for-bit (docs/training.md). Nothing here names a backbone family or a method.
 
-use mosa_core::kernels::{AutodiffKernels, Kernels};
+use mosa_kernels::{AutodiffKernels, Kernels};
 use std::path::Path;
 use std::time::Instant;
 
+use crate::optim::{AdamW, AdamWConfig, WarmupCosine};
 use burn::module::AutodiffModule;
-use mosa_core::optim::{AdamW, AdamWConfig, WarmupCosine};
 use mosa_core::{PeftHost, Rng, inject, params};
 use mosa_data::{Dataset, DatasetSpec, LoadOptions, LoadedSplit, Transform};
 use mosa_models::Backbone;

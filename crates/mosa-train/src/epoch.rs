@@ -1,11 +1,11 @@
 //! One training epoch: seeded order, augmentation and expert streams, the steps, the loss
 //! read back every `sync_every` steps (NaN stop, progress), and the epoch's numbers.
 
-use mosa_core::kernels::AutodiffKernels;
+use mosa_kernels::AutodiffKernels;
 use std::time::Instant;
 
+use crate::optim::{AdamW, WarmupCosine};
 use burn::prelude::*;
-use mosa_core::optim::{AdamW, WarmupCosine};
 use mosa_core::{Method, Rng};
 use mosa_data::LoadedSplit;
 use mosa_models::Backbone;

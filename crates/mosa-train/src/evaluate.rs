@@ -2,8 +2,8 @@
 //! non-autodiff backend: no dropout, MoSA slots use their merged adapter).
 
 use burn::prelude::*;
-use mosa_core::kernels::Kernels;
 use mosa_data::LoadedSplit;
+use mosa_kernels::Kernels;
 use mosa_models::Backbone;
 
 /// Accuracy on the first `limit` images of `split` (all if `None`), and how many were scored.

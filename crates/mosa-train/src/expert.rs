@@ -8,7 +8,7 @@
 //! - full: `W − W0` of every backbone tensor but the head, and but the position embedding when
 //!   the run trained at another grid than the stored one (that Δ cannot be merged onto it).
 
-use mosa_core::kernels::Kernels;
+use mosa_kernels::Kernels;
 use std::path::Path;
 
 use burn::prelude::*;

@@ -5,9 +5,8 @@
 //!   [`evaluate`]: accuracy of a merged model; [`model`]: a run's model from its spec;
 //!   [`rundir`]: the saved run (typed directory, backbone identity, saved model, `load_run`);
 //! - [`loss`]: CE, symmetric KL with stop-gradient, DEEPREG; [`checkpoint`]: the resumable state;
-//! - [`metrics`]: per-epoch metrics and the summary; [`progress`]: terminal bar or plain lines.
-//!
-//! The optimiser and schedule live in `mosa_core::optim`.
+//! - [`metrics`]: per-epoch metrics and the summary; [`progress`]: terminal bar or plain lines;
+//! - [`optim`]: the reference AdamW and warm-up cosine.
 
 pub mod checkpoint;
 pub mod config;
@@ -20,6 +19,7 @@ pub mod memory;
 pub mod merged;
 pub mod metrics;
 pub mod model;
+pub mod optim;
 pub mod output;
 pub mod progress;
 pub mod rundir;

@@ -2,8 +2,8 @@
 //! resolution and classes, the head initialised, the method injected.
 
 use burn::prelude::*;
-use mosa_core::kernels::Kernels;
 use mosa_core::{PeftHost, Rng, inject, params};
+use mosa_kernels::Kernels;
 use mosa_models::{Backbone, HeadPolicy};
 
 use crate::config::{HeadInit, RunSpec};

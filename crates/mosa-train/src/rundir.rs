@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use mosa_core::host::{HostTensor, NamedTensors};
-use mosa_core::kernels::Kernels;
 use mosa_core::{inject, params};
+use mosa_kernels::Kernels;
 use mosa_models::Backbone;
 use serde::{Deserialize, Serialize};
 

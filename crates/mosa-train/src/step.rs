@@ -6,8 +6,8 @@
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use mosa_core::kernels::AutodiffKernels;
 use mosa_core::{Method, Passes, Rng, inject};
+use mosa_kernels::AutodiffKernels;
 use mosa_models::Backbone;
 
 use crate::config::TrainConfig;

@@ -13,13 +13,13 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use mosa_core::adapter::AdapterOptions;
 use mosa_core::mosa::{MosaOptions, Share};
-use mosa_core::optim::{AdamW, AdamWConfig};
 use mosa_core::site::{PeftHost, SiteMut};
 use mosa_core::slot::AdapterSlot;
 use mosa_core::{HostTensor, Method, Rng, inject, params};
 use mosa_models::{Backbone, HeadPolicy};
 use mosa_testkit::fixtures;
 use mosa_train::TrainConfig;
+use mosa_train::optim::{AdamW, AdamWConfig};
 use serde_json::Value;
 
 type B = Flex;

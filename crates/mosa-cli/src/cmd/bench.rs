@@ -8,9 +8,9 @@ use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use clap::Subcommand;
-use mosa_core::optim::{AdamW, AdamWConfig};
 use mosa_core::{MethodKind, PeftHost, Rng, inject, params};
 use mosa_models::presets;
+use mosa_train::optim::{AdamW, AdamWConfig};
 
 use crate::backend::{self, Backend};
 use crate::method_args::MethodArgs;

@@ -1,4 +1,4 @@
-//! `mosa bench gemm`: our packed GEMM (`mosa_core::kernels::flex::gemm`, with each register
+//! `mosa bench gemm`: our packed GEMM (`mosa_kernels::flex::gemm`, with each register
 //! tile this CPU can run) against the `gemm` crate on the linears of a ViT-S/16 training step at
 //! 224 px, batch 8 (`rows` = 8 · 197 tokens): the forward `x·W`, `∂x = g·Wᵀ` and `∂W = xᵀ·g` of
 //! qkv, fc1 and fc2. They run in turn in every iteration (so a noisy neighbour slows all alike);
@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use mosa_core::kernels::flex::gemm::{Gemm, Tile, available, multiply};
+use mosa_kernels::flex::gemm::{Gemm, Tile, available, multiply};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {

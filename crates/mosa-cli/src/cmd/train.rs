@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use mosa_core::optim::ScheduleKind;
 use mosa_data::{Dataset, LoadOptions, LoadedSplit, Transform};
 use mosa_models::{HeadPolicy, presets, weights};
+use mosa_train::optim::ScheduleKind;
 use mosa_train::progress::Console;
 use mosa_train::{Control, HeadInit, Outcome, RunSpec, TrainConfig};
 

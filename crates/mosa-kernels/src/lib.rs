@@ -7,7 +7,7 @@
 //!
 //! Models and methods are written against `B: Kernels` (training code against
 //! [`AutodiffKernels`]) and call the typed helpers here ([`gelu`], [`attention_packed`], [`linear_rows`], [`linear_layer`]) or the
-//! [`LayerNorm`](crate::layer_norm::LayerNorm) module, never a backend directly.
+//! `LayerNorm` module of mosa-core, never a backend directly.
 //!
 //! | kernel | default | Flex |
 //! |---|---|---|
@@ -157,6 +157,19 @@ pub fn linear_rows<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: Tensor<B
 /// A burn `Linear` module's `x·W + b` through [`linear_rows`].
 pub fn linear_layer<B: Kernels, const D: usize>(layer: &burn::nn::Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     linear_rows(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// LayerNorm over the last axis, `γ ⊙ (x − μ)/√(σ² + ε) + β`, through the backend's kernel
+/// (without β, burn's own: its kernel has no β-free form) ([`layer_norm`](mod@layer_norm) module docs).
+///
+/// # Shapes
+/// `x` `[…, d]`, `gamma`, `beta` `[d]` → `[…, d]`
+pub fn layer_norm<B: Kernels, const D: usize>(x: Tensor<B, D>, gamma: Tensor<B, 1>, beta: Option<Tensor<B, 1>>, epsilon: f64) -> Tensor<B, D> {
+    let (x, gamma) = (primitive(x), primitive(gamma));
+    float(match beta {
+        Some(beta) => <B as Kernels>::layer_norm(x, gamma, primitive(beta), epsilon),
+        None => <B as ModuleOps<B>>::layer_norm(x, gamma, None, epsilon),
+    })
 }
 
 /// Exact GELU through the backend's kernel.

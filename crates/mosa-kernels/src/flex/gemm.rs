@@ -611,8 +611,17 @@ mod tests {
     use super::*;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::rng::Rng::new(seed);
-        (0..n).map(|_| rng.uniform() as f32 - 0.5).collect()
+        // splitmix64: test values only, any well-mixed stream will do
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
     }
 
     /// A `rows × cols` matrix stored row-major (layout 0), column-major (1, a transposed view) or

@@ -18,7 +18,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::params::{MapParam, is_bias};
+use mosa_core::params::{MapParam, is_bias};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
@@ -98,7 +98,7 @@ impl<B: AutodiffBackend> AdamW<B> {
     /// One step at learning rate `lr` for every parameter that has a gradient in `grads`.
     pub fn step<M: AutodiffModule<B>>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M {
         self.step += 1;
-        crate::params::map(module, Stepper { opt: self, grads: &mut grads, lr }).0
+        mosa_core::params::map(module, Stepper { opt: self, grads: &mut grads, lr }).0
     }
 
     /// Multiplies the moments of `path` by a 0/1 mask (flattened): entries dropped from a
