@@ -21,6 +21,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::host::HostTensor;
 
 /// The expert format this build writes and reads.
@@ -181,10 +182,6 @@ pub struct Expert {
     pub head: Option<Head>,
 }
 
-fn err(path: &Path, msg: impl std::fmt::Display) -> String {
-    format!("{}: {msg}", path.display())
-}
-
 fn u32s(b: &[u8]) -> Vec<u32> {
     b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
@@ -213,40 +210,40 @@ fn to_bitmap(indices: &[u32], numel: usize) -> Vec<u8> {
 impl Expert {
     /// Checks every tensor: sorted, unique, in-range indices, lengths and shapes that agree,
     /// finite values, and that the tensors fit the kind.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.meta.format != EXPERT_FORMAT {
-            return Err(format!("expert format {} (this mosa reads {EXPERT_FORMAT})", self.meta.format));
+            return Err(Error::Expert(format!("expert format {} (this mosa reads {EXPERT_FORMAT})", self.meta.format)));
         }
         let mut seen = std::collections::HashSet::new();
         for t in &self.tensors {
             let n = t.numel();
             let name = &t.name;
             if !seen.insert(name) {
-                return Err(format!("tensor `{name}` appears twice"));
+                return Err(Error::Expert(format!("tensor `{name}` appears twice")));
             }
             let kind_ok = matches!(
                 (self.meta.kind, &t.delta),
                 (ExpertKind::Sparse, Delta::Sparse { .. }) | (ExpertKind::Lora, Delta::LowRank { .. }) | (ExpertKind::Full, Delta::Dense(_))
             );
             if !kind_ok {
-                return Err(format!("tensor `{name}` is not stored as a {:?} expert's tensors are", self.meta.kind));
+                return Err(Error::Expert(format!("tensor `{name}` is not stored as a {:?} expert's tensors are", self.meta.kind)));
             }
             match &t.delta {
                 Delta::Sparse { indices, values } => {
                     if indices.len() != values.len() {
-                        return Err(format!("tensor `{name}`: {} indices but {} values", indices.len(), values.len()));
+                        return Err(Error::Expert(format!("tensor `{name}`: {} indices but {} values", indices.len(), values.len())));
                     }
                     if let Some(w) = indices.windows(2).position(|w| w[0] >= w[1]) {
                         let why = if indices[w] == indices[w + 1] { "duplicated" } else { "unsorted" };
-                        return Err(format!("tensor `{name}`: indices are {why} at position {}", w + 1));
+                        return Err(Error::Expert(format!("tensor `{name}`: indices are {why} at position {}", w + 1)));
                     }
                     if let Some(&last) = indices.last()
                         && last as usize >= n
                     {
-                        return Err(format!("tensor `{name}`: index {last} out of range for shape {:?} ({n} entries)", t.shape));
+                        return Err(Error::Expert(format!("tensor `{name}`: index {last} out of range for shape {:?} ({n} entries)", t.shape)));
                     }
                     if let Some(k) = values.iter().position(|v| !v.is_finite()) {
-                        return Err(format!("tensor `{name}`: value {k} is not finite"));
+                        return Err(Error::Expert(format!("tensor `{name}`: value {k} is not finite")));
                     }
                 }
                 Delta::LowRank { a, b, scale } => {
@@ -257,35 +254,35 @@ impl Expert {
                         && b.shape[0] == t.shape[0]
                         && a.shape[0] == b.shape[1];
                     if !ok {
-                        return Err(format!("tensor `{name}`: LoRA factors {:?} and {:?} do not make {:?}", a.shape, b.shape, t.shape));
+                        return Err(Error::Expert(format!("tensor `{name}`: LoRA factors {:?} and {:?} do not make {:?}", a.shape, b.shape, t.shape)));
                     }
                     if !scale.is_finite() || a.data.iter().chain(&b.data).any(|v| !v.is_finite()) {
-                        return Err(format!("tensor `{name}`: non-finite LoRA factor or scale"));
+                        return Err(Error::Expert(format!("tensor `{name}`: non-finite LoRA factor or scale")));
                     }
                 }
                 Delta::Dense(d) => {
                     if d.len() != n {
-                        return Err(format!("tensor `{name}`: {} values for shape {:?}", d.len(), t.shape));
+                        return Err(Error::Expert(format!("tensor `{name}`: {} values for shape {:?}", d.len(), t.shape)));
                     }
                     if d.iter().any(|v| !v.is_finite()) {
-                        return Err(format!("tensor `{name}`: non-finite value"));
+                        return Err(Error::Expert(format!("tensor `{name}`: non-finite value")));
                     }
                 }
             }
         }
         if let Some(h) = &self.head {
             if h.weight.shape.len() != 2 || h.bias.as_ref().is_some_and(|b| b.shape != [h.weight.shape[0]]) {
-                return Err(format!("head: weight {:?} and bias {:?} do not fit", h.weight.shape, h.bias.as_ref().map(|b| &b.shape)));
+                return Err(Error::Expert(format!("head: weight {:?} and bias {:?} do not fit", h.weight.shape, h.bias.as_ref().map(|b| &b.shape))));
             }
             if !self.meta.classes.is_empty() && self.meta.classes.len() != h.weight.shape[0] {
-                return Err(format!("head has {} classes but {} class names are given", h.weight.shape[0], self.meta.classes.len()));
+                return Err(Error::Expert(format!("head has {} classes but {} class names are given", h.weight.shape[0], self.meta.classes.len())));
             }
         }
         Ok(())
     }
 
     /// The file's bytes (safetensors).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+    pub fn to_bytes(&self) -> crate::Result<Vec<u8>> {
         self.validate()?;
         let mut meta = self.meta.clone();
         meta.tensors.clear();
@@ -329,40 +326,44 @@ impl Expert {
             .iter()
             .map(|(n, dt, s, b)| TensorView::new(*dt, s.clone(), b).map(|v| (n.clone(), v)))
             .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-        let header = HashMap::from([("mosa.expert".to_string(), serde_json::to_string(&meta).map_err(|e| e.to_string())?)]);
-        safetensors::serialize(views, Some(header)).map_err(|e| e.to_string())
+            .map_err(|e| Error::Expert(e.to_string()))?;
+        let header = HashMap::from([("mosa.expert".to_string(), serde_json::to_string(&meta).map_err(|e| Error::Expert(e.to_string()))?)]);
+        safetensors::serialize(views, Some(header)).map_err(|e| Error::Expert(e.to_string()))
     }
 
     /// Writes the expert atomically; returns the file size.
-    pub fn write(&self, path: &Path) -> Result<u64, String> {
-        let bytes = self.to_bytes().map_err(|e| err(path, e))?;
+    pub fn write(&self, path: &Path) -> crate::Result<u64> {
+        let bytes = self.to_bytes().map_err(|e| Error::in_file(path, e))?;
         crate::fsio::write_atomic(path, &bytes)?;
         Ok(bytes.len() as u64)
     }
 
     /// Reads and validates an expert file; errors name the file and the tensor.
-    pub fn read(path: &Path) -> Result<Expert, String> {
-        let bytes = crate::fsio::read_bounded(path, crate::fsio::caps::TENSORS).map_err(|e| err(path, e))?;
-        Self::from_bytes(&bytes).map_err(|e| err(path, e))
+    pub fn read(path: &Path) -> crate::Result<Expert> {
+        let bytes = crate::fsio::read_bounded(path, crate::fsio::caps::TENSORS).map_err(|e| Error::in_file(path, e))?;
+        Self::from_bytes(&bytes).map_err(|e| Error::in_file(path, e))
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Expert, String> {
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
-        let text = header.metadata().as_ref().and_then(|m| m.get("mosa.expert")).ok_or("not a mosa expert (no `mosa.expert` metadata)")?;
-        let meta: ExpertMeta = serde_json::from_str(text).map_err(|e| format!("`mosa.expert` metadata: {e}"))?;
+    pub fn from_bytes(bytes: &[u8]) -> crate::Result<Expert> {
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Expert(format!("not a safetensors file: {e}")))?;
+        let text = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("mosa.expert"))
+            .ok_or_else(|| Error::Expert("not a mosa expert (no `mosa.expert` metadata)".into()))?;
+        let meta: ExpertMeta = serde_json::from_str(text).map_err(|e| Error::Expert(format!("`mosa.expert` metadata: {e}")))?;
         if meta.format != EXPERT_FORMAT {
-            return Err(format!("expert format {} (this mosa reads {EXPERT_FORMAT})", meta.format));
+            return Err(Error::Expert(format!("expert format {} (this mosa reads {EXPERT_FORMAT})", meta.format)));
         }
-        let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
-        let get = |name: &str, dt: Dtype| -> Result<TensorView<'_>, String> {
-            let v = st.tensor(name).map_err(|_| format!("tensor `{name}` is missing"))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Expert(format!("not a valid safetensors file: {e}")))?;
+        let get = |name: &str, dt: Dtype| -> crate::Result<TensorView<'_>> {
+            let v = st.tensor(name).map_err(|_| Error::Expert(format!("tensor `{name}` is missing")))?;
             if v.dtype() != dt {
-                return Err(format!("tensor `{name}` is {:?}, expected {dt:?}", v.dtype()));
+                return Err(Error::Expert(format!("tensor `{name}` is {:?}, expected {dt:?}", v.dtype())));
             }
             Ok(v)
         };
-        let host = |name: &str| -> Result<HostTensor, String> {
+        let host = |name: &str| -> crate::Result<HostTensor> {
             let v = get(name, Dtype::F32)?;
             Ok(HostTensor::new(v.shape().to_vec(), f32s(v.data())))
         };
@@ -374,34 +375,34 @@ impl Expert {
                     let indices = if tm.encoding == "bitmap" {
                         let b = get(&format!("{name}.bitmap"), Dtype::U8)?;
                         if b.data().len() != n.div_ceil(8) {
-                            return Err(format!("tensor `{name}.bitmap` has {} bytes for {n} entries", b.data().len()));
+                            return Err(Error::Expert(format!("tensor `{name}.bitmap` has {} bytes for {n} entries", b.data().len())));
                         }
                         from_bitmap(b.data(), n)
                     } else {
                         u32s(get(&format!("{name}.indices"), Dtype::U32)?.data())
                     };
                     let vname = format!("{name}.values");
-                    let v = st.tensor(&vname).map_err(|_| format!("tensor `{vname}` is missing"))?;
+                    let v = st.tensor(&vname).map_err(|_| Error::Expert(format!("tensor `{vname}` is missing")))?;
                     let values = match v.dtype() {
                         Dtype::F32 => f32s(v.data()),
                         Dtype::F16 => v.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-                        other => return Err(format!("tensor `{vname}` is {other:?}, expected F32 or F16")),
+                        other => return Err(Error::Expert(format!("tensor `{vname}` is {other:?}, expected F32 or F16"))),
                     };
                     Delta::Sparse { indices, values }
                 }
                 "lora" => Delta::LowRank {
                     a: host(&format!("{name}.lora_a"))?,
                     b: host(&format!("{name}.lora_b"))?,
-                    scale: tm.scale.ok_or_else(|| format!("tensor `{name}`: LoRA without a scale"))?,
+                    scale: tm.scale.ok_or_else(|| Error::Expert(format!("tensor `{name}`: LoRA without a scale")))?,
                 },
                 "dense" => {
                     let d = host(&format!("{name}.delta"))?;
                     if d.shape != tm.shape {
-                        return Err(format!("tensor `{name}.delta` has shape {:?}, the metadata says {:?}", d.shape, tm.shape));
+                        return Err(Error::Expert(format!("tensor `{name}.delta` has shape {:?}, the metadata says {:?}", d.shape, tm.shape)));
                     }
                     Delta::Dense(d.data)
                 }
-                other => return Err(format!("tensor `{name}`: unknown encoding `{other}`")),
+                other => return Err(Error::Expert(format!("tensor `{name}`: unknown encoding `{other}`"))),
             };
             tensors.push(ExpertTensor { name: name.clone(), shape: tm.shape.clone(), delta });
         }

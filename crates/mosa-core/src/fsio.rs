@@ -7,32 +7,34 @@
 use std::io::Write;
 use std::path::Path;
 
+use crate::Error;
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder (removed if anything
 /// fails), fsync, then a rename. Errors name the path.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> crate::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let err = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
+    let err = |p: &Path, source: std::io::Error| Error::Io { path: p.to_path_buf(), source };
     // the rename would replace whatever is there: never a device, a FIFO, a socket or a folder
     if let Ok(md) = std::fs::symlink_metadata(path) {
         let ft = md.file_type();
         if !ft.is_file() && !ft.is_symlink() {
-            return Err(format!("{}: a {} is there; only a regular file is ever replaced", path.display(), kind_name(ft)));
+            return Err(Error::NotAFile { path: path.to_path_buf(), kind: kind_name(ft) });
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let prefix = format!(".{name}.{}.", std::process::id());
     remove_orphans(dir, name);
-    let mut tmp = tempfile::Builder::new().prefix(&prefix).suffix(TMP_SUFFIX).tempfile_in(dir).map_err(|e| err(dir, &e))?;
-    tmp.write_all(bytes).map_err(|e| err(path, &e))?;
+    let mut tmp = tempfile::Builder::new().prefix(&prefix).suffix(TMP_SUFFIX).tempfile_in(dir).map_err(|e| err(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| err(path, e))?;
     #[cfg(unix)]
     {
         // tempfile creates 0600; a result or cache file should be as readable as any other file.
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| err(path, &e))?;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| err(path, e))?;
     }
-    tmp.as_file().sync_all().map_err(|e| err(path, &e))?;
-    tmp.persist(path).map_err(|e| err(path, &e.error))?;
+    tmp.as_file().sync_all().map_err(|e| err(path, e))?;
+    tmp.persist(path).map_err(|e| err(path, e.error))?;
     Ok(())
 }
 

@@ -51,7 +51,7 @@ pub struct Target {
 /// The method's linear targets, checked against the family's vocabulary (empty: its default;
 /// LoRA's is the family's `lora_default`). Parts of a fused linear (`q`, `v` of `qkv`) are LoRA
 /// targets only, and a linear is targeted whole or by parts, not both.
-pub fn resolve_targets(method: &Method, table: Targets) -> Result<Vec<Target>, String> {
+pub fn resolve_targets(method: &Method, table: Targets) -> crate::Result<Vec<Target>> {
     let Some(t) = method.targets() else { return Ok(Vec::new()) };
     let default = if matches!(method, Method::Lora(_)) { table.lora_default } else { table.default };
     let t: Vec<String> = if t.is_empty() { default.iter().map(|s| s.to_string()).collect() } else { t.clone() };
@@ -59,7 +59,7 @@ pub fn resolve_targets(method: &Method, table: Targets) -> Result<Vec<Target>, S
     for name in &t {
         if table.names.contains(&name.as_str()) {
             if out.iter().any(|x| &x.site == name) {
-                return Err(format!("target `{name}` is given twice, or with its parts"));
+                return Err(crate::Error::Target(format!("target `{name}` is given twice, or with its parts")));
             }
             out.push(Target { site: name.clone(), parts: None });
             continue;
@@ -67,15 +67,15 @@ pub fn resolve_targets(method: &Method, table: Targets) -> Result<Vec<Target>, S
         let Some((site, parts)) = table.parts.iter().find(|(_, p)| p.contains(&name.as_str())) else {
             let parts: Vec<String> = table.parts.iter().map(|(s, p)| format!("{} (of {s})", p.join(", "))).collect();
             let also = if parts.is_empty() { String::new() } else { format!("; LoRA also takes the parts {}", parts.join("; ")) };
-            return Err(format!("unknown target `{name}`; targets of {}: {}{also}", table.family, table.names.join(", ")));
+            return Err(crate::Error::Target(format!("unknown target `{name}`; targets of {}: {}{also}", table.family, table.names.join(", "))));
         };
         if !matches!(method, Method::Lora(_)) {
-            return Err(format!("target `{name}` is a part of `{site}`; only lora targets parts (use `{site}`)"));
+            return Err(crate::Error::Target(format!("target `{name}` is a part of `{site}`; only lora targets parts (use `{site}`)")));
         }
         let index = parts.iter().position(|p| p == name).unwrap_or(0);
         match out.iter_mut().find(|x| x.site == *site) {
             Some(Target { parts: Some((chosen, _)), .. }) if !chosen.contains(&index) => chosen.push(index),
-            Some(_) => return Err(format!("target `{name}` is given twice, or with `{site}` whole")),
+            Some(_) => return Err(crate::Error::Target(format!("target `{name}` is given twice, or with `{site}` whole"))),
             None => out.push(Target { site: site.to_string(), parts: Some((vec![index], parts.len())) }),
         }
     }
@@ -89,7 +89,7 @@ pub fn resolve_targets(method: &Method, table: Targets) -> Result<Vec<Target>, S
 
 /// Injects `method` into `host` and sets what trains. Masks and initial values come from
 /// streams of `seed`, one per block (shared by the block's slots, in the method's order).
-pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, device: &B::Device) -> Result<H, String> {
+pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, device: &B::Device) -> crate::Result<H> {
     method.validate()?;
     let targets = resolve_targets(method, host.targets())?;
     let family = host.targets().family;
@@ -124,7 +124,11 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
                     _ => None,
                 });
                 let Some((d, normalised, slot)) = found else {
-                    return Err(format!("method {} needs an adapter {}; {family} has no such site in block {block}", method.name(), place.describe()));
+                    return Err(crate::Error::Target(format!(
+                        "method {} needs an adapter {}; {family} has no such site in block {block}",
+                        method.name(),
+                        place.describe()
+                    )));
                 };
                 **slot = Some(adapter_slot(method, d, normalised, &mut rng, device)?);
             }
@@ -144,7 +148,7 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
     if let Method::VptShallow(p) | Method::VptDeep(p) = method {
         let deep = matches!(method, Method::VptDeep(_));
         let Some((site, slot)) = host.prompts_mut() else {
-            return Err(format!("method {} needs a token sequence for its prompts; {family} has none", method.name()));
+            return Err(crate::Error::Target(format!("method {} needs a token sequence for its prompts; {family} has none", method.name())));
         };
         *slot = Some(p.init(&site, deep, device));
     }
@@ -155,11 +159,11 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
 }
 
 /// The branch a method puts on the linear target `t` of shape `[i, o]`.
-fn linear_branch<B: Backend>(method: &Method, t: &Target, [i, o]: [usize; 2], rng: &mut Rng, device: &B::Device) -> Result<LinearBranch<B>, String> {
+fn linear_branch<B: Backend>(method: &Method, t: &Target, [i, o]: [usize; 2], rng: &mut Rng, device: &B::Device) -> crate::Result<LinearBranch<B>> {
     Ok(match method {
         Method::Lora(l) => match &t.parts {
             Some((parts, n)) if o % n == 0 => LinearBranch::LoraParts(l.init_parts(i, o, parts, *n, device)),
-            Some((_, n)) => return Err(format!("`{}` has {o} outputs, not {n} equal parts", t.site)),
+            Some((_, n)) => return Err(crate::Error::Target(format!("`{}` has {o} outputs, not {n} equal parts", t.site))),
             None => LinearBranch::Lora(l.init(i, o, device)),
         },
         Method::MosaLora(m) => LinearBranch::MosaLora(m.init(i, o, rng, device)),
@@ -173,13 +177,13 @@ fn linear_branch<B: Backend>(method: &Method, t: &Target, [i, o]: [usize; 2], rn
         | Method::VptShallow(_)
         | Method::VptDeep(_)
         | Method::Mosa(_)
-        | Method::PrunedAdapter(_) => return Err(format!("method {} puts no branch on linear layers (`{}`)", method.name(), t.site)),
+        | Method::PrunedAdapter(_) => return Err(crate::Error::Target(format!("method {} puts no branch on linear layers (`{}`)", method.name(), t.site))),
     })
 }
 
 /// The adapter a method puts at a site of width `d`; a site that feeds it a normalised stream gets
 /// one without a LayerNorm of its own.
-fn adapter_slot<B: Backend>(method: &Method, d: usize, normalised_input: bool, rng: &mut Rng, device: &B::Device) -> Result<AdapterSlot<B>, String> {
+fn adapter_slot<B: Backend>(method: &Method, d: usize, normalised_input: bool, rng: &mut Rng, device: &B::Device) -> crate::Result<AdapterSlot<B>> {
     let mut own = method.clone();
     if normalised_input && let Some(a) = own.adapter_options_mut() {
         a.norm = false;
@@ -199,7 +203,7 @@ fn adapter_slot<B: Backend>(method: &Method, d: usize, normalised_input: bool, r
         | Method::VptDeep(_)
         | Method::MosaLora(_)
         | Method::Sparse(_) => {
-            return Err(format!("method {} places no adapters", method.name()));
+            return Err(crate::Error::Target(format!("method {} places no adapters", method.name())));
         }
     })
 }
@@ -258,7 +262,7 @@ pub fn after_backward<B: AutodiffBackend, H: PeftHost<B>>(
     method: &Method,
     (epoch, step, steps): (usize, usize, usize),
     rng: &mut Rng,
-) -> Result<(H, ChangedMasks<B>), String> {
+) -> crate::Result<(H, ChangedMasks<B>)> {
     let mut changed = Vec::new();
     if let Some(cfg) = method.sparse()
         && cfg.action(epoch, step, steps) == SparseAction::Reselect
@@ -277,7 +281,7 @@ pub fn reselect_sparse<B: AutodiffBackend, H: PeftHost<B>>(
     grads: &GradientsParams,
     cfg: &sparse::SparseConfig,
     rng: &mut Rng,
-) -> Result<H, String> {
+) -> crate::Result<H> {
     let mut sites = host.sites_mut();
     let mut owners = Vec::new();
     let mut deltas = Vec::new();
@@ -343,7 +347,7 @@ pub fn sparse_masks<B: Backend, H: PeftHost<B>>(host: &mut H) -> Vec<(String, Te
 
 /// Restores masks saved under [`sparse_masks`]' keys; every key must name a sparse delta of the
 /// host, with its shape.
-pub fn with_sparse_masks<B: Backend, H: PeftHost<B>>(mut host: H, masks: &HashMap<String, HostTensor>) -> Result<H, String> {
+pub fn with_sparse_masks<B: Backend, H: PeftHost<B>>(mut host: H, masks: &HashMap<String, HostTensor>) -> crate::Result<H> {
     let mut used = 0;
     for s in host.sites_mut() {
         if let SiteMut::Linear { site, linear } = s
@@ -353,7 +357,7 @@ pub fn with_sparse_masks<B: Backend, H: PeftHost<B>>(mut host: H, masks: &HashMa
             if let Some(m) = masks.get(&key) {
                 let dims = d.mask.dims();
                 if m.shape.as_slice() != dims.as_slice() {
-                    return Err(format!("sparse mask {key}: shape {:?}, the model has {dims:?}", m.shape));
+                    return Err(crate::Error::Mismatch(format!("sparse mask {key}: shape {:?}, the model has {dims:?}", m.shape)));
                 }
                 d.mask = m.to_tensor(&d.mask.device());
                 used += 1;
@@ -361,7 +365,7 @@ pub fn with_sparse_masks<B: Backend, H: PeftHost<B>>(mut host: H, masks: &HashMa
         }
     }
     if used != masks.len() {
-        return Err(format!("{} sparse mask(s) do not match a sparse delta of this model", masks.len() - used));
+        return Err(crate::Error::Mismatch(format!("{} sparse mask(s) do not match a sparse delta of this model", masks.len() - used)));
     }
     Ok(host)
 }

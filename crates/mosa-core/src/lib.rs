@@ -11,9 +11,11 @@
 //! - [`params`]: parameters by path (one path stack), values in and out;
 //! - [`expert`]: the task-expert file (sparse / LoRA / full); [`merge`]: merging experts in
 //!   index space, and hot-swap;
-//! - [`host`]: the one host tensor type; [`fsio`]: the one atomic-write helper.
+//! - [`host`]: the one host tensor type; [`fsio`]: the one atomic-write helper;
+//! - [`error`]: the typed [`Error`] every fallible function here returns.
 
 pub mod adapter;
+pub mod error;
 pub mod expert;
 pub mod fsio;
 pub mod host;
@@ -32,6 +34,7 @@ pub mod site;
 pub mod slot;
 pub mod sparse;
 
+pub use error::{Error, Result};
 pub use host::HostTensor;
 pub use method::{Method, MethodKind, Passes};
 pub use mosa_kernels::{AutodiffKernels, Kernels};

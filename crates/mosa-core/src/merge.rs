@@ -76,21 +76,21 @@ impl MergeConfig {
     }
 
     /// Checks the options for `n` experts.
-    pub fn validate(&self, n: usize) -> Result<(), String> {
+    pub fn validate(&self, n: usize) -> crate::Result<()> {
         if !self.weights.is_empty() && self.weights.len() != n {
-            return Err(format!("{} weights given for {n} experts", self.weights.len()));
+            return Err(crate::Error::Option(format!("{} weights given for {n} experts", self.weights.len())));
         }
         if let Some(w) = self.weights.iter().find(|w| !w.is_finite() || **w < 0.0) {
-            return Err(format!("expert weight {w} must be finite and ≥ 0"));
+            return Err(crate::Error::Option(format!("expert weight {w} must be finite and ≥ 0")));
         }
         if !self.lambda().is_finite() {
-            return Err(format!("λ must be finite, got {}", self.lambda()));
+            return Err(crate::Error::Option(format!("λ must be finite, got {}", self.lambda())));
         }
         if !(self.ties_k > 0.0 && self.ties_k <= 1.0) {
-            return Err(format!("--ties-k must be in (0, 1], got {}", self.ties_k));
+            return Err(crate::Error::Option(format!("--ties-k must be in (0, 1], got {}", self.ties_k)));
         }
         if !(0.0..1.0).contains(&self.dare_p) {
-            return Err(format!("--dare-p must be in [0, 1), got {}", self.dare_p));
+            return Err(crate::Error::Option(format!("--dare-p must be in [0, 1), got {}", self.dare_p)));
         }
         Ok(())
     }
@@ -317,33 +317,36 @@ pub struct MergeReport {
 }
 
 /// Checks that a set of experts can be merged together onto `base` (timm names and layout).
-pub fn check(base: &BTreeMap<String, HostTensor>, experts: &[&Expert]) -> Result<(), String> {
-    let Some(first) = experts.first() else { return Err("no experts to merge".into()) };
+pub fn check(base: &BTreeMap<String, HostTensor>, experts: &[&Expert]) -> crate::Result<()> {
+    let Some(first) = experts.first() else { return Err(crate::Error::Mismatch("no experts to merge".into())) };
     let mut tasks = HashSet::new();
     for e in experts {
         if e.meta.kind != first.meta.kind {
-            return Err(format!(
+            return Err(crate::Error::Mismatch(format!(
                 "cannot mix expert kinds in one merge: task `{}` is {:?}, task `{}` is {:?}",
                 first.meta.task, first.meta.kind, e.meta.task, e.meta.kind
-            ));
+            )));
         }
         if e.meta.backbone.sha256 != first.meta.backbone.sha256 {
-            return Err(format!(
+            return Err(crate::Error::Mismatch(format!(
                 "task `{}` was trained on another backbone (SHA-256 {}) than task `{}` ({})",
                 e.meta.task,
                 e.meta.backbone.sha256.as_deref().unwrap_or("none"),
                 first.meta.task,
                 first.meta.backbone.sha256.as_deref().unwrap_or("none")
-            ));
+            )));
         }
         if !tasks.insert(&e.meta.task) {
-            return Err(format!("task `{}` appears twice", e.meta.task));
+            return Err(crate::Error::Mismatch(format!("task `{}` appears twice", e.meta.task)));
         }
         for t in &e.tensors {
             match base.get(&t.name) {
-                None => return Err(format!("task `{}`: tensor `{}` is not a weight of the backbone", e.meta.task, t.name)),
+                None => return Err(crate::Error::Mismatch(format!("task `{}`: tensor `{}` is not a weight of the backbone", e.meta.task, t.name))),
                 Some(b) if b.shape != t.shape => {
-                    return Err(format!("task `{}`: tensor `{}` has shape {:?}, the backbone's is {:?}", e.meta.task, t.name, t.shape, b.shape));
+                    return Err(crate::Error::Mismatch(format!(
+                        "task `{}`: tensor `{}` has shape {:?}, the backbone's is {:?}",
+                        e.meta.task, t.name, t.shape, b.shape
+                    )));
                 }
                 Some(_) => {}
             }
@@ -353,7 +356,7 @@ pub fn check(base: &BTreeMap<String, HostTensor>, experts: &[&Expert]) -> Result
 }
 
 /// Merges `experts` into `base` in place (index space, one tensor at a time, tensors in parallel).
-pub fn merge(base: &mut BTreeMap<String, HostTensor>, experts: &[&Expert], cfg: &MergeConfig) -> Result<MergeReport, String> {
+pub fn merge(base: &mut BTreeMap<String, HostTensor>, experts: &[&Expert], cfg: &MergeConfig) -> crate::Result<MergeReport> {
     check(base, experts)?;
     cfg.validate(experts.len())?;
     let total_weight: f32 = (0..experts.len()).map(|t| cfg.weight(t)).sum();
@@ -383,7 +386,7 @@ pub struct Applied {
 /// Hot-swap: adds `scale · Δ` of one expert to a loaded backbone's weights (timm names and
 /// layout) in O(nnz) for a sparse expert, keeping the touched entries so that [`remove`]
 /// restores the original bits exactly (float add-then-subtract would not).
-pub fn apply(base: &mut BTreeMap<String, HostTensor>, e: &Expert, scale: f32) -> Result<Applied, String> {
+pub fn apply(base: &mut BTreeMap<String, HostTensor>, e: &Expert, scale: f32) -> crate::Result<Applied> {
     check(base, &[e])?;
     let mut saved = Vec::new();
     for t in &e.tensors {

@@ -65,11 +65,11 @@ impl std::fmt::Display for MethodKind {
 }
 
 impl std::str::FromStr for MethodKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
         Self::all()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown method `{s}`; methods: {}", Self::all().map(|k| k.name()).collect::<Vec<_>>().join(", ")))
+            .ok_or_else(|| crate::Error::UnknownMethod { name: s.to_string(), known: Self::all().map(|k| k.name()).collect::<Vec<_>>().join(", ") })
     }
 }
 
@@ -246,19 +246,19 @@ impl Method {
     }
 
     /// Checks the options' ranges (targets are checked against a backbone by `inject::apply`).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if let Some(a) = self.adapter_options() {
             if a.r == 0 {
-                return Err("the adapter bottleneck r must be positive".into());
+                return Err(crate::Error::Option("the adapter bottleneck r must be positive".into()));
             }
             if !(a.norm_eps.is_finite() && a.norm_eps > 0.0) {
-                return Err(format!("the adapter LayerNorm epsilon must be finite and > 0, got {}", a.norm_eps));
+                return Err(crate::Error::Option(format!("the adapter LayerNorm epsilon must be finite and > 0, got {}", a.norm_eps)));
             }
             if !(0.0..1.0).contains(&a.dropout) {
-                return Err(format!("the adapter dropout (--adapter-dropout) must be in [0, 1), got {}", a.dropout));
+                return Err(crate::Error::Option(format!("the adapter dropout (--adapter-dropout) must be in [0, 1), got {}", a.dropout)));
             }
             if !a.scale.is_finite() {
-                return Err(format!("the adapter scale (--scale) must be finite, got {}", a.scale));
+                return Err(crate::Error::Option(format!("the adapter scale (--scale) must be finite, got {}", a.scale)));
             }
         }
         let lora = match self {
@@ -267,16 +267,16 @@ impl Method {
         };
         if let Some(l) = lora {
             if !(0.0..1.0).contains(&l.dropout) {
-                return Err(format!("the LoRA dropout (--lora-dropout) must be in [0, 1), got {}", l.dropout));
+                return Err(crate::Error::Option(format!("the LoRA dropout (--lora-dropout) must be in [0, 1), got {}", l.dropout)));
             }
             if !l.alpha.is_finite() {
-                return Err(format!("the LoRA alpha (--lora-alpha) must be finite, got {}", l.alpha));
+                return Err(crate::Error::Option(format!("the LoRA alpha (--lora-alpha) must be finite, got {}", l.alpha)));
             }
         }
         if let Method::VptShallow(p) | Method::VptDeep(p) = self
             && !(0.0..1.0).contains(&p.dropout)
         {
-            return Err(format!("the prompt dropout must be in [0, 1), got {}", p.dropout));
+            return Err(crate::Error::Option(format!("the prompt dropout must be in [0, 1), got {}", p.dropout)));
         }
         let experts = match self {
             Method::Mosa(m) => Some(m.experts),
@@ -285,11 +285,15 @@ impl Method {
             _ => None,
         };
         if experts == Some(0) {
-            return Err("experts must be at least 1".into());
+            return Err(crate::Error::Option("experts must be at least 1".into()));
         }
         match self {
-            Method::Lora(l) | Method::MosaLora(MosaLoraOptions { lora: l, .. }) if l.r == 0 => Err("the LoRA rank must be positive".into()),
-            Method::Sparse(s) if !(0.0..=1.0).contains(&s.keep_ratio) => Err(format!("keep_ratio must be in [0, 1], got {}", s.keep_ratio)),
+            Method::Lora(l) | Method::MosaLora(MosaLoraOptions { lora: l, .. }) if l.r == 0 => {
+                Err(crate::Error::Option("the LoRA rank must be positive".into()))
+            }
+            Method::Sparse(s) if !(0.0..=1.0).contains(&s.keep_ratio) => {
+                Err(crate::Error::Option(format!("keep_ratio must be in [0, 1], got {}", s.keep_ratio)))
+            }
             _ => Ok(()),
         }
     }

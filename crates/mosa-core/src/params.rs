@@ -201,7 +201,7 @@ pub fn export_trainable<B: Backend, M: Module<B>>(module: &M) -> NamedTensors {
 
 /// Replaces parameter values by path (trainability is kept). Every entry of `values` must name
 /// a parameter of the same shape; returns the module or a message listing what did not fit.
-pub fn load_by_path<B: Backend, M: Module<B>>(module: M, values: &HashMap<String, HostTensor>) -> Result<M, String> {
+pub fn load_by_path<B: Backend, M: Module<B>>(module: M, values: &HashMap<String, HostTensor>) -> crate::Result<M> {
     struct Ld<'a> {
         values: &'a HashMap<String, HostTensor>,
         used: Vec<String>,
@@ -232,5 +232,5 @@ pub fn load_by_path<B: Backend, M: Module<B>>(module: M, values: &HashMap<String
     for k in unknown {
         errors.push(format!("{k}: no such parameter in the model"));
     }
-    if errors.is_empty() { Ok(module) } else { Err(errors.join("; ")) }
+    if errors.is_empty() { Ok(module) } else { Err(crate::Error::Values(errors)) }
 }

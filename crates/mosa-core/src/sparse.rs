@@ -307,7 +307,7 @@ pub fn reselect<B: burn::tensor::backend::AutodiffBackend>(
     grads: &burn::optim::GradientsParams,
     cfg: &SparseConfig,
     rng: &mut Rng,
-) -> Result<Vec<SparseDelta<B>>, String> {
+) -> crate::Result<Vec<SparseDelta<B>>> {
     let mut scores = Vec::with_capacity(deltas.len());
     let mut shapes = Vec::with_capacity(deltas.len());
     for (d, name) in deltas.iter().zip(names) {
@@ -316,13 +316,13 @@ pub fn reselect<B: burn::tensor::backend::AutodiffBackend>(
         let g = grads.get::<B::InnerBackend, 2>(d.delta.id).map(|g| g.into_data().to_vec::<f32>().unwrap_or_default()).unwrap_or_else(|| vec![0.0; i * o]);
         let sc = cfg.score(&w, &g, rng);
         if sc.iter().any(|x| !x.is_finite()) {
-            return Err(format!("sparse mask selection: `{name}` has non-finite scores"));
+            return Err(crate::Error::Selection(format!("sparse mask selection: `{name}` has non-finite scores")));
         }
         if sc.iter().all(|&x| x == 0.0) {
-            return Err(format!(
+            return Err(crate::Error::Selection(format!(
                 "sparse mask selection: every {:?} score of `{name}` is 0 (ΔW or its gradient is still 0: train more dense steps before the first selection, --sparse warm-up, or use a non-zero learning rate)",
                 cfg.criterion
-            ));
+            )));
         }
         scores.push(sc);
         shapes.push([i, o]);

@@ -60,18 +60,27 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
     mosa_core::fsio::read_text(path, mosa_core::fsio::caps::LIST).map_err(|e| DataError::read(path, e))
 }
 
+/// Why a list entry's path was refused ([`relative`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EntryPathError {
+    #[error("empty image path")]
+    Empty,
+    #[error("image path `{0}` leaves the dataset folder (`..`); list paths are relative to it (a symlink inside the folder may point elsewhere)")]
+    Leaves(String),
+    #[error("image path `{0}` is absolute; list paths are relative to the dataset folder (a symlink inside it may point elsewhere)")]
+    Absolute(String),
+}
+
 /// A list entry's path as a path inside the dataset's folder: relative, without `..` (an entry
 /// cannot name a file outside the dataset; a symlink inside it can, deliberately).
-pub fn relative(p: &str) -> std::result::Result<&Path, String> {
+pub fn relative(p: &str) -> std::result::Result<&Path, EntryPathError> {
     use std::path::Component;
     let path = Path::new(p);
     match path.components().find(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
         None if !p.is_empty() => Ok(path),
-        None => Err("empty image path".into()),
-        Some(Component::ParentDir) => {
-            Err(format!("image path `{p}` leaves the dataset folder (`..`); list paths are relative to it (a symlink inside the folder may point elsewhere)"))
-        }
-        Some(_) => Err(format!("image path `{p}` is absolute; list paths are relative to the dataset folder (a symlink inside it may point elsewhere)")),
+        None => Err(EntryPathError::Empty),
+        Some(Component::ParentDir) => Err(EntryPathError::Leaves(p.to_string())),
+        Some(_) => Err(EntryPathError::Absolute(p.to_string())),
     }
 }
 
@@ -99,7 +108,7 @@ pub fn read_list(path: &Path, base: &Path, num_classes: usize, name: &str) -> Re
             };
             return Err(DataError::line(path, line, msg));
         }
-        let rel = relative(p).map_err(|m| DataError::line(path, line, m))?;
+        let rel = relative(p).map_err(|m| DataError::line(path, line, m.to_string()))?;
         entries.push(Entry { path: base.join(rel), label: label as usize, origin: Some(Origin { file: path.to_path_buf(), line }) });
     }
     if entries.is_empty() {

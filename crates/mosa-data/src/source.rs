@@ -216,7 +216,7 @@ fn open_fgvc(spec: &DatasetSpec, root: &Path, name: &str) -> Result<Dataset> {
             .into_iter()
             .map(|(k, id, line)| {
                 let key = format!("{prefix}{k}");
-                let rel = crate::list::relative(&key).map_err(|m| DataError::line(&file, line, m))?;
+                let rel = crate::list::relative(&key).map_err(|m| DataError::line(&file, line, m.to_string()))?;
                 Ok(Entry { path: dir.join(rel), label: ids.binary_search(&id).expect("id collected above"), origin: Some(Origin { file: file.clone(), line }) })
             })
             .collect::<Result<Vec<_>>>()?;

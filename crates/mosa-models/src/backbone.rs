@@ -96,7 +96,7 @@ macro_rules! families {
                 }
             }
 
-            pub fn validate(&self) -> std::result::Result<(), String> {
+            pub fn validate(&self) -> crate::Result<()> {
                 match self {
                     $(BackboneConfig::$variant(c) => FamilyConfig::validate(c),)*
                 }
@@ -208,10 +208,10 @@ macro_rules! families {
             /// Bakes the input size into the model once (a ViT re-grids its position embeddings, a
             /// Swin re-sizes its windows as `cfg.with_img_size(s)` would; ConvNeXt takes any size).
             /// A config of another family than the model's is an error.
-            pub fn set_img_size(self, cfg: &BackboneConfig, s: usize) -> std::result::Result<Self, String> {
+            pub fn set_img_size(self, cfg: &BackboneConfig, s: usize) -> crate::Result<Self> {
                 match (self, cfg) {
                     $((Backbone::$variant(m), BackboneConfig::$variant(c)) => Ok(Backbone::$variant(Family::set_img_size(m, c, s))),)*
-                    (m, c) => Err(format!("a {} config for a {} model", c.family(), m.family())),
+                    (m, c) => Err(crate::Error::Config(format!("a {} config for a {} model", c.family(), m.family()))),
                 }
             }
 

@@ -110,15 +110,15 @@ impl ConvNextConfig {
         blocks + self.num_classes as f64 * self.dims.last().copied().unwrap_or(0) as f64
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.depths.is_empty() || self.depths.len() != self.dims.len() {
-            return Err(format!("depths ({}) and dims ({}) must be non-empty and of one length", self.depths.len(), self.dims.len()));
+            return Err(crate::Error::Config(format!("depths ({}) and dims ({}) must be non-empty and of one length", self.depths.len(), self.dims.len())));
         }
         if self.depths.len() > 8 {
-            return Err(format!("{} stages: at most 8 are supported", self.depths.len()));
+            return Err(crate::Error::Config(format!("{} stages: at most 8 are supported", self.depths.len())));
         }
         if self.dims.contains(&0) || self.depths.contains(&0) || self.patch_size == 0 || self.kernel_size.is_multiple_of(2) {
-            return Err("dims, depths and patch_size must be positive and kernel_size odd".into());
+            return Err(crate::Error::Config("dims, depths and patch_size must be positive and kernel_size odd".into()));
         }
         for (i, &d) in self.dims.iter().enumerate() {
             crate::limits::at_most(&format!("dims[{i}]"), d, crate::limits::MAX_WIDTH)?;
@@ -126,14 +126,14 @@ impl ConvNextConfig {
         crate::limits::at_most("patch_size", self.patch_size, crate::limits::MAX_WIDTH)?;
         crate::limits::at_most("kernel_size", self.kernel_size, 63)?;
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
-            return Err(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
+            return Err(crate::Error::Config(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio)));
         }
         let blocks = self.depths.iter().try_fold(0usize, |a, &d| a.checked_add(d)).unwrap_or(usize::MAX);
         let tokens = (self.img_size / self.patch_size.max(1)).saturating_pow(2);
         crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, blocks, self.estimated_params())?;
         for (name, p) in [("drop_rate", self.drop_rate), ("drop_path_rate", self.drop_path_rate)] {
             if !(0.0..1.0).contains(&p) {
-                return Err(format!("{name} must be in [0, 1), got {p}"));
+                return Err(crate::Error::Config(format!("{name} must be in [0, 1), got {p}")));
             }
         }
         Ok(())
@@ -378,7 +378,7 @@ impl<B: Kernels> PeftHost<B> for ConvNeXt<B> {
 
 /// Loads a timm-layout state dict into a freshly built ConvNeXt, checking every tensor.
 pub fn load_state<B: Backend>(cfg: &ConvNextConfig, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<ConvNeXt<B>> {
-    cfg.validate().map_err(Error::Config)?;
+    cfg.validate()?;
     let stages = sd.tensors.keys().filter_map(|k| k.strip_prefix("stages.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
     if stages != cfg.depths.len() {
         return Err(Error::Mismatch { path: sd.source.clone(), problems: vec![format!("checkpoint has {stages} stages, the model {}", cfg.depths.len())] });
@@ -420,7 +420,7 @@ impl FamilyConfig for ConvNextConfig {
     fn describe(&self) -> String {
         format!("ConvNeXt dims {:?}, depths {:?}, kernel {}", self.dims, self.depths, self.kernel_size)
     }
-    fn validate(&self) -> std::result::Result<(), String> {
+    fn validate(&self) -> crate::Result<()> {
         ConvNextConfig::validate(self)
     }
     fn estimated_params(&self) -> f64 {

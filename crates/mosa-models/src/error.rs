@@ -22,6 +22,12 @@ pub enum Error {
     /// A model configuration is invalid or unknown.
     #[error("{0}")]
     Config(String),
+    /// A size beyond what mosa supports (side, width, tokens, parameters, memory).
+    #[error("{0}")]
+    Limit(String),
+    /// mosa-core refused (a method that does not fit, a write that failed): its message as is.
+    #[error(transparent)]
+    Core(#[from] mosa_core::Error),
 }
 
 impl Error {

@@ -58,7 +58,7 @@ pub trait FamilyConfig: Sized {
     const NAME: &'static str;
     /// One line for logs and `mosa inspect`.
     fn describe(&self) -> String;
-    fn validate(&self) -> std::result::Result<(), String>;
+    fn validate(&self) -> crate::Result<()>;
     /// The parameter count estimated from the config alone (before anything is allocated).
     fn estimated_params(&self) -> f64;
     /// Number of parameters of the model this config builds (closed form).

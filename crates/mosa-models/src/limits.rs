@@ -17,23 +17,23 @@ pub const MAX_PARAMS: f64 = 8e9;
 pub const MAX_TOKENS: usize = 1 << 20;
 
 /// `name` = `v` is at most `max`.
-pub fn at_most(name: &str, v: usize, max: usize) -> Result<(), String> {
+pub fn at_most(name: &str, v: usize, max: usize) -> crate::Result<()> {
     if v > max {
-        return Err(format!("{name} {v} is larger than the supported {max}"));
+        return Err(crate::Error::Limit(format!("{name} {v} is larger than the supported {max}")));
     }
     Ok(())
 }
 
 /// The common bounds: input side, channels, classes, the first stage's tokens, blocks and the
 /// estimated parameter count.
-pub fn check(img_size: usize, in_chans: usize, num_classes: usize, tokens: usize, blocks: usize, params: f64) -> Result<(), String> {
+pub fn check(img_size: usize, in_chans: usize, num_classes: usize, tokens: usize, blocks: usize, params: f64) -> crate::Result<()> {
     at_most("img_size", img_size, MAX_IMG_SIZE)?;
     at_most("in_chans", in_chans, MAX_WIDTH)?;
     at_most("num_classes", num_classes, MAX_CLASSES)?;
     at_most("tokens", tokens, MAX_TOKENS)?;
     at_most("blocks", blocks, MAX_BLOCKS)?;
     if params.is_nan() || params > MAX_PARAMS {
-        return Err(format!("about {params:.3e} parameters, more than the supported {MAX_PARAMS:.0e}"));
+        return Err(crate::Error::Limit(format!("about {params:.3e} parameters, more than the supported {MAX_PARAMS:.0e}")));
     }
     Ok(())
 }
@@ -68,7 +68,7 @@ pub type Parts<'a> = &'a [(&'a str, f64)];
 
 /// Refuses an allocation estimated at the sum of `parts` bytes when it exceeds the available
 /// memory; the error names each part and `lower`, what to lower.
-pub fn fits_memory(what: &str, parts: Parts<'_>, lower: &str) -> Result<(), String> {
+pub fn fits_memory(what: &str, parts: Parts<'_>, lower: &str) -> crate::Result<()> {
     let need: f64 = parts.iter().map(|(_, b)| b).sum();
     let Some(have) = available_memory() else { return Ok(()) };
     if need <= have {
@@ -76,5 +76,5 @@ pub fn fits_memory(what: &str, parts: Parts<'_>, lower: &str) -> Result<(), Stri
     }
     let gb = |b: f64| format!("{:.1} GB", b / 1e9);
     let list: Vec<String> = parts.iter().filter(|(_, b)| *b > 0.0).map(|(n, b)| format!("{n} {}", gb(*b))).collect();
-    Err(format!("{what} needs about {} ({}), more than the {} of memory available; lower {lower}", gb(need), list.join(", "), gb(have)))
+    Err(crate::Error::Limit(format!("{what} needs about {} ({}), more than the {} of memory available; lower {lower}", gb(need), list.join(", "), gb(have))))
 }

@@ -126,13 +126,13 @@ pub fn resolve_model(spec: &str) -> Result<BackboneConfig> {
 pub fn config_from_json_file(path: &Path) -> Result<BackboneConfig> {
     let text = mosa_core::fsio::read_text(path, mosa_core::fsio::caps::CONFIG).map_err(|e| Error::read(path, e))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
-    config_from_json(&value).map_err(|msg| Error::format(path, msg))
+    config_from_json(&value).map_err(|e| Error::format(path, e.to_string()))
 }
 
 /// Interprets one of the accepted JSON shapes (see the module docs).
-pub fn config_from_json(value: &Value) -> std::result::Result<BackboneConfig, String> {
+pub fn config_from_json(value: &Value) -> crate::Result<BackboneConfig> {
     if value.get("family").is_some() {
-        let cfg: BackboneConfig = serde_json::from_value(value.clone()).map_err(|e| format!("not a mosa backbone config: {e}"))?;
+        let cfg: BackboneConfig = serde_json::from_value(value.clone()).map_err(|e| crate::Error::Config(format!("not a mosa backbone config: {e}")))?;
         cfg.validate()?;
         return Ok(cfg);
     }
@@ -156,33 +156,33 @@ pub fn config_from_json(value: &Value) -> std::result::Result<BackboneConfig, St
     } else if let Some(hf) = value.get("config") {
         from_hf_dinov2(hf)?
     } else {
-        serde_json::from_value::<VitConfig>(value.clone()).map_err(|e| format!("not a mosa ViT config: {e}"))?
+        serde_json::from_value::<VitConfig>(value.clone()).map_err(|e| crate::Error::Config(format!("not a mosa ViT config: {e}")))?
     };
     cfg.validate()?;
     Ok(BackboneConfig::Vit(cfg))
 }
 
-fn as_usize(k: &str, v: &Value) -> std::result::Result<usize, String> {
+fn as_usize(k: &str, v: &Value) -> crate::Result<usize> {
     // timm accepts an int or an (h, w) pair for sizes; we support square ones.
     match v {
-        Value::Number(n) => n.as_u64().map(|x| x as usize).ok_or_else(|| format!("`{k}` must be a non-negative integer")),
+        Value::Number(n) => n.as_u64().map(|x| x as usize).ok_or_else(|| crate::Error::Config(format!("`{k}` must be a non-negative integer"))),
         Value::Array(a) if a.len() == 2 && a[0] == a[1] => as_usize(k, &a[0]),
-        _ => Err(format!("`{k}` must be an integer (or a square pair), got {v}")),
+        _ => Err(crate::Error::Config(format!("`{k}` must be an integer (or a square pair), got {v}"))),
     }
 }
 
-fn as_f64(k: &str, v: &Value) -> std::result::Result<f64, String> {
-    v.as_f64().ok_or_else(|| format!("`{k}` must be a number, got {v}"))
+fn as_f64(k: &str, v: &Value) -> crate::Result<f64> {
+    v.as_f64().ok_or_else(|| crate::Error::Config(format!("`{k}` must be a number, got {v}")))
 }
 
-fn as_bool(k: &str, v: &Value) -> std::result::Result<bool, String> {
-    v.as_bool().ok_or_else(|| format!("`{k}` must be true or false, got {v}"))
+fn as_bool(k: &str, v: &Value) -> crate::Result<bool> {
+    v.as_bool().ok_or_else(|| crate::Error::Config(format!("`{k}` must be true or false, got {v}")))
 }
 
 /// timm `VisionTransformer(**kwargs)` → [`VitConfig`]. Unknown or unsupported arguments are errors,
 /// so that a model we would compute differently is never accepted silently.
-pub fn from_timm_kwargs(kwargs: &Value) -> std::result::Result<VitConfig, String> {
-    let obj = kwargs.as_object().ok_or("`kwargs` must be an object")?;
+pub fn from_timm_kwargs(kwargs: &Value) -> crate::Result<VitConfig> {
+    let obj = kwargs.as_object().ok_or_else(|| crate::Error::Config("`kwargs` must be an object".into()))?;
     let mut c = VitConfig::new();
     for (k, v) in obj {
         match k.as_str() {
@@ -209,19 +209,19 @@ pub fn from_timm_kwargs(kwargs: &Value) -> std::result::Result<VitConfig, String
             "global_pool" if v == "token" => {}
             "qk_norm" | "no_embed_class" | "reg_tokens" | "pre_norm" | "fc_norm" | "dynamic_img_pad"
                 if v == &Value::Bool(false) || v == &Value::from(0) || v.is_null() => {}
-            _ => return Err(format!("timm argument `{k}` = {v} is not supported")),
+            _ => return Err(crate::Error::Config(format!("timm argument `{k}` = {v} is not supported"))),
         }
     }
     Ok(c)
 }
 
-fn as_usizes(k: &str, v: &Value) -> std::result::Result<Vec<usize>, String> {
-    v.as_array().ok_or_else(|| format!("`{k}` must be a list of integers, got {v}"))?.iter().map(|x| as_usize(k, x)).collect()
+fn as_usizes(k: &str, v: &Value) -> crate::Result<Vec<usize>> {
+    v.as_array().ok_or_else(|| crate::Error::Config(format!("`{k}` must be a list of integers, got {v}")))?.iter().map(|x| as_usize(k, x)).collect()
 }
 
 /// timm `SwinTransformer(**kwargs)` → [`SwinConfig`]; unsupported arguments are errors.
-pub fn from_timm_swin_kwargs(kwargs: &Value) -> std::result::Result<SwinConfig, String> {
-    let obj = kwargs.as_object().ok_or("`kwargs` must be an object")?;
+pub fn from_timm_swin_kwargs(kwargs: &Value) -> crate::Result<SwinConfig> {
+    let obj = kwargs.as_object().ok_or_else(|| crate::Error::Config("`kwargs` must be an object".into()))?;
     let mut c = SwinConfig::new();
     for (k, v) in obj {
         match k.as_str() {
@@ -241,15 +241,15 @@ pub fn from_timm_swin_kwargs(kwargs: &Value) -> std::result::Result<SwinConfig, 
             "drop_path_rate" => c.drop_path_rate = as_f64(k, v)?,
             "global_pool" if v == "avg" => {}
             "ape" | "always_partition" | "strict_img_size" if v == &Value::Bool(false) => {}
-            _ => return Err(format!("timm SwinTransformer argument `{k}` = {v} is not supported")),
+            _ => return Err(crate::Error::Config(format!("timm SwinTransformer argument `{k}` = {v} is not supported"))),
         }
     }
     Ok(c)
 }
 
 /// timm `ConvNeXt(**kwargs)` → [`ConvNextConfig`]; unsupported arguments are errors.
-pub fn from_timm_convnext_kwargs(kwargs: &Value) -> std::result::Result<ConvNextConfig, String> {
-    let obj = kwargs.as_object().ok_or("`kwargs` must be an object")?;
+pub fn from_timm_convnext_kwargs(kwargs: &Value) -> crate::Result<ConvNextConfig> {
+    let obj = kwargs.as_object().ok_or_else(|| crate::Error::Config("`kwargs` must be an object".into()))?;
     let mut c = ConvNextConfig::new();
     for (k, v) in obj {
         match k.as_str() {
@@ -266,15 +266,15 @@ pub fn from_timm_convnext_kwargs(kwargs: &Value) -> std::result::Result<ConvNext
             "stem_type" if v == "patch" => {}
             "conv_mlp" | "use_grn" | "head_norm_first" if v == &Value::Bool(false) => {}
             "conv_bias" if v == &Value::Bool(true) => {}
-            _ => return Err(format!("timm ConvNeXt argument `{k}` = {v} is not supported")),
+            _ => return Err(crate::Error::Config(format!("timm ConvNeXt argument `{k}` = {v} is not supported"))),
         }
     }
     Ok(c)
 }
 
 /// transformers `Dinov2Config` → [`VitConfig`] (backbone only: no head).
-pub fn from_hf_dinov2(cfg: &Value) -> std::result::Result<VitConfig, String> {
-    let obj = cfg.as_object().ok_or("`config` must be an object")?;
+pub fn from_hf_dinov2(cfg: &Value) -> crate::Result<VitConfig> {
+    let obj = cfg.as_object().ok_or_else(|| crate::Error::Config("`config` must be an object".into()))?;
     let mut c = VitConfig::new().with_init_values(Some(1.0)).with_pos_resample(Resample::Bicubic).with_num_classes(0);
     let mut intermediate = None;
     for (k, v) in obj {
@@ -295,7 +295,7 @@ pub fn from_hf_dinov2(cfg: &Value) -> std::result::Result<VitConfig, String> {
             "use_swiglu_ffn" if v == &Value::Bool(false) => {}
             "num_register_tokens" if v == &Value::from(0) => {}
             "hidden_dropout_prob" | "attention_probs_dropout_prob" | "initializer_range" | "model_type" => {}
-            _ => return Err(format!("Dinov2Config field `{k}` = {v} is not supported")),
+            _ => return Err(crate::Error::Config(format!("Dinov2Config field `{k}` = {v} is not supported"))),
         }
     }
     if let Some(i) = intermediate {
@@ -354,11 +354,13 @@ mod tests {
         assert_eq!((c.embed_dim, c.depth, c.num_heads, c.grid(), c.num_classes), (48, 2, 3, (4, 4), 5));
         assert_eq!(c.init_values, Some(1e-5));
         let err = from_timm_kwargs(&serde_json::json!({"global_pool": "avg"})).unwrap_err();
+        assert!(matches!(err, crate::Error::Config(_)), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("global_pool"), "{err}");
-        let err = config_from_json(&serde_json::json!({"kwargs": {"embed_dim": 50, "num_heads": 3}})).unwrap_err();
+        let err = config_from_json(&serde_json::json!({"kwargs": {"embed_dim": 50, "num_heads": 3}})).unwrap_err().to_string();
         assert!(err.contains("divisible"), "{err}");
         let bad = serde_json::to_value(BackboneConfig::Vit(VitConfig::new().with_embed_dim(50).with_num_heads(3))).unwrap();
-        let err = config_from_json(&bad).unwrap_err();
+        let err = config_from_json(&bad).unwrap_err().to_string();
         assert!(err.contains("divisible"), "{err}");
     }
 

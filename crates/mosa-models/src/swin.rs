@@ -143,29 +143,33 @@ impl SwinConfig {
         blocks + self.num_classes as f64 * self.depths.len().checked_sub(1).map_or(0, |l| self.stage_dim(l)) as f64
     }
 
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.depths.is_empty() || self.depths.len() != self.num_heads.len() {
-            return Err(format!("depths ({}) and num_heads ({}) must be non-empty and of one length", self.depths.len(), self.num_heads.len()));
+            return Err(crate::Error::Config(format!(
+                "depths ({}) and num_heads ({}) must be non-empty and of one length",
+                self.depths.len(),
+                self.num_heads.len()
+            )));
         }
         if self.embed_dim == 0 || self.patch_size == 0 || self.window_size == 0 || self.depths.contains(&0) || self.num_heads.contains(&0) {
-            return Err("embed_dim, patch_size, window_size, depths and num_heads must be positive".into());
+            return Err(crate::Error::Config("embed_dim, patch_size, window_size, depths and num_heads must be positive".into()));
         }
         if self.depths.len() > 8 {
-            return Err(format!("{} stages: at most 8 are supported", self.depths.len()));
+            return Err(crate::Error::Config(format!("{} stages: at most 8 are supported", self.depths.len())));
         }
         for (i, &h) in self.num_heads.iter().enumerate() {
             if !self.stage_dim(i).is_multiple_of(h) {
-                return Err(format!("stage {i}: width {} is not divisible by {h} heads", self.stage_dim(i)));
+                return Err(crate::Error::Config(format!("stage {i}: width {} is not divisible by {h} heads", self.stage_dim(i))));
             }
         }
         if self.img_size < self.patch_size {
-            return Err(format!("img_size {} is smaller than patch_size {}", self.img_size, self.patch_size));
+            return Err(crate::Error::Config(format!("img_size {} is smaller than patch_size {}", self.img_size, self.patch_size)));
         }
         crate::limits::at_most("embed_dim", self.embed_dim, crate::limits::MAX_WIDTH)?;
         crate::limits::at_most("patch_size", self.patch_size, crate::limits::MAX_WIDTH)?;
         crate::limits::at_most("window_size", self.window_size, crate::limits::MAX_WIDTH)?;
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
-            return Err(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
+            return Err(crate::Error::Config(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio)));
         }
         let blocks = self.depths.iter().try_fold(0usize, |a, &d| a.checked_add(d)).unwrap_or(usize::MAX);
         let tokens = (self.img_size / self.patch_size).saturating_pow(2);
@@ -177,7 +181,7 @@ impl SwinConfig {
             ("drop_path_rate", self.drop_path_rate),
         ] {
             if !(0.0..1.0).contains(&p) {
-                return Err(format!("{name} must be in [0, 1), got {p}"));
+                return Err(crate::Error::Config(format!("{name} must be in [0, 1), got {p}")));
             }
         }
         Ok(())
@@ -614,7 +618,7 @@ pub fn looks_official(sd: &StateDict) -> bool {
 /// Loads a timm-layout state dict (`load::read_checkpoint` maps the original release's) into a
 /// freshly built Swin, checking every tensor; a bias table of another window is resampled.
 pub fn load_state<B: Backend>(cfg: &SwinConfig, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<SwinTransformer<B>> {
-    cfg.validate().map_err(Error::Config)?;
+    cfg.validate()?;
     let stages = sd.tensors.keys().filter_map(|k| k.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
     if stages != cfg.depths.len() {
         return Err(Error::Mismatch { path: sd.source.clone(), problems: vec![format!("checkpoint has {stages} stages, the model {}", cfg.depths.len())] });
@@ -666,7 +670,7 @@ impl FamilyConfig for SwinConfig {
     fn describe(&self) -> String {
         format!("Swin d {}, depths {:?}, heads {:?}, window {}, patch {}", self.embed_dim, self.depths, self.num_heads, self.window_size, self.patch_size)
     }
-    fn validate(&self) -> std::result::Result<(), String> {
+    fn validate(&self) -> crate::Result<()> {
         SwinConfig::validate(self)
     }
     fn estimated_params(&self) -> f64 {

@@ -112,27 +112,27 @@ impl VitConfig {
     }
 
     /// Checks the configuration for consistency.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 || self.patch_size == 0 {
-            return Err("embed_dim, depth, num_heads and patch_size must be positive".into());
+            return Err(crate::Error::Config("embed_dim, depth, num_heads and patch_size must be positive".into()));
         }
         if !self.embed_dim.is_multiple_of(self.num_heads) {
-            return Err(format!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads));
+            return Err(crate::Error::Config(format!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads)));
         }
         if self.img_size < self.patch_size {
-            return Err(format!("img_size {} is smaller than patch_size {}", self.img_size, self.patch_size));
+            return Err(crate::Error::Config(format!("img_size {} is smaller than patch_size {}", self.img_size, self.patch_size)));
         }
         if !self.img_size.is_multiple_of(self.patch_size) {
             let (lo, hi) = (self.img_size / self.patch_size * self.patch_size, (self.img_size / self.patch_size + 1) * self.patch_size);
-            return Err(format!(
+            return Err(crate::Error::Config(format!(
                 "img_size {} is not a multiple of patch_size {} (the patch grid would drop the last pixels); use {lo} or {hi}",
                 self.img_size, self.patch_size
-            ));
+            )));
         }
         crate::limits::at_most("embed_dim", self.embed_dim, crate::limits::MAX_WIDTH)?;
         crate::limits::at_most("patch_size", self.patch_size, crate::limits::MAX_WIDTH)?;
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
-            return Err(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio));
+            return Err(crate::Error::Config(format!("mlp_ratio {} must be in (0, 64]", self.mlp_ratio)));
         }
         let tokens = (self.img_size / self.patch_size).saturating_pow(2).saturating_add(1);
         crate::limits::check(self.img_size, self.in_chans, self.num_classes, tokens, self.depth, self.estimated_params())?;
@@ -144,7 +144,7 @@ impl VitConfig {
             ("drop_path_rate", self.drop_path_rate),
         ] {
             if !(0.0..1.0).contains(&p) {
-                return Err(format!("{name} must be in [0, 1), got {p}"));
+                return Err(crate::Error::Config(format!("{name} must be in [0, 1), got {p}")));
             }
         }
         Ok(())
@@ -449,7 +449,7 @@ impl FamilyConfig for VitConfig {
     fn describe(&self) -> String {
         format!("d {}, {} blocks, {} heads, patch {}", self.embed_dim, self.depth, self.num_heads, self.patch_size)
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> crate::Result<()> {
         VitConfig::validate(self)
     }
     fn estimated_params(&self) -> f64 {

@@ -108,6 +108,17 @@ impl Default for TrainConfig {
     }
 }
 
+/// A recipe ([`TrainConfig`]) with a value out of range: names the flag and the value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRecipe(pub String);
+
+impl From<mosa_models::Error> for InvalidRecipe {
+    fn from(e: mosa_models::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
 impl TrainConfig {
     /// Whether the model is evaluated after epoch `epoch` (1-based): every `eval_every`-th
     /// epoch and the last.
@@ -115,47 +126,47 @@ impl TrainConfig {
         epoch == self.epochs || epoch.is_multiple_of(self.eval_every.unwrap_or(1).max(1))
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), InvalidRecipe> {
         if self.epochs == 0 || self.batch_size == 0 || self.resolution == 0 {
-            return Err("epochs, batch size and resolution must be > 0".into());
+            return Err(InvalidRecipe("epochs, batch size and resolution must be > 0".into()));
         }
         // bounded before anything is sized by them (issue #11 case 6)
-        mosa_models::limits::at_most("--resolution", self.resolution, mosa_models::limits::MAX_IMG_SIZE)?;
+        mosa_models::limits::at_most("--resolution", self.resolution, mosa_models::limits::MAX_IMG_SIZE).map_err(InvalidRecipe::from)?;
         for (flag, v) in [("--batch-size", Some(self.batch_size)), ("--eval-batch-size", self.eval_batch_size)] {
-            mosa_models::limits::at_most(flag, v.unwrap_or(1), 1 << 16)?;
+            mosa_models::limits::at_most(flag, v.unwrap_or(1), 1 << 16).map_err(InvalidRecipe::from)?;
         }
-        mosa_models::limits::at_most("--epochs", self.epochs, 1 << 20)?;
+        mosa_models::limits::at_most("--epochs", self.epochs, 1 << 20).map_err(InvalidRecipe::from)?;
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
         for (flag, v) in [("--lr", self.lr), ("--weight-decay", self.weight_decay), ("--kl-weight", self.kl_weight), ("deepreg_weight", self.deepreg_weight)] {
             if !finite_nonneg(v) {
-                return Err(format!("{flag} must be finite and ≥ 0, got {v}"));
+                return Err(InvalidRecipe(format!("{flag} must be finite and ≥ 0, got {v}")));
             }
         }
         if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(format!("--eps must be finite and > 0, got {}", self.eps));
+            return Err(InvalidRecipe(format!("--eps must be finite and > 0, got {}", self.eps)));
         }
         for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&b) {
-                return Err(format!("AdamW {name} must be in [0, 1), got {b}"));
+                return Err(InvalidRecipe(format!("AdamW {name} must be in [0, 1), got {b}")));
             }
         }
         for (flag, v) in [("--max-train-images", self.max_train_images), ("--max-eval-images", self.max_eval_images), ("--eval-every", self.eval_every)] {
             if v == Some(0) {
-                return Err(format!("{flag} must be at least 1 (leave it out for every image)"));
+                return Err(InvalidRecipe(format!("{flag} must be at least 1 (leave it out for every image)")));
             }
         }
         if self.warmup_epochs > self.epochs {
-            return Err(format!("warm-up ({}) longer than training ({} epochs)", self.warmup_epochs, self.epochs));
+            return Err(InvalidRecipe(format!("warm-up ({}) longer than training ({} epochs)", self.warmup_epochs, self.epochs)));
         }
         if let Some(h) = self.head_lr
             && !(h.is_finite() && h >= 0.0 && self.lr > 0.0)
         {
-            return Err(format!("--head-lr {h} needs to be finite and ≥ 0, with --lr > 0"));
+            return Err(InvalidRecipe(format!("--head-lr {h} needs to be finite and ≥ 0, with --lr > 0")));
         }
         if let Some(p) = self.backbone_dropout
             && !(0.0..1.0).contains(&p)
         {
-            return Err(format!("--backbone-dropout {p} must be in [0, 1)"));
+            return Err(InvalidRecipe(format!("--backbone-dropout {p} must be in [0, 1)")));
         }
         Ok(())
     }

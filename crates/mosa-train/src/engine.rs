@@ -93,8 +93,8 @@ fn load_data(spec: &RunSpec, dataset: Dataset, rep: &mut dyn Reporter) -> Result
 
 /// Trains (or resumes) a run into `out`.
 pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control: Control, device: &B::Device, rep: &mut dyn Reporter) -> Result<Outcome> {
-    spec.train.validate().map_err(Error::Config)?;
-    spec.method.validate().map_err(Error::Config)?;
+    spec.train.validate().map_err(|e| Error::Config(e.to_string()))?;
+    spec.method.validate().map_err(|e| Error::Config(e.to_string()))?;
     // the lists and the model's size are checked before anything is written or decoded
     let dataset = open_dataset(spec)?;
     let cfg = model_config(spec, dataset.num_classes)?;
@@ -258,7 +258,7 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
     if makes_expert {
         let origin = crate::expert::Origin::new(spec, &backbone, &summary, &data.dataset);
         let e = crate::expert::expert_of(&model.valid(), &origin, mosa_core::expert::ValueDtype::F32, device)?;
-        e.write(&dir.expert()).map_err(Error::Checkpoint)?;
+        e.write(&dir.expert()).map_err(|e| Error::Checkpoint(e.to_string()))?;
     }
     dir.write_summary(&summary)?;
     Ok(Outcome::Finished(Box::new(summary)))

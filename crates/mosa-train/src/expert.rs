@@ -135,7 +135,7 @@ pub fn expert_of<B: Kernels>(model: &Backbone<B>, o: &Origin<'_>, values: ValueD
         tensors: Default::default(),
     };
     let e = Expert { meta, tensors, head };
-    e.validate().map_err(Error::Model)?;
+    e.validate().map_err(|e| Error::Model(e.to_string()))?;
     Ok(e)
 }
 
@@ -161,6 +161,6 @@ pub fn export_run<B: Kernels>(dir: &Path, out: &Path, values: ValueDtype, device
     let model = crate::rundir::load_run_unmerged::<B>(dir, device)?;
     let ds = mosa_data::Dataset::open(&cfg.run.dataset.parse()?)?;
     let e = expert_of(&model, &Origin::new(&cfg.run, &cfg.backbone, &summary, &ds), values, device)?;
-    let bytes = e.write(out).map_err(Error::Checkpoint)?;
+    let bytes = e.write(out).map_err(|e| Error::Checkpoint(e.to_string()))?;
     Ok((e, bytes))
 }

@@ -37,6 +37,6 @@ impl Footprint {
             ("one batch's activations", self.batch as f64 * pixels * 4.0 * act),
             (if self.training { "parameters, gradients and optimiser state" } else { "parameters" }, self.params * per_param),
         ];
-        fits_memory(what, &parts, lower).map_err(Error::Config)
+        fits_memory(what, &parts, lower).map_err(|e| Error::Config(e.to_string()))
     }
 }

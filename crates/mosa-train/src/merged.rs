@@ -185,7 +185,7 @@ pub fn merge_files(experts: &[PathBuf], weights: Option<&Path>, cfg: &MergeConfi
     }
     let header = HashMap::from([("mosa.merged".to_string(), serde_json::to_string(&meta).map_err(|e| Error::Config(e.to_string()))?)]);
     let bytes = mosa_models::load::safetensors::serialize(&named, Some(header)).map_err(|e| err(out, e))?;
-    mosa_core::fsio::write_atomic(out, &bytes).map_err(Error::Input)?;
+    mosa_core::fsio::write_atomic(out, &bytes).map_err(|e| Error::Input(e.to_string()))?;
     Ok(meta)
 }
 

@@ -23,7 +23,7 @@ pub fn build_model<B: Kernels>(spec: &RunSpec, num_classes: usize, device: &B::D
         None => model,
     };
     let model = head_init(model, spec.train.head_init, spec.train.seed);
-    let model = inject::apply(model, &spec.method, spec.train.seed, device).map_err(Error::Model)?;
+    let model = inject::apply(model, &spec.method, spec.train.seed, device).map_err(|e| Error::Model(e.to_string()))?;
     // Materialise every lazily initialised parameter now, in module order (reading its shape
     // does): the random values of a seeded model then do not depend on what reads them first
     // (training's forward pass, or loading a saved run for `mosa eval`).

@@ -285,7 +285,7 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 
 /// Writes text atomically.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    mosa_core::fsio::write_atomic(path, text.as_bytes()).map_err(Error::Checkpoint)
+    mosa_core::fsio::write_atomic(path, text.as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))
 }
 pub(crate) fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Checkpoint(format!("{}: {e}", path.display()))
@@ -294,7 +294,7 @@ pub(crate) fn io(path: &Path, e: impl std::fmt::Display) -> Error {
 /// Serialises and writes atomically.
 pub(crate) fn write_tensors(path: &Path, t: &[(String, &HostTensor)], meta: HashMap<String, String>) -> Result<()> {
     let bytes = mosa_models::load::safetensors::serialize(t, Some(meta)).map_err(|e| io(path, e))?;
-    mosa_core::fsio::write_atomic(path, &bytes).map_err(Error::Checkpoint)
+    mosa_core::fsio::write_atomic(path, &bytes).map_err(|e| Error::Checkpoint(e.to_string()))
 }
 
 fn f32s(path: &Path, name: &str, v: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
@@ -338,7 +338,7 @@ pub(crate) fn with_masks<B: Kernels>(mut t: NamedTensors, model: &mut Backbone<B
 }
 
 /// Loads saved parameters and sparse masks into a freshly built model.
-pub(crate) fn restore<B: Kernels>(model: Backbone<B>, mut values: HashMap<String, HostTensor>) -> std::result::Result<Backbone<B>, String> {
+pub(crate) fn restore<B: Kernels>(model: Backbone<B>, mut values: HashMap<String, HostTensor>) -> mosa_core::Result<Backbone<B>> {
     let keys: Vec<String> = values.keys().filter(|k| k.starts_with(MASK_PREFIX)).cloned().collect();
     let masks: HashMap<String, HostTensor> = keys.into_iter().filter_map(|k| values.remove(&k).map(|v| (k[MASK_PREFIX.len()..].to_string(), v))).collect();
     let model = params::load_by_path(model, &values)?;

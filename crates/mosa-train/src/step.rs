@@ -60,6 +60,6 @@ pub fn step<B: AutodiffKernels>(
     let correct = out1.logits.inner().argmax(1).reshape([n]).equal(y.inner()).int().sum();
     let loss_value = loss.clone().inner();
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let (model, new_masks) = inject::after_backward(model, &mut grads, method, (epoch, step, steps), sparse_rng).map_err(Error::Model)?;
+    let (model, new_masks) = inject::after_backward(model, &mut grads, method, (epoch, step, steps), sparse_rng).map_err(|e| Error::Model(e.to_string()))?;
     Ok((model, StepOut { loss: loss_value, correct, grads, new_masks }))
 }

@@ -236,26 +236,39 @@ pub enum Gemm {
     Crate,
 }
 
+/// Why [`multiply`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GemmError {
+    /// The buffers' lengths are not the operands' sizes.
+    #[error("multiply: {m}×{k} · {k}×{n} → {m}×{n} needs {}, {} and {} floats, got {a}, {b} and {c}", m * k, k * n, m * n)]
+    Sizes { m: usize, k: usize, n: usize, a: usize, b: usize, c: usize },
+    /// Our tile's instructions are not on this CPU.
+    #[error("our GEMM's {0:?} tile needs a CPU with its instructions")]
+    Unavailable(Tile),
+}
+
 /// `c = a·b` on rayon's threads with the GEMM `which`, each operand row-major or (`*_transposed`)
 /// read as the transpose of a row-major buffer: `a` `[m × k]` (or `[k × m]` transposed), `b`
 /// `[k × n]` (or `[n × k]`), `c` `[m × n]`; the entry point of `mosa bench gemm`.
 #[allow(clippy::too_many_arguments)]
-pub fn multiply(which: Gemm, m: usize, n: usize, k: usize, a: &[f32], a_transposed: bool, b: &[f32], b_transposed: bool, c: &mut [f32]) -> Result<(), String> {
+pub fn multiply(
+    which: Gemm,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_transposed: bool,
+    b: &[f32],
+    b_transposed: bool,
+    c: &mut [f32],
+) -> Result<(), GemmError> {
     if a.len() != m * k || b.len() != k * n || c.len() != m * n {
-        return Err(format!(
-            "multiply: {m}×{k} · {k}×{n} → {m}×{n} needs {}, {} and {} floats, got {}, {} and {}",
-            m * k,
-            k * n,
-            m * n,
-            a.len(),
-            b.len(),
-            c.len()
-        ));
+        return Err(GemmError::Sizes { m, k, n, a: a.len(), b: b.len(), c: c.len() });
     }
     if let Gemm::Ours(tile) = which
         && !available(tile)
     {
-        return Err(format!("our GEMM's {tile:?} tile needs a CPU with its instructions"));
+        return Err(GemmError::Unavailable(tile));
     }
     let view = |v: &[f32], cols: usize, rows: usize, transposed: bool| if transposed { View::row_major(v, rows).t() } else { View::row_major(v, cols) };
     let (av, bv) = (view(a, k, m, a_transposed), view(b, n, k, b_transposed));
@@ -701,7 +714,7 @@ mod tests {
                 if let Gemm::Ours(tile) = which
                     && !available(tile)
                 {
-                    assert!(multiply(which, m, n, k, &a, at, &b, bt, &mut vec![0.0; m * n]).unwrap_err().contains("needs a CPU"));
+                    assert!(multiply(which, m, n, k, &a, at, &b, bt, &mut vec![0.0; m * n]).unwrap_err().to_string().contains("needs a CPU"));
                     continue;
                 }
                 let mut c = vec![f32::NAN; m * n];
@@ -714,7 +727,7 @@ mod tests {
             }
         }
         let mut c = vec![0f32; m * n];
-        assert!(multiply(Gemm::Crate, m, n, k, &a[1..], false, &b, false, &mut c).unwrap_err().contains("needs"));
+        assert!(multiply(Gemm::Crate, m, n, k, &a[1..], false, &b, false, &mut c).unwrap_err().to_string().contains("needs"));
     }
 
     /// `k = 0` writes zeros (or leaves `c`) and empty outputs touch nothing.

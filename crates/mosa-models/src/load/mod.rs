@@ -78,7 +78,7 @@ pub fn load_vit<B: Backend>(config: &VitConfig, path: &Path, head: HeadPolicy, d
 }
 
 pub(crate) fn check_depth(config: &VitConfig, sd: &StateDict) -> Result<()> {
-    config.validate().map_err(Error::Config)?;
+    config.validate()?;
     let depth = sd.depth();
     if depth != config.depth {
         return Err(Error::Mismatch { path: sd.source.clone(), problems: vec![format!("checkpoint has {depth} blocks, the model {}", config.depth)] });
@@ -214,7 +214,7 @@ impl Writer {
 /// is reported in one [`Error::Mismatch`]. A stored position grid of another size is resampled
 /// to the model's grid with the model's resampling method.
 pub fn apply<B: Backend>(mut model: VisionTransformer<B>, config: &VitConfig, sd: StateDict, head: HeadPolicy) -> Result<VisionTransformer<B>> {
-    config.validate().map_err(Error::Config)?;
+    config.validate()?;
     let device = model.cls_token.device();
     let path = sd.source.clone();
     let mut l = Loader::<B> { sd, problems: Vec::new(), device: &device };

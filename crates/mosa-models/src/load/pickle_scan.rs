@@ -9,11 +9,17 @@
 
 use std::io::Read;
 
+/// What makes a checkpoint unsafe to hand to the pickle reader (a claim past the bytes, a
+/// compressed entry, an opcode that cannot be bounded).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PickleError(pub String);
+
 /// Walks the pickles at the start of `bytes` (at most `max_pickles`, each ending with STOP) and
 /// checks every length-prefixed argument against the bytes left of `total` (`bytes` may be a
 /// prefix of the data: the walk ends where it ends). Stops quietly at an opcode it does not know
 /// or at the end of the pickles: what is not a pickle is the reader's to refuse.
-pub fn check_pickles(bytes: &[u8], total: usize, max_pickles: usize) -> Result<(), String> {
+pub fn check_pickles(bytes: &[u8], total: usize, max_pickles: usize) -> Result<(), PickleError> {
     let mut at = 0usize;
     let mut stops = 0;
     while at < bytes.len() && stops < max_pickles {
@@ -40,7 +46,7 @@ pub fn check_pickles(bytes: &[u8], total: usize, max_pickles: usize) -> Result<(
                     match bytes[at.min(bytes.len())..].iter().position(|&b| b == b'\n') {
                         Some(n) => at += n + 1,
                         None if bytes.len() < total => return Ok(()),
-                        None => return Err(format!("a pickle text argument at byte {start} runs past the end of the data")),
+                        None => return Err(PickleError(format!("a pickle text argument at byte {start} runs past the end of the data"))),
                     }
                 }
                 continue;
@@ -51,13 +57,13 @@ pub fn check_pickles(bytes: &[u8], total: usize, max_pickles: usize) -> Result<(
             return if bytes.len() < total {
                 Ok(())
             } else {
-                Err(format!("pickle opcode 0x{op:02x} at byte {start}: its argument runs past the end of the data"))
+                Err(PickleError(format!("pickle opcode 0x{op:02x} at byte {start}: its argument runs past the end of the data")))
             };
         };
         at += fixed;
         if length {
             if v > left(at) as u64 {
-                return Err(format!("pickle opcode 0x{op:02x} at byte {start} claims {v} bytes, but only {} follow", left(at)));
+                return Err(PickleError(format!("pickle opcode 0x{op:02x} at byte {start} claims {v} bytes, but only {} follow", left(at))));
             }
             at += v as usize;
         }
@@ -74,31 +80,31 @@ const LEGACY_PREFIX: u64 = 64 << 20;
 /// Checks a `.pth` file: a zip (every entry stored uncompressed, every `.pkl` entry's pickle
 /// bounded) or a legacy pickle stream (its first five pickles: magic, protocol, system info, the
 /// objects, the storage keys).
-pub fn check_checkpoint(path: &std::path::Path) -> Result<(), String> {
-    let total = mosa_core::fsio::check_regular(path, mosa_core::fsio::caps::TENSORS).map_err(|e| e.to_string())?;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+pub fn check_checkpoint(path: &std::path::Path) -> Result<(), PickleError> {
+    let total = mosa_core::fsio::check_regular(path, mosa_core::fsio::caps::TENSORS).map_err(|e| PickleError(e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| PickleError(e.to_string()))?;
     let mut head = Vec::new();
-    (&file).take(LEGACY_PREFIX).read_to_end(&mut head).map_err(|e| e.to_string())?;
+    (&file).take(LEGACY_PREFIX).read_to_end(&mut head).map_err(|e| PickleError(e.to_string()))?;
     if !head.starts_with(b"PK") {
         return check_pickles(&head, total as usize, 5);
     }
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("not a readable zip: {e}"))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| PickleError(format!("not a readable zip: {e}")))?;
     for i in 0..zip.len() {
-        let mut f = zip.by_index(i).map_err(|e| format!("zip entry {i}: {e}"))?;
+        let mut f = zip.by_index(i).map_err(|e| PickleError(format!("zip entry {i}: {e}")))?;
         let name = f.name().to_string();
         if f.compression() != zip::CompressionMethod::Stored {
-            return Err(format!(
+            return Err(PickleError(format!(
                 "zip entry `{name}` is compressed ({:?}); PyTorch stores checkpoints uncompressed, and a compressed entry could expand without bound",
                 f.compression()
-            ));
+            )));
         }
         if f.size() > total {
-            return Err(format!("zip entry `{name}` claims {} bytes, more than the whole file ({total})", f.size()));
+            return Err(PickleError(format!("zip entry `{name}` claims {} bytes, more than the whole file ({total})", f.size())));
         }
         if name.ends_with(".pkl") {
             let mut pkl = Vec::new();
-            (&mut f).take(total + 1).read_to_end(&mut pkl).map_err(|e| format!("zip entry `{name}`: {e}"))?;
-            check_pickles(&pkl, pkl.len(), 1).map_err(|e| format!("`{name}`: {e}"))?;
+            (&mut f).take(total + 1).read_to_end(&mut pkl).map_err(|e| PickleError(format!("zip entry `{name}`: {e}")))?;
+            check_pickles(&pkl, pkl.len(), 1).map_err(|e| PickleError(format!("`{name}`: {e}")))?;
         }
     }
     Ok(())
@@ -112,7 +118,7 @@ mod tests {
     fn lengths_beyond_the_data_are_refused() {
         // PROTO 2, BINUNICODE of 0xfffffff0 bytes with 3 present
         let bad = [0x80, 0x02, b'X', 0xf0, 0xff, 0xff, 0xff, b'a', b'b', b'c'];
-        assert!(check_pickles(&bad, bad.len(), 1).unwrap_err().contains("claims 4294967280 bytes, but only 3 follow"));
+        assert!(check_pickles(&bad, bad.len(), 1).unwrap_err().0.contains("claims 4294967280 bytes, but only 3 follow"));
         // the same with the 3 bytes it claims, then STOP: fine
         let good = [0x80, 0x02, b'X', 3, 0, 0, 0, b'a', b'b', b'c', b'.'];
         assert!(check_pickles(&good, good.len(), 1).is_ok());

@@ -67,7 +67,7 @@ pub fn serialize(tensors: &[(String, &HostTensor)], metadata: Option<HashMap<Str
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
 /// A crash leaves either the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    mosa_core::fsio::write_atomic(path, bytes).map_err(Error::Config)
+    Ok(mosa_core::fsio::write_atomic(path, bytes)?)
 }
 
 /// Writes a state dict as safetensors, atomically.

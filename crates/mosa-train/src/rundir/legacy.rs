@@ -13,6 +13,11 @@ use serde_json::Value;
 
 use super::{FORMAT, RunConfig};
 
+/// An old run directory's config that cannot be converted (a field missing or mistyped).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LegacyError(pub String);
+
 /// A parameter path of format 1 in today's layout (`attn.qkv_branch.` → `attn.qkv.branch.`).
 pub fn path(p: &str) -> String {
     let mut s = p.to_string();
@@ -22,14 +27,15 @@ pub fn path(p: &str) -> String {
     s
 }
 
-fn get<T: serde::de::DeserializeOwned>(m: &Value, k: &str) -> Result<T, String> {
-    serde_json::from_value(m.get(k).cloned().ok_or_else(|| format!("format-1 method config has no `{k}`"))?).map_err(|e| format!("`{k}`: {e}"))
+fn get<T: serde::de::DeserializeOwned>(m: &Value, k: &str) -> Result<T, LegacyError> {
+    serde_json::from_value(m.get(k).cloned().ok_or_else(|| LegacyError(format!("format-1 method config has no `{k}`")))?)
+        .map_err(|e| LegacyError(format!("`{k}`: {e}")))
 }
 
 /// The flat format-1 method config as a [`Method`].
-pub fn method(m: &Value) -> Result<Method, String> {
+pub fn method(m: &Value) -> Result<Method, LegacyError> {
     let kind: MethodKind = get(m, "method")?;
-    let adapter = || -> Result<AdapterOptions, String> {
+    let adapter = || -> Result<AdapterOptions, LegacyError> {
         Ok(AdapterOptions::new()
             .with_r(get(m, "r")?)
             .with_scale(get(m, "scale")?)
@@ -38,16 +44,18 @@ pub fn method(m: &Value) -> Result<Method, String> {
             .with_norm_eps(LEGACY_ADAPTER_NORM_EPS)
             .with_activation(Method::legacy_activation(kind)))
     };
-    let mosa =
-        || -> Result<MosaOptions, String> { Ok(MosaOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_share(get(m, "share")?)) };
-    let lora = || -> Result<LoraOptions, String> {
+    let mosa = || -> Result<MosaOptions, LegacyError> {
+        Ok(MosaOptions::new().with_adapter(adapter()?).with_experts(get(m, "experts")?).with_share(get(m, "share")?))
+    };
+    let lora = || -> Result<LoraOptions, LegacyError> {
         Ok(LoraOptions::new()
             .with_r(get(m, "lora_r")?)
             .with_alpha(get(m, "lora_alpha")?)
             .with_dropout(get(m, "lora_dropout")?)
             .with_targets(get(m, "targets")?))
     };
-    let prompt = || -> Result<PromptOptions, String> { Ok(PromptOptions::new().with_tokens(get(m, "prompt_tokens")?).with_dropout(get(m, "prompt_dropout")?)) };
+    let prompt =
+        || -> Result<PromptOptions, LegacyError> { Ok(PromptOptions::new().with_tokens(get(m, "prompt_tokens")?).with_dropout(get(m, "prompt_dropout")?)) };
     Ok(match kind {
         MethodKind::Linear => Method::Linear,
         MethodKind::Full => Method::Full,
@@ -72,7 +80,7 @@ pub fn method(m: &Value) -> Result<Method, String> {
                 o.insert("weight_decay".into(), Value::Bool(true));
                 o.insert("selection_lr".into(), Value::String("schedule".into()));
             }
-            Method::Sparse(serde_json::from_value::<SparseConfig>(s).map_err(|e| format!("`sparse`: {e}"))?)
+            Method::Sparse(serde_json::from_value::<SparseConfig>(s).map_err(|e| LegacyError(format!("`sparse`: {e}")))?)
         }
     })
 }
@@ -85,8 +93,8 @@ type Object = serde_json::Map<String, Value>;
 /// The adapter options of a format-2/3 method config (the method's kind, the options), if
 /// it has adapters: at the method's top level (adapter, pfeiffer, houlsby) or under
 /// `adapter` (mosa, pruned-adapter).
-fn adapter_options(v: &mut Value) -> Result<Option<(MethodKind, &mut Object)>, String> {
-    let m = v.get_mut("run").and_then(|r| r.get_mut("method")).ok_or("no `run.method`")?;
+fn adapter_options(v: &mut Value) -> Result<Option<(MethodKind, &mut Object)>, LegacyError> {
+    let m = v.get_mut("run").and_then(|r| r.get_mut("method")).ok_or_else(|| LegacyError("no `run.method`".into()))?;
     let kind: MethodKind = get(m, "method")?;
     let target = match kind {
         MethodKind::Adapter | MethodKind::Pfeiffer | MethodKind::Houlsby => Some(&mut *m),
@@ -105,7 +113,7 @@ fn adapter_options(v: &mut Value) -> Result<Option<(MethodKind, &mut Object)>, S
 
 /// A format-2 `config.json` as today's: every adapter's options get the epsilon it ran with,
 /// then as format 3.
-pub fn config2(mut v: Value) -> Result<RunConfig, String> {
+pub fn config2(mut v: Value) -> Result<RunConfig, LegacyError> {
     if let Some((_, o)) = adapter_options(&mut v)? {
         o.entry("norm_eps").or_insert(LEGACY_ADAPTER_NORM_EPS.into());
     }
@@ -114,9 +122,9 @@ pub fn config2(mut v: Value) -> Result<RunConfig, String> {
 
 /// A format-3 `config.json` as today's: every adapter's options get the activation and
 /// position it ran with.
-pub fn config3(mut v: Value) -> Result<RunConfig, String> {
+pub fn config3(mut v: Value) -> Result<RunConfig, LegacyError> {
     if let Some((kind, o)) = adapter_options(&mut v)? {
-        let act = serde_json::to_value(Method::legacy_activation(kind)).map_err(|e| e.to_string())?;
+        let act = serde_json::to_value(Method::legacy_activation(kind)).map_err(|e| LegacyError(e.to_string()))?;
         o.entry("activation").or_insert(act);
         o.entry("position").or_insert("branch".into());
     }
@@ -132,7 +140,7 @@ pub fn config3(mut v: Value) -> Result<RunConfig, String> {
 
 /// What every older format shares: VTAB images were resized with PIL's filter, and LoRA
 /// without targets meant the whole `qkv` of a ViT or Swin (today's default is `q`, `v`).
-fn finish(mut v: Value, from: u32) -> Result<RunConfig, String> {
+fn finish(mut v: Value, from: u32) -> Result<RunConfig, LegacyError> {
     if let Some(t) = v.get_mut("run").and_then(|r| r.get_mut("train")).and_then(Value::as_object_mut) {
         t.entry("vtab_resize").or_insert("pil".into());
     }
@@ -145,17 +153,17 @@ fn finish(mut v: Value, from: u32) -> Result<RunConfig, String> {
         }
     }
     v["format"] = FORMAT.into();
-    serde_json::from_value(v).map_err(|e| format!("format-{from} config: {e}"))
+    serde_json::from_value(v).map_err(|e| LegacyError(format!("format-{from} config: {e}")))
 }
 
 /// A format-1 `config.json` as today's [`RunConfig`].
-pub fn config(mut v: Value) -> Result<RunConfig, String> {
-    let run = v.get_mut("run").ok_or("no `run`")?;
-    let m = run.get("method").cloned().ok_or("no `run.method`")?;
+pub fn config(mut v: Value) -> Result<RunConfig, LegacyError> {
+    let run = v.get_mut("run").ok_or_else(|| LegacyError("no `run`".into()))?;
+    let m = run.get("method").cloned().ok_or_else(|| LegacyError("no `run.method`".into()))?;
     // the one seed: format 1 set the recipe's seed from the method's
     if let (Some(seed), Some(t)) = (m.get("seed").cloned(), run.get_mut("train")) {
         t["seed"] = seed;
     }
-    run["method"] = serde_json::to_value(method(&m)?).map_err(|e| e.to_string())?;
+    run["method"] = serde_json::to_value(method(&m)?).map_err(|e| LegacyError(e.to_string()))?;
     finish(v, 1)
 }
