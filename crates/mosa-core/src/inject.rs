@@ -13,32 +13,16 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::adapter::AdapterConfig;
+use crate::adapter::{AdapterConfig, AdapterOptions};
 use crate::host::HostTensor;
 use crate::method::Method;
 use crate::params::{Tally, is_bias_field, set_trainable, tally};
+use crate::places::{AdapterKind, BranchKind, Places};
 use crate::pruned::PrunedSlot;
 use crate::rng::Rng;
-use crate::site::{PeftHost, Placement, SiteMut, Targets};
+use crate::site::{PeftHost, SiteMut, Targets};
 use crate::slot::{AdapterSlot, LinearBranch};
 use crate::sparse::{self, SparseAction, SparseDelta};
-
-/// The adapter placements a method fills in every block, in order.
-fn placements(method: &Method) -> &'static [Placement] {
-    match method {
-        Method::Adapter(_) | Method::Mosa(_) | Method::PrunedAdapter(_) => &[Placement::Parallel],
-        Method::Pfeiffer(_) => &[Placement::AfterMlp],
-        Method::Houlsby(_) => &[Placement::AfterAttention, Placement::AfterMlp],
-        Method::Linear
-        | Method::Full
-        | Method::Bitfit
-        | Method::Lora(_)
-        | Method::VptShallow(_)
-        | Method::VptDeep(_)
-        | Method::MosaLora(_)
-        | Method::Sparse(_) => &[],
-    }
-}
 
 /// A resolved target: a linear site, whole, or some of its `n` equal output parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,21 +77,12 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
     method.validate()?;
     let targets = resolve_targets(method, host.targets())?;
     let family = host.targets().family;
-    let mut host = match method {
-        Method::Full => set_trainable(host, true, None),
-        Method::Bitfit => set_trainable(set_trainable(host, false, None), true, Some(&is_bias_field)),
+    let places = method.places();
+    let mut host = match places {
+        Places::Backbone { biases_only: false } => set_trainable(host, true, None),
+        Places::Backbone { biases_only: true } => set_trainable(set_trainable(host, false, None), true, Some(&is_bias_field)),
         // every other method trains only what it creates
-        Method::Linear
-        | Method::Adapter(_)
-        | Method::Pfeiffer(_)
-        | Method::Houlsby(_)
-        | Method::Lora(_)
-        | Method::VptShallow(_)
-        | Method::VptDeep(_)
-        | Method::Mosa(_)
-        | Method::PrunedAdapter(_)
-        | Method::MosaLora(_)
-        | Method::Sparse(_) => set_trainable(host, false, None),
+        Places::Head | Places::Adapters { .. } | Places::Branches(_) | Places::Prompts { .. } => set_trainable(host, false, None),
     };
     {
         let mut sites = host.sites_mut();
@@ -118,35 +93,41 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
         let depth = depth.max().unwrap_or(0);
         for block in 0..depth {
             let mut rng = Rng::derive(seed, block as u64);
-            for &place in placements(method) {
-                let found = sites.iter_mut().find_map(|s| match s {
-                    SiteMut::Adapter { site, slot } if site.block == block && site.place == place => Some((site.width, site.normalised_input, slot)),
-                    _ => None,
-                });
-                let Some((d, normalised, slot)) = found else {
-                    return Err(crate::Error::Target(format!(
-                        "method {} needs an adapter {}; {family} has no such site in block {block}",
-                        method.name(),
-                        place.describe()
-                    )));
-                };
-                **slot = Some(adapter_slot(method, d, normalised, &mut rng, device)?);
-            }
-            for t in &targets {
-                let found = sites.iter_mut().find_map(|s| match s {
-                    SiteMut::Linear { site, linear } if site.block == block && site.target == t.site => Some(linear),
-                    _ => None,
-                });
-                let Some(linear) = found else { continue };
-                // reading the weight initialises a lazily initialised (random) base here, as the
-                // first release did: seeded random-init runs stay bit-identical across versions
-                let [i, o] = linear.weight.val().dims();
-                linear.branch = Some(linear_branch(method, t, [i, o], &mut rng, device)?);
+            match places {
+                Places::Adapters { placements, adapter } => {
+                    for &place in placements {
+                        let found = sites.iter_mut().find_map(|s| match s {
+                            SiteMut::Adapter { site, slot } if site.block == block && site.place == place => Some((site.width, site.normalised_input, slot)),
+                            _ => None,
+                        });
+                        let Some((d, normalised, slot)) = found else {
+                            return Err(crate::Error::Target(format!(
+                                "method {} needs an adapter {}; {family} has no such site in block {block}",
+                                method.name(),
+                                place.describe()
+                            )));
+                        };
+                        **slot = Some(adapter_slot(adapter, d, normalised, &mut rng, device));
+                    }
+                }
+                Places::Branches(kind) => {
+                    for t in &targets {
+                        let found = sites.iter_mut().find_map(|s| match s {
+                            SiteMut::Linear { site, linear } if site.block == block && site.target == t.site => Some(linear),
+                            _ => None,
+                        });
+                        let Some(linear) = found else { continue };
+                        // reading the weight initialises a lazily initialised (random) base here, as the
+                        // first release did: seeded random-init runs stay bit-identical across versions
+                        let [i, o] = linear.weight.val().dims();
+                        linear.branch = Some(linear_branch(kind, t, [i, o], &mut rng, device)?);
+                    }
+                }
+                Places::Head | Places::Backbone { .. } | Places::Prompts { .. } => {}
             }
         }
     }
-    if let Method::VptShallow(p) | Method::VptDeep(p) = method {
-        let deep = matches!(method, Method::VptDeep(_));
+    if let Places::Prompts { options: p, deep } = places {
         let Some((site, slot)) = host.prompts_mut() else {
             return Err(crate::Error::Target(format!("method {} needs a token sequence for its prompts; {family} has none", method.name())));
         };
@@ -159,53 +140,30 @@ pub fn apply<B: Backend, H: PeftHost<B>>(host: H, method: &Method, seed: u64, de
 }
 
 /// The branch a method puts on the linear target `t` of shape `[i, o]`.
-fn linear_branch<B: Backend>(method: &Method, t: &Target, [i, o]: [usize; 2], rng: &mut Rng, device: &B::Device) -> crate::Result<LinearBranch<B>> {
-    Ok(match method {
-        Method::Lora(l) => match &t.parts {
+fn linear_branch<B: Backend>(kind: BranchKind<'_>, t: &Target, [i, o]: [usize; 2], rng: &mut Rng, device: &B::Device) -> crate::Result<LinearBranch<B>> {
+    Ok(match kind {
+        BranchKind::Lora(l) => match &t.parts {
             Some((parts, n)) if o % n == 0 => LinearBranch::LoraParts(l.init_parts(i, o, parts, *n, device)),
             Some((_, n)) => return Err(crate::Error::Target(format!("`{}` has {o} outputs, not {n} equal parts", t.site))),
             None => LinearBranch::Lora(l.init(i, o, device)),
         },
-        Method::MosaLora(m) => LinearBranch::MosaLora(m.init(i, o, rng, device)),
-        Method::Sparse(_) => LinearBranch::Sparse(SparseDelta::new(i, o, device)),
-        Method::Linear
-        | Method::Full
-        | Method::Bitfit
-        | Method::Adapter(_)
-        | Method::Pfeiffer(_)
-        | Method::Houlsby(_)
-        | Method::VptShallow(_)
-        | Method::VptDeep(_)
-        | Method::Mosa(_)
-        | Method::PrunedAdapter(_) => return Err(crate::Error::Target(format!("method {} puts no branch on linear layers (`{}`)", method.name(), t.site))),
+        BranchKind::MosaLora(m) => LinearBranch::MosaLora(m.init(i, o, rng, device)),
+        BranchKind::Sparse(_) => LinearBranch::Sparse(SparseDelta::new(i, o, device)),
     })
 }
 
 /// The adapter a method puts at a site of width `d`; a site that feeds it a normalised stream gets
 /// one without a LayerNorm of its own.
-fn adapter_slot<B: Backend>(method: &Method, d: usize, normalised_input: bool, rng: &mut Rng, device: &B::Device) -> crate::Result<AdapterSlot<B>> {
-    let mut own = method.clone();
-    if normalised_input && let Some(a) = own.adapter_options_mut() {
-        a.norm = false;
-    }
-    Ok(match &own {
-        Method::Mosa(m) => AdapterSlot::Mosa(m.config(d).init(rng, device)),
-        Method::PrunedAdapter(m) => match m.init(d, rng, device) {
+fn adapter_slot<B: Backend>(kind: AdapterKind<'_>, d: usize, normalised_input: bool, rng: &mut Rng, device: &B::Device) -> AdapterSlot<B> {
+    let own = |o: &AdapterOptions| o.clone().with_norm(o.norm && !normalised_input);
+    match kind {
+        AdapterKind::Mosa(m) => AdapterSlot::Mosa(m.clone().with_adapter(own(&m.adapter)).config(d).init(rng, device)),
+        AdapterKind::Pruned(p) => match p.clone().with_adapter(own(&p.adapter)).init(d, rng, device) {
             PrunedSlot::Reference(p) => AdapterSlot::Pruned(p),
             PrunedSlot::Legacy(p) => AdapterSlot::Mosa(p),
         },
-        Method::Adapter(o) | Method::Pfeiffer(o) | Method::Houlsby(o) => AdapterSlot::Plain(AdapterConfig::new(d, o.clone()).init(device)),
-        Method::Linear
-        | Method::Full
-        | Method::Bitfit
-        | Method::Lora(_)
-        | Method::VptShallow(_)
-        | Method::VptDeep(_)
-        | Method::MosaLora(_)
-        | Method::Sparse(_) => {
-            return Err(crate::Error::Target(format!("method {} places no adapters", method.name())));
-        }
-    })
+        AdapterKind::Plain(o) => AdapterSlot::Plain(AdapterConfig::new(d, own(o)).init(device)),
+    }
 }
 
 /// The inference model: every MoSA slot averaged into a plain adapter and every linear branch

@@ -3,6 +3,7 @@
 //! - [`site`]: the typed hook points a backbone declares ([`PeftHost`], [`site::TunableLinear`]);
 //! - [`method`]: the tagged [`Method`] enum with each method's options; [`inject`]: apply a
 //!   method to any host, merge, mask gradients, sparse masks, parameter groups;
+//! - [`places`]: where each method puts what it trains, the one classification of methods;
 //! - [`slot`]: what a site holds (adapter slots, linear branches);
 //! - [`adapter`], [`mosa`], [`pruned`], [`lora`], [`prompt`], [`sparse`]: one file per method family;
 //! - [`layer_norm`]: the LayerNorm module every backbone and adapter uses (through mosa-kernels'
@@ -27,6 +28,7 @@ pub mod merge;
 pub mod method;
 pub mod mosa;
 pub mod params;
+pub mod places;
 pub mod prompt;
 pub mod pruned;
 pub mod rng;
@@ -38,5 +40,6 @@ pub use error::{Error, Result};
 pub use host::HostTensor;
 pub use method::{Method, MethodKind, Passes};
 pub use mosa_kernels::{AutodiffKernels, Kernels};
+pub use places::Places;
 pub use rng::Rng;
 pub use site::PeftHost;

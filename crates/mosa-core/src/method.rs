@@ -156,41 +156,8 @@ impl Method {
         self.kind().name()
     }
 
-    /// The step shape.
-    pub fn passes(&self) -> Passes {
-        match self {
-            Method::Mosa(_) | Method::MosaLora(_) => Passes::Two,
-            Method::Linear
-            | Method::Full
-            | Method::Bitfit
-            | Method::Adapter(_)
-            | Method::Pfeiffer(_)
-            | Method::Houlsby(_)
-            | Method::Lora(_)
-            | Method::VptShallow(_)
-            | Method::VptDeep(_)
-            | Method::PrunedAdapter(_)
-            | Method::Sparse(_) => Passes::One,
-        }
-    }
-
-    /// The adapter options, for the methods that place adapters.
-    pub fn adapter_options(&self) -> Option<&AdapterOptions> {
-        match self {
-            Method::Adapter(o) | Method::Pfeiffer(o) | Method::Houlsby(o) => Some(o),
-            Method::Mosa(m) => Some(&m.adapter),
-            Method::PrunedAdapter(m) => Some(&m.adapter),
-            Method::Linear
-            | Method::Full
-            | Method::Bitfit
-            | Method::Lora(_)
-            | Method::VptShallow(_)
-            | Method::VptDeep(_)
-            | Method::MosaLora(_)
-            | Method::Sparse(_) => None,
-        }
-    }
-
+    /// The adapter options, mutable (the methods [`Places::Adapters`](crate::places::Places)
+    /// lists; a test checks the two agree).
     pub fn adapter_options_mut(&mut self) -> Option<&mut AdapterOptions> {
         match self {
             Method::Adapter(o) | Method::Pfeiffer(o) | Method::Houlsby(o) => Some(o),
@@ -214,26 +181,6 @@ impl Method {
             MethodKind::Pfeiffer => Activation::Relu,
             MethodKind::Houlsby => Activation::Silu,
             _ => Activation::Gelu,
-        }
-    }
-
-    /// The linear-site names the method targets (empty: the family's default), for the
-    /// methods that place branches.
-    pub fn targets(&self) -> Option<&Vec<String>> {
-        match self {
-            Method::Lora(l) => Some(&l.targets),
-            Method::MosaLora(m) => Some(&m.lora.targets),
-            Method::Sparse(s) => Some(&s.targets),
-            Method::Linear
-            | Method::Full
-            | Method::Bitfit
-            | Method::Adapter(_)
-            | Method::Pfeiffer(_)
-            | Method::Houlsby(_)
-            | Method::VptShallow(_)
-            | Method::VptDeep(_)
-            | Method::Mosa(_)
-            | Method::PrunedAdapter(_) => None,
         }
     }
 

@@ -14,6 +14,7 @@ use std::path::Path;
 use burn::prelude::*;
 use mosa_core::expert::{BackboneIdentity, Delta, EXPERT_FORMAT, Expert, ExpertKind, ExpertMeta, ExpertTensor, Head, ValueDtype};
 use mosa_core::host::HostTensor;
+use mosa_core::places::{BranchKind, Places};
 use mosa_core::site::SiteMut;
 use mosa_core::{Method, PeftHost};
 use mosa_models::{Backbone, HeadPolicy};
@@ -25,20 +26,15 @@ use crate::{Error, Result};
 
 /// The expert kind a method produces, if it produces one.
 pub fn kind_of(method: &Method) -> Option<ExpertKind> {
-    match method {
-        Method::Sparse(_) => Some(ExpertKind::Sparse),
-        Method::Lora(_) => Some(ExpertKind::Lora),
-        Method::Full => Some(ExpertKind::Full),
-        Method::Linear
-        | Method::Bitfit
-        | Method::Adapter(_)
-        | Method::Pfeiffer(_)
-        | Method::Houlsby(_)
-        | Method::VptShallow(_)
-        | Method::VptDeep(_)
-        | Method::Mosa(_)
-        | Method::PrunedAdapter(_)
-        | Method::MosaLora(_) => None,
+    match method.places() {
+        Places::Branches(BranchKind::Sparse(_)) => Some(ExpertKind::Sparse),
+        Places::Branches(BranchKind::Lora(_)) => Some(ExpertKind::Lora),
+        Places::Backbone { biases_only: false } => Some(ExpertKind::Full),
+        Places::Branches(BranchKind::MosaLora(_))
+        | Places::Backbone { biases_only: true }
+        | Places::Head
+        | Places::Adapters { .. }
+        | Places::Prompts { .. } => None,
     }
 }
 
