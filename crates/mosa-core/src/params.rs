@@ -35,20 +35,36 @@ impl Stack {
     fn path(&self) -> String {
         self.names.iter().filter(|n| !n.is_empty()).cloned().collect::<Vec<_>>().join(".")
     }
+    /// Whether the walk is inside a module a method created.
+    fn in_method(&self) -> bool {
+        self.containers.iter().any(|c| METHOD_MODULES.contains(&c.as_str()))
+    }
     /// `(container type, field name)` of the parameter being visited.
     fn field(&self) -> (&str, &str) {
         (self.containers.last().map(String::as_str).unwrap_or(""), self.names.last().map(String::as_str).unwrap_or(""))
     }
 }
 
+/// Container types of the modules a method creates ([`crate::slot`], [`crate::prompt`]): what is
+/// inside them is not the backbone's.
+pub const METHOD_MODULES: [&str; 3] = ["Enum:AdapterSlot", "Enum:LinearBranch", "Struct:Prompts"];
+
 /// What a read-only walk does with each float parameter.
 pub trait VisitParam<B: Backend> {
     fn param<const D: usize>(&mut self, path: &str, field: (&str, &str), param: &Param<Tensor<B, D>>);
+    /// Whether the walk leaves out the parameters of method modules ([`METHOD_MODULES`]).
+    fn backbone_only(&self) -> bool {
+        false
+    }
 }
 
 /// What a mapping walk does with each float parameter.
 pub trait MapParam<B: Backend> {
     fn param<const D: usize>(&mut self, path: &str, field: (&str, &str), param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>>;
+    /// Whether the walk leaves the parameters of method modules ([`METHOD_MODULES`]) as they are.
+    fn backbone_only(&self) -> bool {
+        false
+    }
 }
 
 /// A [`VisitParam`] or [`MapParam`] with the path stack around it.
@@ -71,6 +87,9 @@ impl<B: Backend, V: VisitParam<B>> ModuleVisitor<B> for Paths<V> {
         self.stack.exit();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if self.inner.backbone_only() && self.stack.in_method() {
+            return;
+        }
         self.inner.param(&self.stack.path(), self.stack.field(), param);
     }
 }
@@ -83,6 +102,9 @@ impl<B: Backend, V: MapParam<B>> ModuleMapper<B> for Paths<V> {
         self.stack.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if self.inner.backbone_only() && self.stack.in_method() {
+            return param;
+        }
         let path = self.stack.path();
         self.inner.param(&path, self.stack.field(), param)
     }

@@ -30,7 +30,8 @@ use mosa_core::slot::AdapterSlot;
 use crate::error::Error;
 use crate::family::{BackboneOutput, Family, FamilyConfig, Spatial};
 use crate::layers::{Mlp, drop_path, init_linear, layer_norm_2d, sequential, stream};
-use crate::load::{HeadPolicy, Loader, StateDict, Writer};
+use crate::load::StateDict;
+use crate::load::by_path::Renames;
 
 /// ConvNeXt's target vocabulary: the pointwise linears (LoRA's / sparse's default: both).
 pub const TARGETS: Targets = Targets { family: "convnext", names: &["fc1", "fc2"], default: &["fc1", "fc2"], lora_default: &["fc1", "fc2"], parts: &[] };
@@ -323,33 +324,6 @@ impl<B: Kernels> ConvNeXt<B> {
         };
         BackboneOutput { features, pre_logits, logits, hidden, spatial: Some(Spatial { grid: [h, w], channels_first: true }) }
     }
-
-    pub fn state_dict(&self) -> StateDict {
-        let mut w = Writer::new();
-        w.conv("stem.0", &self.stem.conv);
-        w.norm("stem.1", &self.stem.norm);
-        for (i, s) in self.stages.iter().enumerate() {
-            if let Some(d) = &s.downsample {
-                w.norm(&format!("stages.{i}.downsample.0"), &d.norm);
-                w.conv(&format!("stages.{i}.downsample.1"), &d.conv);
-            }
-            for (j, b) in s.blocks.iter().enumerate() {
-                let p = format!("stages.{i}.blocks.{j}");
-                w.conv(&format!("{p}.conv_dw"), &b.conv_dw);
-                w.norm(&format!("{p}.norm"), &b.norm);
-                w.linear(&format!("{p}.mlp.fc1"), &b.mlp.fc1.weight, &b.mlp.fc1.bias);
-                w.linear(&format!("{p}.mlp.fc2"), &b.mlp.fc2.weight, &b.mlp.fc2.bias);
-                if let Some(g) = &b.gamma {
-                    w.param(&format!("{p}.gamma"), g);
-                }
-            }
-        }
-        w.norm("head.norm", &self.head_norm);
-        if let Some(h) = &self.head {
-            w.linear("head.fc", &h.weight, &h.bias);
-        }
-        w.sd
-    }
 }
 
 impl<B: Kernels> PeftHost<B> for ConvNeXt<B> {
@@ -374,43 +348,6 @@ impl<B: Kernels> PeftHost<B> for ConvNeXt<B> {
     fn head_mut(&mut self) -> Option<&mut Linear<B>> {
         self.head.as_mut()
     }
-}
-
-/// Loads a timm-layout state dict into a freshly built ConvNeXt, checking every tensor.
-pub fn load_state<B: Backend>(cfg: &ConvNextConfig, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<ConvNeXt<B>> {
-    cfg.validate()?;
-    let stages = sd.tensors.keys().filter_map(|k| k.strip_prefix("stages.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
-    if stages != cfg.depths.len() {
-        return Err(Error::Mismatch { path: sd.source.clone(), problems: vec![format!("checkpoint has {stages} stages, the model {}", cfg.depths.len())] });
-    }
-    let mut model = cfg.init::<B>(device);
-    let mut l = Loader::<B>::new(sd, device);
-    let (c, p, k) = (cfg.in_chans, cfg.patch_size, cfg.kernel_size);
-    let d0 = cfg.dims[0];
-    l.conv(&mut model.stem.conv, "stem.0", &[d0, c, p, p]);
-    l.norm(&mut model.stem.norm, "stem.1", d0);
-    for (i, s) in model.stages.iter_mut().enumerate() {
-        let d = cfg.dims[i];
-        if let Some(ds) = &mut s.downsample {
-            let din = cfg.dims[i - 1];
-            l.norm(&mut ds.norm, &format!("stages.{i}.downsample.0"), din);
-            l.conv(&mut ds.conv, &format!("stages.{i}.downsample.1"), &[d, din, 2, 2]);
-        }
-        for (j, b) in s.blocks.iter_mut().enumerate() {
-            let pre = format!("stages.{i}.blocks.{j}");
-            let h = cfg.mlp_hidden(d);
-            l.conv(&mut b.conv_dw, &format!("{pre}.conv_dw"), &[d, 1, k, k]);
-            l.norm(&mut b.norm, &format!("{pre}.norm"), d);
-            l.tunable(&mut b.mlp.fc1, &format!("{pre}.mlp.fc1"), d, h);
-            l.tunable(&mut b.mlp.fc2, &format!("{pre}.mlp.fc2"), h, d);
-            if let Some(g) = &mut b.gamma {
-                l.set(g, &format!("{pre}.gamma"), &[d], false);
-            }
-        }
-    }
-    l.norm(&mut model.head_norm, "head.norm", cfg.num_features());
-    l.head(&mut model.head, "head.fc", cfg.num_features(), cfg.num_classes, head);
-    l.finish(model)
 }
 
 impl FamilyConfig for ConvNextConfig {
@@ -471,8 +408,26 @@ impl FamilyConfig for ConvNextConfig {
     fn build<B: Backend>(&self, device: &B::Device) -> ConvNeXt<B> {
         self.init(device)
     }
-    fn load<B: Backend>(&self, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<ConvNeXt<B>> {
-        load_state(self, sd, head, device)
+    /// timm's `Sequential` stem and downsampling layers number their parts; its head holds the
+    /// final norm and the classifier.
+    const RENAMES: Renames = &[
+        ("stem.conv", "stem.0"),
+        ("stem.norm", "stem.1"),
+        ("downsample.norm", "downsample.0"),
+        ("downsample.conv", "downsample.1"),
+        ("head_norm", "head.norm"),
+        ("head", "head.fc"),
+    ];
+    /// The stage count is checked.
+    fn prepare(&self, sd: &mut StateDict) -> crate::Result<()> {
+        let stages = sd.tensors.keys().filter_map(|k| k.strip_prefix("stages.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
+        if stages != self.depths.len() {
+            return Err(Error::Mismatch {
+                path: sd.source.clone(),
+                problems: vec![format!("checkpoint has {stages} stages, the model {}", self.depths.len())],
+            });
+        }
+        Ok(())
     }
 }
 
@@ -484,9 +439,6 @@ impl<B: Kernels> Family<B> for ConvNeXt<B> {
     }
     fn num_classes(&self) -> usize {
         ConvNeXt::num_classes(self)
-    }
-    fn state_dict(&self) -> StateDict {
-        ConvNeXt::state_dict(self)
     }
     /// A ConvNeXt takes any input size: unchanged.
     fn set_img_size(self, _cfg: &ConvNextConfig, _s: usize) -> Self {

@@ -8,6 +8,7 @@ use mosa_core::site::PeftHost;
 use mosa_kernels::Kernels;
 
 use crate::error::Result;
+use crate::load::by_path::{self, Renames};
 use crate::load::{HeadPolicy, StateDict};
 
 /// Where the features of a hierarchical family lie on a grid, and their layout in the
@@ -78,18 +79,28 @@ pub trait FamilyConfig: Sized {
     /// convolution, linear and attention matmul (`q·kᵀ`, `P·v`); element-wise work is not counted.
     fn forward_flops(&self) -> f64;
     /// The family's model type.
-    type Model<B: Backend>;
+    type Model<B: Backend>: Module<B>;
     /// A randomly initialised model.
     fn build<B: Backend>(&self, device: &B::Device) -> Self::Model<B>;
-    /// The model with an already-read timm-layout state dict put onto it.
-    fn load<B: Backend>(&self, sd: StateDict, head: HeadPolicy, device: &B::Device) -> Result<Self::Model<B>>;
+    /// The family's renames of module-path segments into timm's, for the one by-path loader and
+    /// writer ([`crate::load::by_path`]).
+    const RENAMES: Renames;
+    /// What is particular to the family, done to a timm-layout state dict before it is loaded:
+    /// a depth or stage count checked, a grid or a table of another size resampled.
+    fn prepare(&self, sd: &mut StateDict) -> Result<()>;
+    /// The model with an already-read timm-layout state dict put onto it, every tensor checked.
+    fn load<B: Backend>(&self, mut sd: StateDict, head: HeadPolicy, device: &B::Device) -> Result<Self::Model<B>> {
+        self.validate()?;
+        self.prepare(&mut sd)?;
+        by_path::load(self.build(device), sd, Self::RENAMES, self.head_key(), head, device)
+    }
 }
 
 /// What every family's model implements (in the family's file), besides the sites methods use
 /// ([`PeftHost`]).
-pub trait Family<B: Kernels>: PeftHost<B> + Sized {
+pub trait Family<B: Kernels>: PeftHost<B> + Module<B> + Sized {
     /// The family's configuration type.
-    type Config;
+    type Config: FamilyConfig;
 
     /// Forward pass; `collect_hidden` keeps every block's output; `rng` draws MoSA's experts.
     ///
@@ -97,8 +108,11 @@ pub trait Family<B: Kernels>: PeftHost<B> + Sized {
     /// `[b, c, h, w]` → [`BackboneOutput`]
     fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B>;
     fn num_classes(&self) -> usize;
-    /// The model's tensors in timm's names and layout (method modules excluded).
-    fn state_dict(&self) -> StateDict;
+    /// The model's tensors in timm's names and layout (method modules excluded: merge or export
+    /// them first).
+    fn state_dict(&self) -> StateDict {
+        by_path::state_dict(self, <Self::Config as FamilyConfig>::RENAMES)
+    }
     /// Bakes the input size `s` into the model (`cfg`: the config it was built from).
     fn set_img_size(self, cfg: &Self::Config, s: usize) -> Self;
     /// The MoSA reference's training dropout `p` (spec §1), where the family has dropout.

@@ -2,7 +2,8 @@
 //! (`patch_embed.{proj,norm}`, `layers.S.downsample.{norm,reduction}`,
 //! `layers.S.blocks.N.{norm1,attn.qkv,attn.relative_position_bias_table,attn.proj,norm2,mlp.fc1,
 //! mlp.fc2}`, `norm`, `head.fc`), so timm checkpoints map one to one; the original release's
-//! layout (patch merging at the end of a stage, `head.`) is mapped by [`official_to_timm`].
+//! layout (patch merging at the end of a stage, `head.`) is mapped by
+//! [`crate::load::swin_official`].
 //!
 //! Where it comes from: Liu et al. 2021, "Swin Transformer: Hierarchical Vision Transformer using
 //! Shifted Windows" (arXiv 2103.14030), as implemented in timm's `swin_transformer.py` (1.0):
@@ -34,7 +35,8 @@ use mosa_core::slot::AdapterSlot;
 use crate::error::Error;
 use crate::family::{BackboneOutput, Family, FamilyConfig, Spatial};
 use crate::layers::{BlockSlots, Mlp, PatchEmbed, drop_path, init_linear, sequential, stream};
-use crate::load::{HeadPolicy, HostTensor, Loader, StateDict, Writer};
+use crate::load::by_path::Renames;
+use crate::load::{HostTensor, StateDict};
 use crate::posembed::{self, Resample};
 
 /// Swin's target vocabulary (the same linear names as a ViT's), and the default (`qkv`).
@@ -518,36 +520,6 @@ impl<B: Kernels> SwinTransformer<B> {
         }
         self
     }
-
-    /// The model's tensors in timm's names and layout (method modules excluded).
-    pub fn state_dict(&self) -> StateDict {
-        let mut w = Writer::new();
-        w.conv("patch_embed.proj", &self.patch_embed.proj);
-        if let Some(n) = &self.patch_embed.norm {
-            w.norm("patch_embed.norm", n);
-        }
-        for (i, stage) in self.layers.iter().enumerate() {
-            if let Some(m) = &stage.downsample {
-                w.norm(&format!("layers.{i}.downsample.norm"), &m.norm);
-                w.linear(&format!("layers.{i}.downsample.reduction"), &m.reduction.weight, &m.reduction.bias);
-            }
-            for (j, b) in stage.blocks.iter().enumerate() {
-                let p = format!("layers.{i}.blocks.{j}");
-                w.norm(&format!("{p}.norm1"), &b.norm1);
-                w.linear(&format!("{p}.attn.qkv"), &b.attn.qkv.weight, &b.attn.qkv.bias);
-                w.param(&format!("{p}.attn.relative_position_bias_table"), &b.attn.relative_position_bias_table);
-                w.linear(&format!("{p}.attn.proj"), &b.attn.proj.weight, &b.attn.proj.bias);
-                w.norm(&format!("{p}.norm2"), &b.norm2);
-                w.linear(&format!("{p}.mlp.fc1"), &b.mlp.fc1.weight, &b.mlp.fc1.bias);
-                w.linear(&format!("{p}.mlp.fc2"), &b.mlp.fc2.weight, &b.mlp.fc2.bias);
-            }
-        }
-        w.norm("norm", &self.norm);
-        if let Some(h) = &self.head {
-            w.linear("head.fc", &h.weight, &h.bias);
-        }
-        w.sd
-    }
 }
 
 impl<B: Kernels> PeftHost<B> for SwinTransformer<B> {
@@ -580,87 +552,6 @@ fn resample_table(t: &HostTensor, from: usize, to: usize) -> HostTensor {
     let heads = t.shape[1];
     let (a, b) = (2 * from - 1, 2 * to - 1);
     HostTensor::new(vec![b * b, heads], posembed::resample_host(&t.data, heads, (a, a), (b, b), Resample::Bicubic))
-}
-
-/// The original Swin release's layout → timm's: patch merging moves from the end of stage `i`
-/// to the start of stage `i + 1`, `head.` becomes `head.fc.`, and the buffers
-/// (`relative_position_index`, `attn_mask`) are dropped (they are recomputed).
-pub fn official_to_timm(mut sd: StateDict) -> StateDict {
-    let keys: Vec<String> = sd.tensors.keys().cloned().collect();
-    let mut out = StateDict::new(sd.source.clone());
-    for k in keys {
-        let t = sd.tensors.remove(&k).expect("listed key");
-        if k.ends_with("relative_position_index") || k.ends_with("attn_mask") {
-            continue;
-        }
-        let name = if let Some(rest) = k.strip_prefix("head.") {
-            format!("head.fc.{rest}")
-        } else if let Some((stage, rest)) = k.strip_prefix("layers.").and_then(|r| r.split_once('.')).filter(|(_, r)| r.starts_with("downsample.")) {
-            match stage.parse::<usize>() {
-                Ok(i) => format!("layers.{}.{rest}", i + 1),
-                Err(_) => k.clone(),
-            }
-        } else {
-            k.clone()
-        };
-        out.insert(name, t);
-    }
-    out
-}
-
-/// Whether a state dict is in the original release's layout (patch merging in stage 0, or a
-/// bare `head.weight`).
-pub fn looks_official(sd: &StateDict) -> bool {
-    sd.tensors.keys().any(|k| k.starts_with("layers.0.downsample.") || k == "head.weight")
-        && sd.tensors.keys().any(|k| k.contains("relative_position_bias_table"))
-}
-
-/// Loads a timm-layout state dict (`load::read_checkpoint` maps the original release's) into a
-/// freshly built Swin, checking every tensor; a bias table of another window is resampled.
-pub fn load_state<B: Backend>(cfg: &SwinConfig, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<SwinTransformer<B>> {
-    cfg.validate()?;
-    let stages = sd.tensors.keys().filter_map(|k| k.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
-    if stages != cfg.depths.len() {
-        return Err(Error::Mismatch { path: sd.source.clone(), problems: vec![format!("checkpoint has {stages} stages, the model {}", cfg.depths.len())] });
-    }
-    let mut model = cfg.init::<B>(device);
-    let mut l = Loader::<B>::new(sd, device);
-    let (c, p, d0) = (cfg.in_chans, cfg.patch_size, cfg.embed_dim);
-    l.conv(&mut model.patch_embed.proj, "patch_embed.proj", &[d0, c, p, p]);
-    if let Some(n) = &mut model.patch_embed.norm {
-        l.norm(n, "patch_embed.norm", d0);
-    }
-    for (i, stage) in model.layers.iter_mut().enumerate() {
-        let d = cfg.stage_dim(i);
-        if let Some(m) = &mut stage.downsample {
-            let din = cfg.stage_dim(i - 1);
-            l.norm(&mut m.norm, &format!("layers.{i}.downsample.norm"), 4 * din);
-            l.linear(&mut m.reduction, &format!("layers.{i}.downsample.reduction"), 4 * din, d);
-        }
-        for (j, b) in stage.blocks.iter_mut().enumerate() {
-            let pre = format!("layers.{i}.blocks.{j}");
-            let h = cfg.mlp_hidden(d);
-            l.norm(&mut b.norm1, &format!("{pre}.norm1"), d);
-            l.tunable(&mut b.attn.qkv, &format!("{pre}.attn.qkv"), d, 3 * d);
-            l.tunable(&mut b.attn.proj, &format!("{pre}.attn.proj"), d, d);
-            let name = format!("{pre}.attn.relative_position_bias_table");
-            let ws = b.attn.window;
-            if let Some(t) = l.sd.tensors.get_mut(&name) {
-                // a table of another window (checkpoint at another resolution): resample it
-                let side = ((t.shape[0] as f64).sqrt().round() as usize).div_ceil(2);
-                if t.shape.len() == 2 && t.shape[1] == cfg.num_heads[i] && (2 * side - 1).pow(2) == t.shape[0] && side != ws {
-                    *t = resample_table(t, side, ws);
-                }
-            }
-            l.set(&mut b.attn.relative_position_bias_table, &name, &[(2 * ws - 1).pow(2), cfg.num_heads[i]], false);
-            l.norm(&mut b.norm2, &format!("{pre}.norm2"), d);
-            l.tunable(&mut b.mlp.fc1, &format!("{pre}.mlp.fc1"), d, h);
-            l.tunable(&mut b.mlp.fc2, &format!("{pre}.mlp.fc2"), h, d);
-        }
-    }
-    l.norm(&mut model.norm, "norm", cfg.num_features());
-    l.head(&mut model.head, "head.fc", cfg.num_features(), cfg.num_classes, head);
-    l.finish(model)
 }
 
 impl FamilyConfig for SwinConfig {
@@ -722,8 +613,30 @@ impl FamilyConfig for SwinConfig {
     fn build<B: Backend>(&self, device: &B::Device) -> SwinTransformer<B> {
         self.init(device)
     }
-    fn load<B: Backend>(&self, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<SwinTransformer<B>> {
-        load_state(self, sd, head, device)
+    /// timm's classifier is `head.fc`.
+    const RENAMES: Renames = &[("head", "head.fc")];
+    /// The stage count is checked; a relative-position table of another window (a checkpoint at
+    /// another resolution) is resampled to the model's.
+    fn prepare(&self, sd: &mut StateDict) -> crate::Result<()> {
+        let stages = sd.tensors.keys().filter_map(|k| k.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
+        if stages != self.depths.len() {
+            return Err(Error::Mismatch {
+                path: sd.source.clone(),
+                problems: vec![format!("checkpoint has {stages} stages, the model {}", self.depths.len())],
+            });
+        }
+        for (name, t) in sd.tensors.iter_mut() {
+            let Some(i) = name.strip_prefix("layers.").and_then(|r| r.split('.').next()?.parse::<usize>().ok()) else { continue };
+            if !name.ends_with(".attn.relative_position_bias_table") || i >= self.depths.len() {
+                continue;
+            }
+            let ws = self.window(i).0;
+            let side = ((t.shape[0] as f64).sqrt().round() as usize).div_ceil(2);
+            if t.shape.len() == 2 && t.shape[1] == self.num_heads[i] && (2 * side - 1).pow(2) == t.shape[0] && side != ws {
+                *t = resample_table(t, side, ws);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -735,9 +648,6 @@ impl<B: Kernels> Family<B> for SwinTransformer<B> {
     }
     fn num_classes(&self) -> usize {
         SwinTransformer::num_classes(self)
-    }
-    fn state_dict(&self) -> StateDict {
-        SwinTransformer::state_dict(self)
     }
     fn set_img_size(self, cfg: &SwinConfig, s: usize) -> Self {
         SwinTransformer::set_img_size(self, cfg, s)

@@ -11,6 +11,8 @@
 //! adapter slots (parallel to the MLP, after the attention, after the MLP) and four linear sites
 //! named by [`TARGETS`]; prompts apply.
 
+use std::path::Path;
+
 use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
@@ -24,8 +26,10 @@ use mosa_core::prompt::Prompts;
 use mosa_core::site::{PeftHost, PromptSite, SiteMut, Targets, TunableLinear};
 use mosa_core::slot::AdapterSlot;
 
+use crate::error::Error;
 use crate::family::{BackboneOutput, Family, FamilyConfig};
 use crate::layers::{Attention, BlockSlots, LayerScale, Mlp, PatchEmbed, drop_path, opt_scale, sequential, stream};
+use crate::load::by_path::Renames;
 use crate::load::{HeadPolicy, StateDict};
 use crate::posembed::{self, Resample};
 
@@ -390,56 +394,32 @@ impl<B: Kernels> PeftHost<B> for VisionTransformer<B> {
     }
 }
 
-impl<B: Kernels> VisionTransformer<B> {
-    /// The model's tensors in timm's names and layout (`[out, in]` linear weights): the inverse
-    /// of `load::apply`. Method modules (adapters, branches, prompts) are not part of it; merge
-    /// or export them first.
-    pub fn state_dict(&self) -> crate::load::StateDict {
-        use mosa_core::HostTensor;
-        let mut sd = crate::load::StateDict::new("model");
-        let t = |x: Tensor<B, 2>| HostTensor::from_tensor(x.transpose());
-        let mut put = |name: String, h: HostTensor| sd.insert(name, h);
-        put("patch_embed.proj.weight".into(), HostTensor::from_tensor(self.patch_embed.proj.weight.val()));
-        if let Some(b) = &self.patch_embed.proj.bias {
-            put("patch_embed.proj.bias".into(), HostTensor::from_tensor(b.val()));
-        }
-        put("cls_token".into(), HostTensor::from_tensor(self.cls_token.val()));
-        put("pos_embed".into(), HostTensor::from_tensor(self.pos_embed.val()));
-        let norm = |put: &mut dyn FnMut(String, HostTensor), n: &LayerNorm<B>, name: &str| {
-            put(format!("{name}.weight"), HostTensor::from_tensor(n.gamma.val()));
-            if let Some(b) = &n.beta {
-                put(format!("{name}.bias"), HostTensor::from_tensor(b.val()));
-            }
-        };
-        let lin = |put: &mut dyn FnMut(String, HostTensor), l: &TunableLinear<B>, name: &str| {
-            put(format!("{name}.weight"), t(l.weight.val()));
-            if let Some(b) = &l.bias {
-                put(format!("{name}.bias"), HostTensor::from_tensor(b.val()));
-            }
-        };
-        for (i, b) in self.blocks.iter().enumerate() {
-            let p = format!("blocks.{i}");
-            norm(&mut put, &b.norm1, &format!("{p}.norm1"));
-            lin(&mut put, &b.attn.qkv, &format!("{p}.attn.qkv"));
-            lin(&mut put, &b.attn.proj, &format!("{p}.attn.proj"));
-            norm(&mut put, &b.norm2, &format!("{p}.norm2"));
-            lin(&mut put, &b.mlp.fc1, &format!("{p}.mlp.fc1"));
-            lin(&mut put, &b.mlp.fc2, &format!("{p}.mlp.fc2"));
-            for (ls, n) in [(&b.ls1, "ls1"), (&b.ls2, "ls2")] {
-                if let Some(ls) = ls {
-                    put(format!("{p}.{n}.gamma"), HostTensor::from_tensor(ls.gamma.val()));
-                }
-            }
-        }
-        norm(&mut put, &self.norm, "norm");
-        if let Some(h) = &self.head {
-            put("head.weight".into(), t(h.weight.val()));
-            if let Some(b) = &h.bias {
-                put("head.bias".into(), HostTensor::from_tensor(b.val()));
-            }
-        }
-        sd
+/// Builds a ViT for `config` and loads `path` into it (`BackboneConfig::load` for any family).
+pub fn load_vit<B: Backend>(config: &VitConfig, path: &Path, head: HeadPolicy, device: &B::Device) -> crate::Result<VisionTransformer<B>> {
+    FamilyConfig::load(config, crate::load::read_checkpoint(path)?, head, device)
+}
+
+/// If a state dict's `pos_embed` is for another (square) grid than `config`'s, resamples it to
+/// the config's grid with the config's resampling method (other shapes are left for the loader
+/// to report).
+fn resample_stored_pos_embed(sd: &mut StateDict, config: &VitConfig) -> crate::Result<()> {
+    let (gh, gw) = config.grid();
+    let source = sd.source.clone();
+    let Some(pos) = sd.tensors.get_mut("pos_embed") else { return Ok(()) };
+    let d = config.embed_dim;
+    if pos.shape.len() != 3 || pos.shape[0] != 1 || pos.shape[2] != d || pos.shape[1] == 1 + gh * gw {
+        return Ok(());
     }
+    let n = pos.shape[1] - 1;
+    let g = (n as f64).sqrt().round() as usize;
+    if g * g != n {
+        return Err(crate::Error::Mismatch { path: source, problems: vec![format!("tensor `pos_embed` has {n} patch positions, which is not a square grid")] });
+    }
+    let grid = crate::posembed::resample_host(&pos.data[d..], d, (g, g), (gh, gw), config.pos_resample);
+    let mut data = pos.data[..d].to_vec();
+    data.extend(grid);
+    *pos = mosa_core::HostTensor::new(vec![1, 1 + gh * gw, d], data);
+    Ok(())
 }
 
 impl FamilyConfig for VitConfig {
@@ -490,9 +470,16 @@ impl FamilyConfig for VitConfig {
     fn build<B: Backend>(&self, device: &B::Device) -> VisionTransformer<B> {
         self.init(device)
     }
-    fn load<B: Backend>(&self, sd: StateDict, head: HeadPolicy, device: &B::Device) -> crate::error::Result<VisionTransformer<B>> {
-        crate::load::check_depth(self, &sd)?;
-        crate::load::apply(self.init(device), self, sd, head)
+    /// timm's names throughout.
+    const RENAMES: Renames = &[];
+    /// The depth is checked; a stored position grid of another (square) size is resampled to the
+    /// model's grid with the model's resampling method.
+    fn prepare(&self, sd: &mut StateDict) -> crate::Result<()> {
+        let depth = sd.depth();
+        if depth != self.depth {
+            return Err(Error::Mismatch { path: sd.source.clone(), problems: vec![format!("checkpoint has {depth} blocks, the model {}", self.depth)] });
+        }
+        resample_stored_pos_embed(sd, self)
     }
 }
 
@@ -504,9 +491,6 @@ impl<B: Kernels> Family<B> for VisionTransformer<B> {
     }
     fn num_classes(&self) -> usize {
         VisionTransformer::num_classes(self)
-    }
-    fn state_dict(&self) -> StateDict {
-        VisionTransformer::state_dict(self)
     }
     /// The position embeddings are re-gridded; the config is not needed.
     fn set_img_size(self, _cfg: &VitConfig, s: usize) -> Self {

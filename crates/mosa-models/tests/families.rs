@@ -266,3 +266,31 @@ fn training_dropout_is_active_in_training_only_and_where_the_reference_puts_it()
         }
     }
 }
+
+/// The one by-path writer leaves every method's modules out (the keys of a model with any method
+/// are the plain model's), and the one by-path loader puts a state dict back bit for bit; with
+/// `HeadPolicy::Skip` everything but the head is loaded.
+#[test]
+fn state_dicts_leave_methods_out_and_load_back_exactly() {
+    let dev = Default::default();
+    for cfg in families() {
+        let sd = cfg.init::<B>(&dev).state_dict();
+        let keys = |sd: &mosa_models::StateDict| sd.tensors.keys().cloned().collect::<Vec<_>>();
+        assert!(sd.tensors.keys().any(|k| k.starts_with(cfg.head_key())), "{}: {:?}", cfg.family(), keys(&sd));
+        for kind in MethodKind::all().filter(|k| applies(cfg.family(), *k)) {
+            let with = inject::apply(cfg.init::<B>(&dev), &method(kind), SEED, &dev).unwrap();
+            assert_eq!(keys(&with.state_dict()), keys(&sd), "{} with {}", cfg.family(), kind.name());
+        }
+        let back = cfg.load_state::<B>(sd.clone(), mosa_models::HeadPolicy::Load, &dev).unwrap().state_dict();
+        for (k, t) in &sd.tensors {
+            assert_eq!((&back.tensors[k].shape, &back.tensors[k].data), (&t.shape, &t.data), "{}: {k}", cfg.family());
+        }
+        let fresh = cfg.load_state::<B>(sd.clone(), mosa_models::HeadPolicy::Skip, &dev).unwrap().state_dict();
+        for (k, t) in &sd.tensors {
+            // (a fresh head's bias is zero, like the stored one: its weight tells)
+            if !k.starts_with(cfg.head_key()) || k.ends_with(".weight") {
+                assert_eq!(fresh.tensors[k].data == t.data, !k.starts_with(cfg.head_key()), "{}: {k} with a fresh head", cfg.family());
+            }
+        }
+    }
+}
