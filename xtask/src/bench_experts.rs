@@ -699,17 +699,14 @@ type ScalingPoint = (usize, f64, f64, usize);
 /// Normalised accuracy (y) against merged experts (x): one line per kind with a ±std band, from
 /// the expert alone (1 expert, 1.0 by definition) to all.
 fn scaling_svg(curves: &[(String, Vec<ScalingPoint>)], n: usize, merge: &str) -> String {
-    let colours = crate::plot::PALETTE;
+    use crate::plot::{colour, esc, open, swatch};
     let (w, h, left, top, right, bottom) = (560.0, 320.0, 55.0, 35.0, 130.0, 45.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     // the y range in quarters, at least to 1.25 (normalised accuracy 1 = the expert alone)
     let ymax = (curves.iter().flat_map(|(_, p)| p.iter().map(|x| x.1 + x.2)).fold(1.1f64, f64::max) * 4.0).ceil() / 4.0;
     let x = |k: usize| left + pw * (k as f64 - 1.0) / ((n.max(2) - 1) as f64);
     let y = |v: f64| top + ph - ph * (v / ymax).clamp(0.0, 1.0);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    s += &format!("<text x=\"{left}\" y=\"20\" font-size=\"13\">Normalised accuracy (merged / alone) vs merged experts ({merge})</text>\n");
+    let mut s = open(w, h, 11, (left, 20.0), &format!("Normalised accuracy (merged / alone) vs merged experts ({merge})"));
     for i in 0..=((ymax * 4.0).round() as usize) {
         let v = i as f64 * 0.25;
         s += &format!(
@@ -726,7 +723,7 @@ fn scaling_svg(curves: &[(String, Vec<ScalingPoint>)], n: usize, merge: &str) ->
     }
     s += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">experts merged</text>\n", left + pw / 2.0, h - 8.0);
     for (c, (kind, pts)) in curves.iter().enumerate() {
-        let col = colours[c % colours.len()];
+        let col = colour(c);
         let mut all: Vec<(usize, f64, f64)> = vec![(1, 1.0, 0.0)];
         all.extend(pts.iter().map(|p| (p.0, p.1, p.2)));
         let upper: Vec<String> = all.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1 + p.2))).collect();
@@ -736,21 +733,16 @@ fn scaling_svg(curves: &[(String, Vec<ScalingPoint>)], n: usize, merge: &str) ->
         s += &format!("<polyline points=\"{}\" fill=\"none\" stroke=\"{col}\" stroke-width=\"2\"/>\n", line.join(" "));
         for p in &all {
             s += &format!(
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{col}\"><title>{kind}, {} experts: {:.3} ± {:.3}</title></circle>\n",
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{col}\"><title>{}, {} experts: {:.3} ± {:.3}</title></circle>\n",
                 x(p.0),
                 y(p.1),
+                esc(kind),
                 p.0,
                 p.1,
                 p.2
             );
         }
-        s += &format!(
-            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{col}\"/><text x=\"{}\" y=\"{}\">{kind}</text>\n",
-            left + pw + 15.0,
-            top + 16.0 * c as f64,
-            left + pw + 30.0,
-            top + 16.0 * c as f64 + 9.0
-        );
+        s += &swatch((left + pw + 15.0, top + 16.0 * c as f64), col, kind);
     }
     s + "</svg>\n"
 }

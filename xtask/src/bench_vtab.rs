@@ -596,15 +596,11 @@ fn per_seed_of(per_seed: &BTreeMap<(String, String), Vec<Option<f64>>>, tasks: &
 
 /// Grouped bars: one group per task, one bar per method.
 fn svg(tasks: &[String], methods: &[String], acc: &BTreeMap<(String, String), Value>, key: &str) -> String {
-    let colours = crate::plot::PALETTE;
+    use crate::plot::{colour, esc, open, swatch};
     let (bw, gap, h, top, left) = (14.0, 18.0, 260.0, 30.0, 50.0);
     let gw = bw * methods.len() as f64 + gap;
     let w = left + gw * tasks.len() as f64 + 20.0;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
-        h + top + 110.0
-    );
-    s += &format!("<text x=\"{left}\" y=\"18\" font-size=\"13\">Test accuracy (%, {key}) per task and method</text>\n");
+    let mut s = open(w, h + top + 110.0, 11, (left, 18.0), &format!("Test accuracy (%, {key}) per task and method"));
     for p in [0, 25, 50, 75, 100] {
         let y = top + h - h * p as f64 / 100.0;
         s += &format!(
@@ -616,15 +612,16 @@ fn svg(tasks: &[String], methods: &[String], acc: &BTreeMap<(String, String), Va
     }
     for (i, task) in tasks.iter().enumerate() {
         let x0 = left + gw * i as f64 + gap / 2.0;
-        let t = crate::plot::esc(task);
+        let t = esc(task);
         for (j, m) in methods.iter().enumerate() {
             if let Some(v) = acc.get(&(task.clone(), m.clone())).and_then(|s| s[key].as_f64()) {
                 let bh = h * v;
                 s += &format!(
-                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw}\" height=\"{bh:.1}\" fill=\"{}\"><title>{t} {m}: {:.1}%</title></rect>\n",
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw}\" height=\"{bh:.1}\" fill=\"{}\"><title>{t} {}: {:.1}%</title></rect>\n",
                     x0 + bw * j as f64,
                     top + h - bh,
-                    colours[j % colours.len()],
+                    colour(j),
+                    esc(m),
                     100.0 * v
                 );
             }
@@ -637,14 +634,7 @@ fn svg(tasks: &[String], methods: &[String], acc: &BTreeMap<(String, String), Va
         );
     }
     for (j, m) in methods.iter().enumerate() {
-        let x = left + 110.0 * j as f64;
-        s += &format!(
-            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{m}</text>\n",
-            top + h + 90.0,
-            colours[j % colours.len()],
-            x + 14.0,
-            top + h + 99.0
-        );
+        s += &swatch((left + 110.0 * j as f64, top + h + 90.0), colour(j), m);
     }
     s + "</svg>\n"
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use mosa_train::{EpochMetrics, RunDir};
 
 use crate::bench_vtab::Grid;
-use crate::plot::{PALETTE, Panels, esc};
+use crate::plot::{Panels, esc};
 
 /// One cell's curve: the training loss after each epoch (1-based epochs in order).
 pub type Curve = Vec<f64>;
@@ -109,7 +109,6 @@ pub fn plateau_table(g: &Grid, c: &BTreeMap<(String, String), Curve>) -> String 
 
 /// Small multiples: one panel per task, one line per method, training loss against epoch.
 pub fn svg(tasks: &[String], methods: &[String], c: &BTreeMap<(String, String), Curve>) -> String {
-    let colours = PALETTE;
     let p = Panels::new(tasks.len(), 4, (230.0, 160.0), 42.0);
     let (pw, ph) = (p.pw, p.ph);
     let mut s = p.open("Training loss per epoch (first seed), one panel per task");
@@ -133,14 +132,14 @@ pub fn svg(tasks: &[String], methods: &[String], c: &BTreeMap<(String, String), 
             let pts: Vec<String> = v.iter().enumerate().map(|(e, l)| format!("{:.1},{:.1}", sx(e + 1), sy(*l))).collect();
             s += &format!(
                 "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{}\"><title>{} {}</title></polyline>\n",
-                colours[j % colours.len()],
+                crate::plot::colour(j),
                 pts.join(" "),
                 esc(t),
                 esc(&methods[j])
             );
         }
     }
-    let series: Vec<(&str, &str)> = methods.iter().enumerate().map(|(j, m)| (m.as_str(), colours[j % colours.len()])).collect();
+    let series: Vec<(&str, &str)> = methods.iter().enumerate().map(|(j, m)| (m.as_str(), crate::plot::colour(j))).collect();
     s + &p.legend_and_close(&series)
 }
 

@@ -23,6 +23,25 @@ pub fn esc(s: &str) -> String {
     o
 }
 
+/// Series `i`'s colour.
+pub fn colour(i: usize) -> &'static str {
+    PALETTE[i % PALETTE.len()]
+}
+
+/// An SVG document's opening: its size, the base font size, a white background and the title
+/// at `(x, y)`.
+pub fn open(width: f64, height: f64, font_size: u32, (x, y): (f64, f64), title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"{font_size}\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{x}\" y=\"{y}\" font-size=\"13\">{}</text>\n",
+        esc(title)
+    )
+}
+
+/// One legend entry: a coloured square with its top-left corner at `(x, y)` and the name beside it.
+pub fn swatch((x, y): (f64, f64), colour: &str, name: &str) -> String {
+    format!("<rect x=\"{x}\" y=\"{y}\" width=\"10\" height=\"10\" fill=\"{colour}\"/><text x=\"{}\" y=\"{}\">{}</text>\n", x + 14.0, y + 9.0, esc(name))
+}
+
 /// A grid of equal panels under a title, with a legend along the bottom.
 pub struct Panels {
     /// A panel's width and height.
@@ -56,13 +75,7 @@ impl Panels {
 
     /// The document's opening: size, white background, the title.
     pub fn open(&self, title: &str) -> String {
-        format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"18\" font-size=\"13\">{}</text>\n",
-            self.width(),
-            self.height(),
-            self.pad,
-            esc(title)
-        )
+        open(self.width(), self.height(), 10, (self.pad, 18.0), title)
     }
 
     /// Panel `i`'s frame and its label.
@@ -82,14 +95,7 @@ impl Panels {
         let h = self.height();
         let mut s = String::new();
         for (j, (name, colour)) in series.iter().enumerate() {
-            let x = self.pad + 110.0 * j as f64;
-            s += &format!(
-                "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{colour}\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
-                h - 24.0,
-                x + 14.0,
-                h - 15.0,
-                esc(name)
-            );
+            s += &swatch((self.pad + 110.0 * j as f64, h - 24.0), colour, name);
         }
         s + "</svg>\n"
     }

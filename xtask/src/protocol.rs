@@ -320,7 +320,6 @@ pub fn pooled(searches: &[Search], method: &str) -> Option<(Vec<Trial>, Option<f
 /// Small multiples: one panel per task, val200 accuracy against lr (log axis), one line per
 /// method, the chosen lr circled.
 pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
-    let colours = crate::plot::PALETTE;
     // the tasks' panels, then (with several tasks) one of the means over them
     let mut panels: Vec<String> = g.tasks.clone();
     let mut searches = searches.to_vec();
@@ -359,7 +358,7 @@ pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
         for (j, m) in g.methods.iter().enumerate() {
             let Some(x) = searches.iter().find(|x| &x.task == t && &x.method == m) else { continue };
             let pts: Vec<(f64, f64)> = x.trials.iter().filter_map(|tr| tr.val.map(|v| (sx(tr.lr), sy(v)))).collect();
-            let c = colours[j % colours.len()];
+            let c = crate::plot::colour(j);
             let me = esc(m);
             s += &format!(
                 "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\" points=\"{}\"><title>{te} {me}</title></polyline>\n",
@@ -378,7 +377,7 @@ pub fn sweep_svg(g: &Grid, searches: &[Search]) -> String {
             }
         }
     }
-    let series: Vec<(&str, &str)> = g.methods.iter().enumerate().map(|(j, m)| (m.as_str(), colours[j % colours.len()])).collect();
+    let series: Vec<(&str, &str)> = g.methods.iter().enumerate().map(|(j, m)| (m.as_str(), crate::plot::colour(j))).collect();
     s + &p.legend_and_close(&series)
 }
 
