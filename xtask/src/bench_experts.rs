@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use crate::bench_vtab::{Cell, Grid, Progress, run_cells, run_training, shard_of};
 use crate::stats::{Scored, mean, wilson95};
+use crate::table::Markdown;
 
 /// The experiment: its training grid (tasks × kinds, plus `linear` for the base-backbone probes)
 /// and what is merged and measured.
@@ -485,7 +486,13 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
 
     // the experts alone
     md += "## The experts alone\n\nTest accuracy (%) of each task's expert with its own head, ± the half-width of its 95% Wilson interval over the test images; `linear (base)` is a new head on the base backbone, the bar every expert should clear; trainable parameters include the head; stored = the expert file.\n\n";
-    md += &format!("| kind | {} | mean | trainable (M) | stored (MB) | train s |\n|---|{}---:|---:|---:|---:|\n", all.join(" | "), "---:|".repeat(all.len()));
+    let columns: Vec<String> = ["kind"]
+        .iter()
+        .map(|c| c.to_string())
+        .chain(all.iter().cloned())
+        .chain(["mean", "trainable (M)", "stored (MB)", "train s"].map(String::from))
+        .collect();
+    let mut table = Markdown::new(&columns, 1);
     let mut experts_json = Vec::new();
     let mut experts_csv: Vec<&ExpertRow> = Vec::new();
     let base_rows: BTreeMap<String, ExpertRow> =
@@ -495,18 +502,18 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         let rows: Vec<Option<&ExpertRow>> = all.iter().map(|t| if k == "linear" { base_rows.get(t) } else { experts.get(&(k.clone(), t.clone())) }).collect();
         let present: Vec<&ExpertRow> = rows.iter().flatten().copied().collect();
         let avg = |f: fn(&ExpertRow) -> f64| mean(&present.iter().map(|r| f(r)).collect::<Vec<_>>());
-        md += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            if k == "linear" { "linear (base)" } else { k.as_str() },
-            rows.iter()
-                .map(|r| r.and_then(|r| Scored::new(&r.individual.into_iter().collect::<Vec<_>>(), Some(r.test_images))).map(|s| s.cell()).unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join(" | "),
+        let mut cells = vec![if k == "linear" { "linear (base)".to_string() } else { k.clone() }];
+        cells
+            .extend(rows.iter().map(|r| {
+                r.and_then(|r| Scored::new(&r.individual.into_iter().collect::<Vec<_>>(), Some(r.test_images))).map(|s| s.cell()).unwrap_or_default()
+            }));
+        cells.extend([
             pct(mean(&present.iter().filter_map(|r| r.individual).collect::<Vec<_>>())),
             avg(|r| r.trainable_params as f64).map(|v| format!("{:.3}", v / 1e6)).unwrap_or_default(),
             avg(|r| r.stored_bytes as f64).map(|v| format!("{:.2}", v / 1e6)).unwrap_or_default(),
             avg(|r| r.train_seconds).map(|v| format!("{v:.0}")).unwrap_or_default(),
-        );
+        ]);
+        table.row(&cells);
         for r in present {
             experts_csv.push(r);
             if k != "linear" {
@@ -526,7 +533,8 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
                 .unwrap_or_default()
         })
         .collect();
-    md += &format!("| test images | {} | | | | |\n", counts.join(" | "));
+    table.row(&["test images".to_string()].into_iter().chain(counts).chain(std::iter::repeat_n(String::new(), 4)).collect::<Vec<_>>());
+    md += &table.finish();
     if e.held_out {
         md += &format!("\n{}\n", below_base(&e.kinds, &all, &experts, &base_rows));
     }
@@ -536,7 +544,9 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         "\n## In distribution: all {} experts of a kind merged\n\nEach task with its own head on the merged backbone: test accuracy (%) and, in brackets, normalised = merged / the expert alone. Means over tasks.\n\n",
         all.len()
     );
-    md += &format!("| kind | merge | {} | mean accuracy | mean normalised |\n|---|---|{}---:|---:|\n", all.join(" | "), "---:|".repeat(all.len()));
+    let columns: Vec<String> =
+        ["kind", "merge"].map(String::from).into_iter().chain(all.iter().cloned()).chain(["mean accuracy", "mean normalised"].map(String::from)).collect();
+    let mut table = Markdown::new(&columns, 2);
     let mut csv: Vec<MergeCsv> = Vec::new();
     let mut in_dist = Vec::new();
     for k in &e.kinds {
@@ -545,15 +555,10 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
             let rows = per_task(&r, &experts);
             let macc = mean(&rows.iter().map(|x| x.1).collect::<Vec<_>>());
             let mnorm = mean(&rows.iter().filter_map(|x| x.2).collect::<Vec<_>>());
-            md += &format!(
-                "| {k} | {m} | {} | {} | {} |\n",
-                all.iter()
-                    .map(|t| rows.iter().find(|x| &x.0 == t).map(|x| format!("{} ({})", pct(Some(x.1)), ratio(x.2))).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join(" | "),
-                pct(macc),
-                ratio(mnorm)
-            );
+            let mut cells = vec![k.clone(), m.clone()];
+            cells.extend(all.iter().map(|t| rows.iter().find(|x| &x.0 == t).map(|x| format!("{} ({})", pct(Some(x.1)), ratio(x.2))).unwrap_or_default()));
+            cells.extend([pct(macc), ratio(mnorm)]);
+            table.row(&cells);
             in_dist.push(json!({
                 "kind": k, "method": m,
                 "tasks": rows.iter().map(|x| (x.0.clone(), json!({"individual": experts.get(&(k.clone(), x.0.clone())).and_then(|r| r.individual), "merged": x.1, "normalised": x.2, "test_images": x.3}))).collect::<serde_json::Map<_, _>>(),
@@ -561,6 +566,8 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
             }));
         }
     }
+
+    md += &table.finish();
 
     // every evaluated merge, for the CSV
     for j in e.jobs().into_iter().filter(|j| j.evaluate) {
@@ -591,7 +598,7 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
         "\n## Scaling: normalised accuracy against the number of merged experts ({})\n\nMean ± std over the seeded random task subsets (the same subsets for every kind); a subset's value is the mean normalised accuracy of its tasks.\n\n",
         e.paper_merge
     );
-    md += &format!("| kind | {} |\n|---|{}\n", sizes.iter().map(|s| format!("{s} experts")).collect::<Vec<_>>().join(" | "), "---:|".repeat(sizes.len()));
+    let mut table = Markdown::new(&std::iter::once("kind".to_string()).chain(sizes.iter().map(|s| format!("{s} experts"))).collect::<Vec<_>>(), 1);
     let mut scaling_json = Vec::new();
     let mut curves: Vec<(String, Vec<ScalingPoint>)> = Vec::new();
     for k in &e.kinds {
@@ -618,9 +625,10 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
             }
             scaling_json.push(json!({"kind": k, "experts": s, "subsets": values.iter().map(|(t, v)| json!({"tasks": t, "mean_normalised": v})).collect::<Vec<_>>(), "mean": m, "std": sd}));
         }
-        md += &format!("| {k} | {} |\n", cells.join(" | "));
+        table.row(&std::iter::once(k.clone()).chain(cells).collect::<Vec<_>>());
         curves.push((k.clone(), points));
     }
+    md += &table.finish();
 
     // held-out
     let mut held_json = Vec::new();
@@ -629,11 +637,8 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
             "\n## Held-out: a new head (linear probe) on the merge of the other tasks ({})\n\nTest accuracy (%) of the probe; `base` is the same probe on the base backbone.\n\n",
             e.paper_merge
         );
-        md += &format!(
-            "| task | base | {} |\n|---|---:|{}\n",
-            e.kinds.iter().map(|k| format!("merged {k}")).collect::<Vec<_>>().join(" | "),
-            "---:|".repeat(e.kinds.len())
-        );
+        let mut table =
+            Markdown::new(&["task".to_string(), "base".to_string()].into_iter().chain(e.kinds.iter().map(|k| format!("merged {k}"))).collect::<Vec<_>>(), 1);
         let probe = |d: PathBuf| RunDir::new(d).summary().ok().and_then(|s| s.last_test);
         let mut cols: Vec<Vec<f64>> = vec![Vec::new(); e.kinds.len() + 1];
         for t in &all {
@@ -645,12 +650,13 @@ pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
                     cols[c].push(v);
                 }
             }
-            md += &format!("| {t} | {} | {} |\n", pct(base), merged.iter().map(|v| pct(*v)).collect::<Vec<_>>().join(" | "));
+            table.row(&[t.clone(), pct(base)].into_iter().chain(merged.iter().map(|v| pct(*v))).collect::<Vec<_>>());
             held_json.push(
                 json!({"task": t, "base": base, "merged": e.kinds.iter().zip(&merged).map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()}),
             );
         }
-        md += &format!("| mean | {} |\n", cols.iter().map(|c| pct(mean(c))).collect::<Vec<_>>().join(" | "));
+        table.row(&std::iter::once("mean".to_string()).chain(cols.iter().map(|c| pct(mean(c)))).collect::<Vec<_>>());
+        md += &table.finish();
     }
 
     // the experts' learning curves (and the base probes'), and the lr search under `vpt`

@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::table::Markdown;
+
 use anyhow::{Context, bail};
 use serde_json::Value;
 
@@ -34,23 +36,34 @@ pub fn run(mosa: &Path, rows: &[(usize, f64)], iters: usize, dense: bool) -> any
 /// The Markdown table of the rows.
 pub fn table(rows: &[Value]) -> String {
     let f = |v: &Value, k: &str, p: usize| v[k].as_f64().map(|x| format!("{x:.p$}")).unwrap_or_default();
-    let mut md = String::from(
-        "| experts | density | median s | GB/s | memcpy GB/s | of memcpy | dense-expansion s | × faster than dense | peak RSS MiB | base + experts MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    let mut table = Markdown::new(
+        &[
+            "experts",
+            "density",
+            "median s",
+            "GB/s",
+            "memcpy GB/s",
+            "of memcpy",
+            "dense-expansion s",
+            "× faster than dense",
+            "peak RSS MiB",
+            "base + experts MiB",
+        ],
+        0,
     );
     for v in rows {
-        md += &format!(
-            "| {} | {}% | {} | {} | {} | {:.0}% | {} | {} | {} | {} |\n",
-            v["experts"],
-            100.0 * v["density"].as_f64().unwrap_or(0.0),
+        table.row(&[
+            v["experts"].to_string(),
+            format!("{}%", 100.0 * v["density"].as_f64().unwrap_or(0.0)),
             f(v, "seconds", 3),
             f(v, "gbps", 1),
             f(v, "memcpy_gbps", 1),
-            100.0 * v["fraction_of_memcpy"].as_f64().unwrap_or(0.0),
+            format!("{:.0}%", 100.0 * v["fraction_of_memcpy"].as_f64().unwrap_or(0.0)),
             f(v, "dense_seconds", 3),
             f(v, "speedup_vs_dense", 1),
             f(v, "peak_rss_mb", 0),
             v["base_mb"].as_f64().zip(v["experts_mb"].as_f64()).map(|(a, b)| format!("{:.0}", a + b)).unwrap_or_default(),
-        );
+        ]);
     }
-    md
+    table.finish()
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::protocol::Protocol;
 use crate::stats::{Scored, mean, mean_interval};
+use crate::table::Markdown;
 
 /// The published group means (ViT-B/16 IN-21k), spec §8: MoSA from SNELL/DA-VPT reprints,
 /// baselines from the VPT paper (arXiv 2203.12119, Table 1). Per-task numbers are not known.
@@ -464,18 +465,14 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
         g.settings,
         images.join(", ")
     );
-    md += &format!(
-        "| method | {} |{} mean | groups mean | trainable (M) | after merge (M) | train img/s | eval img/s | peak RSS (MiB) |{}\n",
-        g.tasks.join(" | "),
-        groups.iter().map(|x| format!(" {x} |")).collect::<String>(),
-        if g.full { " published Natural | Specialized | Structured | mean of groups |" } else { "" }
-    );
-    md += &format!(
-        "|---|{}{}---:|---:|---:|---:|---:|---:|---:|{}\n",
-        "---:|".repeat(g.tasks.len()),
-        "---:|".repeat(groups.len()),
-        if g.full { "---:|---:|---:|---:|" } else { "" }
-    );
+    let published_columns: &[&str] = if g.full { &["published Natural", "Specialized", "Structured", "mean of groups"] } else { &[] };
+    let columns: Vec<&str> = std::iter::once("method")
+        .chain(g.tasks.iter().map(String::as_str))
+        .chain(groups.iter().copied())
+        .chain(["mean", "groups mean", "trainable (M)", "after merge (M)", "train img/s", "eval img/s", "peak RSS (MiB)"])
+        .chain(published_columns.iter().copied())
+        .collect();
+    let mut table = Markdown::new(&columns, 1);
     let mut csv: Vec<CellCsv> = Vec::new();
     let mut rows_json = Vec::new();
     for m in &g.methods {
@@ -493,10 +490,10 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
         let avg = |k: &str| mean(&present.iter().filter_map(|s| s[k].as_f64()).collect::<Vec<_>>());
         let params = present.first().and_then(|s| s["trainable_params"].as_f64());
         let merged = present.first().and_then(|s| s["merged_trainable_params"].as_f64());
-        md += &format!(
-            "| {m} | {} |{} {} | {} | {} | {} | {} | {} | {} |",
-            sc.iter().map(|v| v.map(Scored::cell).unwrap_or_default()).collect::<Vec<_>>().join(" | "),
-            per_group.iter().map(|v| format!(" {} |", pct(*v))).collect::<String>(),
+        let mut row = vec![m.clone()];
+        row.extend(sc.iter().map(|v| v.map(Scored::cell).unwrap_or_default()));
+        row.extend(per_group.iter().map(|v| pct(*v)));
+        row.extend([
             match (all, all_ci) {
                 (Some(a), Some((lo, hi))) => format!("{:.1} ±{:.1}", 100.0 * a, 50.0 * (hi - lo)),
                 (a, _) => pct(a),
@@ -512,14 +509,14 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
                 .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))))
                 .map(|v| format!("{v:.0}"))
                 .unwrap_or_default(),
-        );
+        ]);
         if g.full {
             match PUBLISHED_VTAB.iter().find(|(n, _)| n == m) {
-                Some((_, p)) => md += &format!(" {} | {} | {} | {} |", p[0], p[1], p[2], p[3]),
-                None => md += " | | | |",
+                Some((_, p)) => row.extend(p.iter().map(|v| v.to_string())),
+                None => row.extend(std::iter::repeat_n(String::new(), published_columns.len())),
             }
         }
-        md += "\n";
+        table.row(&row);
         for ((t, c), s2) in g.tasks.iter().zip(&cells).zip(&sc) {
             if let (Some(s), Some(s2)) = (c, s2) {
                 let f = |k: &str| s[k].as_f64();

@@ -8,6 +8,7 @@ use mosa_train::{EpochMetrics, RunDir};
 
 use crate::bench_vtab::Grid;
 use crate::plot::{Panels, esc};
+use crate::table::Markdown;
 
 /// One cell's curve: the training loss after each epoch (1-based epochs in order).
 pub type Curve = Vec<f64>;
@@ -92,19 +93,19 @@ pub fn csv(g: &Grid, runs: &Runs) -> anyhow::Result<String> {
 
 /// The Markdown paragraph and table of the plateau measure (task columns, method rows).
 pub fn plateau_table(g: &Grid, c: &BTreeMap<(String, String), Curve>) -> String {
-    let mut md = String::from(
+    let md = String::from(
         "Learning curves (`loss.svg`, `curves.csv`): the share of each run's training-loss decrease (epoch 1 → last) made in its last quarter of epochs; 0 is flat at the end, 0.25 a straight line (the cosine schedule's small late learning rates push it down by themselves).\n\n",
     );
-    md += &format!("| method | {} |\n|---|{}\n", g.tasks.join(" | "), "---:|".repeat(g.tasks.len()));
+    let mut table = Markdown::new(&std::iter::once("method").chain(g.tasks.iter().map(String::as_str)).collect::<Vec<_>>(), 1);
     for m in &g.methods {
         let cells: Vec<String> = g
             .tasks
             .iter()
             .map(|t| c.get(&(t.clone(), m.clone())).and_then(|v| late_share(v)).map(|x| format!("{x:.3}")).unwrap_or_else(|| "—".into()))
             .collect();
-        md += &format!("| {m} | {} |\n", cells.join(" | "));
+        table.row(&std::iter::once(m.clone()).chain(cells).collect::<Vec<_>>());
     }
-    md
+    md + &table.finish()
 }
 
 /// Small multiples: one panel per task, one line per method, training loss against epoch.

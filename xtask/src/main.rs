@@ -183,10 +183,22 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
     let peak_json: serde_json::Value = last_json(&peak_out, "mosa bench peak")?;
     let peak = peak_json["gflops"].as_f64();
     println!("measured f32 FMA peak: {} GFLOP/s ({peak_json})\n", peak.map(|p| format!("{p:.0}")).unwrap_or_else(|| "?".into()));
-    println!(
-        "| measure | batch | mosa median s | mosa images/s | PyTorch median s | PyTorch images/s | mosa / PyTorch speed | mosa GFLOP/s (% of peak) | PyTorch GFLOP/s (% of peak) | CPU idle before |"
+    let header = table::Markdown::new(
+        &[
+            "measure",
+            "batch",
+            "mosa median s",
+            "mosa images/s",
+            "PyTorch median s",
+            "PyTorch images/s",
+            "mosa / PyTorch speed",
+            "mosa GFLOP/s (% of peak)",
+            "PyTorch GFLOP/s (% of peak)",
+            "CPU idle before",
+        ],
+        1,
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    print!("{}", header.finish());
     for (ours, theirs) in &workloads {
         let idle = idle_share(1000);
         eprintln!("running mosa {}", ours.join(" "));
@@ -217,15 +229,20 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
             (Some(g), None) => format!("{g:.0}"),
             _ => "—".into(),
         };
-        println!(
-            "| {what} | {batch} | {m:.3} | {:.2} | {} | {} | {} | {} | {} | {} |",
-            b / m,
-            f(torch, 3),
-            f(torch.map(|t| b / t), 2),
-            torch.map(|t| format!("{:.2}×", t / m)).unwrap_or_else(|| "—".into()),
-            of_peak(gflops),
-            of_peak(gflops.zip(torch).map(|(g, t)| g * m / t)),
-            idle.map(|i| format!("{:.0}%", 100.0 * i)).unwrap_or_default()
+        print!(
+            "{}",
+            table::Markdown::line(&[
+                what.to_string(),
+                batch.to_string(),
+                format!("{m:.3}"),
+                format!("{:.2}", b / m),
+                f(torch, 3),
+                f(torch.map(|t| b / t), 2),
+                torch.map(|t| format!("{:.2}×", t / m)).unwrap_or_else(|| "—".into()),
+                of_peak(gflops),
+                of_peak(gflops.zip(torch).map(|(g, t)| g * m / t)),
+                idle.map(|i| format!("{:.0}%", 100.0 * i)).unwrap_or_default(),
+            ])
         );
     }
     println!(

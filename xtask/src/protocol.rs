@@ -20,6 +20,7 @@ use mosa_train::RunDir;
 
 use crate::bench_vtab::{Cell, Grid};
 use crate::plot::{Panels, esc};
+use crate::table::Markdown;
 
 /// The list VTAB-1k's search runs train on (`mosa train --train-split`); val200 is disjoint from it.
 pub const SEARCH_SPLIT: &str = "train800";
@@ -251,7 +252,7 @@ pub fn sweep_table(g: &Grid, searches: &[Search]) -> String {
         "Learning rates ({}; `lr_sweep.csv`, `lr_sweep.svg`): each cell's chosen lr, then val200 accuracy (%) after the last epoch of each search run (* chosen).\n\n",
         g.protocol.describe()
     );
-    md += &format!("| method | {} |\n|---|{}\n", g.tasks.join(" | "), "---:|".repeat(g.tasks.len()));
+    let mut table = Markdown::new(&std::iter::once("method").chain(g.tasks.iter().map(String::as_str)).collect::<Vec<_>>(), 1);
     for m in &g.methods {
         let cells: Vec<String> = g
             .tasks
@@ -275,10 +276,12 @@ pub fn sweep_table(g: &Grid, searches: &[Search]) -> String {
                 None => String::new(),
             })
             .collect();
-        md += &format!("| {m} | {} |\n", cells.join(" | "));
+        table.row(&std::iter::once(m.clone()).chain(cells).collect::<Vec<_>>());
     }
+    md += &table.finish();
     if g.tasks.len() > 1 {
-        md += "\nOne lr per method for every task (how a single-lr default is chosen from this search): the mean val200 accuracy (%) over the tasks at each lr, the best marked (ties to the smaller lr).\n\n| method | mean val200 per lr | best |\n|---|---|---:|\n";
+        md += "\nOne lr per method for every task (how a single-lr default is chosen from this search): the mean val200 accuracy (%) over the tasks at each lr, the best marked (ties to the smaller lr).\n\n";
+        let mut table = Markdown::new(&["method", "mean val200 per lr", "best"], 2);
         for m in &g.methods {
             let Some((means, best)) = pooled(searches, m) else { continue };
             let cells: Vec<String> = means
@@ -292,8 +295,9 @@ pub fn sweep_table(g: &Grid, searches: &[Search]) -> String {
                     )
                 })
                 .collect();
-            md += &format!("| {m} | {} | {} |\n", cells.join(", "), best.map(|b| b.to_string()).unwrap_or_else(|| "waiting".into()));
+            table.row(&[m.clone(), cells.join(", "), best.map(|b| b.to_string()).unwrap_or_else(|| "waiting".into())]);
         }
+        md += &table.finish();
     }
     md
 }

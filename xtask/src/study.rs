@@ -20,6 +20,7 @@ use crate::bench_vtab::fmt_eta;
 use crate::curves::late_share;
 use crate::plot::{Panels, esc};
 use crate::stats::{Scored, wilson95};
+use crate::table::Markdown;
 
 /// One budget of the study.
 pub struct Budget {
@@ -228,7 +229,21 @@ pub fn write() -> anyhow::Result<String> {
         "MoSA against the adapter at growing budgets: DINOv2 ViT-S/14 at 56 px, the default's recipe (batch 32, lr 0.005, per-epoch cosine, warm-up 10% of the epochs, head init zero, MoSA r 16 / N 4 / share down, trained on train800val200), one seed (3407). `30ep-vpt`: each method's lr chosen by VPT's search (0.3×, 1×, 3× of 0.005 trained on train800, best val200) and retrained on train800val200.\n\n",
     );
     md += "Test accuracy (%) after the last epoch ± the half-width of its 95% Wilson interval; MoSA − adapter in points with the 95% interval of the difference of two independent binomials (conservative: both runs see the same images); final training loss and accuracy (MoSA's: the first pass, one random expert per block, plus the consistency KL); plateau = share of the loss decrease made in the last quarter of the epochs.\n\n";
-    md += "| budget | task | test images | adapter | MoSA | MoSA − adapter | lr adapter / MoSA | train loss adapter / MoSA | train acc adapter / MoSA | plateau adapter / MoSA |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    let mut table = Markdown::new(
+        &[
+            "budget",
+            "task",
+            "test images",
+            "adapter",
+            "MoSA",
+            "MoSA − adapter",
+            "lr adapter / MoSA",
+            "train loss adapter / MoSA",
+            "train acc adapter / MoSA",
+            "plateau adapter / MoSA",
+        ],
+        2,
+    );
     #[derive(serde::Serialize)]
     struct CsvRow<'a> {
         budget: &'a str,
@@ -283,19 +298,21 @@ pub fn write() -> anyhow::Result<String> {
                 _ => "…".into(),
             };
             let pair = |f: &dyn Fn(&Row) -> String| format!("{} / {}", a.map(f).unwrap_or_else(|| "…".into()), m.map(f).unwrap_or_else(|| "…".into()));
-            md += &format!(
-                "| {} | {t} | {} | {} | {} | {diff} | {} | {} | {} | {} |\n",
-                b.name,
-                a.or(m).map(|r| r.test_images).unwrap_or(0),
+            table.row(&[
+                b.name.to_string(),
+                t.to_string(),
+                a.or(m).map(|r| r.test_images).unwrap_or(0).to_string(),
                 cell(a),
                 cell(m),
+                diff,
                 pair(&|r| r.lr.to_string()),
                 pair(&|r| format!("{:.3}", r.final_train_loss)),
                 pair(&|r| pct(r.final_train_acc)),
                 pair(&|r| r.late_share.map(|v| format!("{v:.3}")).unwrap_or_else(|| "—".into())),
-            );
+            ]);
         }
     }
+    md += &table.finish();
     for b in BUDGETS {
         if let Some(d) = b.recorded.filter(|d| rows.iter().any(|r| r.budget == b.name && r.source == *d)) {
             md += &format!(

@@ -1,6 +1,44 @@
-//! The benchmarks' CSV files: typed rows (`serde::Serialize`, one field per column, the header
-//! from the field names) written with the `csv` crate, so a name with a comma or a quote stays
-//! one field.
+//! The benchmarks' tables: CSV files of typed rows (`serde::Serialize`, one field per column,
+//! the header from the field names) written with the `csv` crate, so a name with a comma or a
+//! quote stays one field; Markdown tables through [`Markdown`], so a `|` in a name stays in its
+//! cell.
+
+/// A Markdown table under construction: the header with its alignment, then rows.
+pub struct Markdown {
+    text: String,
+}
+
+impl Markdown {
+    /// A table with these column names: the first `left` columns left-aligned (names), the rest
+    /// right-aligned (numbers).
+    pub fn new<S: AsRef<str>>(columns: &[S], left: usize) -> Self {
+        let mut m = Markdown { text: String::new() };
+        m.row(columns);
+        m.text += "|";
+        for i in 0..columns.len() {
+            m.text += if i < left { "---|" } else { "---:|" };
+        }
+        m.text += "\n";
+        m
+    }
+
+    /// One row; its cells are escaped.
+    pub fn row<S: AsRef<str>>(&mut self, cells: &[S]) -> &mut Self {
+        self.text += &Self::line(cells);
+        self
+    }
+
+    /// One row's line on its own (for a table printed row by row after its [`Markdown::new`]).
+    pub fn line<S: AsRef<str>>(cells: &[S]) -> String {
+        let cells: Vec<String> = cells.iter().map(|c| c.as_ref().replace('|', "\\|")).collect();
+        format!("| {} |\n", cells.join(" | "))
+    }
+
+    /// The table's text, one line per row.
+    pub fn finish(&self) -> String {
+        self.text.clone()
+    }
+}
 
 /// `rows` as CSV text with a header line.
 pub fn csv_text<R: serde::Serialize>(rows: &[R]) -> anyhow::Result<String> {
@@ -18,6 +56,13 @@ mod tests {
         task: String,
         acc: Option<f64>,
         chosen: bool,
+    }
+
+    #[test]
+    fn markdown_tables_align_and_escape() {
+        let mut t = super::Markdown::new(&["task", "acc"], 1);
+        t.row(&["a|b", "0.5"]).row(&["c", ""]);
+        assert_eq!(t.finish(), "| task | acc |\n|---|---:|\n| a\\|b | 0.5 |\n| c |  |\n");
     }
 
     #[test]
