@@ -89,6 +89,19 @@ macro_rules! families {
                 }
             }
 
+            /// The config described by timm constructor arguments: the family whose class
+            /// `source` names, else the one whose arguments these are; `None` where neither
+            /// tells (the caller decides).
+            pub fn from_timm(source: &str, kwargs: &serde_json::Value, input_hw: Option<usize>) -> Option<crate::Result<BackboneConfig>> {
+                $(if source.contains(<$config as FamilyConfig>::TIMM_CLASS) {
+                    return Some(<$config as FamilyConfig>::from_timm_kwargs(kwargs, input_hw).map(BackboneConfig::$variant));
+                })*
+                $(if <$config as FamilyConfig>::claims_timm_kwargs(kwargs) {
+                    return Some(<$config as FamilyConfig>::from_timm_kwargs(kwargs, input_hw).map(BackboneConfig::$variant));
+                })*
+                None
+            }
+
             /// One line for logs and `mosa inspect`.
             pub fn describe(&self) -> String {
                 match self {

@@ -29,9 +29,11 @@ use mosa_core::slot::AdapterSlot;
 
 use crate::error::Error;
 use crate::family::{BackboneOutput, Family, FamilyConfig, Spatial};
+use crate::kwargs;
 use crate::layers::{Mlp, drop_path, init_linear, layer_norm_2d, sequential, stream};
 use crate::load::StateDict;
 use crate::load::by_path::Renames;
+use serde_json::Value;
 
 /// ConvNeXt's target vocabulary: the pointwise linears (LoRA's / sparse's default: both).
 pub const TARGETS: Targets = Targets { family: "convnext", names: &["fc1", "fc2"], default: &["fc1", "fc2"], lora_default: &["fc1", "fc2"], parts: &[] };
@@ -407,6 +409,39 @@ impl FamilyConfig for ConvNextConfig {
     }
     fn build<B: Backend>(&self, device: &B::Device) -> ConvNeXt<B> {
         self.init(device)
+    }
+    const TIMM_CLASS: &'static str = "ConvNeXt";
+    /// Per-stage `dims`.
+    fn claims_timm_kwargs(kwargs: &serde_json::Value) -> bool {
+        kwargs.get("dims").is_some()
+    }
+    /// No argument gives the input side (timm's ConvNeXt takes any): `input_hw` does.
+    fn from_timm_kwargs(kwargs: &serde_json::Value, input_hw: Option<usize>) -> crate::Result<Self> {
+        let obj = kwargs::object(kwargs)?;
+        let mut c = ConvNextConfig::new();
+        for (k, v) in obj {
+            match k.as_str() {
+                "in_chans" => c.in_chans = kwargs::as_usize(k, v)?,
+                "num_classes" => c.num_classes = kwargs::as_usize(k, v)?,
+                "depths" => c.depths = kwargs::as_usizes(k, v)?,
+                "dims" => c.dims = kwargs::as_usizes(k, v)?,
+                "kernel_sizes" => c.kernel_size = kwargs::as_usize(k, v)?,
+                "ls_init_value" => c.ls_init_value = if v.is_null() { None } else { Some(kwargs::as_f64(k, v)?) },
+                "patch_size" => c.patch_size = kwargs::as_usize(k, v)?,
+                "drop_rate" => c.drop_rate = kwargs::as_f64(k, v)?,
+                "drop_path_rate" => c.drop_path_rate = kwargs::as_f64(k, v)?,
+                "global_pool" if v == "avg" => {}
+                "stem_type" if v == "patch" => {}
+                "conv_mlp" | "use_grn" | "head_norm_first" if v == &Value::Bool(false) => {}
+                "conv_bias" if v == &Value::Bool(true) => {}
+                _ => return Err(crate::Error::Config(format!("timm ConvNeXt argument `{k}` = {v} is not supported"))),
+            }
+        }
+        // timm's ConvNeXt takes any input size: the side comes from beside the arguments
+        if let Some(s) = input_hw {
+            c.img_size = s;
+        }
+        Ok(c)
     }
     /// timm's `Sequential` stem and downsampling layers number their parts; its head holds the
     /// final norm and the classifier.

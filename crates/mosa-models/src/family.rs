@@ -82,6 +82,15 @@ pub trait FamilyConfig: Sized {
     type Model<B: Backend>: Module<B>;
     /// A randomly initialised model.
     fn build<B: Backend>(&self, device: &B::Device) -> Self::Model<B>;
+    /// timm's model class of the family (`VisionTransformer`): a `source` naming it picks the family.
+    const TIMM_CLASS: &'static str;
+    /// Whether timm constructor arguments are this family's by an argument only it has (for a
+    /// description that names no class).
+    fn claims_timm_kwargs(kwargs: &serde_json::Value) -> bool;
+    /// The configuration from timm's constructor arguments (`input_hw`: an input side given
+    /// beside them, for a family whose arguments have none). Unsupported arguments are errors,
+    /// so that a model we would compute differently is never accepted silently.
+    fn from_timm_kwargs(kwargs: &serde_json::Value, input_hw: Option<usize>) -> Result<Self>;
     /// The family's renames of module-path segments into timm's, for the one by-path loader and
     /// writer ([`crate::load::by_path`]).
     const RENAMES: Renames;

@@ -15,6 +15,7 @@ pub mod backbone;
 pub mod convnext;
 pub mod error;
 pub mod family;
+pub mod kwargs;
 pub mod layers;
 pub mod limits;
 pub mod load;

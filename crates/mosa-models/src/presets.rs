@@ -15,6 +15,8 @@ use serde_json::Value;
 use crate::backbone::{BackboneConfig, IMAGENET, Preprocess};
 use crate::convnext::ConvNextConfig;
 use crate::error::{Error, Result};
+use crate::family::FamilyConfig;
+use crate::kwargs::{as_bool, as_f64, as_usize};
 use crate::posembed::Resample;
 use crate::swin::SwinConfig;
 use crate::vit::VitConfig;
@@ -138,21 +140,12 @@ pub fn config_from_json(value: &Value) -> crate::Result<BackboneConfig> {
     }
     let cfg = if let Some(kwargs) = value.get("kwargs") {
         let source = value.get("source").and_then(Value::as_str).unwrap_or("");
-        let has = |k: &str| kwargs.get(k).is_some();
-        if source.contains("SwinTransformer") || (has("window_size") && has("depths")) {
-            let c = from_timm_swin_kwargs(kwargs)?;
-            c.validate()?;
-            return Ok(BackboneConfig::Swin(c));
-        }
-        if source.contains("ConvNeXt") || has("dims") {
-            let mut c = from_timm_convnext_kwargs(kwargs)?;
-            if let Some(hw) = value.get("input_hw").and_then(|v| v.get(0)) {
-                c.img_size = as_usize("input_hw", hw)?;
-            }
-            c.validate()?;
-            return Ok(BackboneConfig::ConvNext(c));
-        }
-        from_timm_kwargs(kwargs)?
+        let input_hw = value.get("input_hw").and_then(|v| v.get(0)).map(|hw| as_usize("input_hw", hw)).transpose()?;
+        // a description that names no class and has no family's own argument is timm's ViT
+        let cfg =
+            BackboneConfig::from_timm(source, kwargs, input_hw).unwrap_or_else(|| VitConfig::from_timm_kwargs(kwargs, input_hw).map(BackboneConfig::Vit))?;
+        cfg.validate()?;
+        return Ok(cfg);
     } else if let Some(hf) = value.get("config") {
         from_hf_dinov2(hf)?
     } else {
@@ -160,116 +153,6 @@ pub fn config_from_json(value: &Value) -> crate::Result<BackboneConfig> {
     };
     cfg.validate()?;
     Ok(BackboneConfig::Vit(cfg))
-}
-
-fn as_usize(k: &str, v: &Value) -> crate::Result<usize> {
-    // timm accepts an int or an (h, w) pair for sizes; we support square ones.
-    match v {
-        Value::Number(n) => n.as_u64().map(|x| x as usize).ok_or_else(|| crate::Error::Config(format!("`{k}` must be a non-negative integer"))),
-        Value::Array(a) if a.len() == 2 && a[0] == a[1] => as_usize(k, &a[0]),
-        _ => Err(crate::Error::Config(format!("`{k}` must be an integer (or a square pair), got {v}"))),
-    }
-}
-
-fn as_f64(k: &str, v: &Value) -> crate::Result<f64> {
-    v.as_f64().ok_or_else(|| crate::Error::Config(format!("`{k}` must be a number, got {v}")))
-}
-
-fn as_bool(k: &str, v: &Value) -> crate::Result<bool> {
-    v.as_bool().ok_or_else(|| crate::Error::Config(format!("`{k}` must be true or false, got {v}")))
-}
-
-/// timm `VisionTransformer(**kwargs)` → [`VitConfig`]. Unknown or unsupported arguments are errors,
-/// so that a model we would compute differently is never accepted silently.
-pub fn from_timm_kwargs(kwargs: &Value) -> crate::Result<VitConfig> {
-    let obj = kwargs.as_object().ok_or_else(|| crate::Error::Config("`kwargs` must be an object".into()))?;
-    let mut c = VitConfig::new();
-    for (k, v) in obj {
-        match k.as_str() {
-            "img_size" => c.img_size = as_usize(k, v)?,
-            "patch_size" => c.patch_size = as_usize(k, v)?,
-            "in_chans" => c.in_chans = as_usize(k, v)?,
-            "num_classes" => c.num_classes = as_usize(k, v)?,
-            "embed_dim" => c.embed_dim = as_usize(k, v)?,
-            "depth" => c.depth = as_usize(k, v)?,
-            "num_heads" => c.num_heads = as_usize(k, v)?,
-            "mlp_ratio" => c.mlp_ratio = as_f64(k, v)?,
-            "qkv_bias" => c.qkv_bias = as_bool(k, v)?,
-            "init_values" => c.init_values = if v.is_null() { None } else { Some(as_f64(k, v)?) },
-            "drop_rate" => c.drop_rate = as_f64(k, v)?,
-            "pos_drop_rate" => c.pos_drop_rate = as_f64(k, v)?,
-            "proj_drop_rate" => c.proj_drop_rate = as_f64(k, v)?,
-            "attn_drop_rate" => c.attn_drop_rate = as_f64(k, v)?,
-            "drop_path_rate" => c.drop_path_rate = as_f64(k, v)?,
-            // We always accept other input sizes (resampling the grid), as timm does with this flag.
-            "dynamic_img_size" => {
-                as_bool(k, v)?;
-            }
-            "class_token" if v == &Value::Bool(true) => {}
-            "global_pool" if v == "token" => {}
-            "qk_norm" | "no_embed_class" | "reg_tokens" | "pre_norm" | "fc_norm" | "dynamic_img_pad"
-                if v == &Value::Bool(false) || v == &Value::from(0) || v.is_null() => {}
-            _ => return Err(crate::Error::Config(format!("timm argument `{k}` = {v} is not supported"))),
-        }
-    }
-    Ok(c)
-}
-
-fn as_usizes(k: &str, v: &Value) -> crate::Result<Vec<usize>> {
-    v.as_array().ok_or_else(|| crate::Error::Config(format!("`{k}` must be a list of integers, got {v}")))?.iter().map(|x| as_usize(k, x)).collect()
-}
-
-/// timm `SwinTransformer(**kwargs)` → [`SwinConfig`]; unsupported arguments are errors.
-pub fn from_timm_swin_kwargs(kwargs: &Value) -> crate::Result<SwinConfig> {
-    let obj = kwargs.as_object().ok_or_else(|| crate::Error::Config("`kwargs` must be an object".into()))?;
-    let mut c = SwinConfig::new();
-    for (k, v) in obj {
-        match k.as_str() {
-            "img_size" => c.img_size = as_usize(k, v)?,
-            "patch_size" => c.patch_size = as_usize(k, v)?,
-            "in_chans" => c.in_chans = as_usize(k, v)?,
-            "num_classes" => c.num_classes = as_usize(k, v)?,
-            "embed_dim" => c.embed_dim = as_usize(k, v)?,
-            "depths" => c.depths = as_usizes(k, v)?,
-            "num_heads" => c.num_heads = as_usizes(k, v)?,
-            "window_size" => c.window_size = as_usize(k, v)?,
-            "mlp_ratio" => c.mlp_ratio = as_f64(k, v)?,
-            "qkv_bias" => c.qkv_bias = as_bool(k, v)?,
-            "drop_rate" => c.drop_rate = as_f64(k, v)?,
-            "proj_drop_rate" => c.proj_drop_rate = as_f64(k, v)?,
-            "attn_drop_rate" => c.attn_drop_rate = as_f64(k, v)?,
-            "drop_path_rate" => c.drop_path_rate = as_f64(k, v)?,
-            "global_pool" if v == "avg" => {}
-            "ape" | "always_partition" | "strict_img_size" if v == &Value::Bool(false) => {}
-            _ => return Err(crate::Error::Config(format!("timm SwinTransformer argument `{k}` = {v} is not supported"))),
-        }
-    }
-    Ok(c)
-}
-
-/// timm `ConvNeXt(**kwargs)` → [`ConvNextConfig`]; unsupported arguments are errors.
-pub fn from_timm_convnext_kwargs(kwargs: &Value) -> crate::Result<ConvNextConfig> {
-    let obj = kwargs.as_object().ok_or_else(|| crate::Error::Config("`kwargs` must be an object".into()))?;
-    let mut c = ConvNextConfig::new();
-    for (k, v) in obj {
-        match k.as_str() {
-            "in_chans" => c.in_chans = as_usize(k, v)?,
-            "num_classes" => c.num_classes = as_usize(k, v)?,
-            "depths" => c.depths = as_usizes(k, v)?,
-            "dims" => c.dims = as_usizes(k, v)?,
-            "kernel_sizes" => c.kernel_size = as_usize(k, v)?,
-            "ls_init_value" => c.ls_init_value = if v.is_null() { None } else { Some(as_f64(k, v)?) },
-            "patch_size" => c.patch_size = as_usize(k, v)?,
-            "drop_rate" => c.drop_rate = as_f64(k, v)?,
-            "drop_path_rate" => c.drop_path_rate = as_f64(k, v)?,
-            "global_pool" if v == "avg" => {}
-            "stem_type" if v == "patch" => {}
-            "conv_mlp" | "use_grn" | "head_norm_first" if v == &Value::Bool(false) => {}
-            "conv_bias" if v == &Value::Bool(true) => {}
-            _ => return Err(crate::Error::Config(format!("timm ConvNeXt argument `{k}` = {v} is not supported"))),
-        }
-    }
-    Ok(c)
 }
 
 /// transformers `Dinov2Config` → [`VitConfig`] (backbone only: no head).
@@ -350,10 +233,10 @@ mod tests {
     fn timm_kwargs_map_and_unknown_ones_are_rejected() {
         let v: Value = serde_json::json!({"embed_dim": 48, "depth": 2, "num_heads": 3, "img_size": 32,
             "patch_size": 8, "num_classes": 5, "init_values": 1e-5, "dynamic_img_size": true});
-        let c = from_timm_kwargs(&v).unwrap();
+        let c = VitConfig::from_timm_kwargs(&v, None).unwrap();
         assert_eq!((c.embed_dim, c.depth, c.num_heads, c.grid(), c.num_classes), (48, 2, 3, (4, 4), 5));
         assert_eq!(c.init_values, Some(1e-5));
-        let err = from_timm_kwargs(&serde_json::json!({"global_pool": "avg"})).unwrap_err();
+        let err = VitConfig::from_timm_kwargs(&serde_json::json!({"global_pool": "avg"}), None).unwrap_err();
         assert!(matches!(err, crate::Error::Config(_)), "{err:?}");
         let err = err.to_string();
         assert!(err.contains("global_pool"), "{err}");

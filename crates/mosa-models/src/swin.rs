@@ -34,10 +34,12 @@ use mosa_core::slot::AdapterSlot;
 
 use crate::error::Error;
 use crate::family::{BackboneOutput, Family, FamilyConfig, Spatial};
+use crate::kwargs;
 use crate::layers::{BlockSlots, Mlp, PatchEmbed, drop_path, init_linear, sequential, stream};
 use crate::load::by_path::Renames;
 use crate::load::{HostTensor, StateDict};
 use crate::posembed::{self, Resample};
+use serde_json::Value;
 
 /// Swin's target vocabulary (the same linear names as a ViT's), and the default (`qkv`).
 pub const TARGETS: Targets =
@@ -612,6 +614,38 @@ impl FamilyConfig for SwinConfig {
     }
     fn build<B: Backend>(&self, device: &B::Device) -> SwinTransformer<B> {
         self.init(device)
+    }
+    const TIMM_CLASS: &'static str = "SwinTransformer";
+    /// `window_size` with per-stage `depths`.
+    fn claims_timm_kwargs(kwargs: &serde_json::Value) -> bool {
+        kwargs.get("window_size").is_some() && kwargs.get("depths").is_some()
+    }
+    fn from_timm_kwargs(kwargs: &serde_json::Value, input_hw: Option<usize>) -> crate::Result<Self> {
+        let _ = input_hw; // the arguments carry img_size
+        let obj = kwargs::object(kwargs)?;
+        let mut c = SwinConfig::new();
+        for (k, v) in obj {
+            match k.as_str() {
+                "img_size" => c.img_size = kwargs::as_usize(k, v)?,
+                "patch_size" => c.patch_size = kwargs::as_usize(k, v)?,
+                "in_chans" => c.in_chans = kwargs::as_usize(k, v)?,
+                "num_classes" => c.num_classes = kwargs::as_usize(k, v)?,
+                "embed_dim" => c.embed_dim = kwargs::as_usize(k, v)?,
+                "depths" => c.depths = kwargs::as_usizes(k, v)?,
+                "num_heads" => c.num_heads = kwargs::as_usizes(k, v)?,
+                "window_size" => c.window_size = kwargs::as_usize(k, v)?,
+                "mlp_ratio" => c.mlp_ratio = kwargs::as_f64(k, v)?,
+                "qkv_bias" => c.qkv_bias = kwargs::as_bool(k, v)?,
+                "drop_rate" => c.drop_rate = kwargs::as_f64(k, v)?,
+                "proj_drop_rate" => c.proj_drop_rate = kwargs::as_f64(k, v)?,
+                "attn_drop_rate" => c.attn_drop_rate = kwargs::as_f64(k, v)?,
+                "drop_path_rate" => c.drop_path_rate = kwargs::as_f64(k, v)?,
+                "global_pool" if v == "avg" => {}
+                "ape" | "always_partition" | "strict_img_size" if v == &Value::Bool(false) => {}
+                _ => return Err(crate::Error::Config(format!("timm SwinTransformer argument `{k}` = {v} is not supported"))),
+            }
+        }
+        Ok(c)
     }
     /// timm's classifier is `head.fc`.
     const RENAMES: Renames = &[("head", "head.fc")];

@@ -28,10 +28,12 @@ use mosa_core::slot::AdapterSlot;
 
 use crate::error::Error;
 use crate::family::{BackboneOutput, Family, FamilyConfig};
+use crate::kwargs;
 use crate::layers::{Attention, BlockSlots, LayerScale, Mlp, PatchEmbed, drop_path, opt_scale, sequential, stream};
 use crate::load::by_path::Renames;
 use crate::load::{HeadPolicy, StateDict};
 use crate::posembed::{self, Resample};
+use serde_json::Value;
 
 /// The ViT's target vocabulary: its linear sites, and LoRA's / sparse's default (`qkv`).
 pub const TARGETS: Targets =
@@ -469,6 +471,46 @@ impl FamilyConfig for VitConfig {
     }
     fn build<B: Backend>(&self, device: &B::Device) -> VisionTransformer<B> {
         self.init(device)
+    }
+    const TIMM_CLASS: &'static str = "VisionTransformer";
+    /// timm's plain ViT has no argument of its own: it is the default of an unnamed description
+    /// (`presets::config_from_json`).
+    fn claims_timm_kwargs(_kwargs: &serde_json::Value) -> bool {
+        false
+    }
+    fn from_timm_kwargs(kwargs: &serde_json::Value, input_hw: Option<usize>) -> crate::Result<Self> {
+        let _ = input_hw; // the arguments carry img_size
+        let obj = kwargs::object(kwargs)?;
+        let mut c = VitConfig::new();
+        for (k, v) in obj {
+            match k.as_str() {
+                "img_size" => c.img_size = kwargs::as_usize(k, v)?,
+                "patch_size" => c.patch_size = kwargs::as_usize(k, v)?,
+                "in_chans" => c.in_chans = kwargs::as_usize(k, v)?,
+                "num_classes" => c.num_classes = kwargs::as_usize(k, v)?,
+                "embed_dim" => c.embed_dim = kwargs::as_usize(k, v)?,
+                "depth" => c.depth = kwargs::as_usize(k, v)?,
+                "num_heads" => c.num_heads = kwargs::as_usize(k, v)?,
+                "mlp_ratio" => c.mlp_ratio = kwargs::as_f64(k, v)?,
+                "qkv_bias" => c.qkv_bias = kwargs::as_bool(k, v)?,
+                "init_values" => c.init_values = if v.is_null() { None } else { Some(kwargs::as_f64(k, v)?) },
+                "drop_rate" => c.drop_rate = kwargs::as_f64(k, v)?,
+                "pos_drop_rate" => c.pos_drop_rate = kwargs::as_f64(k, v)?,
+                "proj_drop_rate" => c.proj_drop_rate = kwargs::as_f64(k, v)?,
+                "attn_drop_rate" => c.attn_drop_rate = kwargs::as_f64(k, v)?,
+                "drop_path_rate" => c.drop_path_rate = kwargs::as_f64(k, v)?,
+                // We always accept other input sizes (resampling the grid), as timm does with this flag.
+                "dynamic_img_size" => {
+                    kwargs::as_bool(k, v)?;
+                }
+                "class_token" if v == &Value::Bool(true) => {}
+                "global_pool" if v == "token" => {}
+                "qk_norm" | "no_embed_class" | "reg_tokens" | "pre_norm" | "fc_norm" | "dynamic_img_pad"
+                    if v == &Value::Bool(false) || v == &Value::from(0) || v.is_null() => {}
+                _ => return Err(crate::Error::Config(format!("timm argument `{k}` = {v} is not supported"))),
+            }
+        }
+        Ok(c)
     }
     /// timm's names throughout.
     const RENAMES: Renames = &[];
