@@ -3,34 +3,7 @@
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
-
-fn host<BB: Backend, const D: usize>(t: Tensor<BB, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-}
-
-fn on<BB: Backend, const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<BB, D> {
-    Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
-}
-
-fn worst(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f32::max)
-}
-
-/// The largest difference relative to the reference's largest magnitude (gradients cancel, so
-/// an element's own size is no scale for its rounding).
-fn scaled_worst(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1f32, |m, y| m.max(y.abs()));
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
-}
-
-fn qkv_values(n: usize, seed: u64, spread: f32) -> Vec<f32> {
-    Flex::seed(&Default::default(), seed);
-    let v = host(Tensor::<Flex, 1>::random([n], Distribution::Normal(0.0, 1.0), &Default::default()));
-    v.iter().enumerate().map(|(i, x)| x * spread * if (i as u64 + seed).is_multiple_of(97) { 8.0 } else { 1.0 }).collect()
-}
+use mosa_testkit::{host, on, scaled_worst, spread_values, worst};
 
 /// `∂/∂x` and `∂/∂γ` of `Σ w ⊙ LN(x)` (ε = 1e-6, rows of `d`) in f64, from the closed form.
 fn layer_norm_grads_f64(x: &[f32], w: &[f32], gamma: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
@@ -58,9 +31,9 @@ fn layer_norm_forward_and_gradients_match_the_default_path() {
     type AN = Autodiff<NdArray>;
     // (rows, d): one row, d below and at the SIMD lanes, ViT-S, a remainder of rows per task
     for (k, (rows, d)) in [(1usize, 1usize), (3, 7), (5, 16), (394, 384), (70, 33)].into_iter().enumerate() {
-        let x = qkv_values(rows * d, k as u64, 2.0).iter().map(|v| v + 3.0).collect::<Vec<_>>();
-        let w = qkv_values(rows * d, 10 + k as u64, 1.0);
-        let (gamma, beta) = (qkv_values(d, 20 + k as u64, 1.0), qkv_values(d, 30 + k as u64, 1.0));
+        let x = spread_values::<Flex>(rows * d, k as u64, 2.0).iter().map(|v| v + 3.0).collect::<Vec<_>>();
+        let w = spread_values::<Flex>(rows * d, 10 + k as u64, 1.0);
+        let (gamma, beta) = (spread_values::<Flex>(d, 20 + k as u64, 1.0), spread_values::<Flex>(d, 30 + k as u64, 1.0));
         let norm = || -> LayerNorm<AF> {
             let mut n = LayerNormConfig::new(d).with_epsilon(1e-6).init::<AF>(&Default::default());
             n.gamma = burn::module::Param::from_tensor(on::<AF, 1>(&gamma, [d]));
@@ -107,7 +80,7 @@ fn layer_norm_forward_and_gradients_match_the_default_path() {
     }
     // frozen γ and β (PEFT): only x has a gradient, and it is the same
     let (rows, d) = (9, 20);
-    let x = qkv_values(rows * d, 3, 1.0);
+    let x = spread_values::<Flex>(rows * d, 3, 1.0);
     let ln = LayerNormConfig::new(d).init::<AF>(&Default::default()).no_grad();
     let xa = on::<AF, 2>(&x, [rows, d]).require_grad();
     let g = (ln.forward(xa.clone()) * on::<AF, 2>(&x, [rows, d])).sum().backward();

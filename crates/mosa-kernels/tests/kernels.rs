@@ -5,21 +5,9 @@
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::Distribution;
 use mosa_kernels::gelu;
-
-fn host<BB: Backend, const D: usize>(t: Tensor<BB, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-}
-
-fn on<BB: Backend, const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<BB, D> {
-    Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
-}
-
-fn worst(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f32::max)
-}
+use mosa_testkit::{host, on, scaled_worst, spread_values, worst};
 
 /// Random values with a wide spread (normal, σ = 3) plus the awkward ones: 0, ±tails, tiny.
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -162,20 +150,6 @@ fn attention_grad_f64(qkv: &[f32], w: &[f32], [b, t, h, hd]: [usize; 4]) -> Vec<
 /// (b, t, heads, head_dim): one token, odd sizes, a remainder after the 16 SIMD lanes, ViT-S/14 at 224.
 const ATTENTION_SHAPES: [[usize; 4]; 5] = [[1, 1, 1, 1], [2, 7, 3, 5], [3, 33, 2, 17], [1, 50, 4, 16], [2, 257, 6, 64]];
 
-/// The largest difference relative to the reference's largest magnitude (gradients cancel, so
-/// an element's own size is no scale for its rounding).
-fn scaled_worst(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1f32, |m, y| m.max(y.abs()));
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
-}
-
-fn qkv_values(n: usize, seed: u64, spread: f32) -> Vec<f32> {
-    Flex::seed(&Default::default(), seed);
-    let v = host(Tensor::<Flex, 1>::random([n], Distribution::Normal(0.0, 1.0), &Default::default()));
-    v.iter().enumerate().map(|(i, x)| x * spread * if (i as u64 + seed).is_multiple_of(97) { 8.0 } else { 1.0 }).collect()
-}
-
 #[test]
 fn attention_forward_matches_the_default_path_and_f64_loops() {
     use mosa_kernels::attention_packed;
@@ -183,7 +157,7 @@ fn attention_forward_matches_the_default_path_and_f64_loops() {
         let shape = [b, t, 3 * h * hd];
         // large scores too (spread 3: logits up to ~±100) for the softmax's stability
         for spread in [1.0, 3.0] {
-            let v = qkv_values(shape.iter().product(), k as u64, spread);
+            let v = spread_values::<Flex>(shape.iter().product(), k as u64, spread);
             let ours = host(attention_packed(on::<Flex, 3>(&v, shape), h));
             let default = host(attention_packed(on::<NdArray, 3>(&v, shape), h));
             assert!(worst(&ours, &default) < 2e-5, "{:?} spread {spread}: vs ndarray {}", [b, t, h, hd], worst(&ours, &default));
@@ -195,7 +169,7 @@ fn attention_forward_matches_the_default_path_and_f64_loops() {
     }
     // a non-contiguous qkv (a transposed view) and the log-sum-exp against the default's
     let (b, t, h, hd) = (2, 9, 2, 3);
-    let v = qkv_values(b * t * 3 * h * hd, 5, 1.0);
+    let v = spread_values::<Flex>(b * t * 3 * h * hd, 5, 1.0);
     let view = on::<Flex, 3>(&v, [b, 3 * h * hd, t]).swap_dims(1, 2);
     let dense: Vec<f32> = host(on::<Flex, 3>(&v, [b, 3 * h * hd, t]).swap_dims(1, 2));
     let exact = attention_f64(&dense, [b, t, h, hd]);
@@ -219,8 +193,8 @@ fn attention_gradients_match_burns_autodiff_of_the_composition() {
     type AN = Autodiff<NdArray>;
     for (k, [b, t, h, hd]) in ATTENTION_SHAPES.into_iter().enumerate() {
         let shape = [b, t, 3 * h * hd];
-        let v = qkv_values(shape.iter().product(), k as u64, 1.0);
-        let w = qkv_values(b * t * h * hd, 50 + k as u64, 1.0);
+        let v = spread_values::<Flex>(shape.iter().product(), k as u64, 1.0);
+        let w = spread_values::<Flex>(b * t * h * hd, 50 + k as u64, 1.0);
         // L = Σ w ⊙ attention(2·qkv): our fused backward on Flex; burn's autodiff of the
         // composition op by op on NdArray (it has no fused kernel)
         let grad = |fused: bool| -> Vec<f32> {
@@ -266,8 +240,9 @@ fn linear_forward_and_gradients_match_the_default_path() {
     type AN = Autodiff<NdArray>;
     // (batch, tokens, in, out): one element, odd sizes, below and above the threading threshold, ViT-S fc1
     for (k, [b, t, i, o]) in [[1usize, 1, 1, 1], [2, 7, 5, 3], [3, 33, 17, 65], [2, 197, 384, 1536]].into_iter().enumerate() {
-        let (x, w, bias) = (qkv_values(b * t * i, k as u64, 1.0), qkv_values(i * o, 40 + k as u64, 0.1), qkv_values(o, 80 + k as u64, 1.0));
-        let g = qkv_values(b * t * o, 120 + k as u64, 1.0);
+        let (x, w, bias) =
+            (spread_values::<Flex>(b * t * i, k as u64, 1.0), spread_values::<Flex>(i * o, 40 + k as u64, 0.1), spread_values::<Flex>(o, 80 + k as u64, 1.0));
+        let g = spread_values::<Flex>(b * t * o, 120 + k as u64, 1.0);
         // forward: ours against NdArray's default and against loops in f64, with and without the bias
         let want: Vec<f32> = (0..b * t)
             .flat_map(|r| (0..o).map(move |c| (r, c)))
@@ -313,7 +288,7 @@ fn linear_forward_and_gradients_match_the_default_path() {
         }
     }
     // without a bias (LoRA's factors): the same gradients as burn's autodiff
-    let (x, w, g) = (qkv_values(2 * 9 * 7, 5, 1.0), qkv_values(7 * 11, 6, 1.0), qkv_values(2 * 9 * 11, 7, 1.0));
+    let (x, w, g) = (spread_values::<Flex>(2 * 9 * 7, 5, 1.0), spread_values::<Flex>(7 * 11, 6, 1.0), spread_values::<Flex>(2 * 9 * 11, 7, 1.0));
     macro_rules! no_bias {
         ($B:ty) => {{
             let (xa, wa) = (on::<$B, 3>(&x, [2, 9, 7]).require_grad(), on::<$B, 2>(&w, [7, 11]).require_grad());
@@ -324,7 +299,7 @@ fn linear_forward_and_gradients_match_the_default_path() {
     let ((dx, dw), (dx_burn, dw_burn)) = (no_bias!(AF), no_bias!(AN));
     assert!(scaled_worst(&dx, &dx_burn) < 1e-5 && scaled_worst(&dw, &dw_burn) < 1e-5);
     // a frozen weight and bias (PEFT): only x has a gradient
-    let (x, w) = (qkv_values(2 * 3 * 4, 1, 1.0), qkv_values(4 * 5, 2, 1.0));
+    let (x, w) = (spread_values::<Flex>(2 * 3 * 4, 1, 1.0), spread_values::<Flex>(4 * 5, 2, 1.0));
     let xa = on::<AF, 3>(&x, [2, 3, 4]).require_grad();
     let (wa, ba) = (on::<AF, 2>(&w, [4, 5]), on::<AF, 1>(&w[..5], [5]));
     let gr = linear_rows(xa.clone(), wa.clone(), Some(ba)).sum().backward();
