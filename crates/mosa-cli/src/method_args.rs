@@ -141,7 +141,7 @@ impl MethodArgs {
                 put!(selection_lr, o.selection_lr);
                 None
             }
-            _ => None,
+            Method::Linear | Method::Full | Method::Bitfit | Method::Adapter(_) | Method::Pfeiffer(_) | Method::Houlsby(_) => None,
         };
         if let Some(l) = lora {
             put!(lora_r, l.r);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::{Activation, AdapterOptions, SequentialPosition};
 use crate::lora::{LoraOptions, MosaLoraOptions};
 use crate::mosa::MosaOptions;
+use crate::places::Places;
 use crate::prompt::PromptOptions;
 use crate::pruned::PrunedOptions;
 use crate::sparse::SparseConfig;
@@ -184,14 +185,6 @@ impl Method {
         }
     }
 
-    /// The sparse method's options.
-    pub fn sparse(&self) -> Option<&SparseConfig> {
-        match self {
-            Method::Sparse(s) => Some(s),
-            _ => None,
-        }
-    }
-
     /// Checks the options' ranges (targets are checked against a backbone by `inject::apply`).
     pub fn validate(&self) -> crate::Result<()> {
         if let Some(a) = self.adapter_options() {
@@ -208,11 +201,7 @@ impl Method {
                 return Err(crate::Error::Option(format!("the adapter scale (--scale) must be finite, got {}", a.scale)));
             }
         }
-        let lora = match self {
-            Method::Lora(l) | Method::MosaLora(MosaLoraOptions { lora: l, .. }) => Some(l),
-            _ => None,
-        };
-        if let Some(l) = lora {
+        if let Some(l) = self.lora_options() {
             if !(0.0..1.0).contains(&l.dropout) {
                 return Err(crate::Error::Option(format!("the LoRA dropout (--lora-dropout) must be in [0, 1), got {}", l.dropout)));
             }
@@ -220,28 +209,22 @@ impl Method {
                 return Err(crate::Error::Option(format!("the LoRA alpha (--lora-alpha) must be finite, got {}", l.alpha)));
             }
         }
-        if let Method::VptShallow(p) | Method::VptDeep(p) = self
+        if let Places::Prompts { options: p, .. } = self.places()
             && !(0.0..1.0).contains(&p.dropout)
         {
             return Err(crate::Error::Option(format!("the prompt dropout must be in [0, 1), got {}", p.dropout)));
         }
-        let experts = match self {
-            Method::Mosa(m) => Some(m.experts),
-            Method::PrunedAdapter(m) => Some(m.experts),
-            Method::MosaLora(m) => Some(m.experts),
-            _ => None,
-        };
-        if experts == Some(0) {
+        if self.experts() == Some(0) {
             return Err(crate::Error::Option("experts must be at least 1".into()));
         }
-        match self {
-            Method::Lora(l) | Method::MosaLora(MosaLoraOptions { lora: l, .. }) if l.r == 0 => {
-                Err(crate::Error::Option("the LoRA rank must be positive".into()))
-            }
-            Method::Sparse(s) if !(0.0..=1.0).contains(&s.keep_ratio) => {
-                Err(crate::Error::Option(format!("keep_ratio must be in [0, 1], got {}", s.keep_ratio)))
-            }
-            _ => Ok(()),
+        if self.lora_options().is_some_and(|l| l.r == 0) {
+            return Err(crate::Error::Option("the LoRA rank must be positive".into()));
         }
+        if let Some(s) = self.sparse()
+            && !(0.0..=1.0).contains(&s.keep_ratio)
+        {
+            return Err(crate::Error::Option(format!("keep_ratio must be in [0, 1], got {}", s.keep_ratio)));
+        }
+        Ok(())
     }
 }

@@ -129,6 +129,44 @@ impl Method {
     }
 }
 
+impl Method {
+    /// The LoRA options, for the methods with a LoRA branch (LoRA, MoSA-LoRA).
+    pub fn lora_options(&self) -> Option<&LoraOptions> {
+        match self.places() {
+            Places::Branches(BranchKind::Lora(l)) => Some(l),
+            Places::Branches(BranchKind::MosaLora(m)) => Some(&m.lora),
+            Places::Branches(BranchKind::Sparse(_)) | Places::Head | Places::Backbone { .. } | Places::Adapters { .. } | Places::Prompts { .. } => None,
+        }
+    }
+
+    /// The sparse method's options.
+    pub fn sparse(&self) -> Option<&SparseConfig> {
+        match self.places() {
+            Places::Branches(BranchKind::Sparse(s)) => Some(s),
+            Places::Branches(BranchKind::Lora(_) | BranchKind::MosaLora(_))
+            | Places::Head
+            | Places::Backbone { .. }
+            | Places::Adapters { .. }
+            | Places::Prompts { .. } => None,
+        }
+    }
+
+    /// The number of experts N, for the methods split into experts (MoSA, pruned adapter,
+    /// MoSA-LoRA).
+    pub fn experts(&self) -> Option<usize> {
+        match self.places() {
+            Places::Adapters { adapter: AdapterKind::Mosa(m), .. } => Some(m.experts),
+            Places::Adapters { adapter: AdapterKind::Pruned(p), .. } => Some(p.experts),
+            Places::Branches(BranchKind::MosaLora(m)) => Some(m.experts),
+            Places::Adapters { adapter: AdapterKind::Plain(_), .. }
+            | Places::Branches(BranchKind::Lora(_) | BranchKind::Sparse(_))
+            | Places::Head
+            | Places::Backbone { .. }
+            | Places::Prompts { .. } => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::method::{Method, MethodKind, Passes};

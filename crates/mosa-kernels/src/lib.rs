@@ -96,7 +96,7 @@ pub trait Kernels: Backend {
     /// `Autodiff` record LayerNorm as one node with that backward.
     const FUSED_LAYER_NORM: bool = false;
 
-    /// LayerNorm over the last axis with a bias ([`layer_norm`] module docs).
+    /// LayerNorm over the last axis with a bias ([`layer_norm`](mod@layer_norm) module docs).
     fn layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> FloatTensor<Self> {
         <Self as ModuleOps<Self>>::layer_norm(x, gamma, Some(beta), epsilon)
     }

@@ -1,5 +1,5 @@
 //! Checkpoint loaders. Each foreign layout is read into a [`StateDict`] in timm's layout;
-//! [`apply`] then puts a state dict onto a [`VisionTransformer`], checking every tensor.
+//! [`by_path::load`] then puts a state dict onto any family's model, checking every tensor.
 //!
 //! | file | layout | module |
 //! |---|---|---|
