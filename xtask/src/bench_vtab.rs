@@ -562,6 +562,7 @@ pub fn write_results(g: &Grid) -> anyhow::Result<String> {
             "published": if g.full { PUBLISHED_VTAB.iter().find(|(n, _)| n == m).map(|(_, p)| json!({"Natural": p[0], "Specialized": p[1], "Structured": p[2], "mean_of_groups": p[3], "source": "spec §8: MoSA as reprinted by SNELL (NeurIPS 2024); baselines VPT (arXiv 2203.12119) Table 1"})) } else { None },
         }));
     }
+    md += &table.finish();
     let runs = crate::curves::read(g)?;
     let curves = crate::curves::curves(g, &runs);
     let searches = g.searches()?;
