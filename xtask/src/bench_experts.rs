@@ -464,6 +464,24 @@ fn per_task(r: &JobResult, experts: &BTreeMap<(String, String), ExpertRow>) -> V
         .collect()
 }
 
+/// Prints what this shard owns (`--list-cells`): its training cells (`task/kind`), its merges
+/// (`merge kind method of subset`) and its held-out probes (`heldout/kind/task`).
+pub fn list_cells(e: &Experiment) -> anyhow::Result<()> {
+    let g = &e.grid;
+    for c in shard_of(g.sweep_cells(), g.shard).into_iter().chain(shard_of(g.cells(), g.shard)) {
+        println!("{}", crate::bench_vtab::cell_id(g, &c));
+    }
+    for j in shard_of(e.jobs(), g.shard) {
+        println!("merge {} {} of {}", j.kind, j.method, e.subset_name(&j.tasks));
+    }
+    if e.held_out {
+        for (kind, task) in shard_of(e.kinds.iter().flat_map(|k| g.tasks.iter().map(move |t| (k.clone(), t.clone()))).collect(), g.shard) {
+            println!("heldout/{kind}/{task}");
+        }
+    }
+    Ok(())
+}
+
 /// Reads every finished expert, merge and probe; writes the tables and plots; returns the Markdown.
 pub fn write_results(e: &Experiment) -> anyhow::Result<String> {
     let g = &e.grid;

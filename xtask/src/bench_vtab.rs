@@ -221,6 +221,22 @@ pub fn test_images(run: &RunDir) -> Option<usize> {
     Some(c.run.train.max_eval_images.map_or(n, |m| m.min(n)))
 }
 
+/// Prints the cells this shard owns, one per line: `task/method[@seed]` for the reported runs,
+/// `sweep/…` for the learning-rate search runs (`--list-cells`).
+pub fn list_cells(g: &Grid) -> anyhow::Result<()> {
+    for c in shard_of(g.sweep_cells(), g.shard).into_iter().chain(shard_of(g.cells(), g.shard)) {
+        println!("{}", cell_id(g, &c));
+    }
+    Ok(())
+}
+
+/// A cell's name in listings: its run directory under the results folder, `runs/` left out.
+pub fn cell_id(g: &Grid, c: &Cell) -> String {
+    let rel = c.dir.strip_prefix(&g.out).unwrap_or(&c.dir);
+    let rel = rel.strip_prefix("runs").unwrap_or(rel);
+    rel.components().map(|p| p.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/")
+}
+
 /// This shard's share (`i, i+n, i+2n, …`) of a list of work items.
 pub fn shard_of<T>(items: Vec<T>, shard: (usize, usize)) -> Vec<T> {
     items.into_iter().enumerate().filter(|(i, _)| i % shard.1 == shard.0).map(|(_, c)| c).collect()
@@ -313,7 +329,16 @@ pub fn clear_run_dir(dir: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Runs the cells: finished ones are skipped, interrupted ones resumed, the rest started afresh;
+/// How long a cell's claim may show no progress before another process takes it over
+/// (`--claim-lease`, minutes; set once by the benchmark's arguments).
+pub static CLAIM_LEASE: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+fn claim_lease() -> std::time::Duration {
+    *CLAIM_LEASE.get_or_init(|| std::time::Duration::from_secs(60 * 60))
+}
+
+/// Runs the cells: finished ones are skipped, interrupted ones resumed, the rest started afresh,
+/// each under a claim ([`crate::claim`]) so that no two processes train one cell;
 /// the peak memory of each run is kept beside it. Returns the labels of the cells that failed.
 pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: usize) -> anyhow::Result<Vec<String>> {
     let mut failed = Vec::new();
@@ -326,6 +351,31 @@ pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: u
         progress.line(offset + k, &cell.label, done);
         if done {
             done_left -= 1;
+            continue;
+        }
+        // one process per cell, across machines sharing the folder (claim.rs)
+        let _claim = match crate::claim::claim(&cell.dir, &crate::claim::Holder::me(), claim_lease())? {
+            crate::claim::Outcome::Claimed(c) => c,
+            crate::claim::Outcome::TookOver(c, was) => {
+                let was = was.map(|h| h.to_string()).unwrap_or_else(|| "an unreadable claim".into());
+                eprintln!(
+                    "[{}/{}] {}: warning: taking over the claim of {was} (no progress for {} min)",
+                    offset + k + 1,
+                    progress.total,
+                    cell.label,
+                    claim_lease().as_secs() / 60
+                );
+                c
+            }
+            crate::claim::Outcome::Held(by) => {
+                let by = by.map(|h| h.to_string()).unwrap_or_else(|| "another process".into());
+                eprintln!("[{}/{}] {}: claimed by {by}, left to it", offset + k + 1, progress.total, cell.label);
+                failed.push(format!("{} (claimed by {by})", cell.label));
+                continue;
+            }
+        };
+        if RunDir::new(&cell.dir).finished() {
+            // finished by another process between the check above and the claim
             continue;
         }
         let mut args: Vec<String> = vec!["train".into(), "--out".into(), cell.dir.display().to_string()];

@@ -14,10 +14,12 @@ use anyhow::{Context, bail};
 mod bench_experts;
 mod bench_merge;
 mod bench_vtab;
+mod claim;
 mod curves;
 mod mini_vtab;
 mod plot;
 mod protocol;
+mod shard;
 mod stats;
 mod study;
 mod table;
@@ -352,10 +354,23 @@ struct GridArgs {
     eval_every: Option<usize>,
     #[command(flatten)]
     protocol: ProtocolArgs,
-    /// Run only items i, i+n, i+2n, … of each phase (`i/n`, 0-based); a later run finishes what
-    /// waited for another shard.
-    #[arg(long, default_value = "0/1")]
-    shard: String,
+    /// Run only items i, i+n, i+2n, … of each phase (`i/n`, 0-based), or `auto`: the share a
+    /// SLURM array task or a Kubernetes Indexed Job is given (the default when the environment
+    /// names one; docs/cluster.md). A later run finishes what waited for another shard.
+    #[arg(long)]
+    shard: Option<String>,
+    /// The number of shards of a Kubernetes Indexed Job (its completions), which the
+    /// environment does not give.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Minutes a cell's claim may show no progress (no file of its run written) before another
+    /// process takes the cell over, with a warning (docs/cluster.md).
+    #[arg(long, default_value_t = 60)]
+    claim_lease: u64,
+    /// Print the cells this shard owns, one `task/method[@seed]` per line (`sweep/…` for
+    /// learning-rate search runs), and exit without training.
+    #[arg(long)]
+    list_cells: bool,
     /// Results folder name under results/ (default: vtab-, fgvc- or experts-<root folder>, and
     /// `-vpt` with --protocol vpt).
     #[arg(long)]
@@ -422,7 +437,7 @@ fn recipe_args(
 }
 
 fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
-    let (i, n) = parse_shard(&a.grid.shard)?;
+    let (i, n) = grid_shard(&a.grid)?;
     let protocol = a.grid.protocol.protocol()?;
     if kind == "fgvc" && protocol != protocol::Protocol::Single {
         bail!("--protocol vpt searches on VTAB-1k's train800 / val200 lists; the FGVC splits have no train800 (use bench-vtab, or --protocol single)");
@@ -504,6 +519,9 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         seeds: a.seeds as usize,
         protocol,
     };
+    if a.grid.list_cells {
+        return bench_vtab::list_cells(&grid);
+    }
     let mosa = match &a.grid.mosa_bin {
         Some(p) => p.clone(),
         None => build_mosa(&a.grid.backend)?,
@@ -563,14 +581,19 @@ struct ExpertArgs {
 }
 
 fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
-    s.split_once('/')
-        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
-        .filter(|(i, n)| *n > 0 && i < n)
-        .context("--shard must be i/n with 0 <= i < n")
+    shard::resolve(Some(s), None, &|k| std::env::var(k).ok()).map(|s| (s.index, s.count))
+}
+
+/// This process's shard from `--shard`, `--shards` and the scheduler's environment.
+fn grid_shard(g: &GridArgs) -> anyhow::Result<(usize, usize)> {
+    let s = shard::resolve(g.shard.as_deref(), g.shards, &|k| std::env::var(k).ok())?;
+    eprintln!("{s}");
+    let _ = bench_vtab::CLAIM_LEASE.set(std::time::Duration::from_secs(60 * g.claim_lease.max(1)));
+    Ok((s.index, s.count))
 }
 
 fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
-    let shard = parse_shard(&a.grid.shard)?;
+    let shard = grid_shard(&a.grid)?;
     let protocol = a.grid.protocol.protocol()?;
     let kinds: Vec<String> = a.kinds.iter().copied().map(enum_name).collect();
     let (merges, paper_merge): (Vec<String>, _) = (a.merges.iter().copied().map(enum_name).collect(), enum_name(a.paper_merge));
@@ -672,6 +695,9 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
     if a.report {
         println!("{}", bench_experts::write_results(&exp)?);
         return Ok(());
+    }
+    if a.grid.list_cells {
+        return bench_experts::list_cells(&exp);
     }
     let mosa = match &a.grid.mosa_bin {
         Some(p) => p.clone(),
