@@ -98,6 +98,22 @@ impl Experiment {
         self.grid.out.join("merges").join(&j.kind).join(&j.method).join(self.subset_name(&j.tasks))
     }
 
+    /// Every setting that defines the experiment besides its cells, as text (the manifest's hash).
+    pub fn settings_key(&self) -> String {
+        format!(
+            "{}|{:?}|{:?}|{}|{:?}|{}|{}|{:?}|{:?}",
+            self.grid.settings_key(),
+            self.kinds,
+            self.merges,
+            self.paper_merge,
+            self.sizes,
+            self.seeds,
+            self.held_out,
+            self.eval_images,
+            self.probe_args
+        )
+    }
+
     fn probe_dir(&self, kind: &str, task: &str) -> PathBuf {
         self.grid.out.join("heldout").join(kind).join(task)
     }

@@ -139,6 +139,34 @@ impl Grid {
         args
     }
 
+    /// Every setting that defines the grid's runs besides which cells it has, as text (hashed
+    /// into the manifest): the seeds count only through the cells, so that `--seeds` may grow a
+    /// grid.
+    pub fn settings_key(&self) -> String {
+        format!("{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}", self.root, self.kind, self.train_args, self.method_args, self.task_args, self.protocol, self.full)
+    }
+
+    /// Where every cell of the grid (all shards) stands: finished, claimed by a process (named),
+    /// started and left unfinished, or not started.
+    pub fn status(&self) -> Vec<(String, CellState)> {
+        self.sweep_cells()
+            .into_iter()
+            .chain(self.cells())
+            .map(|c| {
+                let state = if RunDir::new(&c.dir).finished() {
+                    CellState::Finished
+                } else if let Ok(t) = std::fs::read_to_string(crate::claim::claim_path(&c.dir)) {
+                    CellState::Claimed(serde_json::from_str::<crate::claim::Holder>(&t).map(|h| h.to_string()).unwrap_or_else(|_| "an unreadable claim".into()))
+                } else if c.dir.exists() {
+                    CellState::Unfinished
+                } else {
+                    CellState::Missing
+                };
+                (cell_id(self, &c), state)
+            })
+            .collect()
+    }
+
     /// The grid's cells (task-major, then method, then seed), all shards, as the `single`
     /// protocol trains them.
     pub fn cells(&self) -> Vec<Cell> {
@@ -159,6 +187,13 @@ impl Grid {
 
     /// The reported runs as the protocol has them now (all shards, [`Grid::cells`]' order): a
     /// cell to run, or (`vpt`) the label of one still waiting for its search to finish.
+    /// Refuses the grid if a finished cell was trained with other arguments than this grid
+    /// gives it now ([`check_cell_args`]; the reported runs as the protocol has them now).
+    pub fn check_recorded_args(&self) -> anyhow::Result<()> {
+        self.sweep_cells().iter().try_for_each(check_cell_args)?;
+        self.final_cells()?.iter().flatten().try_for_each(check_cell_args)
+    }
+
     pub fn final_cells(&self) -> anyhow::Result<Vec<Result<Cell, String>>> {
         let cells = self.cells();
         if self.protocol == Protocol::Single {
@@ -219,6 +254,18 @@ pub fn test_images(run: &RunDir) -> Option<usize> {
     let c = run.read_config().ok()?;
     let n = c.dataset.test?;
     Some(c.run.train.max_eval_images.map_or(n, |m| m.min(n)))
+}
+
+/// Where a cell stands ([`Grid::status`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellState {
+    Finished,
+    /// A process holds its claim (who, since when).
+    Claimed(String),
+    /// Started, not finished, no claim: failed or killed (a later run resumes it).
+    Unfinished,
+    /// Not started.
+    Missing,
 }
 
 /// Prints the cells this shard owns, one per line: `task/method[@seed]` for the reported runs,
@@ -291,7 +338,7 @@ const CELL_ARGS: &str = "cell_args.txt";
 /// Refuses a kept cell whose recorded arguments are not this grid's (a finished cell is skipped,
 /// so a changed setting would otherwise keep the old result silently). Cells from before the
 /// record was kept pass.
-fn check_cell_args(cell: &Cell) -> anyhow::Result<()> {
+pub fn check_cell_args(cell: &Cell) -> anyhow::Result<()> {
     let path = cell.dir.join(CELL_ARGS);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
     let old: Vec<&str> = text.lines().collect();

@@ -16,6 +16,7 @@ mod bench_merge;
 mod bench_vtab;
 mod claim;
 mod curves;
+mod manifest;
 mod mini_vtab;
 mod plot;
 mod protocol;
@@ -87,6 +88,18 @@ enum Task {
         /// Use this `mosa` binary instead of building one.
         #[arg(long)]
         mosa_bin: Option<PathBuf>,
+    },
+    /// The tables and plots of a benchmark's results folder from whatever cells have finished
+    /// (the grid read from its manifest.json), and the cells still missing, claimed or
+    /// unfinished: exit status 1 while any is, unless --partial. A cluster's gather job
+    /// (docs/cluster.md).
+    Report {
+        /// The results folder (results/<name>).
+        #[arg(long)]
+        results: PathBuf,
+        /// Exit 0 with cells still missing.
+        #[arg(long)]
+        partial: bool,
     },
     /// Merge speed of sparse experts: N ∈ {2, 5, 10, 20, 50} × density ∈ {0.2%, 1%, 5%} synthetic
     /// experts on ViT-B/16-shaped weights (index space vs dense expansion vs memcpy).
@@ -437,7 +450,26 @@ fn recipe_args(
 }
 
 fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
-    let (i, n) = grid_shard(&a.grid)?;
+    let shard = grid_shard(&a.grid)?;
+    let grid = grid_of(&a, kind, shard)?;
+    if a.grid.list_cells {
+        return bench_vtab::list_cells(&grid);
+    }
+    // finished cells trained with other arguments are refused before the folder's manifest is touched
+    grid.check_recorded_args()?;
+    manifest::check_or_write(
+        &grid.out,
+        &manifest::Manifest::new(shard.1, &grid.settings_key(), grid.cells().iter().map(|c| bench_vtab::cell_id(&grid, c)).collect()),
+    )?;
+    let mosa = match &a.grid.mosa_bin {
+        Some(p) => p.clone(),
+        None => build_mosa(&a.grid.backend)?,
+    };
+    bench_vtab::run_grid(&grid, &mosa)
+}
+
+/// The grid of a `bench-vtab` / `bench-fgvc` invocation, for `shard`.
+fn grid_of(a: &BenchArgs, kind: &'static str, shard: (usize, usize)) -> anyhow::Result<bench_vtab::Grid> {
     let protocol = a.grid.protocol.protocol()?;
     if kind == "fgvc" && protocol != protocol::Protocol::Single {
         bail!("--protocol vpt searches on VTAB-1k's train800 / val200 lists; the FGVC splits have no train800 (use bench-vtab, or --protocol single)");
@@ -504,13 +536,13 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
     let task_args = if per_dataset { tasks.iter().map(|t| (t.clone(), bench_vtab::fgvc_task_args(t))).collect() } else { Default::default() };
     let settings =
         if per_dataset { settings.replace(&format!("lr {lr}"), "per-dataset lr and r 64 (spec §5; Cars: N 2, share up, DEEPREG)") } else { settings };
-    let grid = bench_vtab::Grid {
+    Ok(bench_vtab::Grid {
         root: a.grid.root.clone(),
         kind,
         tasks,
         methods: methods.clone(),
         out: PathBuf::from("results").join(name),
-        shard: (i, n),
+        shard,
         train_args,
         method_args,
         task_args,
@@ -518,15 +550,7 @@ fn bench(a: BenchArgs, kind: &'static str) -> anyhow::Result<()> {
         full: a.grid.full && kind == "vtab",
         seeds: a.seeds as usize,
         protocol,
-    };
-    if a.grid.list_cells {
-        return bench_vtab::list_cells(&grid);
-    }
-    let mosa = match &a.grid.mosa_bin {
-        Some(p) => p.clone(),
-        None => build_mosa(&a.grid.backend)?,
-    };
-    bench_vtab::run_grid(&grid, &mosa)
+    })
 }
 
 #[derive(clap::Args, Clone)]
@@ -593,7 +617,76 @@ fn grid_shard(g: &GridArgs) -> anyhow::Result<(usize, usize)> {
 }
 
 fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
-    let shard = grid_shard(&a.grid)?;
+    let shard = if a.report { (0, 1) } else { grid_shard(&a.grid)? };
+    let exp = experiment_of(&a, shard)?;
+    if a.report {
+        println!("{}", bench_experts::write_results(&exp)?);
+        return Ok(());
+    }
+    if a.grid.list_cells {
+        return bench_experts::list_cells(&exp);
+    }
+    let g = &exp.grid;
+    g.check_recorded_args()?;
+    manifest::check_or_write(&g.out, &manifest::Manifest::new(shard.1, &exp.settings_key(), g.cells().iter().map(|c| bench_vtab::cell_id(g, c)).collect()))?;
+    let mosa = match &a.grid.mosa_bin {
+        Some(p) => p.clone(),
+        None => build_mosa(&a.grid.backend)?,
+    };
+    bench_experts::run(&exp, &mosa)
+}
+
+/// `cargo xtask report`: the grid of `results` from its manifest, its tables from the finished
+/// cells, and every cell not finished listed.
+fn report(results: &std::path::Path, partial: bool) -> anyhow::Result<()> {
+    let m = manifest::read(results)?;
+    let cli = Cli::try_parse_from(std::iter::once("cargo xtask".to_string()).chain(m.command.iter().cloned()))
+        .with_context(|| format!("{}: its command `{}` no longer parses", results.join(manifest::FILE).display(), m.command.join(" ")))?;
+    let (grid, table) = match cli.task {
+        Task::BenchVtab(a) | Task::BenchFgvc(a) if a.grid.list_cells => bail!("{}: a --list-cells command", results.display()),
+        Task::BenchVtab(a) => {
+            let mut g = grid_of(&a, "vtab", (0, 1))?;
+            g.out = results.to_path_buf();
+            let t = bench_vtab::write_results(&g)?;
+            (g, t)
+        }
+        Task::BenchFgvc(a) => {
+            let mut g = grid_of(&a, "fgvc", (0, 1))?;
+            g.out = results.to_path_buf();
+            let t = bench_vtab::write_results(&g)?;
+            (g, t)
+        }
+        Task::BenchExperts(a) => {
+            let mut e = experiment_of(&a, (0, 1))?;
+            e.grid.out = results.to_path_buf();
+            let t = bench_experts::write_results(&e)?;
+            (e.grid, t)
+        }
+        _ => bail!("{}: its command `{}` is not a benchmark grid", results.join(manifest::FILE).display(), m.command.join(" ")),
+    };
+    println!("{table}");
+    let status = grid.status();
+    let open: Vec<String> = status
+        .iter()
+        .filter_map(|(id, s)| match s {
+            bench_vtab::CellState::Finished => None,
+            bench_vtab::CellState::Claimed(by) => Some(format!("{id}: claimed by {by}")),
+            bench_vtab::CellState::Unfinished => Some(format!("{id}: started, not finished (failed or killed; a re-run resumes it)")),
+            bench_vtab::CellState::Missing => Some(format!("{id}: not started")),
+        })
+        .collect();
+    eprintln!("report: {} of {} cells finished; tables in {}", status.len() - open.len(), status.len(), results.display());
+    for o in &open {
+        eprintln!("  {o}");
+    }
+    if !open.is_empty() && !partial {
+        bail!("{} of {} cells are not finished (--partial to accept)", open.len(), status.len());
+    }
+    Ok(())
+}
+
+/// The experiment of a `bench-experts` invocation, for `shard`.
+fn experiment_of(a: &ExpertArgs, shard: (usize, usize)) -> anyhow::Result<bench_experts::Experiment> {
     let protocol = a.grid.protocol.protocol()?;
     let kinds: Vec<String> = a.kinds.iter().copied().map(enum_name).collect();
     let (merges, paper_merge): (Vec<String>, _) = (a.merges.iter().copied().map(enum_name).collect(), enum_name(a.paper_merge));
@@ -674,7 +767,7 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
         seeds: 1,
         protocol,
     };
-    let exp = bench_experts::Experiment {
+    Ok(bench_experts::Experiment {
         grid,
         kinds,
         merges,
@@ -691,19 +784,7 @@ fn bench_experts_task(a: ExpertArgs) -> anyhow::Result<()> {
         eval_images: me,
         probe_args: lr(head_lr),
         keep_merged: a.keep_merged,
-    };
-    if a.report {
-        println!("{}", bench_experts::write_results(&exp)?);
-        return Ok(());
-    }
-    if a.grid.list_cells {
-        return bench_experts::list_cells(&exp);
-    }
-    let mosa = match &a.grid.mosa_bin {
-        Some(p) => p.clone(),
-        None => build_mosa(&a.grid.backend)?,
-    };
-    bench_experts::run(&exp, &mosa)
+    })
 }
 
 /// bench-experts' default lrs of the sparse, LoRA and full experts: for each kind the lr with the
@@ -766,6 +847,7 @@ fn main() -> ExitCode {
         Task::BenchVtab(a) => bench(a, "vtab"),
         Task::BenchFgvc(a) => bench(a, "fgvc"),
         Task::BenchExperts(a) => bench_experts_task(a),
+        Task::Report { results, partial } => report(&results, partial),
         Task::StudyMosaAdapter { backend, budgets, report, record, shard, mosa_bin } => {
             let ran = if report {
                 study::write().map(|md| println!("{md}"))

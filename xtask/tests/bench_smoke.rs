@@ -180,10 +180,35 @@ fn bench_vtab_smoke() {
             );
         }
     }
-    // a changed setting is refused, not silently kept: each finished cell recorded its arguments
+    // the gather: `cargo xtask report` rebuilds the grid from its manifest and writes the same tables
+    let md_before = std::fs::read_to_string(out.join("results.md")).unwrap();
+    let report = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xtask")).current_dir(tmp.path()).args(["report", "--results", "results/smoke"]).args(extra).output().unwrap()
+    };
+    let o = report(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("8 of 8 cells finished"), "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("results.md")).unwrap(), md_before);
+    // another grid in the same folder is refused by its manifest, naming the difference
+    let o = run_with(&[]); // fewer cells than the grid grown by --seeds 2
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("the folder's grid has cell svhn/linear@seed3408"));
+    let o = run_with(&["--seeds", "2", "--shard", "0/2"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("split into 1 shards, this process into 2"));
+    // a changed setting is refused, not silently kept: each finished cell recorded its arguments,
+    // checked before the manifest is touched
+    std::fs::remove_file(out.join("manifest.json")).unwrap();
     let o = run_with(&["--lr", "0.02"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("cell_args.txt: this cell was trained with other arguments (`--lr 0.005`, now `--lr 0.02`)"), "{err}");
+    // that refusal came before the manifest was touched: none was written for the refused grid
+    assert!(!out.join("manifest.json").exists());
+    assert!(run_with(&["--seeds", "2"]).status.success());
+    // a cell gone: the report lists it and fails unless --partial
+    std::fs::remove_dir_all(out.join("runs/svhn/mosa@seed3408")).unwrap();
+    let o = report(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("7 of 8 cells finished") && err.contains("svhn/mosa@seed3408: not started"), "{err}");
+    assert!(report(&["--partial"]).status.success());
     // LoRA trains at its own lr (the CPU default's 0.001), every other method at the shared one
     let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .current_dir(tmp.path())
