@@ -2,8 +2,9 @@
 //! file locks relied on). A cell is claimed by creating `<cell dir>.claim` with `O_CREAT|O_EXCL`
 //! (one creator wins, also over NFS v3+), holding who claimed it; the claim is removed when the
 //! cell's run ends. A claim whose holder shows no progress for longer than the lease (neither
-//! the claim nor any file of the cell directory modified) is stale: it is taken over with a
-//! warning, by renaming it away first (a rename is atomic, so of several takers one wins).
+//! the claim nor any file of the cell directory modified), or whose holder is a process of this
+//! host that has ended (a killed job), is stale: it is taken over with a warning, by renaming it
+//! away first (a rename is atomic, so of several takers one wins).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,14 @@ impl Holder {
         };
         let started = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         Holder { host: hostname(), pid: std::process::id(), job, started }
+    }
+}
+
+impl Holder {
+    /// Whether the holder is known to be gone: a process of this host that no longer runs (a
+    /// killed or pre-empted job on this node). A holder on another host is judged by the lease.
+    fn gone(&self) -> bool {
+        self.host == hostname() && self.pid != std::process::id() && !Path::new(&format!("/proc/{}", self.pid)).exists() && Path::new("/proc/self").exists()
     }
 }
 
@@ -91,7 +100,7 @@ pub fn claim(dir: &Path, me: &Holder, lease: Duration) -> anyhow::Result<Outcome
         return Ok(Outcome::Claimed(c));
     }
     let holder = read_holder(&path);
-    if !stale(&path, dir, lease) {
+    if !stale(&path, dir, lease) && !holder.as_ref().is_some_and(|h| h.gone()) {
         return Ok(Outcome::Held(holder));
     }
     // rename the stale claim away: of several takers, one rename succeeds
@@ -217,6 +226,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(!claim_path(&cell).exists());
+        // a holder of this host whose process has ended is gone at once, whatever the lease
+        let mut dead = Holder::me();
+        dead.pid = u32::MAX - 1; // no such process
+        std::mem::forget(match claim(&cell, &dead, Duration::from_secs(3600)).unwrap() {
+            Outcome::Claimed(c) => c,
+            other => panic!("{other:?}"),
+        });
+        assert!(matches!(claim(&cell, &Holder::me(), Duration::from_secs(3600)).unwrap(), Outcome::TookOver(_, Some(h)) if h == dead));
         assert!(!claim_path(&cell).exists());
         // progress inside the cell directory keeps a claim alive
         let _c = match claim(&cell, &holder(4), Duration::from_secs(3600)).unwrap() {
