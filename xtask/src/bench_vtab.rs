@@ -397,7 +397,8 @@ pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: u
         progress.done_ahead = done_left;
         progress.line(offset + k, &cell.label, done);
         if done {
-            done_left -= 1;
+            // (a cell another process finished meanwhile was not counted at the start)
+            done_left = done_left.saturating_sub(1);
             continue;
         }
         // one process per cell, across machines sharing the folder (claim.rs)
@@ -415,9 +416,9 @@ pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: u
                 c
             }
             crate::claim::Outcome::Held(by) => {
+                // another process trains it: not a failure of this one (`cargo xtask report` tells when the grid is complete)
                 let by = by.map(|h| h.to_string()).unwrap_or_else(|| "another process".into());
                 eprintln!("[{}/{}] {}: claimed by {by}, left to it", offset + k + 1, progress.total, cell.label);
-                failed.push(format!("{} (claimed by {by})", cell.label));
                 continue;
             }
         };
@@ -440,8 +441,10 @@ pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: u
         let (ok, rss) = run_mosa(mosa, &args)?;
         progress.ran();
         if ok {
-            std::fs::write(cell.dir.join("peak_memory_mib.txt"), format!("{rss:.1}\n"))?;
-            std::fs::write(cell.dir.join(CELL_ARGS), cell.args.join("\n") + "\n")?;
+            // whole files only: other processes read them while this one writes (temp file, rename)
+            let write = |name: &str, text: String| mosa_core::fsio::write_atomic(&cell.dir.join(name), text.as_bytes()).map_err(anyhow::Error::msg);
+            write("peak_memory_mib.txt", format!("{rss:.1}\n"))?;
+            write(CELL_ARGS, cell.args.join("\n") + "\n")?;
         } else {
             eprintln!("[{}/{}] {} FAILED (its run directory is kept: {})", offset + k + 1, progress.total, cell.label, cell.dir.display());
             failed.push(cell.label.clone());
