@@ -12,7 +12,8 @@ fi
 trap 'scripts/slurm-cluster.sh stop' EXIT
 start=$(date +%s)
 scripts/slurm-cluster.sh start
-# the test uses the workspace's debug `mosa` (built by the test command before this script)
-cargo build --locked -p mosa-cli
-cargo test --locked -p xtask --test slurm -- --ignored --nocapture
+# the workspace's debug `mosa` and the test, built as the test command builds them (--workspace:
+# the same features, so after `cargo test --workspace` nothing is rebuilt)
+cargo build --workspace --locked --bins
+cargo test --workspace --locked --test slurm -- --ignored --nocapture
 echo "slurm-ci: passed in $(( $(date +%s) - start )) s"

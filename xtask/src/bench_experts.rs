@@ -298,6 +298,7 @@ pub fn run(e: &Experiment, mosa: &Path) -> anyhow::Result<()> {
         g.out.display()
     );
     eprintln!("{}", settings_line(e));
+    eprintln!("training cells of this shard: {}", crate::bench_vtab::owned_cells(g).join(", "));
     let mut progress = Progress::new(steps + jobs.len() + probes.len());
     let (mut failed, mut waiting) = run_training(g, mosa, &mut progress, 0)?;
     let mut hashes = Hashes::default();
@@ -484,8 +485,8 @@ fn per_task(r: &JobResult, experts: &BTreeMap<(String, String), ExpertRow>) -> V
 /// (`merge kind method of subset`) and its held-out probes (`heldout/kind/task`).
 pub fn list_cells(e: &Experiment) -> anyhow::Result<()> {
     let g = &e.grid;
-    for c in shard_of(g.sweep_cells(), g.shard).into_iter().chain(shard_of(g.cells(), g.shard)) {
-        println!("{}", crate::bench_vtab::cell_id(g, &c));
+    for c in crate::bench_vtab::owned_cells(g) {
+        println!("{c}");
     }
     for j in shard_of(e.jobs(), g.shard) {
         println!("merge {} {} of {}", j.kind, j.method, e.subset_name(&j.tasks));

@@ -268,11 +268,16 @@ pub enum CellState {
     Missing,
 }
 
+/// The cells this shard owns, as [`cell_id`]s: what a run announces and `--list-cells` prints.
+pub fn owned_cells(g: &Grid) -> Vec<String> {
+    shard_of(g.sweep_cells(), g.shard).into_iter().chain(shard_of(g.cells(), g.shard)).map(|c| cell_id(g, &c)).collect()
+}
+
 /// Prints the cells this shard owns, one per line: `task/method[@seed]` for the reported runs,
 /// `sweep/…` for the learning-rate search runs (`--list-cells`).
 pub fn list_cells(g: &Grid) -> anyhow::Result<()> {
-    for c in shard_of(g.sweep_cells(), g.shard).into_iter().chain(shard_of(g.cells(), g.shard)) {
-        println!("{}", cell_id(g, &c));
+    for c in owned_cells(g) {
+        println!("{c}");
     }
     Ok(())
 }
@@ -466,6 +471,7 @@ pub fn run_grid(g: &Grid, mosa: &Path) -> anyhow::Result<()> {
         g.out.display()
     );
     eprintln!("{}", g.settings);
+    eprintln!("cells of this shard: {}", owned_cells(g).join(", "));
     let mut progress = Progress::new(mine);
     let (failed, waiting) = run_training(g, mosa, &mut progress, 0)?;
     let table = write_results(g)?;
