@@ -12,8 +12,8 @@ fi
 trap 'scripts/slurm-cluster.sh stop' EXIT
 start=$(date +%s)
 scripts/slurm-cluster.sh start
-# the workspace's debug `mosa` and the test, built as the test command builds them (--workspace:
-# the same features, so after `cargo test --workspace` nothing is rebuilt)
-cargo build --workspace --locked --bins
+# the workspace's debug `mosa` and the test, built exactly as the test command builds them (the
+# same packages and dev-dependency features: after `cargo test --workspace` nothing is rebuilt)
+cargo test --workspace --locked --no-run
 cargo test --workspace --locked --test slurm -- --ignored --nocapture
 echo "slurm-ci: passed in $(( $(date +%s) - start )) s"
