@@ -133,8 +133,8 @@ fn bench_vtab_as_a_slurm_array_gives_the_single_machine_table_and_survives_a_can
         assert!(shards.contains(&format!("shard {i}/3 (SLURM array)")), "{shards:?}");
     }
 
-    // cancel array task 1 in the middle of one of its cells (longer cells: 40 epochs)
-    let killed = |n: &str| submit(dir, "bench-vtab.sbatch", &["--array=0-2".into(), log(&format!("killed{n}_%A_%a.out"))], &grid("killed", "40")[2..]);
+    // cancel array task 1 in the middle of one of its cells (longer cells: 200 epochs)
+    let killed = |n: &str| submit(dir, "bench-vtab.sbatch", &["--array=0-2".into(), log(&format!("killed{n}_%A_%a.out"))], &grid("killed", "200")[2..]);
     let job = killed("");
     let out = dir.join("results/killed");
     let start = Instant::now();
@@ -154,7 +154,7 @@ fn bench_vtab_as_a_slurm_array_gives_the_single_machine_table_and_survives_a_can
         assert!(start.elapsed() < Duration::from_secs(300), "array task 1 never claimed a cell\n{}", read_logs(&logs));
         std::thread::sleep(Duration::from_millis(100));
     };
-    std::thread::sleep(Duration::from_millis(500)); // into the cell's training
+    // at once: task 1 holds the claim, so it is inside that cell (seconds long at 200 epochs)
     run(Command::new("scancel").arg(format!("{job}_1")));
     wait(&[&job], Duration::from_secs(600), &logs);
     let report = Command::new(&xtask).current_dir(dir).args(["report", "--results", "results/killed"]).output().unwrap();
