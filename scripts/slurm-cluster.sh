@@ -52,9 +52,9 @@ NodeName=localhost CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
     pgrep -x slurmctld >/dev/null || slurmctld -c -i
-    pgrep -x slurmd >/dev/null || slurmd
+    pgrep -x slurmd >/dev/null || slurmd -N localhost
     for _ in $(seq 60); do
-        if sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+        if timeout 5 sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
             echo "slurm: up ($(sinfo -h -o '%P %D %T %c'))"
             exit 0
         fi
@@ -67,6 +67,13 @@ CONF
 stop)
     pkill -x slurmd || true
     pkill -x slurmctld || true
+    # gone before returning: a `start` right after must not find the old daemons on their way out
+    for _ in $(seq 100); do
+        pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break
+        sleep 0.1
+    done
+    pkill -9 -x slurmd || true
+    pkill -9 -x slurmctld || true
     echo "slurm: stopped"
     ;;
 *)
