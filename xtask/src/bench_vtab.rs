@@ -427,7 +427,7 @@ pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: u
                 continue;
             }
         };
-        if RunDir::new(&cell.dir).finished() {
+        if run.finished() {
             // finished by another process between the check above and the claim
             continue;
         }

@@ -643,15 +643,9 @@ fn report(results: &std::path::Path, partial: bool) -> anyhow::Result<()> {
     let cli = Cli::try_parse_from(std::iter::once("cargo xtask".to_string()).chain(m.command.iter().cloned()))
         .with_context(|| format!("{}: its command `{}` no longer parses", results.join(manifest::FILE).display(), m.command.join(" ")))?;
     let (grid, table) = match cli.task {
-        Task::BenchVtab(a) | Task::BenchFgvc(a) if a.grid.list_cells => bail!("{}: a --list-cells command", results.display()),
-        Task::BenchVtab(a) => {
-            let mut g = grid_of(&a, "vtab", (0, 1))?;
-            g.out = results.to_path_buf();
-            let t = bench_vtab::write_results(&g)?;
-            (g, t)
-        }
-        Task::BenchFgvc(a) => {
-            let mut g = grid_of(&a, "fgvc", (0, 1))?;
+        Task::BenchVtab(a) | Task::BenchFgvc(a) => {
+            let kind = if m.command.first().is_some_and(|c| c == "bench-fgvc") { "fgvc" } else { "vtab" };
+            let mut g = grid_of(&a, kind, (0, 1))?;
             g.out = results.to_path_buf();
             let t = bench_vtab::write_results(&g)?;
             (g, t)

@@ -79,9 +79,7 @@ pub fn check_or_write(out: &Path, m: &Manifest) -> anyhow::Result<()> {
         && m.cells.len() > theirs.cells.len()
         && theirs.cells.iter().all(|c| m.cells.contains(c))
     {
-        let tmp = out.join(format!(".{FILE}.{}.grow.tmp", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_string_pretty(m)? + "\n").with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot update the manifest", path.display()))?;
+        mosa_core::fsio::write_atomic(&path, (serde_json::to_string_pretty(m)? + "\n").as_bytes()).map_err(anyhow::Error::msg)?;
         eprintln!("{}: the grid grows from {} to {} cells", path.display(), theirs.cells.len(), m.cells.len());
         return Ok(());
     }

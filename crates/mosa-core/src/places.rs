@@ -127,9 +127,7 @@ impl Method {
             Places::Head | Places::Backbone { .. } | Places::Adapters { .. } | Places::Prompts { .. } => None,
         }
     }
-}
 
-impl Method {
     /// The LoRA options, for the methods with a LoRA branch (LoRA, MoSA-LoRA).
     pub fn lora_options(&self) -> Option<&LoraOptions> {
         match self.places() {

@@ -620,8 +620,8 @@ impl FamilyConfig for SwinConfig {
     fn claims_timm_kwargs(kwargs: &serde_json::Value) -> bool {
         kwargs.get("window_size").is_some() && kwargs.get("depths").is_some()
     }
-    fn from_timm_kwargs(kwargs: &serde_json::Value, input_hw: Option<usize>) -> crate::Result<Self> {
-        let _ = input_hw; // the arguments carry img_size
+    /// The arguments carry `img_size`: `input_hw` is not needed.
+    fn from_timm_kwargs(kwargs: &serde_json::Value, _input_hw: Option<usize>) -> crate::Result<Self> {
         let obj = kwargs::object(kwargs)?;
         let mut c = SwinConfig::new();
         for (k, v) in obj {

@@ -478,8 +478,8 @@ impl FamilyConfig for VitConfig {
     fn claims_timm_kwargs(_kwargs: &serde_json::Value) -> bool {
         false
     }
-    fn from_timm_kwargs(kwargs: &serde_json::Value, input_hw: Option<usize>) -> crate::Result<Self> {
-        let _ = input_hw; // the arguments carry img_size
+    /// The arguments carry `img_size`: `input_hw` is not needed.
+    fn from_timm_kwargs(kwargs: &serde_json::Value, _input_hw: Option<usize>) -> crate::Result<Self> {
         let obj = kwargs::object(kwargs)?;
         let mut c = VitConfig::new();
         for (k, v) in obj {
