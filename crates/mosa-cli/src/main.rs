@@ -46,6 +46,8 @@ enum Command {
     Expert(cmd::expert::Command),
     /// Merge task experts onto their base backbone (overlap-mean, mean, task arithmetic, TIES, DARE).
     Merge(cmd::merge::Args),
+    /// Serve task experts on one base backbone over HTTP (KServe v2, `/predictions`, `/metrics`, a page at `/`).
+    Serve(Box<cmd::serve::Args>),
     /// Datasets: `data check <dataset>` reads every list entry and image and reports counts.
     #[command(subcommand)]
     Data(cmd::data::Command),
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::train::eval(a),
         Command::Expert(c) => cmd::expert::run(c),
         Command::Merge(a) => cmd::merge::run(a),
+        Command::Serve(a) => cmd::serve::run(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

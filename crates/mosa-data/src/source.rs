@@ -25,6 +25,17 @@ pub enum DatasetSpec {
     List { file: PathBuf },
 }
 
+impl DatasetSpec {
+    /// The preprocessing its images get (without opening it): FGVC's crop, or VTAB's resize
+    /// (VTAB-1k, folders and lists).
+    pub fn style(&self) -> Style {
+        match self {
+            DatasetSpec::Fgvc { .. } => Style::Fgvc,
+            DatasetSpec::Vtab { .. } | DatasetSpec::Folder { .. } | DatasetSpec::List { .. } => Style::Vtab,
+        }
+    }
+}
+
 impl std::str::FromStr for DatasetSpec {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self> {

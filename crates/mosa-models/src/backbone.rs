@@ -242,6 +242,28 @@ macro_rules! families {
                 }
             }
 
+            /// Every backbone parameter by timm name, with its layout in the model.
+            pub fn param_layout(&self) -> std::collections::BTreeMap<String, load::by_path::ParamLayout> {
+                match self {
+                    $(Backbone::$variant(m) => load::by_path::layout(m, <$config as FamilyConfig>::RENAMES),)*
+                }
+            }
+
+            /// The named backbone parameters (timm names), flattened, shared with the model.
+            pub fn params_flat(&self, names: &std::collections::HashSet<String>) -> std::collections::HashMap<String, Tensor<B, 1>> {
+                match self {
+                    $(Backbone::$variant(m) => load::by_path::flat(m, <$config as FamilyConfig>::RENAMES, names),)*
+                }
+            }
+
+            /// Puts tensors (by timm name, flattened, in the model's layout) in place of those
+            /// backbone parameters ([`load::by_path::replace`]); returns the names not found.
+            pub fn replace_params(self, values: std::collections::HashMap<String, Tensor<B, 1>>) -> Result<(Self, Vec<String>)> {
+                match self {
+                    $(Backbone::$variant(m) => load::by_path::replace(m, <$config as FamilyConfig>::RENAMES, values).map(|(m, rest)| (Backbone::$variant(m), rest)),)*
+                }
+            }
+
             /// The MoSA reference's training dropout (spec §1): `p` after the position embedding
             /// (a ViT) and in every MLP (after the activation and after fc2), attention
             /// probabilities and attention output 0. Active only on an autodiff backend

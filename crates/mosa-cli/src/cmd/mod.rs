@@ -11,5 +11,6 @@ pub mod forward;
 pub mod info;
 pub mod inspect;
 pub mod merge;
+pub mod serve;
 pub mod train;
 pub mod weights;

@@ -116,3 +116,96 @@ pub fn load<B: Backend, M: Module<B>>(model: M, mut sd: StateDict, renames: Rena
     problems.extend(sd.tensors.keys().map(|k| format!("unexpected tensor `{k}`")));
     if problems.is_empty() { Ok(model) } else { Err(Error::Mismatch { path: source, problems }) }
 }
+
+/// One backbone parameter as timm names it: its shape in the model and whether that is timm's
+/// shape transposed (a linear layer's weight).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamLayout {
+    /// The shape in the model (a linear weight: `[in, out]`).
+    pub shape: Vec<usize>,
+    pub transposed: bool,
+}
+
+impl ParamLayout {
+    /// The shape in timm's layout (a linear weight: `[out, in]`).
+    pub fn timm_shape(&self) -> Vec<usize> {
+        let mut s = self.shape.clone();
+        if self.transposed {
+            s.reverse();
+        }
+        s
+    }
+}
+
+/// Every backbone parameter (method modules excluded) by timm name, with its layout here.
+pub fn layout<B: Backend, M: Module<B>>(model: &M, renames: Renames) -> std::collections::BTreeMap<String, ParamLayout> {
+    struct Layouts(std::collections::BTreeMap<String, ParamLayout>, Renames);
+    impl<B: Backend> VisitParam<B> for Layouts {
+        fn param<const D: usize>(&mut self, path: &str, field: (&str, &str), p: &Param<Tensor<B, D>>) {
+            self.0.insert(timm_name(path, field, self.1), ParamLayout { shape: p.lazy_shape().to_vec(), transposed: transposed(field) });
+        }
+        fn backbone_only(&self) -> bool {
+            true
+        }
+    }
+    mosa_core::params::visit(model, Layouts(Default::default(), renames)).0
+}
+
+/// Puts the given tensors (by timm name, flattened, in the model's layout: see [`layout`]) in
+/// place of those backbone parameters; the others stay as they are. Returns the names it found
+/// no parameter for (nothing is replaced under a name that is not a parameter). A tensor whose
+/// element count is not the parameter's is an error, and then nothing is replaced.
+pub fn replace<B: Backend, M: Module<B>>(model: M, renames: Renames, mut values: std::collections::HashMap<String, Tensor<B, 1>>) -> Result<(M, Vec<String>)> {
+    let layouts = layout(&model, renames);
+    for (name, t) in &values {
+        if let Some(l) = layouts.get(name)
+            && t.dims()[0] != l.shape.iter().product::<usize>()
+        {
+            return Err(Error::Config(format!("tensor `{name}` has {} entries, the parameter {:?}", t.dims()[0], l.shape)));
+        }
+    }
+    struct Replacer<'a, B: Backend> {
+        values: &'a mut std::collections::HashMap<String, Tensor<B, 1>>,
+        renames: Renames,
+    }
+    impl<B: Backend> MapParam<B> for Replacer<'_, B> {
+        fn param<const D: usize>(&mut self, path: &str, field: (&str, &str), p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            match self.values.remove(&timm_name(path, field, self.renames)) {
+                Some(t) => {
+                    let shape: [usize; D] = p.lazy_shape().to_vec().try_into().expect("a parameter of rank D");
+                    Param::initialized(p.id, t.reshape(shape))
+                }
+                None => p,
+            }
+        }
+        fn backbone_only(&self) -> bool {
+            true
+        }
+    }
+    let (model, r) = mosa_core::params::map(model, Replacer { values: &mut values, renames });
+    Ok((model, r.values.keys().cloned().collect()))
+}
+
+/// The named backbone parameters' tensors (timm names), flattened, in the model's layout; shared
+/// with the model, not copied.
+pub fn flat<B: Backend, M: Module<B>>(
+    model: &M,
+    renames: Renames,
+    names: &std::collections::HashSet<String>,
+) -> std::collections::HashMap<String, Tensor<B, 1>> {
+    struct Flat<'a, B: Backend>(std::collections::HashMap<String, Tensor<B, 1>>, Renames, &'a std::collections::HashSet<String>);
+    impl<B: Backend> VisitParam<B> for Flat<'_, B> {
+        fn param<const D: usize>(&mut self, path: &str, field: (&str, &str), p: &Param<Tensor<B, D>>) {
+            let name = timm_name(path, field, self.1);
+            if self.2.contains(&name) {
+                let t = p.val();
+                let n = t.shape().num_elements();
+                self.0.insert(name, t.reshape([n]));
+            }
+        }
+        fn backbone_only(&self) -> bool {
+            true
+        }
+    }
+    mosa_core::params::visit(model, Flat(Default::default(), renames, names)).0
+}

@@ -1,0 +1,409 @@
+//! The worker: the one thread that runs burn. Requests wait in one queue per task; the worker
+//! takes the task whose oldest request is oldest, waits up to the wait cap for that task's batch
+//! to fill (size cap), puts the task's weight change in place (if another is), runs the batch
+//! and answers each request. Loading and unloading tasks happen between batches, so every
+//! request is answered by exactly one state of the weights.
+//!
+//! A weight change is put in place by building the changed parameters from the base tensors
+//! (kept once, shared with the model while the base is in place): a sparse change is one
+//! scatter-add over the base copy, O(numel + nnz) per changed tensor and no arithmetic on the
+//! rest; a LoRA change one `a·b` product added; taking a change out hands the base tensors back,
+//! bit for bit, at no cost. (The alternative — the base untouched and `x·ΔW` added beside each
+//! changed linear layer on every batch — was measured against this: `docs/serve.md`.)
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::{IndexingUpdateOp, TensorData};
+use mosa_kernels::Kernels;
+use mosa_models::Backbone;
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::task::{Change, TaskSpec, WeightChange};
+
+/// Logits of one request, row-major `[n, classes]`.
+pub type Answer = std::result::Result<Vec<f32>, String>;
+
+/// One request's images, already preprocessed (`[n, 3, side, side]`).
+pub struct Job {
+    pub task: String,
+    pub n: usize,
+    pub side: usize,
+    pub input: Vec<f32>,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+/// What the repository API asks of the worker.
+pub enum Admin {
+    Load(Vec<TaskSpec>, oneshot::Sender<std::result::Result<(), String>>),
+    Unload(String, oneshot::Sender<std::result::Result<(), String>>),
+}
+
+/// The queues, shared by the HTTP side (pushing) and the worker (taking).
+#[derive(Default)]
+pub struct Queue {
+    by_task: HashMap<String, VecDeque<Job>>,
+    admin: VecDeque<Admin>,
+    /// Images waiting over all tasks.
+    pub images: usize,
+    pub closing: bool,
+}
+
+pub struct Shared {
+    pub queue: Mutex<Queue>,
+    pub wake: Condvar,
+}
+
+/// Batch formation.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most images in one forward pass.
+    pub max_batch: usize,
+    /// How long the oldest request waits for its batch to fill.
+    pub max_wait: Duration,
+    /// Most images waiting (beyond: 429).
+    pub max_queue: usize,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { queue: Mutex::new(Queue::default()), wake: Condvar::new() })
+    }
+
+    /// Queues a job; refused when `max_queue` images already wait or the server is closing.
+    pub fn push(&self, job: Job, max_queue: usize) -> std::result::Result<(), (Job, &'static str)> {
+        let mut q = self.queue.lock().expect("queue lock");
+        if q.closing {
+            return Err((job, "closing"));
+        }
+        if q.images + job.n > max_queue && q.images > 0 {
+            return Err((job, "full"));
+        }
+        q.images += job.n;
+        q.by_task.entry(job.task.clone()).or_default().push_back(job);
+        drop(q);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    pub fn admin(&self, a: Admin) {
+        self.queue.lock().expect("queue lock").admin.push_back(a);
+        self.wake.notify_one();
+    }
+
+    /// Stops taking requests; the worker finishes those queued and exits.
+    pub fn close(&self) {
+        self.queue.lock().expect("queue lock").closing = true;
+        self.wake.notify_all();
+    }
+
+    pub fn depth(&self) -> usize {
+        self.queue.lock().expect("queue lock").images
+    }
+}
+
+enum Work {
+    Admin(Admin),
+    Batch(String, Vec<Job>),
+    Stop,
+}
+
+/// Takes the next piece of work, waiting for it (and for a batch to fill).
+fn next(shared: &Shared, b: &Batching) -> Work {
+    let mut q = shared.queue.lock().expect("queue lock");
+    loop {
+        if let Some(a) = q.admin.pop_front() {
+            return Work::Admin(a);
+        }
+        // the task whose oldest request is oldest
+        let oldest = q.by_task.iter().filter_map(|(t, jobs)| jobs.front().map(|j| (j.enqueued, t.clone()))).min();
+        match oldest {
+            Some((since, task)) => {
+                let jobs = &q.by_task[&task];
+                let waiting: usize = jobs.iter().map(|j| j.n).sum();
+                let age = since.elapsed();
+                if waiting < b.max_batch && age < b.max_wait && !q.closing {
+                    q = shared.wake.wait_timeout(q, b.max_wait - age).expect("queue lock").0;
+                    continue;
+                }
+                let jobs = q.by_task.get_mut(&task).expect("present");
+                let mut taken = Vec::new();
+                let mut n = 0;
+                while let Some(j) = jobs.front() {
+                    if !taken.is_empty() && n + j.n > b.max_batch {
+                        break;
+                    }
+                    n += j.n;
+                    taken.push(jobs.pop_front().expect("front"));
+                }
+                if jobs.is_empty() {
+                    q.by_task.remove(&task);
+                }
+                q.images -= n;
+                return Work::Batch(task, taken);
+            }
+            None if q.closing => return Work::Stop,
+            None => q = shared.wake.wait(q).expect("queue lock"),
+        }
+    }
+}
+
+/// A weight change as device tensors, in the model's layout.
+enum DeviceChange<B: Backend> {
+    Sparse { indices: Tensor<B, 1, Int>, values: Tensor<B, 1> },
+    LowRank { a: Tensor<B, 2>, b: Tensor<B, 2> },
+    Dense(Tensor<B, 1>),
+    Replace(Tensor<B, 1>),
+}
+
+struct DeviceWeights<B: Backend> {
+    id: u64,
+    tensors: Vec<(String, DeviceChange<B>)>,
+}
+
+impl<B: Backend> DeviceWeights<B> {
+    fn new(c: &WeightChange, device: &B::Device) -> Self {
+        let tensors = c
+            .tensors
+            .iter()
+            .map(|(name, ch)| {
+                let d = match ch {
+                    Change::Sparse { indices, values } => DeviceChange::Sparse {
+                        indices: Tensor::from_data(TensorData::new(indices.iter().map(|&i| i as i64).collect::<Vec<_>>(), [indices.len()]), device),
+                        values: Tensor::from_data(TensorData::new(values.clone(), [values.len()]), device),
+                    },
+                    Change::LowRank { a_t, b_t } => DeviceChange::LowRank {
+                        a: Tensor::from_data(TensorData::new(a_t.data.clone(), [a_t.shape[0], a_t.shape[1]]), device),
+                        b: Tensor::from_data(TensorData::new(b_t.data.clone(), [b_t.shape[0], b_t.shape[1]]), device),
+                    },
+                    Change::Dense(v) => DeviceChange::Dense(Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device)),
+                    Change::Replace(v) => DeviceChange::Replace(Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device)),
+                };
+                (name.clone(), d)
+            })
+            .collect();
+        Self { id: c.id, tensors }
+    }
+
+    /// The changed tensor built from its base (flattened).
+    fn apply(change: &DeviceChange<B>, base: &Tensor<B, 1>) -> Tensor<B, 1> {
+        match change {
+            DeviceChange::Sparse { indices, values } => base.clone().scatter(0, indices.clone(), values.clone(), IndexingUpdateOp::Add),
+            DeviceChange::LowRank { a, b } => {
+                let d = a.clone().matmul(b.clone());
+                let n = d.shape().num_elements();
+                base.clone() + d.reshape([n])
+            }
+            DeviceChange::Dense(d) => base.clone() + d.clone(),
+            DeviceChange::Replace(t) => t.clone(),
+        }
+    }
+}
+
+/// A task as the worker holds it.
+struct Installed<B: Backend> {
+    head: Linear<B>,
+    weights: Option<Arc<DeviceWeights<B>>>,
+}
+
+/// The worker's state: the model, the base tensors of every parameter some task changes, the
+/// installed tasks and which weight change is in place.
+pub struct Worker<B: Kernels> {
+    model: Option<Backbone<B>>,
+    base: HashMap<String, Tensor<B, 1>>,
+    tasks: HashMap<String, Installed<B>>,
+    /// Device copies of the weight changes, by id (shared by the tasks of one merged file).
+    changes: HashMap<u64, Arc<DeviceWeights<B>>>,
+    in_place: Option<Arc<DeviceWeights<B>>>,
+    device: B::Device,
+    metrics: Arc<Metrics>,
+}
+
+fn head<B: Backend>(h: &mosa_core::expert::Head, device: &B::Device) -> Linear<B> {
+    let (c, d) = (h.weight.shape[0], h.weight.shape[1]);
+    let w = h.weight.t();
+    Linear {
+        weight: burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(w.data, [d, c]), device)),
+        bias: h.bias.as_ref().map(|b| burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(b.data.clone(), [c]), device))),
+    }
+}
+
+impl<B: Kernels> Worker<B> {
+    pub fn new(model: Backbone<B>, device: B::Device, metrics: Arc<Metrics>) -> Self {
+        Self { model: Some(model), base: HashMap::new(), tasks: HashMap::new(), changes: HashMap::new(), in_place: None, device, metrics }
+    }
+
+    /// Every backbone parameter's layout, by timm name.
+    pub fn layout(&self) -> std::collections::BTreeMap<String, mosa_models::load::by_path::ParamLayout> {
+        self.model.as_ref().expect("model").param_layout()
+    }
+
+    /// The width of the features the heads read (one forward on a blank image of `side` px).
+    pub fn features(&self, side: usize) -> usize {
+        let x = Tensor::<B, 4>::zeros([1, 3, side, side], &self.device);
+        self.model.as_ref().expect("model").forward(x).pre_logits.dims()[1]
+    }
+
+    /// Installs tasks (replacing those of the same names).
+    pub fn install(&mut self, specs: Vec<TaskSpec>) {
+        for s in specs {
+            let weights = s.change.as_ref().map(|c| {
+                // the first time a parameter is changed, its base is the model's (the change in
+                // place does not touch it, or it would be known already)
+                let missing: HashSet<String> = c.tensors.iter().map(|(n, _)| n.clone()).filter(|n| !self.base.contains_key(n)).collect();
+                if !missing.is_empty() {
+                    let found = self.model.as_ref().expect("model").params_flat(&missing);
+                    self.base.extend(found);
+                }
+                self.changes.entry(c.id).or_insert_with(|| Arc::new(DeviceWeights::new(c, &self.device))).clone()
+            });
+            if let Some(old) = self.tasks.insert(s.meta.name.clone(), Installed { head: head(&s.head, &self.device), weights }) {
+                self.forget(old);
+            }
+        }
+        self.metrics.experts.set(self.tasks.len() as i64);
+    }
+
+    pub fn uninstall(&mut self, task: &str) -> bool {
+        match self.tasks.remove(task) {
+            Some(old) => {
+                self.forget(old);
+                self.metrics.experts.set(self.tasks.len() as i64);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops a removed task's weight change when no other task shares it; one in place is
+    /// taken out first (the base goes back).
+    fn forget(&mut self, old: Installed<B>) {
+        let Some(w) = old.weights else { return };
+        if self.tasks.values().any(|t| t.weights.as_ref().is_some_and(|x| x.id == w.id)) {
+            return;
+        }
+        if self.in_place.as_ref().is_some_and(|x| x.id == w.id) {
+            self.put_in_place(None);
+        }
+        self.changes.remove(&w.id);
+    }
+
+    /// Makes `want` the weight change in place (None: the base).
+    fn put_in_place(&mut self, want: Option<Arc<DeviceWeights<B>>>) {
+        if self.in_place.as_ref().map(|w| w.id) == want.as_ref().map(|w| w.id) {
+            return;
+        }
+        let mut values: HashMap<String, Tensor<B, 1>> = HashMap::new();
+        if let Some(old) = &self.in_place {
+            for (name, _) in &old.tensors {
+                values.insert(name.clone(), self.base[name].clone());
+            }
+        }
+        if let Some(new) = &want {
+            for (name, ch) in &new.tensors {
+                values.insert(name.clone(), DeviceWeights::apply(ch, &self.base[name]));
+            }
+        }
+        let model = self.model.take().expect("model");
+        let (model, rest) = model.replace_params(values).expect("changes are checked against the model's layout when a task is read");
+        debug_assert!(rest.is_empty(), "unknown parameters {rest:?}");
+        self.model = Some(model);
+        self.in_place = want;
+        self.metrics.switches.inc();
+    }
+
+    /// Runs one task's batch and answers every request of it.
+    fn run(&mut self, task: &str, jobs: Vec<Job>, max_batch: usize) {
+        // requests whose client has gone (timed out, disconnected) are not computed
+        let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let Some(t) = self.tasks.get(task) else {
+            for j in jobs {
+                let _ = j.reply.send(Err(format!("task `{task}` was unloaded")));
+            }
+            return;
+        };
+        let (head, weights) = (t.head.clone(), t.weights.clone());
+        self.put_in_place(weights);
+        let side = jobs[0].side;
+        let n: usize = jobs.iter().map(|j| j.n).sum();
+        self.metrics.batch.observe(n as f64);
+        let mut input = Vec::with_capacity(n * 3 * side * side);
+        for j in &jobs {
+            input.extend_from_slice(&j.input);
+        }
+        let model = self.model.as_ref().expect("model");
+        let mut logits: Vec<f32> = Vec::new();
+        let per = 3 * side * side;
+        for chunk in input.chunks(max_batch * per) {
+            let m = chunk.len() / per;
+            let x = Tensor::<B, 4>::from_data(TensorData::new(chunk.to_vec(), [m, 3, side, side]), &self.device);
+            let out = head.forward(model.forward(x).pre_logits);
+            logits.extend(out.into_data().into_vec::<f32>().expect("f32 logits"));
+        }
+        let classes = logits.len() / n;
+        let mut at = 0;
+        for j in jobs {
+            let part = logits[at * classes..(at + j.n) * classes].to_vec();
+            at += j.n;
+            let _ = j.reply.send(Ok(part));
+        }
+    }
+
+    /// Serves until the queue is closed and empty.
+    pub fn serve(mut self, shared: Arc<Shared>, batching: Batching) {
+        loop {
+            match next(&shared, &batching) {
+                Work::Stop => return,
+                Work::Admin(Admin::Load(specs, reply)) => {
+                    self.install(specs);
+                    let _ = reply.send(Ok(()));
+                }
+                Work::Admin(Admin::Unload(task, reply)) => {
+                    // requests already queued for it are answered first
+                    let queued = {
+                        let mut q = shared.queue.lock().expect("queue lock");
+                        let jobs: Vec<Job> = q.by_task.remove(&task).map(Vec::from).unwrap_or_default();
+                        q.images -= jobs.iter().map(|j| j.n).sum::<usize>();
+                        jobs
+                    };
+                    for chunk in chunked(queued, batching.max_batch) {
+                        self.run(&task, chunk, batching.max_batch);
+                    }
+                    let found = self.uninstall(&task);
+                    let _ = reply.send(if found { Ok(()) } else { Err(format!("task `{task}` is not loaded")) });
+                }
+                Work::Batch(task, jobs) => {
+                    self.metrics.queue.set(shared.depth() as i64);
+                    self.run(&task, jobs, batching.max_batch);
+                }
+            }
+        }
+    }
+}
+
+/// Jobs in batches of at most `max` images (a larger job alone).
+fn chunked(jobs: Vec<Job>, max: usize) -> Vec<Vec<Job>> {
+    let mut out: Vec<Vec<Job>> = Vec::new();
+    let mut n = 0;
+    for j in jobs {
+        match out.last_mut() {
+            Some(last) if n + j.n <= max => {
+                n += j.n;
+                last.push(j);
+            }
+            _ => {
+                n = j.n;
+                out.push(vec![j]);
+            }
+        }
+    }
+    out
+}
