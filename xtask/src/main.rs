@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 
 mod bench_experts;
 mod bench_merge;
+mod bench_serve;
 mod bench_vtab;
 mod claim;
 mod curves;
@@ -100,6 +101,46 @@ enum Task {
         /// Exit 0 with cells still missing.
         #[arg(long)]
         partial: bool,
+    },
+    /// `mosa serve` under open-loop load: DINOv2 ViT-S/14 at 224 px with N synthetic sparse
+    /// experts (5% of qkv), tasks drawn uniform and Zipf, beside the base model alone and, with
+    /// --compare-pytorch, a PyTorch server with one model per task (`scripts/serve_pytorch.py`).
+    BenchServe {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Expert counts N.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        experts: Vec<usize>,
+        /// Fraction of each qkv weight an expert changes.
+        #[arg(long, default_value_t = 0.05)]
+        density: f64,
+        /// Open-loop rates, as fractions of the base model's capacity.
+        #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.85,1.0")]
+        rates: Vec<f64>,
+        /// Seconds per rate (and of each capacity run).
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// The latency bound throughput is reported at (p99, ms).
+        #[arg(long, default_value_t = 2000.0)]
+        p99_ms: f64,
+        /// Open-loop client threads.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// The server's batch cap.
+        #[arg(long, default_value_t = 16)]
+        max_batch: usize,
+        /// A Python with torch, timm and safetensors: also run `scripts/serve_pytorch.py`.
+        #[arg(long)]
+        compare_pytorch: Option<PathBuf>,
+        /// Use this `mosa` binary instead of building one.
+        #[arg(long)]
+        mosa_bin: Option<PathBuf>,
+        /// Where the experts and results go.
+        #[arg(long, default_value = "results/bench-serve")]
+        out: PathBuf,
+        /// Then a memory soak of this many seconds (RSS every 10 s; 0: none).
+        #[arg(long, default_value_t = 0.0)]
+        soak_seconds: f64,
     },
     /// Merge speed of sparse experts: N ∈ {2, 5, 10, 20, 50} × density ∈ {0.2%, 1%, 5%} synthetic
     /// experts on ViT-B/16-shaped weights (index space vs dense expansion vs memcpy).
@@ -833,6 +874,17 @@ fn build_mosa(backend: &BackendArgs) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(target).join("release").join("mosa"))
 }
 
+/// mosa's cache folder (as `mosa_models::weights::cache_dir` finds it).
+fn weights_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("MOSA_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("mosa");
+    }
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".cache").join("mosa")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
@@ -854,6 +906,28 @@ fn main() -> ExitCode {
             })
         }
         Task::PrepareMiniVtab { out, downloads, task } => mini_vtab::prepare(&out, &downloads, task.as_deref()),
+        Task::BenchServe { backend, experts, density, rates, seconds, p99_ms, clients, max_batch, compare_pytorch, mosa_bin, out, soak_seconds } => {
+            let settings = bench_serve::Settings {
+                experts,
+                density,
+                classes: 10,
+                rates,
+                seconds,
+                p99_bound_ms: p99_ms,
+                clients,
+                max_batch,
+                python: compare_pytorch,
+                out,
+                soak_seconds,
+            };
+            mosa_bin.map_or_else(|| build_mosa(&backend), Ok).and_then(|m| {
+                mosa(&backend, &["weights", "fetch", "dinov2-vits14"])?;
+                let weights = weights_cache().join("weights/dinov2-vits14.safetensors");
+                let rows = bench_serve::run(&m, &weights, &settings)?;
+                println!("{}", bench_serve::table(&rows, settings.p99_bound_ms));
+                Ok(())
+            })
+        }
         Task::BenchMerge { backend, experts, density, iters, json, no_dense, mosa_bin } => {
             bench_merge_task(&backend, experts.zip(density), iters, json, !no_dense, mosa_bin)
         }

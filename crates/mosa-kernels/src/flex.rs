@@ -6,7 +6,7 @@
 
 use burn::backend::Flex;
 use burn::tensor::DType;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -147,7 +147,50 @@ fn in_place(x: &mut FlexTensor) -> Option<&mut [f32]> {
     x.try_storage_mut::<f32>().map(|s| &mut s[start..end])
 }
 
+/// Flat indices as `usize`, when every one is below `n` (i32 or i64 storage).
+fn flat_indices(t: &FlexTensor, n: usize) -> Option<Vec<usize>> {
+    let t = t.to_contiguous();
+    let idx: Vec<usize> = match t.dtype() {
+        DType::I32 => t.as_slice::<i32>()?.iter().map(|&i| usize::try_from(i).unwrap_or(usize::MAX)).collect(),
+        DType::I64 => t.as_slice::<i64>()?.iter().map(|&i| usize::try_from(i).unwrap_or(usize::MAX)).collect(),
+        _ => return None,
+    };
+    idx.iter().all(|&i| i < n).then_some(idx)
+}
+
 impl Kernels for Flex {
+    fn add_at(x: FloatTensor<Self>, indices: IntTensor<Self>, vals: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let mut x = x;
+        let n = x.layout().shape().num_elements();
+        if let (Some(idx), Some(buf)) = (flat_indices(&indices, n), in_place(&mut x)) {
+            let v = values(&vals);
+            if v.len() == idx.len() {
+                let old: Vec<f32> = idx.iter().map(|&i| buf[i]).collect();
+                for (&i, &d) in idx.iter().zip(v.iter()) {
+                    buf[i] += d;
+                }
+                let k = old.len();
+                return (x, tensor(old, [k]));
+            }
+        }
+        crate::entries::composed_add_at::<Self>(x, indices, vals)
+    }
+
+    fn set_at(x: FloatTensor<Self>, indices: IntTensor<Self>, vals: FloatTensor<Self>) -> FloatTensor<Self> {
+        let mut x = x;
+        let n = x.layout().shape().num_elements();
+        if let (Some(idx), Some(buf)) = (flat_indices(&indices, n), in_place(&mut x)) {
+            let v = values(&vals);
+            if v.len() == idx.len() {
+                for (&i, &w) in idx.iter().zip(v.iter()) {
+                    buf[i] = w;
+                }
+                return x;
+            }
+        }
+        crate::entries::composed_set_at::<Self>(x, indices, vals)
+    }
+
     const FUSED_LINEAR: bool = true;
 
     fn linear_rows_backward(x: FloatTensor<Self>, weight: FloatTensor<Self>, grad: FloatTensor<Self>, need: [bool; 3]) -> [Option<FloatTensor<Self>>; 3] {

@@ -18,6 +18,7 @@
 //! | [`Kernels::linear_rows`] | `ModuleOps::linear` (matmul, then the bias added on one thread) | bias rows written first, one GEMM over all rows accumulating into them, on rayon (ours, `flex/gemm.rs`, on AVX2 CPUs without AVX-512, a 6 × 16 tile; the `gemm` crate elsewhere, or our 12 × 32 AVX-512 tile with `MOSA_GEMM=avx512`); under `Autodiff` ∂W is one GEMM over all rows |
 //! | [`Kernels::linear_rows_backward`] | `ModuleOps::linear_{x,weight,bias}_backward` | ∂x and ∂W as one parallel GEMM each on strided views (no transposed copies), ∂b summed per task |
 //! | [`Kernels::layer_norm`] | `ModuleOps::layer_norm` (burn-flex: SIMD, rayon) | the default |
+//! | [`Kernels::add_at`], [`Kernels::set_at`] | gather + scatter-add; a host round trip (`entries.rs`) | in place, O(k), when the tensor owns its buffer |
 //! | [`Kernels::layer_norm_backward`] | the backward composed of tensor ops (`layer_norm.rs`) | rows on rayon, one SIMD pass per row, γ and β gradients reduced per task |
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -27,10 +28,11 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{ActivationOps, FloatTensor, ModuleOps};
+use burn::tensor::ops::{ActivationOps, FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{TensorMetadata, TensorPrimitive};
 
 pub mod attention;
+pub mod entries;
 #[cfg(feature = "flex")]
 pub mod flex;
 pub mod layer_norm;
@@ -112,6 +114,24 @@ pub trait Kernels: Backend {
         params: bool,
     ) -> (FloatTensor<Self>, Option<(FloatTensor<Self>, FloatTensor<Self>)>) {
         layer_norm::composed_backward::<Self>(x, gamma, grad, epsilon, params)
+    }
+
+    /// Adds `values` at the flat `indices` of `x` and returns the entries' previous values too
+    /// ([`entries`] module docs: a sparse change put in place).
+    ///
+    /// # Shapes
+    /// `x` `[n]`, `indices` and `values` `[k]` → (`[n]`, `[k]`)
+    fn add_at(x: FloatTensor<Self>, indices: IntTensor<Self>, values: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        entries::composed_add_at::<Self>(x, indices, values)
+    }
+
+    /// Writes `values` at the flat `indices` of `x` (exactly those bits: [`Kernels::add_at`]
+    /// undone).
+    ///
+    /// # Shapes
+    /// `x` `[n]`, `indices` and `values` `[k]` → `[n]`
+    fn set_at(x: FloatTensor<Self>, indices: IntTensor<Self>, values: FloatTensor<Self>) -> FloatTensor<Self> {
+        entries::composed_set_at::<Self>(x, indices, values)
     }
 }
 

@@ -308,3 +308,48 @@ fn linear_forward_and_gradients_match_the_default_path() {
     let want: Vec<f32> = (0..6).flat_map(|_| (0..4).map(|j| w[j * 5..(j + 1) * 5].iter().sum::<f32>())).collect();
     assert!(scaled_worst(&host(xa.grad(&gr).unwrap()), &want) < 1e-6);
 }
+
+/// `add_at` / `set_at` (the serve-time switch of a sparse change): Flex in place against
+/// NdArray's composition and a plain loop, bit for bit; a held tensor is never changed in place;
+/// `set_at` of the saved entries gives the original bits back (−0.0 and subnormals included).
+#[test]
+fn entries_are_added_and_restored_bit_for_bit() {
+    use mosa_kernels::entries::{add_at, set_at};
+    for (n, k) in [(1usize, 1usize), (1000, 37), (442_368, 22_118)] {
+        let mut w = values(n, 3);
+        w[0] = -0.0;
+        if n > 1 {
+            w[1] = 1e-40;
+        }
+        // distinct positions spread over the tensor (7919 is prime, coprime to every n here), 0 first
+        let mut idx: Vec<i64> = (0..k).map(|j| ((j * 7919) % n) as i64).collect();
+        idx.sort_unstable();
+        let v: Vec<f32> = (0..k).map(|i| ((i as f32) * 0.37).sin() * 0.01).collect();
+        let mut want = w.clone();
+        for (&i, &d) in idx.iter().zip(&v) {
+            want[i as usize] += d;
+        }
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        fn run<B: mosa_kernels::Kernels>(w: &[f32], idx: &[i64], v: &[f32], hold: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+            let dev = Default::default();
+            let x = Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(w.to_vec(), [w.len()]), &dev);
+            let held = hold.then(|| x.clone());
+            let i = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(idx.to_vec(), [idx.len()]), &dev);
+            let vals = Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(v.to_vec(), [v.len()]), &dev);
+            let (changed, old) = add_at(x, i.clone(), vals);
+            let changed_host = host(changed.clone());
+            let restored = set_at(changed, i, old.clone());
+            (changed_host, host(old), host(restored), held.map(host))
+        }
+        for hold in [false, true] {
+            for (name, (changed, old, restored, held)) in [("flex", run::<Flex>(&w, &idx, &v, hold)), ("ndarray", run::<NdArray>(&w, &idx, &v, hold))] {
+                assert_eq!(bits(&changed), bits(&want), "{name} n {n}: added");
+                assert_eq!(bits(&old), bits(&idx.iter().map(|&i| w[i as usize]).collect::<Vec<_>>()), "{name}: saved entries");
+                assert_eq!(bits(&restored), bits(&w), "{name} n {n}: restored");
+                if let Some(h) = held {
+                    assert_eq!(bits(&h), bits(&w), "{name}: a held tensor was changed in place");
+                }
+            }
+        }
+    }
+}

@@ -256,11 +256,11 @@ macro_rules! families {
                 }
             }
 
-            /// Puts tensors (by timm name, flattened, in the model's layout) in place of those
-            /// backbone parameters ([`load::by_path::replace`]); returns the names not found.
-            pub fn replace_params(self, values: std::collections::HashMap<String, Tensor<B, 1>>) -> Result<(Self, Vec<String>)> {
+            /// Maps the named backbone parameters (timm names), each flattened and handed over
+            /// by value ([`load::by_path::map_named`]).
+            pub fn map_params(self, names: &std::collections::HashSet<String>, f: &mut dyn FnMut(&str, Tensor<B, 1>) -> Tensor<B, 1>) -> Self {
                 match self {
-                    $(Backbone::$variant(m) => load::by_path::replace(m, <$config as FamilyConfig>::RENAMES, values).map(|(m, rest)| (Backbone::$variant(m), rest)),)*
+                    $(Backbone::$variant(m) => Backbone::$variant(load::by_path::map_named(m, <$config as FamilyConfig>::RENAMES, names, f)),)*
                 }
             }
 

@@ -85,7 +85,20 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2/repository/models/{task}/unload", post(unload))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), declared_length))
         .with_state(app)
+}
+
+/// A body declared larger than the limit (Content-Length) is refused before it is read; one
+/// that turns out larger while read (chunked) is cut by the body limit.
+async fn declared_length(State(app): State<Arc<App>>, req: Request, next: axum::middleware::Next) -> Response {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > app.limits.max_body as u64 => {
+            Error::TooLarge(format!("the body of {n} bytes is over the limit of {} bytes", app.limits.max_body)).into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn page() -> Html<&'static str> {

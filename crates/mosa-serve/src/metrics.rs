@@ -26,6 +26,7 @@ pub struct Metrics {
     pub latency: Family<TaskLabel, Histogram, fn() -> Histogram>,
     pub batch: Histogram,
     pub switches: Counter,
+    pub switch_seconds: Histogram,
     pub queue: Gauge,
     pub experts: Gauge,
     pub resident: Gauge,
@@ -47,13 +48,15 @@ impl Metrics {
         registry.register("batch_size", "Images per forward pass", batch.clone());
         let switches = Counter::default();
         registry.register("expert_switches", "Times the weights in place changed to another task's", switches.clone());
+        let switch_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register("expert_switch_duration_seconds", "Time to put another task's weights in place", switch_seconds.clone());
         let queue = Gauge::default();
         registry.register("queue_depth", "Images waiting", queue.clone());
         let experts = Gauge::default();
         registry.register("tasks_loaded", "Tasks served", experts.clone());
         let resident = Gauge::default();
         registry.register("resident_memory_bytes", "Resident set size of the process", resident.clone());
-        Self { registry, requests, latency, batch, switches, queue, experts, resident }
+        Self { registry, requests, latency, batch, switches, switch_seconds, queue, experts, resident }
     }
 
     /// The exposition text, with the resident memory read now.

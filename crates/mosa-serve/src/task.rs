@@ -193,13 +193,15 @@ fn to_model_layout(shape: &[usize], delta: Delta, l: &ParamLayout) -> Change {
     let transposed = l.transposed && shape.len() == 2;
     match delta {
         Delta::Sparse { indices, values } => {
-            let indices = if transposed {
-                let (rows, cols) = (shape[0] as u32, shape[1] as u32);
-                // timm [out, in] flat o·in + k  →  here [in, out] flat k·out + o
-                indices.into_iter().map(|i| (i % cols) * rows + i / cols).collect()
-            } else {
-                indices
-            };
+            if !transposed {
+                return Change::Sparse { indices, values };
+            }
+            let (rows, cols) = (shape[0] as u32, shape[1] as u32);
+            // timm [out, in] flat o·in + k  →  here [in, out] flat k·out + o, sorted again so
+            // that putting the change in place walks memory in order
+            let mut pairs: Vec<(u32, f32)> = indices.into_iter().map(|i| (i % cols) * rows + i / cols).zip(values).collect();
+            pairs.sort_unstable_by_key(|p| p.0);
+            let (indices, values) = pairs.into_iter().unzip();
             Change::Sparse { indices, values }
         }
         Delta::LowRank { a, b, scale } => {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::{IndexingUpdateOp, TensorData};
+use burn::tensor::TensorData;
 use mosa_kernels::Kernels;
 use mosa_models::Backbone;
 use tokio::sync::oneshot;
@@ -190,17 +190,18 @@ impl<B: Backend> DeviceWeights<B> {
         Self { id: c.id, tensors }
     }
 
-    /// The changed tensor built from its base (flattened).
-    fn apply(change: &DeviceChange<B>, base: &Tensor<B, 1>) -> Tensor<B, 1> {
+    /// A dense change's tensor, built from its base (flattened); None for a sparse change,
+    /// which is added in place ([`mosa_kernels::entries`]).
+    fn dense(change: &DeviceChange<B>, base: &Tensor<B, 1>) -> Option<Tensor<B, 1>> {
         match change {
-            DeviceChange::Sparse { indices, values } => base.clone().scatter(0, indices.clone(), values.clone(), IndexingUpdateOp::Add),
+            DeviceChange::Sparse { .. } => None,
             DeviceChange::LowRank { a, b } => {
                 let d = a.clone().matmul(b.clone());
                 let n = d.shape().num_elements();
-                base.clone() + d.reshape([n])
+                Some(base.clone() + d.reshape([n]))
             }
-            DeviceChange::Dense(d) => base.clone() + d.clone(),
-            DeviceChange::Replace(t) => t.clone(),
+            DeviceChange::Dense(d) => Some(base.clone() + d.clone()),
+            DeviceChange::Replace(t) => Some(t.clone()),
         }
     }
 }
@@ -211,15 +212,23 @@ struct Installed<B: Backend> {
     weights: Option<Arc<DeviceWeights<B>>>,
 }
 
-/// The worker's state: the model, the base tensors of every parameter some task changes, the
-/// installed tasks and which weight change is in place.
+/// The weight change in place: its tensors, and for each sparse one the entries it overwrote.
+struct InPlace<B: Backend> {
+    weights: Arc<DeviceWeights<B>>,
+    saved: HashMap<String, Tensor<B, 1>>,
+}
+
+/// The worker's state: the model, the base tensors of the parameters a dense change (LoRA,
+/// full, merged) replaces, the installed tasks and which weight change is in place.
 pub struct Worker<B: Kernels> {
     model: Option<Backbone<B>>,
+    /// Bases are kept only where a dense change needs one: a parameter only sparse changes touch
+    /// is owned by the model alone, and changed in place in O(nnz).
     base: HashMap<String, Tensor<B, 1>>,
     tasks: HashMap<String, Installed<B>>,
     /// Device copies of the weight changes, by id (shared by the tasks of one merged file).
     changes: HashMap<u64, Arc<DeviceWeights<B>>>,
-    in_place: Option<Arc<DeviceWeights<B>>>,
+    in_place: Option<InPlace<B>>,
     device: B::Device,
     metrics: Arc<Metrics>,
 }
@@ -253,10 +262,11 @@ impl<B: Kernels> Worker<B> {
     pub fn install(&mut self, specs: Vec<TaskSpec>) {
         for s in specs {
             let weights = s.change.as_ref().map(|c| {
-                // the first time a parameter is changed, its base is the model's (the change in
-                // place does not touch it, or it would be known already)
-                let missing: HashSet<String> = c.tensors.iter().map(|(n, _)| n.clone()).filter(|n| !self.base.contains_key(n)).collect();
+                // a dense change needs its parameters' bases: read from the model with the base in place
+                let missing: HashSet<String> =
+                    c.tensors.iter().filter(|(_, ch)| !matches!(ch, Change::Sparse { .. })).map(|(n, _)| n.clone()).filter(|n| !self.base.contains_key(n)).collect();
                 if !missing.is_empty() {
+                    self.put_in_place(None);
                     let found = self.model.as_ref().expect("model").params_flat(&missing);
                     self.base.extend(found);
                 }
@@ -287,34 +297,65 @@ impl<B: Kernels> Worker<B> {
         if self.tasks.values().any(|t| t.weights.as_ref().is_some_and(|x| x.id == w.id)) {
             return;
         }
-        if self.in_place.as_ref().is_some_and(|x| x.id == w.id) {
+        if self.in_place.as_ref().is_some_and(|x| x.weights.id == w.id) {
             self.put_in_place(None);
         }
         self.changes.remove(&w.id);
     }
 
-    /// Makes `want` the weight change in place (None: the base).
+    /// Makes `want` the weight change in place (None: the base): the change in place is taken
+    /// out (sparse entries get their saved bits back, dense tensors their base), then `want`'s
+    /// is put in (sparse values added in place, their old entries saved), in one walk.
     fn put_in_place(&mut self, want: Option<Arc<DeviceWeights<B>>>) {
-        if self.in_place.as_ref().map(|w| w.id) == want.as_ref().map(|w| w.id) {
+        if self.in_place.as_ref().map(|w| w.weights.id) == want.as_ref().map(|w| w.id) {
             return;
         }
-        let mut values: HashMap<String, Tensor<B, 1>> = HashMap::new();
-        if let Some(old) = &self.in_place {
-            for (name, _) in &old.tensors {
-                values.insert(name.clone(), self.base[name].clone());
+        let t0 = Instant::now();
+        let old = self.in_place.take();
+        let mut names: HashSet<String> = HashSet::new();
+        let mut undo: HashMap<&str, &DeviceChange<B>> = HashMap::new();
+        if let Some(o) = &old {
+            for (name, ch) in &o.weights.tensors {
+                names.insert(name.clone());
+                undo.insert(name, ch);
             }
         }
-        if let Some(new) = &want {
-            for (name, ch) in &new.tensors {
-                values.insert(name.clone(), DeviceWeights::apply(ch, &self.base[name]));
+        let mut put: HashMap<&str, &DeviceChange<B>> = HashMap::new();
+        if let Some(w) = &want {
+            for (name, ch) in &w.tensors {
+                names.insert(name.clone());
+                put.insert(name, ch);
             }
         }
-        let model = self.model.take().expect("model");
-        let (model, rest) = model.replace_params(values).expect("changes are checked against the model's layout when a task is read");
-        debug_assert!(rest.is_empty(), "unknown parameters {rest:?}");
+        let mut saved = HashMap::new();
+        let base = &self.base;
+        let mut step = |name: &str, t: Tensor<B, 1>| -> Tensor<B, 1> {
+            let t = match (undo.get(name), old.as_ref().and_then(|o| o.saved.get(name))) {
+                (Some(DeviceChange::Sparse { indices, .. }), Some(entries)) => mosa_kernels::entries::set_at(t, indices.clone(), entries.clone()),
+                (Some(_), _) => base[name].clone(),
+                (None, _) => t,
+            };
+            match put.get(name) {
+                Some(DeviceChange::Sparse { indices, values }) => {
+                    let (t, entries) = mosa_kernels::entries::add_at(t, indices.clone(), values.clone());
+                    saved.insert(name.to_string(), entries);
+                    t
+                }
+                Some(dense) => {
+                    // the tensor in place is dropped: the base it came from stays in `base`
+                    drop(t);
+                    DeviceWeights::dense(dense, &base[name]).expect("a dense change")
+                }
+                None => t,
+            }
+        };
+        let model = self.model.take().expect("model").map_params(&names, &mut step);
         self.model = Some(model);
-        self.in_place = want;
+        self.in_place = want.map(|weights| InPlace { weights, saved });
+        // the new tensors are computed (a lazy backend would only now run them)
+        B::sync(&self.device).ok();
         self.metrics.switches.inc();
+        self.metrics.switch_seconds.observe(t0.elapsed().as_secs_f64());
     }
 
     /// Runs one task's batch and answers every request of it.

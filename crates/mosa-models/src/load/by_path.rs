@@ -151,39 +151,38 @@ pub fn layout<B: Backend, M: Module<B>>(model: &M, renames: Renames) -> std::col
     mosa_core::params::visit(model, Layouts(Default::default(), renames)).0
 }
 
-/// Puts the given tensors (by timm name, flattened, in the model's layout: see [`layout`]) in
-/// place of those backbone parameters; the others stay as they are. Returns the names it found
-/// no parameter for (nothing is replaced under a name that is not a parameter). A tensor whose
-/// element count is not the parameter's is an error, and then nothing is replaced.
-pub fn replace<B: Backend, M: Module<B>>(model: M, renames: Renames, mut values: std::collections::HashMap<String, Tensor<B, 1>>) -> Result<(M, Vec<String>)> {
-    let layouts = layout(&model, renames);
-    for (name, t) in &values {
-        if let Some(l) = layouts.get(name)
-            && t.dims()[0] != l.shape.iter().product::<usize>()
-        {
-            return Err(Error::Config(format!("tensor `{name}` has {} entries, the parameter {:?}", t.dims()[0], l.shape)));
-        }
-    }
-    struct Replacer<'a, B: Backend> {
-        values: &'a mut std::collections::HashMap<String, Tensor<B, 1>>,
+/// Maps the named backbone parameters (timm names): `f` gets each one's tensor by value,
+/// flattened in the model's layout (see [`layout`]; the model keeps no other handle on it, so a
+/// kernel may change it in place), and returns the tensor to put there, of the same size.
+pub fn map_named<B: Backend, M: Module<B>>(
+    model: M,
+    renames: Renames,
+    names: &std::collections::HashSet<String>,
+    f: &mut dyn FnMut(&str, Tensor<B, 1>) -> Tensor<B, 1>,
+) -> M {
+    struct Named<'a, B: Backend> {
+        names: &'a std::collections::HashSet<String>,
         renames: Renames,
+        f: &'a mut dyn FnMut(&str, Tensor<B, 1>) -> Tensor<B, 1>,
     }
-    impl<B: Backend> MapParam<B> for Replacer<'_, B> {
+    impl<B: Backend> MapParam<B> for Named<'_, B> {
         fn param<const D: usize>(&mut self, path: &str, field: (&str, &str), p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            match self.values.remove(&timm_name(path, field, self.renames)) {
-                Some(t) => {
-                    let shape: [usize; D] = p.lazy_shape().to_vec().try_into().expect("a parameter of rank D");
-                    Param::initialized(p.id, t.reshape(shape))
-                }
-                None => p,
+            let name = timm_name(path, field, self.renames);
+            if !self.names.contains(&name) {
+                return p;
             }
+            let (id, t, _) = p.consume();
+            let shape: [usize; D] = t.dims();
+            let n: usize = shape.iter().product();
+            let out = (self.f)(&name, t.reshape([n]));
+            assert_eq!(out.dims()[0], n, "`{name}`: a mapped parameter keeps its size");
+            Param::initialized(id, out.reshape(shape))
         }
         fn backbone_only(&self) -> bool {
             true
         }
     }
-    let (model, r) = mosa_core::params::map(model, Replacer { values: &mut values, renames });
-    Ok((model, r.values.keys().cloned().collect()))
+    mosa_core::params::map(model, Named { names, renames, f }).0
 }
 
 /// The named backbone parameters' tensors (timm names), flattened, in the model's layout; shared
