@@ -117,8 +117,8 @@ def main():
     p.add_argument("--cache-bytes", type=int, required=True)
     p.add_argument("--port", type=int, default=8081)
     p.add_argument("--side", type=int, default=224)
+    p.add_argument("--prepare-only", action="store_true", help="write the per-task state dicts and exit")
     a = p.parse_args()
-    torch.set_grad_enabled(False)
 
     os.makedirs(a.state_dicts, exist_ok=True)
     base = None
@@ -138,6 +138,10 @@ def main():
             os.replace(out + ".tmp", out)
         files[task] = out
         classes[task] = meta.get("classes") or []
+    if a.prepare_only:
+        print(f"{len(files)} per-task state dicts in {a.state_dicts}", flush=True)
+        return
+    base = None
     models = Models(files, classes, a.cache_bytes, a.side)
     run_lock = threading.Lock()
 
@@ -167,7 +171,8 @@ def main():
                 x = preprocess(body, a.side)
             except Exception as e:  # noqa: BLE001 - any decoding failure is the client's
                 return self.answer(400, {"error": f"the body: {e}"})
-            with run_lock:
+            # grad mode is per thread: each handler thread turns autograd off for itself
+            with run_lock, torch.inference_mode():
                 m = models.get(task)
                 logits = m(x)[0]
             prob = torch.softmax(logits, 0)

@@ -91,7 +91,8 @@ const SIDE: usize = 224;
 fn make_experts(dir: &Path, weights: &Path, n: usize, density: f64, classes: usize) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     std::fs::create_dir_all(dir)?;
     let sha = mosa_train::rundir::file_sha256(weights)?;
-    let identity = BackboneIdentity { model: "dinov2-vits14".into(), config: serde_json::Value::Null, weights: Some(weights.display().to_string()), sha256: Some(sha) };
+    let identity =
+        BackboneIdentity { model: "dinov2-vits14".into(), config: serde_json::Value::Null, weights: Some(weights.display().to_string()), sha256: Some(sha) };
     let meta = |task: &str, kind: ExpertKind| ExpertMeta {
         format: mosa_core::expert::EXPERT_FORMAT,
         kind,
@@ -193,7 +194,12 @@ impl Server {
 
     fn status_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
     }
 }
 
@@ -357,7 +363,7 @@ fn measure(
             break;
         }
     }
-    let at_bound = points.iter().filter(|p| p.p99_ms <= s.p99_bound_ms && p.errors == 0 && p.ok as f64 >= 0.99 * p.sent as f64).last();
+    let at_bound = points.iter().rfind(|p| p.p99_ms <= s.p99_bound_ms && p.errors == 0 && p.ok as f64 >= 0.99 * p.sent as f64);
     Ok(Row {
         server: name.into(),
         experts: tasks.len(),
@@ -382,6 +388,13 @@ fn ours(mosa: &Path, weights: &Path, files: &[PathBuf], max_batch: usize) -> any
 
 fn pytorch(python: &Path, weights: &Path, files: &[PathBuf], cache_bytes: u64, state_dicts: &Path) -> anyhow::Result<Server> {
     let script = crate::workspace_root().join("scripts/serve_pytorch.py");
+    // the per-task checkpoints are written first, apart: the server's memory is the serving's
+    let mut prep = Command::new(python);
+    prep.arg(&script).arg("--base").arg(weights).arg("--state-dicts").arg(state_dicts).arg("--experts").args(files);
+    prep.args(["--cache-bytes", "0", "--prepare-only"]);
+    if !prep.status().context("running scripts/serve_pytorch.py --prepare-only")?.success() {
+        bail!("scripts/serve_pytorch.py --prepare-only failed");
+    }
     let mut cmd = Command::new(python);
     cmd.arg(script).arg("--base").arg(weights).arg("--state-dicts").arg(state_dicts).arg("--experts").args(files);
     cmd.args(["--cache-bytes", &cache_bytes.to_string(), "--port", "0"]);
@@ -397,7 +410,8 @@ pub fn run(mosa: &Path, weights: &Path, s: &Settings) -> anyhow::Result<Vec<Row>
     let base_mib = file_mib(&[weights.to_path_buf()]);
     let mut rows = Vec::new();
     eprintln!("bench-serve: the base model alone");
-    let base = measure("mosa: base alone", ours(mosa, weights, std::slice::from_ref(&base_task), s.max_batch)?, &["base".into()], None, None, base_mib, s, &body)?;
+    let base =
+        measure("mosa: base alone", ours(mosa, weights, std::slice::from_ref(&base_task), s.max_batch)?, &["base".into()], None, None, base_mib, s, &body)?;
     let base_cap = base.capacity_rps;
     rows.push(base);
     for &n in &s.experts {

@@ -263,8 +263,13 @@ impl<B: Kernels> Worker<B> {
         for s in specs {
             let weights = s.change.as_ref().map(|c| {
                 // a dense change needs its parameters' bases: read from the model with the base in place
-                let missing: HashSet<String> =
-                    c.tensors.iter().filter(|(_, ch)| !matches!(ch, Change::Sparse { .. })).map(|(n, _)| n.clone()).filter(|n| !self.base.contains_key(n)).collect();
+                let missing: HashSet<String> = c
+                    .tensors
+                    .iter()
+                    .filter(|(_, ch)| !matches!(ch, Change::Sparse { .. }))
+                    .map(|(n, _)| n.clone())
+                    .filter(|n| !self.base.contains_key(n))
+                    .collect();
                 if !missing.is_empty() {
                     self.put_in_place(None);
                     let found = self.model.as_ref().expect("model").params_flat(&missing);

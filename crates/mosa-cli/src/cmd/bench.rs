@@ -79,6 +79,9 @@ pub enum Command {
     Merge(crate::cmd::bench_merge::Args),
     /// This machine's f32 FMA peak on all threads (the ceiling for GFLOP/s figures).
     Peak(crate::cmd::bench_peak::Args),
+    /// `mosa serve`'s two ways to run a sparse expert: its change put in place per batch, or
+    /// `x·ΔW` added beside each qkv on every batch (docs/serve.md).
+    Switch(crate::cmd::bench_switch::Args),
     /// Our packed GEMM against the `gemm` crate on the linears of a ViT-S/16 training step,
     /// alternating in every iteration (flex builds, AVX2 + FMA CPUs).
     #[cfg(feature = "flex")]
@@ -138,13 +141,14 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     let cmd = match cmd {
         Command::Merge(a) => return crate::cmd::bench_merge::run(a),
         Command::Peak(a) => return crate::cmd::bench_peak::run(a),
+        Command::Switch(a) => return crate::cmd::bench_switch::run(a),
         #[cfg(feature = "flex")]
         Command::Gemm(a) => return crate::cmd::bench_gemm::run(a),
         cmd => cmd,
     };
     let device = backend::device();
     match cmd {
-        Command::Merge(_) | Command::Peak(_) => unreachable!(),
+        Command::Merge(_) | Command::Peak(_) | Command::Switch(_) => unreachable!(),
         #[cfg(feature = "flex")]
         Command::Gemm(_) => unreachable!(),
         Command::Forward { common, batch } => {

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_gemm;
 pub mod bench_merge;
 pub mod bench_peak;
+pub mod bench_switch;
 pub mod data;
 pub mod expert;
 pub mod forward;
