@@ -47,6 +47,9 @@ try {
   if (errors.length) throw new Error("page errors: " + errors.join("; "));
   if (JSON.stringify(shown) !== JSON.stringify(want)) throw new Error("the page does not show what /predictions answers");
   console.log("ok: the page shows the same top " + shown.length);
+} catch (e) {
+  console.error(`check_page: ${e.message}`);
+  process.exitCode = 1;
 } finally {
   await browser.close();
 }

@@ -93,25 +93,30 @@ fn base_and_config(opts: &Options) -> Result<(StateDict, BackboneConfig, usize, 
         }
         files.extend(found);
     }
-    // what the first task file records
-    let recorded = files.iter().find_map(|f| {
+    // what the first task file records: its backbone config and resolution (each may be absent)
+    let recorded: Option<(Option<BackboneConfig>, Option<usize>)> = files.iter().find_map(|f| {
         let meta = mosa_models::load::safetensors::read_metadata(f).ok()?;
         if let Some(t) = meta.get("mosa.expert") {
             let m: mosa_core::expert::ExpertMeta = serde_json::from_str(t).ok()?;
-            Some((serde_json::from_value::<BackboneConfig>(m.backbone.config).ok()?, m.resolution))
+            Some((serde_json::from_value::<BackboneConfig>(m.backbone.config).ok(), m.resolution))
         } else {
             let m: mosa_train::merged::MergedMeta = serde_json::from_str(meta.get("mosa.merged")?).ok()?;
-            Some((serde_json::from_value::<BackboneConfig>(m.backbone.config).ok()?, m.tasks.first().and_then(|t| t.resolution)))
+            Some((serde_json::from_value::<BackboneConfig>(m.backbone.config).ok(), m.tasks.first().and_then(|t| t.resolution)))
         }
     });
-    let recorded = recorded.or(base_recorded);
-    let cfg = match (&opts.model, &recorded) {
-        (Some(c), _) => c.clone(),
-        (None, Some((c, _))) => c.clone(),
-        (None, None) => return Err(Error::Input("no task file records its backbone: give --model".into())),
-    };
-    let resolution =
-        opts.resolution.or(recorded.and_then(|(_, r)| r)).ok_or_else(|| Error::Input("no task records its resolution: give --resolution".into()))?;
+    let (recorded_cfg, recorded_res) = recorded.unwrap_or((None, None));
+    let (base_cfg, base_res) = base_recorded.map(|(c, r)| (Some(c), r)).unwrap_or((None, None));
+    let cfg = opts
+        .model
+        .clone()
+        .or(recorded_cfg)
+        .or(base_cfg)
+        .ok_or_else(|| Error::Input("no task file records its backbone: give --model".into()))?;
+    let resolution = opts
+        .resolution
+        .or(recorded_res)
+        .or(base_res)
+        .ok_or_else(|| Error::Input("no task records its resolution: give --resolution".into()))?;
     Ok((sd, cfg.with_num_classes(0).with_img_size(resolution), resolution, files))
 }
 
