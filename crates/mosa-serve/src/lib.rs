@@ -106,17 +106,8 @@ fn base_and_config(opts: &Options) -> Result<(StateDict, BackboneConfig, usize, 
     });
     let (recorded_cfg, recorded_res) = recorded.unwrap_or((None, None));
     let (base_cfg, base_res) = base_recorded.map(|(c, r)| (Some(c), r)).unwrap_or((None, None));
-    let cfg = opts
-        .model
-        .clone()
-        .or(recorded_cfg)
-        .or(base_cfg)
-        .ok_or_else(|| Error::Input("no task file records its backbone: give --model".into()))?;
-    let resolution = opts
-        .resolution
-        .or(recorded_res)
-        .or(base_res)
-        .ok_or_else(|| Error::Input("no task records its resolution: give --resolution".into()))?;
+    let cfg = opts.model.clone().or(recorded_cfg).or(base_cfg).ok_or_else(|| Error::Input("no task file records its backbone: give --model".into()))?;
+    let resolution = opts.resolution.or(recorded_res).or(base_res).ok_or_else(|| Error::Input("no task records its resolution: give --resolution".into()))?;
     Ok((sd, cfg.with_num_classes(0).with_img_size(resolution), resolution, files))
 }
 
