@@ -149,26 +149,30 @@ pub fn serve<B: Kernels>(opts: Options, device: B::Device, on_ready: impl FnOnce
         .map_err(|_| Error::Unavailable("the worker thread stopped".into()))?
         .map_err(|e| Error::Input(format!("{}: {e}", opts.base.display())))?;
     let base = Arc::new(Base { path: opts.base.clone(), sha256, layout, tensors: base_copy, resolution, features });
-    let mut specs = Vec::new();
+    // one file at a time to the worker, which turns it into device tensors: the host copy of a
+    // file's tasks is freed before the next file is read (100 experts never sit in memory twice)
+    let mut tasks = std::collections::BTreeMap::new();
     let mut seen = std::collections::HashMap::new();
     let base_file = [opts.base.clone()];
     let base_tasks = mosa_models::load::safetensors::read_metadata(&opts.base).is_ok_and(|m| m.contains_key("mosa.merged"));
-    for f in files.iter().chain(base_tasks.then_some(&base_file[0])) {
-        for s in task::read(f, &base)? {
+    let loaded = files.iter().chain(base_tasks.then_some(&base_file[0])).try_for_each(|f| {
+        let specs = task::read(f, &base)?;
+        for s in &specs {
             if let Some(prev) = seen.insert(s.meta.name.clone(), f.clone()) {
-                shared.close();
                 return Err(Error::Input(format!("task `{}` is served twice: by {} and by {}", s.meta.name, prev.display(), f.display())));
             }
-            specs.push(s);
+            tasks.insert(s.meta.name.clone(), Arc::new(s.meta.clone()));
         }
-    }
-    if specs.is_empty() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        shared.admin(worker::Admin::Load(specs, tx));
+        rx.blocking_recv().map_err(|_| Error::Unavailable("the worker stopped while loading the tasks".into()))?.map_err(Error::Input)
+    });
+    let loaded = loaded.and_then(|()| if tasks.is_empty() { Err(Error::Input("no tasks to serve".into())) } else { Ok(()) });
+    if let Err(e) = loaded {
         shared.close();
-        return Err(Error::Input("no tasks to serve".into()));
+        let _ = worker.join();
+        return Err(e);
     }
-    let tasks = specs.iter().map(|s| (s.meta.name.clone(), Arc::new(s.meta.clone()))).collect();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    shared.admin(worker::Admin::Load(specs, tx));
     let app = Arc::new(http::App {
         tasks: std::sync::RwLock::new(tasks),
         shared: shared.clone(),
@@ -186,7 +190,6 @@ pub fn serve<B: Kernels>(opts: Options, device: B::Device, on_ready: impl FnOnce
         .build()
         .map_err(|e| Error::Unavailable(format!("cannot start the HTTP runtime: {e}")))?;
     let result = runtime.block_on(async {
-        rx.await.map_err(|_| Error::Unavailable("the worker stopped while loading the tasks".into()))?.map_err(Error::Input)?;
         let listener = tokio::net::TcpListener::bind(opts.addr).await.map_err(|e| Error::Input(format!("cannot listen on {}: {e}", opts.addr)))?;
         let addr = listener.local_addr().map_err(|e| Error::Input(e.to_string()))?;
         app.ready.store(true, Ordering::SeqCst);
