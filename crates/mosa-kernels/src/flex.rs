@@ -158,35 +158,39 @@ fn flat_indices(t: &FlexTensor, n: usize) -> Option<Vec<usize>> {
     idx.iter().all(|&i| i < n).then_some(idx)
 }
 
+/// `f(&mut x[i], v)` for every index `i` and value `v`, in place, when `x` alone owns its
+/// buffer and the indices and values fit it; `false` (nothing done) otherwise.
+fn each_entry(x: &mut FlexTensor, indices: &FlexTensor, vals: &FlexTensor, mut f: impl FnMut(&mut f32, f32)) -> bool {
+    let n = x.layout().shape().num_elements();
+    let (Some(idx), Some(buf)) = (flat_indices(indices, n), in_place(x)) else { return false };
+    let v = values(vals);
+    if v.len() != idx.len() {
+        return false;
+    }
+    for (&i, &w) in idx.iter().zip(v.iter()) {
+        f(&mut buf[i], w);
+    }
+    true
+}
+
 impl Kernels for Flex {
     fn add_at(x: FloatTensor<Self>, indices: IntTensor<Self>, vals: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let mut x = x;
-        let n = x.layout().shape().num_elements();
-        if let (Some(idx), Some(buf)) = (flat_indices(&indices, n), in_place(&mut x)) {
-            let v = values(&vals);
-            if v.len() == idx.len() {
-                let old: Vec<f32> = idx.iter().map(|&i| buf[i]).collect();
-                for (&i, &d) in idx.iter().zip(v.iter()) {
-                    buf[i] += d;
-                }
-                let k = old.len();
-                return (x, tensor(old, [k]));
-            }
+        let mut old = Vec::with_capacity(indices.layout().shape().num_elements());
+        if each_entry(&mut x, &indices, &vals, |w, d| {
+            old.push(*w);
+            *w += d;
+        }) {
+            let k = old.len();
+            return (x, tensor(old, [k]));
         }
         crate::entries::composed_add_at::<Self>(x, indices, vals)
     }
 
     fn set_at(x: FloatTensor<Self>, indices: IntTensor<Self>, vals: FloatTensor<Self>) -> FloatTensor<Self> {
         let mut x = x;
-        let n = x.layout().shape().num_elements();
-        if let (Some(idx), Some(buf)) = (flat_indices(&indices, n), in_place(&mut x)) {
-            let v = values(&vals);
-            if v.len() == idx.len() {
-                for (&i, &w) in idx.iter().zip(v.iter()) {
-                    buf[i] = w;
-                }
-                return x;
-            }
+        if each_entry(&mut x, &indices, &vals, |w, v| *w = v) {
+            return x;
         }
         crate::entries::composed_set_at::<Self>(x, indices, vals)
     }

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{Metrics, RequestLabels, TaskLabel};
 use crate::task::{Base, TaskMeta};
 use crate::v2;
-use crate::worker::{Admin, Job, Shared};
+use crate::worker::{Admin, Job, Refused, Shared};
 
 /// Limits on requests.
 #[derive(Debug, Clone)]
@@ -143,8 +143,9 @@ async fn models(State(app): State<Arc<App>>) -> axum::Json<Value> {
 }
 
 fn task(app: &App, name: &str) -> Result<Arc<TaskMeta>> {
-    app.tasks.read().expect("tasks lock").get(name).cloned().ok_or_else(|| {
-        let names: Vec<String> = app.tasks.read().expect("tasks lock").keys().take(20).cloned().collect();
+    let tasks = app.tasks.read().expect("tasks lock");
+    tasks.get(name).cloned().ok_or_else(|| {
+        let names: Vec<&str> = tasks.keys().take(20).map(String::as_str).collect();
         Error::NotFound(format!("no task `{name}` (tasks: {})", names.join(", ")))
     })
 }
@@ -173,8 +174,8 @@ async fn run(app: &App, t: &TaskMeta, n: usize, input: Vec<f32>, arrived: Instan
     let job = Job { task: t.name.clone(), n, side: t.resolution, input, enqueued: Instant::now(), reply: tx };
     match app.shared.push(job, app.limits.max_queue) {
         Ok(()) => {}
-        Err((_, "closing")) => return Err(Error::Unavailable("the server is shutting down".into())),
-        Err(_) => return Err(Error::Busy(format!("the queue is full ({} images waiting); retry later", app.limits.max_queue))),
+        Err(Refused::Closing) => return Err(Error::Unavailable("the server is shutting down".into())),
+        Err(Refused::Full) => return Err(Error::Busy(format!("the queue is full ({} images waiting); retry later", app.limits.max_queue))),
     }
     let left = app.limits.timeout.saturating_sub(arrived.elapsed());
     match tokio::time::timeout(left, rx).await {

@@ -66,24 +66,39 @@ impl Options {
             resolution: None,
             addr: "127.0.0.1:8080".parse().expect("an address"),
             token: None,
-            batching: Batching { max_batch: 32, max_wait: Duration::from_millis(2), max_queue: 512 },
+            batching: Batching { max_batch: 32, max_wait: Duration::from_millis(2) },
             limits: Limits { max_body: 64 << 20, max_pixels: 40_000_000, timeout: Duration::from_secs(30), max_queue: 512, top_k: 5 },
         }
     }
 }
 
-/// The base's tensors, and the backbone config and resolution its files record.
-fn base_and_config(opts: &Options) -> Result<(StateDict, BackboneConfig, usize, Vec<PathBuf>)> {
+/// What the start reads before the model is built.
+struct Start {
+    /// The base's tensors (a merged base: its backbone).
+    sd: StateDict,
+    /// The backbone config, headless, at the serving resolution.
+    cfg: BackboneConfig,
+    resolution: usize,
+    /// The task files under `--experts`.
+    files: Vec<PathBuf>,
+    /// Whether the base is a merged file (its heads are tasks too).
+    merged_base: bool,
+    /// Whether a merged file is among the task files (its tensors are compared with the base's).
+    merged_files: bool,
+}
+
+/// The base's tensors, the task files, and the backbone config and resolution they record; each
+/// file's metadata is read once.
+fn start(opts: &Options) -> Result<Start> {
     let input = |e: String| Error::Input(e);
-    let base_meta = mosa_models::load::safetensors::read_metadata(&opts.base).ok();
-    let merged_base = base_meta.as_ref().is_some_and(|m| m.contains_key("mosa.merged"));
+    let merged_base = mosa_models::load::safetensors::read_metadata(&opts.base).is_ok_and(|m| m.contains_key("mosa.merged"));
     let (sd, base_recorded) = if merged_base {
         let m = mosa_train::merged::read_merged(&opts.base).map_err(|e| input(e.to_string()))?;
         let cfg = m.backbone_config().ok();
         let res = m.meta.tasks.first().and_then(|t| t.resolution);
-        (m.backbone, cfg.map(|c| (c, res)))
+        (m.backbone, (cfg, res))
     } else {
-        (mosa_models::read_checkpoint(&opts.base).map_err(|e| input(e.to_string()))?, None)
+        (mosa_models::read_checkpoint(&opts.base).map_err(|e| input(e.to_string()))?, (None, None))
     };
     let mut files = Vec::new();
     for p in &opts.experts {
@@ -94,35 +109,42 @@ fn base_and_config(opts: &Options) -> Result<(StateDict, BackboneConfig, usize, 
         files.extend(found);
     }
     // what the first task file records: its backbone config and resolution (each may be absent)
-    let recorded: Option<(Option<BackboneConfig>, Option<usize>)> = files.iter().find_map(|f| {
-        let meta = mosa_models::load::safetensors::read_metadata(f).ok()?;
-        if let Some(t) = meta.get("mosa.expert") {
-            let m: mosa_core::expert::ExpertMeta = serde_json::from_str(t).ok()?;
-            Some((serde_json::from_value::<BackboneConfig>(m.backbone.config).ok(), m.resolution))
+    let mut recorded: Option<(Option<BackboneConfig>, Option<usize>)> = None;
+    let mut merged_files = false;
+    for f in &files {
+        let Ok(meta) = mosa_models::load::safetensors::read_metadata(f) else { continue };
+        let this = if let Some(t) = meta.get("mosa.expert") {
+            serde_json::from_str::<mosa_core::expert::ExpertMeta>(t)
+                .ok()
+                .map(|m| (serde_json::from_value::<BackboneConfig>(m.backbone.config).ok(), m.resolution))
+        } else if let Some(t) = meta.get("mosa.merged") {
+            merged_files |= *f != opts.base;
+            serde_json::from_str::<mosa_train::merged::MergedMeta>(t)
+                .ok()
+                .map(|m| (serde_json::from_value::<BackboneConfig>(m.backbone.config).ok(), m.tasks.first().and_then(|t| t.resolution)))
         } else {
-            let m: mosa_train::merged::MergedMeta = serde_json::from_str(meta.get("mosa.merged")?).ok()?;
-            Some((serde_json::from_value::<BackboneConfig>(m.backbone.config).ok(), m.tasks.first().and_then(|t| t.resolution)))
-        }
-    });
+            None
+        };
+        recorded = recorded.or(this);
+    }
     let (recorded_cfg, recorded_res) = recorded.unwrap_or((None, None));
-    let (base_cfg, base_res) = base_recorded.map(|(c, r)| (Some(c), r)).unwrap_or((None, None));
+    let (base_cfg, base_res) = base_recorded;
     let cfg = opts.model.clone().or(recorded_cfg).or(base_cfg).ok_or_else(|| Error::Input("no task file records its backbone: give --model".into()))?;
     let resolution = opts.resolution.or(recorded_res).or(base_res).ok_or_else(|| Error::Input("no task records its resolution: give --resolution".into()))?;
-    Ok((sd, cfg.with_num_classes(0).with_img_size(resolution), resolution, files))
+    Ok(Start { sd, cfg: cfg.with_num_classes(0).with_img_size(resolution), resolution, files, merged_base, merged_files })
 }
 
 /// Starts the server and serves until SIGINT / SIGTERM (then finishes the requests in flight).
 /// `on_ready` gets the bound address (an `addr` with port 0 binds a free port).
 pub fn serve<B: Kernels>(opts: Options, device: B::Device, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let sha256 = mosa_train::rundir::file_sha256(&opts.base).map_err(|e| Error::Input(e.to_string()))?;
-    let (sd, cfg, resolution, files) = base_and_config(&opts)?;
+    let Start { sd, cfg, resolution, files, merged_base, merged_files } = start(&opts)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let shared = worker::Shared::new();
 
     // the worker builds the model on its own thread (a GPU context stays with one thread) and
     // reports the layout the task files are checked against
-    let keep_base = files.iter().any(|f| mosa_models::load::safetensors::read_metadata(f).is_ok_and(|m| m.contains_key("mosa.merged")) && *f != opts.base);
-    let base_copy = keep_base.then(|| Arc::new(sd.clone()));
+    let base_copy = merged_files.then(|| Arc::new(sd.clone()));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let worker = {
         let (shared, metrics, batching) = (shared.clone(), metrics.clone(), opts.batching);
@@ -153,9 +175,7 @@ pub fn serve<B: Kernels>(opts: Options, device: B::Device, on_ready: impl FnOnce
     // file's tasks is freed before the next file is read (100 experts never sit in memory twice)
     let mut tasks = std::collections::BTreeMap::new();
     let mut seen = std::collections::HashMap::new();
-    let base_file = [opts.base.clone()];
-    let base_tasks = mosa_models::load::safetensors::read_metadata(&opts.base).is_ok_and(|m| m.contains_key("mosa.merged"));
-    let loaded = files.iter().chain(base_tasks.then_some(&base_file[0])).try_for_each(|f| {
+    let loaded = files.iter().chain(merged_base.then_some(&opts.base)).try_for_each(|f| {
         let specs = task::read(f, &base)?;
         for s in &specs {
             if let Some(prev) = seen.insert(s.meta.name.clone(), f.clone()) {
@@ -177,7 +197,7 @@ pub fn serve<B: Kernels>(opts: Options, device: B::Device, on_ready: impl FnOnce
         tasks: std::sync::RwLock::new(tasks),
         shared: shared.clone(),
         metrics,
-        limits: http::Limits { max_queue: opts.batching.max_queue, ..opts.limits.clone() },
+        limits: opts.limits.clone(),
         token: opts.token.clone(),
         base,
         expert_paths: opts.experts.clone(),

@@ -3,7 +3,7 @@
 //! sharing one merged backbone). Everything the HTTP side needs to know about a task is in
 //! [`TaskMeta`]; what the worker installs is [`TaskSpec`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,6 +188,11 @@ fn class_names(classes: &[String], n: usize) -> Vec<String> {
     if classes.len() == n { classes.to_vec() } else { (0..n).map(|i| i.to_string()).collect() }
 }
 
+/// A dense tensor of timm's layout in the model's (a linear weight transposed).
+fn dense_in_model_layout(t: HostTensor, l: &ParamLayout) -> Vec<f32> {
+    if l.transposed && t.shape.len() == 2 { t.t().data } else { t.data }
+}
+
 /// One changed tensor in the model's layout.
 fn to_model_layout(shape: &[usize], delta: Delta, l: &ParamLayout) -> Change {
     let transposed = l.transposed && shape.len() == 2;
@@ -214,10 +219,7 @@ fn to_model_layout(shape: &[usize], delta: Delta, l: &ParamLayout) -> Change {
                 Change::LowRank { a_t: scaled_b, b_t: a }
             }
         }
-        Delta::Dense(d) => {
-            let t = HostTensor::new(shape.to_vec(), d);
-            Change::Dense(if transposed { t.t().data } else { t.data })
-        }
+        Delta::Dense(d) => Change::Dense(dense_in_model_layout(HostTensor::new(shape.to_vec(), d), l)),
     }
 }
 
@@ -270,19 +272,18 @@ fn from_merged(m: mosa_train::merged::Merged, path: &Path, bytes: u64, base: &Ba
             }
             // only the tensors the merge changed (bit for bit) travel
             if b.data.iter().zip(&t.data).any(|(x, y)| x.to_bits() != y.to_bits()) {
-                let v = if l.transposed && t.shape.len() == 2 { t.t().data } else { t.data.clone() };
-                tensors.push((name.clone(), Change::Replace(v)));
+                tensors.push((name.clone(), Change::Replace(dense_in_model_layout(t.clone(), l))));
             }
         }
         Some(WeightChange::new(tensors))
     };
+    let entries = change.as_ref().map(|c| c.tensors.iter().map(|(_, ch)| change_len(ch)).sum()).unwrap_or(0);
     let mut out = Vec::new();
     for info in &m.meta.tasks {
         let at = |msg: String| format!("task `{}`: {msg}", info.task);
         let head = m.heads.get(&info.task).cloned().ok_or_else(|| at("the merged file has no head for it".into()))?;
         check_head(&head, info.classes.len(), base).map_err(at)?;
         let resolution = check_resolution(info.resolution, base).map_err(at)?;
-        let entries = change.as_ref().map(|c| c.tensors.iter().map(|(_, ch)| change_len(ch)).sum()).unwrap_or(0);
         out.push(TaskSpec {
             meta: TaskMeta {
                 name: info.task.clone(),
@@ -307,21 +308,4 @@ fn change_len(c: &Change) -> usize {
         Change::LowRank { a_t, b_t } => a_t.data.len() + b_t.data.len(),
         Change::Dense(v) | Change::Replace(v) => v.len(),
     }
-}
-
-/// Reads every task of `paths` (files or folders); two tasks of one name are refused.
-pub fn read_all(paths: &[PathBuf], base: &Base) -> Result<Vec<TaskSpec>> {
-    let mut specs = Vec::new();
-    let mut seen: HashMap<String, PathBuf> = HashMap::new();
-    for p in paths {
-        for f in discover(p)? {
-            for s in read(&f, base)? {
-                if let Some(prev) = seen.insert(s.meta.name.clone(), f.clone()) {
-                    return Err(Error::Input(format!("task `{}` is served twice: by {} and by {}", s.meta.name, prev.display(), f.display())));
-                }
-                specs.push(s);
-            }
-        }
-    }
-    Ok(specs)
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 pub struct InferRequest {
     #[serde(default)]
     pub id: Option<String>,
+    /// Request parameters: accepted, none is read.
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
     pub inputs: Vec<InferInput>,
@@ -98,7 +99,6 @@ pub fn parse(body: &[u8], header_len: Option<usize>) -> Result<Parsed> {
         None => (body, &body[body.len()..]),
     };
     let req: InferRequest = serde_json::from_slice(json).map_err(|e| bad(format!("request JSON: {e}")))?;
-    let _ = &req.parameters;
     let mut input = None;
     for i in &req.inputs {
         let size = binary_size(&i.parameters)?;

@@ -4,11 +4,10 @@
 //! and answers each request. Loading and unloading tasks happen between batches, so every
 //! request is answered by exactly one state of the weights.
 //!
-//! A weight change is put in place by building the changed parameters from the base tensors
-//! (kept once, shared with the model while the base is in place): a sparse change is one
-//! scatter-add over the base copy, O(numel + nnz) per changed tensor and no arithmetic on the
-//! rest; a LoRA change one `a·b` product added; taking a change out hands the base tensors back,
-//! bit for bit, at no cost. (The alternative — the base untouched and `x·ΔW` added beside each
+//! A sparse change is added into the model's own tensors in place and taken out by writing the
+//! saved entries back ([`mosa_kernels::entries`]: O(nnz), bit for bit); a dense change (LoRA,
+//! full, a merged file's tensors) is built from the base tensor, which is kept, and taken out by
+//! handing the base back. (The alternative — the base untouched and `x·ΔW` added beside each
 //! changed linear layer on every batch — was measured against this: `docs/serve.md`.)
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -54,6 +53,27 @@ pub struct Queue {
     pub closing: bool,
 }
 
+impl Queue {
+    /// The front of `task`'s queue: jobs up to `max` images (a larger job alone).
+    fn take_batch(&mut self, task: &str, max: usize) -> Vec<Job> {
+        let Some(jobs) = self.by_task.get_mut(task) else { return Vec::new() };
+        let mut taken = Vec::new();
+        let mut n = 0;
+        while let Some(j) = jobs.front() {
+            if !taken.is_empty() && n + j.n > max {
+                break;
+            }
+            n += j.n;
+            taken.push(jobs.pop_front().expect("front"));
+        }
+        if jobs.is_empty() {
+            self.by_task.remove(task);
+        }
+        self.images -= n;
+        taken
+    }
+}
+
 pub struct Shared {
     pub queue: Mutex<Queue>,
     pub wake: Condvar,
@@ -66,8 +86,15 @@ pub struct Batching {
     pub max_batch: usize,
     /// How long the oldest request waits for its batch to fill.
     pub max_wait: Duration,
-    /// Most images waiting (beyond: 429).
-    pub max_queue: usize,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The server is shutting down.
+    Closing,
+    /// `max_queue` images already wait.
+    Full,
 }
 
 impl Shared {
@@ -76,13 +103,13 @@ impl Shared {
     }
 
     /// Queues a job; refused when `max_queue` images already wait or the server is closing.
-    pub fn push(&self, job: Job, max_queue: usize) -> std::result::Result<(), (Job, &'static str)> {
+    pub fn push(&self, job: Job, max_queue: usize) -> std::result::Result<(), Refused> {
         let mut q = self.queue.lock().expect("queue lock");
         if q.closing {
-            return Err((job, "closing"));
+            return Err(Refused::Closing);
         }
         if q.images + job.n > max_queue && q.images > 0 {
-            return Err((job, "full"));
+            return Err(Refused::Full);
         }
         q.images += job.n;
         q.by_task.entry(job.task.clone()).or_default().push_back(job);
@@ -131,20 +158,7 @@ fn next(shared: &Shared, b: &Batching) -> Work {
                     q = shared.wake.wait_timeout(q, b.max_wait - age).expect("queue lock").0;
                     continue;
                 }
-                let jobs = q.by_task.get_mut(&task).expect("present");
-                let mut taken = Vec::new();
-                let mut n = 0;
-                while let Some(j) = jobs.front() {
-                    if !taken.is_empty() && n + j.n > b.max_batch {
-                        break;
-                    }
-                    n += j.n;
-                    taken.push(jobs.pop_front().expect("front"));
-                }
-                if jobs.is_empty() {
-                    q.by_task.remove(&task);
-                }
-                q.images -= n;
+                let taken = q.take_batch(&task, b.max_batch);
                 return Work::Batch(task, taken);
             }
             None if q.closing => return Work::Stop,
@@ -153,12 +167,33 @@ fn next(shared: &Shared, b: &Batching) -> Work {
     }
 }
 
-/// A weight change as device tensors, in the model's layout.
+/// A weight change of one tensor as device tensors, in the model's layout.
 enum DeviceChange<B: Backend> {
+    /// Added in place ([`mosa_kernels::entries`]).
     Sparse { indices: Tensor<B, 1, Int>, values: Tensor<B, 1> },
+    /// Built from the base tensor.
+    Dense(DenseChange<B>),
+}
+
+enum DenseChange<B: Backend> {
     LowRank { a: Tensor<B, 2>, b: Tensor<B, 2> },
-    Dense(Tensor<B, 1>),
+    Add(Tensor<B, 1>),
     Replace(Tensor<B, 1>),
+}
+
+impl<B: Backend> DenseChange<B> {
+    /// The changed tensor (flattened), built from its base.
+    fn build(&self, base: &Tensor<B, 1>) -> Tensor<B, 1> {
+        match self {
+            DenseChange::LowRank { a, b } => {
+                let d = a.clone().matmul(b.clone());
+                let n = d.shape().num_elements();
+                base.clone() + d.reshape([n])
+            }
+            DenseChange::Add(d) => base.clone() + d.clone(),
+            DenseChange::Replace(t) => t.clone(),
+        }
+    }
 }
 
 struct DeviceWeights<B: Backend> {
@@ -168,6 +203,7 @@ struct DeviceWeights<B: Backend> {
 
 impl<B: Backend> DeviceWeights<B> {
     fn new(c: &WeightChange, device: &B::Device) -> Self {
+        let flat = |v: &[f32]| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
         let tensors = c
             .tensors
             .iter()
@@ -175,34 +211,19 @@ impl<B: Backend> DeviceWeights<B> {
                 let d = match ch {
                     Change::Sparse { indices, values } => DeviceChange::Sparse {
                         indices: Tensor::from_data(TensorData::new(indices.iter().map(|&i| i as i64).collect::<Vec<_>>(), [indices.len()]), device),
-                        values: Tensor::from_data(TensorData::new(values.clone(), [values.len()]), device),
+                        values: flat(values),
                     },
-                    Change::LowRank { a_t, b_t } => DeviceChange::LowRank {
+                    Change::LowRank { a_t, b_t } => DeviceChange::Dense(DenseChange::LowRank {
                         a: Tensor::from_data(TensorData::new(a_t.data.clone(), [a_t.shape[0], a_t.shape[1]]), device),
                         b: Tensor::from_data(TensorData::new(b_t.data.clone(), [b_t.shape[0], b_t.shape[1]]), device),
-                    },
-                    Change::Dense(v) => DeviceChange::Dense(Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device)),
-                    Change::Replace(v) => DeviceChange::Replace(Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device)),
+                    }),
+                    Change::Dense(v) => DeviceChange::Dense(DenseChange::Add(flat(v))),
+                    Change::Replace(v) => DeviceChange::Dense(DenseChange::Replace(flat(v))),
                 };
                 (name.clone(), d)
             })
             .collect();
         Self { id: c.id, tensors }
-    }
-
-    /// A dense change's tensor, built from its base (flattened); None for a sparse change,
-    /// which is added in place ([`mosa_kernels::entries`]).
-    fn dense(change: &DeviceChange<B>, base: &Tensor<B, 1>) -> Option<Tensor<B, 1>> {
-        match change {
-            DeviceChange::Sparse { .. } => None,
-            DeviceChange::LowRank { a, b } => {
-                let d = a.clone().matmul(b.clone());
-                let n = d.shape().num_elements();
-                Some(base.clone() + d.reshape([n]))
-            }
-            DeviceChange::Dense(d) => Some(base.clone() + d.clone()),
-            DeviceChange::Replace(t) => Some(t.clone()),
-        }
     }
 }
 
@@ -335,10 +356,14 @@ impl<B: Kernels> Worker<B> {
         let mut saved = HashMap::new();
         let base = &self.base;
         let mut step = |name: &str, t: Tensor<B, 1>| -> Tensor<B, 1> {
-            let t = match (undo.get(name), old.as_ref().and_then(|o| o.saved.get(name))) {
-                (Some(DeviceChange::Sparse { indices, .. }), Some(entries)) => mosa_kernels::entries::set_at(t, indices.clone(), entries.clone()),
-                (Some(_), _) => base[name].clone(),
-                (None, _) => t,
+            let t = match undo.get(name) {
+                Some(DeviceChange::Sparse { indices, .. }) => {
+                    let entries = old.as_ref().and_then(|o| o.saved.get(name)).expect("a sparse change in place saved its entries");
+                    mosa_kernels::entries::set_at(t, indices.clone(), entries.clone())
+                }
+                // the tensor in place is dropped: the base it was built from stays in `base`
+                Some(DeviceChange::Dense(_)) => base[name].clone(),
+                None => t,
             };
             match put.get(name) {
                 Some(DeviceChange::Sparse { indices, values }) => {
@@ -346,11 +371,7 @@ impl<B: Kernels> Worker<B> {
                     saved.insert(name.to_string(), entries);
                     t
                 }
-                Some(dense) => {
-                    // the tensor in place is dropped: the base it came from stays in `base`
-                    drop(t);
-                    DeviceWeights::dense(dense, &base[name]).expect("a dense change")
-                }
+                Some(DeviceChange::Dense(d)) => d.build(&base[name]),
                 None => t,
             }
         };
@@ -388,9 +409,13 @@ impl<B: Kernels> Worker<B> {
         let model = self.model.as_ref().expect("model");
         let mut logits: Vec<f32> = Vec::new();
         let per = 3 * side * side;
-        for chunk in input.chunks(max_batch * per) {
+        // at most `max_batch` images per pass (only a single larger request is split)
+        let mut rest = input;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(max_batch * per));
+            let chunk = std::mem::replace(&mut rest, tail);
             let m = chunk.len() / per;
-            let x = Tensor::<B, 4>::from_data(TensorData::new(chunk.to_vec(), [m, 3, side, side]), &self.device);
+            let x = Tensor::<B, 4>::from_data(TensorData::new(chunk, [m, 3, side, side]), &self.device);
             let out = head.forward(model.forward(x).pre_logits);
             logits.extend(out.into_data().into_vec::<f32>().expect("f32 logits"));
         }
@@ -414,42 +439,18 @@ impl<B: Kernels> Worker<B> {
                 }
                 Work::Admin(Admin::Unload(task, reply)) => {
                     // requests already queued for it are answered first
-                    let queued = {
-                        let mut q = shared.queue.lock().expect("queue lock");
-                        let jobs: Vec<Job> = q.by_task.remove(&task).map(Vec::from).unwrap_or_default();
-                        q.images -= jobs.iter().map(|j| j.n).sum::<usize>();
-                        jobs
-                    };
-                    for chunk in chunked(queued, batching.max_batch) {
-                        self.run(&task, chunk, batching.max_batch);
+                    loop {
+                        let batch = shared.queue.lock().expect("queue lock").take_batch(&task, batching.max_batch);
+                        if batch.is_empty() {
+                            break;
+                        }
+                        self.run(&task, batch, batching.max_batch);
                     }
                     let found = self.uninstall(&task);
                     let _ = reply.send(if found { Ok(()) } else { Err(format!("task `{task}` is not loaded")) });
                 }
-                Work::Batch(task, jobs) => {
-                    self.metrics.queue.set(shared.depth() as i64);
-                    self.run(&task, jobs, batching.max_batch);
-                }
+                Work::Batch(task, jobs) => self.run(&task, jobs, batching.max_batch),
             }
         }
     }
-}
-
-/// Jobs in batches of at most `max` images (a larger job alone).
-fn chunked(jobs: Vec<Job>, max: usize) -> Vec<Vec<Job>> {
-    let mut out: Vec<Vec<Job>> = Vec::new();
-    let mut n = 0;
-    for j in jobs {
-        match out.last_mut() {
-            Some(last) if n + j.n <= max => {
-                n += j.n;
-                last.push(j);
-            }
-            _ => {
-                n = j.n;
-                out.push(vec![j]);
-            }
-        }
-    }
-    out
 }

@@ -88,7 +88,8 @@ pub enum Command {
     Gemm(crate::cmd::bench_gemm::Args),
 }
 
-fn stats(mut t: Vec<f64>) -> (f64, f64, f64) {
+/// (median, min, max) of timings.
+pub(crate) fn stats(mut t: Vec<f64>) -> (f64, f64, f64) {
     t.sort_by(f64::total_cmp);
     (t[t.len() / 2], t[0], t[t.len() - 1])
 }

@@ -39,22 +39,17 @@ pub struct Args {
     iters: usize,
 }
 
-fn median(mut t: Vec<f64>) -> f64 {
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
-
+/// The median of `iters` timed calls after an untimed one.
 fn time(iters: usize, mut f: impl FnMut()) -> f64 {
     f();
-    median(
-        (0..iters)
-            .map(|_| {
-                let t0 = Instant::now();
-                f();
-                t0.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
+    let t = (0..iters)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    crate::cmd::bench::stats(t).0
 }
 
 /// One qkv's change: flat positions in the model's `[in, out]` layout (sorted) and values.

@@ -71,7 +71,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     opts.resolution = a.resolution;
     opts.addr = a.addr;
     opts.token = token;
-    opts.batching = mosa_serve::Batching { max_batch: a.max_batch, max_wait: Duration::from_secs_f64(a.max_wait_ms / 1000.0), max_queue: a.max_queue };
+    opts.batching = mosa_serve::Batching { max_batch: a.max_batch, max_wait: Duration::from_secs_f64(a.max_wait_ms / 1000.0) };
+    opts.limits.max_queue = a.max_queue;
     opts.limits.max_body = a.max_body_mib << 20;
     opts.limits.max_pixels = a.max_pixels;
     opts.limits.timeout = Duration::from_secs_f64(a.timeout_s);
