@@ -41,7 +41,7 @@ enum Command {
     Train(Box<cmd::train::TrainArgs>),
     /// Evaluate a saved run, or one task of a merged model, on a dataset split.
     Eval(cmd::train::EvalArgs),
-    /// Task experts: `expert export --run DIR`, `expert info FILE`.
+    /// Task experts: `expert export --run DIR [--format peft]`, `expert convert F --to peft`, `expert import PEFT_DIR`, `expert info FILE`.
     #[command(subcommand)]
     Expert(cmd::expert::Command),
     /// Merge task experts onto their base backbone (overlap-mean, mean, task arithmetic, TIES, DARE).

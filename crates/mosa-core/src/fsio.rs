@@ -57,6 +57,61 @@ fn remove_orphans(dir: &Path, name: &str) {
     }
 }
 
+/// Writes a folder of files atomically: the files go into a temporary folder beside `path`
+/// (fsynced), which is then renamed to `path`. A folder already at `path` is replaced only when
+/// `replaceable` says it holds nothing but what this kind of write made (it is renamed aside
+/// first and removed after the new one is in place); anything else there is refused, naming it.
+pub fn write_folder_atomic(path: &Path, files: &[(&str, &[u8])], replaceable: impl Fn(&Path) -> bool) -> crate::Result<()> {
+    let err = |p: &Path, source: std::io::Error| Error::Io { path: p.to_path_buf(), source };
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let old = match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_dir() => {
+            if !replaceable(path) {
+                return Err(Error::Io {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other("a folder with other files is there; only a folder this command wrote is ever replaced: write elsewhere"),
+                });
+            }
+            true
+        }
+        Ok(md) => {
+            return Err(Error::NotAFile { path: path.to_path_buf(), kind: if md.file_type().is_symlink() { "symbolic link" } else { kind(md.file_type()) } });
+        }
+        Err(_) => false,
+    };
+    std::fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.{}.", std::process::id())).suffix(TMP_SUFFIX).tempdir_in(parent).map_err(|e| err(parent, e))?;
+    for (file, bytes) in files {
+        let p = tmp.path().join(file);
+        let mut f = std::fs::File::create(&p).map_err(|e| err(&p, e))?;
+        f.write_all(bytes).map_err(|e| err(&p, e))?;
+        f.sync_all().map_err(|e| err(&p, e))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).map_err(|e| err(tmp.path(), e))?;
+    }
+    let aside = parent.join(format!(".{name}.{}.old{TMP_SUFFIX}", std::process::id()));
+    if old {
+        std::fs::rename(path, &aside).map_err(|e| err(path, e))?;
+    }
+    let tmp = tmp.keep();
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        // put the previous folder back: a failed write leaves what was there
+        if old {
+            let _ = std::fs::rename(&aside, path);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(err(path, e));
+    }
+    if old {
+        std::fs::remove_dir_all(&aside).map_err(|e| err(&aside, e))?;
+    }
+    Ok(())
+}
+
 /// Why [`read_bounded`] refused a file.
 #[derive(Debug)]
 pub enum ReadError {
@@ -169,6 +224,29 @@ mod tests {
             assert!(matches!(read_bounded(&fifo, 100), Err(ReadError::NotRegular("FIFO"))));
         }
         assert!(matches!(read_bounded(&dir.path().join("none"), 100), Err(ReadError::Io(_))));
+    }
+
+    #[test]
+    fn a_folder_is_written_whole_and_replaces_only_its_own_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("adapter");
+        let ours = |p: &Path| std::fs::read_dir(p).unwrap().flatten().all(|e| e.file_name() == "a.json" || e.file_name() == "b.bin");
+        write_folder_atomic(&out, &[("a.json", b"{}"), ("b.bin", b"12")], ours).unwrap();
+        assert_eq!(std::fs::read(out.join("b.bin")).unwrap(), b"12");
+        write_folder_atomic(&out, &[("a.json", b"{\"x\": 1}")], ours).unwrap();
+        assert_eq!(std::fs::read(out.join("a.json")).unwrap(), b"{\"x\": 1}");
+        assert!(!out.join("b.bin").exists(), "the old folder's file stays");
+        std::fs::write(out.join("notes.txt"), b"mine").unwrap();
+        let e = write_folder_atomic(&out, &[("a.json", b"{}")], ours).unwrap_err().to_string();
+        assert!(e.contains("only a folder this command wrote"), "{e}");
+        assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(write_folder_atomic(&file, &[("a.json", b"{}")], ours).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
+        // nothing temporary is left beside them
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! - [`mask`]: partitions and exact top-k; [`rng`]: the seeded generator behind every draw;
 //! - [`params`]: parameters by path (one path stack), values in and out;
 //! - [`expert`]: the task-expert file (sparse / LoRA / full); [`merge`]: merging experts in
-//!   index space, and hot-swap;
+//!   index space, and hot-swap; [`peft`]: experts as HF PEFT LoRA / SHiRA adapter folders, and back;
 //! - [`host`]: the one host tensor type; [`fsio`]: the one atomic-write helper;
 //! - [`error`]: the typed [`Error`] every fallible function here returns.
 
@@ -28,6 +28,7 @@ pub mod merge;
 pub mod method;
 pub mod mosa;
 pub mod params;
+pub mod peft;
 pub mod places;
 pub mod prompt;
 pub mod pruned;

@@ -25,6 +25,9 @@ use crate::vit::VitConfig;
 pub struct Preset {
     pub name: &'static str,
     pub description: &'static str,
+    /// timm's model name for the same architecture (and, with a `.tag`, the weights the preset
+    /// is described with): what a PyTorch user passes to `timm.create_model`.
+    pub timm: &'static str,
     pub config: fn() -> BackboneConfig,
     pub preprocess: Preprocess,
 }
@@ -45,60 +48,93 @@ fn convnext(depths: [usize; 4], dims: [usize; 4]) -> BackboneConfig {
 
 /// Every preset, in the order `mosa info` lists them.
 pub const PRESETS: &[Preset] = &[
-    Preset { name: "vit-ti16", description: "ViT-Ti/16 (d 192, 12 blocks, 3 heads)", config: || BackboneConfig::Vit(vit(192, 12, 3, 16)), preprocess: IN224 },
-    Preset { name: "vit-s16", description: "ViT-S/16 (d 384, 12 blocks, 6 heads)", config: || BackboneConfig::Vit(vit(384, 12, 6, 16)), preprocess: IN224 },
+    Preset {
+        name: "vit-ti16",
+        timm: "vit_tiny_patch16_224",
+        description: "ViT-Ti/16 (d 192, 12 blocks, 3 heads)",
+        config: || BackboneConfig::Vit(vit(192, 12, 3, 16)),
+        preprocess: IN224,
+    },
+    Preset {
+        name: "vit-s16",
+        timm: "vit_small_patch16_224",
+        description: "ViT-S/16 (d 384, 12 blocks, 6 heads)",
+        config: || BackboneConfig::Vit(vit(384, 12, 6, 16)),
+        preprocess: IN224,
+    },
     Preset {
         name: "vit-b16",
+        timm: "vit_base_patch16_224.orig_in21k",
         description: "ViT-B/16 (d 768, 12 blocks, 12 heads); ImageNet-21k .npz of the MoSA paper",
         config: || BackboneConfig::Vit(vit(768, 12, 12, 16)),
         preprocess: IN224,
     },
-    Preset { name: "vit-l16", description: "ViT-L/16 (d 1024, 24 blocks, 16 heads)", config: || BackboneConfig::Vit(vit(1024, 24, 16, 16)), preprocess: IN224 },
-    Preset { name: "vit-h14", description: "ViT-H/14 (d 1280, 32 blocks, 16 heads)", config: || BackboneConfig::Vit(vit(1280, 32, 16, 14)), preprocess: IN224 },
+    Preset {
+        name: "vit-l16",
+        timm: "vit_large_patch16_224",
+        description: "ViT-L/16 (d 1024, 24 blocks, 16 heads)",
+        config: || BackboneConfig::Vit(vit(1024, 24, 16, 16)),
+        preprocess: IN224,
+    },
+    Preset {
+        name: "vit-h14",
+        timm: "vit_huge_patch14_224",
+        description: "ViT-H/14 (d 1280, 32 blocks, 16 heads)",
+        config: || BackboneConfig::Vit(vit(1280, 32, 16, 14)),
+        preprocess: IN224,
+    },
     Preset {
         name: "dinov2-vits14",
+        timm: "vit_small_patch14_dinov2.lvd142m",
         description: "DINOv2 ViT-S/14 (d 384, 12 blocks, 6 heads, LayerScale, 37x37 grid); `mosa weights fetch`",
         config: || BackboneConfig::Vit(vit(384, 12, 6, 14).with_img_size(518).with_init_values(Some(1.0)).with_pos_resample(Resample::Bicubic)),
         preprocess: IN224,
     },
     Preset {
         name: "swin-t",
+        timm: "swin_tiny_patch4_window7_224",
         description: "Swin-T (d 96, depths 2-2-6-2, window 7, 224)",
         config: || swin(96, [2, 2, 6, 2], [3, 6, 12, 24]),
         preprocess: IN224,
     },
     Preset {
         name: "swin-s",
+        timm: "swin_small_patch4_window7_224",
         description: "Swin-S (d 96, depths 2-2-18-2, window 7, 224)",
         config: || swin(96, [2, 2, 18, 2], [3, 6, 12, 24]),
         preprocess: IN224,
     },
     Preset {
         name: "swin-b",
+        timm: "swin_base_patch4_window7_224",
         description: "Swin-B (d 128, depths 2-2-18-2, window 7, 224)",
         config: || swin(128, [2, 2, 18, 2], [4, 8, 16, 32]),
         preprocess: IN224,
     },
     Preset {
         name: "swin-b-22k",
+        timm: "swin_base_patch4_window7_224.ms_in22k",
         description: "Swin-B for ImageNet-22k weights (`swin_base_patch4_window7_224.ms_in22k`, the MoSA paper's Swin)",
         config: || swin(128, [2, 2, 18, 2], [4, 8, 16, 32]),
         preprocess: IN224,
     },
     Preset {
         name: "convnext-t",
+        timm: "convnext_tiny",
         description: "ConvNeXt-T (dims 96-768, depths 3-3-9-3)",
         config: || convnext([3, 3, 9, 3], [96, 192, 384, 768]),
         preprocess: IN224,
     },
     Preset {
         name: "convnext-s",
+        timm: "convnext_small",
         description: "ConvNeXt-S (dims 96-768, depths 3-3-27-3)",
         config: || convnext([3, 3, 27, 3], [96, 192, 384, 768]),
         preprocess: IN224,
     },
     Preset {
         name: "convnext-b",
+        timm: "convnext_base",
         description: "ConvNeXt-B (dims 128-1024, depths 3-3-27-3)",
         config: || convnext([3, 3, 27, 3], [128, 256, 512, 1024]),
         preprocess: IN224,
@@ -107,6 +143,16 @@ pub const PRESETS: &[Preset] = &[
 
 pub fn preset(name: &str) -> Option<BackboneConfig> {
     PRESETS.iter().find(|p| p.name == name).map(|p| (p.config)())
+}
+
+/// timm's model name of a preset.
+pub fn timm_name(name: &str) -> Option<&'static str> {
+    PRESETS.iter().find(|p| p.name == name).map(|p| p.timm)
+}
+
+/// The preset whose timm name is `timm` (with or without a `.tag`).
+pub fn from_timm_name(timm: &str) -> Option<&'static Preset> {
+    PRESETS.iter().find(|p| p.timm == timm).or_else(|| PRESETS.iter().find(|p| p.timm.split('.').next() == Some(timm.split('.').next().unwrap_or(timm))))
 }
 
 pub fn preset_names() -> Vec<&'static str> {

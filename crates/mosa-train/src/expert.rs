@@ -135,9 +135,8 @@ pub fn expert_of<B: Kernels>(model: &Backbone<B>, o: &Origin<'_>, values: ValueD
     Ok(e)
 }
 
-/// Makes the expert of a finished run directory and writes it to `out`; returns the expert and
-/// the file size.
-pub fn export_run<B: Kernels>(dir: &Path, out: &Path, values: ValueDtype, device: &B::Device) -> Result<(Expert, u64)> {
+/// The expert of a finished run directory (refused, saying why, for a run that has not finished).
+pub fn expert_of_run<B: Kernels>(dir: &Path, values: ValueDtype, device: &B::Device) -> Result<Expert> {
     let rd = crate::rundir::RunDir::new(dir);
     if !rd.config().exists() {
         return Err(Error::Input(format!("--run {}: not a run directory (no config.json)", dir.display())));
@@ -150,13 +149,20 @@ pub fn export_run<B: Kernels>(dir: &Path, out: &Path, values: ValueDtype, device
         };
         return Err(Error::Input(format!("--run {}: the run has not finished (no summary.json yet): {how}", dir.display())));
     }
-    // the expert may replace none of the run's other files (only its own expert.safetensors)
-    crate::output::check_output(out, &[rd.checkpoint().as_path(), rd.model().as_path(), rd.config().as_path()], Some(&rd.expert()))?;
     let cfg = rd.read_config()?;
     let summary = rd.summary()?;
     let model = crate::rundir::load_run_unmerged::<B>(dir, device)?;
     let ds = mosa_data::Dataset::open(&cfg.run.dataset.parse()?)?;
-    let e = expert_of(&model, &Origin::new(&cfg.run, &cfg.backbone, &summary, &ds), values, device)?;
+    expert_of(&model, &Origin::new(&cfg.run, &cfg.backbone, &summary, &ds), values, device)
+}
+
+/// Makes the expert of a finished run directory and writes it to `out`; returns the expert and
+/// the file size.
+pub fn export_run<B: Kernels>(dir: &Path, out: &Path, values: ValueDtype, device: &B::Device) -> Result<(Expert, u64)> {
+    let rd = crate::rundir::RunDir::new(dir);
+    // the expert may replace none of the run's other files (only its own expert.safetensors)
+    crate::output::check_output(out, &[rd.checkpoint().as_path(), rd.model().as_path(), rd.config().as_path()], Some(&rd.expert()))?;
+    let e = expert_of_run::<B>(dir, values, device)?;
     let bytes = e.write(out).map_err(|e| Error::Checkpoint(e.to_string()))?;
     Ok((e, bytes))
 }

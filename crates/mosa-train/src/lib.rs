@@ -6,7 +6,8 @@
 //!   [`rundir`]: the saved run (typed directory, backbone identity, saved model, `load_run`);
 //! - [`loss`]: CE, symmetric KL with stop-gradient, DEEPREG; [`checkpoint`]: the resumable state;
 //! - [`metrics`]: per-epoch metrics and the summary; [`progress`]: terminal bar or plain lines;
-//! - [`optim`]: the reference AdamW and warm-up cosine.
+//! - [`optim`]: the reference AdamW and warm-up cosine;
+//! - [`expert`]: a run as a task expert; [`peft`]: experts to and from HF PEFT adapter folders.
 
 pub mod checkpoint;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod output;
+pub mod peft;
 pub mod progress;
 pub mod rundir;
 pub mod step;
