@@ -8,7 +8,8 @@ On the tiny timm ViT fixture (../shared/fixtures/vit.*: img 32, patch 8, dim 48,
    (`PeftModel.from_pretrained(timm.create_model(...), dir)`) and its logits on the fixture input
    are compared with `mosa merge` (the one expert) + `mosa forward --task` (max |Δ| ≤ 1e-5).
 2. **PEFT → mosa.** PEFT trains a LoRA (rank / alpha patterns) and a SHiRA adapter 5 steps in
-   PyTorch on the same base and saves them; `mosa expert import` reads them, and mosa's logits
+   PyTorch on the same base, an rsLoRA on the Swin fixture and a SHiRA on the ConvNeXt fixture
+   (heads `head.fc`), and saves them; `mosa expert import` reads them, and mosa's logits
    (merge + forward --task) are compared with PEFT's (≤ 1e-5).
 3. **Merged with our own.** The imported SHiRA with mosa's sparse expert, and the imported LoRA
    with mosa's LoRA expert, task arithmetic λ = 1: every task's logits against the same merge done
@@ -49,24 +50,36 @@ def run(cmd):
     return r.stdout
 
 
+FAMILIES = {
+    "vit": timm.models.vision_transformer.VisionTransformer,
+    "swin": timm.models.swin_transformer.SwinTransformer,
+    "convnext": timm.models.convnext.ConvNeXt,
+}
+
+
 class Base:
-    def __init__(self, fixtures):
-        self.json = os.path.join(fixtures, "vit.json")
-        self.weights = os.path.join(fixtures, "vit.safetensors")
+    """A tiny timm fixture model (its constructor arguments, weights and input)."""
+
+    def __init__(self, fixtures, name="vit"):
+        self.name = name
+        self.json = os.path.join(fixtures, f"{name}.json")
+        self.weights = os.path.join(fixtures, f"{name}.safetensors")
         self.kwargs = json.load(open(self.json))["kwargs"]
         self.sd = load_file(self.weights)
-        self.input = load_file(os.path.join(fixtures, "vit_io.safetensors"))["input"]
+        self.input = load_file(os.path.join(fixtures, f"{name}_io.safetensors"))["input"]
+        self.head = "head" if name == "vit" else "head.fc"
 
     def model(self, classes):
-        kw = dict(self.kwargs, num_classes=classes)
-        m = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kw)
-        sd = {k: v for k, v in self.sd.items() if not (k.startswith("head.") and classes != self.kwargs["num_classes"])}
+        m = FAMILIES[self.name](**dict(self.kwargs, num_classes=classes))
+        own = classes == self.kwargs["num_classes"]
+        sd = {k: v for k, v in self.sd.items() if own or not k.startswith(self.head + ".")}
         missing, unexpected = m.load_state_dict(sd, strict=False)
-        assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+        assert not unexpected and all(k.startswith(self.head + ".") for k in missing), (missing, unexpected)
         return m.eval()
 
 
 def mosa_logits(mosa, base, expert, task, work):
+    os.makedirs(work, exist_ok=True)
     merged = os.path.join(work, f"merged-{task}.safetensors")
     run([mosa, "merge", expert, "--method", "task-arithmetic", "--lambda", "1", "--base", base.weights, "--out", merged])
     return forward(mosa, base, merged, task, work)
@@ -74,7 +87,7 @@ def mosa_logits(mosa, base, expert, task, work):
 
 def forward(mosa, base, merged, task, work):
     os.makedirs(work, exist_ok=True)
-    inp = os.path.join(work, "input.safetensors")
+    inp = os.path.join(work, f"input-{base.name}.safetensors")
     if not os.path.exists(inp):
         save_file({"input": base.input.contiguous()}, inp)
     out = os.path.join(work, f"out-{task}.safetensors")
@@ -89,8 +102,9 @@ def peft_model(base, classes, adapter):
 def train_peft(base, config, steps, seed):
     torch.manual_seed(seed)
     m = get_peft_model(base.model(5), config)
+    side = base.input.shape[-1]
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
-    x = torch.randn(16, 3, 32, 32)
+    x = torch.randn(16, 3, side, side)
     y = torch.randint(0, 5, (16,))
     for _ in range(steps):
         loss = torch.nn.functional.cross_entropy(m(x), y)
@@ -160,26 +174,29 @@ def main():
         shutil.rmtree(resaved[method], ignore_errors=True)
         pm.save_pretrained(resaved[method])
 
-    # 2. PEFT → mosa
+    # 2. PEFT → mosa: on the ViT, and on the Swin and ConvNeXt fixtures (head `head.fc`)
+    swin, convnext = Base(a.fixtures, "swin"), Base(a.fixtures, "convnext")
     trained = {
-        "lora": LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"],
-                           rank_pattern={"fc2": 2}, alpha_pattern={"blocks.1.attn.proj": 3}),
-        "shira": ShiraConfig(r=2, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"], random_seed=7),
+        "lora": (base, LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"],
+                                  rank_pattern={"fc2": 2}, alpha_pattern={"blocks.1.attn.proj": 3})),
+        "shira": (base, ShiraConfig(r=2, target_modules=["qkv", "attn.proj", "fc1", "fc2"], modules_to_save=["head"], random_seed=7)),
+        "swin_lora": (swin, LoraConfig(r=2, lora_alpha=4, use_rslora=True, target_modules=["qkv", "fc1", "fc2"], modules_to_save=["head.fc"])),
+        "convnext_shira": (convnext, ShiraConfig(r=1, target_modules=["fc1", "fc2"], modules_to_save=["head.fc"], random_seed=5)),
     }
     imported, torch_logits, pms = {}, {}, {}
-    for name, cfg in trained.items():
-        pm = train_peft(base, cfg, steps=5, seed=11)
+    for name, (fam, cfg) in trained.items():
+        pm = train_peft(fam, cfg, steps=5, seed=11)
         tdir = os.path.join(work, f"torch-{name}")
         shutil.rmtree(tdir, ignore_errors=True)
         pm.save_pretrained(tdir)
         pms[name] = pm
         with torch.no_grad():
-            torch_logits[name] = pm(base.input)
+            torch_logits[name] = pm(fam.input)
         out = os.path.join(work, f"imported-{name}.safetensors")
-        msg = run([mosa, "expert", "import", tdir, "--base", base.weights, "--model", base.json, "--task", f"torch-{name}", "--out", out]).strip()
+        msg = run([mosa, "expert", "import", tdir, "--base", fam.weights, "--model", fam.json, "--task", f"torch-{name}", "--out", out]).strip()
         imported[name] = out
-        ours = mosa_logits(mosa, base, out, f"torch-{name}", os.path.join(work, f"i-{name}"))
-        check(f"PEFT {name.upper()} (PyTorch, 5 steps) → mosa expert import", torch_logits[name], ours, msg.split("(", 1)[1].rsplit(",", 1)[0])
+        ours = mosa_logits(mosa, fam, out, f"torch-{name}", os.path.join(work, f"i-{name}"))
+        check(f"PEFT {cfg.peft_type.value} on the {fam.name} (PyTorch, 5 steps) → mosa expert import", torch_logits[name], ours, msg.split("(", 1)[1].rsplit(",", 1)[0])
 
     # 3. merged with our own experts: task arithmetic, λ = 1, against the same merge in PyTorch
     for mine, theirs in [("sparse", "shira"), ("lora", "lora")]:
@@ -200,7 +217,7 @@ def main():
             ours = forward(mosa, base, merged, task, os.path.join(work, f"mm-{mine}-{task}"))
             check(f"merge of mosa {mine} + imported {theirs.upper()}: task {task}", ref, ours, "task arithmetic λ 1 vs PyTorch W0 + ΔW₁ + ΔW₂")
 
-    print(f"torch {torch.__version__}, timm {timm.__version__}, peft {peft.__version__}; base: tiny timm ViT fixture; input {tuple(base.input.shape)}\n")
+    print(f"torch {torch.__version__}, timm {timm.__version__}, peft {peft.__version__}; bases: the tiny timm ViT, Swin and ConvNeXt fixtures; inputs of 2 images\n")
     print("| check | logits | max abs diff | result | what |")
     print("|---|---|---:|---|---|")
     for r in rows:
@@ -218,7 +235,7 @@ def main():
             dst = os.path.join(fx, f"mosa_{method}_peft")
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(resaved[method], dst, ignore=shutil.ignore_patterns("README.md"))
-        io = {"input": base.input.contiguous()}
+        io = {"input": base.input.contiguous(), "input_swin": swin.input.contiguous(), "input_convnext": convnext.input.contiguous()}
         io.update({f"torch_{k}": v.contiguous() for k, v in torch_logits.items()})
         io.update({f"mosa_{k}": v.contiguous() for k, v in peft_logits.items()})
         save_file(io, os.path.join(fx, "logits.safetensors"), metadata={"torch": torch.__version__, "timm": timm.__version__, "peft": peft.__version__})

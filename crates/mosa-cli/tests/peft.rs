@@ -47,8 +47,13 @@ fn data() -> PathBuf {
 }
 
 fn base() -> (PathBuf, PathBuf) {
+    family("vit")
+}
+
+/// A tiny timm fixture model: its config and weights.
+fn family(name: &str) -> (PathBuf, PathBuf) {
     let f = fixtures();
-    (f.join("vit.json"), f.join("vit.safetensors"))
+    (f.join(format!("{name}.json")), f.join(format!("{name}.safetensors")))
 }
 
 fn s(p: &Path) -> &str {
@@ -58,16 +63,26 @@ fn s(p: &Path) -> &str {
 /// `mosa merge` of one expert (task arithmetic, λ 1: the base plus its change) and `mosa forward
 /// --task` on the fixture input: the logits.
 fn logits(dir: &Path, expert: &Path, task: &str) -> Vec<f32> {
-    let (cfg, w) = base();
+    family_logits(dir, "vit", expert, task)
+}
+
+fn family_logits(dir: &Path, fam: &str, expert: &Path, task: &str) -> Vec<f32> {
+    let (cfg, w) = family(fam);
     let merged = dir.join(format!("merged-{task}.safetensors"));
     ok(mosa(&["merge", s(expert), "--method", "task-arithmetic", "--lambda", "1", "--base", s(&w), "--out", s(&merged)]));
     forward(dir, &cfg, &merged, task)
 }
 
+/// `mosa forward --task` on the fixture input of the model `cfg` describes.
 fn forward(dir: &Path, cfg: &Path, merged: &Path, task: &str) -> Vec<f32> {
-    let inp = dir.join("input.safetensors");
+    let key = match cfg.file_stem().and_then(|s| s.to_str()) {
+        Some("vit") => "input".to_string(),
+        Some(f) => format!("input_{f}"),
+        None => unreachable!(),
+    };
+    let inp = dir.join(format!("{key}.safetensors"));
     let io = st::read(&data().join("logits.safetensors")).unwrap();
-    std::fs::write(&inp, st::serialize(&[("input".to_string(), &io.tensors["input"])], None).unwrap()).unwrap();
+    std::fs::write(&inp, st::serialize(&[("input".to_string(), &io.tensors[&key])], None).unwrap()).unwrap();
     let out = dir.join(format!("out-{task}.safetensors"));
     ok(mosa(&["forward", "--model", s(cfg), "--weights", s(merged), "--task", task, "--input", s(&inp), "--out", s(&out)]));
     st::read(&out).unwrap().tensors["logits"].data.clone()
@@ -236,6 +251,24 @@ fn peft_trained_adapters_import_to_peft_s_logits_and_merge_with_ours() {
         }
         assert_eq!(e.head.as_ref().unwrap().weight.shape, vec![5, 48]);
         let d = max_diff(&logits(tmp.path(), &out, name), &reference(&format!("torch_{name}")));
+        assert!(d <= 1e-5, "{name}: logits differ from PEFT's by {d}");
+    }
+    // the hierarchical families (head `head.fc`): an rsLoRA (scale α/√r) on the Swin, a SHiRA
+    // (r 1) on the ConvNeXt
+    for (fam, name, modules) in [("swin", "swin_lora", 12), ("convnext", "convnext_shira", 8)] {
+        let (cfg, w) = family(fam);
+        let dir = data().join(format!("torch_{name}"));
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        ok(mosa(&["expert", "import", s(&dir), "--base", s(&w), "--model", s(&cfg), "--task", name, "--out", s(&out)]));
+        let e = Expert::read(&out).unwrap();
+        assert_eq!(e.tensors.len(), modules, "{name}");
+        let t = raw(&dir.join("adapter_model.safetensors"));
+        for x in &e.tensors {
+            let scale = if fam == "swin" { 4.0 / 2f32.sqrt() } else { 1.0 };
+            let d = max_diff(&x.delta.to_dense(x.numel()), &dense_delta(&t, x.name.trim_end_matches(".weight"), x.shape[0], x.shape[1], scale));
+            assert!(d <= 1e-6, "{name} {}: ΔW differs by {d}", x.name);
+        }
+        let d = max_diff(&family_logits(tmp.path(), fam, &out, name), &reference(&format!("torch_{name}")));
         assert!(d <= 1e-5, "{name}: logits differ from PEFT's by {d}");
     }
     // merged with our own expert of the same kind: W0 + ΔW_ours + ΔW_theirs, both heads kept

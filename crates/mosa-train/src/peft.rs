@@ -43,7 +43,7 @@ fn readme(e: &Expert, what: &str, load: &str) -> String {
     let m = &e.meta;
     let b = &m.backbone;
     format!(
-        "{README_MARK}\n# `{task}`: a mosa {kind:?} expert as {what}\n\nTask `{task}` ({n} classes: {classes}), trained on `{dataset}` at {res} px by mosa.\n\n\
+        "{README_MARK}\n# `{task}`: a mosa {kind:?} expert as {what}\n\nTask `{task}` ({n} classes: {classes}); data `{dataset}`; input side {res} px.\n\n\
          Base: `{model}` (timm `{timm}`), weights `{weights}`, SHA-256 `{sha}`.\nBackbone config (mosa): `{config}`\n\n\
          ```python\nimport timm, torch\nfrom safetensors.torch import load_file\n\n\
          model = timm.create_model(\"{timm}\", num_classes={n})  # the base's architecture (for a custom config: its constructor arguments)\n\
