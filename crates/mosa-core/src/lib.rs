@@ -1,5 +1,18 @@
 //! mosa-core: the building blocks of parameter-efficient tuning that know no concrete backbone.
 //!
+//! ```
+//! use mosa_core::expert::Delta;
+//! use mosa_core::merge::{MergeConfig, MergeMethod, merge_tensor};
+//!
+//! // two sparse task experts of one 2×3 weight, as indices + values
+//! let a = Delta::Sparse { indices: vec![0, 2], values: vec![0.5, 1.0] };
+//! let b = Delta::Sparse { indices: vec![2, 5], values: vec![3.0, -1.0] };
+//! // overlap-mean in index space: an entry kept by both experts gets the mean of their values
+//! let mut w = vec![1.0_f32; 6];
+//! merge_tensor(&mut w, &[(0, &a), (1, &b)], &MergeConfig::new(MergeMethod::OverlapMean), 2.0, 0);
+//! assert_eq!(w, [1.5, 1.0, 3.0, 1.0, 1.0, 0.0]);
+//! ```
+//!
 //! - [`site`]: the typed hook points a backbone declares ([`PeftHost`], [`site::TunableLinear`]);
 //! - [`method`]: the tagged [`Method`] enum with each method's options; [`inject`]: apply a
 //!   method to any host, merge, mask gradients, sparse masks, parameter groups;

@@ -5,6 +5,19 @@
 //! `Autodiff<B>` implements them with its own backward steps, which call `B`'s kernels; NdArray,
 //! CUDA and wgpu take the defaults.
 //!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::tensor::Tensor;
+//!
+//! let device = Default::default();
+//! let x = Tensor::<Flex, 1>::from_floats([-1.0, 0.0, 2.0], &device);
+//! // Flex's own exact GELU, x·Φ(x)
+//! let y: Vec<f32> = mosa_kernels::gelu(x).into_data().to_vec().unwrap();
+//! for (got, want) in y.iter().zip([-0.158_655_25_f32, 0.0, 1.954_499_7]) {
+//!     assert!((got - want).abs() < 1e-6);
+//! }
+//! ```
+//!
 //! Models and methods are written against `B: Kernels` (training code against
 //! [`AutodiffKernels`]) and call the typed helpers here ([`gelu`], [`attention_packed`], [`linear_rows`], [`linear_layer`]) or the
 //! `LayerNorm` module of mosa-core, never a backend directly.

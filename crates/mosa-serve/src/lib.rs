@@ -1,5 +1,14 @@
 //! `mosa serve`: one base backbone in memory, many task experts, answered over HTTP.
 //!
+//! ```
+//! use mosa_serve::{Options, serve};
+//!
+//! // a base that is not there is refused, naming it, before anything starts
+//! let opts = Options::new("no-such-base.safetensors".into(), vec![]);
+//! let err = serve::<burn::backend::Flex>(opts, Default::default(), |_| unreachable!()).unwrap_err();
+//! assert!(err.to_string().contains("no-such-base.safetensors"));
+//! ```
+//!
 //! Every task is a model of KServe's Open Inference Protocol v2 ([`v2`], [`http`]): an expert
 //! file (sparse, LoRA or full, `mosa expert export`) with its head and preprocessing, or a
 //! head of a merged file (`mosa merge`). burn runs on one worker thread ([`worker`]), never on

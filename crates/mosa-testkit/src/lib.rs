@@ -1,5 +1,11 @@
 //! Test support shared by the workspace's tests, and only by them (a dev-dependency): where the
 //! reference fixtures are, every parameter's values by path, JSON files read for assertions.
+//!
+//! ```
+//! // the reference fixtures are found beside the clone (or at MOSA_FIXTURES)
+//! let vit = mosa_testkit::read_json(&mosa_testkit::fixtures().join("vit.json"));
+//! assert_eq!(vit["kwargs"]["embed_dim"], 48);
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -24,3 +24,22 @@ pub fn evaluate<B: Kernels>(model: &Backbone<B>, split: &LoadedSplit, batch: usi
     let c = correct.map(|t| t.into_scalar().elem::<i64>()).unwrap_or(0);
     (c as f64 / n.max(1) as f64, n)
 }
+
+/// Accuracy of `model` on a split (`train`, `val` or `test`) of a dataset (`folder:…`, `vtab:…`,
+/// …), its images at `resolution`, and how many were scored.
+pub fn accuracy_on<B: Kernels>(model: &Backbone<B>, dataset: &str, split: &str, resolution: usize, device: &B::Device) -> crate::Result<(f64, usize)> {
+    let ds = mosa_data::Dataset::open(&dataset.parse()?)?;
+    if ds.num_classes != model.num_classes() {
+        return Err(crate::Error::Input(format!("{dataset} has {} classes, the model's head {}", ds.num_classes, model.num_classes())));
+    }
+    let list = match split {
+        "train" => Some(&ds.train),
+        "val" => ds.val.as_ref(),
+        "test" => ds.test.as_ref(),
+        other => return Err(crate::Error::Input(format!("unknown split `{other}`: test, val or train"))),
+    }
+    .ok_or_else(|| crate::Error::Input(format!("{dataset} has no {split} split")))?;
+    let transform = mosa_data::Transform::new(ds.style, resolution, false);
+    let (loaded, _) = LoadedSplit::load(list, ds.num_classes, transform, &mosa_data::LoadOptions::default())?;
+    Ok(evaluate(model, &loaded, 64, None, device))
+}

@@ -1,5 +1,30 @@
 //! mosa-train: fine-tuning runs, generic over the backend.
 //!
+//! ```
+//! use burn::backend::{Autodiff, Flex};
+//! use mosa_core::{Method, MethodKind};
+//! use mosa_models::{BackboneConfig, VitConfig};
+//! use mosa_train::{Control, Outcome, RunSpec, TrainConfig, progress::Silent};
+//!
+//! // LoRA on a tiny ViT (random initialisation) for one epoch on an image folder
+//! let vit = VitConfig::new().with_embed_dim(48).with_depth(2).with_num_heads(3).with_patch_size(8).with_img_size(32);
+//! let spec = RunSpec {
+//!     model_name: "tiny".into(),
+//!     model: BackboneConfig::Vit(vit),
+//!     weights: None,
+//!     method: Method::new(MethodKind::Lora),
+//!     dataset: format!("folder:{}/../../examples/data/colors", env!("CARGO_MANIFEST_DIR")),
+//!     train: TrainConfig { epochs: 1, warmup_epochs: 0, batch_size: 8, resolution: 32, ..Default::default() },
+//!     skip_unreadable: false,
+//! };
+//! let out = tempfile::tempdir().unwrap();
+//! let Outcome::Finished(summary) = mosa_train::run::<Autodiff<Flex>>(&spec, out.path(), false, Control::default(), &Default::default(), &mut Silent)? else { unreachable!() };
+//! assert_eq!(summary.epochs, 1);
+//! // the run folder: config, metrics, summary, the merged model, and (LoRA) its task expert
+//! assert!(out.path().join("expert.safetensors").exists());
+//! # Ok::<(), mosa_train::Error>(())
+//! ```
+//!
 //! - [`config`]: the recipe ([`TrainConfig`]); [`engine`]: the run (build, epochs, checkpoints,
 //!   resume, summary); [`epoch`]: one epoch; [`step`]: one step, shaped by the method;
 //!   [`evaluate`]: accuracy of a merged model; [`model`]: a run's model from its spec;

@@ -75,6 +75,22 @@ impl Merged {
         Ok((info, sd))
     }
 
+    /// Task `name`'s model: the merged backbone with its head, at the resolution it was trained
+    /// at (`mosa eval --task`, `mosa forward --task`).
+    pub fn task_model<B: mosa_kernels::Kernels>(&self, name: &str, device: &B::Device) -> Result<(mosa_models::Backbone<B>, TaskInfo)> {
+        let (info, sd) = self.task_state(name)?;
+        let info = info.clone();
+        let resolution = info.resolution.ok_or_else(|| Error::Config(format!("task `{name}`: its resolution is not recorded")))?;
+        let classes = sd.head_classes().unwrap_or(0);
+        let model = self
+            .backbone_config()?
+            .with_num_classes(classes)
+            .with_img_size(resolution)
+            .load_state::<B>(sd, mosa_models::HeadPolicy::Load, device)
+            .map_err(|e| Error::Model(e.to_string()))?;
+        Ok((model, info))
+    }
+
     /// The backbone's configuration as the experts recorded it.
     pub fn backbone_config(&self) -> Result<mosa_models::BackboneConfig> {
         serde_json::from_value(self.meta.backbone.config.clone())
