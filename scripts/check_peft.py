@@ -197,6 +197,15 @@ def main():
         imported[name] = out
         ours = mosa_logits(mosa, fam, out, f"torch-{name}", os.path.join(work, f"i-{name}"))
         check(f"PEFT {cfg.peft_type.value} on the {fam.name} (PyTorch, 5 steps) → mosa expert import", torch_logits[name], ours, msg.split("(", 1)[1].rsplit(",", 1)[0])
+        # and out again: the imported expert converted back to PEFT loads in PEFT to the same logits
+        # (LoRA: our rank_pattern / alpha_pattern for modules of another rank or scale)
+        back = os.path.join(work, f"back-{name}")
+        run([mosa, "expert", "convert", out, "--to", "peft", "--out", back])
+        with torch.no_grad():
+            again = PeftModel.from_pretrained(fam.model(5), back).eval()(fam.input)
+        bcfg = json.load(open(os.path.join(back, "adapter_config.json")))
+        patterns = ", ".join(f"{k} {bcfg[k]}" for k in ["rank_pattern", "alpha_pattern"] if bcfg.get(k))
+        check(f"… imported, converted back to PEFT, loaded by PEFT ({fam.name})", torch_logits[name], again, patterns or f"r {bcfg['r']}")
 
     # 3. merged with our own experts: task arithmetic, λ = 1, against the same merge in PyTorch
     for mine, theirs in [("sparse", "shira"), ("lora", "lora")]:

@@ -495,3 +495,50 @@ fn exports_refuse_to_destroy_a_folder_and_full_experts_become_state_dicts() {
         &["SHA-256", "swin.safetensors"],
     );
 }
+
+#[test]
+fn a_finished_run_exports_as_a_peft_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format2");
+    let (model, ds) = (data.join("tiny.json"), format!("vtab:{}", data.join("data/digits8x8").display()));
+    let run = tmp.path().join("run");
+    let train = |method: &str, out: &Path| {
+        mosa(&[
+            "train",
+            "--method",
+            method,
+            "--model",
+            s(&model),
+            "--weights",
+            "none",
+            "--dataset",
+            &ds,
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--batch-size",
+            "8",
+            "--resolution",
+            "16",
+            "--keep-ratio",
+            "0.2",
+            "--out",
+            s(out),
+        ])
+    };
+    ok(train("sparse", &run));
+    let msg = ok(mosa(&["expert", "export", "--run", s(&run), "--format", "peft"]));
+    assert!(msg.contains("SHIRA"), "{msg}");
+    // the default folder <run>/peft holds what converting the run's own expert file writes
+    let conv = tmp.path().join("conv");
+    ok(mosa(&["expert", "convert", s(&run.join("expert.safetensors")), "--to", "peft", "--out", s(&conv)]));
+    assert_eq!(raw(&run.join("peft/adapter_model.safetensors")), raw(&conv.join("adapter_model.safetensors")));
+    assert_eq!(read_json(&run.join("peft/adapter_config.json")), read_json(&conv.join("adapter_config.json")));
+    // without weights the config names the model it was built from
+    assert_eq!(read_json(&conv.join("adapter_config.json"))["base_model_name_or_path"], json!(s(&model)));
+    // a method that makes no expert says so
+    let lin = tmp.path().join("linear");
+    ok(train("linear", &lin));
+    refused(mosa(&["expert", "export", "--run", s(&lin), "--format", "peft"]), &["linear", "makes no expert"]);
+}

@@ -611,3 +611,132 @@ impl PeftAdapter {
         Ok(PeftAdapter { config, tensors, metadata })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expert::{BackboneIdentity, EXPERT_FORMAT, ValueDtype};
+
+    fn meta(kind: ExpertKind) -> ExpertMeta {
+        ExpertMeta {
+            format: EXPERT_FORMAT,
+            kind,
+            backbone: BackboneIdentity { model: "m".into(), config: json!({}), weights: None, sha256: None },
+            method: json!({}),
+            task: "t".into(),
+            dataset: "d".into(),
+            keep_ratio: None,
+            criterion: None,
+            summary: json!({}),
+            classes: vec!["a".into(), "b".into()],
+            values: ValueDtype::F32,
+            resolution: Some(32),
+            tensors: Default::default(),
+        }
+    }
+
+    fn ramp(shape: &[usize], k: f32) -> HostTensor {
+        let n = shape.iter().product();
+        HostTensor::new(shape.to_vec(), (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * k).collect())
+    }
+
+    fn shapes() -> BTreeMap<String, Vec<usize>> {
+        [
+            ("l.0.fc2.weight", vec![6, 4]),
+            ("l.1.fc2.weight", vec![6, 4]),
+            ("l.10.fc2.weight", vec![6, 4]),
+            ("l.0.qkv.weight", vec![9, 4]),
+            ("head.weight", vec![2, 4]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn lora(name: &str, out: usize, r: usize, scale: f32) -> ExpertTensor {
+        ExpertTensor { name: name.into(), shape: vec![out, 4], delta: Delta::LowRank { a: ramp(&[r, 4], 0.1), b: ramp(&[out, r], 0.2), scale } }
+    }
+
+    #[test]
+    fn lora_ranks_and_scales_that_differ_go_to_exact_patterns_and_back() {
+        let e = Expert {
+            meta: meta(ExpertKind::Lora),
+            tensors: vec![
+                lora("l.0.fc2.weight", 6, 2, 2.0),
+                lora("l.1.fc2.weight", 6, 2, 2.0),
+                lora("l.10.fc2.weight", 6, 1, 2.0),
+                lora("l.0.qkv.weight", 9, 2, 0.5),
+            ],
+            head: Some(Head { weight: ramp(&[2, 4], 1.0), bias: None }),
+        };
+        let a = export(&e, "base", "head").unwrap();
+        // r 2 and α 4 (scale 2) are the most common; the others named exactly (`l.1` must not
+        // match `l.10`: the dots are escaped)
+        assert_eq!((a.config["r"].clone(), a.config["lora_alpha"].clone()), (json!(2), json!(4)));
+        assert_eq!(a.config["rank_pattern"], json!({ "l\\.10\\.fc2": 1 }));
+        assert_eq!(a.config["alpha_pattern"], json!({ "l\\.10\\.fc2": 2, "l\\.0\\.qkv": 1 }));
+        assert_eq!(a.tensors.len(), 9, "A and B of 4 modules and the head weight");
+        let back = import(&a, &Base { shapes: &shapes(), head_module: "head" }).unwrap();
+        let mut want = e.tensors.clone();
+        want.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(back.tensors, want);
+        assert_eq!(back.head, e.head);
+        assert_eq!(back.exported.unwrap().classes, e.meta.classes);
+    }
+
+    #[test]
+    fn patterns_match_as_peft_matches_them() {
+        let p: Map<String, Value> = serde_json::from_value(json!({ "fc2": 3, "l\\.1\\.qkv": 5 })).unwrap();
+        assert_eq!(pattern_value(&p, "rank_pattern", "l.0.fc2").unwrap(), Some(3.0));
+        assert_eq!(pattern_value(&p, "rank_pattern", "fc2").unwrap(), Some(3.0));
+        assert_eq!(pattern_value(&p, "rank_pattern", "l.0.fc22").unwrap(), None, "a key matches whole name parts");
+        assert_eq!(pattern_value(&p, "rank_pattern", "l.0.xfc2").unwrap(), None);
+        assert_eq!(pattern_value(&p, "rank_pattern", "l.1.qkv").unwrap(), Some(5.0));
+        assert_eq!(pattern_value(&p, "rank_pattern", "l.11.qkv").unwrap(), None);
+        // two keys with one value are fine, with two values refused
+        let same: Map<String, Value> = serde_json::from_value(json!({ "fc2": 3, "l.*fc2": 3 })).unwrap();
+        assert_eq!(pattern_value(&same, "rank_pattern", "l.0.fc2").unwrap(), Some(3.0));
+        let two: Map<String, Value> = serde_json::from_value(json!({ "fc2": 3, "l.*fc2": 4 })).unwrap();
+        assert!(pattern_value(&two, "rank_pattern", "l.0.fc2").unwrap_err().to_string().contains("both match"));
+    }
+
+    #[test]
+    fn sparse_entries_are_padded_at_unused_positions_after_their_own() {
+        let sparse = |name: &str, out: usize, idx: Vec<u32>| ExpertTensor {
+            name: name.into(),
+            shape: vec![out, 4],
+            delta: Delta::Sparse { values: idx.iter().map(|&i| i as f32 + 0.5).collect(), indices: idx },
+        };
+        // qkv needs r = ceil(14 / 13) = 2 → 26 entries; fc2 holds 3 and gets 17 padding entries
+        let e = Expert {
+            meta: meta(ExpertKind::Sparse),
+            tensors: vec![sparse("l.0.qkv.weight", 9, (0..14).map(|i| 2 * i).collect()), sparse("l.0.fc2.weight", 6, vec![0, 1, 5])],
+            head: None,
+        };
+        assert_eq!(shira_rank(&e.tensors).unwrap(), 2);
+        let a = export(&e, "base", "head").unwrap();
+        assert_eq!(a.config["r"], json!(2));
+        assert_eq!(a.config["modules_to_save"], Value::Null);
+        let PeftTensor::I32 { shape, data } = &a.tensors["base_model.model.l.0.fc2.shira_indices"] else { panic!() };
+        assert_eq!(shape, &[2, 20]);
+        let flat: Vec<i32> = (0..20).map(|k| data[k] * 4 + data[20 + k]).collect();
+        assert_eq!(&flat[..3], &[0, 1, 5], "the expert's own entries first");
+        assert_eq!(&flat[3..8], &[2, 3, 4, 6, 7], "then the first unused positions");
+        let mut all = flat.clone();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 20, "no position twice");
+        let PeftTensor::F32(v) = &a.tensors["base_model.model.l.0.fc2.shira_weight"] else { panic!() };
+        assert!(v.data[3..].iter().all(|&x| x == 0.0));
+        let back = import(&a, &Base { shapes: &shapes(), head_module: "head" }).unwrap();
+        let mut want = e.tensors.clone();
+        want.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(back.tensors, want, "the padding is dropped again");
+        // without our metadata (PEFT re-saved it) the padding stays, as zeros
+        let mut bare = a.clone();
+        bare.metadata.clear();
+        let kept = import(&bare, &Base { shapes: &shapes(), head_module: "head" }).unwrap();
+        assert_eq!(kept.tensors.iter().map(|t| t.delta.nnz(t.numel())).sum::<usize>(), 20 + 26);
+        assert!(kept.exported.is_none());
+    }
+}
