@@ -416,6 +416,15 @@ fn what_an_expert_cannot_represent_is_refused_with_the_reason() {
     std::fs::write(bin.join("adapter_model.bin"), b"PK").unwrap();
     refused(import(&bin, &m), &["adapter_model.bin", "safe_serialization"]);
     refused(import(&w, &m), &["vit.safetensors", "not a folder"]);
+    // the output may not replace the adapter it reads
+    let copy = t.join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(data().join("torch_lora").join(f), copy.join(f)).unwrap();
+    }
+    let target = copy.join("adapter_model.safetensors");
+    refused(mosa(&["expert", "import", s(&copy), "--base", s(&w), "--model", s(&cfg), "--task", "x", "--out", s(&target)]), &["same file as the input"]);
+    assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(data().join("torch_lora/adapter_model.safetensors")).unwrap());
     // an adapter exported from an expert on other weights
     let ours = t.join("ours");
     ok(mosa(&["expert", "convert", s(&data().join("mosa_sparse.safetensors")), "--to", "peft", "--out", s(&ours)]));
@@ -440,7 +449,7 @@ fn exports_refuse_to_destroy_a_folder_and_full_experts_become_state_dicts() {
     assert_eq!(std::fs::read(mine.join("model.safetensors")).unwrap(), b"my model");
     let file = t.join("file");
     std::fs::write(&file, b"x").unwrap();
-    refused(mosa(&["expert", "convert", s(&data().join("mosa_lora.safetensors")), "--to", "peft", "--out", s(&file)]), &["file"]);
+    refused(mosa(&["expert", "convert", s(&data().join("mosa_lora.safetensors")), "--to", "peft", "--out", s(&file)]), &["file", "a file is there"]);
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 
     // one SHiRA r for every module: a dense qkv and a small proj cannot share one

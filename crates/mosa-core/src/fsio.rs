@@ -75,7 +75,20 @@ pub fn write_folder_atomic(path: &Path, files: &[(&str, &[u8])], replaceable: im
             true
         }
         Ok(md) => {
-            return Err(Error::NotAFile { path: path.to_path_buf(), kind: if md.file_type().is_symlink() { "symbolic link" } else { kind(md.file_type()) } });
+            let ft = md.file_type();
+            let what = if ft.is_file() {
+                "file"
+            } else if ft.is_symlink() {
+                "symbolic link"
+            } else {
+                kind(ft)
+            };
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "a {what} is there, and a folder is written only where there is none or one this command wrote: write elsewhere"
+                )),
+            });
         }
         Err(_) => false,
     };

@@ -97,7 +97,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            mosa_train::output::check_output(&out, &[base.as_path()], None)?;
+            mosa_train::output::check_output(&out, &[base.as_path(), &dir.join(mosa_core::peft::WEIGHTS_FILE), &dir.join(mosa_core::peft::CONFIG_FILE)], None)?;
             let spec = mosa_train::peft::ImportSpec { base: &base, model: model.as_deref(), task: &task, classes, resolution };
             let e = mosa_train::peft::import(&dir, &spec)?;
             let bytes = e.write(&out).map_err(anyhow::Error::msg)?;
