@@ -302,11 +302,34 @@ pub struct Progress {
     total: usize,
     /// Items from the current one on that are already done (set by whoever knows it).
     done_ahead: usize,
+    /// Rows of the growing table so far.
+    rows: Vec<String>,
 }
 
 impl Progress {
     pub fn new(total: usize) -> Self {
-        Self { start: Instant::now(), ran: 0, total, done_ahead: 0 }
+        Self { start: Instant::now(), ran: 0, total, done_ahead: 0, rows: Vec::new() }
+    }
+
+    /// One finished cell as a new row of the table that grows while the grid runs, printed
+    /// whole after each cell: its accuracies, speed and time, from its `summary.json`.
+    pub fn row(&mut self, k: usize, label: &str, dir: &Path) {
+        let Ok(s) = RunDir::new(dir).summary() else { return };
+        let pct = |v: Option<f64>| v.map(|v| format!("{:.1}", 100.0 * v)).unwrap_or("-".into());
+        self.rows.push(format!(
+            "| {} | {label} | {} | {} | {:.0} | {:.0} |",
+            k + 1,
+            pct(s.test_at_best_val),
+            pct(s.last_test),
+            s.train_images_per_second,
+            s.train_seconds + s.eval_seconds
+        ));
+        eprintln!(
+            "\ncells finished in this process ({} of {}):\n\n| # | cell | test @ best val % | last test % | train img/s | train + eval s |\n|---:|---|---:|---:|---:|---:|\n{}\n",
+            self.rows.len(),
+            self.total,
+            self.rows.join("\n")
+        );
     }
 
     pub fn line(&self, k: usize, label: &str, skipped: bool) {
@@ -450,6 +473,7 @@ pub fn run_cells(cells: &[Cell], mosa: &Path, progress: &mut Progress, offset: u
             let write = |name: &str, text: String| mosa_core::fsio::write_atomic(&cell.dir.join(name), text.as_bytes()).map_err(anyhow::Error::msg);
             write("peak_memory_mib.txt", format!("{rss:.1}\n"))?;
             write(CELL_ARGS, cell.args.join("\n") + "\n")?;
+            progress.row(offset + k, &cell.label, &cell.dir);
         } else {
             eprintln!("[{}/{}] {} FAILED (its run directory is kept: {})", offset + k + 1, progress.total, cell.label, cell.dir.display());
             failed.push(cell.label.clone());

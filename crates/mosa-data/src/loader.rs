@@ -119,6 +119,11 @@ impl LoadedSplit {
         self.images.is_empty()
     }
 
+    /// The labels of the samples `indices`.
+    pub fn labels_of(&self, indices: &[usize]) -> Vec<usize> {
+        indices.iter().map(|&i| self.labels[i]).collect()
+    }
+
     /// Writes the samples `indices` as a `[n, 3, S, S]` float batch (row-major) and their labels.
     /// Random augmentation of sample `i` draws from `Rng::derive(seed, i)`, so a batch depends
     /// only on (seed, indices), not on threads or order.

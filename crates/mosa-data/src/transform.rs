@@ -50,6 +50,12 @@ impl Transform {
         Self { style, size, train, vtab_resize: VtabResize::default() }
     }
 
+    /// Whether a sample's pixels depend on the draw (FGVC training: random crop and flip); VTAB
+    /// training, as the reference, has no augmentation.
+    pub fn augments(&self) -> bool {
+        self.train && self.style == Style::Fgvc
+    }
+
     pub fn with_vtab_resize(self, vtab_resize: VtabResize) -> Self {
         Self { vtab_resize, ..self }
     }

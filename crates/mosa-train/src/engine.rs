@@ -25,10 +25,14 @@ use crate::progress::Reporter;
 use crate::rundir::{BackboneId, DatasetInfo, FORMAT, RunConfig, RunDir, file_sha256, restore, with_masks, write_model};
 use crate::{Error, Result};
 
-/// Interrupt a run after this many epochs (tests of `--resume`).
+/// How a run is driven, beyond its spec (nothing here changes its numbers).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Control {
+    /// Interrupt the run after this many epochs (tests of `--resume`).
     pub stop_after_epochs: Option<usize>,
+    /// Recompute the linear probe's features every epoch instead of once ([`crate::probe`]; the
+    /// test that both give the same run).
+    pub recompute_probe_features: bool,
 }
 
 pub enum Outcome {
@@ -197,6 +201,19 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
         _ => (0..n_train).collect(),
     };
     let eval_bs = t.eval_batch_size.unwrap_or(t.batch_size);
+    // the linear probe without augmentation or dropout: its features once, not every epoch
+    // (their time counts as training time of the first epoch this process trains)
+    let mut features_seconds = 0.0;
+    let features = (!control.recompute_probe_features && crate::probe::applies(spec, &data.train)).then(|| {
+        let t0 = std::time::Instant::now();
+        let f = crate::probe::Features::compute(&model, &data.train, t.batch_size, device);
+        features_seconds = t0.elapsed().as_secs_f64();
+        rep.message(&format!(
+            "linear probe: the frozen backbone's features of the {} training images computed once in {features_seconds:.1} s",
+            data.train.len()
+        ));
+        f
+    });
 
     for epoch in start_epoch..t.epochs {
         let ctx = EpochCtx {
@@ -208,9 +225,11 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
             device,
             epochs_done: metrics.len(),
             checkpoint: &ckpt_path,
+            features: features.as_ref(),
         };
-        let (m, tr) = train_epoch(model, &mut optim, epoch, &ctx, rep)?;
+        let (m, mut tr) = train_epoch(model, &mut optim, epoch, &ctx, rep)?;
         model = m;
+        tr.seconds += std::mem::take(&mut features_seconds);
 
         let (val_acc, test_acc, evaluated, eval_seconds) =
             if t.evaluates_after(epoch + 1) { evaluate_merged(&model, &data, eval_bs, t.max_eval_images, device) } else { (None, None, 0, 0.0) };

@@ -45,6 +45,8 @@ pub struct EpochCtx<'a, B: AutodiffKernels> {
     /// For the NaN message: epochs finished before this one, and where their checkpoint is.
     pub epochs_done: usize,
     pub checkpoint: &'a std::path::Path,
+    /// The linear probe's training features, computed once ([`crate::probe`]).
+    pub features: Option<&'a crate::probe::Features<B>>,
 }
 
 /// Trains one epoch (0-based `epoch`).
@@ -76,9 +78,20 @@ pub fn train_epoch<B: AutodiffKernels>(
         };
         lr_last = lr;
         let aug_seed = Rng::derive(t.seed, streams::AUGMENT + (epoch * steps + s) as u64).next_u64();
-        let (px, labels) = c.train.batch(&idx, aug_seed);
-        let (x, y) = mosa_data::batcher::to_tensors::<B>(px, &labels, t.resolution, c.device);
-        let (m, out) = step(model, x, y, c.method, t, (epoch, s, steps), &mut experts, &mut sparse_rng)?;
+        let (m, out) = match c.features {
+            Some(f) => {
+                let y = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(c.train.labels_of(&idx).iter().map(|&l| l as i64).collect::<Vec<_>>(), [idx.len()]),
+                    c.device,
+                );
+                f.step(model, &idx, y, c.method, (epoch, s, steps), &mut sparse_rng)?
+            }
+            None => {
+                let (px, labels) = c.train.batch(&idx, aug_seed);
+                let (x, y) = mosa_data::batcher::to_tensors::<B>(px, &labels, t.resolution, c.device);
+                step(model, x, y, c.method, t, (epoch, s, steps), &mut experts, &mut sparse_rng)?
+            }
+        };
         // entries that left a re-selected sparse mask start again from zero moments
         for (path, mask) in out.new_masks {
             let n = mask.shape().num_elements();

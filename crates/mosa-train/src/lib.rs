@@ -48,6 +48,7 @@ pub mod model;
 pub mod optim;
 pub mod output;
 pub mod peft;
+pub mod probe;
 pub mod progress;
 pub mod rundir;
 pub mod step;

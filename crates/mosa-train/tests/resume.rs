@@ -34,7 +34,7 @@ fn resume_equals_uninterrupted() {
     let full = finish(mosa_train::run::<AB>(&s, &a, false, Control::default(), &device, &mut Silent).unwrap());
 
     let b = tmp.path().join("b");
-    let o = mosa_train::run::<AB>(&s, &b, false, Control { stop_after_epochs: Some(2) }, &device, &mut Silent).unwrap();
+    let o = mosa_train::run::<AB>(&s, &b, false, Control { stop_after_epochs: Some(2), ..Default::default() }, &device, &mut Silent).unwrap();
     assert!(matches!(o, Outcome::Interrupted { epochs_done: 2 }));
     assert!(!b.join("summary.json").exists() && !b.join("model.safetensors").exists());
     assert_eq!(metrics(&b).len(), 2);

@@ -95,6 +95,10 @@ pub struct TrainArgs {
     /// Stop after this many epochs as if interrupted (tests of --resume).
     #[arg(long, hide = true)]
     stop_after: Option<usize>,
+    /// The linear probe: recompute the frozen backbone's features every epoch instead of once
+    /// (the same numbers, slower; to check that they are the same).
+    #[arg(long)]
+    recompute_probe_features: bool,
 }
 
 /// A new run's recipe: the file's (or the defaults), then the flags. Unless the warm-up is given
@@ -169,7 +173,7 @@ fn resolve_weights(model: &str, w: Option<&str>) -> anyhow::Result<Option<PathBu
 }
 
 /// The flags `--resume` accepts whatever their value: they do not define the run.
-const RESUME_FREE: [&str; 3] = ["out", "resume", "stop_after"];
+const RESUME_FREE: [&str; 4] = ["out", "resume", "stop_after", "recompute_probe_features"];
 
 /// The flags given with `--resume` that would change the saved run (issue #11 case 3): every
 /// flag that defines the run must be absent or equal to the saved value. None may change it: the
@@ -261,7 +265,14 @@ pub fn train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     );
     let device = backend::device();
     let mut rep = Console::new("").with_header(header);
-    match mosa_train::run::<TrainBackend>(&spec, &a.out, a.resume, Control { stop_after_epochs: a.stop_after }, &device, &mut rep)? {
+    match mosa_train::run::<TrainBackend>(
+        &spec,
+        &a.out,
+        a.resume,
+        Control { stop_after_epochs: a.stop_after, recompute_probe_features: a.recompute_probe_features },
+        &device,
+        &mut rep,
+    )? {
         Outcome::Interrupted { epochs_done } => eprintln!("stopped after epoch {epochs_done}; continue with `mosa train --resume --out {}`", a.out.display()),
         Outcome::Finished(s) => {
             let pct = |v: Option<f64>| v.map(|x| format!("{:.2}", 100.0 * x)).unwrap_or_else(|| "-".into());
