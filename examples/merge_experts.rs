@@ -44,8 +44,8 @@ fn main() -> anyhow::Result<()> {
     merge_files(&experts, Some(&base), &MergeConfig::new(MergeMethod::Ties), &merged)?;
     let m = read_merged(&merged)?;
     for task in ["shapes", "colors"] {
-        let (model, info) = m.task_model::<Flex>(task, &device)?;
-        let (acc, n) = accuracy_on(&model, &info.dataset, "test", info.resolution.unwrap_or(32), &device)?;
+        let (model, info, resolution) = m.task_model::<Flex>(task, &device)?;
+        let (acc, n) = accuracy_on(&model, &info.dataset, "test", resolution, &device)?;
         println!("task {task}: {:.1} % of {n} test images on the TIES-merged backbone ({})", 100.0 * acc, merged.display());
     }
     Ok(())

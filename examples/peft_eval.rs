@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     cfg.lambda = Some(1.0);
     merge_files(&[file], Some(Path::new(base)), &cfg, &merged)?;
     let device = Default::default();
-    let (model, _) = read_merged(&merged)?.task_model::<Flex>("peft", &device)?;
+    let (model, ..) = read_merged(&merged)?.task_model::<Flex>("peft", &device)?;
     let (acc, n) = accuracy_on(&model, &format!("folder:{folder}"), "test", resolution, &device)?;
     println!("test accuracy {:.1} % on {n} images of {folder}", 100.0 * acc);
     Ok(())

@@ -272,8 +272,6 @@ pub struct Imported {
     pub tensors: Vec<ExpertTensor>,
     /// The head from `modules_to_save`, if the adapter saved one.
     pub head: Option<Head>,
-    /// The expert's own metadata when mosa exported the adapter.
-    pub exported: Option<ExpertMeta>,
 }
 
 fn cfg_bool(c: &Map<String, Value>, key: &str) -> bool {
@@ -521,8 +519,7 @@ pub fn import(a: &PeftAdapter, base: &Base<'_>) -> crate::Result<Imported> {
         (None, Some((k, _))) => return Err(err(format!("tensor `{k}` comes without the head's weight"))),
         (None, None) => None,
     };
-    let exported = a.metadata.get("mosa.expert").and_then(|m| serde_json::from_str::<ExpertMeta>(m).ok());
-    Ok(Imported { peft_type, tensors, head, exported })
+    Ok(Imported { peft_type, tensors, head })
 }
 
 fn dtype_bytes(t: &PeftTensor) -> (Dtype, Vec<u8>) {
@@ -533,6 +530,11 @@ fn dtype_bytes(t: &PeftTensor) -> (Dtype, Vec<u8>) {
 }
 
 impl PeftAdapter {
+    /// The expert's own metadata, when mosa exported the adapter (PEFT's re-save drops it).
+    pub fn exported(&self) -> Option<ExpertMeta> {
+        self.metadata.get("mosa.expert").and_then(|m| serde_json::from_str(m).ok())
+    }
+
     /// `adapter_config.json`'s text (sorted keys, as PEFT writes them, indented).
     pub fn config_text(&self) -> String {
         serde_json::to_string_pretty(&self.config).expect("a JSON map serialises") + "\n"
@@ -591,7 +593,7 @@ impl PeftAdapter {
             let b = v.data();
             let shape = v.shape().to_vec();
             let t = match v.dtype() {
-                Dtype::F32 => PeftTensor::F32(HostTensor::new(shape, b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())),
+                Dtype::F32 => PeftTensor::F32(HostTensor::new(shape, crate::expert::f32s(b))),
                 Dtype::F16 => PeftTensor::F32(HostTensor::new(shape, b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())),
                 Dtype::BF16 => PeftTensor::F32(HostTensor::new(shape, b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect())),
                 Dtype::I32 => PeftTensor::I32 { shape, data: b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() },
@@ -681,7 +683,7 @@ mod tests {
         want.sort_by(|x, y| x.name.cmp(&y.name));
         assert_eq!(back.tensors, want);
         assert_eq!(back.head, e.head);
-        assert_eq!(back.exported.unwrap().classes, e.meta.classes);
+        assert_eq!(a.exported().unwrap().classes, e.meta.classes);
     }
 
     #[test]
@@ -737,6 +739,6 @@ mod tests {
         bare.metadata.clear();
         let kept = import(&bare, &Base { shapes: &shapes(), head_module: "head" }).unwrap();
         assert_eq!(kept.tensors.iter().map(|t| t.delta.nnz(t.numel())).sum::<usize>(), 20 + 26);
-        assert!(kept.exported.is_none());
+        assert!(bare.exported().is_none());
     }
 }

@@ -25,20 +25,26 @@ pub fn evaluate<B: Kernels>(model: &Backbone<B>, split: &LoadedSplit, batch: usi
     (c as f64 / n.max(1) as f64, n)
 }
 
-/// Accuracy of `model` on a split (`train`, `val` or `test`) of a dataset (`folder:…`, `vtab:…`,
-/// …), its images at `resolution`, and how many were scored.
-pub fn accuracy_on<B: Kernels>(model: &Backbone<B>, dataset: &str, split: &str, resolution: usize, device: &B::Device) -> crate::Result<(f64, usize)> {
-    let ds = mosa_data::Dataset::open(&dataset.parse()?)?;
-    if ds.num_classes != model.num_classes() {
-        return Err(crate::Error::Input(format!("{dataset} has {} classes, the model's head {}", ds.num_classes, model.num_classes())));
+/// The split a role names (`train`, `val` or `test`) of a dataset whose classes a head of
+/// `classes` outputs scores: the one check `mosa eval` and [`accuracy_on`] make.
+pub fn split_for<'a>(ds: &'a mosa_data::Dataset, role: &str, classes: usize) -> crate::Result<&'a mosa_data::list::Split> {
+    if ds.num_classes != classes {
+        return Err(crate::Error::Input(format!("{} has {} classes, the head has {classes}", ds.spec, ds.num_classes)));
     }
-    let list = match split {
+    match role {
         "train" => Some(&ds.train),
         "val" => ds.val.as_ref(),
         "test" => ds.test.as_ref(),
         other => return Err(crate::Error::Input(format!("unknown split `{other}`: test, val or train"))),
     }
-    .ok_or_else(|| crate::Error::Input(format!("{dataset} has no {split} split")))?;
+    .ok_or_else(|| crate::Error::Input(format!("{} has no {role} split", ds.spec)))
+}
+
+/// Accuracy of `model` on a split (`train`, `val` or `test`) of a dataset (`folder:…`, `vtab:…`,
+/// …), its images at `resolution`, and how many were scored.
+pub fn accuracy_on<B: Kernels>(model: &Backbone<B>, dataset: &str, split: &str, resolution: usize, device: &B::Device) -> crate::Result<(f64, usize)> {
+    let ds = mosa_data::Dataset::open(&dataset.parse()?)?;
+    let list = split_for(&ds, split, model.num_classes())?;
     let transform = mosa_data::Transform::new(ds.style, resolution, false);
     let (loaded, _) = LoadedSplit::load(list, ds.num_classes, transform, &mosa_data::LoadOptions::default())?;
     Ok(evaluate(model, &loaded, 64, None, device))

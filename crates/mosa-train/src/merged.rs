@@ -76,8 +76,8 @@ impl Merged {
     }
 
     /// Task `name`'s model: the merged backbone with its head, at the resolution it was trained
-    /// at (`mosa eval --task`, `mosa forward --task`).
-    pub fn task_model<B: mosa_kernels::Kernels>(&self, name: &str, device: &B::Device) -> Result<(mosa_models::Backbone<B>, TaskInfo)> {
+    /// at (`mosa eval --task`); with the task and that resolution.
+    pub fn task_model<B: mosa_kernels::Kernels>(&self, name: &str, device: &B::Device) -> Result<(mosa_models::Backbone<B>, TaskInfo, usize)> {
         let (info, sd) = self.task_state(name)?;
         let info = info.clone();
         let resolution = info.resolution.ok_or_else(|| Error::Config(format!("task `{name}`: its resolution is not recorded")))?;
@@ -88,7 +88,7 @@ impl Merged {
             .with_img_size(resolution)
             .load_state::<B>(sd, mosa_models::HeadPolicy::Load, device)
             .map_err(|e| Error::Model(e.to_string()))?;
-        Ok((model, info))
+        Ok((model, info, resolution))
     }
 
     /// The backbone's configuration as the experts recorded it.

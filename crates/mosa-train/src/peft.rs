@@ -170,7 +170,7 @@ pub struct ImportSpec<'a> {
 /// expert on `spec.base`. The head is the adapter's (`modules_to_save`), else the base's own.
 pub fn import(dir: &Path, spec: &ImportSpec<'_>) -> Result<Expert> {
     let a = PeftAdapter::read(dir).map_err(|x| Error::Input(x.to_string()))?;
-    let exported = a.metadata.get("mosa.expert").and_then(|m| serde_json::from_str::<ExpertMeta>(m).ok());
+    let exported = a.exported();
     let (model, cfg) = match (spec.model, &exported) {
         (Some(m), _) => (m.to_string(), presets::resolve_model(m).map_err(|x| Error::Model(x.to_string()))?),
         (None, Some(meta)) => (meta.backbone.model.clone(), config_of(meta)?),

@@ -5,7 +5,6 @@
 //! pre-logits the training forward computes, so the run's numbers do not change (a test trains
 //! runs both ways and compares their metrics and saved models bit for bit).
 
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use mosa_core::{Method, PeftHost, Rng, inject};
 use mosa_data::LoadedSplit;
@@ -72,12 +71,7 @@ impl<B: AutodiffKernels> Features<B> {
         let x = Tensor::<B, 2>::from_inner(self.rows.clone().select(0, ids));
         let head = model.head_mut().ok_or_else(|| Error::Model("a linear probe needs a head".into()))?.clone();
         let logits = head.forward(x);
-        let n = idx.len();
         let loss = cross_entropy(logits.clone(), y.clone());
-        let correct = logits.inner().argmax(1).reshape([n]).equal(y.inner()).int().sum();
-        let loss_value = loss.clone().inner();
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let (model, new_masks) = inject::after_backward(model, &mut grads, method, at, rng).map_err(|e| Error::Model(e.to_string()))?;
-        Ok((model, StepOut { loss: loss_value, correct, grads, new_masks }))
+        crate::step::finish(model, logits, y, loss, method, at, rng)
     }
 }

@@ -43,7 +43,6 @@ pub fn step<B: AutodiffKernels>(
     sparse_rng: &mut Rng,
 ) -> Result<(Backbone<B>, StepOut<B>)> {
     let two = two_passes(method, t);
-    let n = y.dims()[0];
     let mut model = model;
     inject::before_forward(&mut model, method, (epoch, step, steps));
     let out1 = model.forward_rng(x.clone(), two && t.deepreg, experts);
@@ -57,9 +56,24 @@ pub fn step<B: AutodiffKernels>(
             loss = loss.add(deepreg(&out1.hidden, &out2.hidden).mul_scalar(t.deepreg_weight));
         }
     }
-    let correct = out1.logits.inner().argmax(1).reshape([n]).equal(y.inner()).int().sum();
+    finish(model, out1.logits, y, loss, method, (epoch, step, steps), sparse_rng)
+}
+
+/// The end of every step: correct predictions of `logits` (the first pass's), backward of
+/// `loss`, and the method's post-backward hook.
+pub(crate) fn finish<B: AutodiffKernels>(
+    model: Backbone<B>,
+    logits: Tensor<B, 2>,
+    y: Tensor<B, 1, Int>,
+    loss: Tensor<B, 1>,
+    method: &Method,
+    at: (usize, usize, usize),
+    sparse_rng: &mut Rng,
+) -> Result<(Backbone<B>, StepOut<B>)> {
+    let n = y.dims()[0];
+    let correct = logits.inner().argmax(1).reshape([n]).equal(y.inner()).int().sum();
     let loss_value = loss.clone().inner();
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let (model, new_masks) = inject::after_backward(model, &mut grads, method, (epoch, step, steps), sparse_rng).map_err(|e| Error::Model(e.to_string()))?;
+    let (model, new_masks) = inject::after_backward(model, &mut grads, method, at, sparse_rng).map_err(|e| Error::Model(e.to_string()))?;
     Ok((model, StepOut { loss: loss_value, correct, grads, new_masks }))
 }

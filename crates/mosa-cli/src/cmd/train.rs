@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use mosa_data::{Dataset, LoadOptions, LoadedSplit, Transform};
-use mosa_models::{HeadPolicy, presets, weights};
+use mosa_models::{presets, weights};
 use mosa_train::optim::ScheduleKind;
 use mosa_train::progress::Console;
 use mosa_train::{Control, HeadInit, Outcome, RunSpec, TrainConfig};
@@ -359,20 +359,16 @@ fn eval_models(a: &EvalArgs, device: &burn::tensor::Device<Backend>) -> anyhow::
         bail!("--dataset applies to one --task, not {}", a.task.len());
     }
     let merged = mosa_train::merged::read_merged(w)?;
-    let cfg = merged.backbone_config()?;
     a.task
         .iter()
         .map(|task| {
-            let (info, sd) = merged.task_state(task)?;
-            let resolution = info.resolution.context("the task's resolution is not recorded")?;
-            let classes = sd.head_classes().unwrap_or(0);
-            let model = cfg.clone().with_num_classes(classes).with_img_size(resolution).load_state::<Backend>(sd, HeadPolicy::Load, device)?;
+            let (model, info, resolution) = merged.task_model::<Backend>(task, device)?;
             Ok(EvalModel {
+                classes: model.num_classes(),
                 model,
-                dataset: info.dataset.clone(),
+                dataset: info.dataset,
                 resolution,
                 vtab_resize: Default::default(),
-                classes,
                 what: format!("{} task {task}", w.display()),
                 task: Some(task.clone()),
             })
@@ -392,16 +388,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     }
     for m in models {
         let ds = Dataset::open(&a.dataset.clone().unwrap_or(m.dataset).parse()?)?;
-        if ds.num_classes != m.classes {
-            bail!("{} has {} classes, the head has {}", ds.spec, ds.num_classes, m.classes);
-        }
-        let split = match a.split.as_str() {
-            "train" => Some(&ds.train),
-            "val" => ds.val.as_ref(),
-            "test" => ds.test.as_ref(),
-            o => bail!("unknown split `{o}`: test, val or train"),
-        }
-        .with_context(|| format!("{} has no {} split", ds.spec, a.split))?;
+        let split = mosa_train::evaluate::split_for(&ds, &a.split, m.classes)?;
         // only the scored images are decoded
         let mut split = split.clone();
         if let Some(n) = a.max_images {
