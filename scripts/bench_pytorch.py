@@ -1,14 +1,18 @@
 """The workloads of `cargo xtask bench-speed` in PyTorch, for a side-by-side run on the same
 machine (`cargo xtask bench-speed --compare-pytorch <python>` interleaves the two).
 
-ViT-S/16 (timm `vit_small_patch16_224`, random weights, 100 classes), 224 px:
+ViT-S/16 (timm `vit_small_patch16_224`, random weights, 100 classes), 224 px, or with `--model` Swin
+(`swin_tiny_patch4_window7_224`) or ConvNeXt (`convnext_tiny`), each with mosa's placement for that family:
 - `forward`: inference at batch 32 (`eval()`, `inference_mode`);
 - `step <method>`: one training step at batch 8 — forward, cross-entropy, backward, AdamW
   (eps 1e-6, weight decay 0.01) — with the same method definitions as mosa's defaults:
   - `linear`: the head trains;
   - `adapter`: AdaptFormer parallel to each MLP, `h + MLP(LN2 h) + 0.1·Up(Dropout0.1(ReLU(Down(LN h))))`,
-    r 16 (mosa's `adapter` default, the MoSA code base's `vit_adapter.py`);
-  - `lora`: r 16, alpha 16 on the q and v parts of each fused qkv (mosa's `lora` default);
+    r 16 (mosa's `adapter` default, the MoSA code base's `vit_adapter.py`); on Swin and ConvNeXt the
+    adapter reads the MLP's own (normalised) input and has no LayerNorm of its own:
+    `h + MLP(n) + 0.1·A(n)` (Swin, n = LN2 h), `x + γ·MLP(n) + 0.1·A(n)` (ConvNeXt, n = LN(dwconv x));
+  - `lora`: r 16, alpha 16 on the q and v parts of each fused qkv (mosa's `lora` default; ViT and
+    Swin), on `mlp.fc1` and `mlp.fc2` for ConvNeXt (mosa's ConvNeXt targets);
   - `full`: everything trains;
   - `mosa`: the adapter with Up split into 4 stacked experts (shared Down), two passes with an
     expert drawn per block and pass, CE + symmetric KL with stop-gradient, expert-masked Up
@@ -29,9 +33,9 @@ import torch.nn.functional as F
 
 
 class Adapter(nn.Module):
-    def __init__(self, d, r=16, experts=1):
+    def __init__(self, d, r=16, experts=1, norm=True):
         super().__init__()
-        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.norm = nn.LayerNorm(d, eps=1e-6) if norm else nn.Identity()
         self.down = nn.Linear(d, r)
         self.up_w = nn.Parameter(torch.zeros(experts, r, d))
         self.up_b = nn.Parameter(torch.zeros(experts, d))
@@ -59,6 +63,52 @@ class AdaptedBlock(nn.Module):
         return h + b.drop_path2(b.ls2(b.mlp(b.norm2(h)))) + self.adapter(h)
 
 
+class AdaptedSwinBlock(nn.Module):
+    """timm's SwinTransformerBlock with the adapter beside the MLP, on the MLP's input."""
+
+    def __init__(self, block, adapter):
+        super().__init__()
+        self.block, self.adapter = block, adapter
+
+    def forward(self, x):
+        b = self.block
+        h = x + b.drop_path1(b._attn(b.norm1(x)))
+        n = b.norm2(h)
+        return h + b.drop_path2(b.mlp(n)) + self.adapter(n)
+
+
+class AdaptedConvNeXtBlock(nn.Module):
+    """timm's ConvNeXtBlock (channels-last MLP) with the adapter beside the MLP, on its input."""
+
+    def __init__(self, block, adapter):
+        super().__init__()
+        self.block, self.adapter = block, adapter
+
+    def forward(self, x):
+        b = self.block
+        n = b.norm(b.conv_dw(x).permute(0, 2, 3, 1))
+        m = b.mlp(n)
+        if b.gamma is not None:
+            m = m * b.gamma
+        m = m + self.adapter(n)
+        return b.drop_path(m.permute(0, 3, 1, 2)) + b.shortcut(x)
+
+
+class Lora(nn.Module):
+    """LoRA on a whole linear."""
+
+    def __init__(self, base, r=16, alpha=16):
+        super().__init__()
+        self.base = base
+        self.a = nn.Parameter(torch.empty(base.in_features, r))
+        self.b = nn.Parameter(torch.zeros(r, base.out_features))
+        nn.init.uniform_(self.a, -(base.in_features ** -0.5), base.in_features ** -0.5)
+        self.scale = alpha / r
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.a @ self.b) * self.scale
+
+
 class LoraQV(nn.Module):
     """LoRA on the q and v thirds of a fused qkv linear."""
 
@@ -78,22 +128,44 @@ class LoraQV(nn.Module):
         return y + torch.cat([q, torch.zeros_like(q), v], dim=-1)
 
 
+def family(model):
+    if hasattr(model, "stages"):
+        return "convnext"
+    if hasattr(model, "layers"):
+        return "swin"
+    return "vit"
+
+
+def blocks(model):
+    """(container, index, block) of every block, whatever the family."""
+    fam = family(model)
+    if fam == "vit":
+        return [(model.blocks, i, b) for i, b in enumerate(model.blocks)]
+    stages = model.stages if fam == "convnext" else model.layers
+    return [(s.blocks, i, b) for s in stages for i, b in enumerate(s.blocks)]
+
+
 def build(method, name="vit_small_patch16_224"):
     model = timm.create_model(name, pretrained=False, num_classes=100)
+    fam = family(model)
     adapters = []
     if method in ("linear", "adapter", "lora", "mosa"):
         for p in model.parameters():
             p.requires_grad = False
-        for p in model.head.parameters():
+        for p in model.get_classifier().parameters():
             p.requires_grad = True
     if method in ("adapter", "mosa"):
-        for i, blk in enumerate(model.blocks):
-            a = Adapter(model.embed_dim, experts=4 if method == "mosa" else 1)
+        for container, i, blk in blocks(model):
+            d = blk.mlp.fc1.in_features
+            a = Adapter(d, experts=4 if method == "mosa" else 1, norm=fam == "vit")
             adapters.append(a)
-            model.blocks[i] = AdaptedBlock(blk, a)
+            container[i] = {"vit": AdaptedBlock, "swin": AdaptedSwinBlock, "convnext": AdaptedConvNeXtBlock}[fam](blk, a)
     if method == "lora":
-        for blk in model.blocks:
-            blk.attn.qkv = LoraQV(blk.attn.qkv)
+        for _, _, blk in blocks(model):
+            if fam == "convnext":
+                blk.mlp.fc1, blk.mlp.fc2 = Lora(blk.mlp.fc1), Lora(blk.mlp.fc2)
+            else:
+                blk.attn.qkv = LoraQV(blk.attn.qkv)
     return model, adapters
 
 
@@ -126,7 +198,7 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    p.add_argument("--model", default="vit_small_patch16_224", help="forward: any timm model (e.g. swin_tiny_patch4_window7_224, convnext_tiny)")
+    p.add_argument("--model", default="vit_small_patch16_224", help="a timm ViT, Swin or ConvNeXt (e.g. swin_tiny_patch4_window7_224, convnext_tiny)")
     p.add_argument("--resolution", type=int, default=224, help="forward: input side")
     a = p.parse_args()
     if a.threads:
@@ -147,7 +219,7 @@ def main():
         name = "inference"
     else:
         batch = a.batch or 8
-        model, adapters = build(a.method)
+        model, adapters = build(a.method, a.model)
         model.train()
         opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3, eps=1e-6, weight_decay=0.01)
         x, y = torch.randn(batch, 3, 224, 224), torch.arange(batch) % 100
@@ -158,7 +230,7 @@ def main():
                 times.append(time.perf_counter() - t0)
         name = f"train step, {a.method}"
     med = statistics.median(times)
-    print(json.dumps({"workload": name, "model": a.model if a.workload == "forward" else "vit_small_patch16_224", "batch": batch, "times": times, "median_s": med, "images_per_second": batch / med, "torch": torch.__version__, "threads": torch.get_num_threads()}))
+    print(json.dumps({"workload": name, "model": a.model, "batch": batch, "times": times, "median_s": med, "images_per_second": batch / med, "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

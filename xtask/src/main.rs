@@ -188,6 +188,9 @@ const EXPERT_LORA: (usize, f64, &str) = (8, 8.0, "qkv");
 /// The methods bench-speed times a training step of.
 const SPEED_METHODS: &[&str] = &["linear", "adapter", "lora", "full", "mosa"];
 
+/// The Swin and ConvNeXt presets bench-speed times (inference, adapter and LoRA steps) beside timm.
+const SPEED_HIERARCHICAL: &[&str] = &["swin-t", "convnext-t"];
+
 /// The share of CPU time that was idle over the last `ms` milliseconds (`/proc/stat`).
 fn idle_share(ms: u64) -> Option<f64> {
     let read = || -> Option<(f64, f64)> {
@@ -221,19 +224,41 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
     let it = iters.to_string();
     let mosa = build_mosa(backend)?;
     let script = workspace_root().join("scripts/bench_pytorch.py");
-    let mut workloads: Vec<(Vec<String>, Vec<String>)> = SPEED_METHODS
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // (model, mosa's arguments, bench_pytorch.py's arguments)
+    let mut workloads: Vec<(&str, Vec<String>, Vec<String>)> = SPEED_METHODS
         .iter()
         .map(|m| {
             (
-                ["bench", "step", "--json", "--model", "vit-s16", "--batch", "8", "--iters", &it, "--method", m].map(String::from).to_vec(),
-                ["step", m, "--batch", "8", "--iters", &it].map(String::from).to_vec(),
+                "vit-s16",
+                args(&["bench", "step", "--json", "--model", "vit-s16", "--batch", "8", "--iters", &it, "--method", m]),
+                args(&["step", m, "--batch", "8", "--iters", &it]),
             )
         })
         .collect();
     workloads.push((
-        ["bench", "forward", "--json", "--model", "vit-s16", "--batch", "32", "--iters", &it].map(String::from).to_vec(),
-        ["forward", "--batch", "32", "--iters", &it].map(String::from).to_vec(),
+        "vit-s16",
+        args(&["bench", "forward", "--json", "--model", "vit-s16", "--batch", "32", "--iters", &it]),
+        args(&["forward", "--batch", "32", "--iters", &it]),
     ));
+    // the hierarchical families at 224, batch 8: inference and the PEFT steps
+    for model in SPEED_HIERARCHICAL {
+        let timm = mosa_models::presets::timm_name(model).with_context(|| format!("no preset `{model}`"))?;
+        let timm = timm.split('.').next().unwrap_or(timm);
+        let common = ["--batch", "8", "--iters", &it];
+        workloads.push((
+            model,
+            [&["bench", "forward", "--json", "--model", model][..], &common].concat().iter().map(|s| s.to_string()).collect(),
+            [&["forward", "--model", timm][..], &common].concat().iter().map(|s| s.to_string()).collect(),
+        ));
+        for method in ["adapter", "lora"] {
+            workloads.push((
+                model,
+                [&["bench", "step", "--json", "--model", model, "--method", method][..], &common].concat().iter().map(|s| s.to_string()).collect(),
+                [&["step", method, "--model", timm][..], &common].concat().iter().map(|s| s.to_string()).collect(),
+            ));
+        }
+    }
     // the FMA peak both sides are measured against
     let peak_out = Command::new(&mosa).args(["bench", "peak", "--json"]).output().context("running mosa bench peak")?;
     let peak_json: serde_json::Value = last_json(&peak_out, "mosa bench peak")?;
@@ -241,6 +266,7 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
     println!("measured f32 FMA peak: {} GFLOP/s ({peak_json})\n", peak.map(|p| format!("{p:.0}")).unwrap_or_else(|| "?".into()));
     let header = table::Markdown::new(
         &[
+            "model",
             "measure",
             "batch",
             "mosa median s",
@@ -252,10 +278,10 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
             "PyTorch GFLOP/s (% of peak)",
             "CPU idle before",
         ],
-        1,
+        2,
     );
     print!("{}", header.finish());
-    for (ours, theirs) in &workloads {
+    for (model, ours, theirs) in &workloads {
         let idle = idle_share(1000);
         eprintln!("running mosa {}", ours.join(" "));
         let out = Command::new(&mosa).args(ours).stderr(std::process::Stdio::inherit()).output().context("running mosa")?;
@@ -288,6 +314,7 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
         print!(
             "{}",
             table::Markdown::line(&[
+                model.to_string(),
                 what.to_string(),
                 batch.to_string(),
                 format!("{m:.3}"),

@@ -10,15 +10,17 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use super::depthwise_conv as composed_depthwise;
+use super::window_attention::{self as composed_window, Windows};
 use super::{Kernels, attention as composed, layer_norm as composed_layer_norm, linear as composed_linear, math};
 
 /// Defines `fn $name(args…)` (no return value) whose body is compiled three times (AVX-512F,
 /// AVX2 + FMA, baseline) and dispatched on the running CPU; helpers it calls must be
 /// `#[inline(always)]` to share the features.
 macro_rules! multiversion {
-    ($(#[$doc:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
-        fn $name($($a: $t),*) {
+        $vis fn $name($($a: $t),*) {
             #[inline(always)]
             fn body($($a: $t),*) $body
             #[cfg(target_arch = "x86_64")]
@@ -42,9 +44,11 @@ macro_rules! multiversion {
 }
 
 mod attention;
+mod depthwise_conv;
 pub mod gemm;
 mod layer_norm;
 mod linear;
+mod window_attention;
 
 /// A raw output pointer shared by rayon tasks that each write their own disjoint elements.
 #[derive(Clone, Copy)]
@@ -95,6 +99,23 @@ fn geometry(qkv: &FlexTensor, heads: usize) -> Option<attention::Geometry> {
         [b, t, w] if qkv.dtype() == DType::F32 && heads > 0 && w % (3 * heads) == 0 => Some(attention::Geometry { b, t, h: heads, hd: w / 3 / heads }),
         _ => None,
     }
+}
+
+/// The depthwise convolution's sizes for f32 `x` and `weight` that fit the kernel (padding below
+/// the kernel size), `None` otherwise.
+fn depthwise_geometry(x: &FlexTensor, weight: &FlexTensor, padding: usize) -> Option<composed_depthwise::Geometry> {
+    if [x.dtype(), weight.dtype()] != [DType::F32; 2] {
+        return None;
+    }
+    composed_depthwise::geometry(&dims(x), &dims(weight), padding).filter(|g| g.p < g.k)
+}
+
+/// The window attention's sizes for f32 `qkv` and `bias` that fit the kernel, `None` otherwise.
+fn window_grid(qkv: &FlexTensor, bias: &FlexTensor, win: Windows) -> Option<composed_window::Grid> {
+    if [qkv.dtype(), bias.dtype()] != [DType::F32; 2] {
+        return None;
+    }
+    composed_window::grid(&dims(qkv), &dims(bias), win)
 }
 
 multiversion! {
@@ -286,6 +307,80 @@ impl Kernels for Flex {
                 tensor(dqkv, [g.b, g.t, 3 * g.h * g.hd])
             }
             _ => composed::composed_backward::<Self>(qkv, lse, grad, heads),
+        }
+    }
+
+    const FUSED_DEPTHWISE_CONV: bool = true;
+
+    fn depthwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, padding: usize) -> FloatTensor<Self> {
+        match depthwise_geometry(&x, &weight, padding) {
+            Some(g) if bias.dtype() == DType::F32 && dims(&bias) == [g.c] => {
+                tensor(depthwise_conv::forward(&values(&x), &values(&weight), &values(&bias), g), [g.b, g.ho, g.wo, g.c])
+            }
+            _ => composed_depthwise::composed::<Self>(x, weight, bias, padding),
+        }
+    }
+
+    fn depthwise_conv_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        padding: usize,
+        need: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        match depthwise_geometry(&x, &weight, padding) {
+            Some(g) if grad.dtype() == DType::F32 && dims(&grad) == [g.b, g.ho, g.wo, g.c] => {
+                let gv = values(&grad);
+                let dx = need[0].then(|| tensor(depthwise_conv::backward_x(&values(&weight), &gv, g), [g.b, g.h, g.w, g.c]));
+                let (dw, db) = if need[1] || need[2] { depthwise_conv::backward_params(&values(&x), &gv, g, [need[1], need[2]]) } else { (None, None) };
+                [dx, dw.map(|w| tensor(w, [g.c, 1, g.k, g.k])), db.map(|b| tensor(b, [g.c]))]
+            }
+            _ => composed_depthwise::composed_backward::<Self>(x, weight, grad, padding, need),
+        }
+    }
+
+    const FUSED_WINDOW_ATTENTION: bool = true;
+
+    fn window_attention(qkv: FloatTensor<Self>, bias: FloatTensor<Self>, win: Windows) -> FloatTensor<Self> {
+        match window_grid(&qkv, &bias, win) {
+            Some(_) => Self::window_attention_with_lse(qkv, bias, win).0,
+            None => composed_window::composed::<Self>(qkv, bias, win),
+        }
+    }
+
+    fn window_attention_with_lse(qkv: FloatTensor<Self>, bias: FloatTensor<Self>, win: Windows) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let Some(g) = window_grid(&qkv, &bias, win) else {
+            return composed_window::composed_with_lse::<Self>(qkv, bias, win);
+        };
+        let n = win.window * win.window;
+        let mut out = zeros(g.b * g.h * g.w * g.c);
+        let mut lse = zeros(g.b * g.windows * win.heads * n);
+        window_attention::forward(&values(&qkv), &values(&bias), g, win, &mut out, &mut lse);
+        (tensor(out, [g.b, g.h, g.w, g.c]), tensor(lse, [g.b * g.windows, win.heads, n]))
+    }
+
+    fn window_attention_backward(
+        qkv: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        win: Windows,
+        need_bias: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let n = win.window * win.window;
+        let fits = |g: &composed_window::Grid| {
+            [grad.dtype(), lse.dtype()] == [DType::F32; 2] && dims(&grad) == [g.b, g.h, g.w, g.c] && dims(&lse) == [g.b * g.windows, win.heads, n]
+        };
+        match window_grid(&qkv, &bias, win) {
+            Some(g) if fits(&g) => {
+                let mut dqkv = zeros(g.b * g.h * g.w * 3 * g.c);
+                let mut ds = need_bias.then(|| zeros(g.b * g.windows * win.heads * n * n));
+                let biases = values(&bias);
+                window_attention::backward(&values(&qkv), &biases, &values(&lse), &values(&grad), g, win, &mut dqkv, ds.as_deref_mut());
+                let dbias = ds.map(|ds| tensor(window_attention::bias_gradient(&ds, g, win), dims(&bias)));
+                (tensor(dqkv, [g.b, g.h, g.w, 3 * g.c]), dbias)
+            }
+            _ => composed_window::composed_backward::<Self>(qkv, bias, lse, grad, win, need_bias),
         }
     }
 

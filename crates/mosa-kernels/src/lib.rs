@@ -19,7 +19,7 @@
 //! ```
 //!
 //! Models and methods are written against `B: Kernels` (training code against
-//! [`AutodiffKernels`]) and call the typed helpers here ([`gelu`], [`attention_packed`], [`linear_rows`], [`linear_layer`]) or the
+//! [`AutodiffKernels`]) and call the typed helpers here ([`gelu`], [`attention_packed`], [`window_attention()`], [`depthwise_conv()`], [`linear_rows`], [`linear_layer`]) or the
 //! `LayerNorm` module of mosa-core, never a backend directly.
 //!
 //! | kernel | default | Flex |
@@ -28,6 +28,10 @@
 //! | [`Kernels::gelu_exact_backward`] | `ActivationOps::gelu_backward` | the same, fused with the incoming gradient |
 //! | [`Kernels::attention_packed`] | split heads (reshape, permute), `module::attention`, merge heads | per (batch, head) on rayon: strided GEMMs straight from the packed `qkv`, SIMD softmax, output written into `[b, t, d]` |
 //! | [`Kernels::attention_packed_backward`] | the backward composed of tensor ops (`attention.rs`) | per (batch, head): the softmax recomputed from the saved log-sum-exp, five strided GEMMs into the packed gradient |
+//! | [`Kernels::window_attention`] | roll, partition (reshape, permute), matmul, bias and mask added, softmax, matmul, reverse | per (image, window, head) on rayon: the window's q, k, v gathered from the grid through the shift, the bias rows under the scores, SIMD softmax, the output scattered back to the tokens' places |
+//! | [`Kernels::window_attention_backward`] | the backward composed of tensor ops (`window_attention.rs`) | per (image, window, head): softmax recomputed from the log-sum-exp, five GEMMs, ∂bias reduced over windows that share a bias block |
+//! | [`Kernels::depthwise_conv`] | permute to NCHW, `ModuleOps::conv2d` with C groups, permute back | channels last: per output row on rayon, each tap a SIMD multiply-add over the channels of whole pixel runs |
+//! | [`Kernels::depthwise_conv_backward`] | `ModuleOps::conv2d_{x,weight}_backward` between permutes, ∂bias a sum | ∂x: the forward with the kernel flipped; ∂weight and ∂bias folded per task over rows, then summed |
 //! | [`Kernels::linear_rows`] | `ModuleOps::linear` (matmul, then the bias added on one thread) | bias rows written first, one GEMM over all rows accumulating into them, on rayon (ours, `flex/gemm.rs`, on AVX2 CPUs without AVX-512, a 6 × 16 tile; the `gemm` crate elsewhere, or our 12 × 32 AVX-512 tile with `MOSA_GEMM=avx512`); under `Autodiff` ∂W is one GEMM over all rows |
 //! | [`Kernels::linear_rows_backward`] | `ModuleOps::linear_{x,weight,bias}_backward` | ∂x and ∂W as one parallel GEMM each on strided views (no transposed copies), ∂b summed per task |
 //! | [`Kernels::layer_norm`] | `ModuleOps::layer_norm` (burn-flex: SIMD, rayon) | the default |
@@ -45,12 +49,16 @@ use burn::tensor::ops::{ActivationOps, FloatTensor, IntTensor, ModuleOps};
 use burn::tensor::{TensorMetadata, TensorPrimitive};
 
 pub mod attention;
+pub mod depthwise_conv;
 pub mod entries;
 #[cfg(feature = "flex")]
 pub mod flex;
 pub mod layer_norm;
 pub mod linear;
 pub mod math;
+pub mod window_attention;
+
+pub use window_attention::Windows;
 
 /// A backend with mosa's kernels (module docs).
 pub trait Kernels: Backend {
@@ -86,6 +94,63 @@ pub trait Kernels: Backend {
     /// `∂L/∂qkv` `[b, t, 3d]` from `grad` = `∂L/∂out` `[b, t, d]` and the forward's `lse`.
     fn attention_packed_backward(qkv: FloatTensor<Self>, lse: FloatTensor<Self>, grad: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         attention::composed_backward::<Self>(qkv, lse, grad, heads)
+    }
+
+    /// Whether [`Kernels::window_attention_with_lse`] and [`Kernels::window_attention_backward`]
+    /// are this backend's own kernel: only then does `Autodiff` record window attention as one
+    /// node with that backward.
+    const FUSED_WINDOW_ATTENTION: bool = false;
+
+    /// Swin's (shifted) window attention read from the token grid ([`window_attention`](mod@window_attention) module docs).
+    ///
+    /// # Shapes
+    /// `qkv` `[b, H, W, 3c]`, `bias` `[nb, heads, w², w²]` → `[b, H, W, c]`
+    fn window_attention(qkv: FloatTensor<Self>, bias: FloatTensor<Self>, win: Windows) -> FloatTensor<Self> {
+        window_attention::composed::<Self>(qkv, bias, win)
+    }
+
+    /// [`Kernels::window_attention`] and each score row's log-sum-exp `[b·windows, heads, w²]`.
+    fn window_attention_with_lse(qkv: FloatTensor<Self>, bias: FloatTensor<Self>, win: Windows) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        window_attention::composed_with_lse::<Self>(qkv, bias, win)
+    }
+
+    /// `(∂L/∂qkv, ∂L/∂bias)` from `grad` = `∂L/∂out` and the forward's `lse`; the bias's only
+    /// when `need_bias`.
+    fn window_attention_backward(
+        qkv: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        win: Windows,
+        need_bias: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        window_attention::composed_backward::<Self>(qkv, bias, lse, grad, win, need_bias)
+    }
+
+    /// Whether [`Kernels::depthwise_conv`] and [`Kernels::depthwise_conv_backward`] are this
+    /// backend's own kernels: only then does `Autodiff` record the convolution as one node with
+    /// that backward.
+    const FUSED_DEPTHWISE_CONV: bool = false;
+
+    /// Depthwise `k × k` convolution, stride 1, zero padding `padding`, channels last
+    /// ([`depthwise_conv`](mod@depthwise_conv) module docs).
+    ///
+    /// # Shapes
+    /// `x` `[b, H, W, C]`, `weight` `[C, 1, k, k]`, `bias` `[C]` → `[b, H + 2p − k + 1, W + 2p − k + 1, C]`
+    fn depthwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, padding: usize) -> FloatTensor<Self> {
+        depthwise_conv::composed::<Self>(x, weight, bias, padding)
+    }
+
+    /// `[∂L/∂x, ∂L/∂weight, ∂L/∂bias]` of [`Kernels::depthwise_conv`] from `grad` = `∂L/∂out`, each
+    /// only where `need` asks for it.
+    fn depthwise_conv_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        padding: usize,
+        need: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        depthwise_conv::composed_backward::<Self>(x, weight, grad, padding, need)
     }
 
     /// Whether [`Kernels::linear_rows`] and [`Kernels::linear_rows_backward`] are this backend's
@@ -179,6 +244,25 @@ pub fn attention_packed<B: Kernels>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B
     float(B::attention_packed(primitive(qkv), heads))
 }
 
+/// Swin's (shifted) window attention through the backend's kernel
+/// ([`window_attention`](mod@window_attention) module docs).
+///
+/// # Shapes
+/// `qkv` `[b, H, W, 3c]`, `bias` `[nb, heads, w², w²]` → `[b, H, W, c]`
+pub fn window_attention<B: Kernels>(qkv: Tensor<B, 4>, bias: Tensor<B, 4>, win: Windows) -> Tensor<B, 4> {
+    float(B::window_attention(primitive(qkv), primitive(bias), win))
+}
+
+/// Depthwise `k × k` convolution over a channels-last grid through the backend's kernel
+/// (stride 1, zero padding `padding`; no bias: a zero one) ([`depthwise_conv`](mod@depthwise_conv) module docs).
+///
+/// # Shapes
+/// `x` `[b, H, W, C]`, `weight` `[C, 1, k, k]`, `bias` `[C]` → `[b, H + 2p − k + 1, W + 2p − k + 1, C]`
+pub fn depthwise_conv<B: Kernels>(x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>, padding: usize) -> Tensor<B, 4> {
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &weight.device()));
+    float(B::depthwise_conv(primitive(x), primitive(weight), primitive(bias), padding))
+}
+
 /// `x·W + b` over the last axis through the backend's kernel ([`linear`] module docs).
 ///
 /// # Shapes
@@ -235,6 +319,14 @@ impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
 
     fn attention_packed(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         attention::autodiff::<B, C>(qkv, heads)
+    }
+
+    fn window_attention(qkv: FloatTensor<Self>, bias: FloatTensor<Self>, win: Windows) -> FloatTensor<Self> {
+        window_attention::autodiff::<B, C>(qkv, bias, win)
+    }
+
+    fn depthwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, padding: usize) -> FloatTensor<Self> {
+        depthwise_conv::autodiff::<B, C>(x, weight, bias, padding)
     }
 
     fn layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> FloatTensor<Self> {

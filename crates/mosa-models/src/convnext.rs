@@ -20,7 +20,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
-use mosa_kernels::Kernels;
+use mosa_kernels::{Kernels, depthwise_conv};
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
@@ -30,7 +30,7 @@ use mosa_core::slot::AdapterSlot;
 use crate::error::Error;
 use crate::family::{BackboneOutput, Family, FamilyConfig, Spatial};
 use crate::kwargs;
-use crate::layers::{Mlp, drop_path, init_linear, layer_norm_2d, sequential, stream};
+use crate::layers::{Mlp, drop_path, init_linear, sequential, stream};
 use crate::load::StateDict;
 use crate::load::by_path::Renames;
 use serde_json::Value;
@@ -233,12 +233,18 @@ pub struct ConvNextBlock<B: Backend> {
 }
 
 impl<B: Kernels> ConvNextBlock<B> {
+    /// Channels last throughout: the depthwise conv ([`depthwise_conv()`]), LayerNorm and MLP all
+    /// read the grid as tokens without a permute.
+    ///
     /// # Shapes
-    /// `[b, c, h, w]` → `[b, c, h, w]`
+    /// `[b, h, w, c]` → `[b, h, w, c]`
     pub fn forward(&self, x: Tensor<B, 4>, rng: &mut Rng) -> Tensor<B, 4> {
-        let [b, c, h, w] = x.dims();
-        // channels last, as tokens: [b, h·w, c]
-        let y = self.norm.forward(self.conv_dw.forward(x.clone()).permute([0, 2, 3, 1]).reshape([b, h * w, c]));
+        let [b, h, w, c] = x.dims();
+        let weight = self.conv_dw.weight.val();
+        // timm's "same" padding of the odd k × k kernel
+        let padding = weight.dims()[2] / 2;
+        let conv = depthwise_conv(x.clone(), weight, self.conv_dw.bias.as_ref().map(|b| b.val()), padding);
+        let y = self.norm.forward(conv.reshape([b, h * w, c]));
         let mut m = self.mlp.forward(y.clone(), rng);
         m = sequential(&self.adapter_mlp, m, rng);
         if let Some(g) = &self.gamma {
@@ -247,15 +253,9 @@ impl<B: Kernels> ConvNextBlock<B> {
         if let Some(a) = &self.adapter {
             m = m + a.forward(y, rng);
         }
-        let out = x + drop_path(m, self.drop_path).reshape([b, h, w, c]).permute([0, 3, 1, 2]);
-        match &self.adapter_mlp {
-            // after the residual, on the block's output as tokens
-            Some(a) if a.on_stream() => {
-                let tokens = out.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
-                stream(&self.adapter_mlp, tokens, rng).reshape([b, h, w, c]).permute([0, 3, 1, 2])
-            }
-            _ => out,
-        }
+        let out = x + drop_path(m, self.drop_path).reshape([b, h, w, c]);
+        // an adapter after the residual reads the block's output as tokens
+        stream(&self.adapter_mlp, out.reshape([b, h * w, c]), rng).reshape([b, h, w, c])
     }
 
     fn sites_mut(&mut self, stage: usize, index: usize, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
@@ -303,22 +303,23 @@ impl<B: Kernels> ConvNeXt<B> {
     /// `[b, c, h, w]` → features `[b, h'·w', c']` (NCHW before the head norm, as tokens), pooled
     /// and normalised pre-logits
     pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
-        let mut x = layer_norm_2d(&self.stem.norm, self.stem.conv.forward(x));
+        // the stem and downsampling convs are strided dense convs (NCHW); the stages run channels last
+        let mut x = self.stem.norm.forward(self.stem.conv.forward(x).permute([0, 2, 3, 1]));
         let mut hidden = Vec::new();
         for stage in &self.stages {
             if let Some(d) = &stage.downsample {
-                x = d.conv.forward(layer_norm_2d(&d.norm, x));
+                x = d.conv.forward(d.norm.forward(x).permute([0, 3, 1, 2])).permute([0, 2, 3, 1]);
             }
             for block in &stage.blocks {
                 x = block.forward(x, rng);
                 if collect_hidden {
-                    let [b, c, h, w] = x.dims();
-                    hidden.push(x.clone().permute([0, 2, 3, 1]).reshape([b, h * w, c]));
+                    let [b, h, w, c] = x.dims();
+                    hidden.push(x.clone().reshape([b, h * w, c]));
                 }
             }
         }
-        let [b, c, h, w] = x.dims();
-        let features = x.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
+        let [b, h, w, c] = x.dims();
+        let features = x.reshape([b, h * w, c]);
         let pre_logits = self.head_norm.forward(features.clone().mean_dim(1).reshape([b, c]));
         let logits = match &self.head {
             Some(hd) => hd.forward(self.head_drop.forward(pre_logits.clone())),

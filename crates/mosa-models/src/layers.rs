@@ -124,14 +124,6 @@ pub fn opt_scale<B: Backend>(ls: &Option<LayerScale<B>>, x: Tensor<B, 3>) -> Ten
     }
 }
 
-/// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`), with the channels-last [`LayerNorm`].
-///
-/// # Shapes
-/// `[b, c, h, w]` → `[b, c, h, w]`
-pub fn layer_norm_2d<B: Kernels>(norm: &LayerNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    norm.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
-}
-
 /// A randomly initialised layer of every family: N(0, 0.02) weights, zero bias (timm's init).
 pub fn init_linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> burn::nn::Linear<B> {
     let mut l = burn::nn::LinearConfig::new(d_in, d_out).with_bias(bias).with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std: 0.02 }).init(device);

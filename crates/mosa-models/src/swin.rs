@@ -25,7 +25,8 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, Int, TensorData};
 use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
-use mosa_kernels::Kernels;
+use mosa_kernels::window_attention as wa;
+use mosa_kernels::{Kernels, Windows, attention, window_attention};
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
@@ -322,22 +323,32 @@ impl<B: Kernels> WindowAttention<B> {
         table.select(0, idx).reshape([n, n, self.num_heads]).permute([2, 0, 1])
     }
 
+    /// Attention in the windows of a grid whose sides are whole windows, with the cyclic `shift`
+    /// folded into the kernel's reads ([`window_attention()`]: no partition or roll copies), then
+    /// the projection (per token, so on the grid's own order).
+    ///
     /// # Shapes
-    /// windows `[b·nw, w², c]`, mask `[nw, w², w²]` → `[b·nw, w², c]`
-    pub fn forward(&self, x: Tensor<B, 3>, mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
-        let [bw, n, c] = x.dims();
-        let h = self.num_heads;
-        let hd = c / h;
-        let qkv = self.qkv.forward(x, rng).reshape([bw, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
-        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([bw, h, n, hd]));
-        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let mut attn = (q * (hd as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)) + self.bias().unsqueeze::<4>();
-        if let Some(m) = mask {
-            let nw = m.dims()[0];
-            attn = (attn.reshape([bw / nw, nw, h, n, n]) + m.clone().reshape([1, nw, 1, n, n])).reshape([bw, h, n, n]);
-        }
-        let out = self.attn_drop.forward(softmax(attn, 3)).matmul(v).swap_dims(1, 2).reshape([bw, n, c]);
-        self.proj_drop.forward(self.proj.forward(out, rng))
+    /// `x` `[b, H, W, c]`, mask `[windows, w², w²]` (the shifted-window mask, when it applies) →
+    /// `[b, H·W, c]`
+    pub fn forward(&self, x: Tensor<B, 4>, shift: usize, mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
+        let [b, h, w, c] = x.dims();
+        let qkv = self.qkv.forward(x.reshape([b, h * w, c]), rng).reshape([b, h, w, 3 * c]);
+        let bias = self.bias().unsqueeze_dim::<4>(0);
+        let bias = match mask {
+            Some(m) => bias + m.clone().unsqueeze_dim::<4>(1),
+            None => bias,
+        };
+        let win = Windows { heads: self.num_heads, window: self.window, shift };
+        let out = if self.attn_drop.prob > 0.0 && B::ad_enabled(&qkv.device()) { self.with_dropout(qkv, bias, win) } else { window_attention(qkv, bias, win) };
+        self.proj_drop.forward(self.proj.forward(out.reshape([b, h * w, c]), rng))
+    }
+
+    /// Window attention with dropout on the probabilities (training only), composed of tensor ops.
+    fn with_dropout(&self, qkv: Tensor<B, 4>, bias: Tensor<B, 4>, win: Windows) -> Tensor<B, 4> {
+        let [b, h, w, _] = qkv.dims();
+        let [q, k, v] = attention::split(wa::partition(qkv, win), win.heads);
+        let p = self.attn_drop.forward(softmax(wa::biased_scores(q, k, bias), 3));
+        wa::reverse(attention::merge_heads(p.matmul(v)), [b, h, w], win)
     }
 }
 
@@ -400,31 +411,25 @@ impl<B: Kernels> SwinBlock<B> {
         stream(&self.adapter_mlp, h + drop_path(m, self.drop_path), rng)
     }
 
-    /// Shift, pad, partition into windows, attend, and undo it all.
+    /// Window attention over the grid. Grids of whole windows go to the kernel as they are (the
+    /// shift is its index arithmetic); others are shifted and zero-padded first, as timm does
+    /// before the projection, attended unshifted, then cropped and shifted back.
     fn windowed(&self, x: Tensor<B, 3>, (h, w): (usize, usize), mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
         let [b, _, c] = x.dims();
         let ws = self.attn.window;
-        let s = self.shift as i64;
-        let mut x = x.reshape([b, h, w, c]);
-        // burn's `roll_dim(k)` moves element i + k to i: torch's `roll(x, -k)`
-        if s > 0 {
-            x = x.roll_dim(s, 1).roll_dim(s, 2);
-        }
+        let mask = if self.shift > 0 { mask } else { None };
+        let x = x.reshape([b, h, w, c]);
         let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
-        if ph > 0 || pw > 0 {
-            x = x.pad([(0, ph), (0, pw), (0, 0)], burn::tensor::ops::PadMode::Constant(0.0));
+        if ph == 0 && pw == 0 {
+            return self.attn.forward(x, self.shift, mask, rng);
         }
-        let (hp, wp) = (h + ph, w + pw);
-        let windows = x.reshape([b, hp / ws, ws, wp / ws, ws, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b * (hp / ws) * (wp / ws), ws * ws, c]);
-        let out = self.attn.forward(windows, if s > 0 { mask } else { None }, rng);
-        let mut x = out.reshape([b, hp / ws, wp / ws, ws, ws, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b, hp, wp, c]);
-        if ph > 0 || pw > 0 {
-            x = x.slice([0..b, 0..h, 0..w, 0..c]);
-        }
-        if s > 0 {
-            x = x.roll_dim(-s, 1).roll_dim(-s, 2);
-        }
-        x.reshape([b, h * w, c])
+        let s = self.shift as i64;
+        // burn's `roll_dim(k)` moves element i + k to i: torch's `roll(x, -k)`
+        let x = if s > 0 { x.roll_dim(s, 1).roll_dim(s, 2) } else { x };
+        let x = x.pad([(0, ph), (0, pw), (0, 0)], burn::tensor::ops::PadMode::Constant(0.0));
+        let out = self.attn.forward(x, 0, mask, rng).reshape([b, h + ph, w + pw, c]).slice([0..b, 0..h, 0..w, 0..c]);
+        let out = if s > 0 { out.roll_dim(-s, 1).roll_dim(-s, 2) } else { out };
+        out.reshape([b, h * w, c])
     }
 
     /// The block's sites: three adapter slots (the parallel one reads the normalised MLP input),

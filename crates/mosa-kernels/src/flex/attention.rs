@@ -39,7 +39,7 @@ impl Geometry {
 }
 
 #[derive(Clone, Copy)]
-struct SharedRead(*const f32);
+pub(super) struct SharedRead(pub(super) *const f32);
 // SAFETY: read only.
 unsafe impl Send for SharedRead {}
 unsafe impl Sync for SharedRead {}
@@ -50,7 +50,7 @@ unsafe impl Sync for SharedRead {}
 /// The views must address `m × k` and `k × n` valid values, `dst` `m × n` writable ones that no
 /// other thread touches meanwhile.
 #[allow(clippy::too_many_arguments)] // a GEMM call: shapes, destination, operands, beta
-unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs: View, rhs: View, beta: f32) {
+pub(super) unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs: View, rhs: View, beta: f32) {
     unsafe {
         gemm(m, n, k, dst, 1, dst_rs as isize, false, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs, 0.0, beta, false, false, false, Parallelism::None)
     }
@@ -61,7 +61,7 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         if s.len() < len {
@@ -73,7 +73,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 multiversion! {
     /// Each row of the scores `s` (`rows × t`) becomes its softmax; `lse[i]` its log-sum-exp.
-    fn softmax_rows(s: &mut [f32], t: usize, lse: &mut [f32]) {
+    pub(super) fn softmax_rows(s: &mut [f32], t: usize, lse: &mut [f32]) {
         for (row, l) in s.chunks_exact_mut(t).zip(lse.iter_mut()) {
             let max = row_max(row);
             for x in row.iter_mut() {
@@ -91,7 +91,7 @@ multiversion! {
 
 multiversion! {
     /// The scores `s` (`rows × t`) become the probabilities `exp(s − lse)`.
-    fn probabilities(s: &mut [f32], t: usize, lse: &[f32]) {
+    pub(super) fn probabilities(s: &mut [f32], t: usize, lse: &[f32]) {
         for (row, &l) in s.chunks_exact_mut(t).zip(lse) {
             for x in row.iter_mut() {
                 *x = math::exp_neg(*x - l);
@@ -102,7 +102,7 @@ multiversion! {
 
 multiversion! {
     /// `dp` becomes `dS = P ⊙ (dP − rowsum(P ⊙ dP))`.
-    fn softmax_backward(p: &[f32], dp: &mut [f32], t: usize) {
+    pub(super) fn softmax_backward(p: &[f32], dp: &mut [f32], t: usize) {
         for (pr, dr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
             let row = row_dot(pr, dr);
             for (d, &p) in dr.iter_mut().zip(pr) {
