@@ -19,6 +19,11 @@ ViT-S/16 (timm `vit_small_patch16_224`, random weights, 100 classes), 224 px, or
     gradients (mosa's `mosa` default).
 Prints one JSON line: {"workload", "times": [...], "median_s", "images_per_second"}.
 
+On a GPU (`--device cuda`) every timed iteration ends with `torch.cuda.synchronize()`; `--tf32` lets
+fp32 matmuls and convolutions use TF32 tensor cores (`torch.set_float32_matmul_precision("high")`;
+off by default, PyTorch's own default for matmuls), and `--compile` wraps the model in
+`torch.compile` (its compilation happens in the warm-up iterations, which are not timed).
+
 Install: python -m venv ~/.venvs/torch && ~/.venvs/torch/bin/pip install torch timm
 """
 import argparse
@@ -200,37 +205,57 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--model", default="vit_small_patch16_224", help="a timm ViT, Swin or ConvNeXt (e.g. swin_tiny_patch4_window7_224, convnext_tiny)")
     p.add_argument("--resolution", type=int, default=224, help="forward: input side")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--tf32", action="store_true", help="fp32 matmuls on TF32 tensor cores")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    if a.tf32:
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = False
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
     torch.manual_seed(3407)
     times = []
     if a.workload == "forward":
         batch = a.batch or 32
         model, _ = build("linear", a.model)
-        model.eval()
-        x = torch.randn(batch, 3, a.resolution, a.resolution)
+        model = model.to(dev).eval()
+        run = torch.compile(model) if a.compile else model
+        x = torch.randn(batch, 3, a.resolution, a.resolution, device=dev)
         with torch.inference_mode():
             for i in range(a.warmup + a.iters):
+                sync()
                 t0 = time.perf_counter()
-                model(x)
+                run(x)
+                sync()
                 if i >= a.warmup:
                     times.append(time.perf_counter() - t0)
         name = "inference"
     else:
         batch = a.batch or 8
         model, adapters = build(a.method, a.model)
-        model.train()
+        model = model.to(dev).train()
         opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3, eps=1e-6, weight_decay=0.01)
-        x, y = torch.randn(batch, 3, 224, 224), torch.arange(batch) % 100
+        x, y = torch.randn(batch, 3, a.resolution, a.resolution, device=dev), torch.arange(batch, device=dev) % 100
+        run = torch.compile(model) if a.compile else model
         for i in range(a.warmup + a.iters):
+            sync()
             t0 = time.perf_counter()
-            step_fn(a.method, model, adapters, opt, x, y)
+            step_fn(a.method, run, adapters, opt, x, y)
+            sync()
             if i >= a.warmup:
                 times.append(time.perf_counter() - t0)
         name = f"train step, {a.method}"
     med = statistics.median(times)
-    print(json.dumps({"workload": name, "model": a.model, "batch": batch, "times": times, "median_s": med, "images_per_second": batch / med, "torch": torch.__version__, "threads": torch.get_num_threads()}))
+    print(json.dumps({"workload": name, "model": a.model, "batch": batch, "times": times, "median_s": med, "images_per_second": batch / med, "torch": torch.__version__, "threads": torch.get_num_threads(), "device": a.device, "tf32": a.tf32, "compile": a.compile}))
 
 
 if __name__ == "__main__":

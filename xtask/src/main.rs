@@ -57,6 +57,9 @@ enum Task {
         /// right after ours, and print the ratio per row.
         #[arg(long)]
         compare_pytorch: Option<PathBuf>,
+        /// Only the rows of these models (e.g. `swin-t,convnext-t`); all rows by default.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
     },
     /// The benchmark: `mosa train` over tasks x methods, then results/<name>/results.{md,csv,json}
     /// and accuracy.svg. Default: the embedded mini-VTAB with DINOv2 ViT-S/14 (40–60 min on 2 cores).
@@ -220,7 +223,7 @@ fn last_json<T: serde::de::DeserializeOwned>(out: &std::process::Output, what: &
     serde_json::from_str(line).with_context(|| format!("{what}: not the JSON expected: `{line}`"))
 }
 
-fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::Path>, models: &[String]) -> anyhow::Result<()> {
     let it = iters.to_string();
     let mosa = build_mosa(backend)?;
     let script = workspace_root().join("scripts/bench_pytorch.py");
@@ -259,6 +262,10 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
             ));
         }
     }
+    if let Some(unknown) = models.iter().find(|m| !workloads.iter().any(|w| w.0 == m.as_str())) {
+        bail!("--models: no rows for `{unknown}` (bench-speed has vit-s16, {})", SPEED_HIERARCHICAL.join(", "));
+    }
+    workloads.retain(|w| models.is_empty() || models.iter().any(|m| m == w.0));
     // the FMA peak both sides are measured against
     let peak_out = Command::new(&mosa).args(["bench", "peak", "--json"]).output().context("running mosa bench peak")?;
     let peak_json: serde_json::Value = last_json(&peak_out, "mosa bench peak")?;
@@ -329,9 +336,10 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
         );
     }
     println!(
-        "\ncommand: cargo xtask bench-speed --features {} --iters {iters}{}",
+        "\ncommand: cargo xtask bench-speed --features {} --iters {iters}{}{}",
         backend.features,
-        python.map(|p| format!(" --compare-pytorch {}", p.display())).unwrap_or_default()
+        python.map(|p| format!(" --compare-pytorch {}", p.display())).unwrap_or_default(),
+        if models.is_empty() { String::new() } else { format!(" --models {}", models.join(",")) }
     );
     Ok(())
 }
@@ -916,7 +924,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup(b) => mosa(&b, &["weights", "fetch", "dinov2-vits14"]).and_then(|_| mosa(&b, &["info"])),
-        Task::BenchSpeed { backend, iters, compare_pytorch } => bench_speed(&backend, iters, compare_pytorch.as_deref()),
+        Task::BenchSpeed { backend, iters, compare_pytorch, models } => bench_speed(&backend, iters, compare_pytorch.as_deref(), &models),
         Task::BenchVtab(a) => bench(a, "vtab"),
         Task::BenchFgvc(a) => bench(a, "fgvc"),
         Task::BenchExperts(a) => bench_experts_task(a),

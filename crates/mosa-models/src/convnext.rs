@@ -20,7 +20,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
-use mosa_kernels::{Kernels, depthwise_conv};
+use mosa_kernels::{Kernels, depthwise_conv, linear_rows};
 
 use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
@@ -201,6 +201,24 @@ impl ConvNextConfig {
     }
 }
 
+/// A `k × k` stride-`k` convolution (the stem's and the downsampling's patchify) of a
+/// channels-last grid as one linear over the patches: the conv's sums through the linear kernel
+/// (one GEMM, one GEMM for `∂x`) instead of burn's conv ops between NCHW permutes. Rows and
+/// columns beyond the last whole patch are dropped, as the conv does.
+///
+/// # Shapes
+/// `x` `[b, h, w, c]`, conv weight `[o, c, k, k]` → `[b, ⌊h/k⌋, ⌊w/k⌋, o]`
+fn patchify<B: Kernels>(x: Tensor<B, 4>, conv: &Conv2d<B>) -> Tensor<B, 4> {
+    let [b, h, w, c] = x.dims();
+    let [o, _, k, _] = conv.weight.dims();
+    let (h2, w2) = (h / k, w / k);
+    let x = if h % k != 0 || w % k != 0 { x.slice([0..b, 0..h2 * k, 0..w2 * k, 0..c]) } else { x };
+    // a patch's values in (row, column, channel) order, the weight's [kh, kw, c, o] to match
+    let patches = x.reshape([b, h2, k, w2, k, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b, h2, w2, k * k * c]);
+    let weight = conv.weight.val().permute([2, 3, 1, 0]).reshape([k * k * c, o]);
+    linear_rows(patches, weight, conv.bias.as_ref().map(|b| b.val()))
+}
+
 /// Patchify stem: conv (timm `stem.0`) and LayerNorm over channels (`stem.1`).
 #[derive(Module, Debug)]
 pub struct Stem<B: Backend> {
@@ -303,12 +321,12 @@ impl<B: Kernels> ConvNeXt<B> {
     /// `[b, c, h, w]` → features `[b, h'·w', c']` (NCHW before the head norm, as tokens), pooled
     /// and normalised pre-logits
     pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
-        // the stem and downsampling convs are strided dense convs (NCHW); the stages run channels last
-        let mut x = self.stem.norm.forward(self.stem.conv.forward(x).permute([0, 2, 3, 1]));
+        // channels last from the stem on; the stem and downsampling convs are patchify convs
+        let mut x = self.stem.norm.forward(patchify(x.permute([0, 2, 3, 1]), &self.stem.conv));
         let mut hidden = Vec::new();
         for stage in &self.stages {
             if let Some(d) = &stage.downsample {
-                x = d.conv.forward(d.norm.forward(x).permute([0, 3, 1, 2])).permute([0, 2, 3, 1]);
+                x = patchify(d.norm.forward(x), &d.conv);
             }
             for block in &stage.blocks {
                 x = block.forward(x, rng);
