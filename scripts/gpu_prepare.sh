@@ -4,21 +4,19 @@
 # PyTorch but no Rust, and reaches no registry).
 #
 #   scripts/gpu_prepare.sh            # .gpu/: the CUDA build of mosa (xz), the parity fixtures
-#   scripts/gpu_prepare.sh --weights  # also .gpu-train/: DINOv2 ViT-S/14 in f16 for the 224-px run
+#   scripts/gpu_prepare.sh --weights  # and DINOv2 ViT-S/14 in f16 (xz) for the 224-px run
 #
 # then, with the device tool (see docs/gpu.md):
-#   run(command="bash scripts/gpu_check.sh", carry=[".gpu"], timeout_s=540)
-#   run(command="bash scripts/gpu_check.sh train", carry=[".gpu-train"], timeout_s=300)   # at once, while warm
+#   run(command="bash scripts/gpu_check.sh", carry=[".gpu"], timeout_s=570)
 #
-# Both folders are ignored by git (.git/info/exclude), and each call's working tree (the repo,
-# ~14 MiB, plus what it carries) must stay under the device's 64 MiB: this script prints the sizes.
+# .gpu/ is ignored by git (.git/info/exclude); the call's working tree (the repo, ~14 MiB, plus
+# .gpu/, ~48 MiB with the weights) must stay under the device's 64 MiB: this script checks it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
 fixtures=${MOSA_FIXTURES:-../shared/fixtures}
-for ignore in /.gpu/ /.gpu-train/; do
-  grep -qxF "$ignore" .git/info/exclude 2>/dev/null || echo "$ignore" >>.git/info/exclude
-done
+grep -qxF /.gpu/ .git/info/exclude 2>/dev/null || echo /.gpu/ >>.git/info/exclude
+rm -rf .gpu
 
 echo "building mosa with the cuda backend (cudarc loads libcuda at run time: no CUDA needed here)"
 cargo build --release --locked -p mosa-cli --no-default-features --features cuda
@@ -33,8 +31,7 @@ git rev-parse HEAD >.gpu/commit
 
 if [ "${1:-}" = "--weights" ]; then
   weights=${MOSA_WEIGHTS:-$HOME/.cache/mosa/weights/dinov2-vits14.safetensors}
-  mkdir -p .gpu-train
-  python3 - "$weights" .gpu-train/dinov2-vits14-f16.safetensors <<'EOF'
+  python3 - "$weights" .gpu/dinov2-vits14-f16.safetensors <<'EOF'
 import json, struct, sys
 from array import array
 src, dst = sys.argv[1], sys.argv[2]
@@ -60,12 +57,14 @@ h += b" " * (-len(h) % 8)
 with open(dst, "wb") as f:
     f.write(struct.pack("<Q", len(h)) + h + b"".join(chunks))
 EOF
-  cp .gpu/commit .gpu-train/commit
+  xz -T0 -6 -f .gpu/dinov2-vits14-f16.safetensors
 fi
 
 tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | awk '/total$/ {s += $1} END {print s}')
-for d in .gpu .gpu-train; do
-  [ -d "$d" ] || continue
-  size=$(du -sb "$d" | cut -f1)
-  echo "$d: $((size / 1048576)) MiB; with the repo's tracked files: $(((size + tree) / 1048576)) MiB (limit 64)"
-done
+size=$(du -sb .gpu | cut -f1)
+total=$(((size + tree) / 1048576))
+echo ".gpu: $((size / 1048576)) MiB; with the repo's tracked files: $total MiB (the device's limit: 64)"
+if [ "$total" -ge 64 ]; then
+  echo "over the limit: leave out --weights (the 224-px run is then skipped there)" >&2
+  exit 1
+fi

@@ -501,6 +501,19 @@ pub fn run_grid(g: &Grid, mosa: &Path) -> anyhow::Result<()> {
     let table = write_results(g)?;
     println!("{table}");
     eprintln!("bench: wall time {} for {} runs; results in {}", progress.elapsed(), progress.ran_count(), g.out.display());
+    // the rate the runs did their model arithmetic at (over the wall time only when this
+    // invocation ran every cell)
+    let dirs: Vec<PathBuf> = g.cells().into_iter().map(|c| c.dir).collect();
+    let wall = (progress.ran_count() == dirs.len()).then(|| progress.start.elapsed().as_secs_f64());
+    let peak = std::process::Command::new(mosa)
+        .args(["bench", "peak", "--json"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v["gflops"].as_f64());
+    if let Some(line) = crate::arithmetic::summary(&dirs, wall, peak) {
+        eprintln!("bench: {line}");
+    }
     if !waiting.is_empty() {
         eprintln!("bench: {} run(s) wait for lr searches of other shards; run again when they have finished", waiting.len());
     }

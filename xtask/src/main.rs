@@ -11,6 +11,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
 
+mod arithmetic;
 mod bench_experts;
 mod bench_merge;
 mod bench_serve;
@@ -735,6 +736,10 @@ fn report(results: &std::path::Path, partial: bool) -> anyhow::Result<()> {
         _ => bail!("{}: its command `{}` is not a benchmark grid", results.join(manifest::FILE).display(), m.command.join(" ")),
     };
     println!("{table}");
+    let dirs: Vec<PathBuf> = grid.cells().into_iter().map(|c| c.dir).collect();
+    if let Some(line) = arithmetic::summary(&dirs, None, None) {
+        eprintln!("{line}");
+    }
     let status = grid.status();
     let open: Vec<String> = status
         .iter()
