@@ -73,6 +73,18 @@ unsafe fn scatter(src: &[f32], dst: Shared, width: usize, col: usize, rows: &[us
     }
 }
 
+/// Gathers the window's q, k, v (this head's `hd` columns at `col` of each part) into `q`, `k`,
+/// `v` `[n, hd]` and writes its scores with the bias block added, `s = bias + q·kᵀ/√hd` `[n, n]`.
+fn biased_scores(qkv: &[f32], bias: &[f32], rows: &[usize], (c, col): (usize, usize), [s, q, k, v]: [&mut [f32]; 4]) {
+    let (n, hd) = (rows.len(), q.len() / rows.len().max(1));
+    for (part, dst) in [&mut *q, &mut *k, &mut *v].into_iter().enumerate() {
+        gather(qkv, 3 * c, part * c + col, rows, hd, dst);
+    }
+    s.copy_from_slice(bias);
+    // SAFETY: q and k are `[n, hd]`, s `[n, n]`, all this task's own buffers.
+    unsafe { matmul_add(n, n, hd, s.as_mut_ptr(), View::row_major(q, hd), View::row_major(k, hd).t(), 1.0 / (hd as f32).sqrt()) };
+}
+
 /// `out` `[b, H, W, c]` and `lse` `[b·nW, heads, n]` from `qkv` `[b, H, W, 3c]` and `bias`
 /// `[nb, heads, n, n]`.
 pub(super) fn forward(qkv: &[f32], bias: &[f32], g: Grid, win: Windows, out: &mut [f32], lse: &mut [f32]) {
@@ -80,7 +92,6 @@ pub(super) fn forward(qkv: &[f32], bias: &[f32], g: Grid, win: Windows, out: &mu
     let hd = c / heads;
     assert!(qkv.len() == g.b * g.h * g.w * 3 * c && out.len() == g.b * g.h * g.w * c && bias.len() == g.nb * heads * n * n);
     assert!(lse.len() == g.b * g.windows * heads * n);
-    let scale = 1.0 / (hd as f32).sqrt();
     let dst = Shared(out.as_mut_ptr());
     lse.par_chunks_mut(n).enumerate().for_each(|(task, lse)| {
         let out = &dst;
@@ -93,14 +104,10 @@ pub(super) fn forward(qkv: &[f32], bias: &[f32], g: Grid, win: Windows, out: &mu
             let (k, rest) = rest.split_at_mut(n * hd);
             let (v, o) = rest.split_at_mut(n * hd);
             let col = t.head * hd;
-            gather(qkv, 3 * c, col, &rows, hd, q);
-            gather(qkv, 3 * c, c + col, &rows, hd, k);
-            gather(qkv, 3 * c, 2 * c + col, &rows, hd, v);
-            s.copy_from_slice(&bias[block..block + n * n]);
+            biased_scores(qkv, &bias[block..block + n * n], &rows, (c, col), [&mut *s, q, k, &mut *v]);
             // SAFETY: the views address the task's own scratch buffers of these sizes; the
             // scattered rows are this window's tokens, the columns this head's.
             unsafe {
-                matmul_add(n, n, hd, s.as_mut_ptr(), View::row_major(q, hd), View::row_major(k, hd).t(), scale);
                 softmax_rows(s, n, lse);
                 matmul(n, hd, n, o.as_mut_ptr(), hd, View::row_major(s, n), View::row_major(v, hd), 1.0);
                 scatter(o, *out, c, col, &rows, hd);
@@ -136,15 +143,11 @@ pub(super) fn backward(qkv: &[f32], bias: &[f32], lse: &[f32], grad: &[f32], g: 
             let (dq, rest) = rest.split_at_mut(n * hd);
             let (dk, dv) = rest.split_at_mut(n * hd);
             let col = t.head * hd;
-            gather(qkv, 3 * c, col, &rows, hd, q);
-            gather(qkv, 3 * c, c + col, &rows, hd, k);
-            gather(qkv, 3 * c, 2 * c + col, &rows, hd, v);
+            biased_scores(qkv, &bias[block..block + n * n], &rows, (c, col), [&mut *p, &mut *q, &mut *k, &mut *v]);
             gather(grad, c, col, &rows, hd, d_out);
-            p.copy_from_slice(&bias[block..block + n * n]);
             let rm = |x: &[f32], cols: usize| View::row_major(x, cols);
             // SAFETY: as in `forward`; `ds` rows `task·n·n ..` are this task's alone.
             unsafe {
-                matmul_add(n, n, hd, p.as_mut_ptr(), rm(q, hd), rm(k, hd).t(), scale);
                 probabilities(p, n, lse);
                 matmul(n, hd, n, dv.as_mut_ptr(), hd, rm(p, n).t(), rm(d_out, hd), 1.0);
                 matmul(n, n, hd, dp.as_mut_ptr(), n, rm(d_out, hd), rm(v, hd).t(), 1.0);
