@@ -81,7 +81,12 @@ if [ "$phase" = "bench" ] || [ "$phase" = "all" ]; then
   theirs adapter "torch.compile TF32" 150 step adapter --model vit_base_patch16_224 --batch 128 --warmup 3 --iters 5 --tf32 --compile
   $py - "$rows" >>"$report" <<'EOF'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = []
+for l in open(sys.argv[1]):
+    try:
+        rows.append(json.loads(l))
+    except ValueError:
+        pass  # a command that failed printed no JSON: its cell stays empty (see speed.log)
 labels = ["inference", "adapter", "lora", "mosa"]
 sides = ["mosa", "PyTorch eager fp32", "PyTorch eager TF32", "torch.compile TF32"]
 t = {(r["label"], r["side"]): r["m"]["median_s"] for r in rows if r["m"]}
