@@ -30,7 +30,10 @@ pub fn of_run(dir: &Path) -> anyhow::Result<(f64, f64)> {
     let scored = num(&summary["eval_images_per_second"], "eval_images_per_second")? * eval_s;
     let train_flops = match method {
         // features once per training image (mosa-train's probe), the head's arithmetic is negligible
-        "linear" => forward * num(&config["dataset"]["train"], "dataset.train")?,
+        "linear" => {
+            let images = num(&config["dataset"]["train"], "dataset.train")?;
+            forward * train["max_train_images"].as_f64().map_or(images, |m| m.min(images))
+        }
         "full" => 3.0 * forward * trained,
         _ => 2.0 * forward * trained * if two_passes { 2.0 } else { 1.0 },
     };
@@ -94,6 +97,14 @@ mod tests {
             assert!((flops / want - 1.0).abs() < 0.02, "{method}: {flops:e} vs {want:e}");
             assert_eq!(secs, 12.0);
         }
+        // a probe on a subset (`--max-train-images`) computes the subset's features only
+        let dir = t.path().join("subset");
+        run(&dir, "linear", 1.0, times);
+        let mut c: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        c["run"]["train"]["max_train_images"] = 64.into();
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        let (flops, _) = of_run(&dir).unwrap();
+        assert!((flops / (forward * (64.0 + 1000.0)) - 1.0).abs() < 0.02, "subset probe: {flops:e}");
         let line = summary(&[t.path().join("adapter1"), t.path().join("missing")], Some(24.0), Some(200.0)).unwrap();
         assert!(line.starts_with("model arithmetic of 1 runs"), "{line}");
     }
