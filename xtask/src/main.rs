@@ -252,14 +252,14 @@ fn bench_speed(backend: &BackendArgs, iters: usize, python: Option<&std::path::P
         let common = ["--batch", "8", "--iters", &it];
         workloads.push((
             model,
-            [&["bench", "forward", "--json", "--model", model][..], &common].concat().iter().map(|s| s.to_string()).collect(),
-            [&["forward", "--model", timm][..], &common].concat().iter().map(|s| s.to_string()).collect(),
+            args(&[&["bench", "forward", "--json", "--model", model][..], &common].concat()),
+            args(&[&["forward", "--model", timm][..], &common].concat()),
         ));
         for method in ["adapter", "lora"] {
             workloads.push((
                 model,
-                [&["bench", "step", "--json", "--model", model, "--method", method][..], &common].concat().iter().map(|s| s.to_string()).collect(),
-                [&["step", method, "--model", timm][..], &common].concat().iter().map(|s| s.to_string()).collect(),
+                args(&[&["bench", "step", "--json", "--model", model, "--method", method][..], &common].concat()),
+                args(&[&["step", method, "--model", timm][..], &common].concat()),
             ));
         }
     }
