@@ -1,43 +1,31 @@
 //! The model arithmetic of a grid's finished runs and the rate it was done at: per run, the
 //! forward FLOPs of one image (the run's own model config at its resolution,
 //! `BackboneConfig::forward_flops`) times the images it pushed through — training: the images
-//! seen × 2 (forward and ∂x through the frozen backbone; 3 for `full`, × 2 again for MoSA's two
-//! passes), the linear probe: its training images once (features computed once); evaluation: the
-//! images scored — divided by the seconds the runs spent training and evaluating. The same count as
-//! `mosa bench`'s model GFLOP/s.
+//! seen × the method's step factor (`MethodKind::step_flops_factor`, the count `mosa bench` uses:
+//! 2 for a frozen backbone, 3 where base weights train, × 2 for MoSA's two passes), the linear
+//! probe: its training images once (mosa-train computes the frozen features once); evaluation:
+//! the images scored — divided by the seconds the runs spent training and evaluating.
 
 use std::path::Path;
 
-use serde_json::Value;
+use mosa_core::{MethodKind, Passes};
+use mosa_train::rundir::RunDir;
 
-/// (FLOPs, seconds of training and evaluation) of one finished run directory.
+/// (FLOPs, seconds of training and evaluation) of one finished run directory (any run format).
 pub fn of_run(dir: &Path) -> anyhow::Result<(f64, f64)> {
-    let read = |f: &str| -> anyhow::Result<Value> {
-        let p = dir.join(f);
-        Ok(serde_json::from_str(&std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)?)
+    let rd = RunDir::new(dir);
+    let (config, summary) = (rd.read_config()?, rd.summary()?);
+    let (run, train) = (&config.run, &config.run.train);
+    let forward = run.model.clone().with_img_size(train.resolution).forward_flops();
+    let passes = if mosa_train::step::two_passes(&run.method, train) { Passes::Two } else { Passes::One };
+    let trained = summary.train_images_per_second * summary.train_seconds;
+    let scored = summary.eval_images_per_second * summary.eval_seconds;
+    let train_flops = match run.method.kind() {
+        // features once per training image (mosa-train's probe); the head's arithmetic is negligible
+        MethodKind::Linear => forward * train.max_train_images.map_or(config.dataset.train, |m| m.min(config.dataset.train)) as f64,
+        kind => forward * trained * kind.step_flops_factor(passes),
     };
-    let (config, summary) = (read("config.json")?, read("summary.json")?);
-    let run = &config["run"];
-    let train = &run["train"];
-    let num = |v: &Value, what: &str| v.as_f64().ok_or_else(|| anyhow::anyhow!("{}: no number `{what}`", dir.display()));
-    let resolution = num(&train["resolution"], "run.train.resolution")? as usize;
-    let model = mosa_models::presets::config_from_json(&run["model"])?.with_img_size(resolution);
-    let forward = model.forward_flops();
-    let method = run["method"]["method"].as_str().unwrap_or_default();
-    let two_passes = method.starts_with("mosa") && train["kl_weight"].as_f64().unwrap_or(0.0) > 0.0;
-    let (train_s, eval_s) = (num(&summary["train_seconds"], "train_seconds")?, num(&summary["eval_seconds"], "eval_seconds")?);
-    let trained = num(&summary["train_images_per_second"], "train_images_per_second")? * train_s;
-    let scored = num(&summary["eval_images_per_second"], "eval_images_per_second")? * eval_s;
-    let train_flops = match method {
-        // features once per training image (mosa-train's probe), the head's arithmetic is negligible
-        "linear" => {
-            let images = num(&config["dataset"]["train"], "dataset.train")?;
-            forward * train["max_train_images"].as_f64().map_or(images, |m| m.min(images))
-        }
-        "full" => 3.0 * forward * trained,
-        _ => 2.0 * forward * trained * if two_passes { 2.0 } else { 1.0 },
-    };
-    Ok((train_flops + forward * scored, train_s + eval_s))
+    Ok((train_flops + forward * scored, summary.train_seconds + summary.eval_seconds))
 }
 
 /// One line: the runs' model arithmetic and its rate, over their own seconds and over `wall`
@@ -67,16 +55,42 @@ pub fn summary(run_dirs: &[std::path::PathBuf], wall: Option<f64>, peak: Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mosa_core::Method;
+    use mosa_train::rundir::{BackboneId, DatasetInfo, FORMAT};
+    use mosa_train::{RunConfig, RunSpec, Summary, TrainConfig};
 
-    /// A finished run directory with the files `of_run` reads.
-    fn run(dir: &Path, method: &str, kl: f64, (train_s, train_ips, eval_s, eval_ips): (f64, f64, f64, f64)) {
+    /// A finished run directory as the engine writes it (config.json, summary.json).
+    fn run(dir: &Path, kind: MethodKind, kl: f64, max_train: Option<usize>, (train_s, train_ips, eval_s, eval_ips): (f64, f64, f64, f64)) {
         std::fs::create_dir_all(dir).unwrap();
-        let model = serde_json::to_value(mosa_models::presets::preset("vit-s16").unwrap()).unwrap();
-        let config = serde_json::json!({"run": {"model": model, "method": {"method": method}, "train": {"resolution": 112, "kl_weight": kl}}, "dataset": {"train": 1000}});
-        let summary =
-            serde_json::json!({"train_seconds": train_s, "train_images_per_second": train_ips, "eval_seconds": eval_s, "eval_images_per_second": eval_ips});
-        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-        std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+        let train = TrainConfig { resolution: 112, kl_weight: kl, max_train_images: max_train, ..TrainConfig::default() };
+        let model = mosa_models::presets::preset("vit-s16").unwrap();
+        let spec =
+            RunSpec { model_name: "vit-s16".into(), model, weights: None, method: Method::new(kind), dataset: "d".into(), train, skip_unreadable: false };
+        let dataset = DatasetInfo { name: "d".into(), classes: 10, style: serde_json::Value::Null, train: 1000, val: None, test: None, fingerprint: None };
+        let backbone = BackboneId { model: "vit-s16".into(), weights: None, sha256: None };
+        let rd = RunDir::new(dir);
+        rd.write_config(&RunConfig { format: FORMAT, run: spec, backbone, dataset, trainable_params: 0, backend: String::new() }).unwrap();
+        rd.write_summary(&Summary {
+            dataset: "d".into(),
+            method: kind.name().into(),
+            model: "vit-s16".into(),
+            epochs: 1,
+            trainable_params: 0,
+            merged_trainable_params: 0,
+            test_at_best_val: None,
+            best_val_epoch: None,
+            best_val: None,
+            best_test: None,
+            best_test_epoch: None,
+            last_test: None,
+            train_seconds: train_s,
+            eval_seconds: eval_s,
+            train_images_per_second: train_ips,
+            eval_images_per_second: eval_ips,
+            head_init: "zero".into(),
+            backend: String::new(),
+        })
+        .unwrap();
     }
 
     #[test]
@@ -87,22 +101,25 @@ mod tests {
         let (t_, d) = (50.0, 384.0);
         let forward = 12.0 * (24.0 * t_ * d * d + 4.0 * t_ * t_ * d) + 2.0 * 49.0 * 768.0 * d + 2.0 * d * 1000.0;
         let times = (10.0, 100.0, 2.0, 500.0); // 1,000 images trained, 1,000 scored
-        for (method, kl, train_factor) in
-            [("adapter", 1.0, 2.0 * 1000.0), ("mosa", 1.0, 4.0 * 1000.0), ("mosa", 0.0, 2.0 * 1000.0), ("full", 1.0, 3.0 * 1000.0), ("linear", 1.0, 1000.0)]
-        {
-            let dir = t.path().join(format!("{method}{kl}"));
-            run(&dir, method, kl, times);
+        for (kind, kl, train_factor) in [
+            (MethodKind::Adapter, 1.0, 2.0 * 1000.0),
+            (MethodKind::Mosa, 1.0, 4.0 * 1000.0),
+            (MethodKind::Mosa, 0.0, 2.0 * 1000.0),
+            (MethodKind::MosaLora, 1.0, 4.0 * 1000.0),
+            (MethodKind::Full, 1.0, 3.0 * 1000.0),
+            (MethodKind::Sparse, 1.0, 3.0 * 1000.0),
+            (MethodKind::Linear, 1.0, 1000.0),
+        ] {
+            let dir = t.path().join(format!("{kind}{kl}"));
+            run(&dir, kind, kl, None, times);
             let (flops, secs) = of_run(&dir).unwrap();
             let want = forward * (train_factor + 1000.0);
-            assert!((flops / want - 1.0).abs() < 0.02, "{method}: {flops:e} vs {want:e}");
+            assert!((flops / want - 1.0).abs() < 0.02, "{kind}: {flops:e} vs {want:e}");
             assert_eq!(secs, 12.0);
         }
         // a probe on a subset (`--max-train-images`) computes the subset's features only
         let dir = t.path().join("subset");
-        run(&dir, "linear", 1.0, times);
-        let mut c: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-        c["run"]["train"]["max_train_images"] = 64.into();
-        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        run(&dir, MethodKind::Linear, 1.0, Some(64), times);
         let (flops, _) = of_run(&dir).unwrap();
         assert!((flops / (forward * (64.0 + 1000.0)) - 1.0).abs() < 0.02, "subset probe: {flops:e}");
         let line = summary(&[t.path().join("adapter1"), t.path().join("missing")], Some(24.0), Some(200.0)).unwrap();

@@ -57,6 +57,34 @@ impl MethodKind {
     pub fn name(self) -> &'static str {
         self.into()
     }
+
+    /// A training step's model arithmetic per image as a multiple of one forward pass (the count
+    /// `mosa bench` and the grids' arithmetic line use): the forward; then ∂x through every block
+    /// (as many FLOPs again) unless only the head trains; then ∂W (again as many) where base
+    /// weights train — every weight for `full`, the targeted linears for `sparse` (with the
+    /// family's default targets every block linear, so counted as all). The methods that train
+    /// small modules beside frozen weights add their own arithmetic only, negligible next to the
+    /// backbone's. Two stochastic passes ([`Passes::Two`], MoSA's consistency loss) double it.
+    pub fn step_flops_factor(self, passes: Passes) -> f64 {
+        let per_pass = match self {
+            MethodKind::Linear => 1.0,
+            MethodKind::Full | MethodKind::Sparse => 3.0,
+            MethodKind::Bitfit
+            | MethodKind::Adapter
+            | MethodKind::Pfeiffer
+            | MethodKind::Houlsby
+            | MethodKind::Lora
+            | MethodKind::VptShallow
+            | MethodKind::VptDeep
+            | MethodKind::Mosa
+            | MethodKind::PrunedAdapter
+            | MethodKind::MosaLora => 2.0,
+        };
+        match passes {
+            Passes::One => per_pass,
+            Passes::Two => 2.0 * per_pass,
+        }
+    }
 }
 
 impl std::fmt::Display for MethodKind {

@@ -8,7 +8,7 @@ use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use clap::Subcommand;
-use mosa_core::{MethodKind, PeftHost, Rng, inject, params};
+use mosa_core::{Passes, PeftHost, Rng, inject, params};
 use mosa_models::presets;
 use mosa_train::optim::{AdamW, AdamWConfig};
 
@@ -98,18 +98,6 @@ fn input<BB: burn::tensor::backend::Backend>(batch: usize, res: usize, device: &
     Tensor::random([batch, 3, res, res], Distribution::Normal(0.0, 1.0), device)
 }
 
-/// A training step's FLOPs as a multiple of the forward's: the forward, then ∂x through every
-/// block (as many FLOPs again) unless only the head trains, and ∂W (again as many) when the
-/// whole backbone trains; MoSA's two passes double it.
-fn step_factor(method: MethodKind, two_passes: bool) -> f64 {
-    let per_pass = match method {
-        MethodKind::Linear => 1.0,
-        MethodKind::Full => 3.0,
-        _ => 2.0,
-    };
-    if two_passes { 2.0 * per_pass } else { per_pass }
-}
-
 fn report(what: &str, c: &Common, batch: usize, times: Vec<f64>, flops_per_image: Option<f64>) -> anyhow::Result<()> {
     let (median, min, max) = stats(times);
     let m = Measurement {
@@ -194,7 +182,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     times.push(t0.elapsed().as_secs_f64());
                 }
             }
-            let flops = Some(cfg.forward_flops() * step_factor(mc.kind(), two_passes));
+            let flops = Some(cfg.forward_flops() * mc.kind().step_flops_factor(if two_passes { Passes::Two } else { Passes::One }));
             report(&format!("train step, {}{passes} ({:.3} M trainable)", mc.name(), trainable as f64 / 1e6), &common, batch, times, flops)?;
         }
     }
