@@ -74,16 +74,21 @@ fn taps(weight: &[f32], c: usize, k: usize, flip: bool) -> Vec<f32> {
 }
 
 /// The convolution of `x` `[b, h, w, c]` with tap-major `taps` and padding `p`, plus `bias`:
-/// `out` `[b, ho, wo, c]`.
-#[allow(clippy::too_many_arguments)] // the input, its sizes, the taps, the bias and the output
-fn convolve(x: &[f32], [b, h, w, c]: [usize; 4], taps: &[f32], k: usize, p: usize, bias: Option<&[f32]>, [ho, wo]: [usize; 2], out: &mut [f32]) {
-    assert!(x.len() == b * h * w * c && out.len() == b * ho * wo * c && taps.len() == k * k * c);
-    out.par_chunks_mut((wo * c).max(1)).enumerate().for_each(|(r, o)| {
+/// `[b, ho, wo, c]`. Each task starts its output row from the bias (or zeros) and accumulates
+/// into it, so the output is written once, not zeroed first.
+#[allow(clippy::too_many_arguments)] // the input, its sizes, the taps, the bias and the output sizes
+fn convolve(x: &[f32], [b, h, w, c]: [usize; 4], taps: &[f32], k: usize, p: usize, bias: Option<&[f32]>, [ho, wo]: [usize; 2]) -> Vec<f32> {
+    assert!(x.len() == b * h * w * c && taps.len() == k * k * c && bias.is_none_or(|b| b.len() == c));
+    let n = b * ho * wo * c;
+    let mut out = Vec::<f32>::with_capacity(n);
+    out.spare_capacity_mut().par_chunks_mut((wo * c).max(1)).enumerate().for_each(|(r, o)| {
         let (bi, yo) = (r / ho, r % ho);
         match bias {
-            Some(bias) => o.chunks_exact_mut(c).for_each(|px| px.copy_from_slice(bias)),
-            None => o.fill(0.0),
+            Some(bias) => o.chunks_exact_mut(c).for_each(|px| px.iter_mut().zip(bias).for_each(|(d, &v)| _ = d.write(v))),
+            None => o.iter_mut().for_each(|d| _ = d.write(0.0)),
         }
+        // SAFETY: every element of `o` was initialised just above.
+        let o = unsafe { std::slice::from_raw_parts_mut(o.as_mut_ptr().cast::<f32>(), o.len()) };
         for i in 0..k {
             // input row yo + i − p
             let Some(yi) = (yo + i).checked_sub(p).filter(|&y| y < h) else { continue };
@@ -91,24 +96,23 @@ fn convolve(x: &[f32], [b, h, w, c]: [usize; 4], taps: &[f32], k: usize, p: usiz
             tap_row(o, row, &taps[i * k * c..(i + 1) * k * c], c, k, p, w);
         }
     });
+    // SAFETY: the rows above cover all n elements (c > 0; with c = 0, n = 0) and initialised each.
+    unsafe { out.set_len(n) };
+    out
 }
 
 /// `out` `[b, ho, wo, c]` from `x`, `weight` `[c, 1, k, k]` and `bias` `[c]`.
 pub(super) fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: Geometry) -> Vec<f32> {
-    let mut out = super::zeros(g.b * g.ho * g.wo * g.c);
-    convolve(x, [g.b, g.h, g.w, g.c], &taps(weight, g.c, g.k, false), g.k, g.p, Some(bias), [g.ho, g.wo], &mut out);
-    out
+    convolve(x, [g.b, g.h, g.w, g.c], &taps(weight, g.c, g.k, false), g.k, g.p, Some(bias), [g.ho, g.wo])
 }
 
 /// `∂x` `[b, h, w, c]` from `grad` `[b, ho, wo, c]`: the convolution with the flipped kernel and
 /// padding `k − 1 − p`.
 pub(super) fn backward_x(weight: &[f32], grad: &[f32], g: Geometry) -> Vec<f32> {
-    let mut dx = super::zeros(g.b * g.h * g.w * g.c);
     // h + 2p − k + 1 = ho, so the input side is ho + 2(k − 1 − p) − k + 1 = h (the caller
     // checked p < k)
     let p = g.k - 1 - g.p;
-    convolve(grad, [g.b, g.ho, g.wo, g.c], &taps(weight, g.c, g.k, true), g.k, p, None, [g.h, g.w], &mut dx);
-    dx
+    convolve(grad, [g.b, g.ho, g.wo, g.c], &taps(weight, g.c, g.k, true), g.k, p, None, [g.h, g.w])
 }
 
 /// `(∂weight [c, 1, k, k], ∂bias [c])` from `x` and `grad`, each when asked.

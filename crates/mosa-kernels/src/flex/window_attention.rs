@@ -3,7 +3,10 @@
 //! cyclic shift (the partition and the rolls are index arithmetic: no grid-sized copies), starts
 //! the scores from the bias block's rows, adds `q·kᵀ/√hd` with one GEMM, takes the softmax in
 //! place, and scatters `P·v` back to the tokens' own rows. Tasks write disjoint elements: each
-//! token is in exactly one window, each head owns its columns.
+//! token is in exactly one window, each head owns its columns. Tasks are per head, not per window:
+//! Swin's last stage has one window per image, so at batch 1 a task per window would leave one
+//! thread busy where its heads give every thread work; each task recomputes its window's `w²`
+//! token rows, a few hundred index operations beside a task's `2·w⁴·hd`-FLOP products.
 
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
