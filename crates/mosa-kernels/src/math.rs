@@ -2,7 +2,12 @@
 //! arithmetic, `min`/`max`, `floor` and bit casts, so that a loop over a slice compiles to SIMD
 //! code (and, inside a `#[target_feature]` function, to AVX2 / AVX-512 code).
 
-/// `e^x` for x ≤ 0 (clamped below at −87, where it is ≈ 1.6e−38): Cody–Waite reduction
+/// `e^x` for x ≤ 0, and exactly 0 below −87 (where `e^x` < 1.7e−38 nears f32's smallest normal
+/// 1.18e−38): what a CPU set to flush denormals would give. Returning the clamp's 1.6e−38 there
+/// made every product with such a value denormal — the masked entries of Swin's shifted windows
+/// (mask −100) filled `P·v` and its backward with them, and on Intel CPUs each denormal operand
+/// costs a microcode assist: a quarter of a Swin-T training step on a Sapphire Rapids
+/// (`docs/timings.md`, "Denormals"). Cody–Waite reduction
 /// `x = n·ln2 + r`, |r| ≤ ln2/2, a degree-6 Taylor polynomial of `e^r` (relative error < 2e−7 on
 /// that interval), then `2^n` by building the exponent bits. `n` is rounded by adding and
 /// subtracting 1.5·2²³ (the float's low mantissa bits then hold `n`), so no float → int
@@ -15,6 +20,7 @@ pub fn exp_neg(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     /// 1.5·2²³: adding it rounds to an integer held in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
+    let flush = x < -87.0;
     let x = x.clamp(-87.0, 0.0);
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
@@ -23,7 +29,8 @@ pub fn exp_neg(x: f32) -> f32 {
     // t's bits are ROUND's plus n (n ∈ [−126, 0]): the exponent field of 2^n is n + 127
     let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
     let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
-    p * scale
+    // a select, not a branch: the loop stays SIMD
+    if flush { 0.0 } else { p * scale }
 }
 
 /// `erf(x)`: Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e−7 in exact arithmetic, < 6e−7 in
@@ -151,6 +158,11 @@ mod tests {
         assert_eq!(erf(0.0), 0.0);
         assert_eq!(erf(-3.0), -erf(3.0));
         assert_eq!(exp_neg(0.0), 1.0);
+        // below −87 exactly 0 (no value that would make products denormal), normal at −87
+        for x in [-87.01f32, -100.0, -1e30, f32::NEG_INFINITY] {
+            assert_eq!(exp_neg(x), 0.0, "exp_neg({x})");
+        }
+        assert!(exp_neg(-87.0).is_normal());
     }
 
     #[test]
