@@ -62,9 +62,10 @@ impl MethodKind {
     /// `mosa bench` and the grids' arithmetic line use): the forward; then ∂x through every block
     /// (as many FLOPs again) unless only the head trains; then ∂W (again as many) where base
     /// weights train — every weight for `full`, the targeted linears for `sparse` (with the
-    /// family's default targets every block linear, so counted as all). The methods that train
-    /// small modules beside frozen weights add their own arithmetic only, negligible next to the
-    /// backbone's. Two stochastic passes ([`Passes::Two`], MoSA's consistency loss) double it.
+    /// family's default targets every block linear, so counted as all). The forward is the base
+    /// model's: the small modules the PEFT methods add are not counted, nor VPT's prompt tokens
+    /// (which lengthen every block's sequence). Two stochastic passes ([`Passes::Two`], MoSA's
+    /// consistency loss) double it.
     pub fn step_flops_factor(self, passes: Passes) -> f64 {
         let per_pass = match self {
             MethodKind::Linear => 1.0,
