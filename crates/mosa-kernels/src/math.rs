@@ -8,11 +8,11 @@
 /// (mask −100) filled `P·v` and its backward with them, and on Intel CPUs each denormal operand
 /// costs a microcode assist: a quarter of a Swin-T training step on a Sapphire Rapids
 /// (`docs/timings.md`, "A Sapphire Rapids-class Xeon: denormals in window attention").
-/// Cody–Waite reduction `x = n·ln2 + r`, |r| ≤ ln2/2, a degree-6 Taylor polynomial of `e^r` (relative error < 2e−7 on
-/// that interval), then `2^n` by building the exponent bits. `n` is rounded by adding and
-/// subtracting 1.5·2²³ (the float's low mantissa bits then hold `n`), so no float → int
-/// conversion is needed: Rust's saturating `as i32` is not vectorised and made this a scalar
-/// loop per lane.
+/// Cody–Waite reduction `x = n·ln2 + r`, |r| ≤ ln2/2, a degree-6 Taylor polynomial of `e^r`
+/// (relative error < 2e−7 on that interval), then `2^n` by building the exponent bits. `n` is
+/// rounded by adding and subtracting 1.5·2²³ (the float's low mantissa bits then hold `n`), so no
+/// float → int conversion is needed: Rust's saturating `as i32` is not vectorised and made this a
+/// scalar loop per lane.
 #[inline(always)]
 pub fn exp_neg(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
