@@ -22,7 +22,7 @@ pub fn of_run(dir: &Path) -> anyhow::Result<(f64, f64)> {
     let scored = summary.eval_images_per_second * summary.eval_seconds;
     let train_flops = match run.method.kind() {
         // features once per training image (mosa-train's probe); the head's arithmetic is negligible
-        MethodKind::Linear => forward * train.max_train_images.map_or(config.dataset.train, |m| m.min(config.dataset.train)) as f64,
+        MethodKind::Linear => forward * train.train_images(config.dataset.train) as f64,
         kind => forward * trained * kind.step_flops_factor(passes),
     };
     Ok((train_flops + forward * scored, summary.train_seconds + summary.eval_seconds))

@@ -401,7 +401,7 @@ fn expert_row(e: &Experiment, kind: &str, task: &str) -> Option<ExpertRow> {
     let c = run.read_config().ok()?;
     let test = c.dataset.test.unwrap_or(0);
     let bytes = std::fs::metadata(run.expert()).map(|m| m.len()).unwrap_or(0);
-    let test_images = c.run.train.max_eval_images.map_or(test, |m| m.min(test));
+    let test_images = c.run.train.eval_images(test);
     let ci95 = s.last_test.filter(|_| test_images > 0).map(|p| wilson95(p, test_images));
     Some(ExpertRow {
         kind: kind.into(),

@@ -253,7 +253,7 @@ pub fn seed_of(k: usize) -> u64 {
 pub fn test_images(run: &RunDir) -> Option<usize> {
     let c = run.read_config().ok()?;
     let n = c.dataset.test?;
-    Some(c.run.train.max_eval_images.map_or(n, |m| m.min(n)))
+    Some(c.run.train.eval_images(n))
 }
 
 /// Where a cell stands ([`Grid::status`]).

@@ -100,7 +100,7 @@ fn row(b: &Budget, task: &str, method: &str) -> anyhow::Result<Option<Row>> {
     }
     let (s, c, m) = (run.summary()?, run.read_config()?, run.metrics()?);
     let (Some(test), Some(n), Some(last)) = (s.last_test, c.dataset.test, m.last()) else { return Ok(None) };
-    let n = c.run.train.max_eval_images.map_or(n, |k| k.min(n));
+    let n = c.run.train.eval_images(n);
     let losses = m.iter().map(|e| e.train_loss).collect();
     let source = run.path.display().to_string();
     Ok(Some(Row::new(

@@ -120,6 +120,16 @@ impl From<mosa_models::Error> for InvalidRecipe {
 }
 
 impl TrainConfig {
+    /// How many of `available` training images a run uses (`max_train_images` caps them).
+    pub fn train_images(&self, available: usize) -> usize {
+        self.max_train_images.map_or(available, |m| m.min(available))
+    }
+
+    /// How many of a split's `available` images each evaluation scores (`max_eval_images` caps them).
+    pub fn eval_images(&self, available: usize) -> usize {
+        self.max_eval_images.map_or(available, |m| m.min(available))
+    }
+
     /// Whether the model is evaluated after epoch `epoch` (1-based): every `eval_every`-th
     /// epoch and the last.
     pub fn evaluates_after(&self, epoch: usize) -> bool {

@@ -104,9 +104,8 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
     let cfg = model_config(spec, dataset.num_classes)?;
     // the memory the run will hold, bounded before anything is decoded or built
     let t = &spec.train;
-    let eval_cap = |n: usize| t.max_eval_images.map_or(n, |m| m.min(n));
-    let images = t.max_train_images.map_or(dataset.train.entries.len(), |m| m.min(dataset.train.entries.len()))
-        + [dataset.val.as_ref(), dataset.test.as_ref()].into_iter().flatten().map(|s| eval_cap(s.entries.len())).sum::<usize>();
+    let images = t.train_images(dataset.train.entries.len())
+        + [dataset.val.as_ref(), dataset.test.as_ref()].into_iter().flatten().map(|s| t.eval_images(s.entries.len())).sum::<usize>();
     let batch = t.batch_size.max(t.eval_batch_size.unwrap_or(0));
     crate::memory::Footprint { images, resolution: t.resolution, batch, params: cfg.estimated_params(), training: true }
         .check(&format!("training `{}` at --resolution {} and --batch-size {}", spec.model_name, t.resolution, t.batch_size))?;
