@@ -7,8 +7,8 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, silu};
 
+use crate::draws::Draws;
 use crate::layer_norm::{LayerNorm, LayerNormConfig};
-use crate::rng::Rng;
 use crate::slot::Slot;
 use mosa_kernels::{Kernels, gelu, linear_layer};
 use serde::{Deserialize, Serialize};
@@ -145,7 +145,7 @@ impl<B: Kernels> Adapter<B> {
 
 /// The plain adapter in a slot: no experts, nothing masked.
 impl<B: Backend> Slot<B> for Adapter<B> {
-    fn forward(&self, x: Tensor<B, 3>, _rng: &mut Rng) -> Tensor<B, 3>
+    fn forward(&self, x: Tensor<B, 3>, _draws: &mut Draws) -> Tensor<B, 3>
     where
         B: Kernels,
     {

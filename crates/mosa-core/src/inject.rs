@@ -191,6 +191,21 @@ pub fn mask_gradients<B: AutodiffBackend, H: PeftHost<B>>(host: &mut H, grads: &
     }
 }
 
+/// The bound of every expert draw one training forward makes, site by site (MoSA, MoSA-LoRA;
+/// empty for every other method): what [`crate::draws::advanced`] needs to find where a second
+/// pass's draws begin.
+pub fn expert_draws<B: Backend, H: PeftHost<B>>(host: &mut H) -> Vec<usize> {
+    let mut bounds = Vec::new();
+    for s in host.sites_mut() {
+        match s {
+            SiteMut::Adapter { slot: Some(a), .. } => bounds.extend(a.expert_draws()),
+            SiteMut::Linear { linear: crate::site::TunableLinear { branch: Some(b), .. }, .. } => bounds.extend(b.expert_draws()),
+            SiteMut::Adapter { slot: None, .. } | SiteMut::Linear { linear: crate::site::TunableLinear { branch: None, .. }, .. } => {}
+        }
+    }
+    bounds
+}
+
 /// The method's pre-forward hook: on a sparse re-selection step, the pass scores every entry of
 /// ΔW (its gradient as if the mask were all ones); the value computed is unchanged.
 pub fn before_forward<B: Backend, H: PeftHost<B>>(host: &mut H, method: &Method, (epoch, step, steps): (usize, usize, usize)) {

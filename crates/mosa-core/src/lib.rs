@@ -29,6 +29,7 @@
 //! - [`error`]: the typed [`Error`] every fallible function here returns.
 
 pub mod adapter;
+pub mod draws;
 pub mod error;
 pub mod expert;
 pub mod fsio;
@@ -50,6 +51,7 @@ pub mod site;
 pub mod slot;
 pub mod sparse;
 
+pub use draws::Draws;
 pub use error::{Error, Result};
 pub use host::HostTensor;
 pub use method::{Method, MethodKind, Passes};

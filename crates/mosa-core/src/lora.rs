@@ -9,6 +9,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use crate::draws::Draws;
 use crate::expert::Delta;
 use crate::host::HostTensor;
 use crate::mosa::Experts;
@@ -119,7 +120,7 @@ fn low_rank<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, scaling: f64) -> Delta
 }
 
 impl<B: Backend> Branch<B> for Lora<B> {
-    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, _rng: &mut Rng) -> Tensor<B, 3>
+    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, _draws: &mut Draws) -> Tensor<B, 3>
     where
         B: Kernels,
     {
@@ -202,7 +203,7 @@ impl<B: Backend> LoraParts<B> {
 }
 
 impl<B: Backend> Branch<B> for LoraParts<B> {
-    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, _rng: &mut Rng) -> Tensor<B, 3>
+    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, _draws: &mut Draws) -> Tensor<B, 3>
     where
         B: Kernels,
     {
@@ -236,7 +237,17 @@ impl<B: Backend> MosaLora<B> {
     where
         B: Kernels,
     {
-        self.b.forward(self.a.forward(self.dropout.forward(x), ea), eb) * self.scaling
+        self.forward_parts(x, &[(ea, eb)])
+    }
+
+    /// Factor experts `parts[p]` on part `p` of the batch's equal parts (one part: the whole
+    /// batch).
+    pub fn forward_parts(&self, x: Tensor<B, 3>, parts: &[(usize, usize)]) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
+        let (a, b): (Vec<usize>, Vec<usize>) = parts.iter().copied().unzip();
+        self.b.forward_parts(self.a.forward_parts(self.dropout.forward(x), &a), &b) * self.scaling
     }
 
     pub fn draw(&self, rng: &mut Rng) -> (usize, usize) {
@@ -245,22 +256,27 @@ impl<B: Backend> MosaLora<B> {
         (a, b)
     }
 
+    /// The bounds of [`Self::draw`]'s draws.
+    pub fn draw_bounds(&self) -> Vec<usize> {
+        [self.a.len(), self.b.len()].into_iter().filter(|&n| n > 1).collect()
+    }
+
     /// Merged LoRA: the mean of the split factor's experts (mode `add`), as a plain LoRA.
     pub fn merge(&self) -> Lora<B> {
         Lora { a: self.a.mean().weight, b: self.b.mean().weight, dropout: self.dropout.clone(), scaling: self.scaling }
     }
 }
 
-/// In training (autodiff), one expert of the split factor drawn from `rng` for the whole batch;
-/// outside training the merged LoRA.
+/// In training (autodiff), one expert of the split factor drawn for the whole batch (for each half
+/// of a stacked batch from its own stream); outside training the merged LoRA.
 impl<B: Backend> Branch<B> for MosaLora<B> {
-    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3>
+    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3>
     where
         B: Kernels,
     {
         if B::ad_enabled(&x.device()) {
-            let (a, b) = self.draw(rng);
-            linear_rows(x.clone(), weight, bias) + MosaLora::forward(self, x, a, b)
+            let parts = draws.each(|rng| self.draw(rng));
+            linear_rows(x.clone(), weight, bias) + self.forward_parts(x, &parts)
         } else {
             linear_rows(x.clone(), weight, bias) + self.merge().forward(x)
         }
@@ -272,6 +288,10 @@ impl<B: Backend> Branch<B> for MosaLora<B> {
 
     fn expert_delta(&self) -> Delta {
         self.merge().expert_delta()
+    }
+
+    fn expert_draws(&self) -> Vec<usize> {
+        self.draw_bounds()
     }
 
     fn expert_params(&self) -> Tally {

@@ -20,6 +20,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
+use crate::draws::Draws;
 use crate::layer_norm::LayerNorm;
 use crate::mask;
 use crate::params::Tally;
@@ -94,6 +95,30 @@ impl<B: Backend> Experts<B> {
         let w = self.weight.val().slice([e..e + 1, 0..i, 0..o]).reshape([i, o]);
         let b = self.bias.as_ref().map(|b| b.val().slice([e..e + 1, 0..o]).reshape([o]));
         linear_rows(x, w, b)
+    }
+
+    /// `x·W_e + b_e` with expert `experts[p]` on part `p` of the batch's equal parts (a stacked
+    /// batch's halves), the parts' outputs stacked back in order; equal experts (a shared
+    /// projection) are one [`Self::forward`] over the whole batch.
+    ///
+    /// Each part is its own product on a view of `x`: a batched product with the selected
+    /// experts gathered and the bias broadcast measured slower on the CPU backend (the
+    /// broadcast add and the gather's backward over the full output).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, tokens, in]`, batch a multiple of the parts → `[batch, tokens, out]`
+    pub fn forward_parts(&self, x: Tensor<B, 3>, experts: &[usize]) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
+        let e0 = experts[0];
+        if experts.iter().all(|&e| e == e0) {
+            return self.forward(x, e0);
+        }
+        let (n, k) = (x.dims()[0], experts.len());
+        debug_assert!(n % k == 0, "{n} rows in {k} parts");
+        let rows = n / k;
+        Tensor::cat(experts.iter().enumerate().map(|(p, &e)| self.forward(x.clone().narrow(0, p * rows, rows), e)).collect(), 0)
     }
 
     /// The weight of expert `e`, `[in, out]`.
@@ -199,12 +224,19 @@ pub struct MosaAdapter<B: Backend> {
 impl<B: Kernels> MosaAdapter<B> {
     /// Forward with Down expert `ed` and Up expert `eu`.
     pub fn forward(&self, x: Tensor<B, 3>, ed: usize, eu: usize) -> Tensor<B, 3> {
+        self.forward_parts(x, &[(ed, eu)])
+    }
+
+    /// Forward with Down expert `parts[p].0` and Up expert `parts[p].1` on part `p` of the
+    /// batch's equal parts (one part: the whole batch).
+    pub fn forward_parts(&self, x: Tensor<B, 3>, parts: &[(usize, usize)]) -> Tensor<B, 3> {
         let x = match &self.norm {
             Some(n) => n.forward(x),
             None => x,
         };
-        let h = self.dropout.forward(self.activation.apply(self.down.forward(x, ed)));
-        self.up.forward(h, eu) * self.scale
+        let (down, up): (Vec<usize>, Vec<usize>) = parts.iter().copied().unzip();
+        let h = self.dropout.forward(self.activation.apply(self.down.forward_parts(x, &down)));
+        self.up.forward_parts(h, &up) * self.scale
     }
 }
 
@@ -214,6 +246,11 @@ impl<B: Backend> MosaAdapter<B> {
         let d = if self.down.len() > 1 { rng.below(self.down.len()) } else { 0 };
         let u = if self.up.len() > 1 { rng.below(self.up.len()) } else { 0 };
         (d, u)
+    }
+
+    /// The bounds of [`Self::draw`]'s draws.
+    pub fn draw_bounds(&self) -> Vec<usize> {
+        [self.down.len(), self.up.len()].into_iter().filter(|&n| n > 1).collect()
     }
 
     /// Mode `add`: `W = mean_i W_i`, `b = mean_i b_i`, as one plain adapter.
@@ -230,17 +267,17 @@ impl<B: Backend> MosaAdapter<B> {
     }
 }
 
-/// In training (autodiff), one expert per split projection drawn from `rng` for the whole batch;
-/// outside training the merged (mean) adapter, so that evaluating an unmerged model gives the
-/// merged model's output.
+/// In training (autodiff), one expert per split projection drawn for the whole batch (for each
+/// half of a stacked batch from its own stream); outside training the merged (mean) adapter, so
+/// that evaluating an unmerged model gives the merged model's output.
 impl<B: Backend> Slot<B> for MosaAdapter<B> {
-    fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3>
+    fn forward(&self, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3>
     where
         B: Kernels,
     {
         if B::ad_enabled(&x.device()) {
-            let (d, u) = self.draw(rng);
-            MosaAdapter::forward(self, x, d, u)
+            let parts = draws.each(|rng| self.draw(rng));
+            self.forward_parts(x, &parts)
         } else {
             self.merge().forward(x)
         }
@@ -248,6 +285,10 @@ impl<B: Backend> Slot<B> for MosaAdapter<B> {
 
     fn merged(&self) -> Adapter<B> {
         self.merge()
+    }
+
+    fn expert_draws(&self) -> Vec<usize> {
+        self.draw_bounds()
     }
 
     fn expert_params(&self) -> Tally {

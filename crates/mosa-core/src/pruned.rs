@@ -18,6 +18,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Activation, Adapter, AdapterConfig, AdapterOptions};
+use crate::draws::Draws;
 use crate::mask;
 use crate::mosa::{MosaAdapter, MosaConfig, Share};
 use crate::rng::Rng;
@@ -100,7 +101,7 @@ fn mask_grad<B: AutodiffBackend, const D: usize>(grads: &mut GradientsParams, p:
 
 /// The adapter's own forward; after backward every adapter gradient is multiplied by its mask.
 impl<B: Backend> Slot<B> for PrunedAdapter<B> {
-    fn forward(&self, x: Tensor<B, 3>, _rng: &mut Rng) -> Tensor<B, 3>
+    fn forward(&self, x: Tensor<B, 3>, _draws: &mut Draws) -> Tensor<B, 3>
     where
         B: Kernels,
     {

@@ -8,8 +8,8 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 
+use crate::draws::Draws;
 use crate::prompt::Prompts;
-use crate::rng::Rng;
 use crate::slot::{AdapterSlot, LinearBranch};
 use mosa_kernels::{Kernels, linear_rows};
 
@@ -121,10 +121,10 @@ impl<B: Backend> From<Linear<B>> for TunableLinear<B> {
 
 impl<B: Kernels> TunableLinear<B> {
     /// `x·W0 + b`, plus the branch if there is one.
-    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3> {
         let bias = self.bias.as_ref().map(|b| b.val());
         match &self.branch {
-            Some(br) => br.forward(self.weight.val(), bias, x, rng),
+            Some(br) => br.forward(self.weight.val(), bias, x, draws),
             None => linear_rows(x, self.weight.val(), bias),
         }
     }

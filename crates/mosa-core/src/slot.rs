@@ -15,28 +15,35 @@ use burn::tensor::backend::AutodiffBackend;
 pub use crate::site::Placement;
 
 use crate::adapter::Adapter;
+use crate::draws::Draws;
 use crate::expert::Delta;
 use crate::lora::{Lora, LoraParts, MosaLora};
 use crate::mosa::MosaAdapter;
 use crate::params::{Tally, tally};
 use crate::pruned::PrunedAdapter;
-use crate::rng::Rng;
 use crate::sparse::SparseDelta;
 use mosa_kernels::Kernels;
 
 /// What every adapter-slot content implements (in its own file).
 pub trait Slot<B: Backend>: Module<B> {
     /// The adapter's output (added to the stream, or replacing it for a sequential adapter, by
-    /// the block). In training a MoSA adapter draws one expert per projection from `rng`.
+    /// the block). In training a MoSA adapter draws one expert per projection from `draws` (per
+    /// half of a stacked batch, [`Draws::each_part`]).
     ///
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` → `[batch, tokens, width]`
-    fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3>
+    fn forward(&self, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3>
     where
         B: Kernels;
 
     /// The plain adapter inference uses (MoSA: the experts' mean, mode `add`).
     fn merged(&self) -> Adapter<B>;
+
+    /// The bound `n` of each `below(n)` one training forward draws (MoSA: the expert counts of
+    /// its split projections); none for kinds without experts.
+    fn expert_draws(&self) -> Vec<usize> {
+        Vec::new()
+    }
 
     /// Whether a sequential adapter reads the stream after the residual
     /// ([`crate::adapter::SequentialPosition`]).
@@ -64,7 +71,7 @@ pub trait Branch<B: Backend>: Module<B> {
     /// # Shapes
     /// - `weight`: `[in, out]`, `bias`: `[out]`
     /// - `x`: `[batch, tokens, in]` → `[batch, tokens, out]`
-    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3>
+    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3>
     where
         B: Kernels;
 
@@ -73,6 +80,12 @@ pub trait Branch<B: Backend>: Module<B> {
 
     /// The branch as a task expert's update, in timm's `[out, in]` layout.
     fn expert_delta(&self) -> Delta;
+
+    /// The bound `n` of each `below(n)` one training forward draws (MoSA-LoRA: the expert
+    /// counts of its split factors); none for kinds without experts.
+    fn expert_draws(&self) -> Vec<usize> {
+        Vec::new()
+    }
 
     /// Parameters of the expert-split tensors (the rest of the branch is "adapter").
     fn expert_params(&self) -> Tally {
@@ -112,11 +125,12 @@ macro_rules! each_slot {
 }
 
 impl<B: Kernels> AdapterSlot<B> {
-    /// In training, MoSA draws one expert per projection from `rng` for the whole batch; outside
+    /// In training, MoSA draws one expert per projection from `draws` for the whole batch (or per
+    /// half of a stacked one); outside
     /// training (no autodiff), it uses the merged (mean) adapter, so evaluation of an unmerged
     /// model gives the merged model's output.
-    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        each_slot!(self, s => Slot::forward(s, x, rng))
+    pub fn forward(&self, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3> {
+        each_slot!(self, s => Slot::forward(s, x, draws))
     }
 }
 
@@ -137,6 +151,11 @@ impl<B: Backend> AdapterSlot<B> {
     pub fn param_split(&self) -> (Tally, Tally) {
         let experts = each_slot!(self, s => s.expert_params());
         (experts, tally(self) - experts)
+    }
+
+    /// The bounds of the draws one training forward makes ([`Slot::expert_draws`]).
+    pub fn expert_draws(&self) -> Vec<usize> {
+        each_slot!(self, s => s.expert_draws())
     }
 }
 
@@ -171,8 +190,8 @@ macro_rules! each_branch {
 
 impl<B: Kernels> LinearBranch<B> {
     /// `x·W0 + b` plus the branch. A sparse delta is folded into the weight (one matmul).
-    pub fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        each_branch!(self, b => Branch::forward(b, weight, bias, x, rng))
+    pub fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3> {
+        each_branch!(self, b => Branch::forward(b, weight, bias, x, draws))
     }
 }
 
@@ -181,6 +200,11 @@ impl<B: Backend> LinearBranch<B> {
     pub fn param_split(&self) -> (Tally, Tally) {
         let experts = each_branch!(self, b => b.expert_params());
         (experts, tally(self) - experts)
+    }
+
+    /// The bounds of the draws one training forward makes ([`Branch::expert_draws`]).
+    pub fn expert_draws(&self) -> Vec<usize> {
+        each_branch!(self, b => b.expert_draws())
     }
 
     /// The dense `ΔW` (`[in, out]`) this branch adds to the base weight.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::draws::Draws;
 use crate::expert::Delta;
 use crate::host::HostTensor;
 use crate::mask;
@@ -261,7 +262,7 @@ fn to_timm(k: usize, d_in: usize, d_out: usize) -> u32 {
 /// `W0 + M ⊙ ΔW` folded into the weight (one matmul); exported as the mask's positions and the
 /// delta's values there.
 impl<B: Backend> Branch<B> for SparseDelta<B> {
-    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, _rng: &mut Rng) -> Tensor<B, 3>
+    fn forward(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, x: Tensor<B, 3>, _draws: &mut Draws) -> Tensor<B, 3>
     where
         B: Kernels,
     {

@@ -19,9 +19,9 @@ use burn::prelude::*;
 use mosa_kernels::Kernels;
 use serde::{Deserialize, Serialize};
 
-use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
 use mosa_core::site::{PeftHost, PromptSite, SiteMut, Targets};
+use mosa_core::{Draws, Rng};
 
 use crate::convnext::{ConvNeXt, ConvNextConfig};
 use crate::error::Result;
@@ -201,14 +201,15 @@ macro_rules! families {
         }
 
         impl<B: Kernels> Backbone<B> {
-            /// Forward pass; `collect_hidden` keeps every block's output; `rng` draws the active
-            /// experts of MoSA methods (one per block and pass, whole batch).
+            /// Forward pass; `collect_hidden` keeps every block's output; `draws` draws the active
+            /// experts of MoSA methods (one per split projection, for the whole batch or per half
+            /// of a stacked one).
             ///
             /// # Shapes
             /// `[b, c, h, w]` → [`BackboneOutput`]
-            pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
+            pub fn forward_draws(&self, x: Tensor<B, 4>, collect_hidden: bool, draws: &mut Draws) -> BackboneOutput<B> {
                 match self {
-                    $(Backbone::$variant(m) => Family::forward_rng(m, x, collect_hidden, rng),)*
+                    $(Backbone::$variant(m) => Family::forward_draws(m, x, collect_hidden, draws),)*
                 }
             }
 
@@ -301,6 +302,15 @@ macro_rules! families {
 }
 
 impl<B: Kernels> Backbone<B> {
+    /// [`Self::forward_draws`] with one expert stream for the whole batch, left where the
+    /// forward's draws end.
+    pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
+        let mut draws = Draws::whole(std::mem::replace(rng, Rng::new(0)));
+        let out = self.forward_draws(x, collect_hidden, &mut draws);
+        *rng = draws.into_last();
+        out
+    }
+
     /// Forward pass with a fixed expert stream (evaluation uses merged experts and needs none).
     pub fn forward_with(&self, x: Tensor<B, 4>, collect_hidden: bool) -> BackboneOutput<B> {
         self.forward_rng(x, collect_hidden, &mut Rng::new(0))

@@ -22,7 +22,7 @@ use burn::prelude::*;
 use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 use mosa_kernels::{Kernels, depthwise_conv, linear_rows};
 
-use mosa_core::Rng;
+use mosa_core::Draws;
 use mosa_core::prompt::Prompts;
 use mosa_core::site::{AdapterSite, LinearSite, PeftHost, Placement, PromptSite, SiteMut, Targets, TunableLinear};
 use mosa_core::slot::AdapterSlot;
@@ -256,24 +256,24 @@ impl<B: Kernels> ConvNextBlock<B> {
     ///
     /// # Shapes
     /// `[b, h, w, c]` → `[b, h, w, c]`
-    pub fn forward(&self, x: Tensor<B, 4>, rng: &mut Rng) -> Tensor<B, 4> {
+    pub fn forward(&self, x: Tensor<B, 4>, draws: &mut Draws) -> Tensor<B, 4> {
         let [b, h, w, c] = x.dims();
         let weight = self.conv_dw.weight.val();
         // timm's "same" padding of the odd k × k kernel
         let padding = weight.dims()[2] / 2;
         let conv = depthwise_conv(x.clone(), weight, self.conv_dw.bias.as_ref().map(|b| b.val()), padding);
         let y = self.norm.forward(conv.reshape([b, h * w, c]));
-        let mut m = self.mlp.forward(y.clone(), rng);
-        m = sequential(&self.adapter_mlp, m, rng);
+        let mut m = self.mlp.forward(y.clone(), draws);
+        m = sequential(&self.adapter_mlp, m, draws);
         if let Some(g) = &self.gamma {
             m = m * g.val().unsqueeze::<3>();
         }
         if let Some(a) = &self.adapter {
-            m = m + a.forward(y, rng);
+            m = m + a.forward(y, draws);
         }
         let out = x + drop_path(m, self.drop_path).reshape([b, h, w, c]);
         // an adapter after the residual reads the block's output as tokens
-        stream(&self.adapter_mlp, out.reshape([b, h * w, c]), rng).reshape([b, h, w, c])
+        stream(&self.adapter_mlp, out.reshape([b, h * w, c]), draws).reshape([b, h, w, c])
     }
 
     fn sites_mut(&mut self, stage: usize, index: usize, block: usize, d: usize) -> Vec<SiteMut<'_, B>> {
@@ -320,7 +320,7 @@ impl<B: Kernels> ConvNeXt<B> {
     /// # Shapes
     /// `[b, c, h, w]` → features `[b, h'·w', c']` (NCHW before the head norm, as tokens), pooled
     /// and normalised pre-logits
-    pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
+    pub fn forward_draws(&self, x: Tensor<B, 4>, collect_hidden: bool, draws: &mut Draws) -> BackboneOutput<B> {
         // channels last from the stem on; the stem and downsampling convs are patchify convs
         let mut x = self.stem.norm.forward(patchify(x.permute([0, 2, 3, 1]), &self.stem.conv));
         let mut hidden = Vec::new();
@@ -329,7 +329,7 @@ impl<B: Kernels> ConvNeXt<B> {
                 x = patchify(d.norm.forward(x), &d.conv);
             }
             for block in &stage.blocks {
-                x = block.forward(x, rng);
+                x = block.forward(x, draws);
                 if collect_hidden {
                     let [b, h, w, c] = x.dims();
                     hidden.push(x.clone().reshape([b, h * w, c]));
@@ -488,8 +488,8 @@ impl FamilyConfig for ConvNextConfig {
 impl<B: Kernels> Family<B> for ConvNeXt<B> {
     type Config = ConvNextConfig;
 
-    fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
-        ConvNeXt::forward_rng(self, x, collect_hidden, rng)
+    fn forward_draws(&self, x: Tensor<B, 4>, collect_hidden: bool, draws: &mut Draws) -> BackboneOutput<B> {
+        ConvNeXt::forward_draws(self, x, collect_hidden, draws)
     }
     fn num_classes(&self) -> usize {
         ConvNeXt::num_classes(self)

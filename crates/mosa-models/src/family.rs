@@ -3,7 +3,7 @@
 //! ([`BackboneOutput`]). `backbone.rs` registers the families and dispatches through these traits.
 
 use burn::prelude::*;
-use mosa_core::Rng;
+use mosa_core::Draws;
 use mosa_core::site::PeftHost;
 use mosa_kernels::Kernels;
 
@@ -111,11 +111,11 @@ pub trait Family<B: Kernels>: PeftHost<B> + Module<B> + Sized {
     /// The family's configuration type.
     type Config: FamilyConfig;
 
-    /// Forward pass; `collect_hidden` keeps every block's output; `rng` draws MoSA's experts.
+    /// Forward pass; `collect_hidden` keeps every block's output; `draws` draws MoSA's experts.
     ///
     /// # Shapes
     /// `[b, c, h, w]` → [`BackboneOutput`]
-    fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B>;
+    fn forward_draws(&self, x: Tensor<B, 4>, collect_hidden: bool, draws: &mut Draws) -> BackboneOutput<B>;
     fn num_classes(&self) -> usize;
     /// The model's tensors in timm's names and layout (method modules excluded: merge or export
     /// them first).

@@ -15,7 +15,7 @@ use burn::tensor::module::linear;
 use mosa_core::layer_norm::LayerNorm;
 use mosa_kernels::{Kernels, attention, attention_packed, gelu};
 
-use mosa_core::Rng;
+use mosa_core::Draws;
 use mosa_core::site::{AdapterSite, LinearSite, Placement, SiteMut, TunableLinear};
 use mosa_core::slot::AdapterSlot;
 
@@ -66,10 +66,10 @@ pub struct Attention<B: Backend> {
 impl<B: Kernels> Attention<B> {
     /// # Shapes
     /// `[b, t, d]` → `[b, t, d]`
-    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        let qkv = self.qkv.forward(x, rng);
+    pub fn forward(&self, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3> {
+        let qkv = self.qkv.forward(x, draws);
         let out = if self.attn_drop.prob > 0.0 && B::ad_enabled(&qkv.device()) { self.with_dropout(qkv) } else { attention_packed(qkv, self.num_heads) };
-        self.proj_drop.forward(self.proj.forward(out, rng))
+        self.proj_drop.forward(self.proj.forward(out, draws))
     }
 
     /// Attention with dropout on the probabilities (training only), composed of tensor ops.
@@ -88,9 +88,9 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Kernels> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        let x = self.drop.forward(gelu(self.fc1.forward(x, rng)));
-        self.drop.forward(self.fc2.forward(x, rng))
+    pub fn forward(&self, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3> {
+        let x = self.drop.forward(gelu(self.fc1.forward(x, draws)));
+        self.drop.forward(self.fc2.forward(x, draws))
     }
 }
 
@@ -172,18 +172,18 @@ impl<'a, B: Backend> BlockSlots<'a, B> {
 
 /// A sequential adapter on a sublayer's output, before the residual: `f + A(f)`, or `f` when the
 /// slot is empty or its adapter sits after the residual ([`stream`]).
-pub fn sequential<B: Kernels>(slot: &Option<AdapterSlot<B>>, f: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+pub fn sequential<B: Kernels>(slot: &Option<AdapterSlot<B>>, f: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3> {
     match slot {
-        Some(a) if !a.on_stream() => f.clone() + a.forward(f, rng),
+        Some(a) if !a.on_stream() => f.clone() + a.forward(f, draws),
         _ => f,
     }
 }
 
 /// A sequential adapter on the stream after the residual: `y + A(y)` (Houlsby in the MoSA code
 /// base), or `y` when the slot is empty or its adapter sits on the branch ([`sequential`]).
-pub fn stream<B: Kernels>(slot: &Option<AdapterSlot<B>>, y: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
+pub fn stream<B: Kernels>(slot: &Option<AdapterSlot<B>>, y: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3> {
     match slot {
-        Some(a) if a.on_stream() => y.clone() + a.forward(y, rng),
+        Some(a) if a.on_stream() => y.clone() + a.forward(y, draws),
         _ => y,
     }
 }

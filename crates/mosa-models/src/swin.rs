@@ -28,7 +28,7 @@ use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 use mosa_kernels::window_attention as wa;
 use mosa_kernels::{Kernels, Windows, attention, window_attention};
 
-use mosa_core::Rng;
+use mosa_core::Draws;
 use mosa_core::prompt::Prompts;
 use mosa_core::site::{PeftHost, PromptSite, SiteMut, Targets, TunableLinear};
 use mosa_core::slot::AdapterSlot;
@@ -330,9 +330,9 @@ impl<B: Kernels> WindowAttention<B> {
     /// # Shapes
     /// `x` `[b, H, W, c]`, mask `[windows, w², w²]` (the shifted-window mask, when it applies) →
     /// `[b, H·W, c]`
-    pub fn forward(&self, x: Tensor<B, 4>, shift: usize, mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 4>, shift: usize, mask: Option<&Tensor<B, 3>>, draws: &mut Draws) -> Tensor<B, 3> {
         let [b, h, w, c] = x.dims();
-        let qkv = self.qkv.forward(x.reshape([b, h * w, c]), rng).reshape([b, h, w, 3 * c]);
+        let qkv = self.qkv.forward(x.reshape([b, h * w, c]), draws).reshape([b, h, w, 3 * c]);
         let bias = self.bias().unsqueeze_dim::<4>(0);
         let bias = match mask {
             Some(m) => bias + m.clone().unsqueeze_dim::<4>(1),
@@ -340,7 +340,7 @@ impl<B: Kernels> WindowAttention<B> {
         };
         let win = Windows { heads: self.num_heads, window: self.window, shift };
         let out = if self.attn_drop.prob > 0.0 && B::ad_enabled(&qkv.device()) { self.with_dropout(qkv, bias, win) } else { window_attention(qkv, bias, win) };
-        self.proj_drop.forward(self.proj.forward(out.reshape([b, h * w, c]), rng))
+        self.proj_drop.forward(self.proj.forward(out.reshape([b, h * w, c]), draws))
     }
 
     /// Window attention with dropout on the probabilities (training only), composed of tensor ops.
@@ -399,35 +399,35 @@ pub struct SwinBlock<B: Backend> {
 impl<B: Kernels> SwinBlock<B> {
     /// # Shapes
     /// `[b, h·w, c]` → `[b, h·w, c]`
-    pub fn forward(&self, x: Tensor<B, 3>, grid: (usize, usize), mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
-        let a = sequential(&self.adapter_attn, self.windowed(self.norm1.forward(x.clone()), grid, mask, rng), rng);
-        let h = stream(&self.adapter_attn, x + drop_path(a, self.drop_path), rng);
+    pub fn forward(&self, x: Tensor<B, 3>, grid: (usize, usize), mask: Option<&Tensor<B, 3>>, draws: &mut Draws) -> Tensor<B, 3> {
+        let a = sequential(&self.adapter_attn, self.windowed(self.norm1.forward(x.clone()), grid, mask, draws), draws);
+        let h = stream(&self.adapter_attn, x + drop_path(a, self.drop_path), draws);
         let n = self.norm2.forward(h.clone());
-        let m = sequential(&self.adapter_mlp, self.mlp.forward(n.clone(), rng), rng);
+        let m = sequential(&self.adapter_mlp, self.mlp.forward(n.clone(), draws), draws);
         let m = match &self.adapter {
-            Some(slot) => m + slot.forward(n, rng),
+            Some(slot) => m + slot.forward(n, draws),
             None => m,
         };
-        stream(&self.adapter_mlp, h + drop_path(m, self.drop_path), rng)
+        stream(&self.adapter_mlp, h + drop_path(m, self.drop_path), draws)
     }
 
     /// Window attention over the grid. Grids of whole windows go to the kernel as they are (the
     /// shift is its index arithmetic); others are shifted and zero-padded first, as timm does
     /// before the projection, attended unshifted, then cropped and shifted back.
-    fn windowed(&self, x: Tensor<B, 3>, (h, w): (usize, usize), mask: Option<&Tensor<B, 3>>, rng: &mut Rng) -> Tensor<B, 3> {
+    fn windowed(&self, x: Tensor<B, 3>, (h, w): (usize, usize), mask: Option<&Tensor<B, 3>>, draws: &mut Draws) -> Tensor<B, 3> {
         let [b, _, c] = x.dims();
         let ws = self.attn.window;
         let mask = if self.shift > 0 { mask } else { None };
         let x = x.reshape([b, h, w, c]);
         let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
         if ph == 0 && pw == 0 {
-            return self.attn.forward(x, self.shift, mask, rng);
+            return self.attn.forward(x, self.shift, mask, draws);
         }
         let s = self.shift as i64;
         // burn's `roll_dim(k)` moves element i + k to i: torch's `roll(x, -k)`
         let x = if s > 0 { x.roll_dim(s, 1).roll_dim(s, 2) } else { x };
         let x = x.pad([(0, ph), (0, pw), (0, 0)], burn::tensor::ops::PadMode::Constant(0.0));
-        let out = self.attn.forward(x, 0, mask, rng).reshape([b, h + ph, w + pw, c]).slice([0..b, 0..h, 0..w, 0..c]);
+        let out = self.attn.forward(x, 0, mask, draws).reshape([b, h + ph, w + pw, c]).slice([0..b, 0..h, 0..w, 0..c]);
         let out = if s > 0 { out.roll_dim(-s, 1).roll_dim(-s, 2) } else { out };
         out.reshape([b, h * w, c])
     }
@@ -475,11 +475,11 @@ impl<B: Kernels> SwinTransformer<B> {
         self.layers[stage].blocks[0].norm1.gamma.dims()[0]
     }
 
-    /// Forward pass; `collect_hidden` keeps every block's output; `rng` draws MoSA's experts.
+    /// Forward pass; `collect_hidden` keeps every block's output; `draws` draws MoSA's experts.
     ///
     /// # Shapes
     /// `[b, c, h, w]` → features `[b, h'·w', c']` (NHWC after the final norm), pooled pre-logits
-    pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
+    pub fn forward_draws(&self, x: Tensor<B, 4>, collect_hidden: bool, draws: &mut Draws) -> BackboneOutput<B> {
         let (mut x, mut grid) = self.patch_embed.forward(x);
         let mut hidden = Vec::new();
         for stage in &self.layers {
@@ -492,7 +492,7 @@ impl<B: Kernels> SwinTransformer<B> {
                 shift_mask::<B>(grid.0.div_ceil(ws) * ws, grid.1.div_ceil(ws) * ws, ws, b.shift, &x.device())
             });
             for block in &stage.blocks {
-                x = block.forward(x, grid, mask.as_ref(), rng);
+                x = block.forward(x, grid, mask.as_ref(), draws);
                 if collect_hidden {
                     hidden.push(x.clone());
                 }
@@ -682,8 +682,8 @@ impl FamilyConfig for SwinConfig {
 impl<B: Kernels> Family<B> for SwinTransformer<B> {
     type Config = SwinConfig;
 
-    fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
-        SwinTransformer::forward_rng(self, x, collect_hidden, rng)
+    fn forward_draws(&self, x: Tensor<B, 4>, collect_hidden: bool, draws: &mut Draws) -> BackboneOutput<B> {
+        SwinTransformer::forward_draws(self, x, collect_hidden, draws)
     }
     fn num_classes(&self) -> usize {
         SwinTransformer::num_classes(self)

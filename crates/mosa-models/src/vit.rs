@@ -21,10 +21,10 @@ use burn::tensor::Distribution;
 use mosa_core::layer_norm::{LayerNorm, LayerNormConfig};
 use mosa_kernels::Kernels;
 
-use mosa_core::Rng;
 use mosa_core::prompt::Prompts;
 use mosa_core::site::{PeftHost, PromptSite, SiteMut, Targets, TunableLinear};
 use mosa_core::slot::AdapterSlot;
+use mosa_core::{Draws, Rng};
 
 use crate::error::Error;
 use crate::family::{BackboneOutput, Family, FamilyConfig};
@@ -242,16 +242,16 @@ pub struct Block<B: Backend> {
 impl<B: Kernels> Block<B> {
     /// # Shapes
     /// `[b, t, d]` → `[b, t, d]`
-    pub fn forward(&self, x: Tensor<B, 3>, rng: &mut Rng) -> Tensor<B, 3> {
-        let a = sequential(&self.adapter_attn, self.attn.forward(self.norm1.forward(x.clone()), rng), rng);
-        let h = stream(&self.adapter_attn, x + drop_path(opt_scale(&self.ls1, a), self.drop_path), rng);
-        let m = sequential(&self.adapter_mlp, self.mlp.forward(self.norm2.forward(h.clone()), rng), rng);
+    pub fn forward(&self, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3> {
+        let a = sequential(&self.adapter_attn, self.attn.forward(self.norm1.forward(x.clone()), draws), draws);
+        let h = stream(&self.adapter_attn, x + drop_path(opt_scale(&self.ls1, a), self.drop_path), draws);
+        let m = sequential(&self.adapter_mlp, self.mlp.forward(self.norm2.forward(h.clone()), draws), draws);
         let out = h.clone() + drop_path(opt_scale(&self.ls2, m), self.drop_path);
         let out = match &self.adapter {
-            Some(slot) => out + slot.forward(h, rng),
+            Some(slot) => out + slot.forward(h, draws),
             None => out,
         };
-        stream(&self.adapter_mlp, out, rng)
+        stream(&self.adapter_mlp, out, draws)
     }
 
     /// The block's sites: three adapter slots, then the four linear sites of [`TARGETS`].
@@ -346,8 +346,8 @@ impl<B: Kernels> VisionTransformer<B> {
     }
 
     /// Forward pass; `collect_hidden` keeps every block's output in [`BackboneOutput::hidden`];
-    /// `rng` draws the active experts of MoSA methods (one per block and pass, whole batch).
-    pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
+    /// `draws` draws the active experts of MoSA methods (one per block and pass, whole batch).
+    pub fn forward_draws(&self, x: Tensor<B, 4>, collect_hidden: bool, draws: &mut Draws) -> BackboneOutput<B> {
         let mut x = self.embed(x);
         let mut hidden = Vec::new();
         for (l, block) in self.blocks.iter().enumerate() {
@@ -358,7 +358,7 @@ impl<B: Kernels> VisionTransformer<B> {
                     _ => x,
                 };
             }
-            x = block.forward(x, rng);
+            x = block.forward(x, draws);
             if collect_hidden {
                 hidden.push(x.clone());
             }
@@ -371,7 +371,7 @@ impl<B: Kernels> VisionTransformer<B> {
 
     /// Forward pass with a fixed expert stream (evaluation uses merged experts and needs none).
     pub fn forward_with(&self, x: Tensor<B, 4>, collect_hidden: bool) -> BackboneOutput<B> {
-        self.forward_rng(x, collect_hidden, &mut Rng::new(0))
+        self.forward_draws(x, collect_hidden, &mut Draws::whole(Rng::new(0)))
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> BackboneOutput<B> {
@@ -528,8 +528,8 @@ impl FamilyConfig for VitConfig {
 impl<B: Kernels> Family<B> for VisionTransformer<B> {
     type Config = VitConfig;
 
-    fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
-        VisionTransformer::forward_rng(self, x, collect_hidden, rng)
+    fn forward_draws(&self, x: Tensor<B, 4>, collect_hidden: bool, draws: &mut Draws) -> BackboneOutput<B> {
+        VisionTransformer::forward_draws(self, x, collect_hidden, draws)
     }
     fn num_classes(&self) -> usize {
         VisionTransformer::num_classes(self)

@@ -10,7 +10,7 @@ use burn::tensor::{Distribution, TensorData};
 use mosa_core::adapter::{AdapterConfig, AdapterOptions};
 use mosa_core::mosa::{MosaAdapter, MosaConfig, Share};
 use mosa_core::slot::{AdapterSlot, Branch, LinearBranch};
-use mosa_core::{Method, MethodKind, Rng, inject, params};
+use mosa_core::{Draws, Method, MethodKind, Rng, inject, params};
 use mosa_models::{VisionTransformer, VitConfig};
 use mosa_testkit::param_values as values;
 
@@ -67,6 +67,14 @@ fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().to_vec::<f32>().unwrap()
 }
 
+/// The training forward with one expert stream for the whole batch, left where its draws end.
+fn forward_rng(model: &VisionTransformer<AB>, x: Tensor<AB, 4>, rng: &mut Rng) -> mosa_models::BackboneOutput<AB> {
+    let mut draws = Draws::whole(rng.clone());
+    let out = model.forward_draws(x, false, &mut draws);
+    *rng = draws.into_last();
+    out
+}
+
 /// One training step (CE loss, masked expert gradients). Returns the model and the gradients.
 fn step<O: Optimizer<VisionTransformer<AB>, AB>>(
     model: VisionTransformer<AB>,
@@ -74,7 +82,7 @@ fn step<O: Optimizer<VisionTransformer<AB>, AB>>(
     rng: &mut Rng,
     seed: u64,
 ) -> (VisionTransformer<AB>, GradientsParams) {
-    let out = model.forward_rng(input(seed), false, rng);
+    let out = forward_rng(&model, input(seed), rng);
     let loss = CrossEntropyLossConfig::new().init(&Default::default()).forward(out.logits, labels());
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
     let mut model = model;
@@ -191,7 +199,7 @@ fn merged_mosa_is_the_mean_of_its_experts_and_of_all_expert_choices() {
     assert_eq!(host(sum), host(union));
     // Evaluation of the unmerged slot uses the merged adapter.
     let slot = AdapterSlot::Mosa(m);
-    let d = (slot.forward(x, &mut Rng::new(0)) - merged).abs().max().into_scalar();
+    let d = (slot.forward(x, &mut Draws::whole(Rng::new(0))) - merged).abs().max().into_scalar();
     assert!(d < 1e-6, "evaluation mode vs merged: {d}");
 }
 
@@ -355,7 +363,7 @@ fn sensitivity_masks_are_the_top_k_of_grad_times_delta_over_all_entries() {
             if selecting {
                 inject::before_forward(&mut model, &mc, (0, 4, 5));
             }
-            let out = model.forward_rng(input(s), false, &mut rng);
+            let out = forward_rng(&model, input(s), &mut rng);
             let loss = CrossEntropyLossConfig::new().init(&dev).forward(out.logits, labels());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             if selecting {
@@ -396,7 +404,7 @@ fn a_selection_whose_scores_are_all_zero_is_an_error_naming_the_tensor() {
     let mc = method("sparse");
     let mut model = apply(tiny().init::<AB>(&dev), &mc);
     inject::before_forward(&mut model, &mc, (0, 4, 5));
-    let out = model.forward_rng(input(0), false, &mut Rng::new(0));
+    let out = forward_rng(&model, input(0), &mut Rng::new(0));
     let loss = CrossEntropyLossConfig::new().init(&dev).forward(out.logits, labels());
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let e = inject::reselect_sparse(model, &grads, mc.sparse().unwrap(), &mut Rng::new(0)).err().unwrap();
@@ -438,10 +446,10 @@ fn sequential_and_parallel_adapters_sit_where_the_reference_puts_them() {
     };
     let run = |m: &Method| {
         let model = with_random_ups(apply(tiny().init::<B>(&Default::default()), m));
-        let got = model.blocks[0].forward(x.clone(), &mut Rng::new(0));
+        let got = model.blocks[0].forward(x.clone(), &mut Draws::whole(Rng::new(0)));
         (model, got)
     };
-    let mut rng = Rng::new(0);
+    let mut rng = Draws::whole(Rng::new(0));
 
     // Houlsby as the MoSA code base (`vit_adapter.py`): SiLU, no LayerNorm, after each residual
     let m = method("houlsby");
@@ -518,7 +526,7 @@ fn the_pruned_adapter_trains_one_fixed_random_nth_of_every_adapter_tensor() {
         let mut optim = AdamW::<AB>::new(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd });
         let mut rng = Rng::new(1);
         for s in 0..4 {
-            let out = model.forward_rng(input(s), false, &mut rng);
+            let out = forward_rng(&model, input(s), &mut rng);
             let loss = CrossEntropyLossConfig::new().init(&dev).forward(out.logits, labels());
             let mut grads = GradientsParams::from_grads(loss.backward(), &model);
             inject::mask_gradients(&mut model, &mut grads);
@@ -603,7 +611,7 @@ fn lora_defaults_to_the_query_and_value_parts_of_qkv() {
     let x: Tensor<B, 3> = Tensor::random([2, 5, d], Distribution::Normal(0.0, 1.0), &Default::default());
     let w = block.attn.qkv.weight.val();
     let bias = block.attn.qkv.bias.as_ref().map(|b| b.val());
-    let got = block.attn.qkv.forward(x.clone(), &mut Rng::new(0));
+    let got = block.attn.qkv.forward(x.clone(), &mut Draws::whole(Rng::new(0)));
     let base = burn::tensor::module::linear(x.clone(), w, bias);
     // by hand: x·A·B·(alpha/r) added to the q columns and to the v columns only
     let part = |p: usize| x.clone().matmul(parts.parts[p].a.val().unsqueeze()).matmul(parts.parts[p].b.val().unsqueeze());

@@ -23,6 +23,7 @@ use crate::metrics::{Accuracies, EpochMetrics, Summary, summarize};
 use crate::model::{build_model, model_config};
 use crate::progress::Reporter;
 use crate::rundir::{BackboneId, DatasetInfo, FORMAT, RunConfig, RunDir, file_sha256, restore, with_masks, write_model};
+use crate::step::PassLayout;
 use crate::{Error, Result};
 
 /// How a run is driven, beyond its spec (nothing here changes its numbers).
@@ -33,6 +34,8 @@ pub struct Control {
     /// Recompute the linear probe's features every epoch instead of once ([`crate::probe`]; the
     /// test that both give the same run).
     pub recompute_probe_features: bool,
+    /// How MoSA's two passes run ([`PassLayout`]: stacked into one forward by default).
+    pub passes: PassLayout,
 }
 
 pub enum Outcome {
@@ -225,6 +228,7 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
             epochs_done: metrics.len(),
             checkpoint: &ckpt_path,
             features: features.as_ref(),
+            passes: control.passes,
         };
         let (m, mut tr) = train_epoch(model, &mut optim, epoch, &ctx, rep)?;
         model = m;

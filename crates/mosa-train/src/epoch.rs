@@ -12,7 +12,7 @@ use mosa_models::Backbone;
 
 use crate::config::TrainConfig;
 use crate::progress::Reporter;
-use crate::step::step;
+use crate::step::{PassLayout, step};
 use crate::{Error, Result};
 
 /// Seeded streams of a run, all derived from its one seed.
@@ -47,6 +47,8 @@ pub struct EpochCtx<'a, B: AutodiffKernels> {
     pub checkpoint: &'a std::path::Path,
     /// The linear probe's training features, computed once ([`crate::probe`]).
     pub features: Option<&'a crate::probe::Features<B>>,
+    /// How MoSA's two passes run.
+    pub passes: PassLayout,
 }
 
 /// Trains one epoch (0-based `epoch`).
@@ -89,7 +91,7 @@ pub fn train_epoch<B: AutodiffKernels>(
             None => {
                 let (px, labels) = c.train.batch(&idx, aug_seed);
                 let (x, y) = mosa_data::batcher::to_tensors::<B>(px, &labels, t.resolution, c.device);
-                step(model, x, y, c.method, t, (epoch, s, steps), &mut experts, &mut sparse_rng)?
+                step(model, x, y, c.method, t, (epoch, s, steps), c.passes, &mut experts, &mut sparse_rng)?
             }
         };
         // entries that left a re-selected sparse mask start again from zero moments

@@ -2,7 +2,9 @@
 //! training steps (two stochastic passes, CE + symmetric KL with stop-gradient, expert gradient
 //! masks, HF-style AdamW) of a MoSA adapter on the frozen `vit.*` fixture, every random choice
 //! saved. They are replayed through the engine's own step (`mosa_train::step::step`, fed the
-//! saved expert draws) and our AdamW; every size comes from the fixture.
+//! saved expert draws) and our AdamW; every size comes from the fixture. Both pass layouts are
+//! replayed (two forwards, and one forward over the stacked batch) and compared with PyTorch and
+//! with each other.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +22,7 @@ use mosa_models::{Backbone, HeadPolicy};
 use mosa_testkit::fixtures;
 use mosa_train::TrainConfig;
 use mosa_train::optim::{AdamW, AdamWConfig};
+use mosa_train::step::PassLayout;
 use serde_json::Value;
 
 type B = Flex;
@@ -90,8 +93,39 @@ fn max_diff(a: &HostTensor, b: &HostTensor) -> f32 {
     a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// What a replay of the fixture's steps leaves: each step's loss and (masked) gradients by
+/// parameter path, and the trainables after the last step.
+struct Replay {
+    losses: Vec<f32>,
+    grads: Vec<HashMap<String, HostTensor>>,
+    finals: HashMap<String, HostTensor>,
+}
+
 #[test]
 fn mosa_step_parity() {
+    let separate = replay(PassLayout::Separate);
+    let stacked = replay(PassLayout::Stacked);
+    // one forward over [x; x] computes the step two forwards compute: losses, every step's
+    // gradients and the parameters after the steps, within 1e-5
+    for (s, (a, b)) in separate.losses.iter().zip(&stacked.losses).enumerate() {
+        assert!((a - b).abs() <= 1e-5, "step {s}: loss {a} (two forwards) vs {b} (stacked)");
+    }
+    for (s, (ga, gb)) in separate.grads.iter().zip(&stacked.grads).enumerate() {
+        assert_eq!(ga.len(), gb.len());
+        for (k, g) in ga {
+            let d = max_diff(g, &gb[k]);
+            assert!(d <= 1e-5, "step {s}: gradient of `{k}` differs between the layouts by {d}");
+        }
+    }
+    assert!(!separate.finals.is_empty());
+    for (k, v) in &separate.finals {
+        let d = max_diff(v, &stacked.finals[k]);
+        assert!(d <= 1e-5, "after the steps `{k}` differs between the layouts by {d}");
+    }
+}
+
+/// The fixture's steps replayed with `layout`, each checked against PyTorch.
+fn replay(layout: PassLayout) -> Replay {
     let f = fixtures();
     let spec: Value = serde_json::from_str(&std::fs::read_to_string(f.join("mosa_step.json")).unwrap()).unwrap();
     let fx = read_fixture(&f.join("mosa_step.safetensors"));
@@ -145,26 +179,31 @@ fn mosa_step_parity() {
     let (x, y) = (&fx["x"], &fx["y"]);
     let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(y.data.iter().map(|v| *v as i64).collect::<Vec<_>>(), [y.data.len()]), &Default::default());
     let steps = num(&st["steps"]) as usize;
+    let (mut losses, mut grads) = (Vec::new(), Vec::new());
     for s in 0..steps {
-        let (m2, out) = mosa_train::step::step(model, tensor(x), y.clone(), &method, &t, (0, s, steps), &mut experts, &mut Rng::new(0)).unwrap();
+        let (m2, out) = mosa_train::step::step(model, tensor(x), y.clone(), &method, &t, (0, s, steps), layout, &mut experts, &mut Rng::new(0)).unwrap();
         let loss = out.loss.into_scalar();
         let want = fx["loss"].data[s];
-        assert!((loss - want).abs() <= 1e-5, "step {s}: loss {loss}, PyTorch {want}");
-        if s == 0 {
-            // the first step's masked gradients, tensor by tensor
-            for p in params::list::<AB, _>(&m2).into_iter().filter(|p| p.trainable) {
-                let key = init.keys().find(|k| **k == p.path).unwrap();
-                let name = fx.keys().filter_map(|k| k.strip_prefix("grad1.")).find(|k| ours(k, &fx[&format!("grad1.{k}")]).0 == *key).unwrap().to_string();
+        assert!((loss - want).abs() <= 1e-5, "{layout:?}, step {s}: loss {loss}, PyTorch {want}");
+        losses.push(loss);
+        let mut step_grads = HashMap::new();
+        for p in params::list::<AB, _>(&m2).into_iter().filter(|p| p.trainable) {
+            let rank = init[&p.path].shape.len();
+            let got = match rank {
+                1 => HostTensor::from_tensor(out.grads.get::<B, 1>(p.id).unwrap()),
+                2 => HostTensor::from_tensor(out.grads.get::<B, 2>(p.id).unwrap()),
+                _ => HostTensor::from_tensor(out.grads.get::<B, 3>(p.id).unwrap()),
+            };
+            if s == 0 {
+                // the first step's masked gradients against PyTorch's, tensor by tensor
+                let name = fx.keys().filter_map(|k| k.strip_prefix("grad1.")).find(|k| ours(k, &fx[&format!("grad1.{k}")]).0 == p.path).unwrap().to_string();
                 let want = ours(&name, &fx[&format!("grad1.{name}")]).1;
-                let got = match want.shape.len() {
-                    1 => HostTensor::from_tensor(out.grads.get::<B, 1>(p.id).unwrap()),
-                    2 => HostTensor::from_tensor(out.grads.get::<B, 2>(p.id).unwrap()),
-                    _ => HostTensor::from_tensor(out.grads.get::<B, 3>(p.id).unwrap()),
-                };
                 let d = max_diff(&got, &want);
-                assert!(d <= 1e-5, "step 0: gradient of `{}` differs by {d}", p.path);
+                assert!(d <= 1e-5, "{layout:?}, step 0: gradient of `{}` differs by {d}", p.path);
             }
+            step_grads.insert(p.path, got);
         }
+        grads.push(step_grads);
         model = optim.step(num(&st["lr"]), m2, out.grads);
     }
     // one draw per block and pass, two passes a step: the whole script, in order
@@ -173,7 +212,7 @@ fn mosa_step_parity() {
     let values: HashMap<String, HostTensor> = params::export_trainable(&model).into_iter().collect();
     for (k, t) in fx.iter().filter_map(|(k, t)| k.strip_prefix("final.").map(|k| ours(k, t))) {
         let d = max_diff(&values[&k], &t);
-        assert!(d <= 1e-5, "after {steps} steps `{k}` differs from PyTorch by {d}");
+        assert!(d <= 1e-5, "{layout:?}: after {steps} steps `{k}` differs from PyTorch by {d}");
     }
     // the expert invariant over the AdamW steps: an Up expert's entries outside its mask get no
     // update from Adam (masked gradients, zero moments), only the decoupled decay:
@@ -196,6 +235,7 @@ fn mosa_step_parity() {
     let logits = HostTensor::from_tensor(merged.forward(tensor::<B, 4>(x)).logits);
     let d = max_diff(&logits, &fx["eval_logits"]);
     assert!(d <= 1e-5, "merged logits differ from PyTorch by {d}");
+    Replay { losses, grads, finals: values }
 }
 
 /// A tiny ViT with a MoSA adapter (N 4, r 4, no dropout) whose Up experts are random (std 1),
@@ -234,6 +274,12 @@ fn loss_by_hand(z1: Tensor<AB, 2>, z2: Tensor<AB, 2>, y: Tensor<AB, 1, Int>, w: 
 
 #[test]
 fn the_engine_step_adds_the_kl_draws_each_pass_anew_and_detaches_the_target() {
+    for layout in [PassLayout::Separate, PassLayout::Stacked] {
+        engine_step_checks(layout);
+    }
+}
+
+fn engine_step_checks(layout: PassLayout) {
     use burn::optim::GradientsParams;
     use burn::tensor::Distribution;
     let (model, method) = wired_model();
@@ -245,7 +291,7 @@ fn the_engine_step_adds_the_kl_draws_each_pass_anew_and_detaches_the_target() {
     let t = TrainConfig { kl_weight: 1.0, deepreg: false, ..TrainConfig::default() };
     let step = |model: Backbone<AB>, t: &TrainConfig, draws: Vec<usize>| {
         let mut rng = Rng::scripted(draws);
-        let (m, out) = mosa_train::step::step(model, x.clone(), y.clone(), &method, t, (0, 0, 1), &mut rng, &mut Rng::new(0)).unwrap();
+        let (m, out) = mosa_train::step::step(model, x.clone(), y.clone(), &method, t, (0, 0, 1), layout, &mut rng, &mut Rng::new(0)).unwrap();
         (m, out, rng.scripted_left())
     };
     let (_, out, left) = step(model.clone(), &t, [p1.clone(), p2.clone()].concat());
@@ -298,4 +344,80 @@ fn the_engine_step_adds_the_kl_draws_each_pass_anew_and_detaches_the_target() {
     let (_, one, left) = step(model.clone(), &t0, [p1.clone(), p2.clone()].concat());
     assert_eq!(left, Some(blocks), "one pass");
     assert!((one.loss.into_scalar() - ce_only).abs() < 1e-5);
+}
+
+/// Every trainable's gradient in `g`, by path.
+fn grad_values(model: &Backbone<AB>, g: &burn::optim::GradientsParams) -> HashMap<String, Vec<f32>> {
+    params::list::<AB, _>(model)
+        .into_iter()
+        .filter(|p| p.trainable)
+        .map(|p| {
+            let v = g
+                .get::<B, 1>(p.id)
+                .map(|t| t.into_data())
+                .or_else(|| g.get::<B, 2>(p.id).map(|t| t.into_data()))
+                .or_else(|| g.get::<B, 3>(p.id).map(|t| t.into_data()))
+                .unwrap_or_else(|| panic!("no gradient for `{}`", p.path));
+            (p.path, v.to_vec::<f32>().unwrap())
+        })
+        .collect()
+}
+
+/// One forward over the stacked batch gives the step of two forwards for every expert split the
+/// fixture above does not cover: MoSA with Down and Up both split (the halves' Down experts too)
+/// and DEEPREG on (hidden states split by half), and MoSA-LoRA on its default targets. Every
+/// expert tensor is random, so that each draw changes the outputs.
+#[test]
+fn stacked_passes_equal_separate_ones_for_every_split() {
+    use burn::module::Param;
+    use burn::tensor::Distribution;
+    use mosa_core::lora::MosaLoraOptions;
+    use mosa_core::slot::LinearBranch;
+    let device = Default::default();
+    let cfg = mosa_models::BackboneConfig::Vit(
+        mosa_models::VitConfig::new().with_embed_dim(32).with_depth(2).with_num_heads(2).with_img_size(16).with_patch_size(4).with_num_classes(5),
+    );
+    let adapter = AdapterOptions::new().with_r(4).with_dropout(0.0);
+    let methods = [
+        Method::Mosa(MosaOptions::new().with_adapter(adapter).with_experts(4).with_share(Share::None)),
+        Method::MosaLora(MosaLoraOptions::new().with_experts(4)),
+    ];
+    let x: Tensor<AB, 4> = Tensor::random([6, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 4, 0], [6]), &device);
+    for method in methods {
+        let mut model = inject::apply(cfg.init::<AB>(&device), &method, 7, &device).unwrap();
+        let _ = params::list::<AB, _>(&model); // initialise every lazy parameter once
+        let random = |w: &Param<Tensor<AB, 3>>| Param::from_tensor(Tensor::random(w.shape(), Distribution::Normal(0.0, 1.0), &device));
+        let mut split = 0;
+        for s in model.sites_mut() {
+            if let SiteMut::Adapter { slot: Some(AdapterSlot::Mosa(a)), .. } = s {
+                (a.down.weight, a.up.weight) = (random(&a.down.weight), random(&a.up.weight));
+                split += 1;
+            } else if let SiteMut::Linear { linear, .. } = s
+                && let Some(LinearBranch::MosaLora(l)) = &mut linear.branch
+            {
+                (l.a.weight, l.b.weight) = (random(&l.a.weight), random(&l.b.weight));
+                split += 1;
+            }
+        }
+        assert!(split >= 2, "{}: the method put its experts in the model", method.name());
+        let t = TrainConfig { kl_weight: 1.0, deepreg: true, ..TrainConfig::default() };
+        let run = |t: &TrainConfig, layout: PassLayout| {
+            let mut rng = Rng::new(5);
+            let (_, out) = mosa_train::step::step(model.clone(), x.clone(), y.clone(), &method, t, (0, 0, 1), layout, &mut rng, &mut Rng::new(0)).unwrap();
+            (out.loss.into_scalar(), grad_values(&model, &out.grads), rng)
+        };
+        let (loss_a, grads_a, rng_a) = run(&t, PassLayout::Separate);
+        let (loss_b, grads_b, rng_b) = run(&t, PassLayout::Stacked);
+        let name = method.name();
+        assert_eq!(rng_a, rng_b, "{name}: the expert stream continues from the same point");
+        assert!((loss_a - loss_b).abs() <= 1e-5, "{name}: loss {loss_a} (two forwards) vs {loss_b} (stacked)");
+        let (ce, _, _) = run(&TrainConfig { kl_weight: 0.0, deepreg: false, ..t.clone() }, PassLayout::Stacked);
+        assert!(loss_a - ce > 1e-4, "{name}: the passes drew different experts (consistency terms {}), so the halves can be told apart", loss_a - ce);
+        assert_eq!(grads_a.len(), grads_b.len());
+        for (k, g) in &grads_a {
+            let d = g.iter().zip(&grads_b[k]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(d <= 1e-5, "{name}: gradient of `{k}` differs between the layouts by {d}");
+        }
+    }
 }

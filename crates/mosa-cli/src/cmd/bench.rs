@@ -11,6 +11,7 @@ use clap::Subcommand;
 use mosa_core::{Passes, PeftHost, Rng, inject, params};
 use mosa_models::presets;
 use mosa_train::optim::{AdamW, AdamWConfig};
+use mosa_train::step::PassLayout;
 
 use crate::backend::{self, Backend};
 use crate::method_args::MethodArgs;
@@ -64,12 +65,16 @@ pub enum Command {
     },
     /// One training step as `mosa train` makes it (`mosa_train::step::step`: forward, loss,
     /// backward through what trains, masked expert gradients; then our AdamW, eps 1e-6, weight
-    /// decay 0.01): MoSA and MoSA-LoRA make their two passes with CE + symmetric KL.
+    /// decay 0.01): MoSA and MoSA-LoRA make their two passes with CE + symmetric KL, as one
+    /// forward over the stacked batch unless `--separate-passes`.
     Step {
         #[command(flatten)]
         common: Common,
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// MoSA: two forwards instead of one over the stacked batch (as `mosa train --separate-passes`).
+        #[arg(long)]
+        separate_passes: bool,
         #[command(flatten)]
         method: MethodArgs,
     },
@@ -155,7 +160,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
             report("inference", &common, batch, times, Some(cfg.forward_flops()))?;
         }
-        Command::Step { common, batch, method: margs } => {
+        Command::Step { common, batch, separate_passes, method: margs } => {
             type AB = Autodiff<Backend>;
             let cfg = presets::resolve_model(&common.model)?.with_num_classes(common.num_classes).with_img_size(common.resolution);
             let mc = margs.method()?;
@@ -168,13 +173,18 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
             let recipe = mosa_train::TrainConfig::default();
             let two_passes = mosa_train::step::two_passes(&mc, &recipe);
-            let passes = if two_passes { ", two passes" } else { "" };
+            let layout = if separate_passes { PassLayout::Separate } else { PassLayout::Stacked };
+            let passes = match (two_passes, layout) {
+                (false, _) => "",
+                (true, PassLayout::Stacked) => ", two passes stacked",
+                (true, PassLayout::Separate) => ", two passes",
+            };
             let (mut rng, mut sparse_rng) = (Rng::new(seed), Rng::new(seed + 1));
             let mut times = Vec::new();
             let n = common.warmup + common.iters;
             for i in 0..n {
                 let t0 = Instant::now();
-                let (m, out) = mosa_train::step::step(model, x.clone(), y.clone(), &mc, &recipe, (0, i, n), &mut rng, &mut sparse_rng)?;
+                let (m, out) = mosa_train::step::step(model, x.clone(), y.clone(), &mc, &recipe, (0, i, n), layout, &mut rng, &mut sparse_rng)?;
                 model = optim.step(1e-3, m, out.grads);
                 // synchronise: the step's result must exist before the clock stops
                 std::hint::black_box(model.head_mut().and_then(|h| h.bias.as_ref().map(|b| b.val().into_data())));

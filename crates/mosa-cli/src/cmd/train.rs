@@ -7,6 +7,7 @@ use mosa_data::{Dataset, LoadOptions, LoadedSplit, Transform};
 use mosa_models::{presets, weights};
 use mosa_train::optim::ScheduleKind;
 use mosa_train::progress::Console;
+use mosa_train::step::PassLayout;
 use mosa_train::{Control, HeadInit, Outcome, RunSpec, TrainConfig};
 
 use crate::backend::{self, Backend, TrainBackend};
@@ -99,6 +100,10 @@ pub struct TrainArgs {
     /// (the same numbers, slower; to check that they are the same).
     #[arg(long)]
     recompute_probe_features: bool,
+    /// MoSA: run the two passes as two forwards instead of one over the stacked batch (the same
+    /// step up to float rounding; slower where a batch leaves the cores short of work).
+    #[arg(long)]
+    separate_passes: bool,
 }
 
 /// A new run's recipe: the file's (or the defaults), then the flags. Unless the warm-up is given
@@ -173,7 +178,7 @@ fn resolve_weights(model: &str, w: Option<&str>) -> anyhow::Result<Option<PathBu
 }
 
 /// The flags `--resume` accepts whatever their value: they do not define the run.
-const RESUME_FREE: [&str; 4] = ["out", "resume", "stop_after", "recompute_probe_features"];
+const RESUME_FREE: [&str; 5] = ["out", "resume", "stop_after", "recompute_probe_features", "separate_passes"];
 
 /// The flags given with `--resume` that would change the saved run (issue #11 case 3): every
 /// flag that defines the run must be absent or equal to the saved value. None may change it: the
@@ -269,7 +274,11 @@ pub fn train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         &spec,
         &a.out,
         a.resume,
-        Control { stop_after_epochs: a.stop_after, recompute_probe_features: a.recompute_probe_features },
+        Control {
+            stop_after_epochs: a.stop_after,
+            recompute_probe_features: a.recompute_probe_features,
+            passes: if a.separate_passes { PassLayout::Separate } else { PassLayout::Stacked },
+        },
         &device,
         &mut rep,
     )? {
