@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::optim::ScheduleKind;
+use crate::step::PassLayout;
 use mosa_core::Method;
 use mosa_models::BackboneConfig;
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,13 @@ pub struct TrainConfig {
     /// How VTAB-style datasets are resized: TensorFlow's bilinear (the reference), or PIL's
     /// antialiased one that runs of formats 1–3 trained with (their configs are converted to it).
     pub vtab_resize: mosa_data::VtabResize,
+    /// How a two-pass method (MoSA, MoSA-LoRA with a consistency term) runs its passes
+    /// ([`PassLayout`]). `None` in a new run's recipe: stacked, recorded as such in its
+    /// `config.json`; `None` in a saved run: a run directory from before the layout was recorded,
+    /// which ran two forwards and resumes so. Not serialised when `None`, so run directories
+    /// without it keep their hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passes: Option<PassLayout>,
 }
 
 impl Default for TrainConfig {
@@ -104,6 +112,7 @@ impl Default for TrainConfig {
             backbone_dropout: None,
             train_split: None,
             vtab_resize: mosa_data::VtabResize::default(),
+            passes: None,
         }
     }
 }

@@ -34,8 +34,6 @@ pub struct Control {
     /// Recompute the linear probe's features every epoch instead of once ([`crate::probe`]; the
     /// test that both give the same run).
     pub recompute_probe_features: bool,
-    /// How MoSA's two passes run ([`PassLayout`]: stacked into one forward by default).
-    pub passes: PassLayout,
 }
 
 pub enum Outcome {
@@ -98,8 +96,20 @@ fn load_data(spec: &RunSpec, dataset: Dataset, rep: &mut dyn Reporter) -> Result
     Ok(Data { dataset, train, val, test })
 }
 
+/// `spec` with a two-pass method's layout decided: the caller's; else, resuming, the saved run's
+/// (none recorded: a run from before the layout was, which ran two forwards); else stacked.
+fn with_pass_layout(spec: &RunSpec, resume: bool, out: &Path) -> Result<RunSpec> {
+    let mut s = spec.clone();
+    if s.train.passes.is_none() && crate::step::two_passes(&s.method, &s.train) {
+        let dir = RunDir::new(out);
+        s.train.passes = if resume && dir.config().exists() { dir.read_config()?.run.train.passes } else { Some(PassLayout::Stacked) };
+    }
+    Ok(s)
+}
+
 /// Trains (or resumes) a run into `out`.
 pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control: Control, device: &B::Device, rep: &mut dyn Reporter) -> Result<Outcome> {
+    let spec = &with_pass_layout(spec, resume, out)?;
     spec.train.validate().map_err(|e| Error::Config(e.to_string()))?;
     spec.method.validate().map_err(|e| Error::Config(e.to_string()))?;
     // the lists and the model's size are checked before anything is written or decoded
@@ -228,7 +238,7 @@ pub fn run<B: AutodiffKernels>(spec: &RunSpec, out: &Path, resume: bool, control
             epochs_done: metrics.len(),
             checkpoint: &ckpt_path,
             features: features.as_ref(),
-            passes: control.passes,
+            passes: spec.train.passes.unwrap_or(PassLayout::Separate),
         };
         let (m, mut tr) = train_epoch(model, &mut optim, epoch, &ctx, rep)?;
         model = m;

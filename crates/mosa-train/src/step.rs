@@ -36,7 +36,9 @@ pub fn two_passes(method: &Method, t: &TrainConfig) -> bool {
 /// How a step with two passes runs them. Both compute the same step; the numbers agree up to
 /// float rounding (`tests/mosa_step.rs` holds losses, gradients and parameters within 1e-5 over
 /// the fixture's three steps).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
 pub enum PassLayout {
     /// One forward over the stacked batch `[x; x]`, each half with its pass's expert draws:
     /// the frozen backbone's products run over 2B rows (faster where B rows leave the cores
@@ -102,7 +104,7 @@ fn stacked<B: AutodiffKernels>(
     if *halves.first() != second {
         return Err(Error::Model(
             "the stacked MoSA step's first half did not end its expert draws where the second half's began \
-             (a module draws beyond its `expert_draws`); train with --separate-passes"
+             (a module draws beyond its `expert_draws`); train with --passes separate"
                 .into(),
         ));
     }

@@ -32,6 +32,10 @@ fn resume_equals_uninterrupted() {
     s.train.warmup_epochs = 1;
     let a = tmp.path().join("a");
     let full = finish(mosa_train::run::<AB>(&s, &a, false, Control::default(), &device, &mut Silent).unwrap());
+    // the recipe left the layout open; the run records the one it trained with (and resumes with it)
+    assert_eq!(s.train.passes, None);
+    let saved = mosa_train::RunDir::new(&a).read_config().unwrap();
+    assert_eq!(saved.run.train.passes, Some(mosa_train::step::PassLayout::Stacked), "a new MoSA run records its pass layout");
 
     let b = tmp.path().join("b");
     let o = mosa_train::run::<AB>(&s, &b, false, Control { stop_after_epochs: Some(2), ..Default::default() }, &device, &mut Silent).unwrap();

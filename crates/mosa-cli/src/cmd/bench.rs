@@ -66,15 +66,16 @@ pub enum Command {
     /// One training step as `mosa train` makes it (`mosa_train::step::step`: forward, loss,
     /// backward through what trains, masked expert gradients; then our AdamW, eps 1e-6, weight
     /// decay 0.01): MoSA and MoSA-LoRA make their two passes with CE + symmetric KL, as one
-    /// forward over the stacked batch unless `--separate-passes`.
+    /// forward over the stacked batch unless `--passes separate`.
     Step {
         #[command(flatten)]
         common: Common,
         #[arg(long, default_value_t = 8)]
         batch: usize,
-        /// MoSA: two forwards instead of one over the stacked batch (as `mosa train --separate-passes`).
-        #[arg(long)]
-        separate_passes: bool,
+        /// MoSA / MoSA-LoRA: one forward over the stacked batch, or two forwards (as `mosa train
+        /// --passes`).
+        #[arg(long, value_enum, default_value = "stacked")]
+        passes: PassLayout,
         #[command(flatten)]
         method: MethodArgs,
     },
@@ -160,7 +161,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
             report("inference", &common, batch, times, Some(cfg.forward_flops()))?;
         }
-        Command::Step { common, batch, separate_passes, method: margs } => {
+        Command::Step { common, batch, passes: layout, method: margs } => {
             type AB = Autodiff<Backend>;
             let cfg = presets::resolve_model(&common.model)?.with_num_classes(common.num_classes).with_img_size(common.resolution);
             let mc = margs.method()?;
@@ -173,7 +174,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
             let recipe = mosa_train::TrainConfig::default();
             let two_passes = mosa_train::step::two_passes(&mc, &recipe);
-            let layout = if separate_passes { PassLayout::Separate } else { PassLayout::Stacked };
             let passes = match (two_passes, layout) {
                 (false, _) => "",
                 (true, PassLayout::Stacked) => ", two passes stacked",

@@ -100,10 +100,11 @@ pub struct TrainArgs {
     /// (the same numbers, slower; to check that they are the same).
     #[arg(long)]
     recompute_probe_features: bool,
-    /// MoSA: run the two passes as two forwards instead of one over the stacked batch (the same
-    /// step up to float rounding; slower where a batch leaves the cores short of work).
-    #[arg(long)]
-    separate_passes: bool,
+    /// MoSA / MoSA-LoRA: `stacked` runs the two passes as one forward over [x; x], `separate`
+    /// as two forwards (the same step up to float rounding and the dropout masks' order; slower
+    /// where a batch leaves the cores short of work) [default: stacked].
+    #[arg(long, value_enum)]
+    passes: Option<PassLayout>,
 }
 
 /// A new run's recipe: the file's (or the defaults), then the flags. Unless the warm-up is given
@@ -139,6 +140,9 @@ fn recipe_on(mut t: TrainConfig, a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     set!(epochs, warmup_epochs, lr, schedule, batch_size, resolution, weight_decay, eps, kl_weight, head_init, sync_every, seed);
     if a.head_lr.is_some() {
         t.head_lr = a.head_lr;
+    }
+    if a.passes.is_some() {
+        t.passes = a.passes;
     }
     if a.eval_batch_size.is_some() {
         t.eval_batch_size = a.eval_batch_size;
@@ -178,7 +182,7 @@ fn resolve_weights(model: &str, w: Option<&str>) -> anyhow::Result<Option<PathBu
 }
 
 /// The flags `--resume` accepts whatever their value: they do not define the run.
-const RESUME_FREE: [&str; 5] = ["out", "resume", "stop_after", "recompute_probe_features", "separate_passes"];
+const RESUME_FREE: [&str; 4] = ["out", "resume", "stop_after", "recompute_probe_features"];
 
 /// The flags given with `--resume` that would change the saved run (issue #11 case 3): every
 /// flag that defines the run must be absent or equal to the saved value. None may change it: the
@@ -274,11 +278,7 @@ pub fn train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         &spec,
         &a.out,
         a.resume,
-        Control {
-            stop_after_epochs: a.stop_after,
-            recompute_probe_features: a.recompute_probe_features,
-            passes: if a.separate_passes { PassLayout::Separate } else { PassLayout::Stacked },
-        },
+        Control { stop_after_epochs: a.stop_after, recompute_probe_features: a.recompute_probe_features },
         &device,
         &mut rep,
     )? {
