@@ -28,7 +28,7 @@ use mosa_kernels::Kernels;
 pub trait Slot<B: Backend>: Module<B> {
     /// The adapter's output (added to the stream, or replacing it for a sequential adapter, by
     /// the block). In training a MoSA adapter draws one expert per projection from `draws` (per
-    /// half of a stacked batch, [`Draws::each_part`]).
+    /// half of a stacked batch, [`Draws::each`]).
     ///
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` → `[batch, tokens, width]`
