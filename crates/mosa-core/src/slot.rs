@@ -126,9 +126,8 @@ macro_rules! each_slot {
 
 impl<B: Kernels> AdapterSlot<B> {
     /// In training, MoSA draws one expert per projection from `draws` for the whole batch (or per
-    /// half of a stacked one); outside
-    /// training (no autodiff), it uses the merged (mean) adapter, so evaluation of an unmerged
-    /// model gives the merged model's output.
+    /// half of a stacked one); outside training (no autodiff), it uses the merged (mean) adapter,
+    /// so evaluation of an unmerged model gives the merged model's output.
     pub fn forward(&self, x: Tensor<B, 3>, draws: &mut Draws) -> Tensor<B, 3> {
         each_slot!(self, s => Slot::forward(s, x, draws))
     }

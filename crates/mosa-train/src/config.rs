@@ -76,7 +76,7 @@ pub struct TrainConfig {
     /// How VTAB-style datasets are resized: TensorFlow's bilinear (the reference), or PIL's
     /// antialiased one that runs of formats 1–3 trained with (their configs are converted to it).
     pub vtab_resize: mosa_data::VtabResize,
-    /// How a two-pass method (MoSA, MoSA-LoRA with a consistency term) runs its passes
+    /// How a two-pass step (MoSA or MoSA-LoRA with a consistency term) runs its passes
     /// ([`PassLayout`]). `None` in a new run's recipe: stacked, recorded as such in its
     /// `config.json`; `None` in a saved run: a run directory from before the layout was recorded,
     /// which ran two forwards and resumes so. Not serialised when `None`, so run directories
