@@ -52,6 +52,15 @@ impl Draws {
     }
 }
 
+/// `f` with one stream for the whole batch, taken from `rng` and left in it where `f`'s draws
+/// end (a training forward that is not stacked).
+pub fn with_whole<T>(rng: &mut Rng, f: impl FnOnce(&mut Draws) -> T) -> T {
+    let mut draws = Draws::whole(std::mem::replace(rng, Rng::new(0)));
+    let out = f(&mut draws);
+    *rng = draws.into_last();
+    out
+}
+
 /// `rng` after the draws of one training forward whose bounds are `bounds` (one `below(n)` each,
 /// from [`crate::inject::expert_draws`]): the start of the second of two passes.
 ///

@@ -305,10 +305,7 @@ impl<B: Kernels> Backbone<B> {
     /// [`Self::forward_draws`] with one expert stream for the whole batch, left where the
     /// forward's draws end.
     pub fn forward_rng(&self, x: Tensor<B, 4>, collect_hidden: bool, rng: &mut Rng) -> BackboneOutput<B> {
-        let mut draws = Draws::whole(std::mem::replace(rng, Rng::new(0)));
-        let out = self.forward_draws(x, collect_hidden, &mut draws);
-        *rng = draws.into_last();
-        out
+        mosa_core::draws::with_whole(rng, |draws| self.forward_draws(x, collect_hidden, draws))
     }
 
     /// Forward pass with a fixed expert stream (evaluation uses merged experts and needs none).

@@ -69,10 +69,7 @@ fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 /// The training forward with one expert stream for the whole batch, left where its draws end.
 fn forward_rng(model: &VisionTransformer<AB>, x: Tensor<AB, 4>, rng: &mut Rng) -> mosa_models::BackboneOutput<AB> {
-    let mut draws = Draws::whole(rng.clone());
-    let out = model.forward_draws(x, false, &mut draws);
-    *rng = draws.into_last();
-    out
+    mosa_core::draws::with_whole(rng, |draws| model.forward_draws(x, false, draws))
 }
 
 /// One training step (CE loss, masked expert gradients). Returns the model and the gradients.

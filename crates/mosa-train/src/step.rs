@@ -71,17 +71,34 @@ pub fn step<B: AutodiffKernels>(
         PassLayout::Stacked | PassLayout::Separate => {}
     }
     let out1 = model.forward_rng(x.clone(), two && t.deepreg, experts);
-    let mut loss = cross_entropy(out1.logits.clone(), y.clone());
-    if two {
+    let loss = if two {
         let out2 = model.forward_rng(x, t.deepreg, experts);
-        if t.kl_weight > 0.0 {
-            loss = loss.add(symmetric_kl(out1.logits.clone(), out2.logits).mul_scalar(t.kl_weight));
-        }
-        if t.deepreg {
-            loss = loss.add(deepreg(&out1.hidden, &out2.hidden).mul_scalar(t.deepreg_weight));
-        }
-    }
+        two_pass_loss(out1.logits.clone(), out2.logits, &out1.hidden, &out2.hidden, y.clone(), t)
+    } else {
+        cross_entropy(out1.logits.clone(), y.clone())
+    };
     finish(model, out1.logits, y, loss, method, (epoch, step, steps), sparse_rng)
+}
+
+/// The two-pass loss, whichever the layout: CE on the first pass's logits `z1`, plus the
+/// symmetric KL between `z1` and `z2` and, with DEEPREG, the MSE between the passes' hidden
+/// states (`h1`, `h2`; read only then).
+fn two_pass_loss<B: AutodiffKernels>(
+    z1: Tensor<B, 2>,
+    z2: Tensor<B, 2>,
+    h1: &[Tensor<B, 3>],
+    h2: &[Tensor<B, 3>],
+    y: Tensor<B, 1, Int>,
+    t: &TrainConfig,
+) -> Tensor<B, 1> {
+    let mut loss = cross_entropy(z1.clone(), y);
+    if t.kl_weight > 0.0 {
+        loss = loss.add(symmetric_kl(z1, z2).mul_scalar(t.kl_weight));
+    }
+    if t.deepreg {
+        loss = loss.add(deepreg(h1, h2).mul_scalar(t.deepreg_weight));
+    }
+    loss
 }
 
 /// Two passes as one forward over `[x; x]`: the first half draws from `experts` as the first pass
@@ -111,14 +128,9 @@ fn stacked<B: AutodiffKernels>(
     *experts = halves.into_last();
     let half = |z: &Tensor<B, 2>, i: usize| z.clone().narrow(0, i * b, b);
     let (z1, z2) = (half(&out.logits, 0), half(&out.logits, 1));
-    let mut loss = cross_entropy(z1.clone(), y.clone());
-    if t.kl_weight > 0.0 {
-        loss = loss.add(symmetric_kl(z1.clone(), z2).mul_scalar(t.kl_weight));
-    }
-    if t.deepreg {
-        let split = |i: usize| out.hidden.iter().map(|h| h.clone().narrow(0, i * b, b)).collect::<Vec<_>>();
-        loss = loss.add(deepreg(&split(0), &split(1)).mul_scalar(t.deepreg_weight));
-    }
+    // the hidden states are collected (and split) only for DEEPREG
+    let hidden = |i: usize| out.hidden.iter().map(|h| h.clone().narrow(0, i * b, b)).collect::<Vec<_>>();
+    let loss = two_pass_loss(z1.clone(), z2, &hidden(0), &hidden(1), y.clone(), t);
     finish(model, z1, y, loss, method, at, sparse_rng)
 }
 
