@@ -8,6 +8,8 @@ use burn::backend::Flex;
 use burn::tensor::DType;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_flex::FlexTensor;
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::depthwise_conv as composed_depthwise;
@@ -68,6 +70,30 @@ fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
+/// A new buffer of `n` floats that `write` fills, all of them, with no zeroing pass first: the
+/// kernels' outputs (GEMM products, GELU, attention, LayerNorm's `dx`) are overwritten whole, and
+/// zeroing them first stored ~1 GB per ViT-S/16 MoSA step (batch 8, 224 px), 3–4% of its time
+/// (`docs/timings.md`). With debug assertions (every `cargo test`) the buffer starts as NaN, so
+/// an element `write` misses shows up as NaN in the tests' comparisons with their references.
+///
+/// # Safety
+/// `write` must write every one of the `n` elements.
+unsafe fn filled(n: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    let spare = &mut v.spare_capacity_mut()[..n];
+    if cfg!(debug_assertions) {
+        spare.par_chunks_mut(CHUNK).for_each(|c| {
+            c.iter_mut().for_each(|x| {
+                x.write(f32::NAN);
+            })
+        });
+    }
+    write(spare);
+    // SAFETY: the caller's contract: all n elements are written.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// `n` zeros, written on rayon's threads: `vec![0.0; n]` zeroes tens of MB on the calling thread
 /// while the others wait (freed heap is reused, so `calloc` cannot skip it).
 fn zeros(n: usize) -> Vec<f32> {
@@ -120,20 +146,20 @@ fn window_grid(qkv: &FlexTensor, bias: &FlexTensor, win: Windows) -> Option<comp
 
 multiversion! {
     /// `out ← GELU(x)`.
-    fn gelu_chunk(x: &[f32], out: &mut [f32]) {
+    fn gelu_chunk(x: &[f32], out: &mut [MaybeUninit<f32>]) {
         let x = &x[..out.len()];
         for (o, &v) in out.iter_mut().zip(x) {
-            *o = math::gelu(v);
+            o.write(math::gelu(v));
         }
     }
 }
 
 multiversion! {
     /// `out ← g · GELU'(x)`.
-    fn gelu_grad_chunk(x: &[f32], g: &[f32], out: &mut [f32]) {
+    fn gelu_grad_chunk(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
         let (x, g) = (&x[..out.len()], &g[..out.len()]);
         for i in 0..out.len() {
-            out[i] = math::gelu_grad(x[i], g[i]);
+            out[i].write(math::gelu_grad(x[i], g[i]));
         }
     }
 }
@@ -290,9 +316,9 @@ impl Kernels for Flex {
         let Some(g) = geometry(&qkv, heads) else {
             return composed::composed_with_lse::<Self>(qkv, heads);
         };
-        let mut out = zeros(g.b * g.t * g.h * g.hd);
         let mut lse = zeros(g.b * g.h * g.t);
-        attention::forward(&values(&qkv), g, &mut out, &mut lse);
+        // SAFETY: `attention::forward` writes every element of `out` (each task its head's columns of its image's rows).
+        let out = unsafe { filled(g.b * g.t * g.h * g.hd, |out| attention::forward(&values(&qkv), g, out, &mut lse)) };
         (tensor(out, [g.b, g.t, g.h * g.hd]), tensor(lse, [g.b, g.h, g.t]))
     }
 
@@ -302,8 +328,8 @@ impl Kernels for Flex {
         };
         match geometry(&qkv, heads) {
             Some(g) if fits(&g) => {
-                let mut dqkv = zeros(g.b * g.t * 3 * g.h * g.hd);
-                attention::backward(&values(&qkv), &values(&lse), &values(&grad), g, &mut dqkv);
+                // SAFETY: `attention::backward` writes every element (each task its head's q, k and v columns).
+                let dqkv = unsafe { filled(g.b * g.t * 3 * g.h * g.hd, |dqkv| attention::backward(&values(&qkv), &values(&lse), &values(&grad), g, dqkv)) };
                 tensor(dqkv, [g.b, g.t, 3 * g.h * g.hd])
             }
             _ => composed::composed_backward::<Self>(qkv, lse, grad, heads),
@@ -353,9 +379,10 @@ impl Kernels for Flex {
             return composed_window::composed_with_lse::<Self>(qkv, bias, win);
         };
         let n = win.window * win.window;
-        let mut out = zeros(g.b * g.h * g.w * g.c);
         let mut lse = zeros(g.b * g.windows * win.heads * n);
-        window_attention::forward(&values(&qkv), &values(&bias), g, win, &mut out, &mut lse);
+        // SAFETY: the grid is whole windows: `window_attention::forward` writes each token's
+        // columns of each head once, in the task of its window and head.
+        let out = unsafe { filled(g.b * g.h * g.w * g.c, |out| window_attention::forward(&values(&qkv), &values(&bias), g, win, out, &mut lse)) };
         (tensor(out, [g.b, g.h, g.w, g.c]), tensor(lse, [g.b * g.windows, win.heads, n]))
     }
 
@@ -373,10 +400,14 @@ impl Kernels for Flex {
         };
         match window_grid(&qkv, &bias, win) {
             Some(g) if fits(&g) => {
-                let mut dqkv = zeros(g.b * g.h * g.w * 3 * g.c);
                 let mut ds = need_bias.then(|| zeros(g.b * g.windows * win.heads * n * n));
                 let biases = values(&bias);
-                window_attention::backward(&values(&qkv), &biases, &values(&lse), &values(&grad), g, win, &mut dqkv, ds.as_deref_mut());
+                // SAFETY: as in the forward, every token's q, k and v columns of each head are written once.
+                let dqkv = unsafe {
+                    filled(g.b * g.h * g.w * 3 * g.c, |dqkv| {
+                        window_attention::backward(&values(&qkv), &biases, &values(&lse), &values(&grad), g, win, dqkv, ds.as_deref_mut())
+                    })
+                };
                 let dbias = ds.map(|ds| tensor(window_attention::bias_gradient(&ds, g, win), dims(&bias)));
                 (tensor(dqkv, [g.b, g.h, g.w, 3 * g.c]), dbias)
             }
@@ -394,8 +425,8 @@ impl Kernels for Flex {
             return x;
         }
         let src = values(&x);
-        let mut out = zeros(src.len());
-        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| gelu_chunk(s, o));
+        // SAFETY: the chunks cover the buffer, each written whole by `gelu_chunk`.
+        let out = unsafe { filled(src.len(), |out| out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| gelu_chunk(s, o))) };
         tensor(out, dims(&x))
     }
 
@@ -410,8 +441,12 @@ impl Kernels for Flex {
             return grad;
         }
         let gs = values(&grad);
-        let mut out = zeros(xs.len());
-        out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK))).for_each(|(o, (a, g))| gelu_grad_chunk(a, g, o));
+        // SAFETY: the chunks cover the buffer, each written whole by `gelu_grad_chunk`.
+        let out = unsafe {
+            filled(xs.len(), |out| {
+                out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK))).for_each(|(o, (a, g))| gelu_grad_chunk(a, g, o))
+            })
+        };
         tensor(out, dims(&x))
     }
 }

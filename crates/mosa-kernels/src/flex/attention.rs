@@ -5,6 +5,7 @@
 //! `[b, t, 3d]`. Every (batch, head) task writes a disjoint set of output elements.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
@@ -113,10 +114,10 @@ multiversion! {
 }
 
 /// `out` `[b, t, d]` and `lse` `[b, h, t]` from `qkv` `[b, t, 3d]`.
-pub(super) fn forward(qkv: &[f32], g: Geometry, out: &mut [f32], lse: &mut [f32]) {
+pub(super) fn forward(qkv: &[f32], g: Geometry, out: &mut [MaybeUninit<f32>], lse: &mut [f32]) {
     let (t, d, hd) = (g.t, g.d(), g.hd);
     assert!(qkv.len() == g.b * t * 3 * d && out.len() == g.b * t * d && lse.len() == g.b * g.h * t);
-    let (src, dst) = (SharedRead(qkv.as_ptr()), Shared(out.as_mut_ptr()));
+    let (src, dst) = (SharedRead(qkv.as_ptr()), Shared(out.as_mut_ptr().cast()));
     lse.par_chunks_mut(t.max(1)).enumerate().for_each(|(task, lse)| {
         let (src, dst) = (src, dst);
         let (at, out_at) = g.offsets(task);
@@ -136,10 +137,10 @@ pub(super) fn forward(qkv: &[f32], g: Geometry, out: &mut [f32], lse: &mut [f32]
 }
 
 /// `dqkv` `[b, t, 3d]` from `qkv`, the forward's `lse` and `grad` = `∂L/∂out` `[b, t, d]`.
-pub(super) fn backward(qkv: &[f32], lse: &[f32], grad: &[f32], g: Geometry, dqkv: &mut [f32]) {
+pub(super) fn backward(qkv: &[f32], lse: &[f32], grad: &[f32], g: Geometry, dqkv: &mut [MaybeUninit<f32>]) {
     let (t, d, hd) = (g.t, g.d(), g.hd);
     assert!(qkv.len() == g.b * t * 3 * d && dqkv.len() == qkv.len() && grad.len() == g.b * t * d && lse.len() == g.b * g.h * t);
-    let (src, dy, dst) = (SharedRead(qkv.as_ptr()), SharedRead(grad.as_ptr()), Shared(dqkv.as_mut_ptr()));
+    let (src, dy, dst) = (SharedRead(qkv.as_ptr()), SharedRead(grad.as_ptr()), Shared(dqkv.as_mut_ptr().cast()));
     (0..g.b * g.h).into_par_iter().for_each(|task| {
         let (src, dy, dst) = (src, dy, dst);
         let (at, out_at) = g.offsets(task);

@@ -178,11 +178,12 @@ pub fn available(tile: Tile) -> bool {
 }
 
 /// `c[m × n] = a[m × k]·b[k × n]`, or `c += a·b` when `accumulate`; `c` row-major with row
-/// stride `ldc` (initialised either way). Products of at least `parallel_macs` multiply-adds run on rayon's threads.
+/// stride `ldc`, read only when `accumulate` (every element of its `m × n` written either way).
+/// Products of at least `parallel_macs` multiply-adds run on rayon's threads.
 ///
 /// # Safety
 /// `a` and `b` must address `m × k` and `k × n` readable elements, `c` `m` rows of `ldc ≥ n`
-/// initialised ones that nothing else reads or writes during the call.
+/// writable ones, initialised when `accumulate`, that nothing else reads or writes during the call.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize, accumulate: bool, parallel_macs: usize) {
     let parallel = m * n * k >= parallel_macs;
@@ -206,25 +207,15 @@ fn takes_ours(m: usize, n: usize, k: usize) -> Option<Tile> {
 }
 
 /// `a[m × k]·b[k × n]` as a new row-major buffer, on rayon's threads from `parallel_macs`
-/// multiply-adds; our kernel writes every element, so only the `gemm` crate's path zeroes it first.
+/// multiply-adds. The buffer is not zeroed first: without accumulation every path writes each
+/// element and reads none (our kernel; the `gemm` crate with `read_dst` false, whose every path
+/// stores `beta·a·b` without reading the destination; `zero_rows` for `k = 0`).
 ///
 /// # Safety
 /// `a` and `b` must address `m × k` and `k × n` readable elements.
 pub(super) unsafe fn product(m: usize, n: usize, k: usize, a: View, b: View, parallel_macs: usize) -> Vec<f32> {
-    let Some(tile) = takes_ours(m, n, k) else {
-        let mut out = super::zeros(m * n);
-        // SAFETY: the caller's contract; `out` has m rows of n.
-        unsafe { matmul(m, n, k, a, b, out.as_mut_ptr(), n, false, parallel_macs) };
-        return out;
-    };
-    let mut out = Vec::with_capacity(m * n);
-    // SAFETY: the caller's contract; without accumulation the packed GEMM only writes `out`, every
-    // element of its m rows of n (k ≥ MIN_SIDE > 0), so all of it is initialised after the call.
-    unsafe {
-        packed(tile, m, n, k, a, b, out.as_mut_ptr(), n, false, m * n * k >= parallel_macs, tile.blocking());
-        out.set_len(m * n);
-    }
-    out
+    // SAFETY: the caller's contract; `out` is m rows of n, written whole by `matmul` (above).
+    unsafe { super::filled(m * n, |out| matmul(m, n, k, a, b, out.as_mut_ptr().cast(), n, false, parallel_macs)) }
 }
 
 /// The GEMM [`multiply`] runs.

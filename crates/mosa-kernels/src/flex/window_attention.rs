@@ -8,6 +8,8 @@
 //! thread busy where its heads give every thread work; each task recomputes its window's `w²`
 //! token rows, a few hundred index operations beside a task's `2·w⁴·hd`-FLOP products.
 
+use std::mem::MaybeUninit;
+
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
@@ -90,12 +92,12 @@ fn biased_scores(qkv: &[f32], bias: &[f32], rows: &[usize], (c, col): (usize, us
 
 /// `out` `[b, H, W, c]` and `lse` `[b·nW, heads, n]` from `qkv` `[b, H, W, 3c]` and `bias`
 /// `[nb, heads, n, n]`.
-pub(super) fn forward(qkv: &[f32], bias: &[f32], g: Grid, win: Windows, out: &mut [f32], lse: &mut [f32]) {
+pub(super) fn forward(qkv: &[f32], bias: &[f32], g: Grid, win: Windows, out: &mut [MaybeUninit<f32>], lse: &mut [f32]) {
     let (c, heads, n) = (g.c, win.heads, win.window * win.window);
     let hd = c / heads;
     assert!(qkv.len() == g.b * g.h * g.w * 3 * c && out.len() == g.b * g.h * g.w * c && bias.len() == g.nb * heads * n * n);
     assert!(lse.len() == g.b * g.windows * heads * n);
-    let dst = Shared(out.as_mut_ptr());
+    let dst = Shared(out.as_mut_ptr().cast());
     lse.par_chunks_mut(n).enumerate().for_each(|(task, lse)| {
         let out = &dst;
         let t = Task::new(&g, win, task);
@@ -121,14 +123,14 @@ pub(super) fn forward(qkv: &[f32], bias: &[f32], g: Grid, win: Windows, out: &mu
 
 /// `dqkv` `[b, H, W, 3c]` and, into `ds` `[b·nW, heads, n, n]` when given, each task's `dS`.
 #[allow(clippy::too_many_arguments)] // the forward's inputs, its lse, the gradient and two outputs
-pub(super) fn backward(qkv: &[f32], bias: &[f32], lse: &[f32], grad: &[f32], g: Grid, win: Windows, dqkv: &mut [f32], ds: Option<&mut [f32]>) {
+pub(super) fn backward(qkv: &[f32], bias: &[f32], lse: &[f32], grad: &[f32], g: Grid, win: Windows, dqkv: &mut [MaybeUninit<f32>], ds: Option<&mut [f32]>) {
     let (c, heads, n) = (g.c, win.heads, win.window * win.window);
     let hd = c / heads;
     let tasks = g.b * g.windows * heads;
     assert!(qkv.len() == g.b * g.h * g.w * 3 * c && dqkv.len() == qkv.len() && grad.len() == g.b * g.h * g.w * c);
     assert!(bias.len() == g.nb * heads * n * n && lse.len() == tasks * n && ds.as_ref().is_none_or(|d| d.len() == tasks * n * n));
     let scale = 1.0 / (hd as f32).sqrt();
-    let dst = Shared(dqkv.as_mut_ptr());
+    let dst = Shared(dqkv.as_mut_ptr().cast());
     let ds_out = ds.map(|d| Shared(d.as_mut_ptr()));
     (0..tasks).into_par_iter().for_each(|task| {
         let (dqkv, ds) = (&dst, &ds_out);
