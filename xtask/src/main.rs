@@ -359,8 +359,13 @@ fn cargo_mosa_cli(verb: &str, backend: &BackendArgs) -> Command {
     cmd
 }
 
+/// The workspace `cargo xtask` was run in: `cargo run` sets `CARGO_MANIFEST_DIR` to this tree's
+/// `xtask/` at run time. The value compiled in names the tree that built the binary, and with a
+/// target dir shared between clones cargo reuses an xtask built in another clone (its freshness
+/// check compares file times): the benchmarks then ran that clone's `mosa` and scripts.
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    let xtask = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    xtask.parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 /// Runs `mosa <args>` built in release mode with the chosen backend.

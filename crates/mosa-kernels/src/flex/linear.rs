@@ -2,9 +2,9 @@
 //! the bias (in parallel), then one GEMM over all rows ([`super::gemm`]: ours on AVX2 CPUs, the
 //! `gemm` crate elsewhere) accumulates `x·W` into them on rayon's threads, so the bias costs no
 //! separate pass over the output (burn's default adds it after the matmul, on one thread). The
-//! backward's two GEMMs read `Wᵀ` and `xᵀ` as strided views and write new buffers, zeroed first
-//! (on rayon's threads) only where the `gemm` crate runs (burn-flex's matmul output is zeroed
-//! and then copied to an aligned buffer, both on the calling thread).
+//! backward's two GEMMs read `Wᵀ` and `xᵀ` as strided views and write new buffers, never zeroed
+//! first (burn-flex's matmul output is zeroed and then copied to an aligned buffer, both on the
+//! calling thread).
 
 use rayon::prelude::*;
 
