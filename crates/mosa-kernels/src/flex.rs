@@ -4,12 +4,12 @@
 //! baseline), chosen at run time; and fused attention (`flex/attention.rs`). Other dtypes take
 //! burn-flex's own kernels or the defaults.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::Flex;
 use burn::tensor::DType;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_flex::FlexTensor;
-use std::mem::MaybeUninit;
-
 use rayon::prelude::*;
 
 use super::depthwise_conv as composed_depthwise;
