@@ -28,7 +28,7 @@ fn assert_one_line_error(o: &Output, needles: &[&str]) {
 
 fn max_diff(a: &HostTensor, b: &HostTensor) -> f32 {
     assert_eq!(a.shape, b.shape);
-    a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, mosa_testkit::max_nan)
+    mosa_testkit::max_abs_diff(&a.data, &b.data)
 }
 
 #[test]

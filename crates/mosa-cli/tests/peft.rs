@@ -94,7 +94,7 @@ fn reference(name: &str) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, mosa_testkit::max_nan)
+    mosa_testkit::max_abs_diff(a, b)
 }
 
 /// Every tensor of a safetensors file: (dtype, shape, bytes).

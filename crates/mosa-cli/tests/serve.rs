@@ -97,7 +97,7 @@ fn post_bytes(url: &str, content_type: &str, body: &[u8], auth: Option<&str>) ->
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, mosa_testkit::max_nan)
+    mosa_testkit::max_abs_diff(a, b)
 }
 
 fn normal(rng: &mut Rng, scale: f32) -> f32 {

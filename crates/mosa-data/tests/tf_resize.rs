@@ -6,12 +6,8 @@ use mosa_core::Rng;
 use mosa_data::image::Rgb8;
 use mosa_data::resize::{TfBilinear, resize_bilinear};
 use mosa_data::{Style, Transform};
+use mosa_testkit::max_abs_diff;
 use safetensors::SafeTensors;
-
-/// The largest `|a − b|`, NaN if any difference is (`f32::max` would drop it).
-fn max_abs_diff(a: impl IntoIterator<Item = f32>, b: &[f32]) -> f32 {
-    a.into_iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if m.is_nan() || d.is_nan() { f32::NAN } else { m.max(d) })
-}
 
 fn f32s(t: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
     t.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
@@ -32,19 +28,19 @@ fn vtab_resize_and_normalisation_match_tensorflow() {
         let s = st.tensor(&format!("resized.{k}")).unwrap().shape()[0];
         // the resize alone: TensorFlow's float output, exactly up to f32 rounding
         let got = TfBilinear::new(w, h, s, s).resize(&img);
-        let worst = max_abs_diff(got.iter().copied(), &want);
+        let worst = max_abs_diff(&got, &want);
         assert!(worst <= 1e-4, "case {k} ({w}x{h} -> {s}): resize differs by {worst}");
         // the whole evaluation transform, through the cacheable compacted image
         let t = Transform::new(Style::Vtab, s, false);
         let mut input = vec![0.0; 3 * s * s];
         t.finish(&t.prepare(&img), &mut Rng::new(0), &mut input);
         let want_input = f32s(&st.tensor(&format!("model_input.{k}")).unwrap());
-        let worst = max_abs_diff(input.iter().copied(), &want_input);
+        let worst = max_abs_diff(&input, &want_input);
         assert!(worst <= 1e-5, "case {k}: model input differs by {worst}");
         // and it is not PIL's antialiased, 8-bit resize: shrinking gives other values
         if w > s && h > s {
             let pil = resize_bilinear(&img, s, s);
-            let pil_worst = max_abs_diff(pil.data.iter().map(|&a| a as f32), &want);
+            let pil_worst = max_abs_diff(&pil.data.iter().map(|&a| a as f32).collect::<Vec<_>>(), &want);
             if pil_worst > 5.0 {
                 shrunk_differs_from_pil += 1;
             }

@@ -25,7 +25,7 @@ fn input(io: &StateDict) -> Tensor<B, 4> {
 
 fn diff(got: &HostTensor, want: &HostTensor) -> f32 {
     assert_eq!(got.shape, want.shape, "shape");
-    got.data.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0.0, mosa_testkit::max_nan)
+    mosa_testkit::max_abs_diff(&got.data, &want.data)
 }
 
 fn check(name: &str, out: &BackboneOutput<B>, want: &StateDict) {

@@ -22,7 +22,7 @@ fn to_tensor<const D: usize>(t: &HostTensor) -> Tensor<B, D> {
 fn max_abs_diff<const D: usize>(got: Tensor<B, D>, want: &HostTensor) -> f32 {
     assert_eq!(got.dims().to_vec(), want.shape, "shape");
     let got = got.into_data().to_vec::<f32>().unwrap();
-    got.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0.0, mosa_testkit::max_nan)
+    mosa_testkit::max_abs_diff(&got, &want.data)
 }
 
 fn check(name: &str, got: &mosa_models::BackboneOutput<B>, want: &StateDict, outputs: &[&str]) {
@@ -71,7 +71,7 @@ fn npz_and_safetensors_give_the_same_state() {
     for (k, t) in &a.tensors {
         let u = &b.tensors[k];
         assert_eq!(t.shape, u.shape, "{k}");
-        let d = t.data.iter().zip(&u.data).map(|(x, y)| (x - y).abs()).fold(0.0, mosa_testkit::max_nan);
+        let d = mosa_testkit::max_abs_diff(&t.data, &u.data);
         assert!(d <= 1e-6, "{k}: {d}");
     }
 }

@@ -33,7 +33,7 @@ fn device_resampling_equals_host_resampling() {
         let want = posembed::resample_host(&host, d, (37, 37), (16, 16), method);
         let t = Tensor::<B, 3>::from_data(TensorData::new(host.clone(), [1, 37 * 37, d]), &dev);
         let got = posembed::resample(t, (37, 37), (16, 16), method).into_data().to_vec::<f32>().unwrap();
-        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, mosa_testkit::max_nan);
+        let diff = mosa_testkit::max_abs_diff(&got, &want);
         assert!(diff < 1e-4, "{method}: {diff}");
     }
 }

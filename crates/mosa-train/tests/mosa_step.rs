@@ -90,7 +90,7 @@ fn ours(name: &str, t: &HostTensor) -> (String, HostTensor) {
 
 fn max_diff(a: &HostTensor, b: &HostTensor) -> f32 {
     assert_eq!(a.shape, b.shape);
-    a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, mosa_testkit::max_nan)
+    mosa_testkit::max_abs_diff(&a.data, &b.data)
 }
 
 /// What a replay of the fixture's steps leaves: each step's loss and (masked) gradients by
@@ -434,9 +434,8 @@ fn stacked_passes_equal_separate_ones_for_every_split() {
         // within 1e-5 of the tensor's largest entry (at least 1): the random experts make some
         // gradients large, and the frozen products over 2B rows may sum in another order
         for (k, g) in &grads_a {
-            let d = g.iter().zip(&grads_b[k]).map(|(a, b)| (a - b).abs()).fold(0.0f32, mosa_testkit::max_nan);
-            let scale = g.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            assert!(d <= 1e-5 * scale, "{name}: gradient of `{k}` differs between the layouts by {d} (largest entry {scale})");
+            let e = mosa_testkit::scaled_worst(&grads_b[k], g);
+            assert!(e <= 1e-5, "{name}: gradient of `{k}` differs between the layouts by {e} of its largest entry (at least 1)");
         }
     }
 }
